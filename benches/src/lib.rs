@@ -1,0 +1,1 @@
+//! Criterion micro-benchmarks of Volley's hot paths live in `benches/`.

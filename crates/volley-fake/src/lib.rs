@@ -1,0 +1,1 @@
+//! Fake APNs and FCM servers, real enough for independent clients.

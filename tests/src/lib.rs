@@ -1,0 +1,1 @@
+//! Test kit shared by Volley's end-to-end tests.
