@@ -1,0 +1,452 @@
+//! Everything that crosses between Volley's nodes: the tarpc services of the controller and
+//! the agent, their messages and the one wire error type.
+//!
+//! Messages are compact on purpose: a job's tokens travel as one [`TokenList`] (all tokens
+//! concatenated in one buffer plus their end offsets), and a chunk carries its notification
+//! rendered once for its provider, never once per token.
+
+mod tokens;
+mod transport;
+
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+pub use tokens::{TokenList, TokenListBuilder};
+pub use transport::{connect_agent, connect_controller, listen, ServerTransport, MAX_FRAME_BYTES};
+
+/// Identifies a job across the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct JobId(pub uuid::Uuid);
+
+impl JobId {
+    /// A fresh random job id.
+    pub fn new() -> Self {
+        JobId(uuid::Uuid::new_v4())
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.as_hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = WireError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s)
+            .map(JobId)
+            .map_err(|_| WireError::new(ErrorCode::InvalidArgument, "job id is not a uuid"))
+    }
+}
+
+/// Identifies one chunk of a job: the job's chunk sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChunkId {
+    /// The job the chunk belongs to.
+    pub job: JobId,
+    /// The chunk's index within the job.
+    pub index: u32,
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.job, self.index)
+    }
+}
+
+/// Identifies a registered agent for the life of one registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AgentId(pub u64);
+
+impl fmt::Display for AgentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "agent-{}", self.0)
+    }
+}
+
+/// A push provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Platform {
+    /// Apple Push Notification service.
+    Apns,
+    /// Firebase Cloud Messaging HTTP v1.
+    Fcm,
+}
+
+impl Platform {
+    /// Both platforms, in a fixed order (used to index per-platform counters).
+    pub const ALL: [Platform; 2] = [Platform::Apns, Platform::Fcm];
+
+    /// The platform's lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Apns => "apns",
+            Platform::Fcm => "fcm",
+        }
+    }
+
+    /// A dense index for per-platform arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Platform::Apns => 0,
+            Platform::Fcm => 1,
+        }
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A notification rendered for APNs once per job: the payload and the header values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApnsRender {
+    /// The JSON payload (`{"aps": ...}`), at most 4096 bytes (5120 for VoIP).
+    pub payload: Bytes,
+    /// `apns-push-type`.
+    pub push_type: String,
+    /// `apns-priority` (10, 5 or 1).
+    pub priority: u8,
+    /// `apns-expiration`, epoch seconds (0 = try once).
+    pub expiration: Option<u64>,
+    /// `apns-collapse-id`, at most 64 bytes.
+    pub collapse_id: Option<String>,
+}
+
+/// A notification rendered for FCM once per job: the request body around the token.
+///
+/// The body of one request is `prefix + token + suffix`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FcmRender {
+    /// Everything before the token, ending in `"token":"`.
+    pub prefix: Bytes,
+    /// Everything after the token, starting with `"`.
+    pub suffix: Bytes,
+}
+
+/// The rendered notification a chunk carries for its provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Render {
+    /// For APNs tokens.
+    Apns(ApnsRender),
+    /// For FCM tokens.
+    Fcm(FcmRender),
+}
+
+impl Render {
+    /// The provider this rendering is for.
+    pub fn platform(&self) -> Platform {
+        match self {
+            Render::Apns(_) => Platform::Apns,
+            Render::Fcm(_) => Platform::Fcm,
+        }
+    }
+}
+
+/// A job as a front submits it: one notification for many tokens of one app.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitJob {
+    /// The app the job belongs to (its credentials live on the agents).
+    pub app: String,
+    /// The notification rendered for APNs, when there are APNs tokens.
+    pub apns: Option<ApnsRender>,
+    /// The notification rendered for FCM, when there are FCM tokens.
+    pub fcm: Option<FcmRender>,
+    /// APNs device tokens.
+    pub apns_tokens: TokenList,
+    /// FCM registration tokens.
+    pub fcm_tokens: TokenList,
+    /// A caller's key that makes a repeated submission return the same job.
+    pub idempotency_key: Option<String>,
+}
+
+impl SubmitJob {
+    /// How many notifications the job holds.
+    pub fn len(&self) -> usize {
+        self.apns_tokens.len() + self.fcm_tokens.len()
+    }
+
+    /// True when the job has no token at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The controller's answer to a submission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobAccepted {
+    /// The job's id.
+    pub id: JobId,
+    /// How many notifications were accepted.
+    pub accepted: u64,
+}
+
+/// Where a job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    /// Accepted; chunks wait for agents.
+    Queued,
+    /// Some chunks are out with agents.
+    Running,
+    /// Every notification has a final outcome.
+    Done,
+    /// Cancelled; what had been sent stays sent.
+    Cancelled,
+}
+
+impl JobState {
+    /// The state's lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A token a provider called invalid, with the provider's reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvalidToken {
+    /// The provider.
+    pub platform: Platform,
+    /// The token, as submitted.
+    pub token: String,
+    /// The provider's reason, verbatim.
+    pub reason: String,
+    /// For APNs 410: when the token stopped being valid (ms since the epoch).
+    pub timestamp_ms: Option<u64>,
+}
+
+/// Failures of one reason, counted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureCount {
+    /// The provider.
+    pub platform: Platform,
+    /// The outcome class (`transient`, `credential`, `bad_request`).
+    pub class: String,
+    /// The reason, verbatim.
+    pub reason: String,
+    /// How many notifications failed so.
+    pub count: u64,
+}
+
+/// What a job's status reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// The job.
+    pub id: JobId,
+    /// The app.
+    pub app: String,
+    /// Where it stands.
+    pub state: JobState,
+    /// Notifications accepted.
+    pub accepted: u64,
+    /// Delivered to the provider.
+    pub delivered: u64,
+    /// Failed for good (after retries), other than invalid tokens.
+    pub failed: u64,
+    /// Tokens the provider called invalid.
+    pub invalid: u64,
+    /// Not sent because the job was cancelled.
+    pub cancelled: u64,
+    /// Not final yet.
+    pub pending: u64,
+    /// Notifications that may have reached a device twice (resent after an agent was lost or a
+    /// stream broke after the provider may have processed it).
+    pub possible_duplicates: u64,
+    /// Invalid tokens with reasons (up to the limit asked for).
+    pub invalid_tokens: Vec<InvalidToken>,
+    /// Failures grouped by reason.
+    pub failures: Vec<FailureCount>,
+    /// When the job was accepted, ms since the epoch.
+    pub created_ms: u64,
+    /// When the job became final, ms since the epoch.
+    pub finished_ms: Option<u64>,
+}
+
+/// One chunk of a job, as the controller hands it to an agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Chunk {
+    /// The chunk's id.
+    pub id: ChunkId,
+    /// The app whose credentials deliver it.
+    pub app: String,
+    /// The rendered notification; its variant says the provider.
+    pub render: Render,
+    /// The tokens.
+    pub tokens: TokenList,
+}
+
+/// One failed notification of a chunk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkFailure {
+    /// The token's index within the chunk.
+    pub index: u32,
+    /// The outcome class (`transient`, `credential`, `bad_request`).
+    pub class: String,
+    /// The reason, verbatim.
+    pub reason: String,
+}
+
+/// What became of each token of a chunk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkReport {
+    /// Delivered to the provider.
+    pub delivered: u32,
+    /// Tokens the provider called invalid: (index within the chunk, reason, timestamp).
+    pub invalid: Vec<(u32, String, Option<u64>)>,
+    /// Notifications that failed for good.
+    pub failed: Vec<ChunkFailure>,
+    /// Notifications resent after a send that may have reached the provider.
+    pub possible_duplicates: u32,
+}
+
+/// How an agent introduces itself to the controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    /// A human name (host name by default).
+    pub name: String,
+    /// Where the agent's tarpc server listens, as the controller should dial it.
+    pub addr: String,
+    /// The apps whose credentials this agent holds.
+    pub apps: Vec<String>,
+    /// How many chunks the agent wants in flight at once.
+    pub window: u32,
+}
+
+/// One agent as the controller sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStat {
+    /// The registration id.
+    pub id: AgentId,
+    /// The agent's name.
+    pub name: String,
+    /// Its address.
+    pub addr: String,
+    /// Chunks currently out with it.
+    pub in_flight: u32,
+    /// Chunks it has completed.
+    pub chunks_done: u64,
+}
+
+/// Delivery counters of one app and provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppCounters {
+    /// The app.
+    pub app: String,
+    /// The provider.
+    pub platform: Platform,
+    /// Delivered.
+    pub success: u64,
+    /// Failed or invalid.
+    pub error: u64,
+}
+
+/// The controller's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStats {
+    /// Capacity of the shared chunk channel, in chunks.
+    pub queue_max: u64,
+    /// Chunks waiting in it.
+    pub queue_usage: u64,
+    /// Notifications accepted and not final yet.
+    pub pending_notifications: u64,
+    /// Jobs not final yet.
+    pub active_jobs: u64,
+    /// Registered agents.
+    pub agents: Vec<AgentStat>,
+    /// Per-app, per-provider counters.
+    pub apps: Vec<AppCounters>,
+    /// Chunks handed to another agent after theirs failed.
+    pub chunks_redispatched: u64,
+}
+
+/// The class of a wire error; the front maps it onto one HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The request is malformed or names something invalid (400/422).
+    InvalidArgument,
+    /// The named job or app does not exist (404).
+    NotFound,
+    /// The node is shutting down or not ready (503).
+    Unavailable,
+    /// A queue or limit is full (429 or 503 with Retry-After).
+    ResourceExhausted,
+    /// The receiving node has no credentials for the app (409).
+    NoCredentials,
+    /// A bug or an unexpected failure (500).
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status the front answers with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidArgument => 400,
+            ErrorCode::NotFound => 404,
+            ErrorCode::NoCredentials => 409,
+            ErrorCode::ResourceExhausted => 429,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+}
+
+/// An error that crosses the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct WireError {
+    /// The class.
+    pub code: ErrorCode,
+    /// What went wrong, for a person; never holds a token or a secret.
+    pub message: String,
+}
+
+impl WireError {
+    /// A wire error of the given class.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        WireError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The controller's service, called by fronts (jobs, stats) and agents (registration).
+#[tarpc::service]
+pub trait Controller {
+    /// Accepts a job; returns once it is safely queued.
+    async fn submit(job: SubmitJob) -> Result<JobAccepted, WireError>;
+    /// A job's progress, with up to `invalid_limit` invalid tokens listed.
+    async fn status(id: JobId, invalid_limit: u32) -> Result<JobStatus, WireError>;
+    /// Cancels what has not been handed to an agent yet.
+    async fn cancel(id: JobId) -> Result<JobStatus, WireError>;
+    /// Queue depth, agents and counters.
+    async fn stats() -> ClusterStats;
+    /// An agent joins the cluster.
+    async fn register(agent: AgentInfo) -> Result<AgentId, WireError>;
+    /// An agent says it is alive; an error means the controller forgot it (re-register).
+    async fn heartbeat(agent: AgentId) -> Result<(), WireError>;
+}
+
+/// The agent's service, called by the controller's dispatchers.
+#[tarpc::service]
+pub trait Agent {
+    /// Delivers every token of a chunk and reports what became of each.
+    async fn deliver(chunk: Chunk) -> Result<ChunkReport, WireError>;
+}
