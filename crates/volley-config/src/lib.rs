@@ -1,0 +1,573 @@
+//! Volley's configuration: one typed struct for every role.
+//!
+//! Layers, later ones winning: built-in defaults, a TOML file, `VOLLEY_*` environment variables
+//! (`VOLLEY_FRONT__LISTEN=0.0.0.0:8080` sets `front.listen`; `__` separates levels), then
+//! command-line flags applied by the binary. [`Config::validate`] checks everything before a
+//! port is bound, and every error names the key at fault.
+//!
+//! Secrets (API keys) are [`Secret`]s: they print and serialise as `<redacted>`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize, Serializer};
+
+/// A configuration error that names the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or a variable could not be parsed into the configuration.
+    #[error("{0}")]
+    Parse(String),
+    /// A value parsed but is not acceptable.
+    #[error("invalid `{key}`: {message}")]
+    Invalid {
+        /// The dotted key, e.g. `apps[0].apns.key_id`.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A secret string: usable by code, never printed.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the code that must use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("<redacted>")
+    }
+}
+
+/// The whole configuration; each role reads its own section and the apps.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Logging.
+    pub log: LogConfig,
+    /// The front role.
+    pub front: FrontConfig,
+    /// The controller role.
+    pub controller: ControllerConfig,
+    /// The agent role.
+    pub agent: AgentConfig,
+    /// The apps this deployment serves.
+    pub apps: Vec<AppConfig>,
+}
+
+/// Log format and filter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (human-readable) or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `volley_agent=debug,info`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The front: the HTTP API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FrontConfig {
+    /// Where the HTTP API listens.
+    pub listen: SocketAddr,
+    /// The controller's tarpc address.
+    pub controller: String,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Most tokens in one request.
+    pub max_tokens_per_request: usize,
+    /// The app used by the gorush- and gaurun-compatible endpoints.
+    pub default_app: Option<String>,
+    /// Whether the compatible endpoints require an API key. Switch off only for a drop-in
+    /// migration on a private network.
+    pub compat_require_api_key: bool,
+    /// How long a draining front keeps finishing in-flight requests.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for FrontConfig {
+    fn default() -> Self {
+        FrontConfig {
+            listen: ([127, 0, 0, 1], 8080).into(),
+            controller: "127.0.0.1:7070".into(),
+            max_body_bytes: 256 * 1024 * 1024,
+            max_tokens_per_request: 1_000_000,
+            default_app: None,
+            compat_require_api_key: true,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The controller: job splitting and dispatch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// Where the tarpc server listens.
+    pub listen: SocketAddr,
+    /// Tokens per chunk.
+    pub chunk_size: usize,
+    /// Capacity of the shared chunk channel, in chunks.
+    pub queue_chunks: usize,
+    /// An agent not heard from for this long is dropped and its chunks go to others.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+    /// Longest an agent may take over one chunk before it is given to another.
+    #[serde(with = "humantime_serde")]
+    pub chunk_timeout: Duration,
+    /// Most notifications held in unfinished jobs before submissions are refused.
+    pub max_pending_notifications: u64,
+    /// How long a finished job's status is kept.
+    #[serde(with = "humantime_serde")]
+    pub job_retention: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            listen: ([127, 0, 0, 1], 7070).into(),
+            chunk_size: 1000,
+            queue_chunks: 256,
+            heartbeat_timeout: Duration::from_secs(10),
+            chunk_timeout: Duration::from_secs(120),
+            max_pending_notifications: 20_000_000,
+            job_retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The agent: delivery to the providers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Where the agent's tarpc server listens.
+    pub listen: SocketAddr,
+    /// The address the controller should dial (defaults to the bound listen address).
+    pub advertise: Option<String>,
+    /// The controller's tarpc address.
+    pub controller: String,
+    /// A name for logs and stats (defaults to the host name).
+    pub name: Option<String>,
+    /// Chunks in flight at once on this agent.
+    pub window: u32,
+    /// Requests in flight at once per provider client.
+    pub concurrency: usize,
+    /// HTTP/2 connections per app and provider.
+    pub connections: usize,
+    /// Time allowed for one provider request.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Attempts per notification for transient failures (1 = no retry).
+    pub max_attempts: u32,
+    /// How often the agent tells the controller it is alive.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            listen: ([127, 0, 0, 1], 7071).into(),
+            advertise: None,
+            controller: "127.0.0.1:7070".into(),
+            name: None,
+            window: 4,
+            concurrency: 400,
+            connections: 4,
+            request_timeout: Duration::from_secs(10),
+            max_attempts: 3,
+            heartbeat_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One app: its API keys and its provider credentials.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// The app's name, used in URLs.
+    pub name: String,
+    /// Keys that callers present as `Authorization: Bearer <key>`.
+    #[serde(default)]
+    pub api_keys: Vec<Secret>,
+    /// APNs credentials, when the app sends to Apple devices.
+    pub apns: Option<ApnsAppConfig>,
+    /// FCM credentials, when the app sends through Firebase.
+    pub fcm: Option<FcmAppConfig>,
+}
+
+/// An app's APNs settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApnsAppConfig {
+    /// `production`, `sandbox`, or `https://host:port`.
+    #[serde(default = "default_apns_endpoint")]
+    pub endpoint: String,
+    /// The bundle id (`apns-topic`).
+    pub topic: String,
+    /// Token auth: the `.p8` key file.
+    pub key_file: Option<PathBuf>,
+    /// Token auth: the key id (`kid`).
+    pub key_id: Option<String>,
+    /// Token auth: the team id (`iss`).
+    pub team_id: Option<String>,
+    /// Certificate auth: the PEM certificate.
+    pub cert_file: Option<PathBuf>,
+    /// Certificate auth: the PEM private key.
+    pub cert_key_file: Option<PathBuf>,
+    /// Extra CA certificates to trust (a fake's CA).
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_apns_endpoint() -> String {
+    "production".into()
+}
+
+/// An app's FCM settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FcmAppConfig {
+    /// The service-account JSON file.
+    pub service_account_file: PathBuf,
+    /// The Firebase project id (defaults to the service account's).
+    pub project_id: Option<String>,
+    /// The FCM base URL.
+    #[serde(default = "default_fcm_endpoint")]
+    pub endpoint: String,
+    /// Extra CA certificates to trust (a fake's CA).
+    pub ca_file: Option<PathBuf>,
+    /// Token URIs trusted besides Google's (a fake's OAuth endpoint).
+    #[serde(default)]
+    pub allowed_token_uris: Vec<String>,
+}
+
+fn default_fcm_endpoint() -> String {
+    "https://fcm.googleapis.com".into()
+}
+
+/// The key an app is known by in error messages (`apps[2]`, or `apps.<name>`).
+fn app_key(index: usize) -> String {
+    format!("apps[{index}]")
+}
+
+impl Config {
+    /// Loads the configuration: defaults, then `file` (if any), then `VOLLEY_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Parse(format!(
+                    "configuration file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("VOLLEY_").split("__").ignore(&["config"]));
+        let config: Config = figment
+            .extract()
+            .map_err(|error| ConfigError::Parse(describe(error)))?;
+        Ok(config)
+    }
+
+    /// Parses a configuration from TOML text alone (no environment), for tests and embedding.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|error| ConfigError::Parse(describe(error)))
+    }
+
+    /// Checks what parsing cannot: names, limits, credential completeness.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for (i, app) in self.apps.iter().enumerate() {
+            let key = app_key(i);
+            if app.name.is_empty()
+                || !app
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            {
+                return Err(ConfigError::invalid(
+                    format!("{key}.name"),
+                    "must be non-empty and use only letters, digits, '-', '_' and '.'",
+                ));
+            }
+            if !names.insert(app.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.name"),
+                    format!("app {:?} is declared twice", app.name),
+                ));
+            }
+            if app.apns.is_none() && app.fcm.is_none() {
+                return Err(ConfigError::invalid(
+                    key.clone(),
+                    "an app needs an [apps.apns] or [apps.fcm] section",
+                ));
+            }
+            if app.api_keys.iter().any(|k| k.expose().len() < 16) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.api_keys"),
+                    "every API key must be at least 16 characters",
+                ));
+            }
+            if let Some(apns) = &app.apns {
+                let key = format!("{key}.apns");
+                if apns.topic.is_empty() {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.topic"),
+                        "must not be empty",
+                    ));
+                }
+                let token_auth = apns.key_file.is_some();
+                let cert_auth = apns.cert_file.is_some();
+                match (token_auth, cert_auth) {
+                    (true, true) => {
+                        return Err(ConfigError::invalid(
+                            key,
+                            "set either key_file (token auth) or cert_file (certificate auth), not both",
+                        ))
+                    }
+                    (false, false) => {
+                        return Err(ConfigError::invalid(
+                            format!("{key}.key_file"),
+                            "APNs needs key_file, key_id and team_id (token auth) or cert_file and cert_key_file",
+                        ))
+                    }
+                    (true, false) => {
+                        for (field, value) in [("key_id", &apns.key_id), ("team_id", &apns.team_id)] {
+                            if value.as_deref().is_none_or(str::is_empty) {
+                                return Err(ConfigError::invalid(
+                                    format!("{key}.{field}"),
+                                    "required with key_file",
+                                ));
+                            }
+                        }
+                    }
+                    (false, true) => {
+                        if apns.cert_key_file.is_none() {
+                            return Err(ConfigError::invalid(
+                                format!("{key}.cert_key_file"),
+                                "required with cert_file",
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(default) = &self.front.default_app {
+            if !self.apps.iter().any(|a| &a.name == default) {
+                return Err(ConfigError::invalid(
+                    "front.default_app",
+                    format!("no app named {default:?}"),
+                ));
+            }
+        }
+        if self.controller.chunk_size == 0 || self.controller.chunk_size > 100_000 {
+            return Err(ConfigError::invalid(
+                "controller.chunk_size",
+                "must be between 1 and 100000",
+            ));
+        }
+        if self.controller.queue_chunks == 0 {
+            return Err(ConfigError::invalid(
+                "controller.queue_chunks",
+                "must be at least 1",
+            ));
+        }
+        if self.agent.window == 0 {
+            return Err(ConfigError::invalid("agent.window", "must be at least 1"));
+        }
+        if self.agent.concurrency == 0 {
+            return Err(ConfigError::invalid(
+                "agent.concurrency",
+                "must be at least 1",
+            ));
+        }
+        if self.agent.connections == 0 {
+            return Err(ConfigError::invalid(
+                "agent.connections",
+                "must be at least 1",
+            ));
+        }
+        if self.agent.max_attempts == 0 {
+            return Err(ConfigError::invalid(
+                "agent.max_attempts",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The app named `name`.
+    pub fn app(&self, name: &str) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| a.name == name)
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|error| format!("# cannot print: {error}"))
+    }
+}
+
+/// Turns a figment error into one line naming the key.
+fn describe(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| format!(" (from {})", m.name))
+                .unwrap_or_default();
+            if key.is_empty() {
+                format!("{}{source}", e.kind)
+            } else {
+                format!("invalid `{key}`: {}{source}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [front]
+        listen = "127.0.0.1:9000"
+        default_app = "shop"
+
+        [controller]
+        chunk_size = 500
+        heartbeat_timeout = "3s"
+
+        [[apps]]
+        name = "shop"
+        api_keys = ["0123456789abcdef-secret"]
+        [apps.apns]
+        endpoint = "sandbox"
+        topic = "com.example.shop"
+        key_file = "AuthKey.p8"
+        key_id = "ABC123DEFG"
+        team_id = "TEAM123456"
+    "#;
+
+    #[test]
+    fn a_good_file_parses_and_validates() {
+        let config = Config::from_toml(GOOD).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.controller.chunk_size, 500);
+        assert_eq!(config.controller.heartbeat_timeout, Duration::from_secs(3));
+        assert_eq!(config.agent.window, AgentConfig::default().window);
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let config = Config::from_toml(GOOD).unwrap();
+        let shown = config.to_redacted_toml();
+        assert!(!shown.contains("0123456789abcdef-secret"));
+        assert!(shown.contains("<redacted>"));
+        assert!(!format!("{config:?}").contains("0123456789abcdef-secret"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let error = Config::from_toml("[controller]\nchunk_size = \"many\"").unwrap_err();
+        assert!(
+            error.to_string().contains("controller.chunk_size"),
+            "{error}"
+        );
+
+        let error = Config::from_toml("[front]\nlisten = \"nowhere\"").unwrap_err();
+        assert!(error.to_string().contains("front.listen"), "{error}");
+
+        let error = Config::from_toml("[front]\nlisten_typo = 1").unwrap_err();
+        assert!(error.to_string().contains("listen_typo"), "{error}");
+
+        let missing_team = GOOD.replace("team_id = \"TEAM123456\"", "");
+        let error = Config::from_toml(&missing_team)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("apps[0].apns.team_id"),
+            "{error}"
+        );
+
+        let bad_default = GOOD.replace("default_app = \"shop\"", "default_app = \"nope\"");
+        let error = Config::from_toml(&bad_default)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(error.to_string().contains("front.default_app"), "{error}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("volley.toml");
+        std::fs::write(&path, GOOD).unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("VOLLEY_CONTROLLER__CHUNK_SIZE", "250");
+            let config = Config::load(Some(&path)).map_err(|e| e.to_string())?;
+            assert_eq!(config.controller.chunk_size, 250);
+            Ok(())
+        });
+    }
+}
