@@ -1,1 +1,173 @@
 //! Fake APNs and FCM servers, real enough for independent clients.
+//!
+//! A [`FakeServer`] speaks real HTTP/2 over TLS (or h2c) on a listener the caller bound, on its own
+//! OS thread with a current-thread tokio runtime, so it never competes with the caller's runtime.
+//! It answers like the real services do (status, headers and body shapes), fails on purpose for
+//! tokens with scripted prefixes (see the table in [`cli`]), and counts what it saw in [`Stats`].
+//!
+//! Layout: `server` accepts connections and drives `h2`; `apns` and `fcm` turn one request into a
+//! reply; `shim` rewrites a few HTTP/2 frames on the wire where `h2` offers no knob (the
+//! single-stream-until-auth dance and GOAWAY's last-stream-id); `tls` mints the CA and server
+//! certificate at start-up; `keys` gives tests credentials the fake accepts.
+
+#![forbid(unsafe_code)]
+
+mod apns;
+pub mod cli;
+mod counters;
+mod fcm;
+pub mod keys;
+mod server;
+mod shim;
+mod tls;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use server::FakeServer;
+
+/// Which service the fake imitates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provider {
+    /// Apple Push Notification service (`POST /3/device/{token}`).
+    Apns,
+    /// Firebase Cloud Messaging HTTP v1 (`POST /v1/projects/{p}/messages:send`, `POST /token`).
+    Fcm,
+}
+
+/// Delay injected before answering each request (other streams are not held up).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Latency {
+    /// Answer as soon as the request body is in.
+    None,
+    /// Wait exactly this long.
+    Fixed(Duration),
+    /// Wait a uniformly random time in `min..=max`.
+    Uniform {
+        /// Shortest delay.
+        min: Duration,
+        /// Longest delay.
+        max: Duration,
+    },
+}
+
+/// How a [`FakeServer`] behaves; start from [`FakeConfig::apns`] or [`FakeConfig::fcm`].
+#[derive(Clone, Debug)]
+pub struct FakeConfig {
+    /// The service imitated.
+    pub provider: Provider,
+    /// Serve TLS (default); `false` serves h2c with prior knowledge.
+    pub tls: bool,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS, default 1000.
+    pub max_concurrent_streams: u32,
+    /// Advertise 1 concurrent stream until the connection's first authorised request, then raise it.
+    pub single_stream_until_auth: bool,
+    /// Per connection: after the Nth stream, GOAWAY with last-stream-id = the Nth, then close.
+    pub goaway_after: Option<u64>,
+    /// Delay injected before answering each request.
+    pub latency: Latency,
+    /// Fraction of requests answered with a transient error (503 ServiceUnavailable / UNAVAILABLE).
+    pub transient_error_rate: f64,
+    /// Append one line per delivered notification: `token\tid\tcollapse_id`.
+    pub record_path: Option<PathBuf>,
+    /// Where to write the generated CA certificate PEM (a temporary file otherwise).
+    pub ca_out: Option<PathBuf>,
+    /// Verify APNs provider-token signatures (ES256) against this public key when set.
+    pub apns_jwt_public_key_pem: Option<String>,
+    /// Require this `apns-topic` when set.
+    pub apns_topic: Option<String>,
+    /// Require this project id in the FCM path when set.
+    pub fcm_project: Option<String>,
+    /// Verify the OAuth assertion's RS256 signature against this public key when set.
+    pub fcm_oauth_public_key_pem: Option<String>,
+    /// `expires_in` of issued access tokens, default 3600 s.
+    pub fcm_access_token_ttl: Duration,
+    /// Skip authorisation checks entirely (APNs provider token, FCM bearer); only for measuring
+    /// raw throughput, where a load generator cannot mint credentials. Default false.
+    pub skip_auth: bool,
+}
+
+impl FakeConfig {
+    /// Defaults for a fake APNs.
+    pub fn apns() -> Self {
+        Self::new(Provider::Apns)
+    }
+
+    /// Defaults for a fake FCM.
+    pub fn fcm() -> Self {
+        Self::new(Provider::Fcm)
+    }
+
+    fn new(provider: Provider) -> Self {
+        FakeConfig {
+            provider,
+            tls: true,
+            max_concurrent_streams: 1000,
+            single_stream_until_auth: false,
+            goaway_after: None,
+            latency: Latency::None,
+            transient_error_rate: 0.0,
+            record_path: None,
+            ca_out: None,
+            apns_jwt_public_key_pem: None,
+            apns_topic: None,
+            fcm_project: None,
+            fcm_oauth_public_key_pem: None,
+            fcm_access_token_ttl: Duration::from_secs(3600),
+            skip_auth: false,
+        }
+    }
+}
+
+/// A snapshot of the fake's counters.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Stats {
+    /// Notification requests (not OAuth, not `/stats`).
+    pub requests: u64,
+    /// Notification requests by answered HTTP status.
+    pub by_status: BTreeMap<u16, u64>,
+    /// Notifications answered 200.
+    pub delivered: u64,
+    /// Distinct tokens delivered.
+    pub distinct_tokens: u64,
+    /// Extra deliveries to tokens already delivered once.
+    pub duplicate_tokens: u64,
+    /// OAuth access tokens issued (FCM).
+    pub oauth_tokens_issued: u64,
+    /// GOAWAY frames initiated by `goaway_after`.
+    pub goaways_sent: u64,
+    /// Connections accepted.
+    pub connections: u64,
+    /// Most streams any connection had open at once.
+    pub max_open_streams_seen: u64,
+    /// Most streams any connection had open at once before its first authorised request.
+    pub max_open_streams_before_auth: u64,
+}
+
+/// Why the fake could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum FakeError {
+    /// A socket or file operation failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The CA or server certificate could not be generated.
+    #[error("certificate generation failed: {0}")]
+    Certificate(#[from] rcgen::Error),
+    /// The TLS configuration was rejected.
+    #[error("tls configuration failed: {0}")]
+    Tls(#[from] rustls::Error),
+    /// A configured public key could not be parsed.
+    #[error("invalid {what} public key: {source}")]
+    Key {
+        /// Which key.
+        what: &'static str,
+        /// The parser's complaint.
+        source: jsonwebtoken::errors::Error,
+    },
+    /// A configuration value is out of range or malformed.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}

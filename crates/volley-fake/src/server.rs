@@ -1,0 +1,652 @@
+//! The server: its thread, the accept loops, HTTP/2 connections and streams, and `/stats`.
+
+use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufWriter, Write as _};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use jsonwebtoken::DecodingKey;
+use rand::Rng as _;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::{spawn_local, LocalSet};
+use tokio_rustls::TlsAcceptor;
+
+use crate::counters::Counters;
+use crate::shim::{Shim, ShimControl};
+use crate::{apns, fcm, tls, FakeConfig, FakeError, Latency, Provider, Stats};
+
+/// Bodies above this are not buffered further; every real limit is far below it.
+const MAX_BODY: usize = 64 * 1024;
+
+/// A running fake APNs or FCM server; see the crate docs.
+pub struct FakeServer {
+    addr: SocketAddr,
+    stats_addr: Option<SocketAddr>,
+    scheme: &'static str,
+    ca_pem: String,
+    ca_path: PathBuf,
+    /// Keeps the temporary CA file alive (and removes it) when no `ca_out` was given.
+    _ca_temp: Option<tempfile::TempPath>,
+    counters: Arc<Counters>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FakeServer {
+    /// Starts serving on `listener` (already bound, e.g. to 127.0.0.1:0) on a dedicated OS thread with
+    /// its own current-thread tokio runtime, so it works from any caller runtime (or none) and never
+    /// competes with it.
+    pub fn start(config: FakeConfig, listener: std::net::TcpListener) -> Result<Self, FakeError> {
+        Self::start_with_stats(config, listener, None)
+    }
+
+    /// Like [`FakeServer::start`], and also answers `GET /stats` over plain HTTP/1.1 on
+    /// `stats_listener` (kept out of [`FakeConfig`] so that the configuration stays `Clone`).
+    pub fn start_with_stats(
+        config: FakeConfig,
+        listener: std::net::TcpListener,
+        stats_listener: Option<std::net::TcpListener>,
+    ) -> Result<Self, FakeError> {
+        validate(&config)?;
+        let apns_key = config
+            .apns_jwt_public_key_pem
+            .as_deref()
+            .map(|pem| {
+                DecodingKey::from_ec_pem(pem.as_bytes()).map_err(|source| FakeError::Key {
+                    what: "apns",
+                    source,
+                })
+            })
+            .transpose()?;
+        let fcm_key = config
+            .fcm_oauth_public_key_pem
+            .as_deref()
+            .map(|pem| {
+                DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|source| FakeError::Key {
+                    what: "oauth",
+                    source,
+                })
+            })
+            .transpose()?;
+        let minted = tls::mint()?;
+        let (ca_path, ca_temp) = match &config.ca_out {
+            Some(path) => {
+                std::fs::write(path, &minted.ca_pem)?;
+                (path.clone(), None)
+            }
+            None => {
+                let mut file = tempfile::Builder::new()
+                    .prefix("volley-fake-ca-")
+                    .suffix(".pem")
+                    .tempfile()?;
+                file.write_all(minted.ca_pem.as_bytes())?;
+                let path = file.into_temp_path();
+                (path.to_path_buf(), Some(path))
+            }
+        };
+        let record = config
+            .record_path
+            .as_deref()
+            .map(|path| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map(|f| BufWriter::with_capacity(64 * 1024, f))
+            })
+            .transpose()?;
+
+        let addr = listener.local_addr()?;
+        let stats_addr = stats_listener
+            .as_ref()
+            .map(std::net::TcpListener::local_addr)
+            .transpose()?;
+        listener.set_nonblocking(true)?;
+        if let Some(l) = &stats_listener {
+            l.set_nonblocking(true)?;
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (listener, stats_listener) = {
+            let _entered = runtime.enter();
+            (
+                TcpListener::from_std(listener)?,
+                stats_listener.map(TcpListener::from_std).transpose()?,
+            )
+        };
+
+        let counters = Arc::new(Counters::new());
+        let (stop, stopped) = oneshot::channel();
+        let scheme = if config.tls { "https" } else { "http" };
+        let acceptor = config
+            .tls
+            .then(|| TlsAcceptor::from(minted.server_config.clone()));
+        let thread_name = match config.provider {
+            Provider::Apns => "volley-fake-apns",
+            Provider::Fcm => "volley-fake-fcm",
+        };
+        let shared = Shared {
+            config,
+            counters: counters.clone(),
+            apns_key,
+            fcm_key,
+            record,
+            port: addr.port(),
+            scheme,
+        };
+        let thread = std::thread::Builder::new()
+            .name(thread_name.into())
+            .spawn(move || run(runtime, shared, listener, stats_listener, acceptor, stopped))?;
+        Ok(FakeServer {
+            addr,
+            stats_addr,
+            scheme,
+            ca_pem: minted.ca_pem,
+            ca_path,
+            _ca_temp: ca_temp,
+            counters,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The plain HTTP/1.1 stats address, when a stats listener was given.
+    pub fn stats_addr(&self) -> Option<SocketAddr> {
+        self.stats_addr
+    }
+
+    /// `https://127.0.0.1:PORT` (or `http://…` for h2c); an unspecified bind address becomes loopback.
+    pub fn endpoint(&self) -> String {
+        let port = self.addr.port();
+        match self.addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => {
+                format!("{}://{}:{port}", self.scheme, Ipv4Addr::LOCALHOST)
+            }
+            IpAddr::V4(ip) => format!("{}://{ip}:{port}", self.scheme),
+            IpAddr::V6(ip) if ip.is_unspecified() => {
+                format!("{}://[{}]:{port}", self.scheme, Ipv6Addr::LOCALHOST)
+            }
+            IpAddr::V6(ip) => format!("{}://[{ip}]:{port}", self.scheme),
+        }
+    }
+
+    /// The fake OAuth token endpoint (FCM): [`FakeServer::endpoint`] + `/token`.
+    pub fn token_uri(&self) -> String {
+        format!("{}/token", self.endpoint())
+    }
+
+    /// The generated CA certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// The CA PEM on disk (`ca_out`, or a temporary file kept while the server lives).
+    pub fn ca_pem_path(&self) -> &Path {
+        &self.ca_path
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        self.counters.snapshot()
+    }
+
+    /// Stops the server, joins its thread (flushing the record file) and returns the final counters.
+    pub fn shutdown(mut self) -> Stats {
+        self.stop_and_join();
+        self.counters.snapshot()
+    }
+
+    fn stop_and_join(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+impl std::fmt::Debug for FakeServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeServer")
+            .field("addr", &self.addr)
+            .field("scheme", &self.scheme)
+            .finish_non_exhaustive()
+    }
+}
+
+fn validate(config: &FakeConfig) -> Result<(), FakeError> {
+    if !(0.0..=1.0).contains(&config.transient_error_rate) {
+        return Err(FakeError::Config(
+            "transient_error_rate must be within 0..=1".into(),
+        ));
+    }
+    if config.max_concurrent_streams == 0 {
+        return Err(FakeError::Config(
+            "max_concurrent_streams must be at least 1".into(),
+        ));
+    }
+    if config.goaway_after == Some(0) {
+        return Err(FakeError::Config("goaway_after must be at least 1".into()));
+    }
+    if let Latency::Uniform { min, max } = config.latency {
+        if min > max {
+            return Err(FakeError::Config("latency min exceeds max".into()));
+        }
+    }
+    Ok(())
+}
+
+/// What the server thread owns, before it becomes [`Ctx`].
+struct Shared {
+    config: FakeConfig,
+    counters: Arc<Counters>,
+    apns_key: Option<DecodingKey>,
+    fcm_key: Option<DecodingKey>,
+    record: Option<BufWriter<File>>,
+    port: u16,
+    scheme: &'static str,
+}
+
+/// Server-wide state on the fake's single thread; `RefCell`s are never held across an await.
+pub(crate) struct Ctx {
+    pub(crate) config: FakeConfig,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) apns_key: Option<DecodingKey>,
+    pub(crate) fcm_key: Option<DecodingKey>,
+    pub(crate) port: u16,
+    pub(crate) scheme: &'static str,
+    /// FCM access tokens issued, with their expiry.
+    pub(crate) access_tokens: RefCell<HashMap<Box<str>, Instant>>,
+    pub(crate) next_message_id: Cell<u64>,
+    seen_tokens: RefCell<HashSet<Box<str>>>,
+    record: RefCell<Option<BufWriter<File>>>,
+}
+
+impl Ctx {
+    /// Whether this request is chosen for a random transient error.
+    pub(crate) fn transient_error(&self) -> bool {
+        self.config.transient_error_rate > 0.0
+            && rand::thread_rng().gen::<f64>() < self.config.transient_error_rate
+    }
+
+    fn delivered(&self, delivery: &Delivery<'_>, id: &str) {
+        let mut seen = self.seen_tokens.borrow_mut();
+        if seen.contains(delivery.token.as_ref()) {
+            Counters::bump(&self.counters.duplicate_tokens);
+        } else {
+            seen.insert(delivery.token.as_ref().into());
+            Counters::bump(&self.counters.distinct_tokens);
+        }
+        if let Some(record) = self.record.borrow_mut().as_mut() {
+            let collapse = delivery.collapse_id.as_deref().unwrap_or("");
+            // A failed record write must not fail the delivery; it shows up as a short record.
+            let _ = writeln!(record, "{}\t{id}\t{collapse}", delivery.token);
+        }
+    }
+}
+
+/// Per-connection state shared by the connection task and its stream tasks.
+pub(crate) struct ConnCtx {
+    authorised: Cell<bool>,
+    open_streams: Cell<u64>,
+    /// Whether the client presented a TLS client certificate (APNs certificate auth).
+    pub(crate) client_cert: bool,
+    /// The last provider token that verified on this connection, with its `iat`.
+    pub(crate) verified_jwt: RefCell<Option<(HeaderValue, i64)>>,
+    shim: Rc<ShimControl>,
+}
+
+impl ConnCtx {
+    /// Marks the connection authorised; the first time, raises the advertised stream limit.
+    pub(crate) fn authorised(&self, ctx: &Ctx) {
+        if !self.authorised.replace(true) && ctx.config.single_stream_until_auth {
+            self.shim.raise(ctx.config.max_concurrent_streams);
+        }
+    }
+
+    fn stream_opened(&self, counters: &Counters) {
+        let open = self.open_streams.get() + 1;
+        self.open_streams.set(open);
+        Counters::raise_to(&counters.max_open_streams_seen, open);
+        if !self.authorised.get() {
+            Counters::raise_to(&counters.max_open_streams_before_auth, open);
+        }
+    }
+}
+
+/// Closes the stream's slot in [`ConnCtx::open_streams`] however the stream task ends.
+struct OpenStream(Rc<ConnCtx>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open_streams.set(self.0.open_streams.get() - 1);
+    }
+}
+
+/// A notification the fake accepted.
+pub(crate) struct Delivery<'a> {
+    pub(crate) token: Cow<'a, str>,
+    /// The message id when it is not the `apns-id` response header.
+    pub(crate) id: Option<String>,
+    pub(crate) collapse_id: Option<Cow<'a, str>>,
+}
+
+/// How the fake answers one request.
+pub(crate) struct Answer<'a> {
+    pub(crate) response: Response<()>,
+    pub(crate) body: Option<Bytes>,
+    /// Counted in [`Stats::requests`] (notification requests, not OAuth or `/stats`).
+    pub(crate) notification: bool,
+    pub(crate) delivery: Option<Delivery<'a>>,
+}
+
+impl Answer<'_> {
+    /// A JSON answer that is not a notification (OAuth, `/stats`).
+    pub(crate) fn json(status: StatusCode, body: impl Into<Bytes>) -> Self {
+        Answer {
+            response: json_response(status),
+            body: Some(body.into()),
+            notification: false,
+            delivery: None,
+        }
+    }
+}
+
+/// A response head with `content-type: application/json`.
+pub(crate) fn json_response(status: StatusCode) -> Response<()> {
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The 502 page a load balancer in front of the real services would serve.
+pub(crate) fn bad_gateway() -> (Response<()>, Bytes) {
+    let mut response = Response::new(());
+    *response.status_mut() = StatusCode::BAD_GATEWAY;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=UTF-8"),
+    );
+    let body = Bytes::from_static(
+        b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\
+          <body><h1>502 Bad Gateway</h1><p>The server encountered a temporary error.</p></body></html>\n",
+    );
+    (response, body)
+}
+
+/// Seconds since the Unix epoch by the fake's real clock.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn run(
+    runtime: tokio::runtime::Runtime,
+    shared: Shared,
+    listener: TcpListener,
+    stats_listener: Option<TcpListener>,
+    acceptor: Option<TlsAcceptor>,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let ctx = Rc::new(Ctx {
+        config: shared.config,
+        counters: shared.counters,
+        apns_key: shared.apns_key,
+        fcm_key: shared.fcm_key,
+        port: shared.port,
+        scheme: shared.scheme,
+        access_tokens: RefCell::default(),
+        next_message_id: Cell::new(0),
+        seen_tokens: RefCell::default(),
+        record: RefCell::new(shared.record),
+    });
+    let local = LocalSet::new();
+    let main_ctx = ctx.clone();
+    local.block_on(&runtime, async move {
+        let ctx = main_ctx;
+        loop {
+            tokio::select! {
+                _ = &mut stopped => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _)) => {
+                        spawn_local(serve_connection(ctx.clone(), tcp, acceptor.clone()));
+                    }
+                    Err(error) => tracing::warn!(%error, "fake accept failed"),
+                },
+                accepted = accept_stats(stats_listener.as_ref()) => match accepted {
+                    Ok((tcp, _)) => {
+                        spawn_local(serve_stats_http1(ctx.counters.clone(), tcp));
+                    }
+                    Err(error) => tracing::warn!(%error, "fake stats accept failed"),
+                },
+            }
+        }
+    });
+    // Dropping the LocalSet drops every connection and stream task before the record is flushed.
+    drop(local);
+    if let Some(record) = ctx.record.borrow_mut().as_mut() {
+        if let Err(error) = record.flush() {
+            tracing::warn!(%error, "fake record flush failed");
+        }
+    }
+    drop(ctx);
+    drop(runtime);
+}
+
+async fn accept_stats(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn serve_stats_http1(counters: Arc<Counters>, tcp: TcpStream) {
+    use http_body_util::Full;
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let counters = counters.clone();
+        async move {
+            let mut response = if req.method() == Method::GET && req.uri().path() == "/stats" {
+                let body = serde_json::to_vec(&counters.snapshot()).unwrap_or_default();
+                let mut r = Response::new(Full::new(Bytes::from(body)));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                r
+            } else {
+                Response::new(Full::new(Bytes::from_static(b"not found\n")))
+            };
+            if req.uri().path() != "/stats" || req.method() != Method::GET {
+                *response.status_mut() = StatusCode::NOT_FOUND;
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let io = hyper_util::rt::TokioIo::new(tcp);
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, service)
+        .await;
+}
+
+async fn serve_connection(ctx: Rc<Ctx>, tcp: TcpStream, acceptor: Option<TlsAcceptor>) {
+    Counters::bump(&ctx.counters.connections);
+    let _ = tcp.set_nodelay(true);
+    match acceptor {
+        Some(acceptor) => {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let client_cert = tls.get_ref().1.peer_certificates().is_some();
+            serve_h2(ctx, tls, client_cert).await;
+        }
+        None => serve_h2(ctx, tcp, false).await,
+    }
+}
+
+async fn serve_h2<T>(ctx: Rc<Ctx>, io: T, client_cert: bool)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let control = Rc::new(ShimControl::default());
+    let shim = Shim::new(
+        io,
+        control.clone(),
+        ctx.config.single_stream_until_auth,
+        ctx.config.goaway_after.is_some(),
+    );
+    let handshake = h2::server::Builder::new()
+        .max_concurrent_streams(ctx.config.max_concurrent_streams)
+        .handshake::<_, Bytes>(shim)
+        .await;
+    let Ok(mut h2) = handshake else {
+        return;
+    };
+    let conn = Rc::new(ConnCtx {
+        authorised: Cell::new(false),
+        open_streams: Cell::new(0),
+        client_cert,
+        verified_jwt: RefCell::new(None),
+        shim: control.clone(),
+    });
+    let mut accepted = 0u64;
+    let mut goaway_cap: Option<u32> = None;
+    while let Some(next) = h2.accept().await {
+        let Ok((request, mut respond)) = next else {
+            break;
+        };
+        let id = respond.stream_id().as_u32();
+        if goaway_cap.is_some_and(|cap| id > cap) {
+            // Above GOAWAY's last-stream-id: never processed, safe for the client to resend.
+            respond.send_reset(Reason::REFUSED_STREAM);
+            continue;
+        }
+        accepted += 1;
+        conn.stream_opened(&ctx.counters);
+        spawn_local(serve_stream(
+            ctx.clone(),
+            OpenStream(conn.clone()),
+            request,
+            respond,
+        ));
+        if ctx.config.goaway_after == Some(accepted) {
+            control.cap_goaway(id);
+            goaway_cap = Some(id);
+            // Graceful: h2 keeps answering the accepted streams and closes once they are done.
+            h2.graceful_shutdown();
+            Counters::bump(&ctx.counters.goaways_sent);
+        }
+    }
+}
+
+async fn read_body(body: &mut RecvStream) -> Result<Bytes, h2::Error> {
+    let mut first: Option<Bytes> = None;
+    let mut more: Option<BytesMut> = None;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        match (&mut first, &mut more) {
+            (None, _) => first = Some(chunk),
+            (Some(f), None) => {
+                let mut joined = BytesMut::with_capacity(f.len() + chunk.len());
+                joined.extend_from_slice(f);
+                joined.extend_from_slice(&chunk);
+                more = Some(joined);
+            }
+            (Some(_), Some(joined)) => {
+                if joined.len() < MAX_BODY {
+                    joined.extend_from_slice(&chunk);
+                }
+            }
+        }
+    }
+    Ok(match more {
+        Some(joined) => joined.freeze(),
+        None => first.unwrap_or_default(),
+    })
+}
+
+async fn serve_stream(
+    ctx: Rc<Ctx>,
+    open: OpenStream,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    let (parts, mut body) = request.into_parts();
+    let Ok(body) = read_body(&mut body).await else {
+        return;
+    };
+    let answer = if parts.method == Method::GET && parts.uri.path() == "/stats" {
+        let stats = serde_json::to_vec(&ctx.counters.snapshot()).unwrap_or_default();
+        Answer::json(StatusCode::OK, stats)
+    } else {
+        match ctx.config.provider {
+            Provider::Apns => apns::handle(&ctx, &open.0, &parts, &body),
+            Provider::Fcm => fcm::handle(&ctx, &open.0, &parts, &body),
+        }
+    };
+    match &ctx.config.latency {
+        Latency::None => {}
+        Latency::Fixed(d) => tokio::time::sleep(*d).await,
+        Latency::Uniform { min, max } => {
+            let d = rand::thread_rng().gen_range(*min..=*max);
+            tokio::time::sleep(d).await;
+        }
+    }
+    let status = answer.response.status().as_u16();
+    // Taken before the head moves into h2: the record wants the apns-id that was sent.
+    let apns_id = answer
+        .delivery
+        .as_ref()
+        .and_then(|_| answer.response.headers().get("apns-id").cloned());
+    let sent = match answer.body {
+        None => respond.send_response(answer.response, true).is_ok(),
+        Some(body) => match respond.send_response(answer.response, false) {
+            Ok(mut stream) => stream.send_data(body, true).is_ok(),
+            Err(_) => false,
+        },
+    };
+    if !sent {
+        return;
+    }
+    if answer.notification {
+        ctx.counters.answered(status);
+    }
+    if let Some(delivery) = &answer.delivery {
+        let id = match &delivery.id {
+            Some(id) => id.as_str(),
+            None => apns_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+        };
+        ctx.delivered(delivery, id);
+    }
+}
