@@ -1,0 +1,352 @@
+//! A job held by the controller: its tokens, its rendered notification and its progress.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use volley_contracts::{
+    ApnsRender, Chunk, ChunkId, ChunkReport, FailureCount, FcmRender, InvalidToken, JobId,
+    JobState, JobStatus, Platform, Render, SubmitJob, TokenList,
+};
+
+/// Milliseconds since the epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One chunk's place in its job: which tokens of which platform.
+#[derive(Debug, Clone)]
+pub(crate) struct ChunkSpec {
+    pub(crate) index: u32,
+    pub(crate) platform: Platform,
+    pub(crate) range: Range<usize>,
+}
+
+impl ChunkSpec {
+    pub(crate) fn len(&self) -> usize {
+        self.range.len()
+    }
+}
+
+/// A job in memory.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) id: JobId,
+    pub(crate) app: String,
+    pub(crate) created_ms: u64,
+    pub(crate) accepted: u64,
+    apns: Option<ApnsRender>,
+    fcm: Option<FcmRender>,
+    apns_tokens: TokenList,
+    fcm_tokens: TokenList,
+    pub(crate) chunks_total: u32,
+    cancelled: AtomicBool,
+    progress: Mutex<Progress>,
+}
+
+#[derive(Debug, Default)]
+struct Progress {
+    delivered: u64,
+    failed: u64,
+    invalid: u64,
+    cancelled: u64,
+    possible_duplicates: u64,
+    chunks_done: u32,
+    dispatched: bool,
+    invalid_tokens: Vec<InvalidToken>,
+    failures: HashMap<(Platform, String, String), u64>,
+    finished_ms: Option<u64>,
+}
+
+/// What a chunk's report added to the app's counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ChunkTotals {
+    pub(crate) success: u64,
+    pub(crate) error: u64,
+    pub(crate) finished_job: bool,
+}
+
+impl Job {
+    pub(crate) fn new(id: JobId, submit: SubmitJob, chunk_size: usize) -> (Job, Vec<ChunkSpec>) {
+        let mut specs = Vec::new();
+        for (platform, tokens) in [
+            (Platform::Apns, &submit.apns_tokens),
+            (Platform::Fcm, &submit.fcm_tokens),
+        ] {
+            let mut start = 0;
+            while start < tokens.len() {
+                let end = (start + chunk_size).min(tokens.len());
+                specs.push(ChunkSpec {
+                    index: specs.len() as u32,
+                    platform,
+                    range: start..end,
+                });
+                start = end;
+            }
+        }
+        let job = Job {
+            id,
+            app: submit.app,
+            created_ms: now_ms(),
+            accepted: (submit.apns_tokens.len() + submit.fcm_tokens.len()) as u64,
+            apns: submit.apns,
+            fcm: submit.fcm,
+            apns_tokens: submit.apns_tokens,
+            fcm_tokens: submit.fcm_tokens,
+            chunks_total: specs.len() as u32,
+            cancelled: AtomicBool::new(false),
+            progress: Mutex::new(Progress::default()),
+        };
+        (job, specs)
+    }
+
+    fn tokens(&self, platform: Platform) -> &TokenList {
+        match platform {
+            Platform::Apns => &self.apns_tokens,
+            Platform::Fcm => &self.fcm_tokens,
+        }
+    }
+
+    /// The chunk to hand to an agent; its tokens share the job's buffer.
+    pub(crate) fn chunk(&self, spec: &ChunkSpec) -> Option<Chunk> {
+        let render = match spec.platform {
+            Platform::Apns => Render::Apns(self.apns.clone()?),
+            Platform::Fcm => Render::Fcm(self.fcm.clone()?),
+        };
+        Some(Chunk {
+            id: ChunkId {
+                job: self.id,
+                index: spec.index,
+            },
+            app: self.app.clone(),
+            render,
+            tokens: self.tokens(spec.platform).slice(spec.range.clone()),
+        })
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn mark_dispatched(&self) {
+        self.progress.lock().dispatched = true;
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.progress.lock().finished_ms.is_some()
+    }
+
+    pub(crate) fn finished_ms(&self) -> Option<u64> {
+        self.progress.lock().finished_ms
+    }
+
+    /// Records an agent's report for one chunk.
+    pub(crate) fn apply_report(&self, spec: &ChunkSpec, report: &ChunkReport) -> ChunkTotals {
+        let tokens = self.tokens(spec.platform);
+        let mut progress = self.progress.lock();
+        progress.delivered += u64::from(report.delivered);
+        progress.invalid += report.invalid.len() as u64;
+        progress.failed += report.failed.len() as u64;
+        progress.possible_duplicates += u64::from(report.possible_duplicates);
+        for (index, reason, timestamp_ms) in &report.invalid {
+            let token = tokens
+                .get(spec.range.start + *index as usize)
+                .unwrap_or_default()
+                .to_owned();
+            progress.invalid_tokens.push(InvalidToken {
+                platform: spec.platform,
+                token,
+                reason: reason.clone(),
+                timestamp_ms: *timestamp_ms,
+            });
+        }
+        for failure in &report.failed {
+            *progress
+                .failures
+                .entry((spec.platform, failure.class.clone(), failure.reason.clone()))
+                .or_default() += 1;
+        }
+        let error = (report.invalid.len() + report.failed.len()) as u64;
+        ChunkTotals {
+            success: u64::from(report.delivered),
+            error,
+            finished_job: self.finish_chunk(&mut progress),
+        }
+    }
+
+    /// Records a chunk that was not sent because the job was cancelled.
+    pub(crate) fn skip_cancelled(&self, spec: &ChunkSpec) -> ChunkTotals {
+        let mut progress = self.progress.lock();
+        progress.cancelled += spec.len() as u64;
+        ChunkTotals {
+            finished_job: self.finish_chunk(&mut progress),
+            ..ChunkTotals::default()
+        }
+    }
+
+    /// Records that a chunk is going out again after its agent was lost mid-chunk.
+    pub(crate) fn note_redispatch(&self, spec: &ChunkSpec) {
+        // Every token of the chunk may already have been sent once.
+        self.progress.lock().possible_duplicates += spec.len() as u64;
+    }
+
+    fn finish_chunk(&self, progress: &mut Progress) -> bool {
+        progress.chunks_done += 1;
+        if progress.chunks_done == self.chunks_total && progress.finished_ms.is_none() {
+            progress.finished_ms = Some(now_ms());
+            return true;
+        }
+        false
+    }
+
+    /// Notifications without a final outcome.
+    #[cfg(test)]
+    pub(crate) fn pending(&self) -> u64 {
+        let progress = self.progress.lock();
+        self.accepted
+            - (progress.delivered + progress.failed + progress.invalid + progress.cancelled)
+                .min(self.accepted)
+    }
+
+    pub(crate) fn status(&self, invalid_limit: usize) -> JobStatus {
+        let progress = self.progress.lock();
+        let done = progress.delivered + progress.failed + progress.invalid + progress.cancelled;
+        let state = if progress.finished_ms.is_some() {
+            if self.is_cancelled() && progress.cancelled > 0 {
+                JobState::Cancelled
+            } else {
+                JobState::Done
+            }
+        } else if progress.dispatched {
+            JobState::Running
+        } else {
+            JobState::Queued
+        };
+        let mut failures: Vec<FailureCount> = progress
+            .failures
+            .iter()
+            .map(|((platform, class, reason), count)| FailureCount {
+                platform: *platform,
+                class: class.clone(),
+                reason: reason.clone(),
+                count: *count,
+            })
+            .collect();
+        failures.sort_by(|a, b| b.count.cmp(&a.count).then(a.reason.cmp(&b.reason)));
+        JobStatus {
+            id: self.id,
+            app: self.app.clone(),
+            state,
+            accepted: self.accepted,
+            delivered: progress.delivered,
+            failed: progress.failed,
+            invalid: progress.invalid,
+            cancelled: progress.cancelled,
+            pending: self.accepted.saturating_sub(done),
+            possible_duplicates: progress.possible_duplicates,
+            invalid_tokens: progress
+                .invalid_tokens
+                .iter()
+                .take(invalid_limit)
+                .cloned()
+                .collect(),
+            failures,
+            created_ms: self.created_ms,
+            finished_ms: progress.finished_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use volley_contracts::ChunkFailure;
+
+    fn submit(apns: usize, fcm: usize) -> SubmitJob {
+        SubmitJob {
+            app: "shop".into(),
+            apns: Some(ApnsRender {
+                payload: bytes::Bytes::from_static(b"{\"aps\":{}}"),
+                push_type: "alert".into(),
+                priority: 10,
+                expiration: None,
+                collapse_id: None,
+            }),
+            fcm: Some(FcmRender {
+                prefix: bytes::Bytes::from_static(b"{\"message\":{\"token\":\""),
+                suffix: bytes::Bytes::from_static(b"\"}}"),
+            }),
+            apns_tokens: (0..apns).map(|i| format!("{i:064x}")).collect(),
+            fcm_tokens: (0..fcm).map(|i| format!("fcm-{i}")).collect(),
+            idempotency_key: None,
+        }
+    }
+
+    #[test]
+    fn a_job_splits_into_bounded_chunks_per_platform() {
+        let (job, specs) = Job::new(JobId::new(), submit(2500, 1001), 1000);
+        let sizes: Vec<(Platform, usize)> = specs.iter().map(|s| (s.platform, s.len())).collect();
+        assert_eq!(
+            sizes,
+            [
+                (Platform::Apns, 1000),
+                (Platform::Apns, 1000),
+                (Platform::Apns, 500),
+                (Platform::Fcm, 1000),
+                (Platform::Fcm, 1)
+            ]
+        );
+        assert_eq!(job.chunks_total, 5);
+        let chunk = job.chunk(&specs[4]).unwrap();
+        assert_eq!(chunk.tokens.get(0), Some("fcm-1000"));
+        assert!(matches!(chunk.render, Render::Fcm(_)));
+    }
+
+    #[test]
+    fn reports_add_up_and_finish_the_job() {
+        let (job, specs) = Job::new(JobId::new(), submit(3, 0), 2);
+        job.apply_report(
+            &specs[0],
+            &ChunkReport {
+                delivered: 1,
+                invalid: vec![(1, "Unregistered".into(), Some(5))],
+                ..ChunkReport::default()
+            },
+        );
+        assert_eq!(job.pending(), 1);
+        let totals = job.apply_report(
+            &specs[1],
+            &ChunkReport {
+                failed: vec![ChunkFailure {
+                    index: 0,
+                    class: "transient".into(),
+                    reason: "ServiceUnavailable".into(),
+                }],
+                ..ChunkReport::default()
+            },
+        );
+        assert!(totals.finished_job);
+        let status = job.status(10);
+        assert_eq!(status.state, JobState::Done);
+        assert_eq!(
+            (
+                status.delivered,
+                status.invalid,
+                status.failed,
+                status.pending
+            ),
+            (1, 1, 1, 0)
+        );
+        assert_eq!(status.invalid_tokens[0].token, format!("{:064x}", 1));
+        assert_eq!(status.failures[0].reason, "ServiceUnavailable");
+    }
+}
