@@ -109,12 +109,9 @@ impl FcmClient {
             field: "private_key",
             what: "not a usable rsa private key",
         })?;
-        let base = &config.base;
         let uri = Uri::try_from(format!(
-            "{}://{}:{}/v1/projects/{project}/messages:send",
-            if base.tls { "https" } else { "http" },
-            base.host,
-            base.port,
+            "{}/v1/projects/{project}/messages:send",
+            origin(&config.base)
         ))
         .map_err(|_| FcmError::BadProject(project.clone()))?;
         let pool = Pool::new(PoolConfig {
@@ -231,6 +228,21 @@ fn transport_outcome(error: SendError) -> Outcome {
     }
 }
 
+/// `scheme://host[:port]`, the port left out when it is the scheme's default (as the pool
+/// does for path-only URIs, so `:authority` reads as it would from any other client).
+fn origin(endpoint: &Endpoint) -> String {
+    let scheme = if endpoint.tls { "https" } else { "http" };
+    let host = if endpoint.host.contains(':') {
+        format!("[{}]", endpoint.host)
+    } else {
+        endpoint.host.clone()
+    };
+    match (endpoint.tls, endpoint.port) {
+        (true, 443) | (false, 80) => format!("{scheme}://{host}"),
+        (_, port) => format!("{scheme}://{host}:{port}"),
+    }
+}
+
 /// Splits an allowed `token_uri` into the URI to post to and the endpoint to pool.
 fn parse_token_uri(token_uri: &str) -> Result<(Uri, Endpoint), FcmError> {
     let bad = || FcmError::BadTokenUri(token_uri.to_owned());
@@ -255,6 +267,24 @@ fn parse_token_uri(token_uri: &str) -> Result<(Uri, Endpoint), FcmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins_leave_out_default_ports() {
+        let endpoint = |tls, host: &str, port| Endpoint {
+            tls,
+            host: host.into(),
+            port,
+        };
+        assert_eq!(
+            origin(&endpoint(true, "fcm.googleapis.com", 443)),
+            "https://fcm.googleapis.com"
+        );
+        assert_eq!(
+            origin(&endpoint(true, "127.0.0.1", 8443)),
+            "https://127.0.0.1:8443"
+        );
+        assert_eq!(origin(&endpoint(false, "::1", 80)), "http://[::1]");
+    }
 
     #[test]
     fn token_uris_become_endpoints() {
