@@ -88,3 +88,188 @@ async fn scripted_prefixes_answer_like_apns() {
     assert_eq!(stats.delivered, 0);
     assert_eq!(stats.by_status.get(&400), Some(&2));
 }
+
+#[tokio::test]
+async fn provider_token_checks() {
+    let key = keys::generate_apns_key();
+    let other = keys::generate_apns_key();
+    let server = start(config_with(&key));
+    let token = apns_token("ab", 2);
+    let good = apns_jwt(&key, now());
+    let forged = apns_jwt(&other, now());
+    let expired = apns_jwt(&key, now() - 3700);
+    let mut c = client(&server).await;
+    let cases: &[(Option<&str>, u16, &str)] = &[
+        (None, 403, "MissingProviderToken"),
+        (Some(&forged), 403, "InvalidProviderToken"),
+        (Some("not.a.jwt"), 403, "InvalidProviderToken"),
+        (Some(&expired), 403, "ExpiredProviderToken"),
+        (Some(&good), 200, ""),
+        // The per-connection cache must not let a bad token ride on a good one.
+        (Some(&forged), 403, "InvalidProviderToken"),
+        (Some(&good), 200, ""),
+    ];
+    for (jwt, status, reason) in cases {
+        let request = apns_request(&server, &token, *jwt).body(()).unwrap();
+        let reply = send(&mut c, request, PAYLOAD).await;
+        assert_eq!(reply.status.as_u16(), *status, "{reason}");
+        if !reason.is_empty() {
+            assert_eq!(reply.json()["reason"], *reason);
+        }
+    }
+}
+
+#[tokio::test]
+async fn request_shape_checks() {
+    let key = keys::generate_apns_key();
+    let mut config = config_with(&key);
+    config.apns_topic = Some("com.example.app".into());
+    let server = start(config);
+    let jwt = apns_jwt(&key, now());
+    let token = apns_token("ab", 3);
+    let mut c = client(&server).await;
+    let big = vec![b'x'; 4097];
+    let voip_ok = vec![b'x'; 5120];
+    let voip_big = vec![b'x'; 5121];
+    let base = || apns_request(&server, &token, Some(&jwt));
+    let no_topic = || {
+        http::Request::post(format!("{}/3/device/{token}", server.endpoint()))
+            .header("authorization", format!("bearer {jwt}"))
+    };
+    let cases: Vec<(http::request::Builder, &[u8], u16, &str)> = vec![
+        (no_topic(), PAYLOAD, 400, "MissingTopic"),
+        (
+            no_topic().header("apns-topic", "com.other"),
+            PAYLOAD,
+            400,
+            "BadTopic",
+        ),
+        (base(), b"", 400, "PayloadEmpty"),
+        (base(), &big, 413, "PayloadTooLarge"),
+        (
+            base().header("apns-push-type", "voip"),
+            &voip_big,
+            413,
+            "PayloadTooLarge",
+        ),
+        (
+            apns_request(&server, "zz-not-hex", Some(&jwt)),
+            PAYLOAD,
+            400,
+            "BadDeviceToken",
+        ),
+        (
+            http::Request::get(format!("{}/3/device/{token}", server.endpoint()))
+                .header("authorization", format!("bearer {jwt}")),
+            b"",
+            405,
+            "MethodNotAllowed",
+        ),
+        (
+            http::Request::post(format!("{}/4/device/{token}", server.endpoint())),
+            PAYLOAD,
+            404,
+            "BadPath",
+        ),
+        (
+            base().header("apns-id", "nope"),
+            PAYLOAD,
+            400,
+            "BadMessageId",
+        ),
+        (
+            base().header("apns-collapse-id", "c".repeat(65)),
+            PAYLOAD,
+            400,
+            "BadCollapseId",
+        ),
+    ];
+    for (builder, body, status, reason) in cases {
+        let reply = send(&mut c, builder.body(()).unwrap(), body).await;
+        assert_eq!(reply.status.as_u16(), status, "{reason}");
+        assert_eq!(reply.json()["reason"], reason);
+    }
+    // VoIP payloads may be up to 5120 bytes. (The header map appends, so build this one cleanly.)
+    let voip = http::Request::post(format!("{}/3/device/{token}", server.endpoint()))
+        .header("authorization", format!("bearer {jwt}"))
+        .header("apns-topic", "com.example.app")
+        .header("apns-push-type", "voip")
+        .body(())
+        .unwrap();
+    assert_eq!(send(&mut c, voip, &voip_ok).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn counters_are_exact_for_a_concurrent_burst_and_the_record_lists_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("record.tsv");
+    let mut config = FakeConfig::apns();
+    config.record_path = Some(record.clone());
+    let server = start(config);
+    let jwt = apns_jwt(&keys::generate_apns_key(), now());
+    let c = client(&server).await;
+    let mut tasks = Vec::new();
+    for i in 0..20u64 {
+        let mut c = c.clone();
+        let request = apns_request(&server, &apns_token("ab", i % 5), Some(&jwt))
+            .header("apns-collapse-id", format!("collapse-{i}"))
+            .body(())
+            .unwrap();
+        tasks.push(tokio::spawn(
+            async move { send(&mut c, request, PAYLOAD).await },
+        ));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        let reply = task.await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        ids.push(reply.header("apns-id").unwrap().to_string());
+    }
+    let failing = apns_request(&server, &apns_token("dead", 1), Some(&jwt))
+        .body(())
+        .unwrap();
+    let mut c2 = c.clone();
+    assert_eq!(send(&mut c2, failing, PAYLOAD).await.status.as_u16(), 410);
+
+    let live = server.stats();
+    assert_eq!(live.requests, 21);
+    let stats = server.shutdown();
+    assert_eq!(stats, live);
+    assert_eq!(stats.delivered, 20);
+    assert_eq!(stats.distinct_tokens, 5);
+    assert_eq!(stats.duplicate_tokens, 15);
+    assert_eq!(stats.by_status.get(&200), Some(&20));
+    assert_eq!(stats.by_status.get(&410), Some(&1));
+    assert_eq!(stats.connections, 1);
+
+    let text = std::fs::read_to_string(&record).unwrap();
+    let mut lines: Vec<Vec<String>> = text
+        .lines()
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect();
+    assert_eq!(lines.len(), 20);
+    lines.sort();
+    for line in &lines {
+        assert_eq!(line.len(), 3);
+        assert!(ids.contains(&line[1]));
+        assert!(line[2].starts_with("collapse-"));
+    }
+    let tokens: std::collections::BTreeSet<_> = lines.iter().map(|l| l[0].clone()).collect();
+    assert_eq!(tokens.len(), 5);
+}
+
+#[tokio::test]
+async fn transient_error_rate_one_answers_every_request_503() {
+    let mut config = FakeConfig::apns();
+    config.transient_error_rate = 1.0;
+    let server = start(config);
+    let jwt = apns_jwt(&keys::generate_apns_key(), now());
+    let mut c = client(&server).await;
+    let request = apns_request(&server, &apns_token("ab", 1), Some(&jwt))
+        .body(())
+        .unwrap();
+    let reply = send(&mut c, request, PAYLOAD).await;
+    assert_eq!(reply.status.as_u16(), 503);
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert_eq!(reply.json()["reason"], "ServiceUnavailable");
+}
