@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Method, Request, StatusCode, Uri};
 use volley_provider::tls::TlsError;
-use volley_provider::{Endpoint, Outcome, Pool, PoolConfig, Reason, SendError};
+use volley_provider::{Endpoint, Outcome, Pool, PoolConfig, Reason};
 
 use crate::auth::{Clock, OAuthSource, Signer, TokenCache};
 use crate::classify::classify;
@@ -208,23 +208,8 @@ impl FcmClient {
                     &response.body,
                 ),
             ),
-            Err(error) => (None, transport_outcome(error)),
+            Err(error) => (None, error.into_outcome()),
         }
-    }
-}
-
-/// The outcome of a request that got no response.
-fn transport_outcome(error: SendError) -> Outcome {
-    let (reason, maybe_delivered) = match error {
-        SendError::NotSent(_) => ("NotSent", false),
-        SendError::MaybeSent(_) => ("ConnectionLost", true),
-        SendError::Timeout(_) => ("Timeout", true),
-        SendError::Connect { .. } => ("ConnectFailed", false),
-    };
-    Outcome::Transient {
-        reason: Reason::known(reason),
-        retry_after: None,
-        maybe_delivered,
     }
 }
 
@@ -305,30 +290,6 @@ mod tests {
                 parse_token_uri(bad),
                 Err(FcmError::BadTokenUri(_))
             ));
-        }
-    }
-
-    #[test]
-    fn transport_failures_are_transient_and_say_whether_a_resend_may_duplicate() {
-        let cases = [
-            (SendError::NotSent("goaway".into()), false),
-            (SendError::MaybeSent("reset".into()), true),
-            (SendError::Timeout(Duration::from_secs(1)), true),
-            (
-                SendError::Connect {
-                    endpoint: "x:1".into(),
-                    message: "refused".into(),
-                },
-                false,
-            ),
-        ];
-        for (error, maybe) in cases {
-            match transport_outcome(error) {
-                Outcome::Transient {
-                    maybe_delivered, ..
-                } => assert_eq!(maybe_delivered, maybe),
-                other => panic!("{other:?}"),
-            }
         }
     }
 }

@@ -313,6 +313,27 @@ impl PreparedMessage {
     }
 }
 
+impl PreparedMessage {
+    /// The body around the token, for carrying a prepared message between nodes: every
+    /// request body is `prefix + token + suffix`.
+    pub fn parts(&self) -> (&'static [u8], &Bytes) {
+        (PREFIX, &self.suffix)
+    }
+
+    /// Rebuilds a message from [`PreparedMessage::parts`], checking the prefix and the size.
+    pub fn from_parts(prefix: &[u8], suffix: Bytes) -> Result<PreparedMessage, MessageError> {
+        if prefix != PREFIX || !suffix.starts_with(b"\"") || !suffix.ends_with(b"}}") {
+            return Err(MessageError::NotAnObject);
+        }
+        let prepared = PreparedMessage { suffix };
+        let size = prepared.size_without_token();
+        if size > MAX_PAYLOAD_BYTES {
+            return Err(MessageError::TooLarge { size });
+        }
+        Ok(prepared)
+    }
+}
+
 impl fmt::Debug for PreparedMessage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The payload may be personal data: show its size only.
