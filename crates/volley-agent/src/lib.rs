@@ -1,1 +1,369 @@
-//! Volley's agent.
+//! Volley's agent: one per host.
+//!
+//! The agent loads its apps' credentials from its own configuration (they never travel over
+//! the RPC link), registers with the controller, and serves `deliver` calls: each chunk's
+//! tokens go into the app's APNs or FCM client as many concurrent HTTP/2 streams, transient
+//! failures are retried with back-off inside the chunk, and one report per chunk goes back.
+
+mod deliver;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tarpc::context::Context;
+use tarpc::server::{BaseChannel, Channel};
+use tokio_util::sync::CancellationToken;
+use volley_config::{AppConfig, Config};
+use volley_contracts::{Agent, AgentInfo, Chunk, ChunkReport, ErrorCode, Render, WireError};
+use volley_provider::tls::{ClientIdentity, TlsOptions};
+
+pub use deliver::RetryPolicy;
+
+/// Why an agent could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// An app's credentials could not be loaded; names the configuration key.
+    #[error("invalid `{key}`: {message}")]
+    Credentials {
+        /// The configuration key, e.g. `apps[0].apns.key_file`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The agent has no app to serve.
+    #[error("the agent has no app with credentials: add [[apps]] with [apps.apns] or [apps.fcm]")]
+    NoApps,
+    /// The listener failed.
+    #[error("agent listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One app's provider clients on this agent.
+#[derive(Clone)]
+struct AppClients {
+    topic: Option<String>,
+    apns: Option<volley_apns::ApnsClient>,
+    fcm: Option<volley_fcm::FcmClient>,
+}
+
+/// Builds every app's clients from the configuration; errors name the key at fault.
+fn build_clients(config: &Config) -> Result<HashMap<String, AppClients>, AgentError> {
+    let mut apps = HashMap::new();
+    for (index, app) in config.apps.iter().enumerate() {
+        apps.insert(app.name.clone(), app_clients(config, index, app)?);
+    }
+    if apps.is_empty() {
+        return Err(AgentError::NoApps);
+    }
+    Ok(apps)
+}
+
+fn read(key: String, path: &std::path::Path) -> Result<String, AgentError> {
+    std::fs::read_to_string(path).map_err(|error| AgentError::Credentials {
+        key,
+        message: format!("cannot read {}: {error}", path.display()),
+    })
+}
+
+fn app_clients(config: &Config, index: usize, app: &AppConfig) -> Result<AppClients, AgentError> {
+    let agent = &config.agent;
+    let prefix = format!("apps[{index}]");
+    let invalid = |field: &str, message: String| AgentError::Credentials {
+        key: format!("{prefix}.{field}"),
+        message,
+    };
+    let apns = match &app.apns {
+        None => None,
+        Some(apns) => {
+            let endpoint = match apns.endpoint.as_str() {
+                "production" => volley_apns::ApnsEndpoint::Production,
+                "sandbox" | "development" => volley_apns::ApnsEndpoint::Sandbox,
+                url => volley_apns::ApnsEndpoint::Custom(
+                    url.parse()
+                        .map_err(|error: String| invalid("apns.endpoint", error))?,
+                ),
+            };
+            let mut tls = TlsOptions {
+                extra_ca_pem: apns.ca_file.clone(),
+                ..TlsOptions::default()
+            };
+            let auth = match (&apns.key_file, &apns.cert_file) {
+                (Some(key_file), _) => volley_apns::ApnsAuth::Token {
+                    key_pem: read(format!("{prefix}.apns.key_file"), key_file)?,
+                    key_id: apns.key_id.clone().unwrap_or_default(),
+                    team_id: apns.team_id.clone().unwrap_or_default(),
+                },
+                (None, Some(cert_file)) => {
+                    tls.client_identity = Some(ClientIdentity {
+                        cert_pem: cert_file.clone(),
+                        key_pem: apns.cert_key_file.clone().unwrap_or_default(),
+                    });
+                    volley_apns::ApnsAuth::Certificate
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        "apns.key_file",
+                        "APNs needs key_file or cert_file".into(),
+                    ))
+                }
+            };
+            let mut client_config = volley_apns::ApnsConfig::new(endpoint, auth);
+            client_config.connections = agent.connections;
+            client_config.request_timeout = agent.request_timeout;
+            client_config.tls = tls;
+            Some(
+                volley_apns::ApnsClient::new(client_config)
+                    .map_err(|error| invalid("apns", error.to_string()))?,
+            )
+        }
+    };
+    let fcm = match &app.fcm {
+        None => None,
+        Some(fcm) => {
+            let json = read(
+                format!("{prefix}.fcm.service_account_file"),
+                &fcm.service_account_file,
+            )?;
+            let mut client_config = volley_fcm::FcmConfig::new(json);
+            client_config.base = fcm
+                .endpoint
+                .parse()
+                .map_err(|error: String| invalid("fcm.endpoint", error))?;
+            client_config.project_id = fcm.project_id.clone();
+            client_config.allowed_token_uris = fcm.allowed_token_uris.clone();
+            client_config.connections = agent.connections;
+            client_config.request_timeout = agent.request_timeout;
+            client_config.tls = TlsOptions {
+                extra_ca_pem: fcm.ca_file.clone(),
+                ..TlsOptions::default()
+            };
+            Some(
+                volley_fcm::FcmClient::new(client_config)
+                    .map_err(|error| invalid("fcm", error.to_string()))?,
+            )
+        }
+    };
+    Ok(AppClients {
+        topic: app.apns.as_ref().map(|apns| apns.topic.clone()),
+        apns,
+        fcm,
+    })
+}
+
+/// The agent's tarpc service.
+#[derive(Clone)]
+struct AgentServer {
+    apps: Arc<HashMap<String, AppClients>>,
+    per_chunk_concurrency: usize,
+    retry: RetryPolicy,
+    draining: Arc<AtomicBool>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Agent for AgentServer {
+    async fn deliver(self, _: Context, chunk: Chunk) -> Result<ChunkReport, WireError> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(WireError::new(ErrorCode::Unavailable, "agent is draining"));
+        }
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let result = self.deliver_chunk(chunk).await;
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        result
+    }
+}
+
+impl AgentServer {
+    async fn deliver_chunk(&self, chunk: Chunk) -> Result<ChunkReport, WireError> {
+        let no_credentials = |platform: &str| {
+            WireError::new(
+                ErrorCode::NoCredentials,
+                format!(
+                    "this agent has no {platform} credentials for app {:?}",
+                    chunk.app
+                ),
+            )
+        };
+        let app = self
+            .apps
+            .get(&chunk.app)
+            .ok_or_else(|| no_credentials("provider"))?;
+        let report = match &chunk.render {
+            Render::Apns(render) => {
+                let client = app.apns.as_ref().ok_or_else(|| no_credentials("APNs"))?;
+                let prepared = deliver::prepare_apns(app.topic.as_deref().unwrap_or(""), render)?;
+                deliver::deliver_all(
+                    &chunk.tokens,
+                    self.per_chunk_concurrency,
+                    self.retry,
+                    |token| client.send(token, &prepared),
+                )
+                .await
+            }
+            Render::Fcm(render) => {
+                let client = app.fcm.as_ref().ok_or_else(|| no_credentials("FCM"))?;
+                let prepared = deliver::prepare_fcm(render)?;
+                deliver::deliver_all(
+                    &chunk.tokens,
+                    self.per_chunk_concurrency,
+                    self.retry,
+                    |token| client.send(token, &prepared),
+                )
+                .await
+            }
+        };
+        tracing::debug!(chunk = %chunk.id, tokens = chunk.tokens.len(), delivered = report.delivered, "chunk delivered");
+        Ok(report)
+    }
+}
+
+/// Runs an agent on `listener` until `shutdown` resolves, then drains.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    let apps = build_clients(&config)?;
+    let agent = &config.agent;
+    let local = listener.local_addr()?;
+    let advertise = agent.advertise.clone().unwrap_or_else(|| local.to_string());
+    let name = agent
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("agent@{advertise}"));
+    let mut app_names: Vec<String> = apps.keys().cloned().collect();
+    app_names.sort();
+    let server = AgentServer {
+        apps: Arc::new(apps),
+        per_chunk_concurrency: (agent.concurrency / agent.window as usize).max(1),
+        retry: RetryPolicy {
+            max_attempts: agent.max_attempts,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(30),
+        },
+        draining: Arc::new(AtomicBool::new(false)),
+        in_flight: Arc::new(AtomicUsize::new(0)),
+    };
+    let stop = CancellationToken::new();
+    tracing::info!(listen = %local, %advertise, %name, apps = ?app_names, "agent listening");
+
+    let serving = {
+        let server = server.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let serve =
+                volley_contracts::listen(listener).for_each(move |(_, transport)| {
+                    let server = server.clone();
+                    async move {
+                        let channel = BaseChannel::with_defaults(transport);
+                        tokio::spawn(channel.execute(server.serve()).for_each(
+                            |response| async move {
+                                tokio::spawn(response);
+                            },
+                        ));
+                    }
+                });
+            tokio::select! {
+                () = serve => {}
+                () = stop.cancelled() => {}
+            }
+        })
+    };
+    let info = AgentInfo {
+        name,
+        addr: advertise,
+        apps: app_names,
+        window: agent.window,
+    };
+    let registration = tokio::spawn(keep_registered(
+        info,
+        agent.controller.clone(),
+        agent.heartbeat_interval,
+        stop.clone(),
+    ));
+
+    shutdown.await;
+    tracing::info!("agent draining");
+    server.draining.store(true, Ordering::Relaxed);
+    let grace = agent.shutdown_grace;
+    let drained = tokio::time::timeout(grace, async {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        while server.in_flight.load(Ordering::Relaxed) > 0 {
+            tick.tick().await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            chunks = server.in_flight.load(Ordering::Relaxed),
+            "grace period over; unfinished chunks go back to the controller"
+        );
+    }
+    stop.cancel();
+    let _ = registration.await;
+    let _ = serving.await;
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+/// Registers with the controller and heartbeats; re-registers whenever the controller forgets
+/// this agent or the link breaks.
+async fn keep_registered(
+    info: AgentInfo,
+    controller: String,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            let client = volley_contracts::connect_controller(controller.as_str())
+                .await
+                .map_err(|error| error.to_string())?;
+            let id = client
+                .register(tarpc::context::current(), info.clone())
+                .await
+                .map_err(|error| error.to_string())?
+                .map_err(|error| error.to_string())?;
+            Ok::<_, String>((client, id))
+        };
+        let (client, id) = tokio::select! {
+            () = stop.cancelled() => return,
+            result = attempt => match result {
+                Ok(registered) => registered,
+                Err(error) => {
+                    tracing::warn!(%controller, %error, retry_in = ?backoff, "cannot register with the controller");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            },
+        };
+        backoff = Duration::from_millis(100);
+        tracing::info!(agent = %id, %controller, "registered with the controller");
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match client.heartbeat(tarpc::context::current(), id).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(agent = %id, %error, "controller forgot this agent; registering again");
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(agent = %id, %error, "heartbeat failed; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -214,6 +214,9 @@ pub struct AgentConfig {
     /// How often the agent tells the controller it is alive.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    /// How long a draining agent keeps finishing the chunks it holds.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for AgentConfig {
@@ -229,6 +232,7 @@ impl Default for AgentConfig {
             request_timeout: Duration::from_secs(10),
             max_attempts: 3,
             heartbeat_interval: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
