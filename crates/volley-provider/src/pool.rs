@@ -658,9 +658,14 @@ fn describe_tls_error(e: std::io::Error) -> String {
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         .is_some_and(|e| {
+            // BadSignature: an issuer of the same name but another key, e.g. a fake's CA
+            // regenerated since its PEM was saved.
             matches!(
                 e,
-                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::UnknownIssuer
+                        | rustls::CertificateError::BadSignature
+                )
             )
         });
     if untrusted {

@@ -149,3 +149,144 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
             what: "no private key found (expected PKCS#8, PKCS#1 or SEC1 PEM)".into(),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn testdata(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(name)
+    }
+
+    fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn self_signed() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn default_options_trust_the_web_roots_and_offer_h2() {
+        let config = client_config(&TlsOptions::default()).unwrap();
+        assert_eq!(config.alpn_protocols, vec![b"h2".to_vec()]);
+        assert!(!config.client_auth_cert_resolver.has_certs());
+    }
+
+    #[test]
+    fn extra_ca_files_are_read_with_every_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, _) = self_signed();
+        let (second, _) = self_signed();
+        let path = write(&dir, "cas.pem", &format!("{first}{second}"));
+        for only_extra_ca in [false, true] {
+            let options = TlsOptions {
+                extra_ca_pem: Some(path.clone()),
+                only_extra_ca,
+                client_identity: None,
+            };
+            client_config(&options).unwrap();
+        }
+        assert_eq!(read_certs(&path).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn bad_files_are_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = self_signed();
+        let empty = write(&dir, "empty.pem", "");
+        let key_only = write(&dir, "key-only.pem", &key);
+        let cert_only = write(&dir, "cert-only.pem", &cert);
+        let missing = dir.path().join("missing.pem");
+        let ca = |path: &PathBuf| TlsOptions {
+            extra_ca_pem: Some(path.clone()),
+            ..Default::default()
+        };
+        let identity = |cert: &PathBuf, key: &PathBuf| TlsOptions {
+            client_identity: Some(ClientIdentity {
+                cert_pem: cert.clone(),
+                key_pem: key.clone(),
+            }),
+            ..Default::default()
+        };
+        let cases = [
+            (ca(&empty), &empty, "no certificate found"),
+            (ca(&key_only), &key_only, "no certificate found"),
+            (ca(&missing), &missing, "cannot read"),
+            (
+                identity(&key_only, &key_only),
+                &key_only,
+                "no certificate found",
+            ),
+            (
+                identity(&cert_only, &cert_only),
+                &cert_only,
+                "no private key found",
+            ),
+            (identity(&cert_only, &missing), &missing, "cannot read"),
+        ];
+        for (options, path, expected) in cases {
+            let error = client_config(&options).unwrap_err().to_string();
+            assert!(error.contains(&path.display().to_string()), "{error}");
+            assert!(error.contains(expected), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_key_that_does_not_match_its_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _) = self_signed();
+        let (_, other_key) = self_signed();
+        let options = TlsOptions {
+            client_identity: Some(ClientIdentity {
+                cert_pem: write(&dir, "cert.pem", &cert),
+                key_pem: write(&dir, "key.pem", &other_key),
+            }),
+            ..Default::default()
+        };
+        let error = client_config(&options).unwrap_err().to_string();
+        assert!(error.contains("key.pem"), "{error}");
+    }
+
+    #[test]
+    fn trusting_only_extra_cas_needs_a_ca_file() {
+        let options = TlsOptions {
+            only_extra_ca: true,
+            ..Default::default()
+        };
+        assert!(matches!(
+            client_config(&options),
+            Err(TlsError::NoTrustedRoots)
+        ));
+    }
+
+    #[test]
+    fn client_keys_load_in_pkcs8_pkcs1_and_sec1_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = self_signed();
+        let pkcs8 = (write(&dir, "c.pem", &cert), write(&dir, "c.key", &key));
+        let pkcs1 = (testdata("client-pkcs1.pem"), testdata("client-pkcs1.key"));
+        let sec1 = (testdata("client-sec1.pem"), testdata("client-sec1.key"));
+        for (cert_pem, key_pem) in [pkcs8, pkcs1, sec1] {
+            let options = TlsOptions {
+                client_identity: Some(ClientIdentity {
+                    cert_pem,
+                    key_pem: key_pem.clone(),
+                }),
+                ..Default::default()
+            };
+            let config =
+                client_config(&options).unwrap_or_else(|e| panic!("{}: {e}", key_pem.display()));
+            assert!(config.client_auth_cert_resolver.has_certs());
+        }
+    }
+}

@@ -1,10 +1,8 @@
 //! Test servers for the pool: a small `h2` server over TLS or h2c whose behaviour each test
 //! picks, and the certificates to run it with.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +16,12 @@ use volley_provider::{Endpoint, Pool, PoolConfig};
 
 pub mod raw;
 
-/// A CA, a server certificate for 127.0.0.1 signed by it, and a client certificate.
+fn next_serial() -> u64 {
+    static SERIAL: AtomicU64 = AtomicU64::new(1);
+    SERIAL.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A CA (named uniquely, as distinct real CAs are), a server certificate for 127.0.0.1 signed by it, and a client certificate.
 pub struct Pki {
     pub dir: tempfile::TempDir,
     pub ca_pem: String,
@@ -34,9 +37,10 @@ impl Pki {
         let ca_key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "volley test ca");
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("volley test ca {}", next_serial()),
+        );
         let ca = params.self_signed(&ca_key).unwrap();
 
         let server_key = KeyPair::generate().unwrap();
@@ -129,6 +133,9 @@ pub enum Behaviour {
     Silent,
     /// Refuses the first `n` streams with REFUSED_STREAM, then echoes.
     RefuseFirst(u64),
+    /// Echoes, but the first connection starts a graceful shutdown (GOAWAY, PING, GOAWAY
+    /// with the last processed stream) after accepting `n` streams.
+    GracefulGoawayAfter(u64),
 }
 
 /// Counters the test server keeps.
@@ -137,6 +144,7 @@ pub struct ServerStats {
     pub connections: AtomicU64,
     pub requests: AtomicU64,
     pub refused: AtomicU64,
+    pub goaways: AtomicU64,
     pub open_streams: AtomicUsize,
     pub max_open_streams: AtomicUsize,
     pub client_cert_seen: AtomicBool,
@@ -223,7 +231,15 @@ async fn serve<T>(
     let Ok(mut connection) = builder.handshake::<_, Bytes>(io).await else {
         return;
     };
+    let mut accepted = 0;
     while let Some(Ok((request, respond))) = connection.accept().await {
+        accepted += 1;
+        if let Behaviour::GracefulGoawayAfter(n) = behaviour {
+            if number == 1 && accepted == n {
+                connection.graceful_shutdown();
+                stats.goaways.fetch_add(1, Ordering::SeqCst);
+            }
+        }
         let stats = stats.clone();
         tokio::spawn(async move {
             let open = stats.open_streams.fetch_add(1, Ordering::SeqCst) + 1;
@@ -293,8 +309,4 @@ pub fn post(n: usize) -> impl Fn() -> http::Request<()> {
             .body(())
             .unwrap()
     }
-}
-
-pub fn path_exists(path: &Path) -> bool {
-    path.exists()
 }
