@@ -23,7 +23,8 @@ fn next_serial() -> u64 {
 
 /// A CA (named uniquely, as distinct real CAs are), a server certificate for 127.0.0.1 signed by it, and a client certificate.
 pub struct Pki {
-    pub dir: tempfile::TempDir,
+    /// Holds the PEM files; they are deleted when the `Pki` is dropped.
+    _dir: tempfile::TempDir,
     pub ca_pem: String,
     pub ca_path: PathBuf,
     pub server_cert_pem: String,
@@ -72,7 +73,7 @@ impl Pki {
             server_key_pem: server_key.serialize_pem(),
             client_cert_path,
             client_key_path,
-            dir,
+            _dir: dir,
         }
     }
 
