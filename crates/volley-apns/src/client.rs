@@ -23,6 +23,14 @@ const APNS_ID: HeaderName = HeaderName::from_static("apns-id");
 
 const DEVICE_PATH: &[u8] = b"/3/device/";
 
+/// How often a request APNs never processed is resent (the pool's default is 3).
+///
+/// APNs closes connections with GOAWAY as a matter of course, and a burst of thousands of
+/// streams meets each new connection with more streams than it will take before its own
+/// GOAWAY, so a request can bounce several times. Such resends cannot duplicate a
+/// notification, and the request timeout still bounds the whole exchange.
+pub const MAX_RESENDS: u32 = 16;
+
 /// Why a client could not be built; the message names the configuration key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ApnsError {
@@ -121,6 +129,7 @@ impl ApnsClient {
             connections: config.connections,
             request_timeout: config.request_timeout,
             tls: config.tls,
+            max_resends: MAX_RESENDS,
             ..PoolConfig::new(config.endpoint)
         })?;
         Ok(ApnsClient {

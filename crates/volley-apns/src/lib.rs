@@ -17,7 +17,7 @@ pub mod jwt;
 pub mod payload;
 
 pub use classify::classify;
-pub use client::{ApnsClient, ApnsError, Sent};
+pub use client::{ApnsClient, ApnsError, Sent, MAX_RESENDS};
 pub use config::{ApnsAuth, ApnsConfig, ApnsEndpoint};
 pub use jwt::{Clock, SystemClock, TestClock};
 pub use payload::{
