@@ -1,5 +1,6 @@
 //! The APNs client: one credential, one pool of HTTP/2 connections, many concurrent sends.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -22,6 +23,9 @@ const APNS_COLLAPSE_ID: HeaderName = HeaderName::from_static("apns-collapse-id")
 const APNS_ID: HeaderName = HeaderName::from_static("apns-id");
 
 const DEVICE_PATH: &[u8] = b"/3/device/";
+
+/// At most one connect-failure warning per this many seconds and client.
+const CONNECT_WARNING_INTERVAL_SECS: u64 = 10;
 
 /// How often a request APNs never processed is resent (the pool's default is 3).
 ///
@@ -88,6 +92,9 @@ pub struct ApnsClient {
 struct Inner {
     pool: Pool,
     tokens: Option<TokenCache<Es256Signer>>,
+    /// When a connect failure was last logged (seconds since the epoch), so that a burst
+    /// failing fast against a dead endpoint logs once, not once per notification.
+    last_connect_warning: AtomicU64,
 }
 
 impl std::fmt::Debug for ApnsClient {
@@ -133,7 +140,11 @@ impl ApnsClient {
             ..PoolConfig::new(config.endpoint)
         })?;
         Ok(ApnsClient {
-            inner: Arc::new(Inner { pool, tokens }),
+            inner: Arc::new(Inner {
+                pool,
+                tokens,
+                last_connect_warning: AtomicU64::new(0),
+            }),
         })
     }
 
@@ -237,7 +248,17 @@ impl ApnsClient {
         };
         let result = self.inner.pool.send(make, notification.body.clone()).await;
         if let Err(SendError::Connect { endpoint, message }) = &result {
-            tracing::warn!(%endpoint, error = %message, "apns connection failed");
+            let now = SystemClock.now_unix();
+            let last = self.inner.last_connect_warning.load(Ordering::Relaxed);
+            if now >= last + CONNECT_WARNING_INTERVAL_SECS
+                && self
+                    .inner
+                    .last_connect_warning
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(%endpoint, error = %message, "apns connection failed");
+            }
         }
         result
     }

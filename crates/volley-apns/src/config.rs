@@ -156,6 +156,16 @@ mod tests {
             Ok(ApnsEndpoint::Production)
         );
         assert_eq!("sandbox".parse::<ApnsEndpoint>(), Ok(ApnsEndpoint::Sandbox));
+        let custom = "https://127.0.0.1:2197".parse::<ApnsEndpoint>().unwrap();
+        assert_eq!(
+            custom.endpoint(),
+            Endpoint {
+                tls: true,
+                host: "127.0.0.1".into(),
+                port: 2197
+            }
+        );
+        assert!("ftp://example.com".parse::<ApnsEndpoint>().is_err());
     }
 
     #[test]
