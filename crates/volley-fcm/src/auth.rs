@@ -185,10 +185,9 @@ impl<S: TokenSource> TokenCache<S> {
                 if now >= token.refresh_at_ms && token.claim_background_refresh(now) {
                     let cache = self.clone();
                     let generation = token.generation;
+                    // The outcome is logged where the fetch happens.
                     tokio::spawn(async move {
-                        if let Err(outcome) = cache.refresh_after(generation).await {
-                            tracing::warn!(reason = ?outcome.reason(), "background access token refresh failed");
-                        }
+                        let _ = cache.refresh_after(generation).await;
                     });
                 }
                 return Ok(token);
@@ -225,8 +224,18 @@ impl<S: TokenSource> TokenCache<S> {
             .fetch(started)
             .await
             .and_then(|grant| access_token(grant, generation, started));
-        if let Ok(token) = &result {
-            shared.current.store(Some(token.clone()));
+        match &result {
+            Ok(token) => {
+                tracing::info!(
+                    generation,
+                    lifetime_s = (token.expires_at_ms - started) / 1000,
+                    "fcm access token fetched"
+                );
+                shared.current.store(Some(token.clone()));
+            }
+            Err(outcome) => {
+                tracing::warn!(generation, reason = ?outcome.reason(), "fcm access token fetch failed");
+            }
         }
         last.number = generation;
         last.result = result.clone();
@@ -609,6 +618,43 @@ mod tests {
         assert_eq!(
             token_response(StatusCode::SERVICE_UNAVAILABLE, b"<html>").unwrap_err(),
             token_endpoint_unavailable()
+        );
+    }
+
+    #[test]
+    fn the_assertion_carries_googles_claims() {
+        let uri = "https://oauth2.googleapis.com/token";
+        let signer = Signer::new(
+            include_str!("../tests/data/other-service-account-key.pem"),
+            Some("kid-1"),
+            "sender@demo.iam.gserviceaccount.com",
+            uri,
+        )
+        .unwrap();
+        let jwt = signer.assertion(1_700_000_000).unwrap();
+        let header = jsonwebtoken::decode_header(&jwt).unwrap();
+        assert_eq!(header.alg, Algorithm::RS256);
+        assert_eq!(header.kid.as_deref(), Some("kid-1"));
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::RS256);
+        validation.insecure_disable_signature_validation();
+        validation.validate_exp = false;
+        validation.set_audience(&[uri]);
+        let claims = jsonwebtoken::decode::<Value>(
+            &jwt,
+            &jsonwebtoken::DecodingKey::from_secret(b""),
+            &validation,
+        )
+        .unwrap()
+        .claims;
+        assert_eq!(
+            claims,
+            serde_json::json!({
+                "iss": "sender@demo.iam.gserviceaccount.com",
+                "scope": FCM_SCOPE,
+                "aud": uri,
+                "iat": 1_700_000_000u64,
+                "exp": 1_700_003_600u64,
+            })
         );
     }
 
