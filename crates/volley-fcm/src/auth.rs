@@ -6,7 +6,7 @@
 //! than use `gcp_auth`, because `gcp_auth`'s HTTP client can neither trust an extra CA (the
 //! fake's) nor be pointed at an allow-listed token endpoint.
 //!
-//! [`TokenCache`] keeps the current token where every sender reads it without a lock, refreshes
+//! The token cache keeps the current token where every sender reads it without a lock, refreshes
 //! it in the background before it expires, and funnels concurrent refreshes (many senders
 //! seeing the same 401) into one request.
 

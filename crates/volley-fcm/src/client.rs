@@ -57,7 +57,7 @@ pub struct FcmClient {
 
 struct Inner {
     pool: Pool,
-    /// `https://host:port/v1/projects/{project}/messages:send`, built once.
+    /// `{origin}/v1/projects/{project}/messages:send`, built once and cloned per request.
     uri: Uri,
     project: String,
     auth: TokenCache<OAuthSource>,
