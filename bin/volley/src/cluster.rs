@@ -1,0 +1,283 @@
+//! A whole Volley cluster in one process, against fake APNs and FCM: front, controller and N
+//! agents, each role on its own thread and runtime, every listener on `127.0.0.1:0`.
+//!
+//! The demo runs on it, and so do the end-to-end tests.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use volley_config::{ApnsAppConfig, AppConfig, Config, FcmAppConfig, Secret};
+use volley_fake::{FakeConfig, FakeServer};
+
+use crate::http::FrontClient;
+use crate::role::{spawn_role, RoleHandle};
+
+/// The app every sandbox cluster serves.
+pub const APP: &str = "demo";
+/// Its APNs topic.
+pub const TOPIC: &str = "com.example.volley.demo";
+/// Its FCM project.
+pub const PROJECT: &str = "volley-demo";
+
+/// How to build a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Agents to start.
+    pub agents: usize,
+    /// The fake APNs' behaviour.
+    pub fake_apns: FakeConfig,
+    /// The fake FCM's behaviour.
+    pub fake_fcm: FakeConfig,
+    /// Applied to the configuration before anything starts.
+    pub tweak: fn(&mut Config),
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            agents: 2,
+            fake_apns: FakeConfig::apns(),
+            fake_fcm: FakeConfig::fcm(),
+            tweak: |_| {},
+        }
+    }
+}
+
+/// A running cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The configuration every role was started with (agents' `controller` filled in).
+    pub config: Config,
+    /// The API key of [`APP`].
+    pub api_key: String,
+    /// The front's base URL.
+    pub front_url: String,
+    /// The controller's tarpc address.
+    pub controller_addr: SocketAddr,
+    /// Fake APNs.
+    pub fake_apns: FakeServer,
+    /// Fake FCM.
+    pub fake_fcm: FakeServer,
+    front: Option<RoleHandle>,
+    controller: Option<RoleHandle>,
+    agents: Vec<Option<RoleHandle>>,
+    dir: tempfile::TempDir,
+}
+
+/// Binds `127.0.0.1:0` for a role.
+fn bind() -> anyhow::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+impl Cluster {
+    /// Starts fakes, a controller, the agents and a front, and waits until every agent has
+    /// registered and the front is ready.
+    pub async fn start(options: ClusterOptions) -> anyhow::Result<Cluster> {
+        volley_provider::tls::install_crypto_provider();
+        let dir = tempfile::tempdir()?;
+        let apns_key = volley_fake::keys::generate_apns_key();
+        let mut apns_fake = options.fake_apns.clone();
+        apns_fake.apns_jwt_public_key_pem = Some(apns_key.public_pem.clone());
+        apns_fake.apns_topic = Some(TOPIC.into());
+        apns_fake.ca_out = Some(dir.path().join("fake-apns-ca.pem"));
+        let fake_apns = FakeServer::start(apns_fake, std::net::TcpListener::bind("127.0.0.1:0")?)?;
+
+        let mut fcm_fake = options.fake_fcm.clone();
+        fcm_fake.fcm_project = Some(PROJECT.into());
+        fcm_fake.fcm_oauth_public_key_pem =
+            Some(volley_fake::keys::TEST_SERVICE_ACCOUNT_PUBLIC_KEY_PEM.into());
+        fcm_fake.ca_out = Some(dir.path().join("fake-fcm-ca.pem"));
+        let fake_fcm = FakeServer::start(fcm_fake, std::net::TcpListener::bind("127.0.0.1:0")?)?;
+
+        let key_file = dir.path().join("AuthKey_DEMOKEY123.p8");
+        std::fs::write(&key_file, &apns_key.private_pem)?;
+        let service_account_file = dir.path().join("service-account.json");
+        std::fs::write(
+            &service_account_file,
+            volley_fake::keys::test_service_account(&fake_fcm.token_uri(), PROJECT),
+        )?;
+        let api_key = format!("vk_{}", uuid::Uuid::new_v4().simple());
+
+        let controller_listener = bind()?;
+        let controller_addr = controller_listener.local_addr()?;
+        let front_listener = bind()?;
+        let front_addr = front_listener.local_addr()?;
+
+        let mut config = Config::default();
+        config.controller.listen = controller_addr;
+        config.front.listen = front_addr;
+        config.front.controller = controller_addr.to_string();
+        config.front.default_app = Some(APP.into());
+        config.agent.controller = controller_addr.to_string();
+        config.agent.heartbeat_interval = Duration::from_millis(200);
+        config.controller.heartbeat_timeout = Duration::from_secs(2);
+        config.apps.push(AppConfig {
+            name: APP.into(),
+            api_keys: vec![Secret::new(api_key.clone())],
+            apns: Some(ApnsAppConfig {
+                endpoint: fake_apns.endpoint(),
+                topic: TOPIC.into(),
+                key_file: Some(key_file),
+                key_id: Some("DEMOKEY123".into()),
+                team_id: Some("DEMOTEAM12".into()),
+                cert_file: None,
+                cert_key_file: None,
+                ca_file: Some(fake_apns.ca_pem_path().to_path_buf()),
+            }),
+            fcm: Some(FcmAppConfig {
+                service_account_file,
+                project_id: Some(PROJECT.into()),
+                endpoint: fake_fcm.endpoint(),
+                ca_file: Some(fake_fcm.ca_pem_path().to_path_buf()),
+                allowed_token_uris: vec![fake_fcm.token_uri()],
+            }),
+        });
+        (options.tweak)(&mut config);
+        config.validate()?;
+
+        let controller = {
+            let config = config.controller.clone();
+            spawn_role("controller", move |drain| async move {
+                let listener = tokio::net::TcpListener::from_std(controller_listener)?;
+                volley_controller::run(config, listener, drain).await?;
+                Ok(())
+            })?
+        };
+        let mut cluster = Cluster {
+            config,
+            api_key,
+            front_url: format!("http://{front_addr}"),
+            controller_addr,
+            fake_apns,
+            fake_fcm,
+            front: None,
+            controller: Some(controller),
+            agents: Vec::new(),
+            dir,
+        };
+        for _ in 0..options.agents {
+            cluster.add_agent(|_| {})?;
+        }
+        let front = {
+            let config = cluster.config.clone();
+            spawn_role("front", move |drain| async move {
+                let listener = tokio::net::TcpListener::from_std(front_listener)?;
+                let controller =
+                    volley_contracts::connect_controller(config.front.controller.as_str())
+                        .await
+                        .context("front cannot reach the controller")?;
+                volley_front::run(config, listener, controller, drain).await?;
+                Ok(())
+            })?
+        };
+        cluster.front = Some(front);
+        cluster.wait_for_agents(options.agents).await?;
+        cluster.wait_ready().await?;
+        Ok(cluster)
+    }
+
+    /// Starts one more agent, with `tweak` applied to its configuration; returns its index.
+    pub fn add_agent(&mut self, tweak: impl FnOnce(&mut Config)) -> anyhow::Result<usize> {
+        let index = self.agents.len();
+        let listener = bind()?;
+        let mut config = self.config.clone();
+        config.agent.listen = listener.local_addr()?;
+        config.agent.name = Some(format!("agent-{index}"));
+        tweak(&mut config);
+        let agent = spawn_role(&format!("agent-{index}"), move |drain| async move {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            volley_agent::run(config, listener, drain).await?;
+            Ok(())
+        })?;
+        self.agents.push(Some(agent));
+        Ok(index)
+    }
+
+    /// Kills agent `index` as a crash would.
+    pub fn kill_agent(&mut self, index: usize) -> anyhow::Result<()> {
+        match self.agents.get_mut(index).and_then(Option::take) {
+            Some(agent) => agent.kill(),
+            None => Ok(()),
+        }
+    }
+
+    /// A client of the front presenting the app's API key.
+    pub fn client(&self) -> FrontClient {
+        FrontClient::new(self.front_url.clone(), Some(self.api_key.clone()))
+    }
+
+    /// Where the cluster keeps its key files and CA certificates.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// Waits until `count` agents are registered with the controller.
+    pub async fn wait_for_agents(&self, count: usize) -> anyhow::Result<()> {
+        let controller = volley_contracts::connect_controller(self.controller_addr).await?;
+        wait_until(Duration::from_secs(20), "agents to register", || {
+            let controller = controller.clone();
+            async move {
+                controller
+                    .stats(tarpc::context::current())
+                    .await
+                    .map(|stats| stats.agents.len() >= count)
+                    .unwrap_or(false)
+            }
+        })
+        .await
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let client = FrontClient::new(self.front_url.clone(), None);
+        wait_until(Duration::from_secs(20), "the front to be ready", || {
+            let client = client.clone();
+            async move {
+                client
+                    .get("/readyz")
+                    .await
+                    .map(|r| r.status.is_success())
+                    .unwrap_or(false)
+            }
+        })
+        .await
+    }
+
+    /// Stops every role in order (front, agents, controller) and the fakes; returns the fakes'
+    /// final counters (APNs, FCM).
+    pub fn shutdown(mut self) -> anyhow::Result<(volley_fake::Stats, volley_fake::Stats)> {
+        if let Some(front) = self.front.take() {
+            front.stop()?;
+        }
+        for agent in self.agents.iter_mut().filter_map(Option::take) {
+            agent.stop()?;
+        }
+        if let Some(controller) = self.controller.take() {
+            controller.stop()?;
+        }
+        let apns = self.fake_apns.shutdown();
+        let fcm = self.fake_fcm.shutdown();
+        Ok((apns, fcm))
+    }
+}
+
+/// Polls `check` every 20 ms until it holds, for at most `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
