@@ -5,7 +5,7 @@
 //!   headers) and shared by every request of a broadcast; [`validate_token`] checks device tokens.
 //! - [`jwt`]: provider tokens and the refresh rule (reuse under 50 minutes, never mint twice
 //!   within 20 minutes, one re-mint per burst of `ExpiredProviderToken`).
-//! - [`classify()`]: APNs status and reason to Volley's [`Outcome`](volley_provider::Outcome).
+//! - [`classify()`]: APNs status and reason to Volley's [`Outcome`].
 //! - [`ApnsClient`]: `POST /3/device/{token}` over a `volley_provider::Pool`.
 //!
 //! See `docs/apns.md` for how the pieces fit together.
