@@ -172,6 +172,34 @@ async fn an_expired_access_token_is_refreshed_once_then_the_send_succeeds() {
 }
 
 #[tokio::test]
+async fn a_token_near_expiry_is_refreshed_in_the_background() {
+    let fake = start(FakeConfig::fcm());
+    let clock = Clock::manual(SystemTime::now());
+    let client = FcmClient::with_clock(client_config(&fake), clock.clone()).unwrap();
+    let message = message();
+    assert_eq!(client.send(&token(1), &message).await, Outcome::Delivered);
+
+    // 56 minutes into a one-hour token: sends go on with it while one refresh runs.
+    clock.advance(Duration::from_secs(56 * 60));
+    let tokens: Vec<String> = (2..52).map(token).collect();
+    let outcomes = burst(&client, &message, &tokens, 50).await;
+    assert!(
+        outcomes.iter().all(|o| *o == Outcome::Delivered),
+        "{outcomes:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fake.stats().oauth_tokens_issued < 2 {
+        assert!(Instant::now() < deadline, "no background refresh");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(client.send(&token(99), &message).await, Outcome::Delivered);
+    let stats = fake.shutdown();
+    assert_eq!(stats.oauth_tokens_issued, 2);
+    assert_eq!(status_count(&stats, 401), 0);
+    assert_eq!(stats.delivered, 52);
+}
+
+#[tokio::test]
 async fn an_access_token_refused_after_a_refresh_is_a_credential_outcome() {
     // Tokens that expire at once: every request is refused.
     let fake = start(FakeConfig {
