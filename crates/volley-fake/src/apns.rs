@@ -19,11 +19,13 @@ const TOKEN_LIFETIME_SECS: i64 = 3600;
 /// Answers one request to the fake APNs.
 pub(crate) fn handle<'a>(ctx: &Ctx, conn: &ConnCtx, parts: &'a Parts, body: &Bytes) -> Answer<'a> {
     let headers = &parts.headers;
-    let apns_id = match headers.get("apns-id") {
+    let mut apns_id = match headers.get("apns-id") {
         Some(id) if is_uuid(id.as_bytes()) => id.clone(),
         Some(_) => return error(new_apns_id(), StatusCode::BAD_REQUEST, "BadMessageId"),
         None => new_apns_id(),
     };
+    // A fresh value per response: indexing it in HPACK's dynamic table only churns the table.
+    apns_id.set_sensitive(true);
     let Some(token) = parts.uri.path().strip_prefix(PATH_PREFIX) else {
         return error(apns_id, StatusCode::NOT_FOUND, "BadPath");
     };
