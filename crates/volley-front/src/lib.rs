@@ -1,0 +1,315 @@
+//! Volley's front: the HTTP API that takes notifications in and hands jobs to the controller.
+//!
+//! A request goes through, in order:
+//! 1. the drain gate (a draining front answers 503 with `Retry-After`),
+//! 2. authentication ([`auth`]: `Authorization: Bearer <key>`, one key per app),
+//! 3. the body limit (`front.max_body_bytes`, 413),
+//! 4. parsing straight from the body bytes, tokens into one [`TokenList`] buffer, validated as
+//!    they are read ([`tokens`]); every error names its JSON path,
+//! 5. rendering once per provider ([`render`]): one APNs payload and one FCM body around the
+//!    token, shared by every token of the job,
+//! 6. `Controller::submit` over tarpc; the answer (202 with the job id) comes only once the
+//!    controller has the job queued.
+//!
+//! The native API lives in [`native`], the gorush- and gaurun-compatible endpoints in
+//! [`compat`], and the unauthenticated operations endpoints (`/healthz`, `/metrics`...) in
+//! [`ops`]. `docs/api.md` describes the API for its users.
+//!
+//! [`TokenList`]: volley_contracts::TokenList
+
+#![forbid(unsafe_code)]
+
+mod auth;
+pub mod compat;
+mod error;
+mod metrics;
+pub mod native;
+pub mod ops;
+mod render;
+mod tokens;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::de::DeserializeOwned;
+use volley_config::Config;
+use volley_contracts::{ControllerClient, JobAccepted, SubmitJob};
+
+pub use error::{ApiError, Code};
+
+/// Why the front could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontError {
+    /// The configuration cannot be served (e.g. one API key given to two apps).
+    #[error("invalid front configuration: {0}")]
+    Config(String),
+    /// The HTTP server failed.
+    #[error("http server failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// How long the controller may take to queue a job (a million tokens is ~70 MB to transfer).
+const SUBMIT_DEADLINE: Duration = Duration::from_secs(60);
+/// How long the controller may take over status, cancel and stats.
+const QUERY_DEADLINE: Duration = Duration::from_secs(5);
+/// Bodies above this are parsed on the blocking pool so that parsing a million tokens does not
+/// stall the other requests of a runtime worker.
+const INLINE_PARSE_BYTES: usize = 256 * 1024;
+
+/// One app as the front sees it.
+#[derive(Debug)]
+pub(crate) struct AppEntry {
+    pub name: String,
+    /// `apps.apns.topic`, when the app has APNs credentials.
+    pub apns_topic: Option<String>,
+    /// Whether the app has FCM credentials.
+    pub fcm: bool,
+}
+
+pub(crate) struct Inner {
+    pub config: Config,
+    pub apps: Vec<AppEntry>,
+    keys: auth::KeyRing,
+    pub controller: ControllerClient,
+    pub metrics: metrics::Metrics,
+    draining: AtomicBool,
+    pub started: Instant,
+    pub default_app: Option<usize>,
+}
+
+/// The front's shared state: configuration, keys, controller client and counters.
+#[derive(Clone)]
+pub struct FrontState {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl FrontState {
+    /// Builds the state for `config`, talking to the controller through `controller`.
+    pub fn new(config: Config, controller: ControllerClient) -> Result<FrontState, FrontError> {
+        let keys = auth::KeyRing::new(&config).map_err(FrontError::Config)?;
+        let apps: Vec<AppEntry> = config
+            .apps
+            .iter()
+            .map(|app| AppEntry {
+                name: app.name.clone(),
+                apns_topic: app.apns.as_ref().map(|a| a.topic.clone()),
+                fcm: app.fcm.is_some(),
+            })
+            .collect();
+        let default_app = match &config.front.default_app {
+            None => None,
+            Some(name) => Some(apps.iter().position(|a| &a.name == name).ok_or_else(|| {
+                FrontError::Config(format!("front.default_app: no app named {name:?}"))
+            })?),
+        };
+        let metrics = metrics::Metrics::new(apps.iter().map(|a| a.name.clone()).collect());
+        Ok(FrontState {
+            inner: Arc::new(Inner {
+                config,
+                apps,
+                keys,
+                controller,
+                metrics,
+                draining: AtomicBool::new(false),
+                started: Instant::now(),
+                default_app,
+            }),
+        })
+    }
+
+    /// Marks the front as draining: not ready, and new requests get 503.
+    pub fn start_draining(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the front is draining.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    /// The index of the app whose key the request carries.
+    pub(crate) fn authenticate(&self, headers: &http::HeaderMap) -> Result<usize, ApiError> {
+        self.inner.keys.authenticate(headers)
+    }
+
+    /// Reads the body up to `front.max_body_bytes`.
+    pub(crate) async fn read_body(&self, body: Body) -> Result<Bytes, ApiError> {
+        let limit = self.inner.config.front.max_body_bytes;
+        let too_large = || {
+            ApiError::new(
+                Code::BodyTooLarge,
+                format!("request body is above the {limit}-byte limit (front.max_body_bytes)"),
+            )
+        };
+        // A declared Content-Length above the limit is refused before reading anything.
+        if axum::body::HttpBody::size_hint(&body).lower() > limit as u64 {
+            return Err(too_large());
+        }
+        match Limited::new(body, limit).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(error) if error.is::<LengthLimitError>() => Err(too_large()),
+            Err(_) => Err(ApiError::new(
+                Code::BadRequest,
+                "the request body could not be read",
+            )),
+        }
+    }
+
+    /// Hands a job to the controller; returns once it is queued.
+    pub(crate) async fn submit(&self, job: SubmitJob) -> Result<JobAccepted, ApiError> {
+        let mut context = tarpc::context::current();
+        context.deadline = Instant::now() + SUBMIT_DEADLINE;
+        match self.inner.controller.submit(context, job).await {
+            Ok(Ok(accepted)) => Ok(accepted),
+            Ok(Err(wire)) => Err(ApiError::from_wire(wire)),
+            Err(rpc) => {
+                tracing::warn!(error = %rpc, "controller submit failed");
+                Err(ApiError::controller_unreachable(&rpc))
+            }
+        }
+    }
+
+    /// A tarpc context for a quick query.
+    pub(crate) fn query_context() -> tarpc::context::Context {
+        let mut context = tarpc::context::current();
+        context.deadline = Instant::now() + QUERY_DEADLINE;
+        context
+    }
+}
+
+/// Parses a JSON body, naming the path of the first problem.
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value: T =
+        serde_path_to_error::deserialize(&mut deserializer).map_err(ApiError::from_json)?;
+    deserializer.end().map_err(|_| {
+        ApiError::new(
+            Code::BadRequest,
+            "malformed json: trailing characters after the value",
+        )
+    })?;
+    Ok(value)
+}
+
+/// Runs CPU-heavy request work (parsing, validation, rendering) inline for small bodies and on
+/// the blocking pool for large ones.
+pub(crate) async fn cpu<T: Send + 'static>(
+    size: usize,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    if size <= INLINE_PARSE_BYTES {
+        return Ok(work());
+    }
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| ApiError::new(Code::Internal, "request processing failed"))
+}
+
+/// The front's routes on `state`, with the drain gate and request metrics.
+pub fn router(state: FrontState) -> Router {
+    Router::new()
+        .route("/v1/apps/{app}/notifications", post(native::submit))
+        .route(
+            "/v1/jobs/{id}",
+            get(native::job_status).delete(native::job_cancel),
+        )
+        .route("/api/push", post(compat::gorush))
+        .route("/push", post(compat::gaurun))
+        .route("/stat/app", get(ops::stat_app))
+        .route("/api/stat/app", get(ops::stat_app))
+        .route("/stat/runtime", get(ops::stat_runtime))
+        .route("/config/app", get(ops::config_app))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                Code::MethodNotAllowed,
+                "this endpoint does not take that method",
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), gate))
+        .with_state(state)
+}
+
+/// Refuses new work while draining and counts every answer by route and status.
+async fn gate(State(state): State<FrontState>, request: Request, next: Next) -> Response {
+    let route = metrics::Route::of(
+        request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
+        request.method(),
+    );
+    let probe = matches!(
+        route,
+        metrics::Route::Healthz | metrics::Route::Readyz | metrics::Route::Metrics
+    );
+    let response = if state.is_draining() && !probe {
+        ApiError::draining().into_response()
+    } else {
+        next.run(request).await
+    };
+    state
+        .inner
+        .metrics
+        .request(route, response.status().as_u16());
+    if let Some(code) = response.extensions().get::<Code>() {
+        state.inner.metrics.rejected(*code);
+    }
+    response
+}
+
+/// Serves the front on `listener` until `shutdown` resolves, then drains.
+///
+/// Draining: readiness turns false and requests that start afterwards get 503 with
+/// `Retry-After: 5`; the listener closes; requests in flight get up to `front.shutdown_grace`
+/// to finish before the remaining connections are dropped.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    controller: ControllerClient,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), FrontError> {
+    let grace = config.front.shutdown_grace;
+    let state = FrontState::new(config, controller)?;
+    let app = router(state.clone());
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, apps = state.inner.apps.len(), "front listening");
+    }
+    let drain_started = Arc::new(tokio::sync::Notify::new());
+    let signal = {
+        let state = state.clone();
+        let drain_started = drain_started.clone();
+        async move {
+            shutdown.await;
+            tracing::info!(grace_ms = grace.as_millis() as u64, "front draining");
+            state.start_draining();
+            drain_started.notify_one();
+        }
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
+    let deadline = async {
+        drain_started.notified().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => result?,
+        () = deadline => {
+            tracing::warn!("shutdown grace period over; dropping the remaining connections");
+        }
+    }
+    tracing::info!("front stopped");
+    Ok(())
+}

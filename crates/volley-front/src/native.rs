@@ -1,0 +1,503 @@
+//! The native API: `POST /v1/apps/{app}/notifications`, `GET` and `DELETE /v1/jobs/{id}`.
+
+use std::fmt;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use volley_contracts::{
+    FailureCount, InvalidToken, JobId, JobStatus, Platform, SubmitJob, TokenList,
+};
+use volley_fcm::FcmMessage;
+
+use crate::error::{unprocessable, ApiError, Code};
+use crate::render::{self, Names, PriorityInput, Spec};
+use crate::tokens::{ApnsRule, FcmRule, Tokens};
+use crate::{cpu, parse_json, FrontState};
+
+/// Default and largest number of invalid tokens a job status lists.
+const DEFAULT_INVALID_LIMIT: u32 = 1000;
+/// The longest idempotency key accepted, in bytes.
+const MAX_IDEMPOTENCY_KEY: usize = 256;
+
+const NAMES: Names = Names {
+    priority: "priority",
+    collapse_id: "collapse_id",
+    expiration: "expiration",
+    ttl: "ttl",
+    push_type: "push_type",
+    data: "data",
+    apns_raw: "apns",
+    fcm_raw: "fcm",
+    apns_target: "targets.apns",
+    fcm_target: "targets.fcm",
+};
+
+/// The body of `POST /v1/apps/{app}/notifications`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NativeRequest {
+    #[serde(default)]
+    targets: Targets,
+    /// Flat spelling of `targets.apns`.
+    #[serde(default)]
+    apns_tokens: Tokens<ApnsRule>,
+    /// Flat spelling of `targets.fcm`.
+    #[serde(default)]
+    fcm_tokens: Tokens<FcmRule>,
+    title: Option<String>,
+    body: Option<String>,
+    subtitle: Option<String>,
+    badge: Option<u32>,
+    sound: Option<String>,
+    #[serde(default)]
+    data: Map<String, Value>,
+    priority: Option<PriorityInput>,
+    collapse_id: Option<String>,
+    expiration: Option<u64>,
+    ttl: Option<u64>,
+    push_type: Option<String>,
+    #[serde(default)]
+    content_available: bool,
+    #[serde(default)]
+    mutable_content: bool,
+    category: Option<String>,
+    thread_id: Option<String>,
+    image: Option<String>,
+    /// Raw APNs payload (`{"aps": {...}, ...}`) the typed fields are written over.
+    apns: Option<Map<String, Value>>,
+    /// Raw FCM message fields (`android`, `webpush`, `apns`, `fcm_options`) the typed fields are
+    /// written over.
+    fcm: Option<FcmMessage>,
+}
+
+/// `targets`: one token array per platform; an unknown platform is a 422 naming it.
+#[derive(Default)]
+struct Targets {
+    apns: TokenList,
+    fcm: TokenList,
+}
+
+impl<'de> Deserialize<'de> for Targets {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(TargetsVisitor)
+    }
+}
+
+struct TargetsVisitor;
+
+impl<'de> Visitor<'de> for TargetsVisitor {
+    type Value = Targets;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object with `apns` and/or `fcm` token arrays")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Targets, A::Error> {
+        let mut targets = Targets::default();
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "apns" => targets.apns = map.next_value::<Tokens<ApnsRule>>()?.list,
+                "fcm" => targets.fcm = map.next_value::<Tokens<FcmRule>>()?.list,
+                _ => map.next_value_seed(UnknownPlatform(key))?,
+            }
+        }
+        Ok(targets)
+    }
+}
+
+/// Raised as the value of an unknown `targets` key, so that the error's path names the key.
+struct UnknownPlatform(String);
+
+impl<'de> DeserializeSeed<'de> for UnknownPlatform {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, _: D) -> Result<(), D::Error> {
+        Err(unprocessable::<D::Error>(
+            Code::UnknownPlatform,
+            format_args!(
+                "unknown platform {:?}; targets takes `apns` and `fcm`",
+                self.0
+            ),
+        ))
+    }
+}
+
+/// The answer to an accepted submission.
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    /// The job's id.
+    pub id: String,
+    /// How many notifications were accepted.
+    pub accepted: u64,
+}
+
+/// A rendered, validated job ready for the controller.
+pub(crate) struct Prepared {
+    pub job: SubmitJob,
+    pub apns: usize,
+    pub fcm: usize,
+}
+
+/// Checks the tokens of one notification against the app and the limits, renders it, and
+/// builds the job. `fields` names the two token arrays for errors.
+pub(crate) fn build_job(
+    state: &FrontState,
+    app: usize,
+    spec: &Spec,
+    apns_tokens: TokenList,
+    fcm_tokens: TokenList,
+    names: &Names,
+    idempotency_key: Option<String>,
+) -> Result<Prepared, ApiError> {
+    let entry = &state.inner.apps[app];
+    let (apns, fcm) = (apns_tokens.len(), fcm_tokens.len());
+    if apns == 0 && fcm == 0 {
+        return Err(
+            ApiError::new(Code::NoTokens, "the request has no token").field(
+                names
+                    .apns_target
+                    .rsplit_once('.')
+                    .map_or(names.apns_target, |(parent, _)| parent),
+            ),
+        );
+    }
+    render::check_common(spec, names)?;
+    let apns_render = if apns > 0 {
+        let Some(topic) = &entry.apns_topic else {
+            return Err(ApiError::new(
+                Code::PlatformNotConfigured,
+                format!(
+                    "app {:?} has no [apps.apns] section, so it cannot send to apns tokens",
+                    entry.name
+                ),
+            )
+            .field(names.apns_target));
+        };
+        Some(render::render_apns(spec, topic, names)?)
+    } else {
+        None
+    };
+    let fcm_render = if fcm > 0 {
+        if !entry.fcm {
+            return Err(ApiError::new(
+                Code::PlatformNotConfigured,
+                format!(
+                    "app {:?} has no [apps.fcm] section, so it cannot send to fcm tokens",
+                    entry.name
+                ),
+            )
+            .field(names.fcm_target));
+        }
+        Some(render::render_fcm(spec, names)?)
+    } else {
+        None
+    };
+    Ok(Prepared {
+        job: SubmitJob {
+            app: entry.name.clone(),
+            apns: apns_render,
+            fcm: fcm_render,
+            apns_tokens,
+            fcm_tokens,
+            idempotency_key,
+        },
+        apns,
+        fcm,
+    })
+}
+
+/// The checks that need the whole request: both spellings of a target, the token limit.
+fn native_job(
+    state: &FrontState,
+    app: usize,
+    body: &[u8],
+    idempotency_key: Option<String>,
+) -> Result<Prepared, ApiError> {
+    let request: NativeRequest = parse_json(body)?;
+    let NativeRequest {
+        targets,
+        apns_tokens,
+        fcm_tokens,
+        ..
+    } = request;
+    let pick = |nested: TokenList, flat: TokenList, nested_name: &str, flat_name: &str| match (
+        nested.is_empty(),
+        flat.is_empty(),
+    ) {
+        (_, true) => Ok(nested),
+        (true, false) => Ok(flat),
+        (false, false) => Err(ApiError::new(
+            Code::InvalidArgument,
+            format!("give tokens either in {nested_name} or in {flat_name}, not both"),
+        )
+        .field(flat_name.to_owned())),
+    };
+    let apns = pick(
+        targets.apns,
+        apns_tokens.list,
+        "targets.apns",
+        "apns_tokens",
+    )?;
+    let fcm = pick(targets.fcm, fcm_tokens.list, "targets.fcm", "fcm_tokens")?;
+    let max = state.inner.config.front.max_tokens_per_request;
+    let total = apns.len() + fcm.len();
+    if total > max {
+        return Err(ApiError::new(
+            Code::TooManyTokens,
+            format!(
+                "the request has {total} tokens, above the limit of {max} (front.max_tokens_per_request)"
+            ),
+        )
+        .field("targets"));
+    }
+    let spec = Spec {
+        title: request.title,
+        subtitle: request.subtitle,
+        body: request.body,
+        badge: request.badge,
+        sound: request.sound.map(Value::String),
+        data: request.data,
+        priority: request.priority,
+        collapse_id: request.collapse_id,
+        expiration: request.expiration,
+        ttl: request.ttl,
+        push_type: request.push_type,
+        content_available: request.content_available,
+        mutable_content: request.mutable_content,
+        category: request.category,
+        thread_id: request.thread_id,
+        image: request.image,
+        apns_raw: request.apns,
+        fcm_raw: request.fcm,
+        ..Spec::default()
+    };
+    build_job(state, app, &spec, apns, fcm, &NAMES, idempotency_key)
+}
+
+/// The `Idempotency-Key` header, when present and sane.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY => Ok(Some(key.to_owned())),
+        _ => Err(ApiError::new(
+            Code::InvalidArgument,
+            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ascii characters"),
+        )
+        .field("Idempotency-Key")),
+    }
+}
+
+/// Submits prepared jobs' counts to metrics and logs, after the controller accepted them.
+pub(crate) fn record_accepted(state: &FrontState, app: usize, prepared: (&str, usize, usize)) {
+    let (job, apns, fcm) = prepared;
+    state.inner.metrics.accepted(app, Platform::Apns, apns);
+    state.inner.metrics.accepted(app, Platform::Fcm, fcm);
+    tracing::info!(
+        app = %state.inner.apps[app].name,
+        job,
+        apns,
+        fcm,
+        "job accepted"
+    );
+}
+
+/// `POST /v1/apps/{app}/notifications`: validates, renders once and queues a job.
+pub async fn submit(
+    State(state): State<FrontState>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let key_app = state.authenticate(&headers)?;
+    if state.inner.apps[key_app].name != app {
+        return Err(ApiError::new(
+            Code::Forbidden,
+            format!("this api key does not grant access to app {app:?}"),
+        ));
+    }
+    let idempotency_key = idempotency_key(&headers)?;
+    let bytes = state.read_body(body).await?;
+    let prepared = {
+        let state = state.clone();
+        cpu(bytes.len(), move || {
+            native_job(&state, key_app, &bytes, idempotency_key)
+        })
+        .await??
+    };
+    let (apns, fcm) = (prepared.apns, prepared.fcm);
+    let accepted = state.submit(prepared.job).await?;
+    let id = accepted.id.to_string();
+    record_accepted(&state, key_app, (&id, apns, fcm));
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            id,
+            accepted: accepted.accepted,
+        }),
+    ))
+}
+
+/// A job's status as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    id: String,
+    app: String,
+    state: &'static str,
+    accepted: u64,
+    delivered: u64,
+    failed: u64,
+    invalid: u64,
+    cancelled: u64,
+    pending: u64,
+    possible_duplicates: u64,
+    invalid_tokens: Vec<InvalidTokenView>,
+    failures: Vec<FailureView>,
+    created_ms: u64,
+    finished_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct InvalidTokenView {
+    platform: &'static str,
+    token: String,
+    reason: String,
+    /// APNs 410: when the token stopped being valid, ms since the epoch.
+    timestamp: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct FailureView {
+    platform: &'static str,
+    class: String,
+    reason: String,
+    count: u64,
+}
+
+impl From<JobStatus> for JobView {
+    fn from(status: JobStatus) -> Self {
+        JobView {
+            id: status.id.to_string(),
+            app: status.app,
+            state: status.state.as_str(),
+            accepted: status.accepted,
+            delivered: status.delivered,
+            failed: status.failed,
+            invalid: status.invalid,
+            cancelled: status.cancelled,
+            pending: status.pending,
+            possible_duplicates: status.possible_duplicates,
+            invalid_tokens: status
+                .invalid_tokens
+                .into_iter()
+                .map(|t: InvalidToken| InvalidTokenView {
+                    platform: t.platform.as_str(),
+                    token: t.token,
+                    reason: t.reason,
+                    timestamp: t.timestamp_ms,
+                })
+                .collect(),
+            failures: status
+                .failures
+                .into_iter()
+                .map(|f: FailureCount| FailureView {
+                    platform: f.platform.as_str(),
+                    class: f.class,
+                    reason: f.reason,
+                    count: f.count,
+                })
+                .collect(),
+            created_ms: status.created_ms,
+            finished_ms: status.finished_ms,
+        }
+    }
+}
+
+fn parse_job_id(id: &str) -> Result<JobId, ApiError> {
+    id.parse::<JobId>()
+        .map_err(|_| ApiError::new(Code::BadRequest, "job id is not a uuid").field("id"))
+}
+
+fn invalid_limit(query: Option<&str>) -> Result<u32, ApiError> {
+    let value = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("invalid_limit="));
+    match value {
+        None => Ok(DEFAULT_INVALID_LIMIT),
+        Some(text) => text.parse::<u32>().map_err(|_| {
+            ApiError::new(
+                Code::BadRequest,
+                "invalid_limit must be a non-negative integer",
+            )
+            .field("invalid_limit")
+        }),
+    }
+}
+
+/// A job's status, or 404 when it does not exist or belongs to another app.
+async fn owned_status(
+    state: &FrontState,
+    key_app: usize,
+    id: JobId,
+    limit: u32,
+) -> Result<JobStatus, ApiError> {
+    let status = match state
+        .inner
+        .controller
+        .status(FrontState::query_context(), id, limit)
+        .await
+    {
+        Ok(Ok(status)) => status,
+        Ok(Err(wire)) => return Err(ApiError::from_wire(wire)),
+        Err(rpc) => return Err(ApiError::controller_unreachable(&rpc)),
+    };
+    // Another app's job answers exactly like a missing one, so ids reveal nothing.
+    if status.app != state.inner.apps[key_app].name {
+        return Err(ApiError::new(Code::NotFound, "no job with that id"));
+    }
+    Ok(status)
+}
+
+/// `GET /v1/jobs/{id}?invalid_limit=N`: the job's progress.
+pub async fn job_status(
+    State(state): State<FrontState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<JobView>, ApiError> {
+    let key_app = state.authenticate(&headers)?;
+    let id = parse_job_id(&id)?;
+    let limit = invalid_limit(query.as_deref())?;
+    let status = owned_status(&state, key_app, id, limit).await?;
+    Ok(Json(status.into()))
+}
+
+/// `DELETE /v1/jobs/{id}`: cancels what has not been handed to an agent yet.
+pub async fn job_cancel(
+    State(state): State<FrontState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<JobView>, ApiError> {
+    let key_app = state.authenticate(&headers)?;
+    let id = parse_job_id(&id)?;
+    owned_status(&state, key_app, id, 0).await?;
+    let status = match state
+        .inner
+        .controller
+        .cancel(FrontState::query_context(), id)
+        .await
+    {
+        Ok(Ok(status)) => status,
+        Ok(Err(wire)) => return Err(ApiError::from_wire(wire)),
+        Err(rpc) => return Err(ApiError::controller_unreachable(&rpc)),
+    };
+    tracing::info!(app = %status.app, job = %id, "job cancelled");
+    Ok(Json(status.into()))
+}

@@ -1,0 +1,469 @@
+//! One notification, described once by any of the APIs, rendered once per provider.
+//!
+//! Every API (native, gorush, gaurun) fills a [`Spec`]; [`render_apns`] and [`render_fcm`] turn
+//! it into the [`ApnsRender`] and [`FcmRender`] a whole job shares. Errors name fields through a
+//! [`Names`] table, because each API calls the same thing differently (`ttl`, `time_to_live`).
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use volley_apns::{Alert, Notification, PayloadError, PushType};
+use volley_contracts::{ApnsRender, FcmRender};
+use volley_fcm::{
+    AndroidConfig, AndroidNotification, AndroidPriority, FcmMessage, PreparedMessage,
+};
+
+use crate::error::{ApiError, Code};
+
+/// The longest collapse id (APNs) or collapse key (FCM) accepted, in bytes.
+pub const MAX_COLLAPSE_ID: usize = volley_apns::payload::MAX_COLLAPSE_ID;
+
+/// A priority as callers write it: `"high"`/`"normal"` or APNs' 10/5/1.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum PriorityInput {
+    /// `high` or `normal`.
+    Text(String),
+    /// 10, 5 or 1.
+    Number(u8),
+}
+
+/// What a notification says and how it should be delivered, before rendering.
+#[derive(Debug, Default)]
+pub(crate) struct Spec {
+    pub title: Option<String>,
+    pub subtitle: Option<String>,
+    pub body: Option<String>,
+    pub badge: Option<u32>,
+    /// A sound name, or (gorush) an APNs critical-alert sound dictionary.
+    pub sound: Option<Value>,
+    /// App data: top-level keys beside `aps` for APNs; `data` (strings) for FCM.
+    pub data: Map<String, Value>,
+    pub priority: Option<PriorityInput>,
+    pub collapse_id: Option<String>,
+    /// `apns-expiration`, epoch seconds.
+    pub expiration: Option<u64>,
+    /// Seconds a provider may keep the notification for an offline device.
+    pub ttl: Option<u64>,
+    pub push_type: Option<String>,
+    pub content_available: bool,
+    pub mutable_content: bool,
+    pub category: Option<String>,
+    pub thread_id: Option<String>,
+    pub image: Option<String>,
+    /// Raw APNs payload to start from: its `aps` under the typed fields, the rest beside it.
+    pub apns_raw: Option<Map<String, Value>>,
+    /// Raw `aps.alert` dictionary (gorush `alert`): title/body fill in what it lacks.
+    pub alert_raw: Option<Map<String, Value>>,
+    /// Extra `aps` keys (gorush `interruption_level`).
+    pub aps_extra: Map<String, Value>,
+    /// Raw FCM message fields to start from (`android`, `webpush`, `apns`, `fcm_options`...).
+    pub fcm_raw: Option<FcmMessage>,
+    /// FCM: send a data-only message (gaurun): no `notification` block, `message` in `data`.
+    pub fcm_data_only: bool,
+}
+
+/// What each logical field is called in one API, for error messages.
+pub(crate) struct Names {
+    pub priority: &'static str,
+    pub collapse_id: &'static str,
+    pub expiration: &'static str,
+    pub ttl: &'static str,
+    pub push_type: &'static str,
+    pub data: &'static str,
+    pub apns_raw: &'static str,
+    pub fcm_raw: &'static str,
+    pub apns_target: &'static str,
+    pub fcm_target: &'static str,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Checks what does not depend on the provider (done before any token is looked at twice).
+pub(crate) fn check_common(spec: &Spec, names: &Names) -> Result<(), ApiError> {
+    if let Some(id) = &spec.collapse_id {
+        if id.len() > MAX_COLLAPSE_ID {
+            return Err(ApiError::new(
+                Code::InvalidArgument,
+                format!(
+                    "collapse id is {} bytes, above the {MAX_COLLAPSE_ID}-byte limit",
+                    id.len()
+                ),
+            )
+            .field(names.collapse_id));
+        }
+    }
+    if let Some(priority) = &spec.priority {
+        let ok = match priority {
+            PriorityInput::Text(text) => matches!(text.as_str(), "high" | "normal"),
+            PriorityInput::Number(n) => matches!(n, 10 | 5 | 1),
+        };
+        if !ok {
+            return Err(ApiError::new(
+                Code::InvalidArgument,
+                "priority must be \"high\", \"normal\", 10, 5 or 1",
+            )
+            .field(names.priority));
+        }
+    }
+    Ok(())
+}
+
+fn apns_priority(spec: &Spec, push_type: PushType) -> u8 {
+    match &spec.priority {
+        Some(PriorityInput::Text(text)) if text == "high" => 10,
+        Some(PriorityInput::Text(_)) => 5,
+        Some(PriorityInput::Number(n)) => *n,
+        // Apple requires 5 for background pushes; 10 is APNs' own default otherwise.
+        None if push_type == PushType::Background => 5,
+        None => 10,
+    }
+}
+
+/// Renders the APNs payload and headers once.
+pub(crate) fn render_apns(spec: &Spec, topic: &str, names: &Names) -> Result<ApnsRender, ApiError> {
+    let has_visible = spec.title.is_some()
+        || spec.subtitle.is_some()
+        || spec.body.is_some()
+        || spec.alert_raw.is_some()
+        || spec.badge.is_some()
+        || spec.sound.is_some();
+    let push_type = match &spec.push_type {
+        Some(name) => name.parse::<PushType>().map_err(|_| {
+            ApiError::new(
+                Code::InvalidArgument,
+                "push_type must be one of alert, background, voip, liveactivity, complication, \
+                 fileprovider, mdm, location, pushtotalk, controls, widgets",
+            )
+            .field(names.push_type)
+        })?,
+        // A silent content-available push is a background push; Apple drops it as an alert.
+        None if spec.content_available && !has_visible => PushType::Background,
+        None => PushType::Alert,
+    };
+
+    let mut aps_raw = Map::new();
+    let mut custom = Map::new();
+    if let Some(raw) = &spec.apns_raw {
+        for (key, value) in raw {
+            if key == "aps" {
+                match value {
+                    Value::Object(aps) => aps_raw.extend(aps.clone()),
+                    _ => {
+                        return Err(ApiError::new(
+                            Code::InvalidArgument,
+                            "aps must be a json object",
+                        )
+                        .field(format!("{}.aps", names.apns_raw)))
+                    }
+                }
+            } else {
+                custom.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    aps_raw.extend(spec.aps_extra.clone());
+    let mut alert = None;
+    if let Some(raw_alert) = &spec.alert_raw {
+        let mut merged = raw_alert.clone();
+        for (key, value) in [
+            ("title", &spec.title),
+            ("subtitle", &spec.subtitle),
+            ("body", &spec.body),
+        ] {
+            if let Some(value) = value {
+                merged
+                    .entry(key)
+                    .or_insert_with(|| Value::String(value.clone()));
+            }
+        }
+        aps_raw.insert("alert".into(), Value::Object(merged));
+    } else if spec.title.is_some() || spec.subtitle.is_some() || spec.body.is_some() {
+        alert = Some(Alert {
+            title: spec.title.clone(),
+            subtitle: spec.subtitle.clone(),
+            body: spec.body.clone(),
+        });
+    }
+    let sound = match &spec.sound {
+        Some(Value::String(name)) => Some(name.clone()),
+        Some(other) => {
+            aps_raw.insert("sound".into(), other.clone());
+            None
+        }
+        None => None,
+    };
+    if spec.data.contains_key("aps") {
+        return Err(ApiError::new(
+            Code::InvalidArgument,
+            "data must not use the key \"aps\", which belongs to apns",
+        )
+        .field(names.data));
+    }
+    custom.extend(spec.data.clone());
+
+    let expiration = match (spec.expiration, spec.ttl) {
+        (Some(at), _) => Some(at),
+        (None, Some(0)) => Some(0),
+        (None, Some(ttl)) => Some(now_secs().saturating_add(ttl)),
+        (None, None) => None,
+    };
+    let priority = apns_priority(spec, push_type);
+    let notification = Notification {
+        topic: topic.to_owned(),
+        push_type,
+        priority: Some(volley_apns::Priority::from_u8(priority).map_err(|e| {
+            ApiError::new(Code::InvalidArgument, e.to_string()).field(names.priority)
+        })?),
+        expiration,
+        collapse_id: spec.collapse_id.clone(),
+        alert,
+        badge: spec.badge,
+        sound,
+        category: spec.category.clone(),
+        thread_id: spec.thread_id.clone(),
+        content_available: spec.content_available,
+        mutable_content: spec.mutable_content,
+        aps_raw: (!aps_raw.is_empty()).then_some(aps_raw),
+        custom,
+    };
+    let prepared = notification.prepare().map_err(|error| {
+        let (code, field) = match &error {
+            PayloadError::TooLarge { .. } => (Code::PayloadTooLarge, names.apns_target),
+            PayloadError::CollapseIdTooLong(_) | PayloadError::BadCollapseId => {
+                (Code::InvalidArgument, names.collapse_id)
+            }
+            PayloadError::BadPriority(_) => (Code::InvalidArgument, names.priority),
+            PayloadError::UnknownPushType(_) => (Code::InvalidArgument, names.push_type),
+            PayloadError::CustomAps => (Code::InvalidArgument, names.data),
+            PayloadError::NotAnApsObject => (Code::InvalidArgument, names.apns_raw),
+            PayloadError::BadTopic | PayloadError::Json(_) => (Code::Internal, names.apns_target),
+        };
+        ApiError::new(code, format!("apns: {error}")).field(field)
+    })?;
+    Ok(ApnsRender {
+        payload: prepared.body().clone(),
+        push_type: push_type.as_str().to_owned(),
+        priority,
+        expiration,
+        collapse_id: spec.collapse_id.clone(),
+    })
+}
+
+/// The bytes every FCM request body starts with, up to the token.
+///
+/// `volley_fcm::PreparedMessage` keeps its prefix private and exposes `body_for(token)`;
+/// [`split_fcm_body`] renders the body for an empty token and cuts it here.
+const FCM_PREFIX: &[u8] = br#"{"message":{"token":""#;
+
+/// Cuts the body `PreparedMessage::body_for("")` into the prefix and suffix around the token.
+fn split_fcm_body(prepared: &PreparedMessage) -> Result<FcmRender, ApiError> {
+    let body: Bytes = prepared.body_for("");
+    if !body.starts_with(FCM_PREFIX) {
+        return Err(ApiError::new(
+            Code::Internal,
+            "fcm message does not start with the expected envelope",
+        ));
+    }
+    Ok(FcmRender {
+        prefix: Bytes::from_static(FCM_PREFIX),
+        suffix: body.slice(FCM_PREFIX.len()..),
+    })
+}
+
+/// FCM `data` is string to string: strings stay, other JSON values are sent JSON-encoded.
+fn fcm_data(data: &Map<String, Value>) -> BTreeMap<String, String> {
+    data.iter()
+        .map(|(key, value)| {
+            let value = match value {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            (key.clone(), value)
+        })
+        .collect()
+}
+
+/// Renders the FCM message once, as the body around the token.
+pub(crate) fn render_fcm(spec: &Spec, names: &Names) -> Result<FcmRender, ApiError> {
+    let mut message = spec.fcm_raw.clone().unwrap_or_default();
+    if spec.fcm_data_only {
+        if let Some(body) = &spec.body {
+            message.data.insert("message".into(), body.clone());
+        }
+    } else if spec.title.is_some() || spec.body.is_some() || spec.image.is_some() {
+        let notification = message.notification.get_or_insert_with(Default::default);
+        for (slot, value) in [
+            (&mut notification.title, &spec.title),
+            (&mut notification.body, &spec.body),
+            (&mut notification.image, &spec.image),
+        ] {
+            if value.is_some() {
+                slot.clone_from(value);
+            }
+        }
+    }
+    message.data.extend(fcm_data(&spec.data));
+
+    let priority = spec.priority.as_ref().map(|p| match p {
+        PriorityInput::Text(text) if text == "high" => AndroidPriority::High,
+        PriorityInput::Number(10) => AndroidPriority::High,
+        _ => AndroidPriority::Normal,
+    });
+    let ttl = match (spec.ttl, spec.expiration) {
+        (Some(ttl), _) => Some(ttl),
+        (None, Some(at)) => Some(at.saturating_sub(now_secs())),
+        (None, None) => None,
+    };
+    let sound = match (&spec.sound, spec.fcm_data_only) {
+        (Some(Value::String(name)), false) => Some(name.clone()),
+        _ => None,
+    };
+    if priority.is_some() || ttl.is_some() || spec.collapse_id.is_some() || sound.is_some() {
+        let android = message.android.get_or_insert_with(AndroidConfig::default);
+        if priority.is_some() {
+            android.priority = priority;
+        }
+        if ttl.is_some() {
+            android.ttl = ttl;
+        }
+        if spec.collapse_id.is_some() {
+            android.collapse_key.clone_from(&spec.collapse_id);
+        }
+        if sound.is_some() {
+            android
+                .notification
+                .get_or_insert_with(AndroidNotification::default)
+                .sound = sound;
+        }
+    }
+
+    let prepared = PreparedMessage::new(&message).map_err(|error| {
+        use volley_fcm::MessageError as E;
+        let (code, field) = match &error {
+            E::TtlTooLong { .. } => (
+                Code::InvalidArgument,
+                if spec.ttl.is_some() {
+                    names.ttl
+                } else {
+                    names.expiration
+                },
+            ),
+            E::ReservedDataKey(_) => (Code::InvalidArgument, names.data),
+            E::TooLarge { .. } => (Code::PayloadTooLarge, names.fcm_target),
+            E::HasTarget(_) => (Code::InvalidArgument, names.fcm_raw),
+            E::NotAnObject => (Code::Internal, names.fcm_target),
+        };
+        ApiError::new(code, format!("fcm: {error}")).field(field)
+    })?;
+    split_fcm_body(&prepared)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NAMES: Names = Names {
+        priority: "priority",
+        collapse_id: "collapse_id",
+        expiration: "expiration",
+        ttl: "ttl",
+        push_type: "push_type",
+        data: "data",
+        apns_raw: "apns",
+        fcm_raw: "fcm",
+        apns_target: "targets.apns",
+        fcm_target: "targets.fcm",
+    };
+
+    fn spec() -> Spec {
+        Spec {
+            title: Some("Hi".into()),
+            body: Some("Hello \"you\"".into()),
+            data: Map::from_iter([("n".into(), json!(5)), ("s".into(), json!("x"))]),
+            ..Spec::default()
+        }
+    }
+
+    #[test]
+    fn apns_payload_has_the_alert_and_data() {
+        let render = render_apns(&spec(), "com.example", &NAMES).unwrap();
+        let payload: Value = serde_json::from_slice(&render.payload).unwrap();
+        assert_eq!(
+            payload,
+            json!({"aps": {"alert": {"title": "Hi", "body": "Hello \"you\""}}, "n": 5, "s": "x"})
+        );
+        assert_eq!(render.push_type, "alert");
+        assert_eq!(render.priority, 10);
+    }
+
+    #[test]
+    fn silent_pushes_become_background_with_priority_5() {
+        let spec = Spec {
+            content_available: true,
+            ..Spec::default()
+        };
+        let render = render_apns(&spec, "com.example", &NAMES).unwrap();
+        assert_eq!(render.push_type, "background");
+        assert_eq!(render.priority, 5);
+    }
+
+    #[test]
+    fn fcm_prefix_and_suffix_wrap_a_token_into_valid_json() {
+        let render = render_fcm(&spec(), &NAMES).unwrap();
+        let mut body = render.prefix.to_vec();
+        body.extend_from_slice(b"tok:1");
+        body.extend_from_slice(&render.suffix);
+        let parsed: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(parsed["message"]["token"], "tok:1");
+        assert_eq!(parsed["message"]["notification"]["title"], "Hi");
+        assert_eq!(parsed["message"]["data"], json!({"n": "5", "s": "x"}));
+    }
+
+    #[test]
+    fn errors_name_their_fields() {
+        let long = Spec {
+            collapse_id: Some("c".repeat(65)),
+            ..Spec::default()
+        };
+        assert_eq!(
+            check_common(&long, &NAMES).unwrap_err().field.as_deref(),
+            Some("collapse_id")
+        );
+        let big = Spec {
+            body: Some("x".repeat(5000)),
+            ..Spec::default()
+        };
+        let error = render_apns(&big, "t", &NAMES).unwrap_err();
+        assert_eq!(error.code, Code::PayloadTooLarge);
+        assert!(error.message.contains("4096"), "{}", error.message);
+        let error = render_fcm(&big, &NAMES).unwrap_err();
+        assert_eq!(error.code, Code::PayloadTooLarge);
+        assert_eq!(error.field.as_deref(), Some("targets.fcm"));
+        let reserved = Spec {
+            data: Map::from_iter([("from".into(), json!("x"))]),
+            ..Spec::default()
+        };
+        assert_eq!(
+            render_fcm(&reserved, &NAMES).unwrap_err().field.as_deref(),
+            Some("data")
+        );
+        let ttl = Spec {
+            ttl: Some(40 * 24 * 3600),
+            ..Spec::default()
+        };
+        assert_eq!(
+            render_fcm(&ttl, &NAMES).unwrap_err().field.as_deref(),
+            Some("ttl")
+        );
+    }
+}

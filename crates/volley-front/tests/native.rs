@@ -1,0 +1,478 @@
+//! The native API against a fake controller over real tarpc: submission, rendering, auth,
+//! validation, job status and cancel.
+
+mod support;
+
+use hyper::http::Method;
+use serde_json::json;
+use support::*;
+use volley_contracts::{InvalidToken, JobId, Platform};
+
+const NOTIFY: &str = "/v1/apps/shop/notifications";
+
+#[tokio::test]
+async fn a_notification_is_rendered_once_per_provider_and_queued() {
+    let front = Front::start(config("")).await;
+    let body = json!({
+        "targets": {
+            "apns": [apns_token(1), apns_token(2)],
+            "fcm": [fcm_token(1), fcm_token(2), fcm_token(3)],
+        },
+        "title": "Sale",
+        "body": "Everything \"50%\" off",
+        "badge": 3,
+        "sound": "default",
+        "data": {"order": 42, "kind": "promo", "nested": {"a": [1, 2]}},
+        "priority": "high",
+        "collapse_id": "sale",
+        "ttl": 3600,
+        "thread_id": "promos",
+        "image": "https://example.com/a.png",
+    });
+    let reply = front.post(NOTIFY, Some(SHOP_KEY), &body).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let answer = reply.json();
+    assert_eq!(answer["accepted"], 5);
+    let id: JobId = answer["id"].as_str().unwrap().parse().unwrap();
+
+    let jobs = front.submitted();
+    assert_eq!(jobs.len(), 1);
+    let job = &jobs[0];
+    assert_eq!(job.app, "shop");
+    assert_eq!(
+        job.apns_tokens.iter().collect::<Vec<_>>(),
+        [apns_token(1), apns_token(2)]
+    );
+    assert_eq!(
+        job.fcm_tokens.iter().collect::<Vec<_>>(),
+        [fcm_token(1), fcm_token(2), fcm_token(3)]
+    );
+
+    let apns = job.apns.as_ref().unwrap();
+    assert_eq!(apns.push_type, "alert");
+    assert_eq!(apns.priority, 10);
+    assert_eq!(apns.collapse_id.as_deref(), Some("sale"));
+    assert!(apns.expiration.unwrap() > 1_700_000_000);
+    assert_eq!(
+        apns_payload(job),
+        json!({
+            "aps": {
+                "alert": {"title": "Sale", "body": "Everything \"50%\" off"},
+                "badge": 3,
+                "sound": "default",
+                "thread-id": "promos",
+            },
+            "order": 42,
+            "kind": "promo",
+            "nested": {"a": [1, 2]},
+        })
+    );
+
+    let fcm = fcm_body(job, &fcm_token(2));
+    let message = &fcm["message"];
+    assert_eq!(message["token"], fcm_token(2));
+    assert_eq!(
+        message["notification"],
+        json!({"title": "Sale", "body": "Everything \"50%\" off", "image": "https://example.com/a.png"})
+    );
+    assert_eq!(
+        message["data"],
+        json!({"order": "42", "kind": "promo", "nested": "{\"a\":[1,2]}"})
+    );
+    assert_eq!(message["android"]["priority"], "HIGH");
+    assert_eq!(message["android"]["ttl"], "3600s");
+    assert_eq!(message["android"]["collapse_key"], "sale");
+    assert_eq!(message["android"]["notification"]["sound"], "default");
+
+    // The job is visible to its app.
+    let status = front.get(&format!("/v1/jobs/{id}"), Some(SHOP_KEY)).await;
+    assert_eq!(status.status, 200, "{}", status.text());
+    assert_eq!(status.json()["state"], "queued");
+    assert_eq!(status.json()["pending"], 5);
+}
+
+#[tokio::test]
+async fn flat_token_fields_and_raw_escape_hatches_are_accepted() {
+    let front = Front::start(config("")).await;
+    let body = json!({
+        "apns_tokens": [apns_token(9)],
+        "fcm_tokens": [fcm_token(9)],
+        "body": "hi",
+        "apns": {"aps": {"interruption-level": "time-sensitive"}, "meta": 1},
+        "fcm": {"webpush": {"headers": {"Urgency": "high"}}, "fcm_options": {"analytics_label": "l"}},
+        "push_type": "alert",
+        "priority": 5,
+    });
+    let reply = front.post(NOTIFY, Some(SHOP_KEY), &body).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let job = &front.submitted()[0];
+    assert_eq!(job.apns.as_ref().unwrap().priority, 5);
+    assert_eq!(
+        apns_payload(job),
+        json!({"aps": {"interruption-level": "time-sensitive", "alert": {"body": "hi"}}, "meta": 1})
+    );
+    let fcm = fcm_body(job, &fcm_token(9));
+    assert_eq!(fcm["message"]["webpush"]["headers"]["Urgency"], "high");
+    assert_eq!(fcm["message"]["fcm_options"]["analytics_label"], "l");
+    assert_eq!(fcm["message"]["android"]["priority"], "NORMAL");
+}
+
+#[tokio::test]
+async fn api_keys_reach_only_their_own_app() {
+    let front = Front::start(config("")).await;
+    let body = json!({"targets": {"fcm": [fcm_token(1)]}, "body": "x"});
+
+    let reply = front.post(NOTIFY, None, &body).await;
+    reply.assert_error(401, "unauthorized", None);
+    assert_eq!(reply.headers["www-authenticate"], "Bearer");
+
+    let reply = front
+        .post(NOTIFY, Some("not-a-key-but-long-enough"), &body)
+        .await;
+    let message = reply.assert_error(401, "unauthorized", None);
+    assert!(!message.contains("not-a-key"), "{message}");
+
+    let reply = front.post(NOTIFY, Some(NEWS_KEY), &body).await;
+    reply.assert_error(403, "forbidden", None);
+    assert!(!reply.text().contains(NEWS_KEY));
+
+    let reply = front
+        .post("/v1/apps/news/notifications", Some(NEWS_KEY), &body)
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert!(front.submitted().iter().all(|job| job.app == "news"));
+}
+
+#[tokio::test]
+async fn every_validation_error_names_its_field() {
+    let front = Front::start(config("max_tokens_per_request = 5")).await;
+    let good = apns_token(1);
+    let cases = [
+        // (body, status, code, field)
+        (
+            json!({"targets": {"apns": [good, "not-a-secret-token", good]}}),
+            422,
+            "invalid_token",
+            Some("targets.apns[1]"),
+        ),
+        (
+            json!({"targets": {"fcm": ["ok", "bad token"]}}),
+            422,
+            "invalid_token",
+            Some("targets.fcm[1]"),
+        ),
+        (
+            json!({"targets": {"huawei": ["x"]}}),
+            422,
+            "unknown_platform",
+            Some("targets.huawei"),
+        ),
+        (
+            json!({"targets": {"fcm": "tok-as-a-string"}}),
+            400,
+            "bad_request",
+            Some("targets.fcm"),
+        ),
+        (
+            json!({"targets": {"fcm": [fcm_token(1)]}, "badge": "three"}),
+            400,
+            "bad_request",
+            Some("badge"),
+        ),
+        (
+            json!({"targets": {"fcm": [fcm_token(1)]}, "titel": "typo"}),
+            400,
+            "bad_request",
+            Some("titel"),
+        ),
+        (json!({"targets": {}}), 422, "no_tokens", Some("targets")),
+        (json!({"title": "x"}), 422, "no_tokens", Some("targets")),
+        (
+            json!({"targets": {"fcm": (0..6).map(fcm_token).collect::<Vec<_>>()}}),
+            422,
+            "too_many_tokens",
+            Some("targets"),
+        ),
+        (
+            json!({"targets": {"fcm": [fcm_token(1)]}, "collapse_id": "c".repeat(65)}),
+            422,
+            "invalid_argument",
+            Some("collapse_id"),
+        ),
+        (
+            json!({"targets": {"apns": [apns_token(1)]}, "body": "x".repeat(5000)}),
+            422,
+            "payload_too_large",
+            Some("targets.apns"),
+        ),
+        (
+            json!({"targets": {"fcm": [fcm_token(1)]}, "body": "x".repeat(5000)}),
+            422,
+            "payload_too_large",
+            Some("targets.fcm"),
+        ),
+        (
+            json!({"targets": {"fcm": [fcm_token(1)]}, "priority": "urgent"}),
+            422,
+            "invalid_argument",
+            Some("priority"),
+        ),
+        (
+            json!({"targets": {"apns": [apns_token(1)]}, "push_type": "sms"}),
+            422,
+            "invalid_argument",
+            Some("push_type"),
+        ),
+        (
+            json!({"targets": {"fcm": [fcm_token(1)]}, "data": {"google.x": 1}}),
+            422,
+            "invalid_argument",
+            Some("data"),
+        ),
+        (
+            json!({"targets": {"fcm": [fcm_token(1)]}, "ttl": 30 * 24 * 3600}),
+            422,
+            "invalid_argument",
+            Some("ttl"),
+        ),
+    ];
+    for (body, status, code, field) in cases {
+        let reply = front.post(NOTIFY, Some(SHOP_KEY), &body).await;
+        let message = reply.assert_error(status, code, field);
+        assert!(!message.contains("not-a-secret"), "{message}");
+        assert!(!message.contains("tok-as-a-string"), "{message}");
+    }
+
+    // Malformed JSON names where it stopped.
+    let reply = front
+        .send(
+            Method::POST,
+            NOTIFY,
+            Some(SHOP_KEY),
+            r#"{"targets": {"fcm": ["a"}"#,
+        )
+        .await;
+    let message = reply.assert_error(400, "bad_request", Some("targets.fcm"));
+    assert!(message.starts_with("malformed json"), "{message}");
+
+    // An app without the platform's credentials.
+    let reply = front
+        .post(
+            "/v1/apps/news/notifications",
+            Some(NEWS_KEY),
+            &json!({"targets": {"apns": [apns_token(1)]}, "body": "x"}),
+        )
+        .await;
+    let message = reply.assert_error(422, "platform_not_configured", Some("targets.apns"));
+    assert!(message.contains("apns"), "{message}");
+    let reply = front
+        .post(
+            "/v1/apps/ios/notifications",
+            Some(IOS_KEY),
+            &json!({"targets": {"fcm": [fcm_token(1)]}}),
+        )
+        .await;
+    reply.assert_error(422, "platform_not_configured", Some("targets.fcm"));
+
+    assert!(front.submitted().is_empty(), "nothing invalid was queued");
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_a_json_413() {
+    let front = Front::start(config("max_body_bytes = 1024")).await;
+    let tokens: Vec<String> = (0..40).map(apns_token).collect();
+    let reply = front
+        .post(
+            NOTIFY,
+            Some(SHOP_KEY),
+            &json!({"targets": {"apns": tokens}}),
+        )
+        .await;
+    let message = reply.assert_error(413, "body_too_large", None);
+    assert!(message.contains("1024"), "{message}");
+}
+
+#[tokio::test]
+async fn controller_errors_keep_their_status() {
+    let front = Front::start(config("")).await;
+    // The fake controller refuses jobs with this idempotency key as resource-exhausted.
+    let reply = front
+        .send(
+            Method::POST,
+            NOTIFY,
+            Some(SHOP_KEY),
+            serde_json::to_vec(&json!({"targets": {"fcm": [fcm_token(1)]}})).unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, 202);
+    let stream = support::send_with_header(
+        front.addr,
+        NOTIFY,
+        SHOP_KEY,
+        ("idempotency-key", "refuse"),
+        serde_json::to_vec(&json!({"targets": {"fcm": [fcm_token(1)]}})).unwrap(),
+    )
+    .await;
+    stream.assert_error(429, "resource_exhausted", None);
+    assert_eq!(stream.headers["retry-after"], "5");
+}
+
+#[tokio::test]
+async fn an_unreachable_controller_is_a_503_with_retry_after() {
+    // A "controller" that accepts the connection and closes it at once.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    let client = volley_contracts::connect_controller(addr).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_addr = listener.local_addr().unwrap();
+    tokio::spawn(volley_front::run(
+        config(""),
+        listener,
+        client,
+        futures::future::pending(),
+    ));
+    let body = serde_json::to_vec(&json!({"targets": {"fcm": [fcm_token(1)]}})).unwrap();
+    let reply = send(front_addr, Method::POST, NOTIFY, Some(SHOP_KEY), body).await;
+    reply.assert_error(503, "unavailable", None);
+    assert_eq!(reply.headers["retry-after"], "5");
+    let reply = send(front_addr, Method::GET, "/readyz", None, "").await;
+    assert_eq!(reply.status, 503);
+}
+
+#[tokio::test]
+async fn job_status_and_cancel_pass_through_for_the_owning_app_only() {
+    let front = Front::start(config("")).await;
+    let reply = front
+        .post(
+            NOTIFY,
+            Some(SHOP_KEY),
+            &json!({"targets": {"apns": [apns_token(1), apns_token(2)]}, "body": "x"}),
+        )
+        .await;
+    let id = reply.json()["id"].as_str().unwrap().to_owned();
+    {
+        let parsed: JobId = id.parse().unwrap();
+        let mut jobs = front.controller.shared.jobs.lock().unwrap();
+        let status = jobs.get_mut(&parsed).unwrap();
+        status.invalid = 2;
+        status.invalid_tokens = vec![
+            InvalidToken {
+                platform: Platform::Apns,
+                token: apns_token(1),
+                reason: "Unregistered".into(),
+                timestamp_ms: Some(1_700_000_000_000),
+            },
+            InvalidToken {
+                platform: Platform::Apns,
+                token: apns_token(2),
+                reason: "BadDeviceToken".into(),
+                timestamp_ms: None,
+            },
+        ];
+    }
+
+    let status = front.get(&format!("/v1/jobs/{id}"), Some(SHOP_KEY)).await;
+    assert_eq!(status.status, 200, "{}", status.text());
+    let view = status.json();
+    assert_eq!(view["id"], id);
+    assert_eq!(view["app"], "shop");
+    assert_eq!(view["invalid"], 2);
+    assert_eq!(
+        view["invalid_tokens"][0],
+        json!({"platform": "apns", "token": apns_token(1), "reason": "Unregistered", "timestamp": 1_700_000_000_000u64})
+    );
+
+    let limited = front
+        .get(&format!("/v1/jobs/{id}?invalid_limit=1"), Some(SHOP_KEY))
+        .await;
+    assert_eq!(
+        limited.json()["invalid_tokens"].as_array().unwrap().len(),
+        1
+    );
+    front
+        .get(&format!("/v1/jobs/{id}?invalid_limit=x"), Some(SHOP_KEY))
+        .await
+        .assert_error(400, "bad_request", Some("invalid_limit"));
+
+    // Another app's key sees nothing and cannot cancel.
+    front
+        .get(&format!("/v1/jobs/{id}"), Some(NEWS_KEY))
+        .await
+        .assert_error(404, "not_found", None);
+    front
+        .send(
+            Method::DELETE,
+            &format!("/v1/jobs/{id}"),
+            Some(NEWS_KEY),
+            "",
+        )
+        .await
+        .assert_error(404, "not_found", None);
+    front
+        .get(&format!("/v1/jobs/{}", JobId::new()), Some(SHOP_KEY))
+        .await
+        .assert_error(404, "not_found", None);
+    front
+        .get("/v1/jobs/not-a-uuid", Some(SHOP_KEY))
+        .await
+        .assert_error(400, "bad_request", Some("id"));
+    front
+        .get(&format!("/v1/jobs/{id}"), None)
+        .await
+        .assert_error(401, "unauthorized", None);
+
+    let cancelled = front
+        .send(
+            Method::DELETE,
+            &format!("/v1/jobs/{id}"),
+            Some(SHOP_KEY),
+            "",
+        )
+        .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.text());
+    assert_eq!(cancelled.json()["state"], "cancelled");
+    assert_eq!(cancelled.json()["cancelled"], 2);
+}
+
+#[tokio::test]
+async fn a_million_tokens_in_one_request_are_accepted() {
+    let front = Front::start(config("")).await;
+    const N: usize = 1_000_000;
+    let mut body = String::with_capacity(N * 67 + 100);
+    body.push_str(r#"{"title":"big","targets":{"apns":["#);
+    for i in 0..N {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push('"');
+        body.push_str(&apns_token(i));
+        body.push('"');
+    }
+    body.push_str("]}}");
+    let reply = front.send(Method::POST, NOTIFY, Some(SHOP_KEY), body).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert_eq!(reply.json()["accepted"], N);
+    let jobs = front.submitted();
+    let tokens = &jobs[0].apns_tokens;
+    assert_eq!(tokens.len(), N);
+    assert_eq!(tokens.get(0), Some(apns_token(0).as_str()));
+    assert_eq!(tokens.get(N - 1), Some(apns_token(N - 1).as_str()));
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_json() {
+    let front = Front::start(config("")).await;
+    front
+        .get("/nope", None)
+        .await
+        .assert_error(404, "not_found", None);
+    front
+        .get(NOTIFY, Some(SHOP_KEY))
+        .await
+        .assert_error(405, "method_not_allowed", None);
+}

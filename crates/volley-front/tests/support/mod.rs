@@ -1,0 +1,378 @@
+//! A fake controller served over real tarpc TCP, a front in front of it, and a raw HTTP/1.1
+//! client.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::http::{HeaderMap, Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tarpc::context::Context;
+use tarpc::server::{BaseChannel, Channel};
+use tokio::net::{TcpListener, TcpStream};
+use volley_config::Config;
+use volley_contracts::{
+    AgentId, AgentInfo, AgentStat, AppCounters, ClusterStats, Controller, ErrorCode, JobAccepted,
+    JobId, JobState, JobStatus, Platform, SubmitJob, WireError,
+};
+
+pub const SHOP_KEY: &str = "shop-key-0123456789abcdef";
+pub const NEWS_KEY: &str = "news-key-0123456789abcdef";
+pub const IOS_KEY: &str = "ios-key-0123456789abcdef";
+
+/// Three apps: `shop` (APNs and FCM, the default app), `news` (FCM only), `ios` (APNs only).
+pub fn config(extra_front: &str) -> Config {
+    Config::from_toml(&format!(
+        r#"
+        [front]
+        default_app = "shop"
+        {extra_front}
+
+        [[apps]]
+        name = "shop"
+        api_keys = ["{SHOP_KEY}"]
+        [apps.apns]
+        topic = "com.example.shop"
+        key_file = "AuthKey.p8"
+        key_id = "ABC123DEFG"
+        team_id = "TEAM123456"
+        [apps.fcm]
+        service_account_file = "sa.json"
+
+        [[apps]]
+        name = "news"
+        api_keys = ["{NEWS_KEY}"]
+        [apps.fcm]
+        service_account_file = "sa.json"
+
+        [[apps]]
+        name = "ios"
+        api_keys = ["{IOS_KEY}"]
+        [apps.apns]
+        topic = "com.example.ios"
+        key_file = "AuthKey.p8"
+        key_id = "ABC123DEFG"
+        team_id = "TEAM123456"
+        "#
+    ))
+    .expect("test configuration parses")
+}
+
+/// What the fake controller has seen and holds.
+#[derive(Default)]
+pub struct Shared {
+    pub submitted: Mutex<Vec<SubmitJob>>,
+    pub jobs: Mutex<HashMap<JobId, JobStatus>>,
+}
+
+/// A controller that records submissions and answers status from what it recorded.
+#[derive(Clone, Default)]
+pub struct FakeController {
+    pub shared: Arc<Shared>,
+}
+
+impl Controller for FakeController {
+    async fn submit(self, _: Context, job: SubmitJob) -> Result<JobAccepted, WireError> {
+        if job.idempotency_key.as_deref() == Some("refuse") {
+            return Err(WireError::new(
+                ErrorCode::ResourceExhausted,
+                "too many pending notifications",
+            ));
+        }
+        let id = JobId::new();
+        let accepted = job.len() as u64;
+        let status = JobStatus {
+            id,
+            app: job.app.clone(),
+            state: JobState::Queued,
+            accepted,
+            delivered: 0,
+            failed: 0,
+            invalid: 0,
+            cancelled: 0,
+            pending: accepted,
+            possible_duplicates: 0,
+            invalid_tokens: Vec::new(),
+            failures: Vec::new(),
+            created_ms: 1,
+            finished_ms: None,
+        };
+        self.shared.jobs.lock().unwrap().insert(id, status);
+        self.shared.submitted.lock().unwrap().push(job);
+        Ok(JobAccepted { id, accepted })
+    }
+
+    async fn status(self, _: Context, id: JobId, limit: u32) -> Result<JobStatus, WireError> {
+        let jobs = self.shared.jobs.lock().unwrap();
+        let mut status = jobs
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| WireError::new(ErrorCode::NotFound, "no such job"))?;
+        status.invalid_tokens.truncate(limit as usize);
+        Ok(status)
+    }
+
+    async fn cancel(self, _: Context, id: JobId) -> Result<JobStatus, WireError> {
+        let mut jobs = self.shared.jobs.lock().unwrap();
+        let status = jobs
+            .get_mut(&id)
+            .ok_or_else(|| WireError::new(ErrorCode::NotFound, "no such job"))?;
+        status.state = JobState::Cancelled;
+        status.cancelled = status.pending;
+        status.pending = 0;
+        Ok(status.clone())
+    }
+
+    async fn stats(self, _: Context) -> ClusterStats {
+        ClusterStats {
+            queue_max: 256,
+            queue_usage: 3,
+            pending_notifications: 42,
+            active_jobs: 1,
+            agents: vec![AgentStat {
+                id: AgentId(7),
+                name: "agent-a".into(),
+                addr: "127.0.0.1:1".into(),
+                in_flight: 2,
+                chunks_done: 10,
+            }],
+            apps: vec![
+                AppCounters {
+                    app: "shop".into(),
+                    platform: Platform::Apns,
+                    success: 100,
+                    error: 2,
+                },
+                AppCounters {
+                    app: "shop".into(),
+                    platform: Platform::Fcm,
+                    success: 50,
+                    error: 1,
+                },
+            ],
+            chunks_redispatched: 0,
+        }
+    }
+
+    async fn register(self, _: Context, _: AgentInfo) -> Result<AgentId, WireError> {
+        Err(WireError::new(ErrorCode::Internal, "not in this test"))
+    }
+
+    async fn heartbeat(self, _: Context, _: AgentId) -> Result<(), WireError> {
+        Ok(())
+    }
+}
+
+/// Serves `controller` over tarpc on an ephemeral port.
+pub async fn serve_controller(controller: FakeController) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        volley_contracts::listen(listener).for_each(move |(_, transport)| {
+            let server = controller.clone();
+            async move {
+                tokio::spawn(
+                    BaseChannel::with_defaults(transport)
+                        .execute(server.serve())
+                        .for_each(|response| async {
+                            tokio::spawn(response);
+                        }),
+                );
+            }
+        }),
+    );
+    addr
+}
+
+/// A running front with its fake controller.
+pub struct Front {
+    pub addr: SocketAddr,
+    pub controller: FakeController,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<Result<(), volley_front::FrontError>>,
+}
+
+impl Front {
+    /// Starts a front with `config` against a fresh fake controller.
+    pub async fn start(config: Config) -> Front {
+        let controller = FakeController::default();
+        let controller_addr = serve_controller(controller.clone()).await;
+        let client = volley_contracts::connect_controller(controller_addr)
+            .await
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(volley_front::run(config, listener, client, async {
+            let _ = rx.await;
+        }));
+        Front {
+            addr,
+            controller,
+            shutdown: Some(tx),
+            task,
+        }
+    }
+
+    /// Asks the front to drain.
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// The jobs the controller received.
+    pub fn submitted(&self) -> Vec<SubmitJob> {
+        self.controller.shared.submitted.lock().unwrap().clone()
+    }
+
+    /// Sends a request to the front.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        send(self.addr, method, path, key, body).await
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post(&self, path: &str, key: Option<&str>, body: &Value) -> Reply {
+        self.send(Method::POST, path, key, serde_json::to_vec(body).unwrap())
+            .await
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str, key: Option<&str>) -> Reply {
+        self.send(Method::GET, path, key, Bytes::new()).await
+    }
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not json ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Asserts the standard error shape with `status`, `code` and `field`; returns the message.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str, field: Option<&str>) -> String {
+        assert_eq!(self.status.as_u16(), status, "{}", self.text());
+        let body = self.json();
+        assert_eq!(body["error"]["code"], code, "{body}");
+        match field {
+            Some(field) => assert_eq!(body["error"]["field"], field, "{body}"),
+            None => assert!(body["error"].get("field").is_none(), "{body}"),
+        }
+        body["error"]["message"].as_str().unwrap().to_owned()
+    }
+}
+
+/// One request on a fresh HTTP/1.1 connection.
+pub async fn send(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    key: Option<&str>,
+    body: impl Into<Bytes>,
+) -> Reply {
+    send_full(addr, method, path, key, None, body).await
+}
+
+/// `POST path` with one extra header.
+pub async fn send_with_header(
+    addr: SocketAddr,
+    path: &str,
+    key: &str,
+    header: (&str, &str),
+    body: impl Into<Bytes>,
+) -> Reply {
+    send_full(addr, Method::POST, path, Some(key), Some(header), body).await
+}
+
+async fn send_full(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    key: Option<&str>,
+    header: Option<(&str, &str)>,
+    body: impl Into<Bytes>,
+) -> Reply {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json");
+    if let Some(key) = key {
+        request = request.header("authorization", format!("Bearer {key}"));
+    }
+    if let Some((name, value)) = header {
+        request = request.header(name, value);
+    }
+    let response = sender
+        .send_request(request.body(Full::new(body.into())).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A valid-looking APNs device token (64 hex characters).
+pub fn apns_token(i: usize) -> String {
+    format!("{i:064x}")
+}
+
+/// A valid-looking FCM registration token.
+pub fn fcm_token(i: usize) -> String {
+    format!("fcm{i}:APA91b-x_y.z")
+}
+
+/// The FCM request body of `job` for `token`, parsed.
+pub fn fcm_body(job: &SubmitJob, token: &str) -> Value {
+    let render = job.fcm.as_ref().expect("job has an fcm render");
+    let mut body = render.prefix.to_vec();
+    body.extend_from_slice(token.as_bytes());
+    body.extend_from_slice(&render.suffix);
+    serde_json::from_slice(&body).expect("prefix + token + suffix is json")
+}
+
+/// The APNs payload of `job`, parsed.
+pub fn apns_payload(job: &SubmitJob) -> Value {
+    serde_json::from_slice(&job.apns.as_ref().expect("job has an apns render").payload).unwrap()
+}
