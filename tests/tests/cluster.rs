@@ -137,10 +137,11 @@ async fn a_slow_agent_takes_fewer_chunks() {
     })
     .await
     .unwrap();
-    // The second agent's APNs is slow: 25 ms per request.
+    // The second agent's APNs is slow: 150 ms per request, far slower than the fast path
+    // even on a loaded machine.
     let slow = FakeServer::start(
         FakeConfig {
-            latency: Latency::Fixed(Duration::from_millis(25)),
+            latency: Latency::Fixed(Duration::from_millis(150)),
             ..FakeConfig::apns()
         },
         std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
