@@ -59,7 +59,12 @@ fn platform_of(platform: i64, index: usize) -> Result<Platform, ApiError> {
 }
 
 /// Names relative to one entry; errors get `notifications[i].` in front.
-fn names(collapse_id: &'static str, ttl: &'static str, expiration: &'static str) -> Names {
+fn names(
+    tokens: &'static str,
+    collapse_id: &'static str,
+    ttl: &'static str,
+    expiration: &'static str,
+) -> Names {
     Names {
         priority: "priority",
         collapse_id,
@@ -69,8 +74,8 @@ fn names(collapse_id: &'static str, ttl: &'static str, expiration: &'static str)
         data: "data",
         apns_raw: "apns",
         fcm_raw: "android",
-        apns_target: "tokens",
-        fcm_target: "tokens",
+        apns_target: tokens,
+        fcm_target: tokens,
     }
 }
 
@@ -287,11 +292,11 @@ fn gorush_spec(n: GorushNotification, index: usize) -> Result<Entry, ApiError> {
         }
     }
     let names = match platform {
-        Platform::Apns => names("collapse_id", "expiration", "expiration"),
+        Platform::Apns => names("tokens", "collapse_id", "expiration", "expiration"),
         Platform::Fcm if spec.collapse_id.is_some() && collapse_key_given => {
-            names("collapse_key", "time_to_live", "expiration")
+            names("tokens", "collapse_key", "time_to_live", "expiration")
         }
-        Platform::Fcm => names("collapse_id", "time_to_live", "expiration"),
+        Platform::Fcm => names("tokens", "collapse_id", "time_to_live", "expiration"),
     };
     Ok(Entry {
         spec,
@@ -417,7 +422,7 @@ fn gaurun_spec(n: GaurunNotification, index: usize) -> Result<Entry, ApiError> {
         spec,
         tokens: n.token.list,
         platform,
-        names: names("collapse_key", "time_to_live", "expiry"),
+        names: names("token", "collapse_key", "time_to_live", "expiry"),
     })
 }
 

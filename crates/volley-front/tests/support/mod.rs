@@ -69,6 +69,9 @@ pub fn config(extra_front: &str) -> Config {
 pub struct Shared {
     pub submitted: Mutex<Vec<SubmitJob>>,
     pub jobs: Mutex<HashMap<JobId, JobStatus>>,
+    /// Set when a submission with idempotency key `hold` arrives; it waits for `release`.
+    pub holding: std::sync::atomic::AtomicBool,
+    pub release: tokio::sync::Notify,
 }
 
 /// A controller that records submissions and answers status from what it recorded.
@@ -84,6 +87,12 @@ impl Controller for FakeController {
                 ErrorCode::ResourceExhausted,
                 "too many pending notifications",
             ));
+        }
+        if job.idempotency_key.as_deref() == Some("hold") {
+            self.shared
+                .holding
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            self.shared.release.notified().await;
         }
         let id = JobId::new();
         let accepted = job.len() as u64;

@@ -1,0 +1,251 @@
+//! The gorush- and gaurun-shaped endpoints.
+
+mod support;
+
+use serde_json::json;
+use support::*;
+
+#[tokio::test]
+async fn gorush_requests_become_one_job_per_entry() {
+    let front = Front::start(config("")).await;
+    let body = json!({
+        "notifications": [
+            {
+                "tokens": [apns_token(1), apns_token(2)],
+                "platform": 1,
+                "message": "Hello iOS",
+                "title": "Hi",
+                "badge": 2,
+                "sound": {"critical": 1, "name": "alarm.caf", "volume": 1.0},
+                "topic": "com.example.shop",
+                "priority": "normal",
+                "collapse_id": "c1",
+                "thread-id": "t1",
+                "mutable_content": true,
+                "expiration": 1_900_000_000u64,
+                "interruption_level": "time-sensitive",
+                "alert": {"subtitle": "sub", "loc-key": "GREETING"},
+                "data": {"k": "v"},
+                "unknown_gorush_field": true,
+            },
+            {
+                "tokens": [fcm_token(1)],
+                "to": fcm_token(2),
+                "platform": 2,
+                "message": "Hello Android",
+                "title": "Hi",
+                "priority": "high",
+                "data": {"n": 1},
+                "collapse_key": "ck",
+                "time_to_live": 60,
+                "android": {"notification": {"channel_id": "news"}},
+            }
+        ]
+    });
+    let reply = front.post("/api/push", Some(SHOP_KEY), &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let answer = reply.json();
+    assert_eq!(answer["counts"], 4);
+    assert_eq!(answer["success"], "ok");
+    assert_eq!(answer["logs"], json!([]));
+    assert_eq!(answer["job_ids"].as_array().unwrap().len(), 2);
+
+    let jobs = front.submitted();
+    assert_eq!(jobs.len(), 2);
+    let ios = &jobs[0];
+    assert_eq!(ios.apns_tokens.len(), 2);
+    assert!(ios.fcm_tokens.is_empty());
+    let apns = ios.apns.as_ref().unwrap();
+    assert_eq!(
+        (apns.priority, apns.expiration, apns.collapse_id.as_deref()),
+        (5, Some(1_900_000_000), Some("c1"))
+    );
+    assert_eq!(
+        apns_payload(ios),
+        json!({
+            "aps": {
+                "alert": {"title": "Hi", "subtitle": "sub", "body": "Hello iOS", "loc-key": "GREETING"},
+                "badge": 2,
+                "sound": {"critical": 1, "name": "alarm.caf", "volume": 1.0},
+                "thread-id": "t1",
+                "mutable-content": 1,
+                "interruption-level": "time-sensitive",
+            },
+            "k": "v",
+        })
+    );
+
+    let android = &jobs[1];
+    assert_eq!(
+        android.fcm_tokens.iter().collect::<Vec<_>>(),
+        [fcm_token(1), fcm_token(2)]
+    );
+    let message = &fcm_body(android, &fcm_token(2))["message"];
+    assert_eq!(
+        message["notification"],
+        json!({"title": "Hi", "body": "Hello Android"})
+    );
+    assert_eq!(message["data"], json!({"n": "1"}));
+    assert_eq!(
+        message["android"],
+        json!({"priority": "HIGH", "ttl": "60s", "collapse_key": "ck", "notification": {"channel_id": "news"}})
+    );
+}
+
+#[tokio::test]
+async fn gaurun_requests_are_answered_like_gaurun() {
+    let front = Front::start(config("")).await;
+    let body = json!({
+        "notifications": [
+            {
+                "token": [apns_token(3)],
+                "platform": 1,
+                "message": "Hello, iOS!",
+                "title": "Greeting",
+                "subtitle": "greeting",
+                "badge": 1,
+                "category": "category1",
+                "sound": "default",
+                "content_available": false,
+                "mutable_content": false,
+                "expiry": 10,
+                "extend": [{"key": "url", "val": "https://x"}, {"key": "intent", "value": "open"}],
+            },
+            {
+                "token": [fcm_token(3)],
+                "platform": 2,
+                "message": "Hello, Android!",
+                "collapse_key": "update",
+                "delay_while_idle": true,
+                "time_to_live": 10,
+                "priority": "normal",
+                "extend": [{"key": "url", "val": "https://y"}],
+            }
+        ]
+    });
+    let reply = front.post("/push", Some(SHOP_KEY), &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["message"], "ok");
+    assert_eq!(reply.json()["job_ids"].as_array().unwrap().len(), 2);
+
+    let jobs = front.submitted();
+    assert_eq!(
+        apns_payload(&jobs[0]),
+        json!({
+            "aps": {
+                "alert": {"title": "Greeting", "subtitle": "greeting", "body": "Hello, iOS!"},
+                "badge": 1,
+                "category": "category1",
+                "sound": "default",
+            },
+            "url": "https://x",
+            "intent": "open",
+        })
+    );
+    assert!(jobs[0].apns.as_ref().unwrap().expiration.is_some());
+    // gaurun sends Android pushes as data messages.
+    let message = &fcm_body(&jobs[1], &fcm_token(3))["message"];
+    assert!(message.get("notification").is_none(), "{message}");
+    assert_eq!(
+        message["data"],
+        json!({"message": "Hello, Android!", "url": "https://y"})
+    );
+    assert_eq!(
+        message["android"],
+        json!({"priority": "NORMAL", "ttl": "10s", "collapse_key": "update"})
+    );
+}
+
+#[tokio::test]
+async fn compat_errors_name_the_entry_and_queue_nothing() {
+    let front = Front::start(config("")).await;
+    let reply = front
+        .post(
+            "/api/push",
+            Some(SHOP_KEY),
+            &json!({"notifications": [
+                {"tokens": [apns_token(1)], "platform": 1, "message": "ok"},
+                {"tokens": ["bad token!"], "platform": 2, "message": "x"},
+            ]}),
+        )
+        .await;
+    let message = reply.assert_error(422, "invalid_token", Some("notifications[1].tokens[0]"));
+    assert_eq!(
+        reply.json()["message"],
+        message,
+        "gorush clients read `message`"
+    );
+    assert!(!message.contains("bad token"));
+
+    front
+        .post(
+            "/api/push",
+            Some(SHOP_KEY),
+            &json!({"notifications": [{"tokens": ["x"], "platform": 3, "message": "x"}]}),
+        )
+        .await
+        .assert_error(422, "unknown_platform", Some("notifications[0].platform"));
+    front
+        .post(
+            "/push",
+            Some(SHOP_KEY),
+            &json!({"notifications": [{"token": [fcm_token(1)], "platform": "android"}]}),
+        )
+        .await
+        .assert_error(400, "bad_request", Some("notifications[0].platform"));
+    front
+        .post("/push", Some(SHOP_KEY), &json!({"notifications": []}))
+        .await
+        .assert_error(422, "no_tokens", Some("notifications"));
+    front
+        .post(
+            "/push",
+            Some(SHOP_KEY),
+            &json!({"notifications": [{"token": [], "platform": 1, "message": "x"}]}),
+        )
+        .await
+        .assert_error(422, "no_tokens", Some("notifications[0].token"));
+    front
+        .post(
+            "/api/push",
+            Some(SHOP_KEY),
+            &json!({"notifications": [{"tokens": [fcm_token(1)], "platform": 2, "topic": "news"}]}),
+        )
+        .await
+        .assert_error(422, "invalid_argument", Some("notifications[0].topic"));
+    assert!(front.submitted().is_empty());
+}
+
+#[tokio::test]
+async fn compat_endpoints_use_the_default_apps_key() {
+    let front = Front::start(config("")).await;
+    let body = json!({"notifications": [{"token": [fcm_token(1)], "platform": 2, "message": "x"}]});
+    front
+        .post("/push", None, &body)
+        .await
+        .assert_error(401, "unauthorized", None);
+    front
+        .post("/push", Some(NEWS_KEY), &body)
+        .await
+        .assert_error(403, "forbidden", None);
+
+    let open = Front::start(config("compat_require_api_key = false")).await;
+    let reply = open.post("/push", None, &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(open.submitted()[0].app, "shop");
+}
+
+#[tokio::test]
+async fn compat_endpoints_are_off_without_a_default_app() {
+    let mut config = config("");
+    config.front.default_app = None;
+    let front = Front::start(config).await;
+    front
+        .post(
+            "/api/push",
+            Some(SHOP_KEY),
+            &json!({"notifications": [{"tokens": [fcm_token(1)], "platform": 2}]}),
+        )
+        .await
+        .assert_error(404, "not_found", None);
+}

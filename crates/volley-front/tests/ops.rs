@@ -1,0 +1,167 @@
+//! Operations endpoints and draining.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use hyper::http::Method;
+use serde_json::json;
+use support::*;
+
+#[tokio::test]
+async fn health_readiness_and_stats() {
+    let front = Front::start(config("")).await;
+    assert_eq!(front.get("/healthz", None).await.status, 200);
+    let ready = front.get("/readyz", None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+
+    let stat = front.get("/stat/app", None).await.json();
+    assert_eq!(stat["queue_max"], 256);
+    assert_eq!(stat["queue_usage"], 3);
+    assert_eq!(stat["ios"], json!({"push_success": 100, "push_error": 2}));
+    assert_eq!(
+        stat["android"],
+        json!({"push_success": 50, "push_error": 1})
+    );
+    assert_eq!(stat["workers"], 1);
+    assert_eq!(stat["agents"][0]["name"], "agent-a");
+
+    let runtime = front.get("/stat/runtime", None).await.json();
+    assert!(runtime["tokio_workers"].as_u64().unwrap() >= 1, "{runtime}");
+    assert!(runtime["tokio_alive_tasks"].is_u64(), "{runtime}");
+    assert!(runtime["uptime_seconds"].is_u64(), "{runtime}");
+    assert!(runtime["version"].is_string(), "{runtime}");
+    assert!(runtime["rss_bytes"].as_u64().unwrap() > 0, "{runtime}");
+}
+
+#[tokio::test]
+async fn the_config_endpoint_redacts_api_keys() {
+    let front = Front::start(config("")).await;
+    let reply = front.get("/config/app", None).await;
+    assert_eq!(reply.status, 200);
+    let text = reply.text();
+    for key in [SHOP_KEY, NEWS_KEY, IOS_KEY] {
+        assert!(!text.contains(key), "{text}");
+    }
+    let config = reply.json();
+    assert_eq!(config["apps"][0]["api_keys"], json!(["<redacted>"]));
+    assert_eq!(config["front"]["default_app"], "shop");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_rejections_and_accepted_notifications() {
+    let front = Front::start(config("")).await;
+    let ok = json!({"targets": {"fcm": [fcm_token(1), fcm_token(2)]}, "body": "x"});
+    assert_eq!(
+        front
+            .post("/v1/apps/shop/notifications", Some(SHOP_KEY), &ok)
+            .await
+            .status,
+        202
+    );
+    front
+        .post(
+            "/v1/apps/shop/notifications",
+            Some(SHOP_KEY),
+            &json!({"targets": {"fcm": ["bad token"]}}),
+        )
+        .await;
+    let text = front.get("/metrics", None).await.text();
+    for line in [
+        "volley_front_requests_total{route=\"notifications\",status=\"202\"} 1",
+        "volley_front_requests_total{route=\"notifications\",status=\"422\"} 1",
+        "volley_front_rejected_total{reason=\"invalid_token\"} 1",
+        "volley_front_accepted_notifications_total{app=\"shop\",platform=\"fcm\"} 2",
+        "volley_queue_depth_chunks 3",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_draining_front_finishes_requests_in_flight_then_stops() {
+    let mut front = Front::start(config("shutdown_grace = \"30s\"")).await;
+    let addr = front.addr;
+    let body = serde_json::to_vec(&json!({"targets": {"fcm": [fcm_token(1)]}})).unwrap();
+    // The fake controller holds this submission until released.
+    let in_flight = tokio::spawn(send_with_header(
+        addr,
+        "/v1/apps/shop/notifications",
+        SHOP_KEY,
+        ("idempotency-key", "hold"),
+        body,
+    ));
+    let shared = front.controller.shared.clone();
+    wait_until(|| shared.holding.load(Ordering::SeqCst)).await;
+
+    front.shutdown();
+    // Wait until the listener is closed: the drain has begun while the request is held.
+    wait_until_async(|| async { tokio::net::TcpStream::connect(addr).await.is_err() }).await;
+    assert!(!front.task.is_finished());
+
+    shared.release.notify_one();
+    let reply = in_flight.await.unwrap();
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let stopped = tokio::time::timeout(Duration::from_secs(10), &mut front.task)
+        .await
+        .expect("the front stops once the request in flight is answered")
+        .unwrap();
+    assert!(stopped.is_ok(), "{stopped:?}");
+}
+
+async fn wait_until(mut condition: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not met within 5 s");
+}
+
+async fn wait_until_async<F: std::future::Future<Output = bool>>(mut condition: impl FnMut() -> F) {
+    for _ in 0..500 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not met within 5 s");
+}
+
+#[tokio::test]
+async fn draining_state_answers_503_with_retry_after() {
+    // Drive the router directly to see what a request that arrives mid-drain gets.
+    let controller = FakeController::default();
+    let addr = serve_controller(controller).await;
+    let client = volley_contracts::connect_controller(addr).await.unwrap();
+    let state = volley_front::FrontState::new(config(""), client).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front = listener.local_addr().unwrap();
+    tokio::spawn(axum_serve(listener, volley_front::router(state.clone())));
+
+    state.start_draining();
+    let reply = send(
+        front,
+        Method::POST,
+        "/v1/apps/shop/notifications",
+        Some(SHOP_KEY),
+        "{}",
+    )
+    .await;
+    reply.assert_error(503, "unavailable", None);
+    assert_eq!(reply.headers["retry-after"], "5");
+    assert_eq!(
+        send(front, Method::GET, "/readyz", None, "").await.status,
+        503
+    );
+    assert_eq!(
+        send(front, Method::GET, "/healthz", None, "").await.status,
+        200
+    );
+}
+
+async fn axum_serve(listener: tokio::net::TcpListener, router: axum::Router) {
+    axum::serve(listener, router).await.unwrap();
+}
