@@ -42,6 +42,10 @@ pub const MAX_RESPONSE_BODY: usize = 64 * 1024;
 /// First pause after a failed connect; doubles per further failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Least time between two connects of one slot, even when the last connection worked: a
+/// server that accepts and then closes at once must not see a reconnect storm (APNs treats
+/// rapid reconnects as an attack). Requests meanwhile use the other slots or wait.
+const MIN_CONNECT_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Where a provider lives: `https://host:port` (TLS) or `http://host:port` (h2c).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,6 +302,8 @@ struct SlotState {
     /// Identifies the connection attempt, so that a late report from an old connection
     /// never clears a newer one.
     generation: u64,
+    /// When the last connect of this slot started (or is due to start).
+    last_connect: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -340,6 +346,7 @@ impl Pool {
             Scheme::HTTP
         };
         let authority = endpoint.authority();
+        // Zero connections would make every request fail; one is the least that can work.
         let slots = (0..config.connections.max(1))
             .map(|_| Slot::default())
             .collect();
@@ -548,12 +555,21 @@ impl Inner {
         state: &mut SlotState,
     ) -> watch::Receiver<bool> {
         let (done_tx, done_rx) = watch::channel(false);
+        let now = Instant::now();
+        let not_before = state
+            .last_connect
+            .map(|last| last + MIN_CONNECT_INTERVAL)
+            .filter(|due| *due > now);
+        state.last_connect = Some(not_before.unwrap_or(now));
         state.generation += 1;
         state.conn = Conn::Connecting(done_rx.clone());
         let generation = state.generation;
         let connector = self.connector.clone();
         let pool = Arc::downgrade(self);
         tokio::spawn(async move {
+            if let Some(due) = not_before {
+                tokio::time::sleep_until(due).await;
+            }
             let on_close = CloseHook {
                 pool: pool.clone(),
                 slot,
@@ -722,9 +738,11 @@ async fn attempt(
     })?;
     drop(send);
     if !end_of_stream {
-        stream
-            .send_data(body.clone(), true)
-            .map_err(classify_stream_error)?;
+        // A failure here is h2's "inactive stream": the connection task closed the stream
+        // meanwhile (refused, above a GOAWAY, reset, connection lost). The response future
+        // resolves at once with that cause, which is what decides between resend and
+        // MaybeSent, so fall through to it.
+        let _ = stream.send_data(body.clone(), true);
     }
     let response = response.await.map_err(classify_stream_error)?;
     let (head, mut recv) = response.into_parts();

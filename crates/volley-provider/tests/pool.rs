@@ -119,6 +119,15 @@ async fn a_raised_stream_limit_is_used_and_never_exceeded() {
 
 #[tokio::test]
 async fn goaway_mid_batch_loses_and_duplicates_nothing() {
+    goaway_mid_batch().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goaway_mid_batch_loses_and_duplicates_nothing_on_a_multi_thread_runtime() {
+    goaway_mid_batch().await;
+}
+
+async fn goaway_mid_batch() {
     // Both first connections send GOAWAY after 100 requests with streams in flight above the
     // last-stream-id; those must be resent on new connections.
     let server = RawServer::start(RawConfig {
@@ -131,13 +140,14 @@ async fn goaway_mid_batch_loses_and_duplicates_nothing() {
 
     let sends = (0..1000).map(|i| {
         let pool = pool.clone();
-        async move {
+        tokio::spawn(async move {
             let body = Bytes::from(format!("notification {i}"));
             let response = pool.send(post(i), body.clone()).await;
             (body, response)
-        }
+        })
     });
-    for (body, response) in join_all(sends).await {
+    for result in join_all(sends).await {
+        let (body, response) = result.unwrap();
         let response = response.unwrap_or_else(|e| panic!("{body:?}: {e}"));
         assert_eq!(response.body, body);
     }
@@ -320,4 +330,35 @@ async fn no_client_certificate_is_presented_unless_configured() {
     pool.send(post(1), Bytes::new()).await.unwrap();
 
     assert!(!server.stats.client_cert_seen.load(Ordering::SeqCst));
+}
+
+#[tokio::test]
+async fn a_server_that_drops_every_connection_does_not_cause_a_reconnect_storm() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            drop(tcp);
+        }
+    });
+    let pool = pool_for(
+        format!("http://{addr}").parse().unwrap(),
+        Default::default(),
+        2,
+    );
+
+    for _ in 0..50 {
+        let error = pool.send(post(1), Bytes::new()).await.unwrap_err();
+        assert!(matches!(error, SendError::Connect { .. }), "{error}");
+    }
+
+    // One attempt per slot, then both back off and requests fail fast.
+    let connections = accepted.load(Ordering::SeqCst);
+    assert!(
+        connections <= 4,
+        "{connections} connections for 50 requests"
+    );
 }
