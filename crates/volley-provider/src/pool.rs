@@ -172,7 +172,8 @@ pub struct PoolConfig {
     pub endpoint: Endpoint,
     /// Number of HTTP/2 connections kept open.
     pub connections: usize,
-    /// Time allowed for one request, from sending to the end of the response.
+    /// Time allowed for one request: waiting for a connection and a stream slot, resends,
+    /// sending, and reading the whole response.
     pub request_timeout: Duration,
     /// Time allowed to open a connection (TCP + TLS + HTTP/2 handshake).
     pub connect_timeout: Duration,
