@@ -261,12 +261,16 @@ async fn gate(State(state): State<FrontState>, request: Request, next: Next) -> 
     } else {
         next.run(request).await
     };
-    state
-        .inner
-        .metrics
-        .request(route, response.status().as_u16());
+    let status = response.status().as_u16();
+    state.inner.metrics.request(route, status);
     if let Some(code) = response.extensions().get::<Code>() {
         state.inner.metrics.rejected(*code);
+        tracing::debug!(
+            route = route.as_str(),
+            status,
+            code = code.as_str(),
+            "request refused"
+        );
     }
     response
 }

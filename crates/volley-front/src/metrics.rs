@@ -41,7 +41,7 @@ impl Route {
         Route::Other,
     ];
 
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Route::Notifications => "notifications",
             Route::JobStatus => "job_status",

@@ -501,3 +501,69 @@ pub async fn job_cancel(
     tracing::info!(app = %status.app, job = %id, "job cancelled");
     Ok(Json(status.into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Measures parsing, validation and rendering of a million-token body:
+    /// `cargo test --release -p volley-front --lib -- --ignored --nocapture measure`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn measure_a_million_token_request() {
+        let (client_side, _server_side) = tarpc::transport::channel::unbounded();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let _guard = runtime.enter();
+        let controller =
+            volley_contracts::ControllerClient::new(Default::default(), client_side).spawn();
+        let config = volley_config::Config::from_toml(
+            r#"
+            [[apps]]
+            name = "shop"
+            [apps.apns]
+            topic = "com.example.shop"
+            key_file = "k.p8"
+            "#,
+        )
+        .unwrap();
+        let state = FrontState::new(config, controller).unwrap();
+        const N: usize = 1_000_000;
+        let mut body = String::with_capacity(N * 67 + 100);
+        body.push_str(r#"{"title":"big","body":"hello","targets":{"apns":["#);
+        for i in 0..N {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&format!("\"{i:064x}\""));
+        }
+        body.push_str("]}}");
+        for _ in 0..3 {
+            let start = std::time::Instant::now();
+            let prepared = native_job(&state, 0, body.as_bytes(), None).unwrap();
+            let elapsed = start.elapsed();
+            assert_eq!(prepared.apns, N);
+            println!(
+                "{} MB body, {N} tokens: {:.1} ms ({:.0} ns per token)",
+                body.len() / 1_000_000,
+                elapsed.as_secs_f64() * 1e3,
+                elapsed.as_secs_f64() * 1e9 / N as f64
+            );
+            let start = std::time::Instant::now();
+            let plain: NativeRequest = serde_json::from_slice(body.as_bytes()).unwrap();
+            println!(
+                "plain serde_json: {:.1} ms",
+                start.elapsed().as_secs_f64() * 1e3
+            );
+            assert_eq!(plain.targets.apns.len(), N);
+            let start = std::time::Instant::now();
+            let value: serde_json::Value = serde_json::from_slice(body.as_bytes()).unwrap();
+            println!(
+                "serde_json::Value: {:.1} ms",
+                start.elapsed().as_secs_f64() * 1e3
+            );
+            drop(value);
+        }
+    }
+}

@@ -217,6 +217,14 @@ pub(crate) fn render_apns(spec: &Spec, topic: &str, names: &Names) -> Result<Apn
         (None, None) => None,
     };
     let priority = apns_priority(spec, push_type);
+    if push_type == PushType::Background && priority == 10 {
+        // APNs refuses priority 10 for background pushes; say so before a million requests fail.
+        return Err(ApiError::new(
+            Code::InvalidArgument,
+            "background pushes (content_available without an alert, badge or sound) must use              priority \"normal\" (5) or 1",
+        )
+        .field(names.priority));
+    }
     let notification = Notification {
         topic: topic.to_owned(),
         push_type,
@@ -415,6 +423,13 @@ mod tests {
         let render = render_apns(&spec, "com.example", &NAMES).unwrap();
         assert_eq!(render.push_type, "background");
         assert_eq!(render.priority, 5);
+        let urgent = Spec {
+            content_available: true,
+            priority: Some(PriorityInput::Text("high".into())),
+            ..Spec::default()
+        };
+        let error = render_apns(&urgent, "com.example", &NAMES).unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("priority"));
     }
 
     #[test]
