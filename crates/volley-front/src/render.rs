@@ -266,25 +266,13 @@ pub(crate) fn render_apns(spec: &Spec, topic: &str, names: &Names) -> Result<Apn
     })
 }
 
-/// The bytes every FCM request body starts with, up to the token.
-///
-/// `volley_fcm::PreparedMessage` keeps its prefix private and exposes `body_for(token)`;
-/// [`split_fcm_body`] renders the body for an empty token and cuts it here.
-const FCM_PREFIX: &[u8] = br#"{"message":{"token":""#;
-
-/// Cuts the body `PreparedMessage::body_for("")` into the prefix and suffix around the token.
-fn split_fcm_body(prepared: &PreparedMessage) -> Result<FcmRender, ApiError> {
-    let body: Bytes = prepared.body_for("");
-    if !body.starts_with(FCM_PREFIX) {
-        return Err(ApiError::new(
-            Code::Internal,
-            "fcm message does not start with the expected envelope",
-        ));
+/// The FCM body around the token, as `volley_fcm` prepared it.
+fn fcm_parts(prepared: &PreparedMessage) -> FcmRender {
+    let (prefix, suffix) = prepared.parts();
+    FcmRender {
+        prefix: Bytes::from_static(prefix),
+        suffix: suffix.clone(),
     }
-    Ok(FcmRender {
-        prefix: Bytes::from_static(FCM_PREFIX),
-        suffix: body.slice(FCM_PREFIX.len()..),
-    })
 }
 
 /// FCM `data` is string to string: strings stay, other JSON values are sent JSON-encoded.
@@ -372,7 +360,7 @@ pub(crate) fn render_fcm(spec: &Spec, names: &Names) -> Result<FcmRender, ApiErr
         };
         ApiError::new(code, format!("fcm: {error}")).field(field)
     })?;
-    split_fcm_body(&prepared)
+    Ok(fcm_parts(&prepared))
 }
 
 #[cfg(test)]

@@ -18,8 +18,8 @@ use tarpc::server::{BaseChannel, Channel};
 use tokio::net::{TcpListener, TcpStream};
 use volley_config::Config;
 use volley_contracts::{
-    AgentId, AgentInfo, AgentStat, AppCounters, ClusterStats, Controller, ErrorCode, JobAccepted,
-    JobId, JobState, JobStatus, Platform, SubmitJob, WireError,
+    AgentId, AgentInfo, AgentStat, AppCounters, ChunkId, ClusterStats, Controller, ErrorCode, Held,
+    JobAccepted, JobId, JobState, JobStatus, Platform, Registration, SubmitJob, WireError,
 };
 
 pub const SHOP_KEY: &str = "shop-key-0123456789abcdef";
@@ -169,12 +169,17 @@ impl Controller for FakeController {
         }
     }
 
-    async fn register(self, _: Context, _: AgentInfo) -> Result<AgentId, WireError> {
+    async fn register(self, _: Context, _: AgentInfo) -> Result<Registration, WireError> {
         Err(WireError::new(ErrorCode::Internal, "not in this test"))
     }
 
-    async fn heartbeat(self, _: Context, _: AgentId) -> Result<(), WireError> {
-        Ok(())
+    async fn heartbeat(
+        self,
+        _: Context,
+        _: AgentId,
+        _: Vec<Held>,
+    ) -> Result<Vec<ChunkId>, WireError> {
+        Err(WireError::new(ErrorCode::Internal, "not in this test"))
     }
 }
 
