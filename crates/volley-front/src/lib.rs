@@ -22,6 +22,7 @@
 mod auth;
 pub mod compat;
 mod error;
+mod link;
 mod metrics;
 pub mod native;
 pub mod ops;
@@ -80,7 +81,7 @@ pub(crate) struct Inner {
     pub config: Config,
     pub apps: Vec<AppEntry>,
     keys: auth::KeyRing,
-    pub controller: ControllerClient,
+    controller: Arc<link::ControllerLink>,
     pub metrics: metrics::Metrics,
     draining: AtomicBool,
     pub started: Instant,
@@ -94,7 +95,8 @@ pub struct FrontState {
 }
 
 impl FrontState {
-    /// Builds the state for `config`, talking to the controller through `controller`.
+    /// Builds the state for `config`, talking to the controller through `controller` (and
+    /// dialling `front.controller` again if that connection is lost).
     pub fn new(config: Config, controller: ControllerClient) -> Result<FrontState, FrontError> {
         let keys = auth::KeyRing::new(&config).map_err(FrontError::Config)?;
         let apps: Vec<AppEntry> = config
@@ -113,6 +115,7 @@ impl FrontState {
             })?),
         };
         let metrics = metrics::Metrics::new(apps.iter().map(|a| a.name.clone()).collect());
+        let controller = link::ControllerLink::new(controller, config.front.controller.clone());
         Ok(FrontState {
             inner: Arc::new(Inner {
                 config,
@@ -169,14 +172,25 @@ impl FrontState {
     pub(crate) async fn submit(&self, job: SubmitJob) -> Result<JobAccepted, ApiError> {
         let mut context = tarpc::context::current();
         context.deadline = Instant::now() + SUBMIT_DEADLINE;
-        match self.inner.controller.submit(context, job).await {
+        match self.controller().submit(context, job).await {
             Ok(Ok(accepted)) => Ok(accepted),
             Ok(Err(wire)) => Err(ApiError::from_wire(wire)),
             Err(rpc) => {
                 tracing::warn!(error = %rpc, "controller submit failed");
-                Err(ApiError::controller_unreachable(&rpc))
+                Err(self.rpc_failed(&rpc))
             }
         }
+    }
+
+    /// The controller client to call now.
+    pub(crate) fn controller(&self) -> Arc<ControllerClient> {
+        self.inner.controller.client()
+    }
+
+    /// The answer to a failed controller call; reconnects when the connection is gone.
+    pub(crate) fn rpc_failed(&self, error: &tarpc::client::RpcError) -> ApiError {
+        self.inner.controller.failed(error);
+        ApiError::controller_unreachable(error)
     }
 
     /// A tarpc context for a quick query.

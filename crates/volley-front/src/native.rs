@@ -449,14 +449,13 @@ async fn owned_status(
     limit: u32,
 ) -> Result<JobStatus, ApiError> {
     let status = match state
-        .inner
-        .controller
+        .controller()
         .status(FrontState::query_context(), id, limit)
         .await
     {
         Ok(Ok(status)) => status,
         Ok(Err(wire)) => return Err(ApiError::from_wire(wire)),
-        Err(rpc) => return Err(ApiError::controller_unreachable(&rpc)),
+        Err(rpc) => return Err(state.rpc_failed(&rpc)),
     };
     // Another app's job answers exactly like a missing one, so ids reveal nothing.
     if status.app != state.inner.apps[key_app].name {
@@ -489,14 +488,13 @@ pub async fn job_cancel(
     let id = parse_job_id(&id)?;
     owned_status(&state, key_app, id, 0).await?;
     let status = match state
-        .inner
-        .controller
+        .controller()
         .cancel(FrontState::query_context(), id)
         .await
     {
         Ok(Ok(status)) => status,
         Ok(Err(wire)) => return Err(ApiError::from_wire(wire)),
-        Err(rpc) => return Err(ApiError::controller_unreachable(&rpc)),
+        Err(rpc) => return Err(state.rpc_failed(&rpc)),
     };
     tracing::info!(app = %status.app, job = %id, "job cancelled");
     Ok(Json(status.into()))

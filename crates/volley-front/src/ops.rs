@@ -25,11 +25,10 @@ async fn stats(state: &FrontState) -> Result<ClusterStats, ApiError> {
     let mut context = FrontState::query_context();
     context.deadline = std::time::Instant::now() + READY_TIMEOUT;
     state
-        .inner
-        .controller
+        .controller()
         .stats(context)
         .await
-        .map_err(|rpc| ApiError::controller_unreachable(&rpc))
+        .map_err(|rpc| state.rpc_failed(&rpc))
 }
 
 /// `GET /healthz`: 200 whenever the process serves HTTP.

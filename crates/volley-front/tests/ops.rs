@@ -165,3 +165,52 @@ async fn draining_state_answers_503_with_retry_after() {
 async fn axum_serve(listener: tokio::net::TcpListener, router: axum::Router) {
     axum::serve(listener, router).await.unwrap();
 }
+
+#[tokio::test]
+async fn the_front_reconnects_after_the_controller_restarts() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let controller_addr = listener.local_addr().unwrap();
+    let first = tokio::spawn(serve_controller_on(listener, FakeController::default()));
+    let mut config = config("");
+    config.front.controller = controller_addr.to_string();
+    let client = volley_contracts::connect_controller(controller_addr)
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front = listener.local_addr().unwrap();
+    tokio::spawn(volley_front::run(
+        config,
+        listener,
+        client,
+        futures::future::pending(),
+    ));
+    let body = serde_json::to_vec(&json!({"targets": {"fcm": [fcm_token(1)]}})).unwrap();
+    let submit = || {
+        send(
+            front,
+            Method::POST,
+            "/v1/apps/shop/notifications",
+            Some(SHOP_KEY),
+            body.clone(),
+        )
+    };
+    assert_eq!(submit().await.status, 202);
+
+    first.abort();
+    let _ = first.await;
+    wait_until_async(|| async {
+        send(front, Method::GET, "/readyz", None, "").await.status == 503
+    })
+    .await;
+    let reply = submit().await;
+    reply.assert_error(503, "unavailable", None);
+    assert_eq!(reply.headers["retry-after"], "5");
+
+    let second = FakeController::default();
+    let listener = tokio::net::TcpListener::bind(controller_addr)
+        .await
+        .unwrap();
+    tokio::spawn(serve_controller_on(listener, second.clone()));
+    wait_until_async(|| async { submit().await.status == 202 }).await;
+    assert_eq!(second.shared.submitted.lock().unwrap().len(), 1);
+}

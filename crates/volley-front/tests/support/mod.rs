@@ -187,21 +187,24 @@ impl Controller for FakeController {
 pub async fn serve_controller(controller: FakeController) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        volley_contracts::listen(listener).for_each(move |(_, transport)| {
-            let server = controller.clone();
-            async move {
-                tokio::spawn(
-                    BaseChannel::with_defaults(transport)
-                        .execute(server.serve())
-                        .for_each(|response| async {
-                            tokio::spawn(response);
-                        }),
-                );
-            }
-        }),
-    );
+    tokio::spawn(serve_controller_on(listener, controller));
     addr
+}
+
+/// Serves `controller` on `listener`; aborting the task closes every connection too.
+pub async fn serve_controller_on(listener: TcpListener, controller: FakeController) {
+    let mut connections = tokio::task::JoinSet::new();
+    let mut incoming = volley_contracts::listen(listener);
+    while let Some((_, transport)) = incoming.next().await {
+        let server = controller.clone();
+        connections.spawn(
+            BaseChannel::with_defaults(transport)
+                .execute(server.serve())
+                .for_each(|response| async {
+                    tokio::spawn(response);
+                }),
+        );
+    }
 }
 
 /// A running front with its fake controller.
@@ -214,9 +217,10 @@ pub struct Front {
 
 impl Front {
     /// Starts a front with `config` against a fresh fake controller.
-    pub async fn start(config: Config) -> Front {
+    pub async fn start(mut config: Config) -> Front {
         let controller = FakeController::default();
         let controller_addr = serve_controller(controller.clone()).await;
+        config.front.controller = controller_addr.to_string();
         let client = volley_contracts::connect_controller(controller_addr)
             .await
             .unwrap();
