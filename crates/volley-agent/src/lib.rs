@@ -14,11 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use parking_lot::Mutex;
 use tarpc::context::Context;
 use tarpc::server::{BaseChannel, Channel};
 use tokio_util::sync::CancellationToken;
 use volley_config::{AppConfig, Config};
-use volley_contracts::{Agent, AgentInfo, Chunk, ChunkReport, ErrorCode, Render, WireError};
+use volley_contracts::{
+    Agent, AgentInfo, Chunk, ChunkId, ChunkReport, ErrorCode, Held, Render, WireError,
+};
 use volley_provider::tls::{ClientIdentity, TlsOptions};
 
 pub use deliver::RetryPolicy;
@@ -162,6 +165,7 @@ struct AgentServer {
     retry: RetryPolicy,
     draining: Arc<AtomicBool>,
     in_flight: Arc<AtomicUsize>,
+    held: Arc<Mutex<HashMap<ChunkId, (u32, CancellationToken)>>>,
 }
 
 impl Agent for AgentServer {
@@ -169,10 +173,46 @@ impl Agent for AgentServer {
         if self.draining.load(Ordering::Relaxed) {
             return Err(WireError::new(ErrorCode::Unavailable, "agent is draining"));
         }
+        let id = chunk.id;
+        let lease = CancellationToken::new();
+        self.held.lock().insert(id, (chunk.epoch, lease.clone()));
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = self.deliver_chunk(chunk).await;
+        let result = tokio::select! {
+            result = self.deliver_chunk(chunk) => result,
+            // Dropping the delivery stops sending the rest of the chunk: it is another
+            // agent's now.
+            () = lease.cancelled() => {
+                tracing::warn!(chunk = %id, "lease lost; stopped sending the chunk");
+                Err(WireError::new(ErrorCode::Unavailable, "lease lost"))
+            }
+        };
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.held.lock().remove(&id);
         result
+    }
+}
+
+impl AgentServer {
+    /// The chunks this agent is sending, for the heartbeat that renews their leases.
+    fn held(&self) -> Vec<Held> {
+        self.held
+            .lock()
+            .iter()
+            .map(|(chunk, (epoch, _))| Held {
+                chunk: *chunk,
+                epoch: *epoch,
+            })
+            .collect()
+    }
+
+    /// Stops sending the chunks in `revoked` (or every chunk, with `None`).
+    fn revoke(&self, revoked: Option<&[ChunkId]>) {
+        let held = self.held.lock();
+        for (chunk, (_, lease)) in held.iter() {
+            if revoked.is_none_or(|revoked| revoked.contains(chunk)) {
+                lease.cancel();
+            }
+        }
     }
 }
 
@@ -246,6 +286,7 @@ pub async fn run(
         },
         draining: Arc::new(AtomicBool::new(false)),
         in_flight: Arc::new(AtomicUsize::new(0)),
+        held: Arc::default(),
     };
     let stop = CancellationToken::new();
     tracing::info!(listen = %local, %advertise, %name, apps = ?app_names, "agent listening");
@@ -282,6 +323,7 @@ pub async fn run(
         info,
         agent.controller.clone(),
         agent.heartbeat_interval,
+        server.clone(),
         stop.clone(),
     ));
 
@@ -309,42 +351,51 @@ pub async fn run(
     Ok(())
 }
 
-/// Registers with the controller and heartbeats; re-registers whenever the controller forgets
-/// this agent or the link breaks.
+/// Registers with the controller and heartbeats, renewing the leases of the chunks being sent;
+/// re-registers whenever the controller forgets this agent or the link breaks. When heartbeats
+/// have failed for a whole lease time, the chunks held are someone else's: stop sending them.
 async fn keep_registered(
     info: AgentInfo,
     controller: String,
     interval: Duration,
+    server: AgentServer,
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut last_renewal = tokio::time::Instant::now();
+    let mut lease = Duration::from_secs(15);
     loop {
         let attempt = async {
             let client = volley_contracts::connect_controller(controller.as_str())
                 .await
                 .map_err(|error| error.to_string())?;
-            let id = client
+            let registration = client
                 .register(tarpc::context::current(), info.clone())
                 .await
                 .map_err(|error| error.to_string())?
                 .map_err(|error| error.to_string())?;
-            Ok::<_, String>((client, id))
+            Ok::<_, String>((client, registration))
         };
-        let (client, id) = tokio::select! {
+        let (client, registration) = tokio::select! {
             () = stop.cancelled() => return,
             result = attempt => match result {
                 Ok(registered) => registered,
                 Err(error) => {
                     tracing::warn!(%controller, %error, retry_in = ?backoff, "cannot register with the controller");
+                    if last_renewal.elapsed() > lease {
+                        server.revoke(None);
+                    }
                     tokio::select! {
                         () = stop.cancelled() => return,
                         () = tokio::time::sleep(backoff) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
                 }
             },
         };
+        let id = registration.id;
+        lease = Duration::from_millis(registration.lease_ms);
         backoff = Duration::from_millis(100);
         tracing::info!(agent = %id, %controller, "registered with the controller");
         let mut tick = tokio::time::interval(interval);
@@ -353,15 +404,27 @@ async fn keep_registered(
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            match client.heartbeat(tarpc::context::current(), id).await {
-                Ok(Ok(())) => {}
+            // A heartbeat that takes longer than the interval is as good as lost.
+            let mut context = tarpc::context::current();
+            context.deadline = std::time::Instant::now() + interval.max(Duration::from_millis(500));
+            match client.heartbeat(context, id, server.held()).await {
+                Ok(Ok(revoked)) => {
+                    last_renewal = tokio::time::Instant::now();
+                    if !revoked.is_empty() {
+                        server.revoke(Some(&revoked));
+                    }
+                }
                 Ok(Err(error)) => {
                     tracing::warn!(agent = %id, %error, "controller forgot this agent; registering again");
+                    server.revoke(None);
                     break;
                 }
                 Err(error) => {
-                    tracing::warn!(agent = %id, %error, "heartbeat failed; reconnecting");
-                    break;
+                    tracing::warn!(agent = %id, %error, "heartbeat failed");
+                    if last_renewal.elapsed() > lease {
+                        server.revoke(None);
+                        break;
+                    }
                 }
             }
         }

@@ -172,6 +172,17 @@ pub struct ControllerConfig {
     /// How long a finished job's status is kept.
     #[serde(with = "humantime_serde")]
     pub job_retention: Duration,
+    /// Where jobs are stored; one controller per directory (it is locked).
+    pub data_dir: PathBuf,
+    /// How long a chunk lease lasts without renewal by the agent's heartbeats.
+    #[serde(with = "humantime_serde")]
+    pub lease_time: Duration,
+    /// How long an `Idempotency-Key` keeps returning the same job.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+    /// How long a draining controller waits for chunks out with agents.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -184,6 +195,10 @@ impl Default for ControllerConfig {
             chunk_timeout: Duration::from_secs(120),
             max_pending_notifications: 20_000_000,
             job_retention: Duration::from_secs(24 * 3600),
+            data_dir: PathBuf::from("volley-data"),
+            lease_time: Duration::from_secs(15),
+            idempotency_window: Duration::from_secs(24 * 3600),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -430,6 +445,18 @@ impl Config {
             return Err(ConfigError::invalid(
                 "controller.queue_chunks",
                 "must be at least 1",
+            ));
+        }
+        if self.controller.lease_time < Duration::from_millis(100) {
+            return Err(ConfigError::invalid(
+                "controller.lease_time",
+                "must be at least 100ms",
+            ));
+        }
+        if self.agent.heartbeat_interval >= self.controller.lease_time {
+            return Err(ConfigError::invalid(
+                "agent.heartbeat_interval",
+                "must be shorter than controller.lease_time, or leases expire between heartbeats",
             ));
         }
         if self.agent.window == 0 {

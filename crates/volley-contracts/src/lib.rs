@@ -284,6 +284,9 @@ pub struct JobStatus {
 pub struct Chunk {
     /// The chunk's id.
     pub id: ChunkId,
+    /// The lease's epoch: it grows each time the chunk is handed out again, and only a report
+    /// for the current epoch counts.
+    pub epoch: u32,
     /// The app whose credentials deliver it.
     pub app: String,
     /// The rendered notification; its variant says the provider.
@@ -314,6 +317,8 @@ pub struct ChunkReport {
     pub failed: Vec<ChunkFailure>,
     /// Notifications resent after a send that may have reached the provider.
     pub possible_duplicates: u32,
+    /// Notifications not sent because their job was cancelled.
+    pub cancelled: u32,
 }
 
 /// How an agent introduces itself to the controller.
@@ -327,6 +332,26 @@ pub struct AgentInfo {
     pub apps: Vec<String>,
     /// How many chunks the agent wants in flight at once.
     pub window: u32,
+}
+
+/// The controller's answer to a registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// The agent's id for this registration.
+    pub id: AgentId,
+    /// How long a chunk lease lasts without renewal, in milliseconds. An agent whose
+    /// heartbeats have failed for this long stops sending the chunks it holds: they are
+    /// someone else's by then.
+    pub lease_ms: u64,
+}
+
+/// A chunk an agent holds, as it reports it in each heartbeat to renew the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    /// The chunk.
+    pub chunk: ChunkId,
+    /// The epoch it was handed out with.
+    pub epoch: u32,
 }
 
 /// One agent as the controller sees it.
@@ -439,9 +464,11 @@ pub trait Controller {
     /// Queue depth, agents and counters.
     async fn stats() -> ClusterStats;
     /// An agent joins the cluster.
-    async fn register(agent: AgentInfo) -> Result<AgentId, WireError>;
-    /// An agent says it is alive; an error means the controller forgot it (re-register).
-    async fn heartbeat(agent: AgentId) -> Result<(), WireError>;
+    async fn register(agent: AgentInfo) -> Result<Registration, WireError>;
+    /// An agent says it is alive and renews the leases of the chunks it holds; the answer
+    /// lists the held chunks whose lease is gone (stop sending them). An error means the
+    /// controller forgot the agent: register again.
+    async fn heartbeat(agent: AgentId, held: Vec<Held>) -> Result<Vec<ChunkId>, WireError>;
 }
 
 /// The agent's service, called by the controller's dispatchers.

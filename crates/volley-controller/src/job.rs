@@ -5,6 +5,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::store::StoredJob;
 use parking_lot::Mutex;
 use volley_contracts::{
     ApnsRender, Chunk, ChunkId, ChunkReport, FailureCount, FcmRender, InvalidToken, JobId,
@@ -57,6 +58,9 @@ struct Progress {
     cancelled: u64,
     possible_duplicates: u64,
     chunks_done: u32,
+    /// Which chunks have a final report: a chunk handed out twice (its first agent was lost)
+    /// counts once.
+    done: Vec<bool>,
     dispatched: bool,
     invalid_tokens: Vec<InvalidToken>,
     failures: HashMap<(Platform, String, String), u64>,
@@ -72,7 +76,12 @@ pub(crate) struct ChunkTotals {
 }
 
 impl Job {
-    pub(crate) fn new(id: JobId, submit: SubmitJob, chunk_size: usize) -> (Job, Vec<ChunkSpec>) {
+    pub(crate) fn new(
+        id: JobId,
+        submit: SubmitJob,
+        chunk_size: usize,
+        created_ms: u64,
+    ) -> (Job, Vec<ChunkSpec>) {
         let mut specs = Vec::new();
         for (platform, tokens) in [
             (Platform::Apns, &submit.apns_tokens),
@@ -92,7 +101,7 @@ impl Job {
         let job = Job {
             id,
             app: submit.app,
-            created_ms: now_ms(),
+            created_ms,
             accepted: (submit.apns_tokens.len() + submit.fcm_tokens.len()) as u64,
             apns: submit.apns,
             fcm: submit.fcm,
@@ -100,9 +109,62 @@ impl Job {
             fcm_tokens: submit.fcm_tokens,
             chunks_total: specs.len() as u32,
             cancelled: AtomicBool::new(false),
-            progress: Mutex::new(Progress::default()),
+            progress: Mutex::new(Progress {
+                done: vec![false; specs.len()],
+                ..Progress::default()
+            }),
         };
         (job, specs)
+    }
+
+    /// Rebuilds a job read back from the store; returns it with the chunks still to send and
+    /// the epoch each is to go out with.
+    pub(crate) fn restore(stored: StoredJob) -> (Job, Vec<(ChunkSpec, u32)>) {
+        let StoredJob {
+            id,
+            record,
+            done,
+            leased,
+            finished_ms,
+            cancelled,
+        } = stored;
+        let (job, specs) = Job::new(
+            id,
+            record.submit,
+            record.chunk_size as usize,
+            record.created_ms,
+        );
+        if cancelled {
+            job.cancel();
+        }
+        for (index, report) in &done {
+            if let Some(spec) = specs.get(*index as usize) {
+                job.apply_report(spec, report);
+            }
+        }
+        let mut progress = job.progress.lock();
+        progress.dispatched = !done.is_empty() || !leased.is_empty();
+        if finished_ms.is_some() {
+            progress.finished_ms = finished_ms;
+        }
+        let mut pending = Vec::new();
+        for spec in specs {
+            if progress.done[spec.index as usize] {
+                continue;
+            }
+            let epoch = match leased.get(&spec.index) {
+                Some(epoch) => {
+                    // It was out with an agent when the controller stopped: it may have been
+                    // sent, in part or whole.
+                    progress.possible_duplicates += spec.len() as u64;
+                    epoch + 1
+                }
+                None => 0,
+            };
+            pending.push((spec, epoch));
+        }
+        drop(progress);
+        (job, pending)
     }
 
     fn tokens(&self, platform: Platform) -> &TokenList {
@@ -123,6 +185,7 @@ impl Job {
                 job: self.id,
                 index: spec.index,
             },
+            epoch: 0,
             app: self.app.clone(),
             render,
             tokens: self.tokens(spec.platform).slice(spec.range.clone()),
@@ -149,14 +212,24 @@ impl Job {
         self.progress.lock().finished_ms
     }
 
-    /// Records an agent's report for one chunk.
-    pub(crate) fn apply_report(&self, spec: &ChunkSpec, report: &ChunkReport) -> ChunkTotals {
+    /// Records an agent's report for one chunk; `None` when the chunk was already done.
+    pub(crate) fn apply_report(
+        &self,
+        spec: &ChunkSpec,
+        report: &ChunkReport,
+    ) -> Option<ChunkTotals> {
         let tokens = self.tokens(spec.platform);
         let mut progress = self.progress.lock();
+        let done = progress.done.get_mut(spec.index as usize)?;
+        if *done {
+            return None;
+        }
+        *done = true;
         progress.delivered += u64::from(report.delivered);
         progress.invalid += report.invalid.len() as u64;
         progress.failed += report.failed.len() as u64;
         progress.possible_duplicates += u64::from(report.possible_duplicates);
+        progress.cancelled += u64::from(report.cancelled);
         for (index, reason, timestamp_ms) in &report.invalid {
             let token = tokens
                 .get(spec.range.start + *index as usize)
@@ -176,21 +249,11 @@ impl Job {
                 .or_default() += 1;
         }
         let error = (report.invalid.len() + report.failed.len()) as u64;
-        ChunkTotals {
+        Some(ChunkTotals {
             success: u64::from(report.delivered),
             error,
             finished_job: self.finish_chunk(&mut progress),
-        }
-    }
-
-    /// Records a chunk that was not sent because the job was cancelled.
-    pub(crate) fn skip_cancelled(&self, spec: &ChunkSpec) -> ChunkTotals {
-        let mut progress = self.progress.lock();
-        progress.cancelled += spec.len() as u64;
-        ChunkTotals {
-            finished_job: self.finish_chunk(&mut progress),
-            ..ChunkTotals::default()
-        }
+        })
     }
 
     /// Records that a chunk is going out again after its agent was lost mid-chunk.
@@ -293,7 +356,7 @@ mod tests {
 
     #[test]
     fn a_job_splits_into_bounded_chunks_per_platform() {
-        let (job, specs) = Job::new(JobId::new(), submit(2500, 1001), 1000);
+        let (job, specs) = Job::new(JobId::new(), submit(2500, 1001), 1000, now_ms());
         let sizes: Vec<(Platform, usize)> = specs.iter().map(|s| (s.platform, s.len())).collect();
         assert_eq!(
             sizes,
@@ -313,7 +376,7 @@ mod tests {
 
     #[test]
     fn reports_add_up_and_finish_the_job() {
-        let (job, specs) = Job::new(JobId::new(), submit(3, 0), 2);
+        let (job, specs) = Job::new(JobId::new(), submit(3, 0), 2, now_ms());
         job.apply_report(
             &specs[0],
             &ChunkReport {
@@ -334,7 +397,11 @@ mod tests {
                 ..ChunkReport::default()
             },
         );
-        assert!(totals.finished_job);
+        assert!(totals.unwrap().finished_job);
+        // A second report for a done chunk (a redispatch race) is ignored.
+        assert!(job
+            .apply_report(&specs[1], &ChunkReport::default())
+            .is_none());
         let status = job.status(10);
         assert_eq!(status.state, JobState::Done);
         assert_eq!(

@@ -13,6 +13,7 @@
 //! ```
 
 mod job;
+mod store;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -28,11 +29,14 @@ use tarpc::server::{BaseChannel, Channel};
 use tokio_util::sync::CancellationToken;
 use volley_config::ControllerConfig;
 use volley_contracts::{
-    AgentClient, AgentId, AgentInfo, AgentStat, AppCounters, ClusterStats, Controller, ErrorCode,
-    JobAccepted, JobId, JobStatus, Platform, SubmitJob, WireError,
+    AgentClient, AgentId, AgentInfo, AgentStat, AppCounters, ChunkId, ClusterStats, Controller,
+    ErrorCode, Held, JobAccepted, JobId, JobStatus, Platform, Registration, SubmitJob, WireError,
 };
 
 use crate::job::{ChunkSpec, Job};
+use crate::store::{JobRecord, Store, Write};
+
+pub use crate::store::StoreError;
 
 /// Why the controller stopped.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +44,9 @@ pub enum ControllerError {
     /// The listener failed.
     #[error("controller listener: {0}")]
     Io(#[from] std::io::Error),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// One unit of work in the shared channel.
@@ -47,6 +54,19 @@ pub enum ControllerError {
 struct Work {
     job: Arc<Job>,
     spec: ChunkSpec,
+    /// The lease epoch this hand-out uses; a hand-back increments it.
+    epoch: u32,
+}
+
+/// A chunk out with an agent.
+#[derive(Debug)]
+struct Lease {
+    agent: AgentId,
+    epoch: u32,
+    expires: Instant,
+    /// Cancelled when the lease expires: the dispatcher abandons the call and hands the
+    /// chunk to another agent.
+    lost: CancellationToken,
 }
 
 /// A registered agent.
@@ -64,7 +84,11 @@ struct AgentEntry {
 struct State {
     config: ControllerConfig,
     jobs: Mutex<HashMap<JobId, Arc<Job>>>,
-    idempotency: Mutex<HashMap<String, JobId>>,
+    idempotency: Mutex<HashMap<String, (JobId, u64)>>,
+    store: Store,
+    leases: Mutex<HashMap<ChunkId, Lease>>,
+    /// Chunks out with agents right now (a draining controller waits for them).
+    out: AtomicU64,
     queue_tx: async_channel::Sender<Work>,
     queue_rx: async_channel::Receiver<Work>,
     /// Chunks given back by an agent. Unbounded, but it never holds more than the chunks that
@@ -77,6 +101,9 @@ struct State {
     pending_notifications: AtomicU64,
     redispatched: AtomicU64,
     counters: Mutex<HashMap<(String, Platform), (u64, u64)>>,
+    /// Cancelled on the first shutdown signal: no new job, no new hand-out.
+    draining: CancellationToken,
+    /// Cancelled when the controller stops.
     shutdown: CancellationToken,
 }
 
@@ -100,11 +127,29 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
     let (handle, serving) = start(config, listener)?;
-    tokio::select! {
-        () = shutdown => {}
-        () = serving => {}
+    let state = handle.state.clone();
+    let serving = tokio::spawn(serving);
+    shutdown.await;
+    // Drain: take no new job, hand out no new chunk, wait for the chunks out with agents to
+    // report or their leases to expire. Whatever is unfinished is in the store.
+    tracing::info!("controller draining");
+    state.draining.cancel();
+    let grace = state.config.shutdown_grace;
+    let waited = tokio::time::timeout(grace, async {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        while state.out.load(Ordering::Relaxed) > 0 {
+            tick.tick().await;
+        }
+    })
+    .await;
+    if waited.is_err() {
+        tracing::warn!(
+            chunks = state.out.load(Ordering::Relaxed),
+            "grace period over with chunks still out; they resume after restart"
+        );
     }
-    handle.state.shutdown.cancel();
+    state.shutdown.cancel();
+    let _ = serving.await;
     tracing::info!("controller stopped");
     Ok(())
 }
@@ -115,12 +160,18 @@ pub fn start(
     listener: tokio::net::TcpListener,
 ) -> Result<(ControllerHandle, impl Future<Output = ()> + Send), ControllerError> {
     let local: SocketAddr = listener.local_addr()?;
+    let (store, recovered) = Store::open(&config.data_dir)?;
     let (queue_tx, queue_rx) = async_channel::bounded(config.queue_chunks);
     let (retry_tx, retry_rx) = async_channel::unbounded();
+    let shutdown = CancellationToken::new();
     let state = Arc::new(State {
         config,
         jobs: Mutex::default(),
-        idempotency: Mutex::default(),
+        idempotency: Mutex::new(recovered.keys),
+        store,
+        leases: Mutex::default(),
+        out: AtomicU64::new(0),
+        draining: shutdown.child_token(),
         queue_tx,
         queue_rx,
         retry_tx,
@@ -130,9 +181,11 @@ pub fn start(
         pending_notifications: AtomicU64::new(0),
         redispatched: AtomicU64::new(0),
         counters: Mutex::default(),
-        shutdown: CancellationToken::new(),
+        shutdown,
     });
+    state.restore(recovered.jobs);
     tokio::spawn(watch_agents(state.clone()));
+    tokio::spawn(watch_leases(state.clone()));
     tokio::spawn(expire_jobs(state.clone()));
     tracing::info!(listen = %local, "controller listening");
     let server = ControllerServer {
@@ -187,6 +240,11 @@ impl Controller for ControllerServer {
     async fn cancel(self, _: Context, id: JobId) -> Result<JobStatus, WireError> {
         let job = self.state.job(id)?;
         job.cancel();
+        self.state
+            .store
+            .write(Write::Cancelled { id })
+            .await
+            .map_err(|error| WireError::new(ErrorCode::Internal, error.to_string()))?;
         tracing::info!(job = %id, "job cancelled");
         Ok(job.status(0))
     }
@@ -195,21 +253,30 @@ impl Controller for ControllerServer {
         self.state.stats()
     }
 
-    async fn register(self, _: Context, agent: AgentInfo) -> Result<AgentId, WireError> {
-        self.state.register(agent).await
+    async fn register(self, _: Context, agent: AgentInfo) -> Result<Registration, WireError> {
+        let id = self.state.register(agent).await?;
+        Ok(Registration {
+            id,
+            lease_ms: self.state.config.lease_time.as_millis() as u64,
+        })
     }
 
-    async fn heartbeat(self, _: Context, agent: AgentId) -> Result<(), WireError> {
+    async fn heartbeat(
+        self,
+        _: Context,
+        agent: AgentId,
+        held: Vec<Held>,
+    ) -> Result<Vec<ChunkId>, WireError> {
         match self.state.agents.lock().get_mut(&agent) {
-            Some(entry) => {
-                entry.last_seen = Instant::now();
-                Ok(())
+            Some(entry) => entry.last_seen = Instant::now(),
+            None => {
+                return Err(WireError::new(
+                    ErrorCode::NotFound,
+                    format!("{agent} is not registered"),
+                ))
             }
-            None => Err(WireError::new(
-                ErrorCode::NotFound,
-                format!("{agent} is not registered"),
-            )),
         }
+        Ok(self.state.renew(agent, &held))
     }
 }
 
@@ -223,7 +290,7 @@ impl State {
     }
 
     async fn submit(self: &Arc<Self>, submit: SubmitJob) -> Result<JobAccepted, WireError> {
-        if self.shutdown.is_cancelled() {
+        if self.draining.is_cancelled() {
             return Err(WireError::new(
                 ErrorCode::Unavailable,
                 "controller is shutting down",
@@ -235,13 +302,19 @@ impl State {
                 "the job has no token",
             ));
         }
+        let now = job::now_ms();
         if let Some(key) = &submit.idempotency_key {
-            if let Some(id) = self.idempotency.lock().get(key).copied() {
-                if let Ok(job) = self.job(id) {
-                    return Ok(JobAccepted {
-                        id,
-                        accepted: job.accepted,
-                    });
+            let window = self.config.idempotency_window.as_millis() as u64;
+            let known = self.idempotency.lock().get(key).copied();
+            if let Some((id, at)) = known {
+                if now.saturating_sub(at) < window {
+                    if let Ok(job) = self.job(id) {
+                        tracing::info!(job = %id, "repeated submission answered with its job");
+                        return Ok(JobAccepted {
+                            id,
+                            accepted: job.accepted,
+                        });
+                    }
                 }
             }
         }
@@ -258,32 +331,82 @@ impl State {
         }
         let id = JobId::new();
         let idempotency_key = submit.idempotency_key.clone();
-        let (job, specs) = Job::new(id, submit, self.config.chunk_size);
+        let chunk_size = self.config.chunk_size;
+        let record = serialize_record(&submit, chunk_size, now)?;
+        // The job is on disk before the front may answer 2xx.
+        self.store
+            .write(Write::Job {
+                id,
+                record,
+                idempotency: idempotency_key.clone().map(|key| (key, now)),
+            })
+            .await
+            .map_err(|error| WireError::new(ErrorCode::Unavailable, error.to_string()))?;
+        let (job, specs) = Job::new(id, submit, chunk_size, now);
         let job = Arc::new(job);
-        self.pending_notifications
-            .fetch_add(size, Ordering::Relaxed);
-        self.jobs.lock().insert(id, job.clone());
         if let Some(key) = idempotency_key {
-            self.idempotency.lock().insert(key, id);
+            self.idempotency.lock().insert(key, (id, now));
         }
         tracing::info!(job = %id, app = %job.app, tokens = size, chunks = specs.len(), "job accepted");
+        self.enqueue(job, specs.into_iter().map(|spec| (spec, 0)).collect());
+        Ok(JobAccepted { id, accepted: size })
+    }
+
+    /// Makes a job known and feeds its chunks into the shared channel.
+    fn enqueue(self: &Arc<Self>, job: Arc<Job>, chunks: Vec<(ChunkSpec, u32)>) {
+        let pending: u64 = chunks.iter().map(|(spec, _)| spec.len() as u64).sum();
+        self.pending_notifications
+            .fetch_add(pending, Ordering::Relaxed);
+        self.jobs.lock().insert(job.id, job.clone());
+        if chunks.is_empty() {
+            return;
+        }
         // The feeder waits for room in the bounded channel, so a huge job never floods it.
         let tx = self.queue_tx.clone();
         tokio::spawn(async move {
-            for spec in specs {
-                if tx
-                    .send(Work {
-                        job: job.clone(),
-                        spec,
-                    })
-                    .await
-                    .is_err()
-                {
+            for (spec, epoch) in chunks {
+                let work = Work {
+                    job: job.clone(),
+                    spec,
+                    epoch,
+                };
+                if tx.send(work).await.is_err() {
                     return;
                 }
             }
         });
-        Ok(JobAccepted { id, accepted: size })
+    }
+
+    /// Takes back the jobs found in the store at start-up.
+    fn restore(self: &Arc<Self>, jobs: Vec<store::StoredJob>) {
+        let mut resumed = 0;
+        for stored in jobs {
+            let (job, chunks) = Job::restore(stored);
+            if !chunks.is_empty() {
+                resumed += 1;
+                tracing::info!(job = %job.id, app = %job.app, chunks = chunks.len(), "resuming job");
+            }
+            self.enqueue(Arc::new(job), chunks);
+        }
+        if resumed > 0 {
+            tracing::info!(jobs = resumed, "unfinished jobs resumed from the store");
+        }
+    }
+
+    /// Renews the leases an agent holds; returns the held chunks it no longer owns.
+    fn renew(&self, agent: AgentId, held: &[Held]) -> Vec<ChunkId> {
+        let expires = Instant::now() + self.config.lease_time;
+        let mut leases = self.leases.lock();
+        let mut revoked = Vec::new();
+        for held in held {
+            match leases.get_mut(&held.chunk) {
+                Some(lease) if lease.agent == agent && lease.epoch == held.epoch => {
+                    lease.expires = expires;
+                }
+                _ => revoked.push(held.chunk),
+            }
+        }
+        revoked
     }
 
     async fn register(self: &Arc<Self>, info: AgentInfo) -> Result<AgentId, WireError> {
@@ -339,8 +462,26 @@ impl State {
     }
 
     fn record(&self, work: &Work, report: &volley_contracts::ChunkReport) {
-        let totals = work.job.apply_report(&work.spec, report);
+        let Some(totals) = work.job.apply_report(&work.spec, report) else {
+            return;
+        };
+        if let Ok(report) = bincode::serialize(report) {
+            self.store.write_later(Write::Done {
+                id: work.job.id,
+                index: work.spec.index,
+                report,
+            });
+        }
         self.finish_chunk(work, totals);
+    }
+
+    /// Finishes a chunk of a cancelled job without sending it.
+    fn skip_cancelled(&self, work: &Work) {
+        let report = volley_contracts::ChunkReport {
+            cancelled: work.spec.len() as u32,
+            ..volley_contracts::ChunkReport::default()
+        };
+        self.record(work, &report);
     }
 
     fn finish_chunk(&self, work: &Work, totals: job::ChunkTotals) {
@@ -356,6 +497,10 @@ impl State {
             .fetch_sub(work.spec.len() as u64, Ordering::Relaxed);
         if totals.finished_job {
             let status = work.job.status(0);
+            self.store.write_later(Write::Finished {
+                id: work.job.id,
+                at_ms: status.finished_ms.unwrap_or_else(job::now_ms),
+            });
             tracing::info!(
                 job = %work.job.id,
                 app = %work.job.app,
@@ -428,6 +573,7 @@ async fn dispatch(
         let work = tokio::select! {
             biased;
             () = stop.cancelled() => return,
+            () = state.draining.cancelled() => return,
             work = state.retry_rx.recv() => match work {
                 Ok(work) => work,
                 Err(_) => return,
@@ -439,8 +585,7 @@ async fn dispatch(
         };
         work.job.mark_dispatched();
         if work.job.is_cancelled() {
-            let totals = work.job.skip_cancelled(&work.spec);
-            state.finish_chunk(&work, totals);
+            state.skip_cancelled(&work);
             continue;
         }
         if !apps.iter().any(|app| *app == work.job.app) {
@@ -450,50 +595,151 @@ async fn dispatch(
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
-        let Some(chunk) = work.job.chunk(&work.spec) else {
+        let Some(mut chunk) = work.job.chunk(&work.spec) else {
             tracing::error!(job = %work.job.id, "chunk has no rendering for its platform");
-            let totals = work.job.skip_cancelled(&work.spec);
-            state.finish_chunk(&work, totals);
+            state.skip_cancelled(&work);
             continue;
         };
+        chunk.epoch = work.epoch;
+        let lost = state.lease(agent, &work);
         let mut context = tarpc::context::current();
         context.deadline = Instant::now() + state.config.chunk_timeout;
         in_flight.fetch_add(1, Ordering::Relaxed);
+        state.out.fetch_add(1, Ordering::Relaxed);
         let result = tokio::select! {
-            () = stop.cancelled() => None,
-            result = client.deliver(context, chunk) => Some(result),
+            () = stop.cancelled() => Err("agent dropped"),
+            () = lost.cancelled() => Err("lease expired"),
+            result = client.deliver(context, chunk) => match result {
+                Ok(Ok(report)) => Ok(report),
+                Ok(Err(error)) if error.code == ErrorCode::Unavailable => Err("agent is draining"),
+                Ok(Err(error)) => {
+                    tracing::warn!(agent = %agent, worker, code = ?error.code, %error, "agent refused a chunk");
+                    Err("agent refused the chunk")
+                }
+                Err(error) => {
+                    tracing::warn!(agent = %agent, worker, %error, "chunk call failed");
+                    Err("rpc failed")
+                }
+            },
         };
         in_flight.fetch_sub(1, Ordering::Relaxed);
+        state.out.fetch_sub(1, Ordering::Relaxed);
+        let current = state.release(&work);
         match result {
-            Some(Ok(Ok(report))) => {
+            // Only the current lease's report counts; a late one for an older epoch is dropped.
+            Ok(report) if current => {
                 chunks_done.fetch_add(1, Ordering::Relaxed);
                 state.record(&work, &report);
             }
-            Some(Ok(Err(error))) => {
-                tracing::warn!(agent = %agent, worker, chunk = %work.spec.index, code = ?error.code, %error, "agent refused a chunk");
+            Ok(_) => {}
+            Err(why) => {
+                tracing::warn!(agent = %agent, job = %work.job.id, chunk = work.spec.index, epoch = work.epoch, why, "handing the chunk to another agent");
+                work.job.note_redispatch(&work.spec);
                 state.redispatched.fetch_add(1, Ordering::Relaxed);
-                state.requeue(work);
-                if error.code == ErrorCode::Unavailable {
-                    state.drop_agent(agent, "agent is draining");
+                let retry = Work {
+                    epoch: work.epoch + 1,
+                    ..work
+                };
+                state.requeue(retry);
+                if why != "lease expired" && why != "agent refused the chunk" {
+                    state.drop_agent(agent, why);
                     return;
                 }
             }
-            Some(Err(error)) => {
-                tracing::warn!(agent = %agent, worker, job = %work.job.id, chunk = work.spec.index, %error, "chunk failed on its agent; handing it to another");
-                work.job.note_redispatch(&work.spec);
-                state.redispatched.fetch_add(1, Ordering::Relaxed);
-                state.requeue(work);
-                state.drop_agent(agent, "rpc failed");
-                return;
-            }
-            None => {
-                work.job.note_redispatch(&work.spec);
-                state.redispatched.fetch_add(1, Ordering::Relaxed);
-                state.requeue(work);
-                return;
-            }
         }
     }
+}
+
+impl State {
+    /// Leases a chunk to an agent; the token is cancelled if the lease expires.
+    fn lease(&self, agent: AgentId, work: &Work) -> CancellationToken {
+        let lost = CancellationToken::new();
+        let id = ChunkId {
+            job: work.job.id,
+            index: work.spec.index,
+        };
+        self.leases.lock().insert(
+            id,
+            Lease {
+                agent,
+                epoch: work.epoch,
+                expires: Instant::now() + self.config.lease_time,
+                lost: lost.clone(),
+            },
+        );
+        self.store.write_later(Write::Leased {
+            id: work.job.id,
+            index: work.spec.index,
+            epoch: work.epoch,
+        });
+        lost
+    }
+
+    /// Ends a chunk's lease; true when it was still this hand-out's (not expired).
+    fn release(&self, work: &Work) -> bool {
+        let id = ChunkId {
+            job: work.job.id,
+            index: work.spec.index,
+        };
+        let mut leases = self.leases.lock();
+        match leases.get(&id) {
+            Some(lease) if lease.epoch == work.epoch && !lease.lost.is_cancelled() => {
+                leases.remove(&id);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Expires leases that their agents stopped renewing.
+async fn watch_leases(state: Arc<State>) {
+    let mut tick =
+        tokio::time::interval((state.config.lease_time / 4).max(Duration::from_millis(25)));
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        let mut leases = state.leases.lock();
+        leases.retain(|chunk, lease| {
+            if lease.expires <= now {
+                tracing::warn!(%chunk, agent = %lease.agent, epoch = lease.epoch, "lease expired");
+                lease.lost.cancel();
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+/// Serialises a job for the store without copying its tokens first.
+fn serialize_record(
+    submit: &SubmitJob,
+    chunk_size: usize,
+    created_ms: u64,
+) -> Result<Vec<u8>, WireError> {
+    #[derive(serde::Serialize)]
+    struct Borrowed<'a> {
+        submit: &'a SubmitJob,
+        chunk_size: u32,
+        created_ms: u64,
+    }
+    // Same layout as `JobRecord`, which reads it back.
+    let _: Option<JobRecord> = None;
+    bincode::serialize(&Borrowed {
+        submit,
+        chunk_size: chunk_size as u32,
+        created_ms,
+    })
+    .map_err(|error| {
+        WireError::new(
+            ErrorCode::Internal,
+            format!("cannot store the job: {error}"),
+        )
+    })
 }
 
 /// Drops agents whose heartbeats stopped.
@@ -540,11 +786,23 @@ async fn expire_jobs(state: Arc<State>) {
             }
             keep
         });
-        if !expired.is_empty() {
-            state
-                .idempotency
-                .lock()
-                .retain(|_, id| !expired.contains(id));
+        if expired.is_empty() {
+            continue;
         }
+        let mut keys = Vec::new();
+        state.idempotency.lock().retain(|key, (id, _)| {
+            let forget = expired.contains(id);
+            if forget {
+                keys.push(key.clone());
+            }
+            !forget
+        });
+        tracing::info!(
+            jobs = expired.len(),
+            "finished jobs past their retention forgotten"
+        );
+        state
+            .store
+            .write_later(Write::Forget { ids: expired, keys });
     }
 }

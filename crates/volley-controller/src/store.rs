@@ -1,0 +1,420 @@
+//! The controller's durable store: jobs, chunk states and idempotency keys in redb.
+//!
+//! One writer thread owns the database. Everything that must be durable goes to it as a
+//! [`Write`]; it takes every write waiting in its queue, applies them in **one** transaction
+//! and commits it (redb fsyncs on commit), then answers each. Many concurrent submissions
+//! therefore share one fsync (group commit). The front answers 2xx only after the job's
+//! commit.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc;
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use volley_contracts::{ChunkReport, JobId, SubmitJob};
+
+/// job id → [`JobRecord`] (bincode).
+const JOBS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("jobs");
+/// (job id, chunk index) → [`ChunkReport`] (bincode) of a chunk that is done.
+const DONE: TableDefinition<'_, (u128, u32), &[u8]> = TableDefinition::new("chunks_done");
+/// (job id, chunk index) → the epoch of a chunk handed to an agent and not done yet.
+const LEASED: TableDefinition<'_, (u128, u32), u32> = TableDefinition::new("chunks_leased");
+/// job id → when it finished (ms since the epoch).
+const FINISHED: TableDefinition<'_, u128, u64> = TableDefinition::new("jobs_finished");
+/// job id → () for cancelled jobs.
+const CANCELLED: TableDefinition<'_, u128, ()> = TableDefinition::new("jobs_cancelled");
+/// idempotency key → (job id, accepted at ms).
+const IDEMPOTENCY: TableDefinition<'_, &str, (u128, u64)> = TableDefinition::new("idempotency");
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another controller holds the data directory.
+    #[error("controller.data_dir {0} is in use by another controller")]
+    Locked(String),
+    /// The database failed.
+    #[error("store: {0}")]
+    Db(String),
+    /// The writer thread is gone.
+    #[error("store writer stopped")]
+    Stopped,
+}
+
+fn db_error(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(error.to_string())
+}
+
+/// What is stored of a job: the submission as accepted and how it was split.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct JobRecord {
+    pub(crate) submit: SubmitJob,
+    pub(crate) chunk_size: u32,
+    pub(crate) created_ms: u64,
+}
+
+/// A job as found in the store at start-up.
+#[derive(Debug)]
+pub(crate) struct StoredJob {
+    pub(crate) id: JobId,
+    pub(crate) record: JobRecord,
+    pub(crate) done: Vec<(u32, ChunkReport)>,
+    pub(crate) leased: HashMap<u32, u32>,
+    pub(crate) finished_ms: Option<u64>,
+    pub(crate) cancelled: bool,
+}
+
+/// One durable change.
+#[derive(Debug)]
+pub(crate) enum Write {
+    /// A new job (already serialised), and its idempotency key.
+    Job {
+        id: JobId,
+        record: Vec<u8>,
+        idempotency: Option<(String, u64)>,
+    },
+    /// A chunk went out to an agent with this epoch.
+    Leased { id: JobId, index: u32, epoch: u32 },
+    /// A chunk is done, with its report.
+    Done {
+        id: JobId,
+        index: u32,
+        report: Vec<u8>,
+    },
+    /// Every chunk of the job is done.
+    Finished { id: JobId, at_ms: u64 },
+    /// The job was cancelled.
+    Cancelled { id: JobId },
+    /// Jobs past their retention: forget them.
+    Forget { ids: Vec<JobId>, keys: Vec<String> },
+}
+
+struct Request {
+    write: Write,
+    done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// A handle on the writer thread.
+#[derive(Debug, Clone)]
+pub(crate) struct Store {
+    tx: mpsc::Sender<RequestBox>,
+}
+
+/// `mpsc::Sender` needs `Debug` on its item for the derive above.
+struct RequestBox(Request);
+
+impl std::fmt::Debug for RequestBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Request")
+    }
+}
+
+impl Store {
+    /// Applies `write` durably; resolves after its commit.
+    pub(crate) async fn write(&self, write: Write) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(RequestBox(Request {
+                write,
+                done: Some(done),
+            }))
+            .map_err(|_| StoreError::Stopped)?;
+        wait.await
+            .map_err(|_| StoreError::Stopped)?
+            .map_err(StoreError::Db)
+    }
+
+    /// Queues `write` without waiting for its commit (chunk progress: losing it in a crash
+    /// only means resending the chunk, which is counted as a possible duplicate).
+    pub(crate) fn write_later(&self, write: Write) {
+        let _ = self.tx.send(RequestBox(Request { write, done: None }));
+    }
+}
+
+fn init_tables(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(db_error)?;
+    txn.open_table(JOBS).map_err(db_error)?;
+    txn.open_table(DONE).map_err(db_error)?;
+    txn.open_table(LEASED).map_err(db_error)?;
+    txn.open_table(FINISHED).map_err(db_error)?;
+    txn.open_table(CANCELLED).map_err(db_error)?;
+    txn.open_table(IDEMPOTENCY).map_err(db_error)?;
+    txn.commit().map_err(db_error)
+}
+
+fn load(db: &Database) -> Result<Vec<StoredJob>, StoreError> {
+    let txn = db.begin_read().map_err(db_error)?;
+    let jobs = txn.open_table(JOBS).map_err(db_error)?;
+    let done = txn.open_table(DONE).map_err(db_error)?;
+    let leased = txn.open_table(LEASED).map_err(db_error)?;
+    let finished = txn.open_table(FINISHED).map_err(db_error)?;
+    let cancelled = txn.open_table(CANCELLED).map_err(db_error)?;
+    let mut out = Vec::new();
+    for entry in jobs.iter().map_err(db_error)? {
+        let (key, value) = entry.map_err(db_error)?;
+        let id = key.value();
+        let record: JobRecord = bincode::deserialize(value.value()).map_err(db_error)?;
+        let mut job = StoredJob {
+            id: JobId(uuid::Uuid::from_u128(id)),
+            record,
+            done: Vec::new(),
+            leased: HashMap::new(),
+            finished_ms: finished.get(id).map_err(db_error)?.map(|v| v.value()),
+            cancelled: cancelled.get(id).map_err(db_error)?.is_some(),
+        };
+        for entry in done.range((id, 0)..=(id, u32::MAX)).map_err(db_error)? {
+            let (key, value) = entry.map_err(db_error)?;
+            let report: ChunkReport = bincode::deserialize(value.value()).map_err(db_error)?;
+            job.done.push((key.value().1, report));
+        }
+        for entry in leased.range((id, 0)..=(id, u32::MAX)).map_err(db_error)? {
+            let (key, value) = entry.map_err(db_error)?;
+            job.leased.insert(key.value().1, value.value());
+        }
+        out.push(job);
+    }
+    Ok(out)
+}
+
+fn writer(mut db: Database, rx: mpsc::Receiver<RequestBox>) {
+    let mut forgotten_since_compaction = 0usize;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first.0];
+        // Group commit: everything queued meanwhile shares this transaction and its fsync.
+        while let Ok(next) = rx.try_recv() {
+            batch.push(next.0);
+            if batch.len() >= 4096 {
+                break;
+            }
+        }
+        let mut forgot = 0;
+        let result = apply(&db, &batch, &mut forgot).map_err(|error| error.to_string());
+        if let Err(error) = &result {
+            tracing::error!(%error, writes = batch.len(), "store commit failed");
+        }
+        for request in batch {
+            if let Some(done) = request.done {
+                let _ = done.send(result.clone());
+            }
+        }
+        forgotten_since_compaction += forgot;
+        // Deleting frees pages for reuse; compacting now and then gives space back to the disk.
+        if forgotten_since_compaction >= 64 {
+            forgotten_since_compaction = 0;
+            if let Err(error) = db.compact() {
+                tracing::warn!(%error, "store compaction failed");
+            }
+        }
+    }
+}
+
+fn apply(db: &Database, batch: &[Request], forgot: &mut usize) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(db_error)?;
+    {
+        let mut jobs = txn.open_table(JOBS).map_err(db_error)?;
+        let mut done = txn.open_table(DONE).map_err(db_error)?;
+        let mut leased = txn.open_table(LEASED).map_err(db_error)?;
+        let mut finished = txn.open_table(FINISHED).map_err(db_error)?;
+        let mut cancelled = txn.open_table(CANCELLED).map_err(db_error)?;
+        let mut idempotency = txn.open_table(IDEMPOTENCY).map_err(db_error)?;
+        for request in batch {
+            match &request.write {
+                Write::Job {
+                    id,
+                    record,
+                    idempotency: key,
+                } => {
+                    jobs.insert(id.0.as_u128(), record.as_slice())
+                        .map_err(db_error)?;
+                    if let Some((key, at_ms)) = key {
+                        idempotency
+                            .insert(key.as_str(), (id.0.as_u128(), *at_ms))
+                            .map_err(db_error)?;
+                    }
+                }
+                Write::Leased { id, index, epoch } => {
+                    leased
+                        .insert((id.0.as_u128(), *index), *epoch)
+                        .map_err(db_error)?;
+                }
+                Write::Done { id, index, report } => {
+                    let key = (id.0.as_u128(), *index);
+                    done.insert(key, report.as_slice()).map_err(db_error)?;
+                    leased.remove(key).map_err(db_error)?;
+                }
+                Write::Finished { id, at_ms } => {
+                    finished.insert(id.0.as_u128(), *at_ms).map_err(db_error)?;
+                }
+                Write::Cancelled { id } => {
+                    cancelled.insert(id.0.as_u128(), ()).map_err(db_error)?;
+                }
+                Write::Forget { ids, keys } => {
+                    for id in ids {
+                        let id = id.0.as_u128();
+                        jobs.remove(id).map_err(db_error)?;
+                        finished.remove(id).map_err(db_error)?;
+                        cancelled.remove(id).map_err(db_error)?;
+                        done.retain_in((id, 0)..=(id, u32::MAX), |_, _| false)
+                            .map_err(db_error)?;
+                        leased
+                            .retain_in((id, 0)..=(id, u32::MAX), |_, _| false)
+                            .map_err(db_error)?;
+                        *forgot += 1;
+                    }
+                    for key in keys {
+                        idempotency.remove(key.as_str()).map_err(db_error)?;
+                    }
+                }
+            }
+        }
+    }
+    txn.commit().map_err(db_error)
+}
+
+/// Reads the idempotency table of an open database (used once at start-up, before the
+/// writer thread takes the database).
+fn read_keys(db: &Database) -> Result<HashMap<String, (JobId, u64)>, StoreError> {
+    let txn = db.begin_read().map_err(db_error)?;
+    let table = txn.open_table(IDEMPOTENCY).map_err(db_error)?;
+    let mut keys = HashMap::new();
+    for entry in table.iter().map_err(db_error)? {
+        let (key, value) = entry.map_err(db_error)?;
+        let (id, at) = value.value();
+        keys.insert(
+            key.value().to_owned(),
+            (JobId(uuid::Uuid::from_u128(id)), at),
+        );
+    }
+    Ok(keys)
+}
+
+/// Everything read back at start-up.
+#[derive(Debug, Default)]
+pub(crate) struct Recovered {
+    pub(crate) jobs: Vec<StoredJob>,
+    pub(crate) keys: HashMap<String, (JobId, u64)>,
+}
+
+impl Store {
+    /// Opens the store and reads back jobs and idempotency keys.
+    pub(crate) fn open(dir: &Path) -> Result<(Store, Recovered), StoreError> {
+        std::fs::create_dir_all(dir).map_err(|error| {
+            StoreError::Db(format!(
+                "cannot create controller.data_dir {}: {error}",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join("volley.redb");
+        let db = Database::create(&path).map_err(|error| match error {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                StoreError::Locked(dir.display().to_string())
+            }
+            other => StoreError::Db(format!("cannot open {}: {other}", path.display())),
+        })?;
+        init_tables(&db)?;
+        let recovered = Recovered {
+            jobs: load(&db)?,
+            keys: read_keys(&db)?,
+        };
+        let (tx, rx) = mpsc::channel::<RequestBox>();
+        std::thread::Builder::new()
+            .name("volley-store".into())
+            .spawn(move || writer(db, rx))
+            .map_err(db_error)?;
+        Ok((Store { tx }, recovered))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use volley_contracts::{ApnsRender, TokenList};
+
+    fn record() -> Vec<u8> {
+        let submit = SubmitJob {
+            app: "shop".into(),
+            apns: Some(ApnsRender {
+                payload: bytes::Bytes::from_static(b"{\"aps\":{}}"),
+                push_type: "alert".into(),
+                priority: 10,
+                expiration: None,
+                collapse_id: None,
+            }),
+            fcm: None,
+            apns_tokens: ["aa", "bb", "cc"].into_iter().collect::<TokenList>(),
+            fcm_tokens: TokenList::default(),
+            idempotency_key: Some("key-1".into()),
+        };
+        bincode::serialize(&JobRecord {
+            submit,
+            chunk_size: 2,
+            created_ms: 7,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn jobs_chunks_and_keys_survive_a_reopen_and_the_directory_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = JobId::new();
+        {
+            let (store, recovered) = Store::open(dir.path()).unwrap();
+            assert!(recovered.jobs.is_empty());
+            store
+                .write(Write::Job {
+                    id,
+                    record: record(),
+                    idempotency: Some(("key-1".into(), 7)),
+                })
+                .await
+                .unwrap();
+            store.write_later(Write::Leased {
+                id,
+                index: 0,
+                epoch: 0,
+            });
+            store.write_later(Write::Leased {
+                id,
+                index: 1,
+                epoch: 3,
+            });
+            let report = ChunkReport {
+                delivered: 2,
+                ..ChunkReport::default()
+            };
+            store.write_later(Write::Done {
+                id,
+                index: 0,
+                report: bincode::serialize(&report).unwrap(),
+            });
+            store.write(Write::Cancelled { id }).await.unwrap();
+            // While it is open, nobody else may open it.
+            assert!(matches!(
+                Store::open(dir.path()),
+                Err(StoreError::Locked(_))
+            ));
+        }
+        // The writer thread ends once every handle is dropped; then the lock is free.
+        let reopened = (0..200).find_map(|_| match Store::open(dir.path()) {
+            Ok(opened) => Some(opened),
+            Err(_) => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                None
+            }
+        });
+        let (_, recovered) = reopened.expect("the store reopens");
+        assert_eq!(recovered.jobs.len(), 1);
+        let job = &recovered.jobs[0];
+        assert_eq!(job.id, id);
+        assert_eq!(job.record.chunk_size, 2);
+        assert_eq!(job.record.submit.apns_tokens.len(), 3);
+        assert_eq!(job.done.len(), 1);
+        assert_eq!(job.done[0].1.delivered, 2);
+        // Chunk 0 is done (its lease is cleared); chunk 1 was out with epoch 3.
+        assert_eq!(job.leased.get(&1), Some(&3));
+        assert!(!job.leased.contains_key(&0));
+        assert!(job.cancelled);
+        assert_eq!(recovered.keys.get("key-1"), Some(&(id, 7)));
+    }
+}
