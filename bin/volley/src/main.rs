@@ -65,6 +65,8 @@ enum Command {
     Push(volley::push::PushArgs),
     /// Start a whole cluster in this process against the fakes and broadcast to it.
     Demo(volley::demo::DemoArgs),
+    /// Measure throughput, latency and CPU against the fakes and the raw HTTP/2 ceiling.
+    Bench(volley::bench::BenchArgs),
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -100,6 +102,10 @@ fn main() -> ExitCode {
         Command::Demo(args) => {
             init_logging(LogFormat::Text, "warn", cli.log_format.as_deref());
             return report(runtime().and_then(|rt| rt.block_on(volley::demo::run(args)).map(drop)));
+        }
+        Command::Bench(args) => {
+            init_logging(LogFormat::Text, "warn", cli.log_format.as_deref());
+            return report(volley::bench::run(args));
         }
         _ => {}
     }
@@ -162,7 +168,11 @@ fn main() -> ExitCode {
             runtime().and_then(|rt| rt.block_on(run_agent(config)))
         }
         Command::Standalone => run_standalone(config),
-        Command::FakeApns(_) | Command::FakeFcm(_) | Command::Push(_) | Command::Demo(_) => {
+        Command::FakeApns(_)
+        | Command::FakeFcm(_)
+        | Command::Push(_)
+        | Command::Demo(_)
+        | Command::Bench(_) => {
             unreachable!("handled above")
         }
     };

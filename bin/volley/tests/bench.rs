@@ -1,0 +1,112 @@
+//! `volley bench` end to end with tiny workloads: it runs, writes its JSON, and the counts
+//! balance. No figure is asserted: the machine's speed is not what these tests check.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_volley");
+
+fn bench(args: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let plot = dir.path().join("bench.svg");
+    let output = Command::new(BIN)
+        .arg("bench")
+        .args(args)
+        .args(["--quiet", "--json"])
+        .arg(&json)
+        .arg("--plot")
+        .arg(&plot)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "volley bench {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(200)]);
+    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+}
+
+fn check_broadcast(report: &Value, tokens: u64) {
+    assert_eq!(report["summary"]["balanced"], true, "{report}");
+    let run = &report["runs"][0];
+    let broadcast = &run["broadcast"];
+    assert_eq!(broadcast["accepted"], tokens, "{broadcast}");
+    let outcomes = ["delivered", "invalid", "failed", "cancelled"]
+        .iter()
+        .map(|field| broadcast[field].as_u64().unwrap())
+        .sum::<u64>();
+    assert_eq!(outcomes, tokens, "{broadcast}");
+    assert_eq!(
+        broadcast["fake_delivered"], broadcast["delivered"],
+        "{broadcast}"
+    );
+    assert_eq!(broadcast["fake_duplicates"], 0, "{broadcast}");
+    assert!(run["ceiling"]["delivered"].as_u64().unwrap() > 0, "{run}");
+    assert!(run["ratio"].as_f64().unwrap() > 0.0, "{run}");
+    assert!(!run["usage"].as_array().unwrap().is_empty(), "{run}");
+}
+
+#[test]
+fn a_small_standalone_broadcast_balances() {
+    let report = bench(&[
+        "broadcast",
+        "--tokens",
+        "2000",
+        "--apns-share",
+        "0.5",
+        "--invalid-every",
+        "100",
+        "--broadcast-requests",
+        "2",
+        "--ceiling-tokens",
+        "2000",
+    ]);
+    check_broadcast(&report, 2000);
+    assert_eq!(report["runs"][0]["broadcast"]["invalid"], 20, "{report}");
+}
+
+#[test]
+fn a_small_broadcast_to_processes_balances() {
+    let report = bench(&[
+        "broadcast",
+        "--topology",
+        "processes",
+        "--agents",
+        "2",
+        "--tokens",
+        "2000",
+        "--ceiling-tokens",
+        "1000",
+    ]);
+    check_broadcast(&report, 2000);
+    let usage = report["runs"][0]["usage"].as_array().unwrap();
+    for part in ["front", "controller", "agent-0", "agent-1", "fake-apns"] {
+        let row = usage.iter().find(|u| u["name"] == part).unwrap();
+        assert!(row["peak_rss_bytes"].as_u64().unwrap() > 0, "{row}");
+    }
+}
+
+#[test]
+fn a_small_ingest_balances() {
+    let report = bench(&[
+        "ingest",
+        "--connections",
+        "4",
+        "--requests",
+        "200",
+        "--no-ceiling",
+    ]);
+    assert_eq!(report["summary"]["balanced"], true, "{report}");
+    let ingest = &report["runs"][0]["ingest"];
+    assert_eq!(ingest["accepted_requests"], 200, "{ingest}");
+    assert_eq!(ingest["delivered"], 200, "{ingest}");
+    assert!(
+        ingest["latency_ms"]["p99"].as_f64().unwrap() > 0.0,
+        "{ingest}"
+    );
+}
