@@ -283,7 +283,10 @@ fn gorush_spec(n: GorushNotification, index: usize) -> Result<Entry, ApiError> {
                     serde_json::from_value(Value::Object(raw)).map_err(|e| {
                         ApiError::new(
                             Code::InvalidArgument,
-                            format!("not a valid fcm message part: {e}"),
+                            format!(
+                                "not a valid fcm message part: {}",
+                                crate::error::scrub_strings(&e.to_string())
+                            ),
                         )
                         .field(field("android"))
                     })?;

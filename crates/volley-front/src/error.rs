@@ -359,7 +359,7 @@ fn strip_position(text: &str) -> String {
 
 /// Replaces quoted string values in serde's messages (`invalid type: string "…", expected …`)
 /// so that a misplaced token or message text is never echoed back or logged.
-fn scrub_strings(text: &str) -> String {
+pub(crate) fn scrub_strings(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("string \"") {

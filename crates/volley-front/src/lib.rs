@@ -40,7 +40,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use volley_config::Config;
@@ -66,6 +66,9 @@ const QUERY_DEADLINE: Duration = Duration::from_secs(5);
 /// Bodies above this are parsed on the blocking pool so that parsing a million tokens does not
 /// stall the other requests of a runtime worker.
 const INLINE_PARSE_BYTES: usize = 256 * 1024;
+
+/// Most bytes reserved for a body before it arrives.
+const PREALLOCATE_BODY_BYTES: u64 = 16 * 1024 * 1024;
 
 /// One app as the front sees it.
 #[derive(Debug)]
@@ -98,6 +101,12 @@ impl FrontState {
     /// Builds the state for `config`, talking to the controller through `controller` (and
     /// dialling `front.controller` again if that connection is lost).
     pub fn new(config: Config, controller: ControllerClient) -> Result<FrontState, FrontError> {
+        if u32::try_from(config.front.max_body_bytes).is_err() {
+            // Token lists index their buffer with u32 offsets.
+            return Err(FrontError::Config(
+                "front.max_body_bytes must be below 4 GiB".into(),
+            ));
+        }
         let keys = auth::KeyRing::new(&config).map_err(FrontError::Config)?;
         let apps: Vec<AppEntry> = config
             .apps
@@ -155,17 +164,31 @@ impl FrontState {
             )
         };
         // A declared Content-Length above the limit is refused before reading anything.
-        if axum::body::HttpBody::size_hint(&body).lower() > limit as u64 {
+        let declared = axum::body::HttpBody::size_hint(&body).lower();
+        if declared > limit as u64 {
             return Err(too_large());
         }
-        match Limited::new(body, limit).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(error) if error.is::<LengthLimitError>() => Err(too_large()),
-            Err(_) => Err(ApiError::new(
-                Code::BadRequest,
-                "the request body could not be read",
-            )),
+        // One buffer, sized from Content-Length up to a cap (a client may declare more than it
+        // sends), frozen without a final copy.
+        let mut buffer = BytesMut::with_capacity(declared.min(PREALLOCATE_BODY_BYTES) as usize);
+        let mut body = Limited::new(body, limit);
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => {
+                    if let Some(data) = frame.data_ref() {
+                        buffer.extend_from_slice(data);
+                    }
+                }
+                Err(error) if error.is::<LengthLimitError>() => return Err(too_large()),
+                Err(_) => {
+                    return Err(ApiError::new(
+                        Code::BadRequest,
+                        "the request body could not be read",
+                    ))
+                }
+            }
         }
+        Ok(buffer.freeze())
     }
 
     /// Hands a job to the controller; returns once it is queued.
