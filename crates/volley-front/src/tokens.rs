@@ -199,6 +199,36 @@ mod tests {
         assert_eq!(error.field.as_deref(), Some("[0]"));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_token_array_round_trips_or_names_its_first_bad_index(
+            tokens in proptest::collection::vec("[A-Za-z0-9_:.-]{1,40}", 0..60),
+            bad in proptest::option::of(("SECRET[ \"\\\\/é]{1,3}", 0usize..60)),
+        ) {
+            let mut tokens = tokens;
+            let bad_at = bad.map(|(text, at)| {
+                let at = at.min(tokens.len());
+                tokens.insert(at, text);
+                at
+            });
+            let json = serde_json::to_string(&tokens).unwrap();
+            match (parse::<FcmRule>(&json), bad_at) {
+                (Ok(list), None) => {
+                    proptest::prop_assert_eq!(list.iter().collect::<Vec<_>>(), tokens.clone());
+                }
+                (Err(error), Some(at)) => {
+                    proptest::prop_assert_eq!(error.code, Code::InvalidToken);
+                    let expected = format!("[{at}]");
+                    proptest::prop_assert_eq!(error.field.as_deref(), Some(expected.as_str()));
+                    proptest::prop_assert!(!error.message.contains("SECRET"));
+                }
+                (result, bad_at) => {
+                    proptest::prop_assert!(false, "{:?} for bad token at {:?}", result.map(|l| l.len()), bad_at);
+                }
+            }
+        }
+    }
+
     #[test]
     fn later_validation_names_the_field() {
         let list: TokenList = ["ok", "not ok"].into_iter().collect();
