@@ -2,18 +2,19 @@
 //!
 //! A request goes through, in order:
 //! 1. the drain gate (a draining front answers 503 with `Retry-After`),
-//! 2. authentication ([`auth`]: `Authorization: Bearer <key>`, one key per app),
+//! 2. authentication (`auth`: `Authorization: Bearer <key>`, one key per app),
 //! 3. the body limit (`front.max_body_bytes`, 413),
 //! 4. parsing straight from the body bytes, tokens into one [`TokenList`] buffer, validated as
-//!    they are read ([`tokens`]); every error names its JSON path,
-//! 5. rendering once per provider ([`render`]): one APNs payload and one FCM body around the
+//!    they are read (`tokens`); every error names its JSON path,
+//! 5. rendering once per provider (`render`): one APNs payload and one FCM body around the
 //!    token, shared by every token of the job,
 //! 6. `Controller::submit` over tarpc; the answer (202 with the job id) comes only once the
 //!    controller has the job queued.
 //!
 //! The native API lives in [`native`], the gorush- and gaurun-compatible endpoints in
 //! [`compat`], and the unauthenticated operations endpoints (`/healthz`, `/metrics`...) in
-//! [`ops`]. `docs/api.md` describes the API for its users.
+//! [`ops`]. The controller connection is dialled again when it is lost (`link`).
+//! `docs/api.md` describes the API for its users.
 //!
 //! [`TokenList`]: volley_contracts::TokenList
 

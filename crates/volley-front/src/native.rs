@@ -143,8 +143,8 @@ pub(crate) struct Prepared {
     pub fcm: usize,
 }
 
-/// Checks the tokens of one notification against the app and the limits, renders it, and
-/// builds the job. `fields` names the two token arrays for errors.
+/// Checks one notification's tokens against the app's platforms, renders it, and builds the
+/// job; `names` says what the API calls each field, for errors.
 pub(crate) fn build_job(
     state: &FrontState,
     app: usize,
@@ -294,7 +294,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// Submits prepared jobs' counts to metrics and logs, after the controller accepted them.
+/// Counts and logs a job the controller accepted.
 pub(crate) fn record_accepted(state: &FrontState, app: usize, prepared: (&str, usize, usize)) {
     let (job, apns, fcm) = prepared;
     state.inner.metrics.accepted(app, Platform::Apns, apns);
