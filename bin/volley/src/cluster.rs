@@ -115,6 +115,8 @@ impl Cluster {
         config.agent.controller = controller_addr.to_string();
         config.agent.heartbeat_interval = Duration::from_millis(200);
         config.controller.heartbeat_timeout = Duration::from_secs(2);
+        config.controller.lease_time = Duration::from_secs(2);
+        config.controller.data_dir = dir.path().join("controller-data");
         config.apps.push(AppConfig {
             name: APP.into(),
             api_keys: vec![Secret::new(api_key.clone())],

@@ -43,9 +43,23 @@ impl FrontClient {
         path: &str,
         body: Option<Bytes>,
     ) -> anyhow::Result<JsonResponse> {
+        self.request_with(method, path, body, &[]).await
+    }
+
+    /// Like [`FrontClient::request`], with extra headers (`Idempotency-Key`, ...).
+    pub async fn request_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<JsonResponse> {
         let mut request = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(key) = &self.api_key {
             request = request.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
         }

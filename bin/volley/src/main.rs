@@ -42,6 +42,9 @@ enum Command {
         /// Where the tarpc server listens (overrides `controller.listen`).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Where jobs are stored (overrides `controller.data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Run an agent: delivers chunks to APNs and FCM with this host's credentials.
     Agent {
@@ -145,9 +148,12 @@ fn main() -> ExitCode {
             }
             runtime().and_then(|rt| rt.block_on(run_front(config)))
         }
-        Command::Controller { listen } => {
+        Command::Controller { listen, data_dir } => {
             if let Some(listen) = listen {
                 config.controller.listen = listen;
+            }
+            if let Some(data_dir) = data_dir {
+                config.controller.data_dir = data_dir;
             }
             runtime().and_then(|rt| rt.block_on(run_controller(config)))
         }

@@ -127,6 +127,7 @@ impl Job {
             leased,
             finished_ms,
             cancelled,
+            possible_duplicates,
         } = stored;
         let (job, specs) = Job::new(
             id,
@@ -143,6 +144,7 @@ impl Job {
             }
         }
         let mut progress = job.progress.lock();
+        progress.possible_duplicates += possible_duplicates;
         progress.dispatched = !done.is_empty() || !leased.is_empty();
         if finished_ms.is_some() {
             progress.finished_ms = finished_ms;

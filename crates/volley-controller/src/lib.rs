@@ -148,6 +148,10 @@ pub async fn run(
             "grace period over with chunks still out; they resume after restart"
         );
     }
+    // Chunk reports recorded during the drain are committed before the process may exit.
+    if let Err(error) = state.store.write(Write::Flush).await {
+        tracing::error!(%error, "store flush failed");
+    }
     state.shutdown.cancel();
     let _ = serving.await;
     tracing::info!("controller stopped");
@@ -601,7 +605,7 @@ async fn dispatch(
             continue;
         };
         chunk.epoch = work.epoch;
-        let lost = state.lease(agent, &work);
+        let lost = state.lease(agent, &work).await;
         let mut context = tarpc::context::current();
         context.deadline = Instant::now() + state.config.chunk_timeout;
         in_flight.fetch_add(1, Ordering::Relaxed);
@@ -633,17 +637,32 @@ async fn dispatch(
             }
             Ok(_) => {}
             Err(why) => {
+                // A chunk the agent refused was never sent; any other may have been, in part.
+                let maybe_sent = why != "agent is draining" && why != "agent refused the chunk";
                 tracing::warn!(agent = %agent, job = %work.job.id, chunk = work.spec.index, epoch = work.epoch, why, "handing the chunk to another agent");
-                work.job.note_redispatch(&work.spec);
+                if maybe_sent {
+                    let count = work.spec.len() as u64;
+                    work.job.note_redispatch(&work.spec);
+                    state.store.write_later(Write::Duplicates {
+                        id: work.job.id,
+                        count,
+                    });
+                }
                 state.redispatched.fetch_add(1, Ordering::Relaxed);
                 let retry = Work {
                     epoch: work.epoch + 1,
                     ..work
                 };
                 state.requeue(retry);
-                if why != "lease expired" && why != "agent refused the chunk" {
-                    state.drop_agent(agent, why);
-                    return;
+                match why {
+                    // The agent finishes what it holds and leaves; this worker just stops
+                    // taking chunks for it.
+                    "agent is draining" => return,
+                    "lease expired" | "agent refused the chunk" => {}
+                    _ => {
+                        state.drop_agent(agent, why);
+                        return;
+                    }
                 }
             }
         }
@@ -652,7 +671,10 @@ async fn dispatch(
 
 impl State {
     /// Leases a chunk to an agent; the token is cancelled if the lease expires.
-    fn lease(&self, agent: AgentId, work: &Work) -> CancellationToken {
+    ///
+    /// The lease is on disk before the chunk goes out, so that a controller that dies while
+    /// the chunk is out counts its tokens as possible duplicates when it resends them.
+    async fn lease(&self, agent: AgentId, work: &Work) -> CancellationToken {
         let lost = CancellationToken::new();
         let id = ChunkId {
             job: work.job.id,
@@ -667,11 +689,17 @@ impl State {
                 lost: lost.clone(),
             },
         );
-        self.store.write_later(Write::Leased {
-            id: work.job.id,
-            index: work.spec.index,
-            epoch: work.epoch,
-        });
+        let written = self
+            .store
+            .write(Write::Leased {
+                id: work.job.id,
+                index: work.spec.index,
+                epoch: work.epoch,
+            })
+            .await;
+        if let Err(error) = written {
+            tracing::error!(%error, chunk = %id, "cannot record the lease");
+        }
         lost
     }
 

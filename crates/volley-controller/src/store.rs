@@ -25,6 +25,8 @@ const LEASED: TableDefinition<'_, (u128, u32), u32> = TableDefinition::new("chun
 const FINISHED: TableDefinition<'_, u128, u64> = TableDefinition::new("jobs_finished");
 /// job id → () for cancelled jobs.
 const CANCELLED: TableDefinition<'_, u128, ()> = TableDefinition::new("jobs_cancelled");
+/// job id → notifications that may have been sent twice (chunks handed out again).
+const DUPLICATES: TableDefinition<'_, u128, u64> = TableDefinition::new("jobs_duplicates");
 /// idempotency key → (job id, accepted at ms).
 const IDEMPOTENCY: TableDefinition<'_, &str, (u128, u64)> = TableDefinition::new("idempotency");
 
@@ -63,6 +65,7 @@ pub(crate) struct StoredJob {
     pub(crate) leased: HashMap<u32, u32>,
     pub(crate) finished_ms: Option<u64>,
     pub(crate) cancelled: bool,
+    pub(crate) possible_duplicates: u64,
 }
 
 /// One durable change.
@@ -86,6 +89,10 @@ pub(crate) enum Write {
     Finished { id: JobId, at_ms: u64 },
     /// The job was cancelled.
     Cancelled { id: JobId },
+    /// Some of the job's notifications may have been sent twice.
+    Duplicates { id: JobId, count: u64 },
+    /// Nothing: resolves once every write queued before it is committed.
+    Flush,
     /// Jobs past their retention: forget them.
     Forget { ids: Vec<JobId>, keys: Vec<String> },
 }
@@ -139,6 +146,7 @@ fn init_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(LEASED).map_err(db_error)?;
     txn.open_table(FINISHED).map_err(db_error)?;
     txn.open_table(CANCELLED).map_err(db_error)?;
+    txn.open_table(DUPLICATES).map_err(db_error)?;
     txn.open_table(IDEMPOTENCY).map_err(db_error)?;
     txn.commit().map_err(db_error)
 }
@@ -150,6 +158,7 @@ fn load(db: &Database) -> Result<Vec<StoredJob>, StoreError> {
     let leased = txn.open_table(LEASED).map_err(db_error)?;
     let finished = txn.open_table(FINISHED).map_err(db_error)?;
     let cancelled = txn.open_table(CANCELLED).map_err(db_error)?;
+    let duplicates = txn.open_table(DUPLICATES).map_err(db_error)?;
     let mut out = Vec::new();
     for entry in jobs.iter().map_err(db_error)? {
         let (key, value) = entry.map_err(db_error)?;
@@ -162,6 +171,10 @@ fn load(db: &Database) -> Result<Vec<StoredJob>, StoreError> {
             leased: HashMap::new(),
             finished_ms: finished.get(id).map_err(db_error)?.map(|v| v.value()),
             cancelled: cancelled.get(id).map_err(db_error)?.is_some(),
+            possible_duplicates: duplicates
+                .get(id)
+                .map_err(db_error)?
+                .map_or(0, |v| v.value()),
         };
         for entry in done.range((id, 0)..=(id, u32::MAX)).map_err(db_error)? {
             let (key, value) = entry.map_err(db_error)?;
@@ -217,6 +230,7 @@ fn apply(db: &Database, batch: &[Request], forgot: &mut usize) -> Result<(), Sto
         let mut leased = txn.open_table(LEASED).map_err(db_error)?;
         let mut finished = txn.open_table(FINISHED).map_err(db_error)?;
         let mut cancelled = txn.open_table(CANCELLED).map_err(db_error)?;
+        let mut duplicates = txn.open_table(DUPLICATES).map_err(db_error)?;
         let mut idempotency = txn.open_table(IDEMPOTENCY).map_err(db_error)?;
         for request in batch {
             match &request.write {
@@ -249,12 +263,22 @@ fn apply(db: &Database, batch: &[Request], forgot: &mut usize) -> Result<(), Sto
                 Write::Cancelled { id } => {
                     cancelled.insert(id.0.as_u128(), ()).map_err(db_error)?;
                 }
+                Write::Duplicates { id, count } => {
+                    let id = id.0.as_u128();
+                    let before = duplicates
+                        .get(id)
+                        .map_err(db_error)?
+                        .map_or(0, |v| v.value());
+                    duplicates.insert(id, before + count).map_err(db_error)?;
+                }
+                Write::Flush => {}
                 Write::Forget { ids, keys } => {
                     for id in ids {
                         let id = id.0.as_u128();
                         jobs.remove(id).map_err(db_error)?;
                         finished.remove(id).map_err(db_error)?;
                         cancelled.remove(id).map_err(db_error)?;
+                        duplicates.remove(id).map_err(db_error)?;
                         done.retain_in((id, 0)..=(id, u32::MAX), |_, _| false)
                             .map_err(db_error)?;
                         leased
