@@ -412,13 +412,14 @@ fn gaurun_spec(n: GaurunNotification, index: usize) -> Result<Entry, ApiError> {
             spec.sound = n.sound.map(Value::String);
             spec.content_available = n.content_available;
             spec.mutable_content = n.mutable_content;
-            spec.ttl = n.expiry;
+            // gaurun treats 0 as "not set", not as APNs' "try once".
+            spec.ttl = n.expiry.filter(|seconds| *seconds > 0);
         }
         Platform::Fcm => {
             // gaurun sends Android pushes as data messages: `message` and `extend` in `data`.
             spec.fcm_data_only = true;
             spec.collapse_id = n.collapse_key;
-            spec.ttl = n.time_to_live;
+            spec.ttl = n.time_to_live.filter(|seconds| *seconds > 0);
         }
     }
     Ok(Entry {

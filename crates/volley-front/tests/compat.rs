@@ -120,15 +120,23 @@ async fn gaurun_requests_are_answered_like_gaurun() {
                 "time_to_live": 10,
                 "priority": "normal",
                 "extend": [{"key": "url", "val": "https://y"}],
+            },
+            {
+                "token": [apns_token(4)],
+                "platform": 1,
+                "message": "no expiry",
+                "expiry": 0,
             }
         ]
     });
     let reply = front.post("/push", Some(SHOP_KEY), &body).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json()["message"], "ok");
-    assert_eq!(reply.json()["job_ids"].as_array().unwrap().len(), 2);
+    assert_eq!(reply.json()["job_ids"].as_array().unwrap().len(), 3);
 
     let jobs = front.submitted();
+    // gaurun's expiry 0 means "not set".
+    assert_eq!(jobs[2].apns.as_ref().unwrap().expiration, None);
     assert_eq!(
         apns_payload(&jobs[0]),
         json!({
