@@ -40,6 +40,7 @@ impl RetryPolicy {
 pub(crate) fn prepare_apns(
     topic: &str,
     render: &ApnsRender,
+    default_collapse_id: Option<&str>,
 ) -> Result<volley_apns::PreparedNotification, WireError> {
     let invalid = |error: String| WireError::new(ErrorCode::InvalidArgument, error);
     let notification = volley_apns::Notification {
@@ -52,7 +53,10 @@ pub(crate) fn prepare_apns(
             volley_apns::Priority::from_u8(render.priority).map_err(|e| invalid(e.to_string()))?,
         ),
         expiration: render.expiration,
-        collapse_id: render.collapse_id.clone(),
+        collapse_id: render
+            .collapse_id
+            .clone()
+            .or_else(|| default_collapse_id.map(str::to_owned)),
         ..volley_apns::Notification::default()
     };
     notification
@@ -61,9 +65,38 @@ pub(crate) fn prepare_apns(
 }
 
 /// The chunk's FCM rendering as the client's prepared message.
-pub(crate) fn prepare_fcm(render: &FcmRender) -> Result<volley_fcm::PreparedMessage, WireError> {
-    volley_fcm::PreparedMessage::from_parts(&render.prefix, render.suffix.clone())
-        .map_err(|error| WireError::new(ErrorCode::InvalidArgument, error.to_string()))
+///
+/// With a default collapse id and no `android.collapse_key` of its own, the message is
+/// re-rendered once for the chunk with the collapse key set.
+pub(crate) fn prepare_fcm(
+    render: &FcmRender,
+    default_collapse_id: Option<&str>,
+) -> Result<volley_fcm::PreparedMessage, WireError> {
+    let invalid = |error: String| WireError::new(ErrorCode::InvalidArgument, error);
+    let prepared = volley_fcm::PreparedMessage::from_parts(&render.prefix, render.suffix.clone())
+        .map_err(|error| invalid(error.to_string()))?;
+    let Some(collapse_id) = default_collapse_id else {
+        return Ok(prepared);
+    };
+    let mut body = render.prefix.to_vec();
+    body.extend_from_slice(&render.suffix);
+    let mut root: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|error| invalid(error.to_string()))?;
+    let Some(message) = root.get_mut("message").and_then(|m| m.as_object_mut()) else {
+        return Ok(prepared);
+    };
+    message.remove("token");
+    let android = message
+        .entry("android")
+        .or_insert_with(|| serde_json::json!({}));
+    match android.as_object_mut() {
+        Some(android) if !android.contains_key("collapse_key") => {
+            android.insert("collapse_key".into(), collapse_id.into());
+        }
+        _ => return Ok(prepared),
+    }
+    volley_fcm::PreparedMessage::raw(root["message"].take())
+        .map_err(|error| invalid(error.to_string()))
 }
 
 /// Sends one notification per token, `concurrency` at a time, and reports the outcomes.
@@ -129,6 +162,37 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_default_collapse_id_fills_in_only_when_the_notification_has_none() {
+        let message = volley_fcm::FcmMessage {
+            data: [("k".to_owned(), "v".to_owned())].into(),
+            ..volley_fcm::FcmMessage::default()
+        };
+        let prepared = volley_fcm::PreparedMessage::new(&message).unwrap();
+        let (prefix, suffix) = prepared.parts();
+        let render = FcmRender {
+            prefix: bytes::Bytes::from_static(prefix),
+            suffix: suffix.clone(),
+        };
+        let body = prepare_fcm(&render, Some("job-1")).unwrap().body_for("tok");
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["message"]["token"], "tok");
+        assert_eq!(json["message"]["android"]["collapse_key"], "job-1");
+        assert_eq!(json["message"]["data"]["k"], "v");
+
+        let own = prepare_fcm(&render, None).unwrap().body_for("tok");
+        assert_eq!(own, prepared.body_for("tok"));
+
+        let apns = ApnsRender {
+            payload: bytes::Bytes::from_static(b"{\"aps\":{}}"),
+            push_type: "alert".into(),
+            priority: 10,
+            expiration: None,
+            collapse_id: Some("mine".into()),
+        };
+        assert!(prepare_apns("com.example", &apns, Some("job-1")).is_ok());
+    }
     use std::sync::atomic::{AtomicU32, Ordering};
     use volley_provider::Reason;
 

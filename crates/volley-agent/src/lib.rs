@@ -234,7 +234,11 @@ impl AgentServer {
         let report = match &chunk.render {
             Render::Apns(render) => {
                 let client = app.apns.as_ref().ok_or_else(|| no_credentials("APNs"))?;
-                let prepared = deliver::prepare_apns(app.topic.as_deref().unwrap_or(""), render)?;
+                let prepared = deliver::prepare_apns(
+                    app.topic.as_deref().unwrap_or(""),
+                    render,
+                    chunk.collapse_id.as_deref(),
+                )?;
                 deliver::deliver_all(
                     &chunk.tokens,
                     self.per_chunk_concurrency,
@@ -245,7 +249,7 @@ impl AgentServer {
             }
             Render::Fcm(render) => {
                 let client = app.fcm.as_ref().ok_or_else(|| no_credentials("FCM"))?;
-                let prepared = deliver::prepare_fcm(render)?;
+                let prepared = deliver::prepare_fcm(render, chunk.collapse_id.as_deref())?;
                 deliver::deliver_all(
                     &chunk.tokens,
                     self.per_chunk_concurrency,

@@ -183,6 +183,10 @@ pub struct ControllerConfig {
     /// How long a draining controller waits for chunks out with agents.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// For broadcasts without a collapse id, use the job id as `apns-collapse-id` and FCM
+    /// `collapse_key`, so that a duplicate caused by a crash replaces the first copy on the
+    /// device instead of showing twice.
+    pub collapse_duplicates: bool,
 }
 
 impl Default for ControllerConfig {
@@ -199,6 +203,7 @@ impl Default for ControllerConfig {
             lease_time: Duration::from_secs(15),
             idempotency_window: Duration::from_secs(24 * 3600),
             shutdown_grace: Duration::from_secs(30),
+            collapse_duplicates: true,
         }
     }
 }

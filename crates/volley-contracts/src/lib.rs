@@ -293,6 +293,10 @@ pub struct Chunk {
     pub render: Render,
     /// The tokens.
     pub tokens: TokenList,
+    /// A collapse id for providers when the notification sets none (the job id, for
+    /// broadcasts): a duplicate caused by a crash then replaces rather than repeats on the
+    /// device.
+    pub collapse_id: Option<String>,
 }
 
 /// One failed notification of a chunk.

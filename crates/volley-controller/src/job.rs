@@ -176,8 +176,9 @@ impl Job {
         }
     }
 
-    /// The chunk to hand to an agent; its tokens share the job's buffer.
-    pub(crate) fn chunk(&self, spec: &ChunkSpec) -> Option<Chunk> {
+    /// The chunk to hand to an agent; its tokens share the job's buffer. With
+    /// `collapse_duplicates`, a broadcast's chunks carry the job id as their collapse id.
+    pub(crate) fn chunk(&self, spec: &ChunkSpec, collapse_duplicates: bool) -> Option<Chunk> {
         let render = match spec.platform {
             Platform::Apns => Render::Apns(self.apns.clone()?),
             Platform::Fcm => Render::Fcm(self.fcm.clone()?),
@@ -191,6 +192,7 @@ impl Job {
             app: self.app.clone(),
             render,
             tokens: self.tokens(spec.platform).slice(spec.range.clone()),
+            collapse_id: (collapse_duplicates && self.accepted > 1).then(|| self.id.to_string()),
         })
     }
 
@@ -371,7 +373,8 @@ mod tests {
             ]
         );
         assert_eq!(job.chunks_total, 5);
-        let chunk = job.chunk(&specs[4]).unwrap();
+        let chunk = job.chunk(&specs[4], true).unwrap();
+        assert_eq!(chunk.collapse_id, Some(job.id.to_string()));
         assert_eq!(chunk.tokens.get(0), Some("fcm-1000"));
         assert!(matches!(chunk.render, Render::Fcm(_)));
     }

@@ -599,7 +599,7 @@ async fn dispatch(
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
-        let Some(mut chunk) = work.job.chunk(&work.spec) else {
+        let Some(mut chunk) = work.job.chunk(&work.spec, state.config.collapse_duplicates) else {
             tracing::error!(job = %work.job.id, "chunk has no rendering for its platform");
             state.skip_cancelled(&work);
             continue;
