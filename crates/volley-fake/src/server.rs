@@ -334,7 +334,7 @@ impl ConnCtx {
         }
     }
 
-    /// Forgets the streams answered on the fast path since the last settle.
+    /// Forgets the streams answered on the fast path before the last accept.
     fn settle(&self) {
         let answered = self.answered_unflushed.replace(0);
         self.open_streams.set(self.open_streams.get() - answered);
@@ -563,16 +563,30 @@ where
     });
     let mut accepted = 0u64;
     let mut goaway_cap: Option<u32> = None;
+    // Complete requests accepted in one go are answered together just before waiting: every
+    // accept polls the connection, which flushes, so answering one by one would cost a TLS record
+    // and a write per response.
+    let mut ready: Vec<ReadyStream> = Vec::new();
     loop {
         let next = match h2.accept().now_or_never() {
             Some(next) => next,
             None => {
-                // h2 has flushed everything it could before reporting pending: streams answered
-                // on the fast path are now visibly closed to the client.
-                conn.settle();
+                for stream in ready.drain(..) {
+                    answer(
+                        &ctx,
+                        &stream.open.0,
+                        &stream.parts,
+                        &stream.body,
+                        stream.respond,
+                    );
+                    stream.open.close_on_settle();
+                }
                 h2.accept().await
             }
         };
+        // Every accept polled the connection, flushing what was answered before it: those
+        // streams are now visibly closed to the client.
+        conn.settle();
         let Some(Ok((request, mut respond))) = next else {
             break;
         };
@@ -593,13 +607,17 @@ where
         conn.stream_opened(&ctx.counters);
         let open = OpenStream(conn.clone());
         let (parts, mut body) = request.into_parts();
-        // Fast path: the body usually arrived with the headers. Answering right here saves a task
-        // (allocation, a move of the whole stream state, a wake-up) per request.
+        // Fast path: the body usually arrived with the headers. Answering from this task saves a
+        // task (allocation, a move of the whole stream state, a wake-up) per request.
         let first = match (&ctx.config.latency, ready_body(&mut body)) {
             (_, ReadyBody::Failed) => continue,
-            (Latency::None, ReadyBody::Complete(bytes)) => {
-                answer(&ctx, &open.0, &parts, &bytes, respond);
-                open.close_on_settle();
+            (Latency::None, ReadyBody::Complete(body)) => {
+                ready.push(ReadyStream {
+                    open,
+                    parts,
+                    body,
+                    respond,
+                });
                 continue;
             }
             (_, ReadyBody::Complete(bytes)) => Some(bytes),
@@ -607,6 +625,14 @@ where
         };
         spawn_local(serve_stream(ctx.clone(), open, parts, body, first, respond));
     }
+}
+
+/// A complete request waiting to be answered with the others of its batch.
+struct ReadyStream {
+    open: OpenStream,
+    parts: http::request::Parts,
+    body: Bytes,
+    respond: SendResponse<Bytes>,
 }
 
 /// What of a request body is available without waiting.
