@@ -230,7 +230,7 @@ fn ceiling_on_this_thread(
                 delivered += 1;
             }
             // The bar takes a lock: update it rarely so that it costs the client nothing.
-            if answered % 4096 == 0 {
+            if answered.is_multiple_of(4096) {
                 bar.set_position(answered);
             }
         }
