@@ -142,7 +142,7 @@ async fn goaway_case(latency: volley_fake::Latency) {
     config.goaway_after = Some(5);
     config.latency = latency;
     let server = start(config);
-    let (c, mut conn) = connect(&server).await;
+    let (c, mut conn, wire) = connect_recording(&server).await;
     let mut c = driving(&mut conn, c.ready()).await.unwrap();
     let jwt = apns_jwt(&keys::generate_apns_key(), now());
     let mut responses = Vec::new();
@@ -174,6 +174,14 @@ async fn goaway_case(latency: volley_fake::Latency) {
     let _ = tokio::time::timeout(Duration::from_secs(5), conn)
         .await
         .expect("connection closes");
+    // Every GOAWAY names the fifth stream (id 9) as the last one processed.
+    let goaways: Vec<u32> = frames(&wire.lock().unwrap())
+        .iter()
+        .filter(|f| f.0 == 0x7)
+        .map(|f| u32::from_be_bytes([f.3[0], f.3[1], f.3[2], f.3[3]]) & 0x7fff_ffff)
+        .collect();
+    assert!(!goaways.is_empty());
+    assert!(goaways.iter().all(|&last| last == 9), "{goaways:?}");
     let stats = server.shutdown();
     assert_eq!(stats.delivered, 5);
     assert_eq!(stats.requests, 5);
@@ -259,4 +267,102 @@ fn assert_send<T: Send>(_: &T) {}
 #[allow(dead_code)]
 fn server_is_send(server: &FakeServer) {
     assert_send(server);
+}
+
+#[tokio::test]
+async fn the_first_settings_advertise_one_stream_on_the_wire() {
+    let mut config = FakeConfig::apns();
+    config.single_stream_until_auth = true;
+    config.max_concurrent_streams = 77;
+    let server = start(config);
+    let (mut c, mut conn, wire) = connect_recording(&server).await;
+    let jwt = apns_jwt(&keys::generate_apns_key(), now());
+    let request = apns_request(&server, &apns_token("ab", 1), Some(&jwt))
+        .body(())
+        .unwrap();
+    let reply = driving(&mut conn, send(&mut c, request, PAYLOAD)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    drive_until(&mut conn, |conn| conn.max_concurrent_send_streams() == 77).await;
+    // Non-ACK SETTINGS frames carrying MAX_CONCURRENT_STREAMS, in order.
+    let limits: Vec<u32> = frames(&wire.lock().unwrap())
+        .iter()
+        .filter(|f| f.0 == 0x4 && f.1 & 0x1 == 0)
+        .flat_map(|f| {
+            f.3.chunks_exact(6)
+                .filter(|e| e[0] == 0 && e[1] == 3)
+                .map(|e| u32::from_be_bytes([e[2], e[3], e[4], e[5]]))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(limits, [1, 77]);
+}
+
+#[tokio::test]
+async fn a_client_certificate_stands_in_for_the_provider_token() {
+    let server = start(FakeConfig::apns());
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["client".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::pem::PemObject::from_pem_slice(server.ca_pem().as_bytes()).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (c, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let mut c = c.ready().await.unwrap();
+    let reply = send(
+        &mut c,
+        apns_request(&server, &apns_token("ab", 1), None)
+            .body(())
+            .unwrap(),
+        PAYLOAD,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn latency_delays_each_answer_without_holding_up_the_others() {
+    let mut config = FakeConfig::apns();
+    config.latency = volley_fake::Latency::Fixed(Duration::from_millis(300));
+    let server = start(config);
+    let jwt = apns_jwt(&keys::generate_apns_key(), now());
+    let c = client(&server).await;
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let mut c = c.clone();
+        let request = apns_request(&server, &apns_token("ab", i), Some(&jwt))
+            .body(())
+            .unwrap();
+        tasks.push(tokio::spawn(async move {
+            send(&mut c, request, PAYLOAD).await.status
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+    // Each answer waited (a lower bound, not a performance assertion) ...
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // ... while the others were already open: the delays overlapped instead of queueing.
+    let stats = server.shutdown();
+    assert!(stats.max_open_streams_seen >= 10, "{stats:?}");
 }

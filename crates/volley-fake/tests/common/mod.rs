@@ -71,6 +71,85 @@ pub async fn connect_with(
     h2::client::handshake(io).await.unwrap()
 }
 
+/// A transport that keeps a copy of every byte it reads, for checking frames on the wire.
+pub struct Recording<T> {
+    inner: T,
+    pub seen: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Recording<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let fresh = buf.filled()[before..].to_vec();
+        self.seen.lock().unwrap().extend_from_slice(&fresh);
+        result
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Recording<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Like [`connect`], also returning every byte the server sent (decrypted).
+pub async fn connect_recording(
+    server: &FakeServer,
+) -> (
+    SendRequest<Bytes>,
+    h2::client::Connection<Box<dyn Io>, Bytes>,
+    Arc<std::sync::Mutex<Vec<u8>>>,
+) {
+    let tcp = TcpStream::connect(server.addr()).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client_tls(server, &[b"h2"]));
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let seen = Arc::default();
+    let io: Box<dyn Io> = Box::new(Recording {
+        inner: tls,
+        seen: Arc::clone(&seen),
+    });
+    let (send, conn) = h2::client::handshake(io).await.unwrap();
+    (send, conn, seen)
+}
+
+/// The HTTP/2 frames in a server-to-client byte stream: (type, flags, stream id, payload).
+pub fn frames(bytes: &[u8]) -> Vec<(u8, u8, u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 9 {
+        let len = (usize::from(rest[0]) << 16) | (usize::from(rest[1]) << 8) | usize::from(rest[2]);
+        if rest.len() < 9 + len {
+            break;
+        }
+        let id = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) & 0x7fff_ffff;
+        out.push((rest[3], rest[4], id, rest[9..9 + len].to_vec()));
+        rest = &rest[9 + len..];
+    }
+    out
+}
+
 /// Connects and drives the connection in the background.
 pub async fn client(server: &FakeServer) -> SendRequest<Bytes> {
     let (send, conn) = connect(server).await;
