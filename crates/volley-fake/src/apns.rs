@@ -18,14 +18,17 @@ const TOKEN_LIFETIME_SECS: i64 = 3600;
 
 /// Answers one request to the fake APNs.
 pub(crate) fn handle<'a>(ctx: &Ctx, conn: &ConnCtx, parts: &'a Parts, body: &Bytes) -> Answer<'a> {
-    let headers = &parts.headers;
-    let mut apns_id = match headers.get("apns-id") {
+    let headers = RequestHeaders::scan(&parts.headers);
+    let mut apns_id = match headers.apns_id {
         Some(id) if is_uuid(id.as_bytes()) => id.clone(),
         Some(_) => return error(new_apns_id(), StatusCode::BAD_REQUEST, "BadMessageId"),
         None => new_apns_id(),
     };
     // A fresh value per response: indexing it in HPACK's dynamic table only churns the table.
     apns_id.set_sensitive(true);
+    if headers.duplicate {
+        return error(apns_id, StatusCode::BAD_REQUEST, "DuplicateHeaders");
+    }
     let Some(token) = parts.uri.path().strip_prefix(PATH_PREFIX) else {
         return error(apns_id, StatusCode::NOT_FOUND, "BadPath");
     };
@@ -36,31 +39,27 @@ pub(crate) fn handle<'a>(ctx: &Ctx, conn: &ConnCtx, parts: &'a Parts, body: &Byt
         return error(apns_id, StatusCode::BAD_REQUEST, "MissingDeviceToken");
     }
     if !ctx.config.skip_auth && !conn.client_cert {
-        if let Err(reason) =
-            check_provider_token(ctx, conn, headers.get(http::header::AUTHORIZATION))
-        {
+        if let Err(reason) = check_provider_token(ctx, conn, headers.authorization) {
             return error(apns_id, StatusCode::FORBIDDEN, reason);
         }
     }
     conn.authorised(ctx);
 
-    match (headers.get("apns-topic"), &ctx.config.apns_topic) {
+    match (headers.topic, &ctx.config.apns_topic) {
         (None, _) => return error(apns_id, StatusCode::BAD_REQUEST, "MissingTopic"),
         (Some(got), Some(want)) if got.as_bytes() != want.as_bytes() => {
             return error(apns_id, StatusCode::BAD_REQUEST, "BadTopic")
         }
         _ => {}
     }
-    let collapse_id = headers.get("apns-collapse-id");
+    let collapse_id = headers.collapse_id;
     if collapse_id.is_some_and(|c| c.len() > MAX_COLLAPSE_ID) {
         return error(apns_id, StatusCode::BAD_REQUEST, "BadCollapseId");
     }
     if body.is_empty() {
         return error(apns_id, StatusCode::BAD_REQUEST, "PayloadEmpty");
     }
-    let voip = headers
-        .get("apns-push-type")
-        .is_some_and(|t| t.as_bytes() == b"voip");
+    let voip = headers.push_type.is_some_and(|t| t.as_bytes() == b"voip");
     let limit = if voip { MAX_VOIP_PAYLOAD } else { MAX_PAYLOAD };
     if body.len() > limit {
         return error(apns_id, StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge");
@@ -86,6 +85,38 @@ pub(crate) fn handle<'a>(ctx: &Ctx, conn: &ConnCtx, parts: &'a Parts, body: &Byt
             id: None,
             collapse_id: collapse_id.and_then(|c| c.to_str().ok()).map(Cow::Borrowed),
         }),
+    }
+}
+
+/// The request headers APNs looks at.
+#[derive(Default)]
+struct RequestHeaders<'a> {
+    apns_id: Option<&'a HeaderValue>,
+    authorization: Option<&'a HeaderValue>,
+    topic: Option<&'a HeaderValue>,
+    collapse_id: Option<&'a HeaderValue>,
+    push_type: Option<&'a HeaderValue>,
+    /// One of the above appeared twice (APNs: 400 DuplicateHeaders).
+    duplicate: bool,
+}
+
+impl<'a> RequestHeaders<'a> {
+    /// One pass over the few headers present: cheaper than hashing five names for lookups.
+    fn scan(map: &'a http::HeaderMap) -> Self {
+        let mut found = RequestHeaders::default();
+        for (name, value) in map {
+            let slot = match name.as_str() {
+                "apns-id" => &mut found.apns_id,
+                "authorization" => &mut found.authorization,
+                "apns-topic" => &mut found.topic,
+                "apns-collapse-id" => &mut found.collapse_id,
+                "apns-push-type" => &mut found.push_type,
+                _ => continue,
+            };
+            found.duplicate |= slot.is_some();
+            slot.get_or_insert(value);
+        }
+        found
     }
 }
 

@@ -42,7 +42,9 @@ Authorisation: 403 MissingProviderToken without `authorization` (unless the clie
 client certificate), 403 InvalidProviderToken for a malformed JWT or one that does not verify
 against --jwt-public-key, 403 ExpiredProviderToken when its iat is over 3600 s old. Then 400
 MissingTopic / BadTopic, 400 PayloadEmpty, 413 PayloadTooLarge above 4096 bytes (5120 for
-apns-push-type: voip), 404 BadPath, 405 MethodNotAllowed.";
+apns-push-type: voip), 400 BadDeviceToken for a non-hex token, 400 BadMessageId for a malformed
+apns-id, 400 BadCollapseId above 64 bytes, 400 DuplicateHeaders, 404 BadPath, 405 MethodNotAllowed.
+Every answer carries apns-id (echoed, or a fresh upper-case UUID); a 200 has no body.";
 
 const FCM_AFTER_HELP: &str = "\
 Authorisation: POST /token with grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer and an

@@ -18,6 +18,17 @@ pub fn generate_apns_key() -> ApnsKey {
     }
 }
 
+/// Mints an APNs provider token (ES256 JWT with `kid`, claims `iss` and `iat`) signed with `key`,
+/// as a client would; handy for tests and load generators that have no APNs client of their own.
+pub fn apns_provider_token(key: &ApnsKey, key_id: &str, team_id: &str, iat: u64) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(key_id.to_string());
+    let claims = serde_json::json!({ "iss": team_id, "iat": iat });
+    let signing_key = jsonwebtoken::EncodingKey::from_ec_pem(key.private_pem.as_bytes())
+        .expect("a generated key is valid PKCS#8");
+    jsonwebtoken::encode(&header, &claims, &signing_key).expect("ES256 signing does not fail")
+}
+
 /// The private key of the test service account. TEST ONLY: committed on purpose, belongs to no
 /// real Google service account (see testdata/README.md).
 const TEST_SERVICE_ACCOUNT_PRIVATE_KEY_PEM: &str =

@@ -147,7 +147,9 @@ async fn request_shape_checks() {
         (base(), b"", 400, "PayloadEmpty"),
         (base(), &big, 413, "PayloadTooLarge"),
         (
-            base().header("apns-push-type", "voip"),
+            no_topic()
+                .header("apns-topic", "com.example.app")
+                .header("apns-push-type", "voip"),
             &voip_big,
             413,
             "PayloadTooLarge",
@@ -189,7 +191,7 @@ async fn request_shape_checks() {
         assert_eq!(reply.status.as_u16(), status, "{reason}");
         assert_eq!(reply.json()["reason"], reason);
     }
-    // VoIP payloads may be up to 5120 bytes. (The header map appends, so build this one cleanly.)
+    // VoIP payloads may be up to 5120 bytes.
     let voip = http::Request::post(format!("{}/3/device/{token}", server.endpoint()))
         .header("authorization", format!("bearer {jwt}"))
         .header("apns-topic", "com.example.app")

@@ -216,11 +216,7 @@ pub fn apns_token(prefix: &str, n: u64) -> String {
 
 /// An APNs provider token (ES256 JWT) signed with `key`, issued at `iat`.
 pub fn apns_jwt(key: &keys::ApnsKey, iat: u64) -> String {
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    header.kid = Some("ABC123DEFG".into());
-    let claims = serde_json::json!({"iss": "DEF123GHIJ", "iat": iat});
-    let key = jsonwebtoken::EncodingKey::from_ec_pem(key.private_pem.as_bytes()).unwrap();
-    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    keys::apns_provider_token(key, "ABC123DEFG", "DEF123GHIJ", iat)
 }
 
 pub fn now() -> u64 {
