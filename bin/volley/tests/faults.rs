@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::sync::Mutex;
-
 use common::{
     broadcast, check_no_loss, delivered_at_least, finished, wait_job, ProcCluster, API_KEY,
 };
@@ -18,7 +16,7 @@ const N: u64 = 50_000;
 
 /// One fault test at a time: each runs a whole cluster, and on two cores several at once would
 /// starve heartbeats and turn every test into a test of lease expiry.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Fakes answer in 20 ms so that a 100,000-token broadcast lasts long enough to interrupt.
 const SLOW_FAKES: &[&str] = &["--latency", "20ms"];
@@ -42,7 +40,7 @@ fn assert_mid_job(status: &Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_one_of_three_agents_mid_broadcast() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let mut cluster = ProcCluster::start(3, SLOW_FAKES);
     let id = submit(&cluster, "0a0a0a0a").await;
     let status = wait_job(
@@ -65,7 +63,7 @@ async fn kill_9_one_of_three_agents_mid_broadcast() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstop_an_agent_past_its_lease_then_sigcont() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let cluster = ProcCluster::start(3, SLOW_FAKES);
     let id = submit(&cluster, "0b0b0b0b").await;
     let status = wait_job(
@@ -103,7 +101,7 @@ async fn sigstop_an_agent_past_its_lease_then_sigcont() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_the_controller_mid_broadcast_and_restart_it() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let mut cluster = ProcCluster::start(2, SLOW_FAKES);
     let id = submit(&cluster, "0c0c0c0c").await;
     let status = wait_job(
@@ -129,7 +127,7 @@ async fn kill_9_the_controller_mid_broadcast_and_restart_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_a_front_between_accepting_and_answering() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let mut cluster = ProcCluster::start(2, SLOW_FAKES);
     let body = broadcast("0d0d0d0d", N as usize);
     let key = [("idempotency-key", "order-0d0d0d0d")];
@@ -186,7 +184,7 @@ async fn kill_9_a_front_between_accepting_and_answering() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_every_node_in_turn_under_load() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let mut cluster = ProcCluster::start(2, SLOW_FAKES);
     let id = submit(&cluster, "0e0e0e0e").await;
     let status = wait_job(
