@@ -1,39 +1,85 @@
-//! Delivering one chunk: many concurrent sends, retries with back-off, one report.
+//! Delivering one chunk: many concurrent sends, each through its app's breaker and rate
+//! limit, retried by the retry policy, and one report.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
+use parking_lot::Mutex;
 use rand::Rng;
+use tokio::time::Instant;
 use volley_contracts::{
     ApnsRender, ChunkFailure, ChunkReport, ErrorCode, FcmRender, TokenList, WireError,
 };
-use volley_provider::Outcome;
+use volley_provider::{Outcome, Reason};
 
-/// How transient failures are retried within a chunk.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// Attempts per notification, the first included.
-    pub max_attempts: u32,
-    /// The first back-off; it doubles with each attempt.
-    pub base_delay: Duration,
-    /// The longest wait between attempts, `Retry-After` included.
-    pub max_delay: Duration,
+use crate::breaker::{Admit, Breaker, Signal};
+use crate::limit::RateLimit;
+use crate::retry::{decide, Decision, RetryPolicy, RetryState};
+
+/// One app's provider on this agent: its breaker and rate limit, shared by all its chunks.
+#[derive(Debug)]
+pub(crate) struct Lane {
+    pub(crate) breaker: Mutex<Breaker>,
+    pub(crate) limit: Option<RateLimit>,
+    /// Longest a notification waits for an open breaker.
+    pub(crate) max_wait: Duration,
 }
 
-impl RetryPolicy {
-    /// The wait before attempt `attempt + 1`: the provider's `Retry-After` when given, else
-    /// exponential back-off with full jitter.
-    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        if let Some(retry_after) = retry_after {
-            return retry_after.min(self.max_delay);
-        }
-        let ceiling = self
-            .base_delay
-            .saturating_mul(1 << attempt.saturating_sub(1).min(16))
-            .min(self.max_delay);
-        rand::thread_rng().gen_range(Duration::ZERO..=ceiling)
+/// The time limits of one chunk's notifications.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// No send starts at or after this (the chunk must report before the controller's
+    /// deadline).
+    pub(crate) deadline: Instant,
+    /// No retry starts at or after this: the notification's expiration.
+    pub(crate) expiry: Option<Instant>,
+    /// How long the chunk already waited for the breaker before it was accepted.
+    pub(crate) waited: Duration,
+}
+
+impl Limits {
+    fn retry_deadline(&self) -> Instant {
+        self.expiry
+            .map_or(self.deadline, |expiry| expiry.min(self.deadline))
     }
+}
+
+/// The notification expired before the agent got it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Expired;
+
+/// When an APNs notification stops being worth retrying: its `apns-expiration` (epoch
+/// seconds) on this clock; 0 means "try once" (no retry).
+pub(crate) fn apns_expiry(
+    expiration: Option<u64>,
+    now: Instant,
+    epoch_now: SystemTime,
+) -> Result<Option<Instant>, Expired> {
+    match expiration {
+        None => Ok(None),
+        Some(0) => Ok(Some(now)),
+        Some(seconds) => {
+            let since_epoch = epoch_now.duration_since(UNIX_EPOCH).unwrap_or_default();
+            match Duration::from_secs(seconds).checked_sub(since_epoch) {
+                Some(left) if !left.is_zero() => Ok(Some(now + left)),
+                _ => Err(Expired),
+            }
+        }
+    }
+}
+
+/// The `android.ttl` of an FCM rendering (`"3600s"`, `"0.5s"`), read once per chunk.
+///
+/// The chunk does not carry the job's creation time, so the agent treats the TTL as a budget
+/// for retries from when it received the chunk; `"0s"` means "try once".
+pub(crate) fn fcm_ttl(render: &FcmRender) -> Option<Duration> {
+    let mut body = render.prefix.to_vec();
+    body.extend_from_slice(&render.suffix);
+    let root: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    let ttl = root["message"]["android"]["ttl"].as_str()?;
+    let seconds: f64 = ttl.strip_suffix('s')?.parse().ok()?;
+    Duration::try_from_secs_f64(seconds).ok()
 }
 
 /// The chunk's APNs rendering as the client's prepared notification.
@@ -100,10 +146,15 @@ pub(crate) fn prepare_fcm(
 }
 
 /// Sends one notification per token, `concurrency` at a time, and reports the outcomes.
+///
+/// A notification waiting (for a retry, an open breaker or a rate-limit slot) holds no
+/// HTTP/2 stream: its previous request is answered and its next one not yet made.
 pub(crate) async fn deliver_all<'a, F, Fut>(
     tokens: &'a TokenList,
     concurrency: usize,
     retry: RetryPolicy,
+    lane: &Lane,
+    limits: Limits,
     send: F,
 ) -> ChunkReport
 where
@@ -117,24 +168,8 @@ where
         .map(|index| {
             let token = tokens.get(index).unwrap_or_default();
             async move {
-                let mut duplicates = 0;
-                let mut attempt = 1;
-                loop {
-                    let outcome = send(token).await;
-                    match outcome {
-                        Outcome::Transient {
-                            retry_after,
-                            maybe_delivered,
-                            ..
-                        } if attempt < retry.max_attempts => {
-                            duplicates += u32::from(maybe_delivered);
-                            // Waiting here holds no stream: the request is already answered.
-                            tokio::time::sleep(retry.delay(attempt, retry_after)).await;
-                            attempt += 1;
-                        }
-                        outcome => return (index as u32, outcome, duplicates),
-                    }
-                }
+                let (outcome, state) = deliver_one(token, retry, lane, limits, send).await;
+                (index as u32, outcome, state.possible_duplicates)
             }
         })
         .buffer_unordered(concurrency);
@@ -157,6 +192,84 @@ where
         }
     }
     report
+}
+
+/// A report in which every token failed because the notification had expired.
+pub(crate) fn expired_report(tokens: usize) -> ChunkReport {
+    ChunkReport {
+        failed: (0..tokens as u32)
+            .map(|index| ChunkFailure {
+                index,
+                class: "expired".into(),
+                reason: "Expired".into(),
+            })
+            .collect(),
+        ..ChunkReport::default()
+    }
+}
+
+fn given_up(reason: &'static str) -> Outcome {
+    Outcome::Transient {
+        reason: Reason::known(reason),
+        retry_after: None,
+        maybe_delivered: false,
+    }
+}
+
+/// Sends one notification until its outcome is final.
+async fn deliver_one<'a, F, Fut>(
+    token: &'a str,
+    retry: RetryPolicy,
+    lane: &Lane,
+    limits: Limits,
+    send: &F,
+) -> (Outcome, RetryState)
+where
+    F: Fn(&'a str) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    let mut state = RetryState::default();
+    let mut waited = limits.waited;
+    // The first send is always made (an expired notification never gets here); retries
+    // stop at the expiration.
+    let mut latest = limits.deadline;
+    loop {
+        let now = Instant::now();
+        let admitted = lane.breaker.lock().admit(now);
+        let probe = match admitted {
+            Admit::Send { probe } => probe,
+            Admit::WaitUntil(until) => {
+                waited += until - now;
+                if waited > lane.max_wait || until >= latest {
+                    return (given_up("CircuitOpen"), state);
+                }
+                tokio::time::sleep_until(until).await;
+                continue;
+            }
+        };
+        if let Some(limit) = &lane.limit {
+            match limit.reserve(now, latest) {
+                Some(wait) if wait.is_zero() => {}
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => {
+                    if probe {
+                        lane.breaker.lock().abandon_probe(now);
+                    }
+                    return (given_up("RateLimited"), state);
+                }
+            }
+        }
+        let outcome = send(token).await;
+        let now = Instant::now();
+        lane.breaker.lock().record(now, Signal::of(&outcome), probe);
+        latest = limits.retry_deadline();
+        let jitter = rand::thread_rng().gen::<f64>();
+        match decide(&retry, &mut state, &outcome, now, latest, jitter) {
+            Decision::Final => return (outcome, state),
+            // Waiting here holds no stream: the request is already answered.
+            Decision::Retry(delay) => tokio::time::sleep(delay).await,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -194,39 +307,54 @@ mod tests {
         assert!(prepare_apns("com.example", &apns, Some("job-1")).is_ok());
     }
     use std::sync::atomic::{AtomicU32, Ordering};
-    use volley_provider::Reason;
+    use volley_config::BreakerConfig;
 
-    #[test]
-    fn retry_after_wins_and_back_off_is_capped() {
-        let policy = RetryPolicy {
-            max_attempts: 5,
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(2),
+    fn lane(max_wait: Duration, rate: Option<u32>, min_requests: u32) -> Lane {
+        let now = Instant::now();
+        let config = BreakerConfig {
+            min_requests,
+            credential_failures: 2,
+            cool_down: Duration::from_secs(1),
+            max_wait,
+            ..BreakerConfig::default()
         };
-        assert_eq!(
-            policy.delay(1, Some(Duration::from_secs(1))),
-            Duration::from_secs(1)
-        );
-        assert_eq!(
-            policy.delay(1, Some(Duration::from_secs(60))),
-            Duration::from_secs(2)
-        );
-        for attempt in 1..20 {
-            assert!(policy.delay(attempt, None) <= Duration::from_secs(2));
+        Lane {
+            breaker: Mutex::new(Breaker::new(config, Duration::from_secs(10), now)),
+            limit: rate.map(|rate| RateLimit::new(rate, now)),
+            max_wait,
         }
     }
+
+    fn limits(expiry: Option<Duration>) -> Limits {
+        let now = Instant::now();
+        Limits {
+            deadline: now + Duration::from_secs(100),
+            expiry: expiry.map(|expiry| now + expiry),
+            waited: Duration::ZERO,
+        }
+    }
+
+    fn unavailable(retry_after: Option<u64>, maybe_delivered: bool) -> Outcome {
+        Outcome::Transient {
+            reason: Reason::known("ServiceUnavailable"),
+            retry_after: retry_after.map(Duration::from_secs),
+            maybe_delivered,
+        }
+    }
+
+    const POLICY: RetryPolicy = RetryPolicy {
+        max_attempts: 3,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_secs(1),
+    };
 
     #[tokio::test(start_paused = true)]
     async fn transient_failures_are_retried_and_permanent_ones_are_not() {
         let tokens: TokenList = ["ok", "flaky", "dead", "down"].into_iter().collect();
         let calls = AtomicU32::new(0);
         let flaky_calls = AtomicU32::new(0);
-        let policy = RetryPolicy {
-            max_attempts: 3,
-            base_delay: Duration::from_millis(10),
-            max_delay: Duration::from_secs(1),
-        };
-        let report = deliver_all(&tokens, 8, policy, |token| {
+        let lane = lane(Duration::from_secs(60), None, 100);
+        let report = deliver_all(&tokens, 8, POLICY, &lane, limits(None), |token| {
             calls.fetch_add(1, Ordering::Relaxed);
             let flaky = if token == "flaky" {
                 flaky_calls.fetch_add(1, Ordering::Relaxed)
@@ -236,21 +364,13 @@ mod tests {
             async move {
                 match token {
                     "ok" => Outcome::Delivered,
-                    "flaky" if flaky == 0 => Outcome::Transient {
-                        reason: Reason::known("ServiceUnavailable"),
-                        retry_after: None,
-                        maybe_delivered: true,
-                    },
+                    "flaky" if flaky == 0 => unavailable(None, true),
                     "flaky" => Outcome::Delivered,
                     "dead" => Outcome::InvalidToken {
                         reason: Reason::known("Unregistered"),
                         timestamp_ms: Some(7),
                     },
-                    _ => Outcome::Transient {
-                        reason: Reason::known("ServiceUnavailable"),
-                        retry_after: Some(Duration::from_secs(1)),
-                        maybe_delivered: false,
-                    },
+                    _ => unavailable(Some(1), false),
                 }
             }
         })
@@ -266,5 +386,128 @@ mod tests {
         assert_eq!(report.possible_duplicates, 1);
         // ok 1 + flaky 2 + dead 1 + down 3
         assert_eq!(calls.load(Ordering::Relaxed), 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_stop_at_the_expiration() {
+        let tokens: TokenList = ["a", "b"].into_iter().collect();
+        let calls = AtomicU32::new(0);
+        let lane = lane(Duration::from_secs(60), None, 4);
+        // Retry-After 1 s, expiry in 1.5 s: one retry fits, the second would start too late.
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            ..POLICY
+        };
+        let expiry = Some(Duration::from_millis(1500));
+        let report = deliver_all(&tokens, 8, policy, &lane, limits(expiry), |_| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            async { unavailable(Some(1), false) }
+        })
+        .await;
+        assert_eq!(report.failed.len(), 2);
+        assert_eq!(calls.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn credential_errors_pause_the_app_and_sends_resume_after_a_good_probe() {
+        let tokens: TokenList = (0..20).map(|i| format!("t{i}")).collect();
+        let start = Instant::now();
+        let calls = AtomicU32::new(0);
+        let lane = lane(Duration::from_secs(60), None, 4);
+        // The credentials are refused for the first 1.5 s (as if being rotated).
+        let report = deliver_all(&tokens, 20, POLICY, &lane, limits(None), |_| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            let refused = start.elapsed() < Duration::from_millis(1500);
+            async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if refused {
+                    Outcome::Credential {
+                        reason: Reason::known("InvalidProviderToken"),
+                    }
+                } else {
+                    Outcome::Delivered
+                }
+            }
+        })
+        .await;
+        assert_eq!(report.delivered, 20, "{:?}", report.failed);
+        // 20 first sends, then probes at 1 s (refused) and 3 s (good), then the 19 others:
+        // the open breaker kept them from burning their attempts.
+        assert_eq!(calls.load(Ordering::Relaxed), 20 + 2 + 19);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn notifications_give_up_when_the_breaker_stays_open_too_long() {
+        let tokens: TokenList = (0..10).map(|i| format!("t{i}")).collect();
+        let calls = AtomicU32::new(0);
+        let lane = lane(Duration::from_secs(5), None, 4);
+        let policy = RetryPolicy {
+            max_attempts: 100,
+            ..POLICY
+        };
+        let report = deliver_all(&tokens, 10, policy, &lane, limits(None), |_| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            async { unavailable(None, false) }
+        })
+        .await;
+        assert_eq!(report.failed.len(), 10);
+        assert!(report
+            .failed
+            .iter()
+            .all(|f| f.class == "transient" && f.reason == "CircuitOpen"));
+        // 10 first sends open the breaker; then only probes (1, 2, 4 s of cool-down).
+        assert!(calls.load(Ordering::Relaxed) <= 10 + 4, "{calls:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limit_paces_sends() {
+        let tokens: TokenList = (0..300).map(|i| format!("t{i}")).collect();
+        let start = Instant::now();
+        let lane = lane(Duration::from_secs(60), Some(100), 4);
+        let report = deliver_all(&tokens, 50, POLICY, &lane, limits(None), |_| async {
+            Outcome::Delivered
+        })
+        .await;
+        assert_eq!(report.delivered, 300);
+        // A burst of 10, then 290 at 100/s.
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(2890) && elapsed < Duration::from_millis(2950),
+            "{elapsed:?}"
+        );
+    }
+
+    #[test]
+    fn expirations_and_ttls_become_retry_deadlines() {
+        let now = Instant::now();
+        let epoch = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(apns_expiry(None, now, epoch), Ok(None));
+        assert_eq!(apns_expiry(Some(0), now, epoch), Ok(Some(now)));
+        assert_eq!(
+            apns_expiry(Some(1_000_060), now, epoch),
+            Ok(Some(now + Duration::from_secs(60)))
+        );
+        assert_eq!(apns_expiry(Some(1_000_000), now, epoch), Err(Expired));
+        assert_eq!(apns_expiry(Some(5), now, epoch), Err(Expired));
+
+        let render = |android: &str| {
+            let message = format!(r#"{{"message":{{"token":"","android":{android}}}}}"#);
+            let split = message.find(r#""token":""#).unwrap() + 9;
+            FcmRender {
+                prefix: bytes::Bytes::copy_from_slice(&message.as_bytes()[..split]),
+                suffix: bytes::Bytes::copy_from_slice(&message.as_bytes()[split..]),
+            }
+        };
+        assert_eq!(
+            fcm_ttl(&render(r#"{"ttl":"3600s"}"#)),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            fcm_ttl(&render(r#"{"ttl":"0.5s"}"#)),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(fcm_ttl(&render(r#"{"ttl":"0s"}"#)), Some(Duration::ZERO));
+        assert_eq!(fcm_ttl(&render(r#"{"priority":"high"}"#)), None);
+        assert_eq!(fcm_ttl(&render(r#"{"ttl":"soon"}"#)), None);
     }
 }

@@ -4,14 +4,24 @@
 //! the RPC link), registers with the controller, and serves `deliver` calls: each chunk's
 //! tokens go into the app's APNs or FCM client as many concurrent HTTP/2 streams, transient
 //! failures are retried with back-off inside the chunk, and one report per chunk goes back.
+//!
+//! Each app's provider has its own circuit breaker and rate limit on the agent (a "lane"),
+//! so that one app's trouble pauses that app alone. A chunk for an app whose breaker is open
+//! is refused (`ResourceExhausted`) after a short pause, so that the controller hands it out
+//! again instead of the chunk holding one of this agent's window slots.
 
+mod breaker;
 mod deliver;
+mod limit;
+mod retry;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use deliver::{Lane, Limits};
 
 use futures::StreamExt;
 use parking_lot::Mutex;
@@ -24,7 +34,16 @@ use volley_contracts::{
 };
 use volley_provider::tls::{ClientIdentity, TlsOptions};
 
-pub use deliver::RetryPolicy;
+pub use retry::RetryPolicy;
+
+/// How long a chunk for an app whose breaker is open waits before it is refused: long enough
+/// that refused chunks do not spin between the controller and the agent, short enough that
+/// the window slot is soon free for other apps' chunks.
+const REFUSE_PAUSE: Duration = Duration::from_millis(250);
+
+/// Time kept between a chunk's last send and the controller's deadline for it, on top of one
+/// request timeout.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 
 /// Why an agent could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -49,8 +68,24 @@ pub enum AgentError {
 #[derive(Clone)]
 struct AppClients {
     topic: Option<String>,
-    apns: Option<volley_apns::ApnsClient>,
-    fcm: Option<volley_fcm::FcmClient>,
+    apns: Option<(volley_apns::ApnsClient, Arc<Lane>)>,
+    fcm: Option<(volley_fcm::FcmClient, Arc<Lane>)>,
+}
+
+/// A breaker and a rate limit for one app's provider.
+fn lane(agent: &volley_config::AgentConfig, rate_limit: Option<u32>) -> Arc<Lane> {
+    let now = tokio::time::Instant::now();
+    // A probe unanswered after a whole request timeout was lost with its chunk.
+    let probe_timeout = agent.request_timeout + Duration::from_secs(1);
+    Arc::new(Lane {
+        breaker: Mutex::new(breaker::Breaker::new(
+            agent.breaker.clone(),
+            probe_timeout,
+            now,
+        )),
+        limit: rate_limit.map(|rate| limit::RateLimit::new(rate, now)),
+        max_wait: agent.breaker.max_wait,
+    })
 }
 
 /// Builds every app's clients from the configuration; errors name the key at fault.
@@ -118,10 +153,11 @@ fn app_clients(config: &Config, index: usize, app: &AppConfig) -> Result<AppClie
             client_config.connections = agent.connections;
             client_config.request_timeout = agent.request_timeout;
             client_config.tls = tls;
-            Some(
+            Some((
                 volley_apns::ApnsClient::new(client_config)
                     .map_err(|error| invalid("apns", error.to_string()))?,
-            )
+                lane(agent, apns.rate_limit_per_second),
+            ))
         }
     };
     let fcm = match &app.fcm {
@@ -144,10 +180,11 @@ fn app_clients(config: &Config, index: usize, app: &AppConfig) -> Result<AppClie
                 extra_ca_pem: fcm.ca_file.clone(),
                 ..TlsOptions::default()
             };
-            Some(
+            Some((
                 volley_fcm::FcmClient::new(client_config)
                     .map_err(|error| invalid("fcm", error.to_string()))?,
-            )
+                lane(agent, fcm.rate_limit_per_second),
+            ))
         }
     };
     Ok(AppClients {
@@ -163,13 +200,18 @@ struct AgentServer {
     apps: Arc<HashMap<String, AppClients>>,
     per_chunk_concurrency: usize,
     retry: RetryPolicy,
+    request_timeout: Duration,
+    /// When each chunk refused for an open breaker was first refused, so that a chunk is
+    /// not refused forever: past `agent.breaker.max_wait` it is taken and fails as
+    /// `CircuitOpen`.
+    refused: Arc<Mutex<HashMap<ChunkId, tokio::time::Instant>>>,
     draining: Arc<AtomicBool>,
     in_flight: Arc<AtomicUsize>,
     held: Arc<Mutex<HashMap<ChunkId, (u32, CancellationToken)>>>,
 }
 
 impl Agent for AgentServer {
-    async fn deliver(self, _: Context, chunk: Chunk) -> Result<ChunkReport, WireError> {
+    async fn deliver(self, context: Context, chunk: Chunk) -> Result<ChunkReport, WireError> {
         if self.draining.load(Ordering::Relaxed) {
             return Err(WireError::new(ErrorCode::Unavailable, "agent is draining"));
         }
@@ -178,7 +220,7 @@ impl Agent for AgentServer {
         self.held.lock().insert(id, (chunk.epoch, lease.clone()));
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let result = tokio::select! {
-            result = self.deliver_chunk(chunk) => result,
+            result = self.deliver_chunk(chunk, context.deadline) => result,
             // Dropping the delivery stops sending the rest of the chunk: it is another
             // agent's now.
             () = lease.cancelled() => {
@@ -217,7 +259,11 @@ impl AgentServer {
 }
 
 impl AgentServer {
-    async fn deliver_chunk(&self, chunk: Chunk) -> Result<ChunkReport, WireError> {
+    async fn deliver_chunk(
+        &self,
+        chunk: Chunk,
+        deadline: std::time::Instant,
+    ) -> Result<ChunkReport, WireError> {
         let no_credentials = |platform: &str| {
             WireError::new(
                 ErrorCode::NoCredentials,
@@ -231,29 +277,60 @@ impl AgentServer {
             .apps
             .get(&chunk.app)
             .ok_or_else(|| no_credentials("provider"))?;
+        let received = tokio::time::Instant::now();
+        // The controller gives up on the chunk at its deadline; the last send must be
+        // answered before then.
+        let deadline = tokio::time::Instant::from_std(deadline)
+            .checked_sub(self.request_timeout + DEADLINE_MARGIN)
+            .unwrap_or(received)
+            .max(received);
         let report = match &chunk.render {
             Render::Apns(render) => {
-                let client = app.apns.as_ref().ok_or_else(|| no_credentials("APNs"))?;
+                let (client, lane) = app.apns.as_ref().ok_or_else(|| no_credentials("APNs"))?;
+                let expiry =
+                    match deliver::apns_expiry(render.expiration, received, SystemTime::now()) {
+                        Ok(expiry) => expiry,
+                        Err(deliver::Expired) => {
+                            return Ok(deliver::expired_report(chunk.tokens.len()))
+                        }
+                    };
+                let waited = self.admit_chunk(&chunk, "APNs", lane).await?;
                 let prepared = deliver::prepare_apns(
                     app.topic.as_deref().unwrap_or(""),
                     render,
                     chunk.collapse_id.as_deref(),
                 )?;
+                let limits = Limits {
+                    deadline,
+                    expiry,
+                    waited,
+                };
                 deliver::deliver_all(
                     &chunk.tokens,
                     self.per_chunk_concurrency,
                     self.retry,
+                    lane,
+                    limits,
                     |token| client.send(token, &prepared),
                 )
                 .await
             }
             Render::Fcm(render) => {
-                let client = app.fcm.as_ref().ok_or_else(|| no_credentials("FCM"))?;
+                let (client, lane) = app.fcm.as_ref().ok_or_else(|| no_credentials("FCM"))?;
+                let expiry = deliver::fcm_ttl(render).map(|ttl| received + ttl);
+                let waited = self.admit_chunk(&chunk, "FCM", lane).await?;
                 let prepared = deliver::prepare_fcm(render, chunk.collapse_id.as_deref())?;
+                let limits = Limits {
+                    deadline,
+                    expiry,
+                    waited,
+                };
                 deliver::deliver_all(
                     &chunk.tokens,
                     self.per_chunk_concurrency,
                     self.retry,
+                    lane,
+                    limits,
                     |token| client.send(token, &prepared),
                 )
                 .await
@@ -261,6 +338,53 @@ impl AgentServer {
         };
         tracing::debug!(chunk = %chunk.id, tokens = chunk.tokens.len(), delivered = report.delivered, "chunk delivered");
         Ok(report)
+    }
+
+    /// Takes a chunk, or refuses it while its app's breaker is open so that the controller
+    /// hands it out again (to another agent, or to this one later). Returns how long the chunk
+    /// has been waiting for the breaker.
+    ///
+    /// The refusal comes after a short pause, so that a refused chunk does not spin between
+    /// the controller and the agent. A chunk refused for longer than `agent.breaker.max_wait`
+    /// is taken: its notifications then fail as `CircuitOpen` if the breaker is still open.
+    async fn admit_chunk(
+        &self,
+        chunk: &Chunk,
+        provider: &str,
+        lane: &Lane,
+    ) -> Result<Duration, WireError> {
+        let now = tokio::time::Instant::now();
+        let Some(until) = lane.breaker.lock().open_until(now) else {
+            let first = self.refused.lock().remove(&chunk.id);
+            return Ok(first.map_or(Duration::ZERO, |first| now - first));
+        };
+        let first = {
+            let mut refused = self.refused.lock();
+            if refused.len() >= 4096 {
+                // Chunks finished elsewhere leave entries behind; forget the old ones.
+                let horizon = lane.max_wait * 2;
+                refused.retain(|_, first| now.saturating_duration_since(*first) < horizon);
+            }
+            *refused.entry(chunk.id).or_insert(now)
+        };
+        if now - first >= lane.max_wait {
+            self.refused.lock().remove(&chunk.id);
+            return Ok(now - first);
+        }
+        tokio::time::sleep_until(until.min(now + REFUSE_PAUSE)).await;
+        let now = tokio::time::Instant::now();
+        if lane.breaker.lock().open_until(now).is_none() {
+            self.refused.lock().remove(&chunk.id);
+            return Ok(now - first);
+        }
+        tracing::info!(chunk = %chunk.id, app = %chunk.app, provider, "circuit open; chunk refused");
+        Err(WireError::new(
+            ErrorCode::ResourceExhausted,
+            format!(
+                "app {:?}: {provider} sends are paused on this agent (circuit open)",
+                chunk.app
+            ),
+        ))
     }
 }
 
@@ -285,9 +409,11 @@ pub async fn run(
         per_chunk_concurrency: (agent.concurrency / agent.window as usize).max(1),
         retry: RetryPolicy {
             max_attempts: agent.max_attempts,
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(30),
+            base_delay: agent.retry_base_delay,
+            max_delay: agent.retry_max_delay,
         },
+        request_timeout: agent.request_timeout,
+        refused: Arc::default(),
         draining: Arc::new(AtomicBool::new(false)),
         in_flight: Arc::new(AtomicUsize::new(0)),
         held: Arc::default(),

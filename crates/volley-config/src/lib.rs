@@ -231,6 +231,15 @@ pub struct AgentConfig {
     pub request_timeout: Duration,
     /// Attempts per notification for transient failures (1 = no retry).
     pub max_attempts: u32,
+    /// The back-off ceiling before the first retry; it doubles with each retry (full jitter:
+    /// the wait is drawn uniformly below the ceiling).
+    #[serde(with = "humantime_serde")]
+    pub retry_base_delay: Duration,
+    /// The largest back-off ceiling; a longer `Retry-After` from the provider is still honoured.
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
+    /// The circuit breaker each app and provider has on this agent.
+    pub breaker: BreakerConfig,
     /// How often the agent tells the controller it is alive.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
@@ -251,8 +260,55 @@ impl Default for AgentConfig {
             connections: 4,
             request_timeout: Duration::from_secs(10),
             max_attempts: 3,
+            retry_base_delay: Duration::from_millis(200),
+            retry_max_delay: Duration::from_secs(30),
+            breaker: BreakerConfig::default(),
             heartbeat_interval: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// When an app's provider is paused on an agent: a circuit breaker per app and provider.
+///
+/// It opens when, over the last `window`, at least `min_requests` answers came back and at
+/// least `failure_ratio` of them were transient or credential failures, or after
+/// `credential_failures` credential errors in a row. Open, it sends nothing for `cool_down`,
+/// then lets one probe through: a good answer closes it, a failure opens it again for twice
+/// as long (at most `max_cool_down`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// The sliding window over which answers are counted.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Fewest answers in the window before the failure ratio counts.
+    pub min_requests: u32,
+    /// Share of failed answers in the window (0 < ratio ≤ 1) that opens the breaker.
+    pub failure_ratio: f64,
+    /// Credential errors in a row that open the breaker.
+    pub credential_failures: u32,
+    /// How long the breaker stays open before its first probe.
+    #[serde(with = "humantime_serde")]
+    pub cool_down: Duration,
+    /// The longest cool-down after failed probes.
+    #[serde(with = "humantime_serde")]
+    pub max_cool_down: Duration,
+    /// Longest a notification waits for an open breaker before it fails as `CircuitOpen`.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            window: Duration::from_secs(10),
+            min_requests: 20,
+            failure_ratio: 0.5,
+            credential_failures: 3,
+            cool_down: Duration::from_secs(2),
+            max_cool_down: Duration::from_secs(60),
+            max_wait: Duration::from_secs(60),
         }
     }
 }
@@ -293,6 +349,9 @@ pub struct ApnsAppConfig {
     pub cert_key_file: Option<PathBuf>,
     /// Extra CA certificates to trust (a fake's CA).
     pub ca_file: Option<PathBuf>,
+    /// Most APNs requests per second for this app from each agent (none by default).
+    #[serde(default)]
+    pub rate_limit_per_second: Option<u32>,
 }
 
 fn default_apns_endpoint() -> String {
@@ -315,6 +374,10 @@ pub struct FcmAppConfig {
     /// Token URIs trusted besides Google's (a fake's OAuth endpoint).
     #[serde(default)]
     pub allowed_token_uris: Vec<String>,
+    /// Most FCM requests per second for this app from each agent (none by default; FCM's
+    /// default quota is 600,000 messages a minute per project, shared by every agent).
+    #[serde(default)]
+    pub rate_limit_per_second: Option<u32>,
 }
 
 fn default_fcm_endpoint() -> String {
@@ -387,6 +450,23 @@ impl Config {
                     format!("{key}.api_keys"),
                     "every API key must be at least 16 characters",
                 ));
+            }
+            for (provider, limit) in [
+                (
+                    "apns",
+                    app.apns.as_ref().and_then(|a| a.rate_limit_per_second),
+                ),
+                (
+                    "fcm",
+                    app.fcm.as_ref().and_then(|f| f.rate_limit_per_second),
+                ),
+            ] {
+                if limit == Some(0) {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.{provider}.rate_limit_per_second"),
+                        "must be at least 1 (leave it out for no limit)",
+                    ));
+                }
             }
             if let Some(apns) = &app.apns {
                 let key = format!("{key}.apns");
@@ -485,6 +565,15 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.agent.retry_base_delay.is_zero()
+            || self.agent.retry_base_delay > self.agent.retry_max_delay
+        {
+            return Err(ConfigError::invalid(
+                "agent.retry_base_delay",
+                "must be above 0 and at most agent.retry_max_delay",
+            ));
+        }
+        self.agent.breaker.validate()?;
         Ok(())
     }
 
@@ -496,6 +585,34 @@ impl Config {
     /// The effective configuration as TOML, secrets redacted.
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|error| format!("# cannot print: {error}"))
+    }
+}
+
+impl BreakerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("agent.breaker.{field}");
+        if self.window.is_zero() {
+            return Err(ConfigError::invalid(key("window"), "must be above 0"));
+        }
+        if !(self.failure_ratio > 0.0 && self.failure_ratio <= 1.0) {
+            return Err(ConfigError::invalid(
+                key("failure_ratio"),
+                "must be above 0 and at most 1",
+            ));
+        }
+        if self.credential_failures == 0 {
+            return Err(ConfigError::invalid(
+                key("credential_failures"),
+                "must be at least 1",
+            ));
+        }
+        if self.cool_down.is_zero() || self.cool_down > self.max_cool_down {
+            return Err(ConfigError::invalid(
+                key("cool_down"),
+                "must be above 0 and at most agent.breaker.max_cool_down",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -551,6 +668,46 @@ mod tests {
         assert_eq!(config.controller.chunk_size, 500);
         assert_eq!(config.controller.heartbeat_timeout, Duration::from_secs(3));
         assert_eq!(config.agent.window, AgentConfig::default().window);
+    }
+
+    #[test]
+    fn retry_breaker_and_rate_limit_keys_parse_and_are_checked() {
+        let text = format!(
+            "{GOOD}\nrate_limit_per_second = 500\n[agent]\nretry_base_delay = \"50ms\"\n[agent.breaker]\ncool_down = \"1s\"\nfailure_ratio = 0.25\n"
+        );
+        let config = Config::from_toml(&text).unwrap();
+        config.validate().unwrap();
+        let apns = config.apps[0].apns.as_ref().unwrap();
+        assert_eq!(apns.rate_limit_per_second, Some(500));
+        assert_eq!(config.agent.retry_base_delay, Duration::from_millis(50));
+        assert_eq!(config.agent.breaker.cool_down, Duration::from_secs(1));
+        assert_eq!(config.agent.breaker.failure_ratio, 0.25);
+        assert_eq!(config.agent.breaker.min_requests, 20);
+
+        for (bad, key) in [
+            (
+                "rate_limit_per_second = 0",
+                "apps[0].apns.rate_limit_per_second",
+            ),
+            (
+                "[agent.breaker]\nfailure_ratio = 1.5",
+                "agent.breaker.failure_ratio",
+            ),
+            (
+                "[agent.breaker]\ncool_down = \"2m\"",
+                "agent.breaker.cool_down",
+            ),
+            (
+                "[agent]\nretry_base_delay = \"0s\"",
+                "agent.retry_base_delay",
+            ),
+        ] {
+            let error = Config::from_toml(&format!("{GOOD}\n{bad}"))
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(error.to_string().contains(key), "{error}");
+        }
     }
 
     #[test]
