@@ -129,6 +129,7 @@ impl Cluster {
                 cert_file: None,
                 cert_key_file: None,
                 ca_file: Some(fake_apns.ca_pem_path().to_path_buf()),
+                rate_limit_per_second: None,
             }),
             fcm: Some(FcmAppConfig {
                 service_account_file,
@@ -136,6 +137,7 @@ impl Cluster {
                 endpoint: fake_fcm.endpoint(),
                 ca_file: Some(fake_fcm.ca_pem_path().to_path_buf()),
                 allowed_token_uris: vec![fake_fcm.token_uri()],
+                rate_limit_per_second: None,
             }),
         });
         (options.tweak)(&mut config);
