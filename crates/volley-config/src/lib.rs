@@ -135,6 +135,13 @@ pub struct FrontConfig {
     /// How long a draining front keeps finishing in-flight requests.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Requests per second allowed per API key (token bucket; `apps.requests_per_second`
+    /// overrides it per app). Above it the front answers 429 with `Retry-After`. Unset: no
+    /// limit.
+    pub key_requests_per_second: Option<f64>,
+    /// Requests a key may send at once above its rate (the bucket's size); 0 = one second's
+    /// worth of its rate.
+    pub key_burst: u32,
 }
 
 impl Default for FrontConfig {
@@ -147,6 +154,8 @@ impl Default for FrontConfig {
             default_app: None,
             compat_require_api_key: true,
             shutdown_grace: Duration::from_secs(10),
+            key_requests_per_second: None,
+            key_burst: 0,
         }
     }
 }
@@ -326,6 +335,45 @@ pub struct AppConfig {
     pub apns: Option<ApnsAppConfig>,
     /// FCM credentials, when the app sends through Firebase.
     pub fcm: Option<FcmAppConfig>,
+    /// Requests per second allowed per API key of this app (overrides
+    /// `front.key_requests_per_second`).
+    #[serde(default)]
+    pub requests_per_second: Option<f64>,
+    /// Where the controller posts the tokens providers call invalid.
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// An app's invalid-token webhook: batches of invalid tokens POSTed as JSON, signed with
+/// HMAC-SHA256 (`X-Volley-Signature: sha256=<hex>`), retried until acknowledged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// The receiver, `http://host:port/path` (plain HTTP only).
+    pub url: String,
+    /// The HMAC-SHA256 key the signature is made with (at least 16 characters).
+    pub secret: Secret,
+    /// Most tokens in one POST.
+    #[serde(default = "default_webhook_batch_size")]
+    pub batch_size: usize,
+    /// How long one POST may take.
+    #[serde(default = "default_webhook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The longest pause between attempts (back-off doubles from 100 ms up to it).
+    #[serde(default = "default_webhook_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+fn default_webhook_batch_size() -> usize {
+    500
+}
+
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_webhook_max_backoff() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// An app's APNs settings.
@@ -451,6 +499,36 @@ impl Config {
                     "every API key must be at least 16 characters",
                 ));
             }
+            if let Some(rate) = app.requests_per_second {
+                if !(rate.is_finite() && rate > 0.0) {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.requests_per_second"),
+                        "must be a positive number",
+                    ));
+                }
+            }
+            if let Some(webhook) = &app.webhook {
+                let key = format!("{key}.webhook");
+                let rest = webhook.url.strip_prefix("http://").unwrap_or_default();
+                if rest.is_empty() || rest.starts_with('/') {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.url"),
+                        "must be an http://host[:port][/path] url (https is not supported)",
+                    ));
+                }
+                if webhook.secret.expose().len() < 16 {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.secret"),
+                        "must be at least 16 characters",
+                    ));
+                }
+                if webhook.batch_size == 0 || webhook.batch_size > 10_000 {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.batch_size"),
+                        "must be between 1 and 10000",
+                    ));
+                }
+            }
             for (provider, limit) in [
                 (
                     "apns",
@@ -517,6 +595,14 @@ impl Config {
                 return Err(ConfigError::invalid(
                     "front.default_app",
                     format!("no app named {default:?}"),
+                ));
+            }
+        }
+        if let Some(rate) = self.front.key_requests_per_second {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(ConfigError::invalid(
+                    "front.key_requests_per_second",
+                    "must be a positive number",
                 ));
             }
         }
@@ -668,6 +754,29 @@ mod tests {
         assert_eq!(config.controller.chunk_size, 500);
         assert_eq!(config.controller.heartbeat_timeout, Duration::from_secs(3));
         assert_eq!(config.agent.window, AgentConfig::default().window);
+    }
+
+    #[test]
+    fn a_webhook_parses_redacts_its_secret_and_is_checked() {
+        let text = format!(
+            "{GOOD}\n[apps.webhook]\nurl = \"http://127.0.0.1:9/hook\"\nsecret = \"webhook-secret-0123456789\"\n"
+        )
+        .replace(
+            "api_keys = [",
+            "requests_per_second = 5.0\n        api_keys = [",
+        );
+        let config = Config::from_toml(&text).unwrap();
+        config.validate().unwrap();
+        let webhook = config.apps[0].webhook.as_ref().unwrap();
+        assert_eq!(webhook.batch_size, 500);
+        assert_eq!(config.apps[0].requests_per_second, Some(5.0));
+        assert!(!config
+            .to_redacted_toml()
+            .contains("webhook-secret-0123456789"));
+
+        let https = text.replace("http://127.0.0.1:9/hook", "https://example.com/hook");
+        let error = Config::from_toml(&https).unwrap().validate().unwrap_err();
+        assert!(error.to_string().contains("apps[0].webhook.url"), "{error}");
     }
 
     #[test]

@@ -386,6 +386,91 @@ pub struct AppCounters {
     pub error: u64,
 }
 
+/// Final outcomes of one app and provider, by outcome and reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeCount {
+    /// The app.
+    pub app: String,
+    /// The provider.
+    pub platform: Platform,
+    /// `delivered`, `invalid`, `failed` or `cancelled`.
+    pub outcome: String,
+    /// For `failed`: `transient`, `credential`, `bad_request` (or `internal`); empty otherwise.
+    pub class: String,
+    /// The provider's reason, verbatim (`Unregistered`, `UNREGISTERED`...); empty for
+    /// `delivered` and `cancelled`.
+    pub reason: String,
+    /// How many notifications ended so.
+    pub count: u64,
+}
+
+/// Upper bounds, in milliseconds, of the delivery-latency histogram buckets (the last bucket,
+/// `+Inf`, is implicit).
+pub const LATENCY_BUCKETS_MS: [u64; 14] = [
+    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000,
+];
+
+/// A latency histogram over [`LATENCY_BUCKETS_MS`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative): one per bound of [`LATENCY_BUCKETS_MS`],
+    /// then one for `+Inf`.
+    pub buckets: Vec<u64>,
+    /// Sum of all observations, in milliseconds.
+    pub sum_ms: u64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&mut self, ms: u64) {
+        if self.buckets.len() != LATENCY_BUCKETS_MS.len() + 1 {
+            self.buckets = vec![0; LATENCY_BUCKETS_MS.len() + 1];
+        }
+        let slot = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|bound| ms <= *bound)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        self.buckets[slot] += 1;
+        self.sum_ms += ms;
+        self.count += 1;
+    }
+}
+
+/// A delivery-latency histogram of one app (and provider, for chunks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatencyStat {
+    /// The app.
+    pub app: String,
+    /// The provider; `None` for whole jobs (which may span both).
+    pub platform: Option<Platform>,
+    /// The observations.
+    pub histogram: Histogram,
+}
+
+/// Submissions the controller refused, by reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectionCount {
+    /// `overloaded` (pending limit), `draining`, `too_large`, `store` (commit failed).
+    pub reason: String,
+    /// How many submissions were refused so.
+    pub count: u64,
+}
+
+/// Invalid-token webhook deliveries of one app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookStat {
+    /// The app.
+    pub app: String,
+    /// Batches waiting to be acknowledged by the receiver.
+    pub pending_batches: u64,
+    /// Batches the receiver acknowledged.
+    pub delivered_batches: u64,
+    /// Attempts that failed (and were retried).
+    pub failed_attempts: u64,
+}
+
 /// The controller's view of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStats {
@@ -403,6 +488,33 @@ pub struct ClusterStats {
     pub apps: Vec<AppCounters>,
     /// Chunks handed to another agent after theirs failed.
     pub chunks_redispatched: u64,
+    /// `controller.max_pending_notifications`: above it, submissions are refused (503).
+    pub max_pending_notifications: u64,
+    /// Chunks handed back by agents and waiting for another one.
+    pub handed_back_chunks: u64,
+    /// Submissions refused, by reason.
+    pub rejections: Vec<RejectionCount>,
+    /// Final outcomes per app, provider and reason.
+    pub outcomes: Vec<OutcomeCount>,
+    /// Job latency (accepted → every notification final), per app.
+    pub job_latency: Vec<LatencyStat>,
+    /// Chunk latency (handed to an agent → reported), per app and provider.
+    pub chunk_latency: Vec<LatencyStat>,
+    /// Invalid-token webhook deliveries, per app with a webhook.
+    pub webhooks: Vec<WebhookStat>,
+}
+
+/// One page of a job's invalid tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvalidTokenPage {
+    /// The job's app (the front checks ownership with it).
+    pub app: String,
+    /// Invalid tokens the job has so far.
+    pub total: u64,
+    /// The page, in the order the reports arrived.
+    pub tokens: Vec<InvalidToken>,
+    /// The offset of the next page; `None` when this page reaches the end.
+    pub next: Option<u64>,
 }
 
 /// The class of a wire error; the front maps it onto one HTTP status.
@@ -414,12 +526,15 @@ pub enum ErrorCode {
     NotFound,
     /// The node is shutting down or not ready (503).
     Unavailable,
-    /// A queue or limit is full (429 or 503 with Retry-After).
+    /// A per-caller limit is reached (429 with Retry-After).
     ResourceExhausted,
     /// The receiving node has no credentials for the app (409).
     NoCredentials,
     /// A bug or an unexpected failure (500).
     Internal,
+    /// The system is full (pending notifications at their limit): retry later (503 with
+    /// Retry-After). Nothing was queued.
+    Overloaded,
 }
 
 impl ErrorCode {
@@ -432,6 +547,7 @@ impl ErrorCode {
             ErrorCode::ResourceExhausted => 429,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
+            ErrorCode::Overloaded => 503,
         }
     }
 }
@@ -465,6 +581,12 @@ pub trait Controller {
     async fn status(id: JobId, invalid_limit: u32) -> Result<JobStatus, WireError>;
     /// Cancels what has not been handed to an agent yet.
     async fn cancel(id: JobId) -> Result<JobStatus, WireError>;
+    /// Up to `limit` of a job's invalid tokens from position `offset`.
+    async fn invalid_tokens(
+        id: JobId,
+        offset: u64,
+        limit: u32,
+    ) -> Result<InvalidTokenPage, WireError>;
     /// Queue depth, agents and counters.
     async fn stats() -> ClusterStats;
     /// An agent joins the cluster.

@@ -8,8 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::store::StoredJob;
 use parking_lot::Mutex;
 use volley_contracts::{
-    ApnsRender, Chunk, ChunkId, ChunkReport, FailureCount, FcmRender, InvalidToken, JobId,
-    JobState, JobStatus, Platform, Render, SubmitJob, TokenList,
+    ApnsRender, Chunk, ChunkId, ChunkReport, FailureCount, FcmRender, InvalidToken,
+    InvalidTokenPage, JobId, JobState, JobStatus, Platform, Render, SubmitJob, TokenList,
 };
 
 /// Milliseconds since the epoch.
@@ -73,6 +73,8 @@ pub(crate) struct ChunkTotals {
     pub(crate) success: u64,
     pub(crate) error: u64,
     pub(crate) finished_job: bool,
+    /// Where this chunk's invalid tokens start in the job's list.
+    pub(crate) invalid_start: usize,
 }
 
 impl Job {
@@ -234,6 +236,7 @@ impl Job {
         progress.failed += report.failed.len() as u64;
         progress.possible_duplicates += u64::from(report.possible_duplicates);
         progress.cancelled += u64::from(report.cancelled);
+        let invalid_start = progress.invalid_tokens.len();
         for (index, reason, timestamp_ms) in &report.invalid {
             let token = tokens
                 .get(spec.range.start + *index as usize)
@@ -257,7 +260,35 @@ impl Job {
             success: u64::from(report.delivered),
             error,
             finished_job: self.finish_chunk(&mut progress),
+            invalid_start,
         })
+    }
+
+    /// `count` invalid tokens from position `start` of the job's list.
+    pub(crate) fn invalid_slice(&self, start: usize, count: usize) -> Vec<InvalidToken> {
+        let progress = self.progress.lock();
+        let end = (start + count).min(progress.invalid_tokens.len());
+        progress
+            .invalid_tokens
+            .get(start.min(end)..end)
+            .map(<[InvalidToken]>::to_vec)
+            .unwrap_or_default()
+    }
+
+    /// A page of the job's invalid tokens, in the order the reports arrived.
+    pub(crate) fn invalid_page(&self, offset: u64, limit: u32) -> InvalidTokenPage {
+        let progress = self.progress.lock();
+        let total = progress.invalid_tokens.len() as u64;
+        let start = offset.min(total) as usize;
+        let end = (start + limit as usize).min(progress.invalid_tokens.len());
+        let tokens = progress.invalid_tokens[start..end].to_vec();
+        let end = end as u64;
+        InvalidTokenPage {
+            app: self.app.clone(),
+            total,
+            next: (end < total).then_some(end),
+            tokens,
+        }
     }
 
     /// Records that a chunk is going out again after its agent was lost mid-chunk.

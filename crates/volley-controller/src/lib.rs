@@ -14,6 +14,7 @@
 
 mod job;
 mod store;
+mod webhook;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,10 +28,12 @@ use parking_lot::Mutex;
 use tarpc::context::Context;
 use tarpc::server::{BaseChannel, Channel};
 use tokio_util::sync::CancellationToken;
-use volley_config::ControllerConfig;
+use volley_config::{Config, ControllerConfig};
 use volley_contracts::{
-    AgentClient, AgentId, AgentInfo, AgentStat, AppCounters, ChunkId, ClusterStats, Controller,
-    ErrorCode, Held, JobAccepted, JobId, JobStatus, Platform, Registration, SubmitJob, WireError,
+    AgentClient, AgentId, AgentInfo, AgentStat, AppCounters, ChunkFailure, ChunkId, ChunkReport,
+    ClusterStats, Controller, ErrorCode, Held, Histogram, InvalidTokenPage, JobAccepted, JobId,
+    JobStatus, LatencyStat, OutcomeCount, Platform, Registration, RejectionCount, SubmitJob,
+    WireError,
 };
 
 use crate::job::{ChunkSpec, Job};
@@ -69,6 +72,39 @@ struct Lease {
     lost: CancellationToken,
 }
 
+/// Why a submission was refused, as counted in the stats.
+#[derive(Debug, Clone, Copy)]
+enum Rejection {
+    Overloaded,
+    Draining,
+    TooLarge,
+    Empty,
+    Store,
+}
+
+impl Rejection {
+    const ALL: [Rejection; 5] = [
+        Rejection::Overloaded,
+        Rejection::Draining,
+        Rejection::TooLarge,
+        Rejection::Empty,
+        Rejection::Store,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Overloaded => "overloaded",
+            Rejection::Draining => "draining",
+            Rejection::TooLarge => "too_large",
+            Rejection::Empty => "empty",
+            Rejection::Store => "store",
+        }
+    }
+}
+
+/// (app, platform, outcome, class, reason) of the per-reason counters.
+type OutcomeKey = (String, Platform, &'static str, String, String);
+
 /// A registered agent.
 #[derive(Debug)]
 struct AgentEntry {
@@ -101,6 +137,16 @@ struct State {
     pending_notifications: AtomicU64,
     redispatched: AtomicU64,
     counters: Mutex<HashMap<(String, Platform), (u64, u64)>>,
+    /// Final outcomes by app, provider and reason.
+    outcomes: Mutex<HashMap<OutcomeKey, u64>>,
+    /// Submissions refused, indexed like [`Rejection::ALL`].
+    rejections: [AtomicU64; Rejection::ALL.len()],
+    /// Accepted → finished, per app.
+    job_latency: Mutex<HashMap<String, Histogram>>,
+    /// Handed out → reported, per app and provider.
+    chunk_latency: Mutex<HashMap<(String, Platform), Histogram>>,
+    /// Invalid-token webhooks.
+    outbox: webhook::Outbox,
     /// Cancelled on the first shutdown signal: no new job, no new hand-out.
     draining: CancellationToken,
     /// Cancelled when the controller stops.
@@ -121,8 +167,10 @@ impl ControllerHandle {
 }
 
 /// Runs a controller on `listener` until `shutdown` resolves.
+///
+/// It reads `config.controller` and, from `config.apps`, each app's invalid-token webhook.
 pub async fn run(
-    config: ControllerConfig,
+    config: Config,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
@@ -160,10 +208,16 @@ pub async fn run(
 
 /// Starts a controller's tasks; returns its handle and the future that serves connections.
 pub fn start(
-    config: ControllerConfig,
+    config: Config,
     listener: tokio::net::TcpListener,
 ) -> Result<(ControllerHandle, impl Future<Output = ()> + Send), ControllerError> {
     let local: SocketAddr = listener.local_addr()?;
+    let webhooks = config
+        .apps
+        .iter()
+        .filter_map(|app| Some((app.name.clone(), app.webhook.clone()?)))
+        .collect();
+    let config = config.controller;
     let (store, recovered) = Store::open(&config.data_dir)?;
     let (queue_tx, queue_rx) = async_channel::bounded(config.queue_chunks);
     let (retry_tx, retry_rx) = async_channel::unbounded();
@@ -185,9 +239,18 @@ pub fn start(
         pending_notifications: AtomicU64::new(0),
         redispatched: AtomicU64::new(0),
         counters: Mutex::default(),
+        outcomes: Mutex::default(),
+        rejections: std::array::from_fn(|_| AtomicU64::new(0)),
+        job_latency: Mutex::default(),
+        chunk_latency: Mutex::default(),
+        outbox: webhook::Outbox::new(webhooks),
         shutdown,
     });
     state.restore(recovered.jobs);
+    state.outbox.restore(&state.store, recovered.webhook);
+    state
+        .outbox
+        .spawn_senders(state.store.clone(), state.shutdown.clone());
     tokio::spawn(watch_agents(state.clone()));
     tokio::spawn(watch_leases(state.clone()));
     tokio::spawn(expire_jobs(state.clone()));
@@ -239,6 +302,16 @@ impl Controller for ControllerServer {
     ) -> Result<JobStatus, WireError> {
         let job = self.state.job(id)?;
         Ok(job.status(invalid_limit as usize))
+    }
+
+    async fn invalid_tokens(
+        self,
+        _: Context,
+        id: JobId,
+        offset: u64,
+        limit: u32,
+    ) -> Result<InvalidTokenPage, WireError> {
+        Ok(self.state.job(id)?.invalid_page(offset, limit))
     }
 
     async fn cancel(self, _: Context, id: JobId) -> Result<JobStatus, WireError> {
@@ -295,15 +368,17 @@ impl State {
 
     async fn submit(self: &Arc<Self>, submit: SubmitJob) -> Result<JobAccepted, WireError> {
         if self.draining.is_cancelled() {
-            return Err(WireError::new(
+            return Err(self.reject(
+                Rejection::Draining,
                 ErrorCode::Unavailable,
-                "controller is shutting down",
+                "controller is shutting down".into(),
             ));
         }
         if submit.is_empty() {
-            return Err(WireError::new(
+            return Err(self.reject(
+                Rejection::Empty,
                 ErrorCode::InvalidArgument,
-                "the job has no token",
+                "the job has no token".into(),
             ));
         }
         let now = job::now_ms();
@@ -323,29 +398,32 @@ impl State {
             }
         }
         let size = submit.len() as u64;
-        let pending = self.pending_notifications.load(Ordering::Relaxed);
-        if pending + size > self.config.max_pending_notifications {
-            return Err(WireError::new(
-                ErrorCode::ResourceExhausted,
-                format!(
-                    "{pending} notifications are pending; the limit is {}",
-                    self.config.max_pending_notifications
-                ),
-            ));
-        }
+        self.reserve(size)?;
         let id = JobId::new();
         let idempotency_key = submit.idempotency_key.clone();
         let chunk_size = self.config.chunk_size;
-        let record = serialize_record(&submit, chunk_size, now)?;
+        let record = match serialize_record(&submit, chunk_size, now) {
+            Ok(record) => record,
+            Err(error) => {
+                self.pending_notifications
+                    .fetch_sub(size, Ordering::Relaxed);
+                return Err(error);
+            }
+        };
         // The job is on disk before the front may answer 2xx.
-        self.store
+        let written = self
+            .store
             .write(Write::Job {
                 id,
                 record,
                 idempotency: idempotency_key.clone().map(|key| (key, now)),
             })
-            .await
-            .map_err(|error| WireError::new(ErrorCode::Unavailable, error.to_string()))?;
+            .await;
+        if let Err(error) = written {
+            self.pending_notifications
+                .fetch_sub(size, Ordering::Relaxed);
+            return Err(self.reject(Rejection::Store, ErrorCode::Unavailable, error.to_string()));
+        }
         let (job, specs) = Job::new(id, submit, chunk_size, now);
         let job = Arc::new(job);
         if let Some(key) = idempotency_key {
@@ -356,11 +434,42 @@ impl State {
         Ok(JobAccepted { id, accepted: size })
     }
 
-    /// Makes a job known and feeds its chunks into the shared channel.
+    /// Counts a refused submission and builds its error.
+    fn reject(&self, why: Rejection, code: ErrorCode, message: String) -> WireError {
+        self.rejections[why as usize].fetch_add(1, Ordering::Relaxed);
+        WireError::new(code, message)
+    }
+
+    /// Takes room for `size` notifications under `controller.max_pending_notifications`, or
+    /// refuses: the check and the addition are one atomic step, so concurrent submissions
+    /// can never take the pending count past the limit together.
+    fn reserve(&self, size: u64) -> Result<(), WireError> {
+        let max = self.config.max_pending_notifications;
+        if size > max {
+            return Err(self.reject(
+                Rejection::TooLarge,
+                ErrorCode::InvalidArgument,
+                format!("the job has {size} notifications, above controller.max_pending_notifications ({max})"),
+            ));
+        }
+        let reserved = self.pending_notifications.fetch_update(
+            Ordering::AcqRel,
+            Ordering::Acquire,
+            |pending| (pending + size <= max).then_some(pending + size),
+        );
+        match reserved {
+            Ok(_) => Ok(()),
+            Err(pending) => Err(self.reject(
+                Rejection::Overloaded,
+                ErrorCode::Overloaded,
+                format!("{pending} notifications are pending; the limit is {max}"),
+            )),
+        }
+    }
+
+    /// Makes a job known and feeds its chunks into the shared channel (their notifications
+    /// are already counted as pending).
     fn enqueue(self: &Arc<Self>, job: Arc<Job>, chunks: Vec<(ChunkSpec, u32)>) {
-        let pending: u64 = chunks.iter().map(|(spec, _)| spec.len() as u64).sum();
-        self.pending_notifications
-            .fetch_add(pending, Ordering::Relaxed);
         self.jobs.lock().insert(job.id, job.clone());
         if chunks.is_empty() {
             return;
@@ -386,6 +495,9 @@ impl State {
         let mut resumed = 0;
         for stored in jobs {
             let (job, chunks) = Job::restore(stored);
+            let pending: u64 = chunks.iter().map(|(spec, _)| spec.len() as u64).sum();
+            self.pending_notifications
+                .fetch_add(pending, Ordering::Relaxed);
             if !chunks.is_empty() {
                 resumed += 1;
                 tracing::info!(job = %job.id, app = %job.app, chunks = chunks.len(), "resuming job");
@@ -465,18 +577,80 @@ impl State {
         let _ = self.retry_tx.try_send(work);
     }
 
-    fn record(&self, work: &Work, report: &volley_contracts::ChunkReport) {
-        let Some(totals) = work.job.apply_report(&work.spec, report) else {
+    fn record(&self, work: &Work, report: &ChunkReport) {
+        let report = balanced(report, work.spec.len());
+        let Some(totals) = work.job.apply_report(&work.spec, &report) else {
             return;
         };
-        if let Ok(report) = bincode::serialize(report) {
+        let mut entries = Vec::new();
+        if !report.invalid.is_empty() && self.outbox.has(&work.job.app) {
+            let tokens = work
+                .job
+                .invalid_slice(totals.invalid_start, report.invalid.len());
+            entries = self
+                .outbox
+                .entries_for(&work.job.app, work.job.id, work.spec.index, tokens);
+        }
+        if let Ok(bytes) = bincode::serialize(&report) {
+            let webhook = entries
+                .iter()
+                .filter_map(|(key, entry)| Some((*key, bincode::serialize(entry).ok()?)))
+                .collect();
             self.store.write_later(Write::Done {
                 id: work.job.id,
                 index: work.spec.index,
-                report,
+                report: bytes,
+                webhook,
             });
         }
+        // Queued after the report's write, so an acknowledgement is always applied after it.
+        self.outbox.push(entries);
+        self.count_outcomes(work, &report);
         self.finish_chunk(work, totals);
+    }
+
+    /// Adds a chunk's final outcomes to the per-reason counters.
+    fn count_outcomes(&self, work: &Work, report: &ChunkReport) {
+        type Tally<'a> = Vec<(&'static str, &'a str, &'a str, u64)>;
+        fn add<'a>(
+            tally: &mut Tally<'a>,
+            outcome: &'static str,
+            class: &'a str,
+            reason: &'a str,
+            n: u64,
+        ) {
+            if n == 0 {
+                return;
+            }
+            match tally
+                .iter_mut()
+                .find(|(o, c, r, _)| *o == outcome && *c == class && *r == reason)
+            {
+                Some(slot) => slot.3 += n,
+                None => tally.push((outcome, class, reason, n)),
+            }
+        }
+        let mut local: Tally<'_> = Vec::new();
+        add(&mut local, "delivered", "", "", u64::from(report.delivered));
+        add(&mut local, "cancelled", "", "", u64::from(report.cancelled));
+        for (_, reason, _) in &report.invalid {
+            add(&mut local, "invalid", "", reason, 1);
+        }
+        for failure in &report.failed {
+            add(&mut local, "failed", &failure.class, &failure.reason, 1);
+        }
+        let mut outcomes = self.outcomes.lock();
+        for (outcome, class, reason, n) in local {
+            *outcomes
+                .entry((
+                    work.job.app.clone(),
+                    work.spec.platform,
+                    outcome,
+                    class.to_owned(),
+                    reason.to_owned(),
+                ))
+                .or_default() += n;
+        }
     }
 
     /// Finishes a chunk of a cancelled job without sending it.
@@ -501,6 +675,15 @@ impl State {
             .fetch_sub(work.spec.len() as u64, Ordering::Relaxed);
         if totals.finished_job {
             let status = work.job.status(0);
+            let took = status
+                .finished_ms
+                .unwrap_or_else(job::now_ms)
+                .saturating_sub(work.job.created_ms);
+            self.job_latency
+                .lock()
+                .entry(work.job.app.clone())
+                .or_default()
+                .observe(took);
             self.store.write_later(Write::Finished {
                 id: work.job.id,
                 at_ms: status.finished_ms.unwrap_or_else(job::now_ms),
@@ -549,6 +732,47 @@ impl State {
             .values()
             .filter(|job| !job.is_finished())
             .count() as u64;
+        let mut outcomes: Vec<OutcomeCount> = self
+            .outcomes
+            .lock()
+            .iter()
+            .map(
+                |((app, platform, outcome, class, reason), count)| OutcomeCount {
+                    app: app.clone(),
+                    platform: *platform,
+                    outcome: (*outcome).to_owned(),
+                    class: class.clone(),
+                    reason: reason.clone(),
+                    count: *count,
+                },
+            )
+            .collect();
+        outcomes.sort_by(|a, b| {
+            (&a.app, a.platform, &a.outcome, &a.class, &a.reason)
+                .cmp(&(&b.app, b.platform, &b.outcome, &b.class, &b.reason))
+        });
+        let mut job_latency: Vec<LatencyStat> = self
+            .job_latency
+            .lock()
+            .iter()
+            .map(|(app, histogram)| LatencyStat {
+                app: app.clone(),
+                platform: None,
+                histogram: histogram.clone(),
+            })
+            .collect();
+        job_latency.sort_by(|a, b| a.app.cmp(&b.app));
+        let mut chunk_latency: Vec<LatencyStat> = self
+            .chunk_latency
+            .lock()
+            .iter()
+            .map(|((app, platform), histogram)| LatencyStat {
+                app: app.clone(),
+                platform: Some(*platform),
+                histogram: histogram.clone(),
+            })
+            .collect();
+        chunk_latency.sort_by(|a, b| (&a.app, a.platform).cmp(&(&b.app, b.platform)));
         ClusterStats {
             queue_max: self.config.queue_chunks as u64,
             queue_usage: (self.queue_rx.len() + self.retry_rx.len()) as u64,
@@ -557,6 +781,19 @@ impl State {
             agents,
             apps,
             chunks_redispatched: self.redispatched.load(Ordering::Relaxed),
+            max_pending_notifications: self.config.max_pending_notifications,
+            handed_back_chunks: self.retry_rx.len() as u64,
+            rejections: Rejection::ALL
+                .iter()
+                .map(|why| RejectionCount {
+                    reason: why.as_str().to_owned(),
+                    count: self.rejections[*why as usize].load(Ordering::Relaxed),
+                })
+                .collect(),
+            outcomes,
+            job_latency,
+            chunk_latency,
+            webhooks: self.outbox.stats(),
         }
     }
 }
@@ -610,6 +847,7 @@ async fn dispatch(
         context.deadline = Instant::now() + state.config.chunk_timeout;
         in_flight.fetch_add(1, Ordering::Relaxed);
         state.out.fetch_add(1, Ordering::Relaxed);
+        let sent = Instant::now();
         let result = tokio::select! {
             () = stop.cancelled() => Err("agent dropped"),
             () = lost.cancelled() => Err("lease expired"),
@@ -633,6 +871,12 @@ async fn dispatch(
             // Only the current lease's report counts; a late one for an older epoch is dropped.
             Ok(report) if current => {
                 chunks_done.fetch_add(1, Ordering::Relaxed);
+                state
+                    .chunk_latency
+                    .lock()
+                    .entry((work.job.app.clone(), work.spec.platform))
+                    .or_default()
+                    .observe(sent.elapsed().as_millis() as u64);
                 state.record(&work, &report);
             }
             Ok(_) => {}
@@ -741,6 +985,47 @@ async fn watch_leases(state: Arc<State>) {
             }
         });
     }
+}
+
+/// The report with its counts made to cover the chunk exactly: an agent that reports fewer
+/// outcomes than tokens (a bug) gets the rest counted as failed (`internal`, `unreported`),
+/// one that reports more has its delivered count cut, so that every job keeps
+/// `accepted = delivered + invalid + failed + cancelled`.
+fn balanced(report: &ChunkReport, len: usize) -> std::borrow::Cow<'_, ChunkReport> {
+    let len = len as u64;
+    let others = report.invalid.len() as u64 + report.failed.len() as u64;
+    let reported = u64::from(report.delivered) + u64::from(report.cancelled) + others;
+    if reported == len {
+        return std::borrow::Cow::Borrowed(report);
+    }
+    tracing::error!(
+        tokens = len,
+        reported,
+        "a chunk report does not cover its tokens; balancing it"
+    );
+    let mut fixed = report.clone();
+    if reported < len {
+        fixed
+            .failed
+            .extend((0..len - reported).map(|_| ChunkFailure {
+                index: u32::MAX,
+                class: "internal".into(),
+                reason: "unreported".into(),
+            }));
+    } else {
+        let excess = reported - len;
+        let cut = excess.min(u64::from(fixed.delivered));
+        fixed.delivered -= cut as u32;
+        let rest = (excess - cut).min(u64::from(fixed.cancelled));
+        fixed.cancelled -= rest as u32;
+        let rest = excess - cut - rest;
+        for _ in 0..rest {
+            if fixed.failed.pop().is_none() {
+                fixed.invalid.pop();
+            }
+        }
+    }
+    std::borrow::Cow::Owned(fixed)
 }
 
 /// Serialises a job for the store without copying its tokens first.

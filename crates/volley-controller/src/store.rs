@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use volley_contracts::{ChunkReport, JobId, SubmitJob};
 
+use crate::webhook::{EntryKey, StoredEntry};
+
 /// job id → [`JobRecord`] (bincode).
 const JOBS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("jobs");
 /// (job id, chunk index) → [`ChunkReport`] (bincode) of a chunk that is done.
@@ -29,6 +31,10 @@ const CANCELLED: TableDefinition<'_, u128, ()> = TableDefinition::new("jobs_canc
 const DUPLICATES: TableDefinition<'_, u128, u64> = TableDefinition::new("jobs_duplicates");
 /// idempotency key → (job id, accepted at ms).
 const IDEMPOTENCY: TableDefinition<'_, &str, (u128, u64)> = TableDefinition::new("idempotency");
+/// (job id, chunk index, part) → invalid tokens not yet acknowledged by the app's webhook
+/// ([`StoredEntry`], bincode). Kept past the job's retention until acknowledged.
+const WEBHOOK: TableDefinition<'_, (u128, u32, u32), &[u8]> =
+    TableDefinition::new("webhook_outbox");
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -79,12 +85,16 @@ pub(crate) enum Write {
     },
     /// A chunk went out to an agent with this epoch.
     Leased { id: JobId, index: u32, epoch: u32 },
-    /// A chunk is done, with its report.
+    /// A chunk is done, with its report and the webhook entries of its invalid tokens
+    /// (in the same transaction, so that no invalid token is reported without its entry).
     Done {
         id: JobId,
         index: u32,
         report: Vec<u8>,
+        webhook: Vec<(EntryKey, Vec<u8>)>,
     },
+    /// The webhook receiver acknowledged these entries.
+    WebhookAcked { keys: Vec<EntryKey> },
     /// Every chunk of the job is done.
     Finished { id: JobId, at_ms: u64 },
     /// The job was cancelled.
@@ -148,6 +158,7 @@ fn init_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(CANCELLED).map_err(db_error)?;
     txn.open_table(DUPLICATES).map_err(db_error)?;
     txn.open_table(IDEMPOTENCY).map_err(db_error)?;
+    txn.open_table(WEBHOOK).map_err(db_error)?;
     txn.commit().map_err(db_error)
 }
 
@@ -232,6 +243,7 @@ fn apply(db: &Database, batch: &[Request], forgot: &mut usize) -> Result<(), Sto
         let mut cancelled = txn.open_table(CANCELLED).map_err(db_error)?;
         let mut duplicates = txn.open_table(DUPLICATES).map_err(db_error)?;
         let mut idempotency = txn.open_table(IDEMPOTENCY).map_err(db_error)?;
+        let mut webhook_table = txn.open_table(WEBHOOK).map_err(db_error)?;
         for request in batch {
             match &request.write {
                 Write::Job {
@@ -252,10 +264,25 @@ fn apply(db: &Database, batch: &[Request], forgot: &mut usize) -> Result<(), Sto
                         .insert((id.0.as_u128(), *index), *epoch)
                         .map_err(db_error)?;
                 }
-                Write::Done { id, index, report } => {
+                Write::Done {
+                    id,
+                    index,
+                    report,
+                    webhook,
+                } => {
                     let key = (id.0.as_u128(), *index);
                     done.insert(key, report.as_slice()).map_err(db_error)?;
                     leased.remove(key).map_err(db_error)?;
+                    for (key, entry) in webhook {
+                        webhook_table
+                            .insert(*key, entry.as_slice())
+                            .map_err(db_error)?;
+                    }
+                }
+                Write::WebhookAcked { keys } => {
+                    for key in keys {
+                        webhook_table.remove(*key).map_err(db_error)?;
+                    }
                 }
                 Write::Finished { id, at_ms } => {
                     finished.insert(id.0.as_u128(), *at_ms).map_err(db_error)?;
@@ -313,11 +340,26 @@ fn read_keys(db: &Database) -> Result<HashMap<String, (JobId, u64)>, StoreError>
     Ok(keys)
 }
 
+/// Reads the webhook outbox (start-up only).
+fn read_webhook(db: &Database) -> Result<Vec<(EntryKey, StoredEntry)>, StoreError> {
+    let txn = db.begin_read().map_err(db_error)?;
+    let table = txn.open_table(WEBHOOK).map_err(db_error)?;
+    let mut entries = Vec::new();
+    for entry in table.iter().map_err(db_error)? {
+        let (key, value) = entry.map_err(db_error)?;
+        let stored: StoredEntry = bincode::deserialize(value.value()).map_err(db_error)?;
+        entries.push((key.value(), stored));
+    }
+    Ok(entries)
+}
+
 /// Everything read back at start-up.
 #[derive(Debug, Default)]
 pub(crate) struct Recovered {
     pub(crate) jobs: Vec<StoredJob>,
     pub(crate) keys: HashMap<String, (JobId, u64)>,
+    /// Webhook entries not acknowledged yet, in key order.
+    pub(crate) webhook: Vec<(EntryKey, StoredEntry)>,
 }
 
 impl Store {
@@ -340,6 +382,7 @@ impl Store {
         let recovered = Recovered {
             jobs: load(&db)?,
             keys: read_keys(&db)?,
+            webhook: read_webhook(&db)?,
         };
         let (tx, rx) = mpsc::channel::<RequestBox>();
         std::thread::Builder::new()
@@ -407,10 +450,21 @@ mod tests {
                 delivered: 2,
                 ..ChunkReport::default()
             };
+            let entry = StoredEntry {
+                app: "shop".into(),
+                tokens: Vec::new(),
+            };
             store.write_later(Write::Done {
                 id,
                 index: 0,
                 report: bincode::serialize(&report).unwrap(),
+                webhook: vec![
+                    ((id.0.as_u128(), 0, 0), bincode::serialize(&entry).unwrap()),
+                    ((id.0.as_u128(), 0, 1), bincode::serialize(&entry).unwrap()),
+                ],
+            });
+            store.write_later(Write::WebhookAcked {
+                keys: vec![(id.0.as_u128(), 0, 0)],
             });
             store.write(Write::Cancelled { id }).await.unwrap();
             // While it is open, nobody else may open it.
@@ -440,5 +494,8 @@ mod tests {
         assert!(!job.leased.contains_key(&0));
         assert!(job.cancelled);
         assert_eq!(recovered.keys.get("key-1"), Some(&(id, 7)));
+        // Only the unacknowledged webhook entry is left.
+        let keys: Vec<EntryKey> = recovered.webhook.iter().map(|(key, _)| *key).collect();
+        assert_eq!(keys, [(id.0.as_u128(), 0, 1)]);
     }
 }

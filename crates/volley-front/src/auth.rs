@@ -21,10 +21,10 @@ fn hash(key: &str) -> Digest {
     out
 }
 
-/// Every app's API keys, by digest.
+/// Every app's API keys, by digest: the app's index and the key's slot (its rate limiter).
 #[derive(Debug, Default)]
 pub(crate) struct KeyRing {
-    keys: HashMap<Digest, usize>,
+    keys: HashMap<Digest, (usize, usize)>,
 }
 
 impl KeyRing {
@@ -32,9 +32,11 @@ impl KeyRing {
     /// say which app a request is for).
     pub(crate) fn new(config: &Config) -> Result<KeyRing, String> {
         let mut keys = HashMap::new();
+        let mut slot = 0;
         for (index, app) in config.apps.iter().enumerate() {
             for key in &app.api_keys {
-                if let Some(other) = keys.insert(hash(key.expose()), index) {
+                slot += 1;
+                if let Some((other, _)) = keys.insert(hash(key.expose()), (index, slot - 1)) {
                     if other != index {
                         return Err(format!(
                             "apps[{index}].api_keys: a key of app {:?} is also a key of app {:?}",
@@ -48,7 +50,14 @@ impl KeyRing {
     }
 
     /// The index of the app whose key the request carries.
+    #[cfg(test)]
     pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<usize, ApiError> {
+        self.identify(headers).map(|(app, _)| app)
+    }
+
+    /// The app whose key the request carries, and the key's slot (numbered in configuration
+    /// order across every app's `api_keys`).
+    pub(crate) fn identify(&self, headers: &HeaderMap) -> Result<(usize, usize), ApiError> {
         let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
             ApiError::new(
                 Code::Unauthorized,

@@ -11,6 +11,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use volley_contracts::{ErrorCode as WireCode, WireError};
 
+/// `Retry-After` seconds when the controller is full.
+pub(crate) const OVERLOADED_RETRY_AFTER: u32 = 1;
+
 /// Why a request was refused; the label of `volley_front_rejected_total{reason}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
@@ -42,17 +45,22 @@ pub enum Code {
     NoTokens,
     /// A value is well-formed JSON but not acceptable (422).
     InvalidArgument,
-    /// The controller's queue or a limit is full (429).
+    /// A limit of the caller's is reached (429).
     ResourceExhausted,
     /// The front is draining or the controller cannot be reached (503).
     Unavailable,
     /// A bug (500).
     Internal,
+    /// The API key sent more requests than its rate allows (429 with `Retry-After`).
+    RateLimited,
+    /// The system is full: the controller holds as many pending notifications as it may
+    /// (503 with `Retry-After`); nothing was queued.
+    Overloaded,
 }
 
 impl Code {
     /// Every code, in a fixed order (indexes the rejection counters).
-    pub const ALL: [Code; 17] = [
+    pub const ALL: [Code; 19] = [
         Code::BadRequest,
         Code::Unauthorized,
         Code::Forbidden,
@@ -70,6 +78,8 @@ impl Code {
         Code::ResourceExhausted,
         Code::Unavailable,
         Code::Internal,
+        Code::RateLimited,
+        Code::Overloaded,
     ];
 
     /// The code as it appears in responses and metrics.
@@ -92,6 +102,8 @@ impl Code {
             Code::ResourceExhausted => "resource_exhausted",
             Code::Unavailable => "unavailable",
             Code::Internal => "internal",
+            Code::RateLimited => "rate_limited",
+            Code::Overloaded => "overloaded",
         }
     }
 
@@ -120,8 +132,8 @@ impl Code {
             | Code::TooManyTokens
             | Code::NoTokens
             | Code::InvalidArgument => StatusCode::UNPROCESSABLE_ENTITY,
-            Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::ResourceExhausted | Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Code::Unavailable | Code::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -240,17 +252,18 @@ impl ApiError {
             WireCode::ResourceExhausted => Code::ResourceExhausted,
             WireCode::NoCredentials => Code::NoCredentials,
             WireCode::Internal => Code::Internal,
+            WireCode::Overloaded => Code::Overloaded,
         };
         let status = StatusCode::from_u16(error.code.http_status()).ok();
-        let retry = matches!(
-            error.code,
-            WireCode::Unavailable | WireCode::ResourceExhausted
-        );
+        let retry_after = match error.code {
+            WireCode::Unavailable => Some(5),
+            // Pending work drains continuously: room comes back soon.
+            WireCode::Overloaded | WireCode::ResourceExhausted => Some(OVERLOADED_RETRY_AFTER),
+            _ => None,
+        };
         let mut api = ApiError::new(code, error.message);
         api.status = status;
-        if retry {
-            api.retry_after = Some(5);
-        }
+        api.retry_after = retry_after;
         api
     }
 

@@ -23,6 +23,7 @@
 mod auth;
 pub mod compat;
 mod error;
+mod limit;
 mod link;
 mod metrics;
 pub mod native;
@@ -85,6 +86,7 @@ pub(crate) struct Inner {
     pub config: Config,
     pub apps: Vec<AppEntry>,
     keys: auth::KeyRing,
+    limiter: limit::Limiter,
     controller: Arc<link::ControllerLink>,
     pub metrics: metrics::Metrics,
     draining: AtomicBool,
@@ -109,6 +111,7 @@ impl FrontState {
             ));
         }
         let keys = auth::KeyRing::new(&config).map_err(FrontError::Config)?;
+        let limiter = limit::Limiter::new(&config);
         let apps: Vec<AppEntry> = config
             .apps
             .iter()
@@ -131,6 +134,7 @@ impl FrontState {
                 config,
                 apps,
                 keys,
+                limiter,
                 controller,
                 metrics,
                 draining: AtomicBool::new(false),
@@ -150,9 +154,19 @@ impl FrontState {
         self.inner.draining.load(Ordering::SeqCst)
     }
 
-    /// The index of the app whose key the request carries.
+    /// The index of the app whose key the request carries, once the key's rate limit
+    /// (`front.key_requests_per_second`, `apps.requests_per_second`) lets the request in.
     pub(crate) fn authenticate(&self, headers: &http::HeaderMap) -> Result<usize, ApiError> {
-        self.inner.keys.authenticate(headers)
+        let (app, slot) = self.inner.keys.identify(headers)?;
+        if let Err(wait) = self.inner.limiter.check(slot) {
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u32;
+            return Err(ApiError::new(
+                Code::RateLimited,
+                "this api key sent more requests than its rate limit allows",
+            )
+            .retry_after(seconds));
+        }
+        Ok(app)
     }
 
     /// Reads the body up to `front.max_body_bytes`.
@@ -261,6 +275,7 @@ pub fn router(state: FrontState) -> Router {
             "/v1/jobs/{id}",
             get(native::job_status).delete(native::job_cancel),
         )
+        .route("/v1/jobs/{id}/invalid-tokens", get(native::invalid_tokens))
         .route("/api/push", post(compat::gorush))
         .route("/push", post(compat::gaurun))
         .route("/stat/app", get(ops::stat_app))

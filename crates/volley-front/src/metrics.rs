@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use volley_contracts::Platform;
+use volley_contracts::{ClusterStats, LatencyStat, Platform, LATENCY_BUCKETS_MS};
 
 use crate::error::Code;
 
@@ -14,6 +14,7 @@ pub(crate) enum Route {
     Notifications,
     JobStatus,
     JobCancel,
+    InvalidTokens,
     Gorush,
     Gaurun,
     StatApp,
@@ -26,10 +27,11 @@ pub(crate) enum Route {
 }
 
 impl Route {
-    const ALL: [Route; 12] = [
+    const ALL: [Route; 13] = [
         Route::Notifications,
         Route::JobStatus,
         Route::JobCancel,
+        Route::InvalidTokens,
         Route::Gorush,
         Route::Gaurun,
         Route::StatApp,
@@ -46,6 +48,7 @@ impl Route {
             Route::Notifications => "notifications",
             Route::JobStatus => "job_status",
             Route::JobCancel => "job_cancel",
+            Route::InvalidTokens => "invalid_tokens",
             Route::Gorush => "gorush_push",
             Route::Gaurun => "gaurun_push",
             Route::StatApp => "stat_app",
@@ -64,6 +67,7 @@ impl Route {
             (Some("/v1/apps/{app}/notifications"), _) => Route::Notifications,
             (Some("/v1/jobs/{id}"), false) => Route::JobStatus,
             (Some("/v1/jobs/{id}"), true) => Route::JobCancel,
+            (Some("/v1/jobs/{id}/invalid-tokens"), _) => Route::InvalidTokens,
             (Some("/api/push"), _) => Route::Gorush,
             (Some("/push"), _) => Route::Gaurun,
             (Some("/stat/app" | "/api/stat/app"), _) => Route::StatApp,
@@ -126,10 +130,10 @@ impl Metrics {
         }
     }
 
-    /// The counters in Prometheus' text format, with `queue` (usage, capacity, pending
-    /// notifications) when the controller answered.
-    pub(crate) fn render(&self, queue: Option<(u64, u64, u64)>) -> String {
-        let mut out = String::with_capacity(4096);
+    /// The counters in Prometheus' text format, with the controller's `stats` when it
+    /// answered.
+    pub(crate) fn render(&self, stats: Option<&ClusterStats>) -> String {
+        let mut out = String::with_capacity(8192);
         out.push_str(
             "# HELP volley_front_requests_total HTTP requests answered, by route and status.\n",
         );
@@ -172,24 +176,185 @@ impl Metrics {
                 self.rejected[code.index()].load(Relaxed)
             );
         }
-        if let Some((usage, max, pending)) = queue {
-            out.push_str(
-                "# HELP volley_queue_depth_chunks Chunks waiting in the controller's queue.\n",
-            );
-            out.push_str("# TYPE volley_queue_depth_chunks gauge\n");
-            let _ = writeln!(out, "volley_queue_depth_chunks {usage}");
-            out.push_str(
-                "# HELP volley_queue_capacity_chunks Capacity of the controller's queue.\n",
-            );
-            out.push_str("# TYPE volley_queue_capacity_chunks gauge\n");
-            let _ = writeln!(out, "volley_queue_capacity_chunks {max}");
-            out.push_str(
-                "# HELP volley_pending_notifications Notifications accepted and not final yet.\n",
-            );
-            out.push_str("# TYPE volley_pending_notifications gauge\n");
-            let _ = writeln!(out, "volley_pending_notifications {pending}");
+        if let Some(stats) = stats {
+            render_cluster(&mut out, stats);
         }
         out
+    }
+
+    /// Requests refused so far, by reason (non-zero ones).
+    pub(crate) fn rejections(&self) -> Vec<(&'static str, u64)> {
+        Code::ALL
+            .iter()
+            .map(|code| (code.as_str(), self.rejected[code.index()].load(Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The controller's gauges, counters and histograms.
+fn render_cluster(out: &mut String, stats: &ClusterStats) {
+    let gauges = [
+        (
+            "volley_queue_depth_chunks",
+            "Chunks waiting in the controller's queue (shared channel and hand-backs).",
+            stats.queue_usage,
+        ),
+        (
+            "volley_queue_capacity_chunks",
+            "Capacity of the controller's shared chunk channel.",
+            stats.queue_max,
+        ),
+        (
+            "volley_handed_back_chunks",
+            "Chunks handed back by agents, waiting for another.",
+            stats.handed_back_chunks,
+        ),
+        (
+            "volley_pending_notifications",
+            "Notifications accepted and not final yet.",
+            stats.pending_notifications,
+        ),
+        (
+            "volley_max_pending_notifications",
+            "Pending notifications above which submissions are refused with 503.",
+            stats.max_pending_notifications,
+        ),
+        (
+            "volley_active_jobs",
+            "Jobs not final yet.",
+            stats.active_jobs,
+        ),
+        (
+            "volley_agents",
+            "Registered agents.",
+            stats.agents.len() as u64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        header(out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    header(
+        out,
+        "volley_controller_rejected_total",
+        "counter",
+        "Submissions the controller refused, by reason.",
+    );
+    for rejection in &stats.rejections {
+        let _ = writeln!(
+            out,
+            "volley_controller_rejected_total{{reason=\"{}\"}} {}",
+            escape(&rejection.reason),
+            rejection.count
+        );
+    }
+    header(
+        out,
+        "volley_notifications_total",
+        "counter",
+        "Notifications with a final outcome, by app, platform, outcome, class and reason.",
+    );
+    for o in &stats.outcomes {
+        let _ = writeln!(
+            out,
+            "volley_notifications_total{{app=\"{}\",platform=\"{}\",outcome=\"{}\",class=\"{}\",reason=\"{}\"}} {}",
+            escape(&o.app),
+            o.platform,
+            escape(&o.outcome),
+            escape(&o.class),
+            escape(&o.reason),
+            o.count
+        );
+    }
+    histograms(
+        out,
+        "volley_job_latency_seconds",
+        "Time from a job's acceptance to its last final outcome.",
+        &stats.job_latency,
+    );
+    histograms(
+        out,
+        "volley_chunk_latency_seconds",
+        "Time from handing a chunk to an agent to its report.",
+        &stats.chunk_latency,
+    );
+    header(
+        out,
+        "volley_webhook_pending_batches",
+        "gauge",
+        "Invalid-token batches waiting for the app's webhook to acknowledge them.",
+    );
+    for w in &stats.webhooks {
+        let _ = writeln!(
+            out,
+            "volley_webhook_pending_batches{{app=\"{}\"}} {}",
+            escape(&w.app),
+            w.pending_batches
+        );
+    }
+    header(
+        out,
+        "volley_webhook_delivered_batches_total",
+        "counter",
+        "Invalid-token batches the app's webhook acknowledged.",
+    );
+    for w in &stats.webhooks {
+        let _ = writeln!(
+            out,
+            "volley_webhook_delivered_batches_total{{app=\"{}\"}} {}",
+            escape(&w.app),
+            w.delivered_batches
+        );
+    }
+    header(
+        out,
+        "volley_webhook_failed_attempts_total",
+        "counter",
+        "Webhook POSTs that failed and were retried.",
+    );
+    for w in &stats.webhooks {
+        let _ = writeln!(
+            out,
+            "volley_webhook_failed_attempts_total{{app=\"{}\"}} {}",
+            escape(&w.app),
+            w.failed_attempts
+        );
+    }
+}
+
+/// Prometheus histograms (cumulative `le` buckets in seconds, `_sum`, `_count`).
+fn histograms(out: &mut String, name: &str, help: &str, stats: &[LatencyStat]) {
+    header(out, name, "histogram", help);
+    for stat in stats {
+        let labels = match stat.platform {
+            Some(platform) => format!("app=\"{}\",platform=\"{platform}\"", escape(&stat.app)),
+            None => format!("app=\"{}\"", escape(&stat.app)),
+        };
+        let mut cumulative = 0;
+        for (i, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
+            cumulative += stat.histogram.buckets.get(i).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels},le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1000.0
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels},le=\"+Inf\"}} {}",
+            stat.histogram.count
+        );
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            stat.histogram.sum_ms as f64 / 1000.0
+        );
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", stat.histogram.count);
     }
 }
 
@@ -213,8 +378,49 @@ mod tests {
         metrics.request(Route::Gorush, 418);
         metrics.rejected(Code::InvalidToken);
         metrics.accepted(0, Platform::Fcm, 7);
-        let text = metrics.render(Some((3, 256, 1000)));
+        let mut histogram = volley_contracts::Histogram::default();
+        histogram.observe(7);
+        histogram.observe(2_000);
+        let stats = ClusterStats {
+            queue_max: 256,
+            queue_usage: 3,
+            pending_notifications: 1000,
+            active_jobs: 1,
+            agents: Vec::new(),
+            apps: Vec::new(),
+            chunks_redispatched: 0,
+            max_pending_notifications: 5000,
+            handed_back_chunks: 0,
+            rejections: vec![volley_contracts::RejectionCount {
+                reason: "overloaded".into(),
+                count: 4,
+            }],
+            outcomes: vec![volley_contracts::OutcomeCount {
+                app: "shop".into(),
+                platform: Platform::Apns,
+                outcome: "invalid".into(),
+                class: String::new(),
+                reason: "Unregistered".into(),
+                count: 2,
+            }],
+            job_latency: vec![LatencyStat {
+                app: "shop".into(),
+                platform: None,
+                histogram,
+            }],
+            chunk_latency: Vec::new(),
+            webhooks: Vec::new(),
+        };
+        let text = metrics.render(Some(&stats));
         for line in [
+            "volley_controller_rejected_total{reason=\"overloaded\"} 4",
+            "volley_notifications_total{app=\"shop\",platform=\"apns\",outcome=\"invalid\",class=\"\",reason=\"Unregistered\"} 2",
+            "volley_job_latency_seconds_bucket{app=\"shop\",le=\"0.005\"} 0",
+            "volley_job_latency_seconds_bucket{app=\"shop\",le=\"0.01\"} 1",
+            "volley_job_latency_seconds_bucket{app=\"shop\",le=\"2.5\"} 2",
+            "volley_job_latency_seconds_bucket{app=\"shop\",le=\"+Inf\"} 2",
+            "volley_job_latency_seconds_sum{app=\"shop\"} 2.007",
+            "volley_max_pending_notifications 5000",
             "volley_front_requests_total{route=\"notifications\",status=\"202\"} 2",
             "volley_front_requests_total{route=\"gorush_push\",status=\"other\"} 1",
             "volley_front_rejected_total{reason=\"invalid_token\"} 1",

@@ -21,6 +21,10 @@ use crate::{cpu, parse_json, FrontState};
 
 /// Default and largest number of invalid tokens a job status lists.
 const DEFAULT_INVALID_LIMIT: u32 = 1000;
+/// Default page size of `GET /v1/jobs/{id}/invalid-tokens`.
+const DEFAULT_PAGE_SIZE: u32 = 1000;
+/// Largest page size of `GET /v1/jobs/{id}/invalid-tokens`.
+const MAX_PAGE_SIZE: u32 = 10_000;
 /// The longest idempotency key accepted, in bytes.
 const MAX_IDEMPOTENCY_KEY: usize = 256;
 
@@ -372,6 +376,17 @@ struct InvalidTokenView {
     timestamp: Option<u64>,
 }
 
+impl From<InvalidToken> for InvalidTokenView {
+    fn from(t: InvalidToken) -> Self {
+        InvalidTokenView {
+            platform: t.platform.as_str(),
+            token: t.token,
+            reason: t.reason,
+            timestamp: t.timestamp_ms,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct FailureView {
     platform: &'static str,
@@ -396,12 +411,7 @@ impl From<JobStatus> for JobView {
             invalid_tokens: status
                 .invalid_tokens
                 .into_iter()
-                .map(|t: InvalidToken| InvalidTokenView {
-                    platform: t.platform.as_str(),
-                    token: t.token,
-                    reason: t.reason,
-                    timestamp: t.timestamp_ms,
-                })
+                .map(InvalidTokenView::from)
                 .collect(),
             failures: status
                 .failures
@@ -424,11 +434,16 @@ fn parse_job_id(id: &str) -> Result<JobId, ApiError> {
         .map_err(|_| ApiError::new(Code::BadRequest, "job id is not a uuid").field("id"))
 }
 
-fn invalid_limit(query: Option<&str>) -> Result<u32, ApiError> {
-    let value = query
+/// The value of `name` in a raw query string.
+fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query
         .unwrap_or("")
         .split('&')
-        .find_map(|pair| pair.strip_prefix("invalid_limit="));
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
+fn invalid_limit(query: Option<&str>) -> Result<u32, ApiError> {
+    let value = query_value(query, "invalid_limit");
     match value {
         None => Ok(DEFAULT_INVALID_LIMIT),
         Some(text) => text.parse::<u32>().map_err(|_| {
@@ -476,6 +491,82 @@ pub async fn job_status(
     let limit = invalid_limit(query.as_deref())?;
     let status = owned_status(&state, key_app, id, limit).await?;
     Ok(Json(status.into()))
+}
+
+/// One page of a job's invalid tokens.
+#[derive(Debug, Serialize)]
+pub struct InvalidTokensView {
+    job: String,
+    total: u64,
+    tokens: Vec<InvalidTokenView>,
+    /// Pass as `cursor` for the next page; `null` at the end of the list so far.
+    next_cursor: Option<String>,
+}
+
+/// `page_size` (1 to 10000) and `cursor` (an offset given by a previous page).
+fn page_params(query: Option<&str>) -> Result<(u32, u64), ApiError> {
+    let page_size = match query_value(query, "page_size") {
+        None => DEFAULT_PAGE_SIZE,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
+            .ok_or_else(|| {
+                ApiError::new(
+                    Code::BadRequest,
+                    format!("page_size must be an integer from 1 to {MAX_PAGE_SIZE}"),
+                )
+                .field("page_size")
+            })?,
+    };
+    let cursor = match query_value(query, "cursor") {
+        None | Some("") => 0,
+        Some(text) => text.parse::<u64>().map_err(|_| {
+            ApiError::new(
+                Code::BadRequest,
+                "cursor must be a next_cursor value from a previous page",
+            )
+            .field("cursor")
+        })?,
+    };
+    Ok((page_size, cursor))
+}
+
+/// `GET /v1/jobs/{id}/invalid-tokens?page_size=N&cursor=C`: the job's invalid tokens, paged
+/// in the order their reports arrived (new ones are appended, so pages stay stable while the
+/// job runs).
+pub async fn invalid_tokens(
+    State(state): State<FrontState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<InvalidTokensView>, ApiError> {
+    let key_app = state.authenticate(&headers)?;
+    let id = parse_job_id(&id)?;
+    let (page_size, cursor) = page_params(query.as_deref())?;
+    let page = match state
+        .controller()
+        .invalid_tokens(FrontState::query_context(), id, cursor, page_size)
+        .await
+    {
+        Ok(Ok(page)) => page,
+        Ok(Err(wire)) => return Err(ApiError::from_wire(wire)),
+        Err(rpc) => return Err(state.rpc_failed(&rpc)),
+    };
+    // Another app's job answers exactly like a missing one, so ids reveal nothing.
+    if page.app != state.inner.apps[key_app].name {
+        return Err(ApiError::new(Code::NotFound, "no job with that id"));
+    }
+    Ok(Json(InvalidTokensView {
+        job: id.to_string(),
+        total: page.total,
+        tokens: page
+            .tokens
+            .into_iter()
+            .map(InvalidTokenView::from)
+            .collect(),
+        next_cursor: page.next.map(|next| next.to_string()),
+    }))
 }
 
 /// `DELETE /v1/jobs/{id}`: cancels what has not been handed to an agent yet.

@@ -91,9 +91,37 @@ pub async fn stat_app(State(state): State<FrontState>) -> Result<Json<Value>, Ap
             })
         })
         .collect();
+    let front_rejections: serde_json::Map<String, Value> = state
+        .inner
+        .metrics
+        .rejections()
+        .into_iter()
+        .map(|(reason, n)| (reason.to_owned(), json!(n)))
+        .collect();
+    let controller_rejections: serde_json::Map<String, Value> = stats
+        .rejections
+        .iter()
+        .map(|r| (r.reason.clone(), json!(r.count)))
+        .collect();
+    let webhooks: Vec<Value> = stats
+        .webhooks
+        .iter()
+        .map(|w| {
+            json!({
+                "app": w.app,
+                "pending_batches": w.pending_batches,
+                "delivered_batches": w.delivered_batches,
+                "failed_attempts": w.failed_attempts,
+            })
+        })
+        .collect();
     Ok(Json(json!({
         "queue_max": stats.queue_max,
         "queue_usage": stats.queue_usage,
+        "handed_back_chunks": stats.handed_back_chunks,
+        "max_pending_notifications": stats.max_pending_notifications,
+        "rejections": {"front": front_rejections, "controller": controller_rejections},
+        "webhooks": webhooks,
         "total_count": ios.push_success + ios.push_error + android.push_success + android.push_error,
         "ios": ios,
         "android": android,
@@ -136,17 +164,14 @@ pub async fn config_app(State(state): State<FrontState>) -> Result<Json<Value>, 
 
 /// `GET /metrics`: Prometheus text.
 pub async fn metrics(State(state): State<FrontState>) -> Response {
-    let queue = stats(&state)
-        .await
-        .ok()
-        .map(|s| (s.queue_usage, s.queue_max, s.pending_notifications));
+    let stats = stats(&state).await.ok();
     (
         StatusCode::OK,
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.inner.metrics.render(queue),
+        state.inner.metrics.render(stats.as_ref()),
     )
         .into_response()
 }

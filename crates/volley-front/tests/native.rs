@@ -314,7 +314,42 @@ async fn controller_errors_keep_their_status() {
     )
     .await;
     stream.assert_error(429, "resource_exhausted", None);
-    assert_eq!(stream.headers["retry-after"], "5");
+    assert_eq!(stream.headers["retry-after"], "1");
+    // A full controller is a 503 "overloaded", retried after a second.
+    let stream = support::send_with_header(
+        front.addr,
+        NOTIFY,
+        SHOP_KEY,
+        ("idempotency-key", "full"),
+        serde_json::to_vec(&json!({"targets": {"fcm": [fcm_token(1)]}})).unwrap(),
+    )
+    .await;
+    stream.assert_error(503, "overloaded", None);
+    assert_eq!(stream.headers["retry-after"], "1");
+}
+
+#[tokio::test]
+async fn a_key_above_its_rate_gets_429_with_retry_after_and_other_keys_do_not() {
+    let front = Front::start(config("key_requests_per_second = 0.5\nkey_burst = 2")).await;
+    let body = json!({"targets": {"fcm": [fcm_token(1)]}});
+    for _ in 0..2 {
+        let reply = front.post(NOTIFY, Some(SHOP_KEY), &body).await;
+        assert_eq!(reply.status, 202, "{}", reply.text());
+    }
+    let reply = front.post(NOTIFY, Some(SHOP_KEY), &body).await;
+    reply.assert_error(429, "rate_limited", None);
+    let retry: u64 = reply.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "retry-after {retry}");
+    // Another app's key has its own bucket.
+    let reply = front
+        .post("/v1/apps/news/notifications", Some(NEWS_KEY), &body)
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert_eq!(front.controller.shared.submitted.lock().unwrap().len(), 3);
 }
 
 #[tokio::test]
@@ -398,6 +433,47 @@ async fn job_status_and_cancel_pass_through_for_the_owning_app_only() {
         .get(&format!("/v1/jobs/{id}?invalid_limit=x"), Some(SHOP_KEY))
         .await
         .assert_error(400, "bad_request", Some("invalid_limit"));
+
+    // The paged list: one token per page, the cursor leads to the next, then ends.
+    let first = front
+        .get(
+            &format!("/v1/jobs/{id}/invalid-tokens?page_size=1"),
+            Some(SHOP_KEY),
+        )
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let first = first.json();
+    assert_eq!(first["total"], 2);
+    assert_eq!(first["tokens"][0]["token"], apns_token(1));
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let second = front
+        .get(
+            &format!("/v1/jobs/{id}/invalid-tokens?page_size=1&cursor={cursor}"),
+            Some(SHOP_KEY),
+        )
+        .await
+        .json();
+    assert_eq!(second["tokens"][0]["token"], apns_token(2));
+    assert_eq!(second["tokens"][0]["reason"], "BadDeviceToken");
+    assert!(second["next_cursor"].is_null(), "{second}");
+    front
+        .get(
+            &format!("/v1/jobs/{id}/invalid-tokens?page_size=0"),
+            Some(SHOP_KEY),
+        )
+        .await
+        .assert_error(400, "bad_request", Some("page_size"));
+    front
+        .get(
+            &format!("/v1/jobs/{id}/invalid-tokens?cursor=x"),
+            Some(SHOP_KEY),
+        )
+        .await
+        .assert_error(400, "bad_request", Some("cursor"));
+    front
+        .get(&format!("/v1/jobs/{id}/invalid-tokens"), Some(NEWS_KEY))
+        .await
+        .assert_error(404, "not_found", None);
 
     // Another app's key sees nothing and cannot cancel.
     front

@@ -19,7 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 use volley_config::Config;
 use volley_contracts::{
     AgentId, AgentInfo, AgentStat, AppCounters, ChunkId, ClusterStats, Controller, ErrorCode, Held,
-    JobAccepted, JobId, JobState, JobStatus, Platform, Registration, SubmitJob, WireError,
+    InvalidTokenPage, JobAccepted, JobId, JobState, JobStatus, Platform, Registration,
+    RejectionCount, SubmitJob, WireError,
 };
 
 pub const SHOP_KEY: &str = "shop-key-0123456789abcdef";
@@ -88,6 +89,12 @@ impl Controller for FakeController {
                 "too many pending notifications",
             ));
         }
+        if job.idempotency_key.as_deref() == Some("full") {
+            return Err(WireError::new(
+                ErrorCode::Overloaded,
+                "100 notifications are pending; the limit is 100",
+            ));
+        }
         if job.idempotency_key.as_deref() == Some("hold") {
             self.shared
                 .holding
@@ -125,6 +132,28 @@ impl Controller for FakeController {
             .ok_or_else(|| WireError::new(ErrorCode::NotFound, "no such job"))?;
         status.invalid_tokens.truncate(limit as usize);
         Ok(status)
+    }
+
+    async fn invalid_tokens(
+        self,
+        _: Context,
+        id: JobId,
+        offset: u64,
+        limit: u32,
+    ) -> Result<InvalidTokenPage, WireError> {
+        let jobs = self.shared.jobs.lock().unwrap();
+        let status = jobs
+            .get(&id)
+            .ok_or_else(|| WireError::new(ErrorCode::NotFound, "no such job"))?;
+        let total = status.invalid_tokens.len() as u64;
+        let start = offset.min(total) as usize;
+        let end = (start + limit as usize).min(status.invalid_tokens.len());
+        Ok(InvalidTokenPage {
+            app: status.app.clone(),
+            total,
+            tokens: status.invalid_tokens[start..end].to_vec(),
+            next: ((end as u64) < total).then_some(end as u64),
+        })
     }
 
     async fn cancel(self, _: Context, id: JobId) -> Result<JobStatus, WireError> {
@@ -166,6 +195,16 @@ impl Controller for FakeController {
                 },
             ],
             chunks_redispatched: 0,
+            max_pending_notifications: 1000,
+            handed_back_chunks: 0,
+            rejections: vec![RejectionCount {
+                reason: "overloaded".into(),
+                count: 2,
+            }],
+            outcomes: Vec::new(),
+            job_latency: Vec::new(),
+            chunk_latency: Vec::new(),
+            webhooks: Vec::new(),
         }
     }
 
