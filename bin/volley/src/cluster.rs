@@ -139,12 +139,14 @@ impl Cluster {
                 allowed_token_uris: vec![fake_fcm.token_uri()],
                 rate_limit_per_second: None,
             }),
+            requests_per_second: None,
+            webhook: None,
         });
         (options.tweak)(&mut config);
         config.validate()?;
 
         let controller = {
-            let config = config.controller.clone();
+            let config = config.clone();
             spawn_role("controller", move |drain| async move {
                 let listener = tokio::net::TcpListener::from_std(controller_listener)?;
                 volley_controller::run(config, listener, drain).await?;

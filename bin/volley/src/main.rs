@@ -244,7 +244,7 @@ async fn run_controller(config: Config) -> anyhow::Result<()> {
                 config.controller.listen
             )
         })?;
-    volley_controller::run(config.controller, listener, shutdown_signal()).await?;
+    volley_controller::run(config, listener, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -271,7 +271,7 @@ fn run_standalone(mut config: Config) -> anyhow::Result<()> {
     config.front.controller = controller_addr.to_string();
     config.agent.controller = controller_addr.to_string();
     let controller = {
-        let config = config.controller.clone();
+        let config = config.clone();
         spawn_role("controller", move |drain| async move {
             let listener = tokio::net::TcpListener::from_std(controller_listener)?;
             volley_controller::run(config, listener, drain).await?;
