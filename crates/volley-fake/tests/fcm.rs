@@ -238,3 +238,48 @@ async fn record_names_the_collapse_key() {
         lines[1]
     );
 }
+
+#[tokio::test]
+async fn transient_errors_are_unavailable_with_retry_after() {
+    let mut config = config();
+    config.transient_error_rate = 1.0;
+    let server = start(config);
+    let mut c = client(&server).await;
+    let token = access_token(&mut c, &server).await;
+    let reply = send(
+        &mut c,
+        message(&server, "demo", Some(&token)),
+        &body("tok-1"),
+    )
+    .await;
+    assert_eq!(reply.status.as_u16(), 503);
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    let error = &reply.json()["error"];
+    assert_eq!(error["status"], "UNAVAILABLE");
+    assert_eq!(error["details"][0]["errorCode"], "UNAVAILABLE");
+    let stats = server.shutdown();
+    assert_eq!(stats.by_status.get(&503), Some(&1));
+    assert_eq!(stats.delivered, 0);
+}
+
+#[tokio::test]
+async fn expired_access_tokens_are_refused() {
+    let mut config = config();
+    config.fcm_access_token_ttl = std::time::Duration::ZERO;
+    let server = start(config);
+    let mut c = client(&server).await;
+    let reply = post_token(
+        &mut c,
+        &server,
+        &assertion(&server, &server.token_uri(), SCOPE),
+    )
+    .await;
+    let token = reply.json()["access_token"].as_str().unwrap().to_string();
+    let reply = send(
+        &mut c,
+        message(&server, "demo", Some(&token)),
+        &body("tok-1"),
+    )
+    .await;
+    assert_eq!(reply.status.as_u16(), 401);
+}
