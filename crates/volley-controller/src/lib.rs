@@ -1119,3 +1119,55 @@ async fn expire_jobs(state: Arc<State>) {
             .write_later(Write::Forget { ids: expired, keys });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn total(report: &ChunkReport) -> u64 {
+        u64::from(report.delivered)
+            + u64::from(report.cancelled)
+            + report.invalid.len() as u64
+            + report.failed.len() as u64
+    }
+
+    #[test]
+    fn every_report_is_balanced_to_its_chunk() {
+        let failure = || ChunkFailure {
+            index: 0,
+            class: "transient".into(),
+            reason: "ServiceUnavailable".into(),
+        };
+        let cases = [
+            // (delivered, cancelled, invalid, failed, chunk length)
+            (10, 0, 0, 0, 10),
+            (7, 0, 1, 1, 10),
+            (3, 0, 0, 0, 10),
+            (12, 0, 0, 0, 10),
+            (0, 4, 0, 9, 10),
+            (0, 0, 6, 6, 10),
+        ];
+        for (delivered, cancelled, invalid, failed, len) in cases {
+            let report = ChunkReport {
+                delivered,
+                cancelled,
+                invalid: (0..invalid)
+                    .map(|i| (i, "Unregistered".into(), None))
+                    .collect(),
+                failed: (0..failed).map(|_| failure()).collect(),
+                possible_duplicates: 0,
+            };
+            let fixed = balanced(&report, len);
+            assert_eq!(total(&fixed), len as u64, "{report:?}");
+            if total(&report) == len as u64 {
+                assert!(matches!(fixed, std::borrow::Cow::Borrowed(_)));
+            }
+            if total(&report) < len as u64 {
+                assert_eq!(
+                    fixed.delivered, report.delivered,
+                    "nothing is made delivered"
+                );
+            }
+        }
+    }
+}
