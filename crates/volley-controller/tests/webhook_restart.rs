@@ -1,0 +1,276 @@
+//! The invalid-token outbox survives a controller restart: batches the receiver refused before
+//! the restart are sent by the next controller on the same `controller.data_dir`.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Full};
+use tarpc::context::Context;
+use tarpc::server::{BaseChannel, Channel};
+use volley_config::{Config, Secret, WebhookConfig};
+use volley_contracts::{
+    Agent, AgentInfo, ApnsRender, Chunk, ChunkReport, JobState, SubmitJob, TokenList, WireError,
+};
+
+/// An agent that calls every token starting with `dead` unregistered and delivers the rest.
+#[derive(Clone)]
+struct FakeAgent;
+
+impl Agent for FakeAgent {
+    async fn deliver(self, _: Context, chunk: Chunk) -> Result<ChunkReport, WireError> {
+        let mut report = ChunkReport::default();
+        for index in 0..chunk.tokens.len() {
+            if chunk.tokens.get(index).unwrap_or("").starts_with("dead") {
+                report
+                    .invalid
+                    .push((index as u32, "Unregistered".into(), Some(1_700_000_000_000)));
+            } else {
+                report.delivered += 1;
+            }
+        }
+        Ok(report)
+    }
+}
+
+async fn serve_agent() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut incoming = volley_contracts::listen(listener);
+        while let Some((_, transport)) = incoming.next().await {
+            tokio::spawn(
+                BaseChannel::with_defaults(transport)
+                    .execute(FakeAgent.serve())
+                    .for_each(|response| async move {
+                        tokio::spawn(response);
+                    }),
+            );
+        }
+    });
+    addr
+}
+
+/// A webhook receiver that refuses (503) until `accept` is set.
+#[derive(Default)]
+struct Receiver {
+    accept: AtomicBool,
+    refused: AtomicUsize,
+    tokens: Mutex<Vec<String>>,
+}
+
+async fn serve_receiver(receiver: Arc<Receiver>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let receiver = receiver.clone();
+            let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+                let receiver = receiver.clone();
+                async move {
+                    let body: Bytes = BodyExt::collect(request.into_body())
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let status = if receiver.accept.load(Ordering::SeqCst) {
+                        let batch: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        let mut tokens = receiver.tokens.lock().unwrap();
+                        for token in batch["tokens"].as_array().unwrap() {
+                            tokens.push(token["token"].as_str().unwrap().to_owned());
+                        }
+                        200
+                    } else {
+                        receiver.refused.fetch_add(1, Ordering::SeqCst);
+                        503
+                    };
+                    Ok::<_, Infallible>(
+                        hyper::Response::builder()
+                            .status(status)
+                            .body(Full::new(Bytes::new()))
+                            .unwrap(),
+                    )
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    url
+}
+
+/// Runs a controller on its own thread and runtime until `stop` is sent; the runtime is dropped
+/// with every task when it returns.
+fn spawn_controller(
+    config: Config,
+    listener: std::net::TcpListener,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            volley_controller::run(config, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+    });
+    (stop, thread)
+}
+
+async fn wait_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn unacknowledged_batches_are_sent_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Arc::new(Receiver::default());
+    let url = serve_receiver(receiver.clone()).await;
+    let agent_addr = serve_agent().await;
+    let mut config = Config::from_toml(
+        r#"
+        [[apps]]
+        name = "shop"
+        [apps.apns]
+        topic = "com.example.shop"
+        key_file = "AuthKey.p8"
+        key_id = "ABC123DEFG"
+        team_id = "TEAM123456"
+        "#,
+    )
+    .unwrap();
+    config.controller.data_dir = dir.path().to_path_buf();
+    config.controller.chunk_size = 4;
+    config.apps[0].webhook = Some(WebhookConfig {
+        url,
+        secret: Secret::new("0123456789abcdef"),
+        batch_size: 3,
+        timeout: Duration::from_secs(5),
+        max_backoff: Duration::from_millis(200),
+    });
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, thread) = spawn_controller(config.clone(), listener);
+
+    let tokens: Vec<String> = (0..20)
+        .map(|i| {
+            let prefix = if i % 3 == 0 { "dead" } else { "0a0a" };
+            format!("{prefix}{i:060x}")
+        })
+        .collect();
+    let dead: Vec<String> = tokens
+        .iter()
+        .filter(|t| t.starts_with("dead"))
+        .cloned()
+        .collect();
+    let controller = volley_contracts::connect_controller(addr).await.unwrap();
+    controller
+        .register(
+            tarpc::context::current(),
+            AgentInfo {
+                name: "fake".into(),
+                addr: agent_addr,
+                apps: vec!["shop".into()],
+                window: 2,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let accepted = controller
+        .submit(
+            tarpc::context::current(),
+            SubmitJob {
+                app: "shop".into(),
+                apns: Some(ApnsRender {
+                    payload: Bytes::from_static(b"{\"aps\":{}}"),
+                    push_type: "alert".into(),
+                    priority: 10,
+                    expiration: None,
+                    collapse_id: None,
+                }),
+                fcm: None,
+                apns_tokens: tokens.iter().collect::<TokenList>(),
+                fcm_tokens: TokenList::default(),
+                idempotency_key: None,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    wait_until("the job to finish and the receiver to refuse", || {
+        let controller = controller.clone();
+        let receiver = receiver.clone();
+        async move {
+            let status = controller
+                .status(tarpc::context::current(), accepted.id, 0)
+                .await
+                .unwrap()
+                .unwrap();
+            status.state == JobState::Done && receiver.refused.load(Ordering::SeqCst) >= 2
+        }
+    })
+    .await;
+    let stats = controller.stats(tarpc::context::current()).await.unwrap();
+    assert!(
+        stats.webhooks[0].pending_batches > 0,
+        "{:?}",
+        stats.webhooks
+    );
+    drop(controller);
+    stop.send(()).unwrap();
+    thread.join().unwrap();
+
+    // The next controller on the same directory; the first one's store may take a moment to
+    // let go of its lock.
+    receiver.accept.store(true, Ordering::SeqCst);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let path = dir.path().join("volley.redb");
+    loop {
+        match redb::Database::create(&path) {
+            Ok(db) => {
+                drop(db);
+                break;
+            }
+            Err(error) => {
+                assert!(Instant::now() < deadline, "{error}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    let (stop, thread) = spawn_controller(config, listener);
+    wait_until("the resent batches", || {
+        let receiver = receiver.clone();
+        let want = dead.len();
+        async move { receiver.tokens.lock().unwrap().len() >= want }
+    })
+    .await;
+    let mut got = receiver.tokens.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(got, dead, "every invalid token once, after the restart");
+    stop.send(()).unwrap();
+    thread.join().unwrap();
+}
