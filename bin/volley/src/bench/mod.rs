@@ -221,10 +221,12 @@ async fn run_once(
         ingest: None,
         engine_rate: None,
         ratio: None,
+        cpu_ratio: None,
         notifications: 0,
         usage: Vec::new(),
         system_cpu_us_per_notification: None,
         cpu_timeline: Vec::new(),
+        other_load_cores: None,
     };
     if args.workload == Workload::Ceiling {
         if let Some(ceiling) = &result.ceiling {
@@ -259,6 +261,7 @@ async fn run_once(
                 )
                 .await?;
                 let delta = cpu.delta(&system);
+                result.other_load_cores = Some(cpu.other_load(&delta));
                 result.notifications = broadcast.fake_delivered;
                 result.engine_rate = Some(broadcast.rate);
                 (result.usage, result.system_cpu_us_per_notification) =
@@ -279,6 +282,7 @@ async fn run_once(
                 )
                 .await?;
                 let delta = cpu.delta(&system);
+                result.other_load_cores = Some(cpu.other_load(&delta));
                 result.notifications = ingest.fake_delivered;
                 result.engine_rate = Some(ingest.rate);
                 (result.usage, result.system_cpu_us_per_notification) =
@@ -296,6 +300,9 @@ async fn run_once(
     stopped?;
     if let (Some(broadcast), Some(ceiling)) = (&result.broadcast, &result.ceiling) {
         result.ratio = Some(broadcast.rate / ceiling.rate.max(1e-9));
+        result.cpu_ratio = result
+            .system_cpu_us_per_notification
+            .map(|engine| ceiling.cpu_us_per_notification / engine.max(1e-9));
     }
     Ok(result)
 }

@@ -4,7 +4,6 @@
 //! bench runs on, so a tick is 10 ms: short phases are rounded to that.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 /// Seconds per clock tick (`USER_HZ` = 100).
 const TICK: f64 = 0.01;
@@ -75,6 +74,28 @@ pub fn self_cpu() -> f64 {
     stat_cpu("/proc/self/stat").unwrap_or(0.0)
 }
 
+/// CPU seconds the whole machine has spent busy (every CPU, every process), from
+/// `/proc/stat`: user, nice, system, irq, softirq and steal; idle and iowait are not busy.
+pub fn machine_busy() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| fields.get(i))
+        .sum();
+    busy as f64 * TICK
+}
+
 /// The 1-minute load average, as a measure of how busy the machine was.
 pub fn load_average() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
@@ -86,11 +107,6 @@ pub fn load_average() -> f64 {
 /// Online CPUs.
 pub fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// `Duration` from seconds, clamped at zero.
-pub fn secs(seconds: f64) -> Duration {
-    Duration::from_secs_f64(seconds.max(0.0))
 }
 
 #[cfg(test)]
@@ -106,5 +122,6 @@ mod tests {
         assert!(process_cpu(std::process::id()) >= 0.0);
         let threads = thread_cpu();
         assert!(!threads.is_empty());
+        assert!(machine_busy() > 0.0);
     }
 }

@@ -46,6 +46,8 @@ pub struct CeilingResult {
     pub usage: Vec<Usage>,
     /// Client + fake CPU per delivered notification, in microseconds.
     pub cpu_us_per_notification: f64,
+    /// Cores other processes on the machine kept busy meanwhile (from `/proc/stat`).
+    pub other_load_cores: f64,
 }
 
 /// One broadcast through the front.
@@ -148,6 +150,10 @@ pub struct RunResult {
     pub engine_rate: Option<f64>,
     /// Broadcast delivered/s over the ceiling's delivered/s.
     pub ratio: Option<f64>,
+    /// The ceiling's CPU per notification over the broadcast's whole-system CPU per
+    /// notification: the ratio the rates would have on a machine the run had to itself and
+    /// saturated (steadier than `ratio` when other processes compete for the cores).
+    pub cpu_ratio: Option<f64>,
     /// Notifications the engine workload delivered (the CPU figures' divisor).
     pub notifications: u64,
     /// Each part's CPU over the engine workload and its peak RSS.
@@ -156,6 +162,8 @@ pub struct RunResult {
     pub system_cpu_us_per_notification: Option<f64>,
     /// Cumulative CPU of each part during the engine workload.
     pub cpu_timeline: Vec<CpuSample>,
+    /// Cores other processes on the machine kept busy during the engine workload.
+    pub other_load_cores: Option<f64>,
 }
 
 /// Medians over the runs.
@@ -169,6 +177,10 @@ pub struct Summary {
     pub ceiling_rate: Option<f64>,
     /// Median of each run's ratio.
     pub ratio: Option<f64>,
+    /// Median of each run's CPU ratio.
+    pub cpu_ratio: Option<f64>,
+    /// Median cores other processes kept busy during the engine workload.
+    pub other_load_cores: Option<f64>,
     /// Median broadcast acceptance time.
     pub accept_s: Option<f64>,
     /// Median whole-system CPU per notification.
@@ -238,6 +250,8 @@ pub fn summarise(runs: &[RunResult]) -> Summary {
         engine_rate: of(&|r| r.engine_rate),
         ceiling_rate: of(&|r| r.ceiling.as_ref().map(|c| c.rate)),
         ratio: of(&|r| r.ratio),
+        cpu_ratio: of(&|r| r.cpu_ratio),
+        other_load_cores: of(&|r| r.other_load_cores),
         accept_s: of(&|r| r.broadcast.as_ref().map(|b| b.accept_s)),
         system_cpu_us_per_notification: of(&|r| r.system_cpu_us_per_notification),
         ceiling_cpu_us_per_notification: of(&|r| {
@@ -298,7 +312,10 @@ pub fn print_run(run: &RunResult) {
     if let Some(cpu) = run.system_cpu_us_per_notification {
         line += &format!(" | system {cpu:.2} CPU-µs/n");
     }
-    line += &format!(" (load {:.2})", run.load_before);
+    let others = run
+        .other_load_cores
+        .or(run.ceiling.as_ref().map(|c| c.other_load_cores));
+    line += &format!(" (others busy {} cores)", opt(others, 2));
     println!("{line}");
 }
 
@@ -323,7 +340,15 @@ pub fn print_summary(summary: &Summary, workload: &str, topology: &str) {
         opt(summary.ceiling_rate, 0),
         opt(summary.ceiling_cpu_us_per_notification, 2)
     );
-    println!("  ratio         {:>12}", opt(summary.ratio, 3));
+    println!(
+        "  ratio         {:>12}  (engine/ceiling delivered/s; by CPU per notification: {})",
+        opt(summary.ratio, 3),
+        opt(summary.cpu_ratio, 3)
+    );
+    println!(
+        "  others busy   {:>12} cores (other processes on the machine meanwhile)",
+        opt(summary.other_load_cores, 2)
+    );
     if summary.accept_s.is_some() {
         println!("  accepted in   {:>12} s", opt(summary.accept_s, 3));
     }

@@ -23,6 +23,8 @@ const START_WAIT: Duration = Duration::from_secs(60);
 const THREAD_GROUPS: &[(&str, &str)] = &[
     ("volley-front", "front"),
     ("volley-controll", "controller"),
+    // The controller's job store writer (redb), on a thread of its own.
+    ("volley-store", "controller-store"),
     ("volley-fake-apn", "fake-apns"),
     ("volley-fake-fcm", "fake-fcm"),
     ("volley-ceiling", "ceiling-client"),
@@ -457,6 +459,7 @@ mod tests {
         for (comm, group) in [
             ("volley-front", Some("front")),
             ("volley-controll", Some("controller")),
+            ("volley-store", Some("controller-store")),
             ("volley-agent-0", Some("agent-0")),
             ("volley-agent-12", Some("agent-12")),
             ("volley-fake-apn", Some("fake-apns")),

@@ -18,6 +18,7 @@ use volley_contracts::TokenList;
 use volley_fake::{FakeConfig, FakeServer};
 use volley_provider::tls::TlsOptions;
 
+use super::procfs;
 use super::report::{BroadcastResult, CeilingResult, CpuSample, IngestResult, Usage};
 use super::system::{self, System, Target};
 use crate::cluster::TOPIC;
@@ -48,6 +49,7 @@ fn bar(total: u64, quiet: bool, what: &str) -> ProgressBar {
 pub struct CpuTracker {
     started: Instant,
     base: BTreeMap<String, f64>,
+    machine: f64,
     /// Samples taken so far.
     pub samples: Vec<CpuSample>,
 }
@@ -58,8 +60,17 @@ impl CpuTracker {
         CpuTracker {
             started: Instant::now(),
             base: system.cpu(),
+            machine: procfs::machine_busy(),
             samples: Vec::new(),
         }
+    }
+
+    /// Cores the rest of the machine kept busy since the start: everything `/proc/stat`
+    /// counts minus what the parts in `delta` used.
+    pub fn other_load(&self, delta: &BTreeMap<String, f64>) -> f64 {
+        let ours: f64 = delta.values().sum();
+        let machine = procfs::machine_busy() - self.machine;
+        ((machine - ours) / self.started.elapsed().as_secs_f64().max(1e-9)).max(0.0)
     }
 
     /// CPU of each part since the start.
@@ -218,6 +229,7 @@ fn ceiling_on_this_thread(
         }
         let bar = bar(tokens, quiet, "ceiling");
         let before = system::self_groups();
+        let (machine_before, process_before) = (procfs::machine_busy(), procfs::self_cpu());
         let started = Instant::now();
         let mut delivered = 0u64;
         let mut answered = 0u64;
@@ -236,6 +248,8 @@ fn ceiling_on_this_thread(
         }
         let seconds = started.elapsed().as_secs_f64();
         let after = system::self_groups();
+        let others =
+            (procfs::machine_busy() - machine_before) - (procfs::self_cpu() - process_before);
         bar.finish_and_clear();
         let cpu: BTreeMap<String, f64> = ["ceiling-client", "fake-apns"]
             .into_iter()
@@ -256,6 +270,7 @@ fn ceiling_on_this_thread(
             rate: delivered as f64 / seconds.max(1e-9),
             usage,
             cpu_us_per_notification: total * 1e6 / delivered.max(1) as f64,
+            other_load_cores: (others / seconds.max(1e-9)).max(0.0),
         })
     });
     drop(runtime);
@@ -581,7 +596,8 @@ pub async fn ingest(
         if Instant::now() > drain_deadline {
             bail!("the ingested notifications were not delivered within {JOB_LIMIT:?}");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // `stats` walks every job the controller keeps: polled often, it slows the drain.
+        tokio::time::sleep(Duration::from_millis(250)).await;
         cpu.sample(system);
     };
     let drain_s = started.elapsed().as_secs_f64();
