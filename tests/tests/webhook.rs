@@ -120,6 +120,7 @@ async fn the_webhook_gets_every_invalid_token_once_per_job_despite_failing_first
                 batch_size: 4,
                 timeout: Duration::from_secs(5),
                 max_backoff: Duration::from_millis(400),
+                ca_file: None,
             });
         },
         ..ClusterOptions::default()

@@ -349,7 +349,7 @@ pub struct AppConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// The receiver, `http://host:port/path` (plain HTTP only).
+    /// The receiver, `https://host[:port]/path` (or `http://` on a private network).
     pub url: String,
     /// The HMAC-SHA256 key the signature is made with (at least 16 characters).
     pub secret: Secret,
@@ -362,6 +362,10 @@ pub struct WebhookConfig {
     /// The longest pause between attempts (back-off doubles from 100 ms up to it).
     #[serde(default = "default_webhook_max_backoff", with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// Extra CA certificates (PEM) to trust for an `https://` receiver, besides the public
+    /// web roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_webhook_batch_size() -> usize {
@@ -509,11 +513,15 @@ impl Config {
             }
             if let Some(webhook) = &app.webhook {
                 let key = format!("{key}.webhook");
-                let rest = webhook.url.strip_prefix("http://").unwrap_or_default();
+                let rest = webhook
+                    .url
+                    .strip_prefix("https://")
+                    .or_else(|| webhook.url.strip_prefix("http://"))
+                    .unwrap_or_default();
                 if rest.is_empty() || rest.starts_with('/') {
                     return Err(ConfigError::invalid(
                         format!("{key}.url"),
-                        "must be an http://host[:port][/path] url (https is not supported)",
+                        "must be an https:// or http:// url with a host",
                     ));
                 }
                 if webhook.secret.expose().len() < 16 {
@@ -775,7 +783,9 @@ mod tests {
             .contains("webhook-secret-0123456789"));
 
         let https = text.replace("http://127.0.0.1:9/hook", "https://example.com/hook");
-        let error = Config::from_toml(&https).unwrap().validate().unwrap_err();
+        Config::from_toml(&https).unwrap().validate().unwrap();
+        let ftp = text.replace("http://127.0.0.1:9/hook", "ftp://example.com/hook");
+        let error = Config::from_toml(&ftp).unwrap().validate().unwrap_err();
         assert!(error.to_string().contains("apps[0].webhook.url"), "{error}");
     }
 

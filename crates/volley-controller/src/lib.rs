@@ -50,6 +50,9 @@ pub enum ControllerError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An app's webhook cannot be set up (its `ca_file`).
+    #[error("{0}")]
+    Webhook(String),
 }
 
 /// One unit of work in the shared channel.
@@ -217,6 +220,7 @@ pub fn start(
         .iter()
         .filter_map(|app| Some((app.name.clone(), app.webhook.clone()?)))
         .collect();
+    let outbox = webhook::Outbox::new(webhooks).map_err(ControllerError::Webhook)?;
     let config = config.controller;
     let (store, recovered) = Store::open(&config.data_dir)?;
     let (queue_tx, queue_rx) = async_channel::bounded(config.queue_chunks);
@@ -243,7 +247,7 @@ pub fn start(
         rejections: std::array::from_fn(|_| AtomicU64::new(0)),
         job_latency: Mutex::default(),
         chunk_latency: Mutex::default(),
-        outbox: webhook::Outbox::new(webhooks),
+        outbox,
         shutdown,
     });
     state.restore(recovered.jobs);

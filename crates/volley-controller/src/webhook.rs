@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -32,6 +33,9 @@ use crate::store::{Store, Write};
 
 /// The first pause after a failed attempt; it doubles up to `max_backoff`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// An HTTP/1.1 client for `https://` (rustls with ring) and `http://` receivers.
+type WebhookClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Where an outbox entry lives in the store: (job, chunk index, part within the chunk).
 pub(crate) type EntryKey = (u128, u32, u32);
@@ -54,6 +58,7 @@ struct Entry {
 struct AppOutbox {
     app: String,
     config: WebhookConfig,
+    client: WebhookClient,
     queue: Mutex<VecDeque<Entry>>,
     wake: Notify,
     delivered: AtomicU64,
@@ -67,22 +72,23 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    pub(crate) fn new(webhooks: HashMap<String, WebhookConfig>) -> Outbox {
-        let apps = webhooks
-            .into_iter()
-            .map(|(app, config)| {
-                let outbox = AppOutbox {
-                    app: app.clone(),
-                    config,
-                    queue: Mutex::default(),
-                    wake: Notify::new(),
-                    delivered: AtomicU64::new(0),
-                    failed: AtomicU64::new(0),
-                };
-                (app, Arc::new(outbox))
-            })
-            .collect();
-        Outbox { apps }
+    /// An outbox per app; fails when an app's `ca_file` cannot be used.
+    pub(crate) fn new(webhooks: HashMap<String, WebhookConfig>) -> Result<Outbox, String> {
+        let mut apps = HashMap::new();
+        for (app, config) in webhooks {
+            let client = client(&config).map_err(|error| format!("apps.{app}.webhook: {error}"))?;
+            let outbox = AppOutbox {
+                app: app.clone(),
+                config,
+                client,
+                queue: Mutex::default(),
+                wake: Notify::new(),
+                delivered: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+            };
+            apps.insert(app, Arc::new(outbox));
+        }
+        Ok(Outbox { apps })
     }
 
     /// Whether `app` has a webhook.
@@ -164,15 +170,8 @@ impl Outbox {
 
     /// Starts one sender per app.
     pub(crate) fn spawn_senders(&self, store: Store, stop: CancellationToken) {
-        let client: Client<HttpConnector, Full<Bytes>> =
-            Client::builder(TokioExecutor::new()).build_http();
         for outbox in self.apps.values() {
-            tokio::spawn(send_loop(
-                outbox.clone(),
-                client.clone(),
-                store.clone(),
-                stop.clone(),
-            ));
+            tokio::spawn(send_loop(outbox.clone(), store.clone(), stop.clone()));
         }
     }
 
@@ -270,11 +269,25 @@ pub(crate) fn sign(secret: &[u8], body: &[u8]) -> String {
     out
 }
 
-async fn post(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    config: &WebhookConfig,
-    batch: &Batch,
-) -> Result<(), String> {
+/// The app's client: the public web roots plus `ca_file`, ring as the only crypto provider.
+fn client(config: &WebhookConfig) -> Result<WebhookClient, String> {
+    let options = volley_provider::tls::TlsOptions {
+        extra_ca_pem: config.ca_file.clone(),
+        ..Default::default()
+    };
+    let mut tls =
+        (*volley_provider::tls::client_config(&options).map_err(|e| e.to_string())?).clone();
+    // The connector builder offers http/1.1 itself and insists on an empty list here.
+    tls.alpn_protocols.clear();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+async fn post(client: &WebhookClient, config: &WebhookConfig, batch: &Batch) -> Result<(), String> {
     let request = http::Request::post(config.url.as_str())
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(http::header::USER_AGENT, "volley-webhook")
@@ -303,12 +316,7 @@ fn jitter() -> f64 {
     0.5 + f64::from(nanos % 1000) / 2000.0
 }
 
-async fn send_loop(
-    outbox: Arc<AppOutbox>,
-    client: Client<HttpConnector, Full<Bytes>>,
-    store: Store,
-    stop: CancellationToken,
-) {
+async fn send_loop(outbox: Arc<AppOutbox>, store: Store, stop: CancellationToken) {
     let mut current: Option<Batch> = None;
     let mut backoff = FIRST_BACKOFF;
     loop {
@@ -321,7 +329,7 @@ async fn send_loop(
                 () = outbox.wake.notified() => continue,
             }
         };
-        match post(&client, &outbox.config, batch).await {
+        match post(&outbox.client, &outbox.config, batch).await {
             Ok(()) => {
                 let keys: Vec<EntryKey> = outbox
                     .queue
@@ -371,8 +379,9 @@ mod tests {
             batch_size: 3,
             timeout: Duration::from_secs(1),
             max_backoff: Duration::from_secs(1),
+            ca_file: None,
         };
-        let outbox = Outbox::new(HashMap::from([("shop".to_owned(), config)]));
+        let outbox = Outbox::new(HashMap::from([("shop".to_owned(), config)])).unwrap();
         let token = |i: u32| InvalidToken {
             platform: volley_contracts::Platform::Fcm,
             token: format!("t{i}"),

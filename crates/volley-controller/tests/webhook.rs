@@ -1,5 +1,6 @@
-//! The invalid-token outbox survives a controller restart: batches the receiver refused before
-//! the restart are sent by the next controller on the same `controller.data_dir`.
+//! The invalid-token webhook from the controller's side: the outbox survives a controller
+//! restart (batches the receiver refused before it are sent by the next controller on the same
+//! `controller.data_dir`), and `https://` receivers are reached over TLS.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,7 +14,8 @@ use tarpc::context::Context;
 use tarpc::server::{BaseChannel, Channel};
 use volley_config::{Config, Secret, WebhookConfig};
 use volley_contracts::{
-    Agent, AgentInfo, ApnsRender, Chunk, ChunkReport, JobState, SubmitJob, TokenList, WireError,
+    Agent, AgentInfo, ApnsRender, Chunk, ChunkReport, ControllerClient, JobAccepted, JobState,
+    SubmitJob, TokenList, WireError,
 };
 
 /// An agent that calls every token starting with `dead` unregistered and delivers the rest.
@@ -63,11 +65,21 @@ struct Receiver {
 }
 
 async fn serve_receiver(receiver: Arc<Receiver>) -> String {
+    serve_receiver_with(receiver, None).await
+}
+
+/// Serves the receiver, over TLS when `tls` is given.
+async fn serve_receiver_with(
+    receiver: Arc<Receiver>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let receiver = receiver.clone();
+            let tls = tls.clone();
             let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
                 let receiver = receiver.clone();
                 async move {
@@ -94,10 +106,23 @@ async fn serve_receiver(receiver: Arc<Receiver>) -> String {
                     )
                 }
             });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-            );
+            tokio::spawn(async move {
+                let http = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    None => {
+                        let _ = http
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    }
+                    Some(tls) => {
+                        if let Ok(stream) = tls.accept(stream).await {
+                            let _ = http
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
+                }
+            });
         }
     });
     url
@@ -141,13 +166,9 @@ async fn wait_until<F: std::future::Future<Output = bool>>(
     }
 }
 
-#[tokio::test]
-async fn unacknowledged_batches_are_sent_after_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let receiver = Arc::new(Receiver::default());
-    let url = serve_receiver(receiver.clone()).await;
-    let agent_addr = serve_agent().await;
-    let mut config = Config::from_toml(
+/// One app, `shop`, with APNs (the fake agent never reads its credentials).
+fn shop_config() -> Config {
+    Config::from_toml(
         r#"
         [[apps]]
         name = "shop"
@@ -158,33 +179,10 @@ async fn unacknowledged_batches_are_sent_after_a_restart() {
         team_id = "TEAM123456"
         "#,
     )
-    .unwrap();
-    config.controller.data_dir = dir.path().to_path_buf();
-    config.controller.chunk_size = 4;
-    config.apps[0].webhook = Some(WebhookConfig {
-        url,
-        secret: Secret::new("0123456789abcdef"),
-        batch_size: 3,
-        timeout: Duration::from_secs(5),
-        max_backoff: Duration::from_millis(200),
-    });
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, thread) = spawn_controller(config.clone(), listener);
+    .unwrap()
+}
 
-    let tokens: Vec<String> = (0..20)
-        .map(|i| {
-            let prefix = if i % 3 == 0 { "dead" } else { "0a0a" };
-            format!("{prefix}{i:060x}")
-        })
-        .collect();
-    let dead: Vec<String> = tokens
-        .iter()
-        .filter(|t| t.starts_with("dead"))
-        .cloned()
-        .collect();
-    let controller = volley_contracts::connect_controller(addr).await.unwrap();
+async fn register(controller: &ControllerClient, agent_addr: String) {
     controller
         .register(
             tarpc::context::current(),
@@ -198,7 +196,10 @@ async fn unacknowledged_batches_are_sent_after_a_restart() {
         .await
         .unwrap()
         .unwrap();
-    let accepted = controller
+}
+
+async fn submit(controller: &ControllerClient, tokens: &[String]) -> JobAccepted {
+    controller
         .submit(
             tarpc::context::current(),
             SubmitJob {
@@ -218,7 +219,45 @@ async fn unacknowledged_batches_are_sent_after_a_restart() {
         )
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn unacknowledged_batches_are_sent_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Arc::new(Receiver::default());
+    let url = serve_receiver(receiver.clone()).await;
+    let agent_addr = serve_agent().await;
+    let mut config = shop_config();
+    config.controller.data_dir = dir.path().to_path_buf();
+    config.controller.chunk_size = 4;
+    config.apps[0].webhook = Some(WebhookConfig {
+        url,
+        secret: Secret::new("0123456789abcdef"),
+        batch_size: 3,
+        timeout: Duration::from_secs(5),
+        max_backoff: Duration::from_millis(200),
+        ca_file: None,
+    });
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, thread) = spawn_controller(config.clone(), listener);
+
+    let tokens: Vec<String> = (0..20)
+        .map(|i| {
+            let prefix = if i % 3 == 0 { "dead" } else { "0a0a" };
+            format!("{prefix}{i:060x}")
+        })
+        .collect();
+    let dead: Vec<String> = tokens
+        .iter()
+        .filter(|t| t.starts_with("dead"))
+        .cloned()
+        .collect();
+    let controller = volley_contracts::connect_controller(addr).await.unwrap();
+    register(&controller, agent_addr).await;
+    let accepted = submit(&controller, &tokens).await;
     wait_until("the job to finish and the receiver to refuse", || {
         let controller = controller.clone();
         let receiver = receiver.clone();
@@ -271,6 +310,66 @@ async fn unacknowledged_batches_are_sent_after_a_restart() {
     let mut got = receiver.tokens.lock().unwrap().clone();
     got.sort();
     assert_eq!(got, dead, "every invalid token once, after the restart");
+    stop.send(()).unwrap();
+    thread.join().unwrap();
+}
+
+#[tokio::test]
+async fn an_https_receiver_gets_the_batches_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    // A self-signed certificate for 127.0.0.1, trusted through the webhook's ca_file.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let ca_file = dir.path().join("receiver-ca.pem");
+    std::fs::write(&ca_file, cert.pem()).unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+    )
+    .unwrap();
+    let receiver = Arc::new(Receiver::default());
+    receiver.accept.store(true, Ordering::SeqCst);
+    let url = serve_receiver_with(
+        receiver.clone(),
+        Some(tokio_rustls::TlsAcceptor::from(Arc::new(server))),
+    )
+    .await;
+    assert!(url.starts_with("https://"));
+    let agent_addr = serve_agent().await;
+    let mut config = shop_config();
+    config.controller.data_dir = dir.path().join("data");
+    config.apps[0].webhook = Some(WebhookConfig {
+        url,
+        secret: Secret::new("0123456789abcdef"),
+        batch_size: 100,
+        timeout: Duration::from_secs(5),
+        max_backoff: Duration::from_millis(200),
+        ca_file: Some(ca_file),
+    });
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, thread) = spawn_controller(config, listener);
+    let controller = volley_contracts::connect_controller(addr).await.unwrap();
+    register(&controller, agent_addr).await;
+    let tokens = vec![format!("dead{:060x}", 1), format!("0a0a{:060x}", 2)];
+    submit(&controller, &tokens).await;
+    wait_until("the batch over tls", || {
+        let receiver = receiver.clone();
+        async move { !receiver.tokens.lock().unwrap().is_empty() }
+    })
+    .await;
+    assert_eq!(*receiver.tokens.lock().unwrap(), [tokens[0].clone()]);
+    drop(controller);
     stop.send(()).unwrap();
     thread.join().unwrap();
 }
