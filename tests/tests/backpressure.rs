@@ -127,7 +127,10 @@ async fn a_stalled_provider_makes_the_front_answer_503_and_every_2xx_is_delivere
             client
                 .get("/stat/app")
                 .await
-                .map(|r| count(&r.body, "pending_notifications") == 0)
+                .map(|r| {
+                    count(&r.body, "pending_notifications") == 0
+                        && count(&r.body, "active_jobs") == 0
+                })
                 .unwrap_or(false)
         }
     })

@@ -138,6 +138,8 @@ struct State {
     agents: Mutex<HashMap<AgentId, AgentEntry>>,
     next_agent: AtomicU64,
     pending_notifications: AtomicU64,
+    /// Jobs not final yet.
+    active_jobs: AtomicU64,
     redispatched: AtomicU64,
     counters: Mutex<HashMap<(String, Platform), (u64, u64)>>,
     /// Final outcomes by app, provider and reason.
@@ -241,6 +243,7 @@ pub fn start(
         agents: Mutex::default(),
         next_agent: AtomicU64::new(1),
         pending_notifications: AtomicU64::new(0),
+        active_jobs: AtomicU64::new(0),
         redispatched: AtomicU64::new(0),
         counters: Mutex::default(),
         outcomes: Mutex::default(),
@@ -474,6 +477,11 @@ impl State {
     /// Makes a job known and feeds its chunks into the shared channel (their notifications
     /// are already counted as pending).
     fn enqueue(self: &Arc<Self>, job: Arc<Job>, chunks: Vec<(ChunkSpec, u32)>) {
+        // Counted before any chunk can go out, so that the decrement at the job's end never
+        // comes first.
+        if !job.is_finished() {
+            self.active_jobs.fetch_add(1, Ordering::Relaxed);
+        }
         self.jobs.lock().insert(job.id, job.clone());
         if chunks.is_empty() {
             return;
@@ -678,6 +686,7 @@ impl State {
         self.pending_notifications
             .fetch_sub(work.spec.len() as u64, Ordering::Relaxed);
         if totals.finished_job {
+            self.active_jobs.fetch_sub(1, Ordering::Relaxed);
             let status = work.job.status(0);
             let took = status
                 .finished_ms
@@ -730,12 +739,9 @@ impl State {
             })
             .collect();
         apps.sort_by(|a, b| (&a.app, a.platform).cmp(&(&b.app, b.platform)));
-        let active_jobs = self
-            .jobs
-            .lock()
-            .values()
-            .filter(|job| !job.is_finished())
-            .count() as u64;
+        // A counter, not a walk over the jobs: finished jobs are retained for a day, and
+        // `/metrics` scrapes call this.
+        let active_jobs = self.active_jobs.load(Ordering::Relaxed);
         let mut outcomes: Vec<OutcomeCount> = self
             .outcomes
             .lock()

@@ -277,6 +277,23 @@ async fn unacknowledged_batches_are_sent_after_a_restart() {
         "{:?}",
         stats.webhooks
     );
+    assert_eq!(stats.active_jobs, 0);
+    assert_eq!(stats.pending_notifications, 0);
+    let delivered: u64 = stats
+        .outcomes
+        .iter()
+        .filter(|o| o.outcome == "delivered")
+        .map(|o| o.count)
+        .sum();
+    let invalid: Vec<_> = stats
+        .outcomes
+        .iter()
+        .filter(|o| o.outcome == "invalid")
+        .map(|o| (o.reason.as_str(), o.count))
+        .collect();
+    assert_eq!(delivered, (tokens.len() - dead.len()) as u64);
+    assert_eq!(invalid, [("Unregistered", dead.len() as u64)]);
+    assert_eq!(stats.job_latency[0].histogram.count, 1);
     drop(controller);
     stop.send(()).unwrap();
     thread.join().unwrap();
