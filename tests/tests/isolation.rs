@@ -182,6 +182,7 @@ async fn one_apps_outage_does_not_stall_another_and_its_notifications_arrive_aft
         recovered.distinct_tokens,
         (FIRST_TOKENS + SECOND_TOKENS) as u64
     );
+    assert_eq!(recovered.duplicate_tokens, 0);
     let (apns, _) = cluster.shutdown().unwrap();
     assert_eq!(apns.distinct_tokens, 2 * HEALTHY_TOKENS as u64);
     assert_eq!(apns.duplicate_tokens, 0);

@@ -2,6 +2,7 @@
 //! limit, retried by the retry policy, and one report.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
@@ -36,6 +37,24 @@ pub(crate) struct Limits {
     pub(crate) expiry: Option<Instant>,
     /// How long the chunk already waited for the breaker before it was accepted.
     pub(crate) waited: Duration,
+    /// Whether the chunk may be handed back to the controller (see [`HandedBack`]).
+    pub(crate) hand_back: bool,
+}
+
+/// The chunk was given back unsent: its app's breaker opened before any of its
+/// notifications was delivered or may have been, and none is in flight. Handing it back
+/// frees the agent's window slot for other apps' chunks instead of parking it there, and
+/// cannot duplicate anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HandedBack;
+
+/// What one chunk's sends have done so far, for deciding whether it can still be handed back.
+#[derive(Debug, Default)]
+struct Progress {
+    in_flight: AtomicU32,
+    /// Some notification was delivered, reported or may have reached the provider.
+    touched: AtomicBool,
+    handing_back: AtomicBool,
 }
 
 impl Limits {
@@ -156,25 +175,29 @@ pub(crate) async fn deliver_all<'a, F, Fut>(
     lane: &Lane,
     limits: Limits,
     send: F,
-) -> ChunkReport
+) -> Result<ChunkReport, HandedBack>
 where
     F: Fn(&'a str) -> Fut,
     Fut: Future<Output = Outcome>,
 {
     let send = &send;
+    let progress = &Progress::default();
     // Indices, not `(index, &str)` items: a borrowed item type defeats the `Send` proof of
     // the tarpc handler future (higher-ranked lifetime inference).
     let mut outcomes = futures::stream::iter(0..tokens.len())
         .map(|index| {
             let token = tokens.get(index).unwrap_or_default();
             async move {
-                let (outcome, state) = deliver_one(token, retry, lane, limits, send).await;
-                (index as u32, outcome, state.possible_duplicates)
+                let ending = deliver_one(token, retry, lane, limits, progress, send).await;
+                ending.map(|(outcome, state)| (index as u32, outcome, state.possible_duplicates))
             }
         })
         .buffer_unordered(concurrency);
     let mut report = ChunkReport::default();
-    while let Some((index, outcome, duplicates)) = outcomes.next().await {
+    while let Some(ending) = outcomes.next().await {
+        // Dropping the other sends is safe: none is in flight, and none starts once
+        // `handing_back` is set.
+        let (index, outcome, duplicates) = ending?;
         report.possible_duplicates += duplicates;
         match outcome {
             Outcome::Delivered => report.delivered += 1,
@@ -191,7 +214,7 @@ where
             }),
         }
     }
-    report
+    Ok(report)
 }
 
 /// A report in which every token failed because the notification had expired.
@@ -222,8 +245,9 @@ async fn deliver_one<'a, F, Fut>(
     retry: RetryPolicy,
     lane: &Lane,
     limits: Limits,
+    progress: &Progress,
     send: &F,
-) -> (Outcome, RetryState)
+) -> Result<(Outcome, RetryState), HandedBack>
 where
     F: Fn(&'a str) -> Fut,
     Fut: Future<Output = Outcome>,
@@ -241,7 +265,7 @@ where
             Admit::WaitUntil(until) => {
                 waited += until - now;
                 if waited > lane.max_wait || until >= latest {
-                    return (given_up("CircuitOpen"), state);
+                    return Ok((given_up("CircuitOpen"), state));
                 }
                 tokio::time::sleep_until(until).await;
                 continue;
@@ -255,17 +279,43 @@ where
                     if probe {
                         lane.breaker.lock().abandon_probe(now);
                     }
-                    return (given_up("RateLimited"), state);
+                    return Ok((given_up("RateLimited"), state));
                 }
             }
         }
+        if progress.handing_back.load(Ordering::Relaxed) {
+            if probe {
+                lane.breaker.lock().abandon_probe(now);
+            }
+            return Err(HandedBack);
+        }
+        progress.in_flight.fetch_add(1, Ordering::Relaxed);
         let outcome = send(token).await;
+        let in_flight = progress.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
+        let untouched = match &outcome {
+            Outcome::Transient {
+                maybe_delivered, ..
+            } => !maybe_delivered,
+            Outcome::Credential { .. } => true,
+            _ => false,
+        };
+        if !untouched {
+            progress.touched.store(true, Ordering::Relaxed);
+        }
         let now = Instant::now();
-        lane.breaker.lock().record(now, Signal::of(&outcome), probe);
+        let open = {
+            let mut breaker = lane.breaker.lock();
+            breaker.record(now, Signal::of(&outcome), probe);
+            breaker.open_until(now).is_some()
+        };
+        if open && limits.hand_back && in_flight == 0 && !progress.touched.load(Ordering::Relaxed) {
+            progress.handing_back.store(true, Ordering::Relaxed);
+            return Err(HandedBack);
+        }
         latest = limits.retry_deadline();
         let jitter = rand::thread_rng().gen::<f64>();
         match decide(&retry, &mut state, &outcome, now, latest, jitter) {
-            Decision::Final => return (outcome, state),
+            Decision::Final => return Ok((outcome, state)),
             // Waiting here holds no stream: the request is already answered.
             Decision::Retry(delay) => tokio::time::sleep(delay).await,
         }
@@ -331,6 +381,7 @@ mod tests {
             deadline: now + Duration::from_secs(100),
             expiry: expiry.map(|expiry| now + expiry),
             waited: Duration::ZERO,
+            hand_back: false,
         }
     }
 
@@ -374,7 +425,8 @@ mod tests {
                 }
             }
         })
-        .await;
+        .await
+        .unwrap();
         assert_eq!(report.delivered, 2);
         assert_eq!(
             report.invalid,
@@ -403,7 +455,8 @@ mod tests {
             calls.fetch_add(1, Ordering::Relaxed);
             async { unavailable(Some(1), false) }
         })
-        .await;
+        .await
+        .unwrap();
         assert_eq!(report.failed.len(), 2);
         assert_eq!(calls.load(Ordering::Relaxed), 4);
     }
@@ -429,7 +482,8 @@ mod tests {
                 }
             }
         })
-        .await;
+        .await
+        .unwrap();
         assert_eq!(report.delivered, 20, "{:?}", report.failed);
         // 20 first sends, then probes at 1 s (refused) and 3 s (good), then the 19 others:
         // the open breaker kept them from burning their attempts.
@@ -449,7 +503,8 @@ mod tests {
             calls.fetch_add(1, Ordering::Relaxed);
             async { unavailable(None, false) }
         })
-        .await;
+        .await
+        .unwrap();
         assert_eq!(report.failed.len(), 10);
         assert!(report
             .failed
@@ -467,7 +522,8 @@ mod tests {
         let report = deliver_all(&tokens, 50, POLICY, &lane, limits(None), |_| async {
             Outcome::Delivered
         })
-        .await;
+        .await
+        .unwrap();
         assert_eq!(report.delivered, 300);
         // A burst of 10, then 290 at 100/s.
         let elapsed = start.elapsed();
@@ -475,6 +531,51 @@ mod tests {
             elapsed >= Duration::from_millis(2890) && elapsed < Duration::from_millis(2950),
             "{elapsed:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_chunk_is_handed_back_when_the_breaker_opens_before_anything_was_delivered() {
+        let tokens: TokenList = (0..50).map(|i| format!("t{i}")).collect();
+        let calls = AtomicU32::new(0);
+        let lane = lane(Duration::from_secs(60), None, 4);
+        let limits = Limits {
+            hand_back: true,
+            ..limits(None)
+        };
+        let handed_back = deliver_all(&tokens, 10, POLICY, &lane, limits, |_| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            async {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                unavailable(Some(1), false)
+            }
+        })
+        .await;
+        assert_eq!(handed_back, Err(HandedBack));
+        // Only the first wave went out, and all of it was answered before the hand-back.
+        assert_eq!(calls.load(Ordering::Relaxed), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_chunk_with_a_delivered_or_maybe_delivered_notification_is_not_handed_back() {
+        let tokens: TokenList = (0..8).map(|i| format!("t{i}")).collect();
+        for first in [Outcome::Delivered, unavailable(None, true)] {
+            let lane = lane(Duration::from_secs(3), None, 4);
+            let limits = Limits {
+                hand_back: true,
+                ..limits(None)
+            };
+            let report = deliver_all(&tokens, 8, POLICY, &lane, limits, |token| {
+                let outcome = if token == "t0" {
+                    first.clone()
+                } else {
+                    unavailable(None, false)
+                };
+                async move { outcome }
+            })
+            .await
+            .expect("not handed back");
+            assert_eq!(report.delivered + report.failed.len() as u32, 8);
+        }
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //!
 //! Each app's provider has its own circuit breaker and rate limit on the agent (a "lane"),
 //! so that one app's trouble pauses that app alone. A chunk for an app whose breaker is open
-//! is refused (`ResourceExhausted`) after a short pause, so that the controller hands it out
-//! again instead of the chunk holding one of this agent's window slots.
+//! is refused (`ResourceExhausted`) after a short pause, and a chunk whose breaker opens
+//! before any of its notifications was delivered (or may have been) is handed back the same
+//! way: the controller hands it out again, uncounted as a duplicate, instead of the chunk
+//! holding one of this agent's window slots while other apps wait.
 
 mod breaker;
 mod deliver;
@@ -201,9 +203,9 @@ struct AgentServer {
     per_chunk_concurrency: usize,
     retry: RetryPolicy,
     request_timeout: Duration,
-    /// When each chunk refused for an open breaker was first refused, so that a chunk is
-    /// not refused forever: past `agent.breaker.max_wait` it is taken and fails as
-    /// `CircuitOpen`.
+    /// When each chunk refused or handed back for an open breaker was first, so that a chunk
+    /// is not sent back forever: past `agent.breaker.max_wait` it is taken and its
+    /// notifications fail as `CircuitOpen` if the breaker is still open.
     refused: Arc<Mutex<HashMap<ChunkId, tokio::time::Instant>>>,
     draining: Arc<AtomicBool>,
     in_flight: Arc<AtomicUsize>,
@@ -284,7 +286,8 @@ impl AgentServer {
             .checked_sub(self.request_timeout + DEADLINE_MARGIN)
             .unwrap_or(received)
             .max(received);
-        let report = match &chunk.render {
+        let provider;
+        let delivered = match &chunk.render {
             Render::Apns(render) => {
                 let (client, lane) = app.apns.as_ref().ok_or_else(|| no_credentials("APNs"))?;
                 let expiry =
@@ -294,7 +297,8 @@ impl AgentServer {
                             return Ok(deliver::expired_report(chunk.tokens.len()))
                         }
                     };
-                let waited = self.admit_chunk(&chunk, "APNs", lane).await?;
+                provider = "APNs";
+                let waited = self.admit_chunk(&chunk, provider, lane).await?;
                 let prepared = deliver::prepare_apns(
                     app.topic.as_deref().unwrap_or(""),
                     render,
@@ -304,6 +308,7 @@ impl AgentServer {
                     deadline,
                     expiry,
                     waited,
+                    hand_back: waited < lane.max_wait,
                 };
                 deliver::deliver_all(
                     &chunk.tokens,
@@ -318,12 +323,14 @@ impl AgentServer {
             Render::Fcm(render) => {
                 let (client, lane) = app.fcm.as_ref().ok_or_else(|| no_credentials("FCM"))?;
                 let expiry = deliver::fcm_ttl(render).map(|ttl| received + ttl);
-                let waited = self.admit_chunk(&chunk, "FCM", lane).await?;
+                provider = "FCM";
+                let waited = self.admit_chunk(&chunk, provider, lane).await?;
                 let prepared = deliver::prepare_fcm(render, chunk.collapse_id.as_deref())?;
                 let limits = Limits {
                     deadline,
                     expiry,
                     waited,
+                    hand_back: waited < lane.max_wait,
                 };
                 deliver::deliver_all(
                     &chunk.tokens,
@@ -336,17 +343,25 @@ impl AgentServer {
                 .await
             }
         };
+        let Ok(report) = delivered else {
+            // Hand-backs count towards the chunk's wait for the breaker, like refusals.
+            self.refused.lock().entry(chunk.id).or_insert(received);
+            tracing::info!(chunk = %chunk.id, app = %chunk.app, provider, "circuit opened before anything was delivered; chunk handed back");
+            return Err(paused(&chunk, provider));
+        };
+        self.refused.lock().remove(&chunk.id);
         tracing::debug!(chunk = %chunk.id, tokens = chunk.tokens.len(), delivered = report.delivered, "chunk delivered");
         Ok(report)
     }
 
     /// Takes a chunk, or refuses it while its app's breaker is open so that the controller
     /// hands it out again (to another agent, or to this one later). Returns how long the chunk
-    /// has been waiting for the breaker.
+    /// has been waiting for the breaker (refused or handed back).
     ///
     /// The refusal comes after a short pause, so that a refused chunk does not spin between
-    /// the controller and the agent. A chunk refused for longer than `agent.breaker.max_wait`
-    /// is taken: its notifications then fail as `CircuitOpen` if the breaker is still open.
+    /// the controller and the agent. A chunk kept waiting for longer than
+    /// `agent.breaker.max_wait` is taken and no longer handed back: its notifications then
+    /// fail as `CircuitOpen` if the breaker is still open.
     async fn admit_chunk(
         &self,
         chunk: &Chunk,
@@ -354,10 +369,14 @@ impl AgentServer {
         lane: &Lane,
     ) -> Result<Duration, WireError> {
         let now = tokio::time::Instant::now();
+        let first = self.refused.lock().get(&chunk.id).copied();
+        let waited = first.map_or(Duration::ZERO, |first| now - first);
         let Some(until) = lane.breaker.lock().open_until(now) else {
-            let first = self.refused.lock().remove(&chunk.id);
-            return Ok(first.map_or(Duration::ZERO, |first| now - first));
+            return Ok(waited);
         };
+        if waited >= lane.max_wait {
+            return Ok(waited);
+        }
         let first = {
             let mut refused = self.refused.lock();
             if refused.len() >= 4096 {
@@ -367,25 +386,25 @@ impl AgentServer {
             }
             *refused.entry(chunk.id).or_insert(now)
         };
-        if now - first >= lane.max_wait {
-            self.refused.lock().remove(&chunk.id);
-            return Ok(now - first);
-        }
         tokio::time::sleep_until(until.min(now + REFUSE_PAUSE)).await;
         let now = tokio::time::Instant::now();
         if lane.breaker.lock().open_until(now).is_none() {
-            self.refused.lock().remove(&chunk.id);
             return Ok(now - first);
         }
         tracing::info!(chunk = %chunk.id, app = %chunk.app, provider, "circuit open; chunk refused");
-        Err(WireError::new(
-            ErrorCode::ResourceExhausted,
-            format!(
-                "app {:?}: {provider} sends are paused on this agent (circuit open)",
-                chunk.app
-            ),
-        ))
+        Err(paused(chunk, provider))
     }
+}
+
+/// The answer to a chunk refused or handed back because its app's breaker is open.
+fn paused(chunk: &Chunk, provider: &str) -> WireError {
+    WireError::new(
+        ErrorCode::ResourceExhausted,
+        format!(
+            "app {:?}: {provider} sends are paused on this agent (circuit open)",
+            chunk.app
+        ),
+    )
 }
 
 /// Runs an agent on `listener` until `shutdown` resolves, then drains.

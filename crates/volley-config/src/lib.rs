@@ -317,7 +317,7 @@ impl Default for BreakerConfig {
             credential_failures: 3,
             cool_down: Duration::from_secs(2),
             max_cool_down: Duration::from_secs(60),
-            max_wait: Duration::from_secs(60),
+            max_wait: Duration::from_secs(30),
         }
     }
 }
