@@ -808,6 +808,11 @@ impl State {
     }
 }
 
+/// An agent refused a chunk because the app's sends are paused there (`ResourceExhausted`).
+const APP_PAUSED: &str = "app paused on the agent";
+/// How long a chunk refused for a paused app waits before it is queued again.
+const PAUSED_REQUEUE_DELAY: Duration = Duration::from_millis(500);
+
 /// One of an agent's `window` workers: pulls chunks from the shared channel and delivers them.
 #[allow(clippy::too_many_arguments)]
 async fn dispatch(
@@ -864,6 +869,7 @@ async fn dispatch(
             result = client.deliver(context, chunk) => match result {
                 Ok(Ok(report)) => Ok(report),
                 Ok(Err(error)) if error.code == ErrorCode::Unavailable => Err("agent is draining"),
+                Ok(Err(error)) if error.code == ErrorCode::ResourceExhausted => Err(APP_PAUSED),
                 Ok(Err(error)) => {
                     tracing::warn!(agent = %agent, worker, code = ?error.code, %error, "agent refused a chunk");
                     Err("agent refused the chunk")
@@ -890,6 +896,21 @@ async fn dispatch(
                 state.record(&work, &report);
             }
             Ok(_) => {}
+            Err(APP_PAUSED) => {
+                // The agent paused the app (its provider's circuit is open) and sent nothing.
+                // The chunk waits a moment outside the queues, so that the paused app's chunks
+                // do not keep every worker busy with refusals while other apps' chunks wait.
+                tracing::debug!(agent = %agent, job = %work.job.id, chunk = work.spec.index, app = %work.job.app, "app paused on the agent; chunk back in a moment");
+                let retry = Work {
+                    epoch: work.epoch + 1,
+                    ..work
+                };
+                let later = state.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(PAUSED_REQUEUE_DELAY).await;
+                    later.requeue(retry);
+                });
+            }
             Err(why) => {
                 // A chunk the agent refused was never sent; any other may have been, in part.
                 let maybe_sent = why != "agent is draining" && why != "agent refused the chunk";
