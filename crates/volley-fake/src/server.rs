@@ -497,7 +497,7 @@ async fn serve_stats_http1(counters: Arc<Counters>, tcp: TcpStream) {
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let counters = counters.clone();
         async move {
-            let mut response = if req.method() == Method::GET && req.uri().path() == "/stats" {
+            let response = if req.method() == Method::GET && req.uri().path() == "/stats" {
                 let body = serde_json::to_vec(&counters.snapshot()).unwrap_or_default();
                 let mut r = Response::new(Full::new(Bytes::from(body)));
                 r.headers_mut().insert(
@@ -506,11 +506,10 @@ async fn serve_stats_http1(counters: Arc<Counters>, tcp: TcpStream) {
                 );
                 r
             } else {
-                Response::new(Full::new(Bytes::from_static(b"not found\n")))
+                let mut r = Response::new(Full::new(Bytes::from_static(b"not found\n")));
+                *r.status_mut() = StatusCode::NOT_FOUND;
+                r
             };
-            if req.uri().path() != "/stats" || req.method() != Method::GET {
-                *response.status_mut() = StatusCode::NOT_FOUND;
-            }
             Ok::<_, std::convert::Infallible>(response)
         }
     });
