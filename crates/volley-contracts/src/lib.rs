@@ -603,3 +603,39 @@ pub trait Agent {
     /// Delivers every token of a chunk and reports what became of each.
     async fn deliver(chunk: Chunk) -> Result<ChunkReport, WireError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_observations_land_in_the_first_bucket_that_holds_them() {
+        let mut histogram = Histogram::default();
+        for ms in [0, 5, 6, 300_000, 300_001] {
+            histogram.observe(ms);
+        }
+        assert_eq!(histogram.buckets.len(), LATENCY_BUCKETS_MS.len() + 1);
+        assert_eq!(histogram.buckets[0], 2, "0 and 5 are <= 5");
+        assert_eq!(histogram.buckets[1], 1, "6 is <= 10");
+        assert_eq!(histogram.buckets[LATENCY_BUCKETS_MS.len() - 1], 1);
+        assert_eq!(histogram.buckets[LATENCY_BUCKETS_MS.len()], 1, "+Inf");
+        assert_eq!(histogram.count, 5);
+        assert_eq!(histogram.sum_ms, 600_012);
+    }
+
+    #[test]
+    fn every_error_code_maps_to_one_status() {
+        let codes = [
+            (ErrorCode::InvalidArgument, 400),
+            (ErrorCode::NotFound, 404),
+            (ErrorCode::Unavailable, 503),
+            (ErrorCode::ResourceExhausted, 429),
+            (ErrorCode::NoCredentials, 409),
+            (ErrorCode::Internal, 500),
+            (ErrorCode::Overloaded, 503),
+        ];
+        for (code, status) in codes {
+            assert_eq!(code.http_status(), status, "{code:?}");
+        }
+    }
+}
