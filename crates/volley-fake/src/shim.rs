@@ -606,4 +606,110 @@ mod tests {
         write_through(&mut shim, &input, 5);
         assert_eq!(shim.get_ref().written, input);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A frame `h2` might write: (type, flags, payload).
+        fn any_frame() -> impl Strategy<Value = (u8, u8, Vec<u8>)> {
+            prop_oneof![
+                (
+                    Just(0x0u8),
+                    0u8..2,
+                    proptest::collection::vec(any::<u8>(), 0..40)
+                ),
+                (
+                    Just(0x1u8),
+                    Just(0x4u8),
+                    proptest::collection::vec(any::<u8>(), 1..20)
+                ),
+                (
+                    Just(0x6u8),
+                    Just(0u8),
+                    proptest::collection::vec(any::<u8>(), 8..=8)
+                ),
+                (
+                    Just(TYPE_GOAWAY),
+                    Just(0u8),
+                    proptest::collection::vec(any::<u8>(), 8..12)
+                ),
+                (
+                    Just(TYPE_SETTINGS),
+                    Just(0u8),
+                    proptest::collection::vec((0u16..7, any::<u32>()), 0..4).prop_map(|entries| {
+                        entries
+                            .iter()
+                            .flat_map(|(id, v)| {
+                                [id.to_be_bytes().to_vec(), v.to_be_bytes().to_vec()].concat()
+                            })
+                            .collect()
+                    })
+                ),
+                (Just(TYPE_SETTINGS), Just(FLAG_ACK), Just(Vec::new())),
+            ]
+        }
+
+        /// What the shim should make of the frames: the first SETTINGS advertises 1 stream,
+        /// GOAWAY last-stream-ids are capped, and the raise follows frame `raise_after`.
+        fn model(
+            frames: &[(u8, u8, Vec<u8>)],
+            cap: u32,
+            raise_after: usize,
+            limit: u32,
+        ) -> Vec<u8> {
+            let mut out = Vec::new();
+            let mut first_settings = true;
+            for (i, (kind, flags, payload)) in frames.iter().enumerate() {
+                let mut payload = payload.clone();
+                if *kind == TYPE_SETTINGS
+                    && flags & FLAG_ACK == 0
+                    && std::mem::take(&mut first_settings)
+                {
+                    for entry in payload.chunks_exact_mut(6) {
+                        if entry[0] == 0 && entry[1] == 3 {
+                            entry[2..6].copy_from_slice(&1u32.to_be_bytes());
+                        }
+                    }
+                }
+                if *kind == TYPE_GOAWAY {
+                    let last = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
+                        & !(1 << 31);
+                    if last > cap {
+                        payload[..4].copy_from_slice(&cap.to_be_bytes());
+                    }
+                }
+                out.extend_from_slice(&frame(*kind, *flags, 0, &payload));
+                if i + 1 == raise_after {
+                    out.extend_from_slice(&settings(&[(0x3, limit)]));
+                }
+            }
+            out
+        }
+
+        proptest! {
+            #[test]
+            fn output_matches_the_model_however_writes_are_cut(
+                frames in proptest::collection::vec(any_frame(), 1..12),
+                cut in 1usize..30,
+                write_chunk in 1usize..30,
+                cap in 0u32..1000,
+                raise_at in 0usize..12,
+                limit in 2u32..2000,
+            ) {
+                let raise_after = raise_at.min(frames.len()).max(1);
+                let control = Rc::new(ShimControl::default());
+                let mut shim = Shim::new(script(write_chunk, vec![]), control.clone(), true, true);
+                control.cap_goaway(cap);
+                for (i, (kind, flags, payload)) in frames.iter().enumerate() {
+                    write_through(&mut shim, &frame(*kind, *flags, 0, payload), cut);
+                    if i + 1 == raise_after {
+                        control.raise(limit);
+                    }
+                }
+                write_through(&mut shim, &[], 1);
+                prop_assert_eq!(&shim.get_ref().written, &model(&frames, cap, raise_after, limit));
+            }
+        }
+    }
 }
