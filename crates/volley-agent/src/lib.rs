@@ -38,10 +38,11 @@ use volley_provider::tls::{ClientIdentity, TlsOptions};
 
 pub use retry::RetryPolicy;
 
-/// How long a chunk for an app whose breaker is open waits before it is refused: long enough
-/// that refused chunks do not spin between the controller and the agent, short enough that
-/// the window slot is soon free for other apps' chunks.
-const REFUSE_PAUSE: Duration = Duration::from_millis(250);
+/// How long a chunk for an app whose breaker is open waits before it is refused (unless the
+/// breaker half-opens first). Short: every millisecond a refused chunk spends here is a window
+/// slot other apps' chunks cannot use, and a troubled app may have many chunks to refuse; the
+/// controller, not this pause, keeps refused chunks from spinning.
+const REFUSE_PAUSE: Duration = Duration::from_millis(25);
 
 /// Time kept between a chunk's last send and the controller's deadline for it, on top of one
 /// request timeout.
