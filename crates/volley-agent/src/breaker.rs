@@ -52,6 +52,15 @@ pub(crate) enum Admit {
     WaitUntil(Instant),
 }
 
+/// A change of state worth logging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transition {
+    /// Opened (or opened again after a failed probe) for this cool-down.
+    Opened(Duration),
+    /// A probe succeeded: sends resume.
+    Closed,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Closed,
@@ -121,21 +130,27 @@ impl Breaker {
     }
 
     /// Records the answer to a send admitted at some earlier time.
-    pub(crate) fn record(&mut self, now: Instant, signal: Signal, probe: bool) {
+    pub(crate) fn record(
+        &mut self,
+        now: Instant,
+        signal: Signal,
+        probe: bool,
+    ) -> Option<Transition> {
         if probe {
             if signal == Signal::Healthy {
+                let was_closed = self.state == State::Closed;
                 self.close();
-            } else {
-                self.cool_down = (self.cool_down * 2).min(self.config.max_cool_down);
-                self.state = State::Open {
-                    until: now + self.cool_down,
-                };
+                return (!was_closed).then_some(Transition::Closed);
             }
-            return;
+            self.cool_down = (self.cool_down * 2).min(self.config.max_cool_down);
+            self.state = State::Open {
+                until: now + self.cool_down,
+            };
+            return Some(Transition::Opened(self.cool_down));
         }
         // Answers to sends made before the breaker opened say nothing new.
         if self.state != State::Closed {
-            return;
+            return None;
         }
         let bucket = self.rotate(now);
         bucket.0 += 1;
@@ -160,7 +175,9 @@ impl Breaker {
             self.state = State::Open {
                 until: now + self.cool_down,
             };
+            return Some(Transition::Opened(self.cool_down));
         }
+        None
     }
 
     fn close(&mut self) {
@@ -220,7 +237,10 @@ mod tests {
             b.record(t0, Signal::Failure, false);
         }
         assert_eq!(b.admit(t0), GO);
-        b.record(t0, Signal::Healthy, false);
+        assert_eq!(
+            b.record(t0, Signal::Healthy, false),
+            Some(Transition::Opened(Duration::from_secs(1)))
+        );
         // 9 of 10 failed: open for the cool-down.
         assert_eq!(b.open_until(t0), Some(t0 + Duration::from_secs(1)));
         assert_eq!(b.admit(t0), Admit::WaitUntil(t0 + Duration::from_secs(1)));
@@ -233,7 +253,10 @@ mod tests {
         // Only one probe at a time; the others poll.
         assert!(matches!(b.admit(t1), Admit::WaitUntil(t) if t > t1));
         assert_eq!(b.open_until(t1), None, "half-open is not open");
-        b.record(t1, Signal::Healthy, true);
+        assert_eq!(
+            b.record(t1, Signal::Healthy, true),
+            Some(Transition::Closed)
+        );
         assert_eq!(b.admit(t1), GO);
     }
 

@@ -14,13 +14,15 @@ use volley_contracts::{
 };
 use volley_provider::{Outcome, Reason};
 
-use crate::breaker::{Admit, Breaker, Signal};
+use crate::breaker::{Admit, Breaker, Signal, Transition};
 use crate::limit::RateLimit;
 use crate::retry::{decide, Decision, RetryPolicy, RetryState};
 
 /// One app's provider on this agent: its breaker and rate limit, shared by all its chunks.
 #[derive(Debug)]
 pub(crate) struct Lane {
+    /// `app/provider`, for logs.
+    pub(crate) name: String,
     pub(crate) breaker: Mutex<Breaker>,
     pub(crate) limit: Option<RateLimit>,
     /// Longest a notification waits for an open breaker.
@@ -303,11 +305,20 @@ where
             progress.touched.store(true, Ordering::Relaxed);
         }
         let now = Instant::now();
-        let open = {
+        let (open, transition) = {
             let mut breaker = lane.breaker.lock();
-            breaker.record(now, Signal::of(&outcome), probe);
-            breaker.open_until(now).is_some()
+            let transition = breaker.record(now, Signal::of(&outcome), probe);
+            (breaker.open_until(now).is_some(), transition)
         };
+        match transition {
+            Some(Transition::Opened(cool_down)) => {
+                tracing::warn!(lane = %lane.name, class = outcome.class(), reason = ?outcome.reason().map(Reason::as_str), ?cool_down, "circuit open: sends paused");
+            }
+            Some(Transition::Closed) => {
+                tracing::info!(lane = %lane.name, "circuit closed: sends resume");
+            }
+            None => {}
+        }
         if open && limits.hand_back && in_flight == 0 && !progress.touched.load(Ordering::Relaxed) {
             progress.handing_back.store(true, Ordering::Relaxed);
             return Err(HandedBack);
@@ -369,6 +380,7 @@ mod tests {
             ..BreakerConfig::default()
         };
         Lane {
+            name: "test/APNs".into(),
             breaker: Mutex::new(Breaker::new(config, Duration::from_secs(10), now)),
             limit: rate.map(|rate| RateLimit::new(rate, now)),
             max_wait,

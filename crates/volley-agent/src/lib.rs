@@ -76,11 +76,12 @@ struct AppClients {
 }
 
 /// A breaker and a rate limit for one app's provider.
-fn lane(agent: &volley_config::AgentConfig, rate_limit: Option<u32>) -> Arc<Lane> {
+fn lane(name: String, agent: &volley_config::AgentConfig, rate_limit: Option<u32>) -> Arc<Lane> {
     let now = tokio::time::Instant::now();
     // A probe unanswered after a whole request timeout was lost with its chunk.
     let probe_timeout = agent.request_timeout + Duration::from_secs(1);
     Arc::new(Lane {
+        name,
         breaker: Mutex::new(breaker::Breaker::new(
             agent.breaker.clone(),
             probe_timeout,
@@ -159,7 +160,11 @@ fn app_clients(config: &Config, index: usize, app: &AppConfig) -> Result<AppClie
             Some((
                 volley_apns::ApnsClient::new(client_config)
                     .map_err(|error| invalid("apns", error.to_string()))?,
-                lane(agent, apns.rate_limit_per_second),
+                lane(
+                    format!("{}/APNs", app.name),
+                    agent,
+                    apns.rate_limit_per_second,
+                ),
             ))
         }
     };
@@ -186,7 +191,11 @@ fn app_clients(config: &Config, index: usize, app: &AppConfig) -> Result<AppClie
             Some((
                 volley_fcm::FcmClient::new(client_config)
                     .map_err(|error| invalid("fcm", error.to_string()))?,
-                lane(agent, fcm.rate_limit_per_second),
+                lane(
+                    format!("{}/FCM", app.name),
+                    agent,
+                    fcm.rate_limit_per_second,
+                ),
             ))
         }
     };
