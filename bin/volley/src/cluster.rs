@@ -143,6 +143,7 @@ impl Cluster {
             webhook: None,
         });
         (options.tweak)(&mut config);
+        let config = config.with_env_overrides()?;
         config.validate()?;
 
         let controller = {

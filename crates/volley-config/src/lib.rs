@@ -183,6 +183,9 @@ pub struct ControllerConfig {
     pub job_retention: Duration,
     /// Where jobs are stored; one controller per directory (it is locked).
     pub data_dir: PathBuf,
+    /// Flush every commit to disk (the default). `false` only measures what durability costs:
+    /// a machine crash may then lose jobs that were answered 2xx.
+    pub fsync: bool,
     /// How long a chunk lease lasts without renewal by the agent's heartbeats.
     #[serde(with = "humantime_serde")]
     pub lease_time: Duration,
@@ -209,6 +212,7 @@ impl Default for ControllerConfig {
             max_pending_notifications: 20_000_000,
             job_retention: Duration::from_secs(24 * 3600),
             data_dir: PathBuf::from("volley-data"),
+            fsync: true,
             lease_time: Duration::from_secs(15),
             idempotency_window: Duration::from_secs(24 * 3600),
             shutdown_grace: Duration::from_secs(30),
@@ -458,6 +462,19 @@ impl Config {
         let config: Config = figment
             .extract()
             .map_err(|error| ConfigError::Parse(describe(error)))?;
+        Ok(config)
+    }
+
+    /// Applies `VOLLEY_*` variables on top of a configuration built in code (the demo's and
+    /// the bench's in-process clusters), so that the same variables tune them. The apps are
+    /// kept as built: their secrets serialise redacted and could not make the round trip.
+    pub fn with_env_overrides(self) -> Result<Config, ConfigError> {
+        let apps = self.apps.clone();
+        let mut config: Config = Figment::from(Serialized::defaults(self))
+            .merge(Env::prefixed("VOLLEY_").split("__").ignore(&["config"]))
+            .extract()
+            .map_err(|error| ConfigError::Parse(describe(error)))?;
+        config.apps = apps;
         Ok(config)
     }
 
@@ -868,6 +885,25 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(error.to_string().contains("front.default_app"), "{error}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the error type
+    fn environment_overrides_a_config_built_in_code_and_keeps_its_secrets() {
+        let built = Config::from_toml(GOOD).unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("VOLLEY_CONTROLLER__FSYNC", "false");
+            let config = built
+                .clone()
+                .with_env_overrides()
+                .map_err(|e| e.to_string())?;
+            assert!(!config.controller.fsync);
+            assert_eq!(
+                config.apps[0].api_keys[0].expose(),
+                "0123456789abcdef-secret"
+            );
+            Ok(())
+        });
     }
 
     #[test]

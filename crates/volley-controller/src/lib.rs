@@ -224,7 +224,7 @@ pub fn start(
         .collect();
     let outbox = webhook::Outbox::new(webhooks).map_err(ControllerError::Webhook)?;
     let config = config.controller;
-    let (store, recovered) = Store::open(&config.data_dir)?;
+    let (store, recovered) = Store::open(&config.data_dir, config.fsync)?;
     let (queue_tx, queue_rx) = async_channel::bounded(config.queue_chunks);
     let (retry_tx, retry_rx) = async_channel::unbounded();
     let shutdown = CancellationToken::new();

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use volley_contracts::{ChunkReport, JobId, SubmitJob};
@@ -201,7 +201,7 @@ fn load(db: &Database) -> Result<Vec<StoredJob>, StoreError> {
     Ok(out)
 }
 
-fn writer(mut db: Database, rx: mpsc::Receiver<RequestBox>) {
+fn writer(mut db: Database, rx: mpsc::Receiver<RequestBox>, durability: Durability) {
     let mut forgotten_since_compaction = 0usize;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first.0];
@@ -213,7 +213,7 @@ fn writer(mut db: Database, rx: mpsc::Receiver<RequestBox>) {
             }
         }
         let mut forgot = 0;
-        let result = apply(&db, &batch, &mut forgot).map_err(|error| error.to_string());
+        let result = apply(&db, &batch, &mut forgot, durability).map_err(|error| error.to_string());
         if let Err(error) = &result {
             tracing::error!(%error, writes = batch.len(), "store commit failed");
         }
@@ -233,8 +233,14 @@ fn writer(mut db: Database, rx: mpsc::Receiver<RequestBox>) {
     }
 }
 
-fn apply(db: &Database, batch: &[Request], forgot: &mut usize) -> Result<(), StoreError> {
-    let txn = db.begin_write().map_err(db_error)?;
+fn apply(
+    db: &Database,
+    batch: &[Request],
+    forgot: &mut usize,
+    durability: Durability,
+) -> Result<(), StoreError> {
+    let mut txn = db.begin_write().map_err(db_error)?;
+    txn.set_durability(durability);
     {
         let mut jobs = txn.open_table(JOBS).map_err(db_error)?;
         let mut done = txn.open_table(DONE).map_err(db_error)?;
@@ -363,8 +369,15 @@ pub(crate) struct Recovered {
 }
 
 impl Store {
-    /// Opens the store and reads back jobs and idempotency keys.
-    pub(crate) fn open(dir: &Path) -> Result<(Store, Recovered), StoreError> {
+    /// Opens the store and reads back jobs and idempotency keys. Without `fsync`, commits are
+    /// not flushed to disk (a crash of the machine, not only of the process, may lose the
+    /// latest jobs): only for measuring what durability costs.
+    pub(crate) fn open(dir: &Path, fsync: bool) -> Result<(Store, Recovered), StoreError> {
+        let durability = if fsync {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
         std::fs::create_dir_all(dir).map_err(|error| {
             StoreError::Db(format!(
                 "cannot create controller.data_dir {}: {error}",
@@ -387,7 +400,7 @@ impl Store {
         let (tx, rx) = mpsc::channel::<RequestBox>();
         std::thread::Builder::new()
             .name("volley-store".into())
-            .spawn(move || writer(db, rx))
+            .spawn(move || writer(db, rx, durability))
             .map_err(db_error)?;
         Ok((Store { tx }, recovered))
     }
@@ -426,7 +439,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = JobId::new();
         {
-            let (store, recovered) = Store::open(dir.path()).unwrap();
+            let (store, recovered) = Store::open(dir.path(), true).unwrap();
             assert!(recovered.jobs.is_empty());
             store
                 .write(Write::Job {
@@ -469,12 +482,12 @@ mod tests {
             store.write(Write::Cancelled { id }).await.unwrap();
             // While it is open, nobody else may open it.
             assert!(matches!(
-                Store::open(dir.path()),
+                Store::open(dir.path(), true),
                 Err(StoreError::Locked(_))
             ));
         }
         // The writer thread ends once every handle is dropped; then the lock is free.
-        let reopened = (0..200).find_map(|_| match Store::open(dir.path()) {
+        let reopened = (0..200).find_map(|_| match Store::open(dir.path(), true) {
             Ok(opened) => Some(opened),
             Err(_) => {
                 std::thread::sleep(std::time::Duration::from_millis(10));
