@@ -47,25 +47,30 @@ TCK=$(getconf CLK_TCK)
 : >"$WORK/results"
 for run in $(seq "$RUNS"); do
     read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$FAKE/stat")
+    T1=$(date +%s.%N)
     OUT=$( { TIMEFORMAT='%U %S'; time h2load -n "$N" -c 4 -m 100 "${HEADERS[@]}" -d "$WORK/payload.json" \
         "https://127.0.0.1:$PORT/3/device/$TOKEN"; } 2>&1 )
     read -r u2 s2 < <(awk '{print $14, $15}' "/proc/$FAKE/stat")
+    T2=$(date +%s.%N)
     RPS=$(echo "$OUT" | sed -n 's/.*finished in [0-9.]*s, \([0-9.]*\) req\/s.*/\1/p')
     OK=$(echo "$OUT" | sed -n 's/.* \([0-9]*\) succeeded.*/\1/p')
     read -r hu hs < <(echo "$OUT" | tail -1)
-    python3 - "$run" "$RPS" "$OK" "$u1" "$s1" "$u2" "$s2" "$hu" "$hs" "$TCK" "$N" "$(cut -d' ' -f1 /proc/loadavg)" \
+    python3 - "$run" "$RPS" "$OK" "$u1" "$s1" "$u2" "$s2" "$hu" "$hs" "$TCK" "$N" "$(cut -d' ' -f1 /proc/loadavg)" "$T1" "$T2" \
         >>"$WORK/results" <<'PY'
 import sys
-run, rps, ok, u1, s1, u2, s2, hu, hs, tck, n, load = sys.argv[1:]
-fake = ((int(u2) + int(s2)) - (int(u1) + int(s1))) / int(tck) * 1e6 / int(n)
+run, rps, ok, u1, s1, u2, s2, hu, hs, tck, n, load, t1, t2 = sys.argv[1:]
+fake_s = ((int(u2) + int(s2)) - (int(u1) + int(s1))) / int(tck)
+fake = fake_s * 1e6 / int(n)
 client = (float(hu) + float(hs)) * 1e6 / int(n)
-print(f"{run} {float(rps):.0f} {fake:.2f} {client:.2f} {ok} {load}")
+busy = 100 * fake_s / (float(t2) - float(t1))
+print(f"{run} {float(rps):.0f} {fake:.2f} {client:.2f} {ok} {load} {busy:.0f}")
 PY
-    tail -1 "$WORK/results" | awk '{printf "run %s: %s req/s, fake %s CPU-us/req, h2load %s CPU-us/req, %s succeeded, loadavg %s\n", $1, $2, $3, $4, $5, $6}'
+    tail -1 "$WORK/results" | awk '{printf "run %s: %s req/s, fake %s CPU-us/req (busy %s%% of a core), h2load %s CPU-us/req, %s succeeded, loadavg %s\n", $1, $2, $3, $7, $4, $5, $6}'
 done
 python3 - "$WORK/results" <<'PY'
 import statistics, sys
 rows = [line.split() for line in open(sys.argv[1])]
 med = lambda i: statistics.median(float(r[i]) for r in rows)
-print(f"median: {med(1):.0f} req/s, fake {med(2):.2f} CPU-us/req, h2load {med(3):.2f} CPU-us/req")
+print(f"median: {med(1):.0f} req/s, fake {med(2):.2f} CPU-us/req (busy {med(6):.0f}% of a core), "
+      f"h2load {med(3):.2f} CPU-us/req")
 PY
