@@ -98,6 +98,7 @@ fn chunk() -> Chunk {
             collapse_id: None,
         }),
         tokens: apns_tokens(1000).into_iter().collect(),
+        collapse_id: None,
     }
 }
 
