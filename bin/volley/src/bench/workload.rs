@@ -333,16 +333,30 @@ pub async fn broadcast(
     let base = base_apns.delivered + base_fcm.delivered;
 
     let mut cpu = CpuTracker::start(system);
+    let mut timeline = Vec::new();
     let started = Instant::now();
-    let answers = futures::future::join_all(bodies.into_iter().map(|body| {
+    let posting = futures::future::join_all(bodies.into_iter().map(|body| {
         let client = client.clone();
         let path = path.clone();
         async move {
             let answer = client.post(&path, body).await;
             (answer, started.elapsed())
         }
-    }))
-    .await;
+    }));
+    tokio::pin!(posting);
+    // Keep sampling while the front accepts: with several requests, delivery of the first job
+    // starts before the last 2xx.
+    let answers = loop {
+        tokio::select! {
+            answers = &mut posting => break answers,
+            () = tokio::time::sleep(Duration::from_millis(100)) => {
+                cpu.sample(system);
+                let (apns, fcm) = system.fake_stats().await?;
+                let delivered = (apns.delivered + fcm.delivered).saturating_sub(base);
+                timeline.push((started.elapsed().as_secs_f64(), delivered));
+            }
+        }
+    };
     let mut ids = Vec::new();
     let mut accepted = 0;
     let mut accept = Duration::ZERO;
@@ -368,7 +382,6 @@ pub async fn broadcast(
     }
 
     let bar = bar(accepted, options.quiet, "broadcast");
-    let mut timeline = Vec::new();
     let mut statuses: Vec<Option<Value>> = vec![None; ids.len()];
     let mut last_status_poll = Instant::now() - Duration::from_secs(1);
     let mut last_cpu_sample = Instant::now() - Duration::from_secs(1);
