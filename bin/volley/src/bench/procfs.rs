@@ -25,8 +25,7 @@ pub fn process_cpu(pid: u32) -> f64 {
     stat_cpu(&format!("/proc/{pid}/stat")).unwrap_or(0.0)
 }
 
-/// Peak resident set size (`VmHWM`) of process `pid`, in bytes; `None` for `self` use
-/// [`self_peak_rss`].
+/// Peak resident set size (`VmHWM`) of process `pid`, in bytes; `None` when it cannot be read.
 pub fn peak_rss(pid: u32) -> Option<u64> {
     status_kb(&format!("/proc/{pid}/status"), "VmHWM:").map(|kb| kb * 1024)
 }
