@@ -17,6 +17,9 @@ use volley_contracts::{ChunkReport, JobId, SubmitJob};
 
 use crate::webhook::{EntryKey, StoredEntry};
 
+/// The store's page cache.
+const STORE_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// job id → [`JobRecord`] (bincode).
 const JOBS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("jobs");
 /// (job id, chunk index) → [`ChunkReport`] (bincode) of a chunk that is done.
@@ -385,12 +388,17 @@ impl Store {
             ))
         })?;
         let path = dir.join("volley.redb");
-        let db = Database::create(&path).map_err(|error| match error {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                StoreError::Locked(dir.display().to_string())
-            }
-            other => StoreError::Db(format!("cannot open {}: {other}", path.display())),
-        })?;
+        // redb caches up to 1 GiB of pages by default; the controller reads the store only at
+        // start-up, so a small cache keeps a large job's pages from staying in memory.
+        let db = redb::Builder::new()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(&path)
+            .map_err(|error| match error {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    StoreError::Locked(dir.display().to_string())
+                }
+                other => StoreError::Db(format!("cannot open {}: {other}", path.display())),
+            })?;
         init_tables(&db)?;
         let recovered = Recovered {
             jobs: load(&db)?,
