@@ -20,8 +20,9 @@ pub struct DemoArgs {
     /// Share of the tokens that are APNs tokens (the rest are FCM).
     #[arg(long, default_value_t = 0.5)]
     pub apns_share: f64,
-    /// Agents in the cluster.
-    #[arg(long, default_value_t = 3)]
+    /// Agents in the cluster (on 2 cores, more agents cost more CPU per notification: see
+    /// docs/performance.md).
+    #[arg(long, default_value_t = 2)]
     pub agents: usize,
     /// One token in this many is a dead token the fakes reject (0 = none), to show how
     /// invalid tokens are reported.
