@@ -68,6 +68,20 @@ impl TokenList {
         }
     }
 
+    /// The buffer of all tokens and the end offset of each, for storing the list without
+    /// copying it into another format.
+    pub fn raw_parts(&self) -> (&Bytes, &[u32]) {
+        (&self.data, &self.ends)
+    }
+
+    /// Rebuilds a list from [`TokenList::raw_parts`]; `None` when the offsets do not fit the
+    /// buffer.
+    pub fn from_raw_parts(data: Bytes, ends: Vec<u32>) -> Option<TokenList> {
+        let ordered = ends.windows(2).all(|pair| pair[0] <= pair[1]);
+        let fits = ends.last().is_none_or(|&end| end as usize == data.len());
+        (ordered && fits).then_some(TokenList { data, ends })
+    }
+
     /// Splits the list into consecutive slices of at most `size` tokens.
     pub fn chunks(&self, size: usize) -> impl Iterator<Item = TokenList> + '_ {
         let size = size.max(1);
@@ -145,6 +159,16 @@ mod tests {
         let mid = list.slice(1..3);
         assert_eq!(mid.iter().collect::<Vec<_>>(), ["bbb", ""]);
         assert_eq!(list.get(4), None);
+        let (data, ends) = list.raw_parts();
+        assert_eq!(
+            TokenList::from_raw_parts(data.clone(), ends.to_vec()),
+            Some(list.clone())
+        );
+        assert_eq!(TokenList::from_raw_parts(data.clone(), vec![3, 2]), None);
+        assert_eq!(
+            TokenList::from_raw_parts(bytes::Bytes::new(), vec![1]),
+            None
+        );
     }
 
     proptest! {

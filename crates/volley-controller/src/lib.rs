@@ -37,7 +37,7 @@ use volley_contracts::{
 };
 
 use crate::job::{ChunkSpec, Job};
-use crate::store::{JobRecord, Store, Write};
+use crate::store::{NewJob, Store, Write};
 
 pub use crate::store::StoreError;
 
@@ -409,12 +409,15 @@ impl State {
         let id = JobId::new();
         let idempotency_key = submit.idempotency_key.clone();
         let chunk_size = self.config.chunk_size;
-        let record = match serialize_record(&submit, chunk_size, now) {
+        let record = match NewJob::new(&submit, chunk_size as u32, now) {
             Ok(record) => record,
             Err(error) => {
                 self.pending_notifications
                     .fetch_sub(size, Ordering::Relaxed);
-                return Err(error);
+                return Err(WireError::new(
+                    ErrorCode::Internal,
+                    format!("cannot store the job: {error}"),
+                ));
             }
         };
         // The job is on disk before the front may answer 2xx.
@@ -422,7 +425,7 @@ impl State {
             .store
             .write(Write::Job {
                 id,
-                record,
+                job: record,
                 idempotency: idempotency_key.clone().map(|key| (key, now)),
             })
             .await;
@@ -1057,33 +1060,6 @@ fn balanced(report: &ChunkReport, len: usize) -> std::borrow::Cow<'_, ChunkRepor
         }
     }
     std::borrow::Cow::Owned(fixed)
-}
-
-/// Serialises a job for the store without copying its tokens first.
-fn serialize_record(
-    submit: &SubmitJob,
-    chunk_size: usize,
-    created_ms: u64,
-) -> Result<Vec<u8>, WireError> {
-    #[derive(serde::Serialize)]
-    struct Borrowed<'a> {
-        submit: &'a SubmitJob,
-        chunk_size: u32,
-        created_ms: u64,
-    }
-    // Same layout as `JobRecord`, which reads it back.
-    let _: Option<JobRecord> = None;
-    bincode::serialize(&Borrowed {
-        submit,
-        chunk_size: chunk_size as u32,
-        created_ms,
-    })
-    .map_err(|error| {
-        WireError::new(
-            ErrorCode::Internal,
-            format!("cannot store the job: {error}"),
-        )
-    })
 }
 
 /// Drops agents whose heartbeats stopped.

@@ -13,15 +13,18 @@ use std::sync::mpsc;
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
-use volley_contracts::{ChunkReport, JobId, SubmitJob};
+use volley_contracts::{ChunkReport, JobId, SubmitJob, TokenList};
 
 use crate::webhook::{EntryKey, StoredEntry};
 
 /// The store's page cache.
 const STORE_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
-/// job id → [`JobRecord`] (bincode).
+/// job id → [`RecordHeader`] (bincode): the job without its token buffers.
 const JOBS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("jobs");
+/// (job id, platform: 0 APNs, 1 FCM) → the job's token buffer, as the front sent it: stored
+/// straight from the submission, so a million tokens are never copied into another format.
+const TOKENS: TableDefinition<'_, (u128, u8), &[u8]> = TableDefinition::new("job_tokens");
 /// (job id, chunk index) → [`ChunkReport`] (bincode) of a chunk that is done.
 const DONE: TableDefinition<'_, (u128, u32), &[u8]> = TableDefinition::new("chunks_done");
 /// (job id, chunk index) → the epoch of a chunk handed to an agent and not done yet.
@@ -57,12 +60,71 @@ fn db_error(error: impl std::fmt::Display) -> StoreError {
     StoreError::Db(error.to_string())
 }
 
-/// What is stored of a job: the submission as accepted and how it was split.
-#[derive(Debug, Serialize, Deserialize)]
+/// A job read back from the store: the submission as accepted and how it was split.
+#[derive(Debug)]
 pub(crate) struct JobRecord {
     pub(crate) submit: SubmitJob,
     pub(crate) chunk_size: u32,
     pub(crate) created_ms: u64,
+}
+
+/// What the `JOBS` table holds of a job: everything but the token buffers.
+#[derive(Debug, Serialize, Deserialize)]
+struct RecordHeader {
+    app: String,
+    apns: Option<volley_contracts::ApnsRender>,
+    fcm: Option<volley_contracts::FcmRender>,
+    idempotency_key: Option<String>,
+    apns_ends: Vec<u32>,
+    fcm_ends: Vec<u32>,
+    chunk_size: u32,
+    created_ms: u64,
+}
+
+/// A job ready for the store: its header serialised, its token buffers shared, not copied.
+#[derive(Debug)]
+pub(crate) struct NewJob {
+    header: Vec<u8>,
+    tokens: [bytes::Bytes; 2],
+}
+
+impl NewJob {
+    /// Prepares `submit` for the store.
+    pub(crate) fn new(
+        submit: &SubmitJob,
+        chunk_size: u32,
+        created_ms: u64,
+    ) -> Result<NewJob, String> {
+        // Borrows everything: the same bincode layout as `RecordHeader`, which reads it back.
+        #[derive(Serialize)]
+        struct Borrowed<'a> {
+            app: &'a str,
+            apns: &'a Option<volley_contracts::ApnsRender>,
+            fcm: &'a Option<volley_contracts::FcmRender>,
+            idempotency_key: &'a Option<String>,
+            apns_ends: &'a [u32],
+            fcm_ends: &'a [u32],
+            chunk_size: u32,
+            created_ms: u64,
+        }
+        let (apns_data, apns_ends) = submit.apns_tokens.raw_parts();
+        let (fcm_data, fcm_ends) = submit.fcm_tokens.raw_parts();
+        let header = bincode::serialize(&Borrowed {
+            app: &submit.app,
+            apns: &submit.apns,
+            fcm: &submit.fcm,
+            idempotency_key: &submit.idempotency_key,
+            apns_ends,
+            fcm_ends,
+            chunk_size,
+            created_ms,
+        })
+        .map_err(|error| error.to_string())?;
+        Ok(NewJob {
+            header,
+            tokens: [apns_data.clone(), fcm_data.clone()],
+        })
+    }
 }
 
 /// A job as found in the store at start-up.
@@ -80,10 +142,10 @@ pub(crate) struct StoredJob {
 /// One durable change.
 #[derive(Debug)]
 pub(crate) enum Write {
-    /// A new job (already serialised), and its idempotency key.
+    /// A new job, and its idempotency key.
     Job {
         id: JobId,
-        record: Vec<u8>,
+        job: NewJob,
         idempotency: Option<(String, u64)>,
     },
     /// A chunk went out to an agent with this epoch.
@@ -155,6 +217,7 @@ impl Store {
 fn init_tables(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(db_error)?;
     txn.open_table(JOBS).map_err(db_error)?;
+    txn.open_table(TOKENS).map_err(db_error)?;
     txn.open_table(DONE).map_err(db_error)?;
     txn.open_table(LEASED).map_err(db_error)?;
     txn.open_table(FINISHED).map_err(db_error)?;
@@ -168,6 +231,7 @@ fn init_tables(db: &Database) -> Result<(), StoreError> {
 fn load(db: &Database) -> Result<Vec<StoredJob>, StoreError> {
     let txn = db.begin_read().map_err(db_error)?;
     let jobs = txn.open_table(JOBS).map_err(db_error)?;
+    let tokens = txn.open_table(TOKENS).map_err(db_error)?;
     let done = txn.open_table(DONE).map_err(db_error)?;
     let leased = txn.open_table(LEASED).map_err(db_error)?;
     let finished = txn.open_table(FINISHED).map_err(db_error)?;
@@ -177,7 +241,30 @@ fn load(db: &Database) -> Result<Vec<StoredJob>, StoreError> {
     for entry in jobs.iter().map_err(db_error)? {
         let (key, value) = entry.map_err(db_error)?;
         let id = key.value();
-        let record: JobRecord = bincode::deserialize(value.value()).map_err(db_error)?;
+        let header: RecordHeader = bincode::deserialize(value.value()).map_err(db_error)?;
+        let token_list = |platform: u8, ends: Vec<u32>| -> Result<TokenList, StoreError> {
+            let data = match tokens.get((id, platform)).map_err(db_error)? {
+                Some(data) => bytes::Bytes::copy_from_slice(data.value()),
+                None => bytes::Bytes::new(),
+            };
+            TokenList::from_raw_parts(data, ends).ok_or_else(|| {
+                StoreError::Db(format!(
+                    "job {id:x}: token buffer does not match its offsets"
+                ))
+            })
+        };
+        let record = JobRecord {
+            submit: SubmitJob {
+                apns_tokens: token_list(0, header.apns_ends)?,
+                fcm_tokens: token_list(1, header.fcm_ends)?,
+                app: header.app,
+                apns: header.apns,
+                fcm: header.fcm,
+                idempotency_key: header.idempotency_key,
+            },
+            chunk_size: header.chunk_size,
+            created_ms: header.created_ms,
+        };
         let mut job = StoredJob {
             id: JobId(uuid::Uuid::from_u128(id)),
             record,
@@ -246,6 +333,7 @@ fn apply(
     txn.set_durability(durability);
     {
         let mut jobs = txn.open_table(JOBS).map_err(db_error)?;
+        let mut tokens = txn.open_table(TOKENS).map_err(db_error)?;
         let mut done = txn.open_table(DONE).map_err(db_error)?;
         let mut leased = txn.open_table(LEASED).map_err(db_error)?;
         let mut finished = txn.open_table(FINISHED).map_err(db_error)?;
@@ -257,11 +345,19 @@ fn apply(
             match &request.write {
                 Write::Job {
                     id,
-                    record,
+                    job,
                     idempotency: key,
                 } => {
-                    jobs.insert(id.0.as_u128(), record.as_slice())
+                    let id128 = id.0.as_u128();
+                    jobs.insert(id128, job.header.as_slice())
                         .map_err(db_error)?;
+                    for (platform, data) in (0u8..).zip(&job.tokens) {
+                        if !data.is_empty() {
+                            tokens
+                                .insert((id128, platform), data.as_ref())
+                                .map_err(db_error)?;
+                        }
+                    }
                     if let Some((key, at_ms)) = key {
                         idempotency
                             .insert(key.as_str(), (id.0.as_u128(), *at_ms))
@@ -312,6 +408,8 @@ fn apply(
                     for id in ids {
                         let id = id.0.as_u128();
                         jobs.remove(id).map_err(db_error)?;
+                        tokens.remove((id, 0)).map_err(db_error)?;
+                        tokens.remove((id, 1)).map_err(db_error)?;
                         finished.remove(id).map_err(db_error)?;
                         cancelled.remove(id).map_err(db_error)?;
                         duplicates.remove(id).map_err(db_error)?;
@@ -419,7 +517,7 @@ mod tests {
     use super::*;
     use volley_contracts::{ApnsRender, TokenList};
 
-    fn record() -> Vec<u8> {
+    fn record() -> NewJob {
         let submit = SubmitJob {
             app: "shop".into(),
             apns: Some(ApnsRender {
@@ -434,12 +532,7 @@ mod tests {
             fcm_tokens: TokenList::default(),
             idempotency_key: Some("key-1".into()),
         };
-        bincode::serialize(&JobRecord {
-            submit,
-            chunk_size: 2,
-            created_ms: 7,
-        })
-        .unwrap()
+        NewJob::new(&submit, 2, 7).unwrap()
     }
 
     #[tokio::test]
@@ -452,7 +545,7 @@ mod tests {
             store
                 .write(Write::Job {
                     id,
-                    record: record(),
+                    job: record(),
                     idempotency: Some(("key-1".into(), 7)),
                 })
                 .await
