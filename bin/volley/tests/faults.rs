@@ -38,42 +38,47 @@ fn assert_mid_job(status: &Value) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_one_of_three_agents_mid_broadcast() {
-    let _serial = SERIAL.lock().await;
-    let mut cluster = ProcCluster::start(3, SLOW_FAKES);
-    let id = submit(&cluster, "0a0a0a0a").await;
+/// Starts a cluster with `agents` agents, submits the broadcast tagged `tag` and returns once
+/// `delivered` notifications are delivered and the job is still running.
+async fn mid_broadcast(agents: usize, tag: &str, delivered: u64) -> (ProcCluster, String) {
+    let cluster = ProcCluster::start(agents, SLOW_FAKES);
+    let id = submit(&cluster, tag).await;
     let status = wait_job(
         &cluster,
         &id,
-        "a fifth delivered",
-        delivered_at_least(2 * N / 5),
+        "the broadcast under way",
+        delivered_at_least(delivered),
     )
     .await;
     assert_mid_job(&status);
-    cluster.kill9("agent-1");
-    let status = wait_job(&cluster, &id, "the job to finish", finished).await;
+    (cluster, id)
+}
+
+/// Waits for the job to finish, checks that nothing was lost, reports the duplicates the
+/// fault caused and stops the cluster; returns the duplicates.
+async fn finish(cluster: ProcCluster, id: &str, fault: &str) -> u64 {
+    let status = wait_job(&cluster, id, "the job to finish", finished).await;
     let duplicates = check_no_loss(&cluster, &status, N).await;
     eprintln!(
-        "kill -9 agent: {duplicates} duplicates (counted possible: {})",
+        "{fault}: {duplicates} duplicates (counted possible: {})",
         status["possible_duplicates"]
     );
     cluster.stop();
+    duplicates
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_one_of_three_agents_mid_broadcast() {
+    let _serial = SERIAL.lock().await;
+    let (mut cluster, id) = mid_broadcast(3, "0a0a0a0a", 2 * N / 5).await;
+    cluster.kill9("agent-1");
+    finish(cluster, &id, "kill -9 agent").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstop_an_agent_past_its_lease_then_sigcont() {
     let _serial = SERIAL.lock().await;
-    let cluster = ProcCluster::start(3, SLOW_FAKES);
-    let id = submit(&cluster, "0b0b0b0b").await;
-    let status = wait_job(
-        &cluster,
-        &id,
-        "a tenth delivered",
-        delivered_at_least(N / 5),
-    )
-    .await;
-    assert_mid_job(&status);
+    let (cluster, id) = mid_broadcast(3, "0b0b0b0b", N / 5).await;
     let lines_before = cluster.proc("controller").line_count();
     cluster.sigstop("agent-0");
     // The controller notices: the paused agent's leases expire and it is dropped.
@@ -90,39 +95,18 @@ async fn sigstop_an_agent_past_its_lease_then_sigcont() {
         .proc("agent-0")
         .line_with("registering again", agent_lines);
     assert!(line.contains("forgot"), "{line}");
-    let status = wait_job(&cluster, &id, "the job to finish", finished).await;
-    let duplicates = check_no_loss(&cluster, &status, N).await;
-    eprintln!(
-        "SIGSTOP agent: {duplicates} duplicates (counted possible: {})",
-        status["possible_duplicates"]
-    );
-    cluster.stop();
+    finish(cluster, &id, "SIGSTOP agent").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_the_controller_mid_broadcast_and_restart_it() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = ProcCluster::start(2, SLOW_FAKES);
-    let id = submit(&cluster, "0c0c0c0c").await;
-    let status = wait_job(
-        &cluster,
-        &id,
-        "a fifth delivered",
-        delivered_at_least(2 * N / 5),
-    )
-    .await;
-    assert_mid_job(&status);
+    let (mut cluster, id) = mid_broadcast(2, "0c0c0c0c", 2 * N / 5).await;
     cluster.kill9("controller");
     cluster.start_controller();
     let line = cluster.proc("controller").line_with("resuming job", 0);
     assert!(line.contains(&id), "{line}");
-    let status = wait_job(&cluster, &id, "the job to finish", finished).await;
-    let duplicates = check_no_loss(&cluster, &status, N).await;
-    eprintln!(
-        "kill -9 controller: {duplicates} duplicates (counted possible: {})",
-        status["possible_duplicates"]
-    );
-    cluster.stop();
+    finish(cluster, &id, "kill -9 controller").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,37 +159,19 @@ async fn kill_9_a_front_between_accepting_and_answering() {
         Some(job.as_str()),
         "the retry made a second job"
     );
-    let status = wait_job(&cluster, &job, "the job to finish", finished).await;
-    let duplicates = check_no_loss(&cluster, &status, N).await;
-    assert_eq!(duplicates, 0);
-    eprintln!("kill -9 front: one job, {duplicates} duplicates");
-    cluster.stop();
+    // One job: nothing was sent twice.
+    assert_eq!(finish(cluster, &job, "kill -9 front").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_every_node_in_turn_under_load() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = ProcCluster::start(2, SLOW_FAKES);
-    let id = submit(&cluster, "0e0e0e0e").await;
-    let status = wait_job(
-        &cluster,
-        &id,
-        "a tenth delivered",
-        delivered_at_least(N / 5),
-    )
-    .await;
-    assert_mid_job(&status);
+    let (mut cluster, id) = mid_broadcast(2, "0e0e0e0e", N / 5).await;
     cluster.sigterm("front-0");
     cluster.start_front();
     cluster.sigterm("agent-0");
     cluster.start_agent("agent-2");
     cluster.sigterm("controller");
     cluster.start_controller();
-    let status = wait_job(&cluster, &id, "the job to finish", finished).await;
-    let duplicates = check_no_loss(&cluster, &status, N).await;
-    eprintln!(
-        "SIGTERM each node: {duplicates} duplicates (counted possible: {})",
-        status["possible_duplicates"]
-    );
-    cluster.stop();
+    finish(cluster, &id, "SIGTERM each node").await;
 }
