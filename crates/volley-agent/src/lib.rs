@@ -307,50 +307,26 @@ impl AgentServer {
                             return Ok(deliver::expired_report(chunk.tokens.len()))
                         }
                     };
-                provider = "APNs";
-                let waited = self.admit_chunk(&chunk, provider, lane).await?;
                 let prepared = deliver::prepare_apns(
                     app.topic.as_deref().unwrap_or(""),
                     render,
                     chunk.collapse_id.as_deref(),
                 )?;
-                let limits = Limits {
-                    deadline,
-                    expiry,
-                    waited,
-                    hand_back: waited < lane.max_wait,
-                };
-                deliver::deliver_all(
-                    &chunk.tokens,
-                    self.per_chunk_concurrency,
-                    self.retry,
-                    lane,
-                    limits,
-                    |token| client.send(token, &prepared),
-                )
-                .await
+                provider = "APNs";
+                self.send_chunk(&chunk, provider, lane, deadline, expiry, |token| {
+                    client.send(token, &prepared)
+                })
+                .await?
             }
             Render::Fcm(render) => {
                 let (client, lane) = app.fcm.as_ref().ok_or_else(|| no_credentials("FCM"))?;
                 let expiry = deliver::fcm_ttl(render).map(|ttl| received + ttl);
-                provider = "FCM";
-                let waited = self.admit_chunk(&chunk, provider, lane).await?;
                 let prepared = deliver::prepare_fcm(render, chunk.collapse_id.as_deref())?;
-                let limits = Limits {
-                    deadline,
-                    expiry,
-                    waited,
-                    hand_back: waited < lane.max_wait,
-                };
-                deliver::deliver_all(
-                    &chunk.tokens,
-                    self.per_chunk_concurrency,
-                    self.retry,
-                    lane,
-                    limits,
-                    |token| client.send(token, &prepared),
-                )
-                .await
+                provider = "FCM";
+                self.send_chunk(&chunk, provider, lane, deadline, expiry, |token| {
+                    client.send(token, &prepared)
+                })
+                .await?
             }
         };
         let Ok(report) = delivered else {
@@ -362,6 +338,39 @@ impl AgentServer {
         self.refused.lock().remove(&chunk.id);
         tracing::debug!(chunk = %chunk.id, tokens = chunk.tokens.len(), delivered = report.delivered, "chunk delivered");
         Ok(report)
+    }
+
+    /// Admits a chunk past its app's breaker, then sends every token through `send` (the
+    /// app's client for the chunk's provider, with the notification prepared once).
+    async fn send_chunk<'a, F, Fut>(
+        &self,
+        chunk: &'a Chunk,
+        provider: &'static str,
+        lane: &Lane,
+        deadline: tokio::time::Instant,
+        expiry: Option<tokio::time::Instant>,
+        send: F,
+    ) -> Result<Result<ChunkReport, deliver::HandedBack>, WireError>
+    where
+        F: Fn(&'a str) -> Fut,
+        Fut: std::future::Future<Output = volley_provider::Outcome>,
+    {
+        let waited = self.admit_chunk(chunk, provider, lane).await?;
+        let limits = Limits {
+            deadline,
+            expiry,
+            waited,
+            hand_back: waited < lane.max_wait,
+        };
+        Ok(deliver::deliver_all(
+            &chunk.tokens,
+            self.per_chunk_concurrency,
+            self.retry,
+            lane,
+            limits,
+            send,
+        )
+        .await)
     }
 
     /// Takes a chunk, or refuses it while its app's breaker is open so that the controller
