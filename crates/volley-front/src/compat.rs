@@ -309,6 +309,33 @@ fn gorush_spec(n: GorushNotification, index: usize) -> Result<Entry, ApiError> {
     })
 }
 
+/// What both compatible endpoints do: authenticate, read and parse the body off the reactor,
+/// validate every entry, then submit the jobs; returns the count and the job ids.
+async fn accept<R, N>(
+    state: FrontState,
+    headers: &HeaderMap,
+    body: Body,
+    tokens_field: &'static str,
+    entries: fn(R) -> Vec<N>,
+    to_spec: fn(N, usize) -> Result<Entry, ApiError>,
+) -> Result<(u64, Vec<String>), ApiError>
+where
+    R: serde::de::DeserializeOwned + 'static,
+    N: Send + 'static,
+{
+    let app = compat_app(&state, headers)?;
+    let bytes = state.read_body(body).await?;
+    let jobs = {
+        let state = state.clone();
+        cpu(bytes.len(), move || {
+            let request: R = parse_json(&bytes)?;
+            build_jobs(&state, app, entries(request), tokens_field, to_spec)
+        })
+        .await??
+    };
+    submit_all(&state, app, jobs).await
+}
+
 /// `POST /api/push`: gorush's request shape.
 pub async fn gorush(
     State(state): State<FrontState>,
@@ -316,17 +343,15 @@ pub async fn gorush(
     body: Body,
 ) -> Result<Json<GorushResponse>, ApiError> {
     async {
-        let app = compat_app(&state, &headers)?;
-        let bytes = state.read_body(body).await?;
-        let jobs = {
-            let state = state.clone();
-            cpu(bytes.len(), move || {
-                let request: GorushRequest = parse_json(&bytes)?;
-                build_jobs(&state, app, request.notifications, "tokens", gorush_spec)
-            })
-            .await??
-        };
-        let (counts, job_ids) = submit_all(&state, app, jobs).await?;
+        let (counts, job_ids) = accept(
+            state,
+            &headers,
+            body,
+            "tokens",
+            |request: GorushRequest| request.notifications,
+            gorush_spec,
+        )
+        .await?;
         Ok(Json(GorushResponse {
             counts,
             logs: Vec::new(),
@@ -437,17 +462,15 @@ pub async fn gaurun(
     body: Body,
 ) -> Result<Json<GaurunResponse>, ApiError> {
     async {
-        let app = compat_app(&state, &headers)?;
-        let bytes = state.read_body(body).await?;
-        let jobs = {
-            let state = state.clone();
-            cpu(bytes.len(), move || {
-                let request: GaurunRequest = parse_json(&bytes)?;
-                build_jobs(&state, app, request.notifications, "token", gaurun_spec)
-            })
-            .await??
-        };
-        let (_, job_ids) = submit_all(&state, app, jobs).await?;
+        let (_, job_ids) = accept(
+            state,
+            &headers,
+            body,
+            "token",
+            |request: GaurunRequest| request.notifications,
+            gaurun_spec,
+        )
+        .await?;
         Ok(Json(GaurunResponse {
             message: "ok",
             job_ids,
