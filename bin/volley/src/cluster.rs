@@ -4,7 +4,6 @@
 //! The demo runs on it, and so do the end-to-end tests.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -63,7 +62,8 @@ pub struct Cluster {
     front: Option<RoleHandle>,
     controller: Option<RoleHandle>,
     agents: Vec<Option<RoleHandle>>,
-    dir: tempfile::TempDir,
+    /// Key files, CA certificates and the controller's store; removed when the cluster goes.
+    _dir: tempfile::TempDir,
 }
 
 /// Binds `127.0.0.1:0` for a role.
@@ -164,7 +164,7 @@ impl Cluster {
             front: None,
             controller: Some(controller),
             agents: Vec::new(),
-            dir,
+            _dir: dir,
         };
         for _ in 0..options.agents {
             cluster.add_agent(|_| {})?;
@@ -215,11 +215,6 @@ impl Cluster {
     /// A client of the front presenting the app's API key.
     pub fn client(&self) -> FrontClient {
         FrontClient::new(self.front_url.clone(), Some(self.api_key.clone()))
-    }
-
-    /// Where the cluster keeps its key files and CA certificates.
-    pub fn dir(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
     }
 
     /// Waits until `count` agents are registered with the controller.

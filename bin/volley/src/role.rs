@@ -60,11 +60,6 @@ where
 }
 
 impl RoleHandle {
-    /// The role's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Asks the role to drain and waits for its thread to end.
     pub fn stop(mut self) -> anyhow::Result<()> {
         if let Some(drain) = self.drain.take() {
@@ -79,11 +74,6 @@ impl RoleHandle {
             let _ = kill.send(());
         }
         self.join()
-    }
-
-    /// True when the role's thread has ended (it failed or was stopped).
-    pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
     fn join(&mut self) -> anyhow::Result<()> {

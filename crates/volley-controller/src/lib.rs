@@ -158,19 +158,6 @@ struct State {
     shutdown: CancellationToken,
 }
 
-/// A handle on a running controller, for in-process use (tests, `standalone`).
-#[derive(Clone, Debug)]
-pub struct ControllerHandle {
-    state: Arc<State>,
-}
-
-impl ControllerHandle {
-    /// Registered agents right now.
-    pub fn agent_count(&self) -> usize {
-        self.state.agents.lock().len()
-    }
-}
-
 /// Runs a controller on `listener` until `shutdown` resolves.
 ///
 /// It reads `config.controller` and, from `config.apps`, each app's invalid-token webhook.
@@ -179,8 +166,7 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
-    let (handle, serving) = start(config, listener)?;
-    let state = handle.state.clone();
+    let (state, serving) = start(config, listener)?;
     let serving = tokio::spawn(serving);
     shutdown.await;
     // Drain: take no new job, hand out no new chunk, wait for the chunks out with agents to
@@ -211,11 +197,11 @@ pub async fn run(
     Ok(())
 }
 
-/// Starts a controller's tasks; returns its handle and the future that serves connections.
-pub fn start(
+/// Starts a controller's tasks; returns its state and the future that serves connections.
+fn start(
     config: Config,
     listener: tokio::net::TcpListener,
-) -> Result<(ControllerHandle, impl Future<Output = ()> + Send), ControllerError> {
+) -> Result<(Arc<State>, impl Future<Output = ()> + Send), ControllerError> {
     let local: SocketAddr = listener.local_addr()?;
     let webhooks = config
         .apps
@@ -287,7 +273,7 @@ pub fn start(
             () = stop.cancelled() => {}
         }
     };
-    Ok((ControllerHandle { state }, serving))
+    Ok((state, serving))
 }
 
 /// The tarpc service implementation.
