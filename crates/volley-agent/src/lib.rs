@@ -223,21 +223,66 @@ struct AgentServer {
 }
 
 impl Agent for AgentServer {
-    async fn deliver(self, context: Context, chunk: Chunk) -> Result<ChunkReport, WireError> {
+    async fn deliver(
+        self,
+        context: Context,
+        chunks: Vec<Chunk>,
+    ) -> Vec<Result<ChunkReport, WireError>> {
         if self.draining.load(Ordering::Relaxed) {
-            return Err(WireError::new(ErrorCode::Unavailable, "agent is draining"));
+            return chunks
+                .iter()
+                .map(|_| Err(WireError::new(ErrorCode::Unavailable, "agent is draining")))
+                .collect();
         }
+        let chunks = match <[Chunk; 1]>::try_from(chunks) {
+            // A broadcast's chunk: no batch to run.
+            Ok([chunk]) => return vec![self.deliver_held(chunk, context.deadline).await],
+            Err(chunks) => chunks,
+        };
+        // Small chunks (single-notification jobs) gathered by the dispatcher: each is a
+        // stream or a few, so as many chunks run at once as one chunk runs streams.
+        let count = chunks.len();
+        let server = &self;
+        let mut answers: Vec<Option<Result<ChunkReport, WireError>>> =
+            (0..count).map(|_| None).collect();
+        let mut running = futures::stream::iter(chunks.into_iter().enumerate())
+            .map(|(slot, chunk)| async move {
+                (slot, server.deliver_held(chunk, context.deadline).await)
+            })
+            .buffer_unordered(self.per_chunk_concurrency);
+        while let Some((slot, answer)) = running.next().await {
+            answers[slot] = Some(answer);
+        }
+        answers
+            .into_iter()
+            .map(|answer| {
+                answer.unwrap_or_else(|| {
+                    Err(WireError::new(ErrorCode::Internal, "chunk left unanswered"))
+                })
+            })
+            .collect()
+    }
+}
+
+impl AgentServer {
+    /// Delivers one chunk while holding its lease: the heartbeat renews it, and a revocation
+    /// stops the sends.
+    async fn deliver_held(
+        &self,
+        chunk: Chunk,
+        deadline: std::time::Instant,
+    ) -> Result<ChunkReport, WireError> {
         let id = chunk.id;
         let lease = CancellationToken::new();
         self.held.lock().insert(id, (chunk.epoch, lease.clone()));
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let result = tokio::select! {
-            result = self.deliver_chunk(chunk, context.deadline) => result,
+            result = self.deliver_chunk(chunk, deadline) => result,
             // Dropping the delivery stops sending the rest of the chunk: it is another
             // agent's now.
             () = lease.cancelled() => {
                 tracing::warn!(chunk = %id, "lease lost; stopped sending the chunk");
-                Err(WireError::new(ErrorCode::Unavailable, "lease lost"))
+                Err(WireError::new(ErrorCode::LeaseLost, "lease lost"))
             }
         };
         self.in_flight.fetch_sub(1, Ordering::Relaxed);

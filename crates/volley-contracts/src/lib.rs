@@ -22,9 +22,11 @@ pub use transport::{connect_agent, connect_controller, listen, ServerTransport, 
 pub struct JobId(pub uuid::Uuid);
 
 impl JobId {
-    /// A fresh random job id.
+    /// A fresh job id: a UUIDv7, so ids sort by creation time. The controller's store keys
+    /// its tables by job id; time-ordered keys make each commit append to the right edge of
+    /// its B-trees instead of touching a random page per job.
     pub fn new() -> Self {
-        JobId(uuid::Uuid::new_v4())
+        JobId(uuid::Uuid::now_v7())
     }
 }
 
@@ -535,6 +537,9 @@ pub enum ErrorCode {
     /// The system is full (pending notifications at their limit): retry later (503 with
     /// Retry-After). Nothing was queued.
     Overloaded,
+    /// The chunk's lease is no longer the caller's: it expired or went to another agent
+    /// (agents answer the controller so; never shown to API callers, 409 if it were).
+    LeaseLost,
 }
 
 impl ErrorCode {
@@ -548,6 +553,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
             ErrorCode::Overloaded => 503,
+            ErrorCode::LeaseLost => 409,
         }
     }
 }
@@ -572,11 +578,20 @@ impl WireError {
     }
 }
 
+/// Jobs with fewer notifications than this are logged at `debug`, not `info`, by the front
+/// and the controller: at tens of thousands of single-notification requests a second, a log
+/// line per job would be both a flood and a hot-path cost.
+pub const LOG_JOBS_FROM: usize = 1000;
+
 /// The controller's service, called by fronts (jobs, stats) and agents (registration).
 #[tarpc::service]
 pub trait Controller {
     /// Accepts a job; returns once it is safely queued.
     async fn submit(job: SubmitJob) -> Result<JobAccepted, WireError>;
+    /// Accepts several jobs at once, answering each in order; every accepted job is safely
+    /// queued before the call returns. They share one store commit and one round trip:
+    /// fronts gather small jobs submitted at the same moment into one call.
+    async fn submit_many(jobs: Vec<SubmitJob>) -> Vec<Result<JobAccepted, WireError>>;
     /// A job's progress, with up to `invalid_limit` invalid tokens listed.
     async fn status(id: JobId, invalid_limit: u32) -> Result<JobStatus, WireError>;
     /// Cancels what has not been handed to an agent yet.
@@ -600,8 +615,11 @@ pub trait Controller {
 /// The agent's service, called by the controller's dispatchers.
 #[tarpc::service]
 pub trait Agent {
-    /// Delivers every token of a chunk and reports what became of each.
-    async fn deliver(chunk: Chunk) -> Result<ChunkReport, WireError>;
+    /// Delivers every token of each chunk and reports what became of each, one answer per
+    /// chunk in the order given. The chunks of one call are delivered concurrently: a
+    /// dispatcher gathers the small chunks waiting in the queue (single-notification jobs)
+    /// into one call, so that they share a round trip and their HTTP/2 writes.
+    async fn deliver(chunks: Vec<Chunk>) -> Vec<Result<ChunkReport, WireError>>;
 }
 
 #[cfg(test)]
@@ -633,6 +651,7 @@ mod tests {
             (ErrorCode::NoCredentials, 409),
             (ErrorCode::Internal, 500),
             (ErrorCode::Overloaded, 503),
+            (ErrorCode::LeaseLost, 409),
         ];
         for (code, status) in codes {
             assert_eq!(code.http_status(), status, "{code:?}");

@@ -30,10 +30,10 @@ use tarpc::server::{BaseChannel, Channel};
 use tokio_util::sync::CancellationToken;
 use volley_config::{Config, ControllerConfig};
 use volley_contracts::{
-    AgentClient, AgentId, AgentInfo, AgentStat, AppCounters, ChunkFailure, ChunkId, ChunkReport,
-    ClusterStats, Controller, ErrorCode, Held, Histogram, InvalidTokenPage, JobAccepted, JobId,
-    JobStatus, LatencyStat, OutcomeCount, Platform, Registration, RejectionCount, SubmitJob,
-    WireError,
+    AgentClient, AgentId, AgentInfo, AgentStat, AppCounters, Chunk, ChunkFailure, ChunkId,
+    ChunkReport, ClusterStats, Controller, ErrorCode, Held, Histogram, InvalidTokenPage,
+    JobAccepted, JobId, JobStatus, LatencyStat, OutcomeCount, Platform, Registration,
+    RejectionCount, SubmitJob, WireError,
 };
 
 use crate::job::{ChunkSpec, Job};
@@ -64,6 +64,15 @@ struct Work {
     epoch: u32,
 }
 
+impl Work {
+    fn chunk_id(&self) -> ChunkId {
+        ChunkId {
+            job: self.job.id,
+            index: self.spec.index,
+        }
+    }
+}
+
 /// A chunk out with an agent.
 #[derive(Debug)]
 struct Lease {
@@ -73,6 +82,29 @@ struct Lease {
     /// Cancelled when the lease expires: the dispatcher abandons the call and hands the
     /// chunk to another agent.
     lost: CancellationToken,
+}
+
+/// A submission that passed the checks and holds its room, on its way to the store.
+#[derive(Debug)]
+struct Admitted {
+    /// Its position in the batch.
+    slot: usize,
+    id: JobId,
+    size: u64,
+    submit: SubmitJob,
+    /// The store write; taken when the batch's writes go out.
+    write: Option<Write>,
+}
+
+/// What became of one submission before the store.
+// Moved once per submission; boxing the large variant would cost an allocation per job.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Admission {
+    /// An idempotent repeat of a job the controller knows.
+    Known(JobAccepted),
+    /// A new job.
+    New(Admitted),
 }
 
 /// Why a submission was refused, as counted in the stats.
@@ -105,8 +137,22 @@ impl Rejection {
     }
 }
 
-/// (app, platform, outcome, class, reason) of the per-reason counters.
-type OutcomeKey = (String, Platform, &'static str, String, String);
+/// (platform, outcome, class, reason) of an app's per-reason counters.
+type OutcomeKey = (Platform, &'static str, String, String);
+
+/// The counters of one app, kept together so that recording a chunk takes one lock and
+/// one lookup by the app's name (no key to allocate).
+#[derive(Debug, Default)]
+struct AppTally {
+    /// (delivered, failed or invalid) per platform, once the platform had a chunk.
+    counters: [Option<(u64, u64)>; 2],
+    /// Final outcomes by provider and reason.
+    outcomes: HashMap<OutcomeKey, u64>,
+    /// Accepted → finished.
+    job_latency: Option<Histogram>,
+    /// Handed out → reported, per platform.
+    chunk_latency: [Option<Histogram>; 2],
+}
 
 /// A registered agent.
 #[derive(Debug)]
@@ -141,15 +187,10 @@ struct State {
     /// Jobs not final yet.
     active_jobs: AtomicU64,
     redispatched: AtomicU64,
-    counters: Mutex<HashMap<(String, Platform), (u64, u64)>>,
-    /// Final outcomes by app, provider and reason.
-    outcomes: Mutex<HashMap<OutcomeKey, u64>>,
+    /// Per-app counters, outcomes and latencies.
+    tallies: Mutex<HashMap<String, AppTally>>,
     /// Submissions refused, indexed like [`Rejection::ALL`].
     rejections: [AtomicU64; Rejection::ALL.len()],
-    /// Accepted → finished, per app.
-    job_latency: Mutex<HashMap<String, Histogram>>,
-    /// Handed out → reported, per app and provider.
-    chunk_latency: Mutex<HashMap<(String, Platform), Histogram>>,
     /// Invalid-token webhooks.
     outbox: webhook::Outbox,
     /// Cancelled on the first shutdown signal: no new job, no new hand-out.
@@ -231,11 +272,8 @@ fn start(
         pending_notifications: AtomicU64::new(0),
         active_jobs: AtomicU64::new(0),
         redispatched: AtomicU64::new(0),
-        counters: Mutex::default(),
-        outcomes: Mutex::default(),
+        tallies: Mutex::default(),
         rejections: std::array::from_fn(|_| AtomicU64::new(0)),
-        job_latency: Mutex::default(),
-        chunk_latency: Mutex::default(),
         outbox,
         shutdown,
     });
@@ -284,7 +322,21 @@ struct ControllerServer {
 
 impl Controller for ControllerServer {
     async fn submit(self, _: Context, job: SubmitJob) -> Result<JobAccepted, WireError> {
-        self.state.submit(job).await
+        let mut answers = self.state.submit_many(vec![job]).await;
+        answers.pop().unwrap_or_else(|| {
+            Err(WireError::new(
+                ErrorCode::Internal,
+                "submission left unanswered",
+            ))
+        })
+    }
+
+    async fn submit_many(
+        self,
+        _: Context,
+        jobs: Vec<SubmitJob>,
+    ) -> Vec<Result<JobAccepted, WireError>> {
+        self.state.submit_many(jobs).await
     }
 
     async fn status(
@@ -359,7 +411,98 @@ impl State {
             .ok_or_else(|| WireError::new(ErrorCode::NotFound, format!("no job {id}")))
     }
 
-    async fn submit(self: &Arc<Self>, submit: SubmitJob) -> Result<JobAccepted, WireError> {
+    /// Accepts a batch of submissions with one store commit; answers each in order. A job
+    /// is answered `Ok` only once it is on disk.
+    async fn submit_many(
+        self: &Arc<Self>,
+        submits: Vec<SubmitJob>,
+    ) -> Vec<Result<JobAccepted, WireError>> {
+        let now = job::now_ms();
+        let mut answers: Vec<Option<Result<JobAccepted, WireError>>> =
+            Vec::with_capacity(submits.len());
+        let mut admitted: Vec<Admitted> = Vec::new();
+        // A key repeated within the batch gets the first submission's job.
+        let mut keys_in_batch: HashMap<String, usize> = HashMap::new();
+        let mut repeats: Vec<(usize, usize)> = Vec::new();
+        for (slot, submit) in submits.into_iter().enumerate() {
+            if let Some(first) = submit
+                .idempotency_key
+                .as_ref()
+                .and_then(|key| keys_in_batch.get(key))
+            {
+                repeats.push((slot, *first));
+                answers.push(None);
+                continue;
+            }
+            match self.admit(submit, now) {
+                Ok(Admission::Known(accepted)) => answers.push(Some(Ok(accepted))),
+                Ok(Admission::New(job)) => {
+                    if let Some(key) = &job.submit.idempotency_key {
+                        keys_in_batch.insert(key.clone(), admitted.len());
+                    }
+                    admitted.push(Admitted { slot, ..job });
+                    answers.push(None);
+                }
+                Err(error) => answers.push(Some(Err(error))),
+            }
+        }
+        let mut writes: Vec<Write> = admitted
+            .iter_mut()
+            .filter_map(|job| job.write.take())
+            .collect();
+        let written = match writes.len() {
+            0 => Ok(()),
+            1 => self.store.write(writes.remove(0)).await,
+            _ => self.store.write(Write::Many(writes)).await,
+        };
+        let accepted: Vec<Result<JobAccepted, WireError>> = match written {
+            Ok(()) => admitted
+                .iter()
+                .map(|job| {
+                    Ok(JobAccepted {
+                        id: job.id,
+                        accepted: job.size,
+                    })
+                })
+                .collect(),
+            Err(error) => {
+                let size: u64 = admitted.iter().map(|job| job.size).sum();
+                self.pending_notifications
+                    .fetch_sub(size, Ordering::Relaxed);
+                let error = error.to_string();
+                admitted
+                    .iter()
+                    .map(|_| {
+                        Err(self.reject(Rejection::Store, ErrorCode::Unavailable, error.clone()))
+                    })
+                    .collect()
+            }
+        };
+        for (slot, first) in repeats {
+            answers[slot] = Some(accepted[first].clone());
+        }
+        for (job, answer) in admitted.into_iter().zip(accepted) {
+            answers[job.slot] = Some(answer.clone());
+            if answer.is_ok() {
+                self.start_job(job, now);
+            }
+        }
+        answers
+            .into_iter()
+            .map(|answer| {
+                answer.unwrap_or_else(|| {
+                    Err(WireError::new(
+                        ErrorCode::Internal,
+                        "submission left unanswered",
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// Checks a submission and takes room for it, or answers it at once: refused, or an
+    /// idempotent repeat of a known job.
+    fn admit(&self, submit: SubmitJob, now: u64) -> Result<Admission, WireError> {
         if self.draining.is_cancelled() {
             return Err(self.reject(
                 Rejection::Draining,
@@ -374,7 +517,6 @@ impl State {
                 "the job has no token".into(),
             ));
         }
-        let now = job::now_ms();
         if let Some(key) = &submit.idempotency_key {
             let window = self.config.idempotency_window.as_millis() as u64;
             let known = self.idempotency.lock().get(key).copied();
@@ -382,10 +524,10 @@ impl State {
                 if now.saturating_sub(at) < window {
                     if let Ok(job) = self.job(id) {
                         tracing::info!(job = %id, "repeated submission answered with its job");
-                        return Ok(JobAccepted {
+                        return Ok(Admission::Known(JobAccepted {
                             id,
                             accepted: job.accepted,
-                        });
+                        }));
                     }
                 }
             }
@@ -393,9 +535,7 @@ impl State {
         let size = submit.len() as u64;
         self.reserve(size)?;
         let id = JobId::new();
-        let idempotency_key = submit.idempotency_key.clone();
-        let chunk_size = self.config.chunk_size;
-        let record = match NewJob::new(&submit, chunk_size as u32, now) {
+        let record = match NewJob::new(&submit, self.config.chunk_size as u32, now) {
             Ok(record) => record,
             Err(error) => {
                 self.pending_notifications
@@ -406,28 +546,37 @@ impl State {
                 ));
             }
         };
-        // The job is on disk before the front may answer 2xx.
-        let written = self
-            .store
-            .write(Write::Job {
-                id,
-                job: record,
-                idempotency: idempotency_key.clone().map(|key| (key, now)),
-            })
-            .await;
-        if let Err(error) = written {
-            self.pending_notifications
-                .fetch_sub(size, Ordering::Relaxed);
-            return Err(self.reject(Rejection::Store, ErrorCode::Unavailable, error.to_string()));
-        }
-        let (job, specs) = Job::new(id, submit, chunk_size, now);
+        let write = Write::Job {
+            id,
+            job: record,
+            idempotency: submit.idempotency_key.clone().map(|key| (key, now)),
+        };
+        Ok(Admission::New(Admitted {
+            slot: 0,
+            id,
+            size,
+            submit,
+            write: Some(write),
+        }))
+    }
+
+    /// Makes a job that is on disk known and queues its chunks.
+    fn start_job(self: &Arc<Self>, admitted: Admitted, now: u64) {
+        let Admitted {
+            id, size, submit, ..
+        } = admitted;
+        let idempotency_key = submit.idempotency_key.clone();
+        let (job, specs) = Job::new(id, submit, self.config.chunk_size, now);
         let job = Arc::new(job);
         if let Some(key) = idempotency_key {
             self.idempotency.lock().insert(key, (id, now));
         }
-        tracing::info!(job = %id, app = %job.app, tokens = size, chunks = specs.len(), "job accepted");
+        if size as usize >= volley_contracts::LOG_JOBS_FROM {
+            tracing::info!(job = %id, app = %job.app, tokens = size, chunks = specs.len(), "job accepted");
+        } else {
+            tracing::debug!(job = %id, app = %job.app, tokens = size, chunks = specs.len(), "job accepted");
+        }
         self.enqueue(job, specs.into_iter().map(|spec| (spec, 0)).collect());
-        Ok(JobAccepted { id, accepted: size })
     }
 
     /// Counts a refused submission and builds its error.
@@ -475,9 +624,31 @@ impl State {
         if chunks.is_empty() {
             return;
         }
-        // The feeder waits for room in the bounded channel, so a huge job never floods it.
+        // Chunks go straight into the channel while it has room (a small job needs no task);
+        // the rest goes to a feeder that waits for room, so a huge job never floods it.
+        let mut chunks = chunks.into_iter();
+        let mut waiting = None;
+        for (spec, epoch) in chunks.by_ref() {
+            let work = Work {
+                job: job.clone(),
+                spec,
+                epoch,
+            };
+            match self.queue_tx.try_send(work) {
+                Ok(()) => {}
+                Err(async_channel::TrySendError::Full(work)) => {
+                    waiting = Some(work);
+                    break;
+                }
+                Err(async_channel::TrySendError::Closed(_)) => return,
+            }
+        }
+        let Some(first) = waiting else { return };
         let tx = self.queue_tx.clone();
         tokio::spawn(async move {
+            if tx.send(first).await.is_err() {
+                return;
+            }
             for (spec, epoch) in chunks {
                 let work = Work {
                     job: job.clone(),
@@ -540,16 +711,17 @@ impl State {
         let in_flight = Arc::new(AtomicU64::new(0));
         let chunks_done = Arc::new(AtomicU64::new(0));
         for worker in 0..info.window.max(1) {
-            tokio::spawn(dispatch(
-                self.clone(),
-                id,
+            let worker = Worker {
+                state: self.clone(),
+                agent: id,
                 worker,
-                client.clone(),
-                info.apps.clone(),
-                stop.clone(),
-                in_flight.clone(),
-                chunks_done.clone(),
-            ));
+                client: client.clone(),
+                apps: info.apps.clone(),
+                stop: stop.clone(),
+                in_flight: in_flight.clone(),
+                chunks_done: chunks_done.clone(),
+            };
+            tokio::spawn(worker.run());
         }
         tracing::info!(agent = %id, name = %info.name, addr = %info.addr, window = info.window, apps = ?info.apps, "agent registered");
         self.agents.lock().insert(
@@ -606,12 +778,21 @@ impl State {
         }
         // Queued after the report's write, so an acknowledgement is always applied after it.
         self.outbox.push(entries);
-        self.count_outcomes(work, &report);
+        self.count_outcomes(work, &report, &totals);
         self.finish_chunk(work, totals);
     }
 
-    /// Adds a chunk's final outcomes to the per-reason counters.
-    fn count_outcomes(&self, work: &Work, report: &ChunkReport) {
+    /// Runs `f` on the tally of `app`, creating it on first use.
+    fn tally<T>(&self, app: &str, f: impl FnOnce(&mut AppTally) -> T) -> T {
+        let mut tallies = self.tallies.lock();
+        match tallies.get_mut(app) {
+            Some(tally) => f(tally),
+            None => f(tallies.entry(app.to_owned()).or_default()),
+        }
+    }
+
+    /// Adds a chunk's final outcomes to its app's counters.
+    fn count_outcomes(&self, work: &Work, report: &ChunkReport, totals: &job::ChunkTotals) {
         type Tally<'a> = Vec<(&'static str, &'a str, &'a str, u64)>;
         fn add<'a>(
             tally: &mut Tally<'a>,
@@ -640,18 +821,20 @@ impl State {
         for failure in &report.failed {
             add(&mut local, "failed", &failure.class, &failure.reason, 1);
         }
-        let mut outcomes = self.outcomes.lock();
-        for (outcome, class, reason, n) in local {
-            *outcomes
-                .entry((
-                    work.job.app.clone(),
-                    work.spec.platform,
-                    outcome,
-                    class.to_owned(),
-                    reason.to_owned(),
-                ))
-                .or_default() += n;
-        }
+        let platform = work.spec.platform;
+        self.tally(&work.job.app, |tally| {
+            let counters = tally.counters[platform.index()].get_or_insert((0, 0));
+            counters.0 += totals.success;
+            counters.1 += totals.error;
+            for (outcome, class, reason, n) in local {
+                // Empty strings (every outcome but failures and invalid tokens) allocate
+                // nothing.
+                *tally
+                    .outcomes
+                    .entry((platform, outcome, class.to_owned(), reason.to_owned()))
+                    .or_default() += n;
+            }
+        });
     }
 
     /// Finishes a chunk of a cancelled job without sending it.
@@ -664,32 +847,26 @@ impl State {
     }
 
     fn finish_chunk(&self, work: &Work, totals: job::ChunkTotals) {
-        {
-            let mut counters = self.counters.lock();
-            let entry = counters
-                .entry((work.job.app.clone(), work.spec.platform))
-                .or_default();
-            entry.0 += totals.success;
-            entry.1 += totals.error;
-        }
         self.pending_notifications
             .fetch_sub(work.spec.len() as u64, Ordering::Relaxed);
-        if totals.finished_job {
-            self.active_jobs.fetch_sub(1, Ordering::Relaxed);
+        if !totals.finished_job {
+            return;
+        }
+        self.active_jobs.fetch_sub(1, Ordering::Relaxed);
+        let finished_ms = work.job.finished_ms().unwrap_or_else(job::now_ms);
+        let took = finished_ms.saturating_sub(work.job.created_ms);
+        self.tally(&work.job.app, |tally| {
+            tally
+                .job_latency
+                .get_or_insert_with(Histogram::default)
+                .observe(took)
+        });
+        self.store.write_later(Write::Finished {
+            id: work.job.id,
+            at_ms: finished_ms,
+        });
+        if work.job.accepted as usize >= volley_contracts::LOG_JOBS_FROM {
             let status = work.job.status(0);
-            let took = status
-                .finished_ms
-                .unwrap_or_else(job::now_ms)
-                .saturating_sub(work.job.created_ms);
-            self.job_latency
-                .lock()
-                .entry(work.job.app.clone())
-                .or_default()
-                .observe(took);
-            self.store.write_later(Write::Finished {
-                id: work.job.id,
-                at_ms: status.finished_ms.unwrap_or_else(job::now_ms),
-            });
             tracing::info!(
                 job = %work.job.id,
                 app = %work.job.app,
@@ -700,6 +877,8 @@ impl State {
                 possible_duplicates = status.possible_duplicates,
                 "job finished"
             );
+        } else {
+            tracing::debug!(job = %work.job.id, app = %work.job.app, "job finished");
         }
     }
 
@@ -716,27 +895,30 @@ impl State {
                 chunks_done: entry.chunks_done.load(Ordering::Relaxed),
             })
             .collect();
-        let mut apps: Vec<AppCounters> = self
-            .counters
-            .lock()
-            .iter()
-            .map(|((app, platform), (success, error))| AppCounters {
-                app: app.clone(),
-                platform: *platform,
-                success: *success,
-                error: *error,
-            })
-            .collect();
-        apps.sort_by(|a, b| (&a.app, a.platform).cmp(&(&b.app, b.platform)));
-        // A counter, not a walk over the jobs: finished jobs are retained for a day, and
-        // `/metrics` scrapes call this.
-        let active_jobs = self.active_jobs.load(Ordering::Relaxed);
-        let mut outcomes: Vec<OutcomeCount> = self
-            .outcomes
-            .lock()
-            .iter()
-            .map(
-                |((app, platform, outcome, class, reason), count)| OutcomeCount {
+        let mut apps: Vec<AppCounters> = Vec::new();
+        let mut outcomes: Vec<OutcomeCount> = Vec::new();
+        let mut job_latency: Vec<LatencyStat> = Vec::new();
+        let mut chunk_latency: Vec<LatencyStat> = Vec::new();
+        for (app, tally) in self.tallies.lock().iter() {
+            for platform in Platform::ALL {
+                if let Some((success, error)) = tally.counters[platform.index()] {
+                    apps.push(AppCounters {
+                        app: app.clone(),
+                        platform,
+                        success,
+                        error,
+                    });
+                }
+                if let Some(histogram) = &tally.chunk_latency[platform.index()] {
+                    chunk_latency.push(LatencyStat {
+                        app: app.clone(),
+                        platform: Some(platform),
+                        histogram: histogram.clone(),
+                    });
+                }
+            }
+            outcomes.extend(tally.outcomes.iter().map(
+                |((platform, outcome, class, reason), count)| OutcomeCount {
                     app: app.clone(),
                     platform: *platform,
                     outcome: (*outcome).to_owned(),
@@ -744,33 +926,24 @@ impl State {
                     reason: reason.clone(),
                     count: *count,
                 },
-            )
-            .collect();
+            ));
+            if let Some(histogram) = &tally.job_latency {
+                job_latency.push(LatencyStat {
+                    app: app.clone(),
+                    platform: None,
+                    histogram: histogram.clone(),
+                });
+            }
+        }
+        apps.sort_by(|a, b| (&a.app, a.platform).cmp(&(&b.app, b.platform)));
+        // A counter, not a walk over the jobs: finished jobs are retained for a day, and
+        // `/metrics` scrapes call this.
+        let active_jobs = self.active_jobs.load(Ordering::Relaxed);
         outcomes.sort_by(|a, b| {
             (&a.app, a.platform, &a.outcome, &a.class, &a.reason)
                 .cmp(&(&b.app, b.platform, &b.outcome, &b.class, &b.reason))
         });
-        let mut job_latency: Vec<LatencyStat> = self
-            .job_latency
-            .lock()
-            .iter()
-            .map(|(app, histogram)| LatencyStat {
-                app: app.clone(),
-                platform: None,
-                histogram: histogram.clone(),
-            })
-            .collect();
         job_latency.sort_by(|a, b| a.app.cmp(&b.app));
-        let mut chunk_latency: Vec<LatencyStat> = self
-            .chunk_latency
-            .lock()
-            .iter()
-            .map(|((app, platform), histogram)| LatencyStat {
-                app: app.clone(),
-                platform: Some(*platform),
-                histogram: histogram.clone(),
-            })
-            .collect();
         chunk_latency.sort_by(|a, b| (&a.app, a.platform).cmp(&(&b.app, b.platform)));
         ClusterStats {
             queue_max: self.config.queue_chunks as u64,
@@ -801,10 +974,16 @@ impl State {
 const APP_PAUSED: &str = "app paused on the agent";
 /// How long a chunk refused for a paused app waits before it is queued again.
 const PAUSED_REQUEUE_DELAY: Duration = Duration::from_millis(500);
+/// Most chunks in one `deliver` call.
+const MAX_BATCH_CHUNKS: usize = 1024;
 
 /// One of an agent's `window` workers: pulls chunks from the shared channel and delivers them.
-#[allow(clippy::too_many_arguments)]
-async fn dispatch(
+///
+/// A worker takes the next chunk and, without waiting, whatever else is queued up to one
+/// chunk's worth of tokens (`controller.chunk_size`): a broadcast's chunks go one per call as
+/// before, while single-notification jobs queued meanwhile share one `deliver` call, one
+/// store commit for their leases and the agent's HTTP/2 writes.
+struct Worker {
     state: Arc<State>,
     agent: AgentId,
     worker: u32,
@@ -813,78 +992,165 @@ async fn dispatch(
     stop: CancellationToken,
     in_flight: Arc<AtomicU64>,
     chunks_done: Arc<AtomicU64>,
-) {
-    loop {
-        let work = tokio::select! {
-            biased;
-            () = stop.cancelled() => return,
-            () = state.draining.cancelled() => return,
-            work = state.retry_rx.recv() => match work {
-                Ok(work) => work,
-                Err(_) => return,
-            },
-            work = state.queue_rx.recv() => match work {
-                Ok(work) => work,
-                Err(_) => return,
-            },
-        };
-        work.job.mark_dispatched();
-        if work.job.is_cancelled() {
-            state.skip_cancelled(&work);
-            continue;
+}
+
+impl Worker {
+    async fn run(self) {
+        loop {
+            let state = &self.state;
+            let first = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return,
+                () = state.draining.cancelled() => return,
+                work = state.retry_rx.recv() => match work {
+                    Ok(work) => work,
+                    Err(_) => return,
+                },
+                work = state.queue_rx.recv() => match work {
+                    Ok(work) => work,
+                    Err(_) => return,
+                },
+            };
+            let batch = self.gather(first).await;
+            if !batch.is_empty() && !self.deliver(batch).await {
+                return;
+            }
         }
-        if !apps.iter().any(|app| *app == work.job.app) {
-            // Another agent holds this app's credentials; give the chunk back and let the
-            // others pull it. The pause keeps an agent that serves no queued app from spinning.
+    }
+
+    /// `first` and the chunks queued behind it, up to a chunk's worth of tokens, ready to
+    /// send. Chunks of cancelled jobs are finished here; chunks of apps this agent does not
+    /// serve go back for the others.
+    async fn gather(&self, first: Work) -> Vec<(Work, Chunk)> {
+        let state = &self.state;
+        let budget = state.config.chunk_size;
+        let mut batch = Vec::new();
+        let mut foreign = Vec::new();
+        let mut tokens = 0;
+        let mut next = Some(first);
+        while let Some(work) = next.take() {
+            work.job.mark_dispatched();
+            if work.job.is_cancelled() {
+                state.skip_cancelled(&work);
+            } else if !self.apps.iter().any(|app| *app == work.job.app) {
+                foreign.push(work);
+            } else {
+                match work.job.chunk(&work.spec, state.config.collapse_duplicates) {
+                    Some(mut chunk) => {
+                        chunk.epoch = work.epoch;
+                        tokens += work.spec.len();
+                        batch.push((work, chunk));
+                    }
+                    None => {
+                        tracing::error!(job = %work.job.id, "chunk has no rendering for its platform");
+                        state.skip_cancelled(&work);
+                    }
+                }
+            }
+            if tokens < budget && batch.len() + foreign.len() < MAX_BATCH_CHUNKS {
+                next = state
+                    .retry_rx
+                    .try_recv()
+                    .or_else(|_| state.queue_rx.try_recv())
+                    .ok();
+            }
+        }
+        let only_foreign = batch.is_empty() && !foreign.is_empty();
+        for work in foreign {
             state.requeue(work);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
         }
-        let Some(mut chunk) = work.job.chunk(&work.spec, state.config.collapse_duplicates) else {
-            tracing::error!(job = %work.job.id, "chunk has no rendering for its platform");
-            state.skip_cancelled(&work);
-            continue;
-        };
-        chunk.epoch = work.epoch;
-        let lost = state.lease(agent, &work).await;
+        if only_foreign {
+            // Another agent holds these apps' credentials; the pause keeps an agent that
+            // serves no queued app from spinning.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        batch
+    }
+
+    /// Leases and sends one batch and records each chunk's outcome; false when this worker
+    /// must stop (the agent is draining or was dropped).
+    async fn deliver(&self, batch: Vec<(Work, Chunk)>) -> bool {
+        let state = &self.state;
+        let (works, chunks): (Vec<Work>, Vec<Chunk>) = batch.into_iter().unzip();
+        let lost = state.lease(self.agent, &works).await;
         let mut context = tarpc::context::current();
         context.deadline = Instant::now() + state.config.chunk_timeout;
-        in_flight.fetch_add(1, Ordering::Relaxed);
-        state.out.fetch_add(1, Ordering::Relaxed);
+        let count = works.len() as u64;
+        self.in_flight.fetch_add(count, Ordering::Relaxed);
+        state.out.fetch_add(count, Ordering::Relaxed);
         let sent = Instant::now();
-        let result = tokio::select! {
-            () = stop.cancelled() => Err("agent dropped"),
-            () = lost.cancelled() => Err("lease expired"),
-            result = client.deliver(context, chunk) => match result {
-                Ok(Ok(report)) => Ok(report),
-                Ok(Err(error)) if error.code == ErrorCode::Unavailable => Err("agent is draining"),
-                Ok(Err(error)) if error.code == ErrorCode::ResourceExhausted => Err(APP_PAUSED),
-                Ok(Err(error)) => {
-                    tracing::warn!(agent = %agent, worker, code = ?error.code, %error, "agent refused a chunk");
-                    Err("agent refused the chunk")
+        let every = |why: &'static str| works.iter().map(|_| Err(why)).collect::<Vec<_>>();
+        let results: Vec<Result<ChunkReport, &'static str>> = tokio::select! {
+            () = self.stop.cancelled() => every("agent dropped"),
+            // One lease of the batch is gone (they expire together: the agent's heartbeats
+            // renew them all): the whole call is abandoned and every chunk handed out again.
+            () = lost.cancelled() => every("lease expired"),
+            result = self.client.deliver(context, chunks) => match result {
+                Ok(answers) if answers.len() == works.len() => {
+                    answers.into_iter().map(|answer| self.read_answer(answer)).collect()
+                }
+                Ok(answers) => {
+                    tracing::error!(agent = %self.agent, chunks = works.len(), answers = answers.len(), "agent answered a batch with the wrong number of reports");
+                    every("rpc failed")
                 }
                 Err(error) => {
-                    tracing::warn!(agent = %agent, worker, %error, "chunk call failed");
-                    Err("rpc failed")
+                    tracing::warn!(agent = %self.agent, worker = self.worker, %error, "chunk call failed");
+                    every("rpc failed")
                 }
             },
         };
-        in_flight.fetch_sub(1, Ordering::Relaxed);
-        state.out.fetch_sub(1, Ordering::Relaxed);
-        let current = state.release(&work);
+        self.in_flight.fetch_sub(count, Ordering::Relaxed);
+        state.out.fetch_sub(count, Ordering::Relaxed);
+        let current = state.release(&works);
+        let took = sent.elapsed().as_millis() as u64;
+        let mut keep_going = true;
+        for ((work, result), current) in works.into_iter().zip(results).zip(current) {
+            keep_going &= self.settle(work, result, current, took);
+        }
+        keep_going
+    }
+
+    /// What one chunk's answer means for the dispatcher.
+    fn read_answer(
+        &self,
+        answer: Result<ChunkReport, WireError>,
+    ) -> Result<ChunkReport, &'static str> {
+        match answer {
+            Ok(report) => Ok(report),
+            Err(error) if error.code == ErrorCode::Unavailable => Err("agent is draining"),
+            Err(error) if error.code == ErrorCode::ResourceExhausted => Err(APP_PAUSED),
+            Err(error) if error.code == ErrorCode::LeaseLost => Err("lease expired"),
+            Err(error) => {
+                tracing::warn!(agent = %self.agent, worker = self.worker, code = ?error.code, %error, "agent refused a chunk");
+                Err("agent refused the chunk")
+            }
+        }
+    }
+
+    /// Records a chunk's report, or hands it out again; false when this worker must stop.
+    fn settle(
+        &self,
+        work: Work,
+        result: Result<ChunkReport, &'static str>,
+        current: bool,
+        took_ms: u64,
+    ) -> bool {
+        let state = &self.state;
+        let agent = self.agent;
         match result {
             // Only the current lease's report counts; a late one for an older epoch is dropped.
             Ok(report) if current => {
-                chunks_done.fetch_add(1, Ordering::Relaxed);
-                state
-                    .chunk_latency
-                    .lock()
-                    .entry((work.job.app.clone(), work.spec.platform))
-                    .or_default()
-                    .observe(sent.elapsed().as_millis() as u64);
+                self.chunks_done.fetch_add(1, Ordering::Relaxed);
+                let platform = work.spec.platform;
+                state.tally(&work.job.app, |tally| {
+                    tally.chunk_latency[platform.index()]
+                        .get_or_insert_with(Histogram::default)
+                        .observe(took_ms)
+                });
                 state.record(&work, &report);
+                true
             }
-            Ok(_) => {}
+            Ok(_) => true,
             Err(APP_PAUSED) => {
                 // The agent paused the app (its provider's circuit is open) and sent nothing.
                 // The chunk waits a moment outside the queues, so that the paused app's chunks
@@ -899,6 +1165,7 @@ async fn dispatch(
                     tokio::time::sleep(PAUSED_REQUEUE_DELAY).await;
                     later.requeue(retry);
                 });
+                true
             }
             Err(why) => {
                 // A chunk the agent refused was never sent; any other may have been, in part.
@@ -921,11 +1188,11 @@ async fn dispatch(
                 match why {
                     // The agent finishes what it holds and leaves; this worker just stops
                     // taking chunks for it.
-                    "agent is draining" => return,
-                    "lease expired" | "agent refused the chunk" => {}
+                    "agent is draining" => false,
+                    "lease expired" | "agent refused the chunk" => true,
                     _ => {
                         state.drop_agent(agent, why);
-                        return;
+                        false
                     }
                 }
             }
@@ -934,53 +1201,65 @@ async fn dispatch(
 }
 
 impl State {
-    /// Leases a chunk to an agent; the token is cancelled if the lease expires.
+    /// Leases a batch of chunks to an agent; the token is cancelled when any of the leases
+    /// expires.
     ///
-    /// The lease is on disk before the chunk goes out, so that a controller that dies while
-    /// the chunk is out counts its tokens as possible duplicates when it resends them.
-    async fn lease(&self, agent: AgentId, work: &Work) -> CancellationToken {
+    /// The leases are on disk (one commit for the batch) before the chunks go out, so that a
+    /// controller that dies while they are out counts their tokens as possible duplicates
+    /// when it resends them.
+    async fn lease(&self, agent: AgentId, works: &[Work]) -> CancellationToken {
         let lost = CancellationToken::new();
-        let id = ChunkId {
-            job: work.job.id,
-            index: work.spec.index,
-        };
-        self.leases.lock().insert(
-            id,
-            Lease {
-                agent,
-                epoch: work.epoch,
-                expires: Instant::now() + self.config.lease_time,
-                lost: lost.clone(),
-            },
-        );
-        let written = self
-            .store
-            .write(Write::Leased {
+        let expires = Instant::now() + self.config.lease_time;
+        {
+            let mut leases = self.leases.lock();
+            for work in works {
+                leases.insert(
+                    work.chunk_id(),
+                    Lease {
+                        agent,
+                        epoch: work.epoch,
+                        expires,
+                        lost: lost.clone(),
+                    },
+                );
+            }
+        }
+        let mut writes: Vec<Write> = works
+            .iter()
+            .map(|work| Write::Leased {
                 id: work.job.id,
                 index: work.spec.index,
                 epoch: work.epoch,
             })
-            .await;
-        if let Err(error) = written {
-            tracing::error!(%error, chunk = %id, "cannot record the lease");
+            .collect();
+        let write = match writes.len() {
+            1 => writes.remove(0),
+            _ => Write::Many(writes),
+        };
+        if let Err(error) = self.store.write(write).await {
+            tracing::error!(%error, chunks = works.len(), "cannot record the leases");
         }
         lost
     }
 
-    /// Ends a chunk's lease; true when it was still this hand-out's (not expired).
-    fn release(&self, work: &Work) -> bool {
-        let id = ChunkId {
-            job: work.job.id,
-            index: work.spec.index,
-        };
+    /// Ends the leases of a batch; for each chunk, true when its lease was still this
+    /// hand-out's (not expired).
+    fn release(&self, works: &[Work]) -> Vec<bool> {
         let mut leases = self.leases.lock();
-        match leases.get(&id) {
-            Some(lease) if lease.epoch == work.epoch && !lease.lost.is_cancelled() => {
-                leases.remove(&id);
-                true
-            }
-            _ => false,
-        }
+        works
+            .iter()
+            .map(|work| {
+                let id = work.chunk_id();
+                match leases.get(&id) {
+                    Some(lease) if lease.epoch == work.epoch => {
+                        let current = !lease.lost.is_cancelled();
+                        leases.remove(&id);
+                        current
+                    }
+                    _ => false,
+                }
+            })
+            .collect()
     }
 }
 

@@ -168,6 +168,9 @@ pub(crate) enum Write {
     Duplicates { id: JobId, count: u64 },
     /// Nothing: resolves once every write queued before it is committed.
     Flush,
+    /// Several writes in one transaction: a batch of submissions, or the leases of the
+    /// chunks of one `deliver` call.
+    Many(Vec<Write>),
     /// Jobs past their retention: forget them.
     Forget { ids: Vec<JobId>, keys: Vec<String> },
 }
@@ -332,102 +335,138 @@ fn apply(
     let mut txn = db.begin_write().map_err(db_error)?;
     txn.set_durability(durability);
     {
-        let mut jobs = txn.open_table(JOBS).map_err(db_error)?;
-        let mut tokens = txn.open_table(TOKENS).map_err(db_error)?;
-        let mut done = txn.open_table(DONE).map_err(db_error)?;
-        let mut leased = txn.open_table(LEASED).map_err(db_error)?;
-        let mut finished = txn.open_table(FINISHED).map_err(db_error)?;
-        let mut cancelled = txn.open_table(CANCELLED).map_err(db_error)?;
-        let mut duplicates = txn.open_table(DUPLICATES).map_err(db_error)?;
-        let mut idempotency = txn.open_table(IDEMPOTENCY).map_err(db_error)?;
-        let mut webhook_table = txn.open_table(WEBHOOK).map_err(db_error)?;
+        let mut tables = Tables {
+            jobs: txn.open_table(JOBS).map_err(db_error)?,
+            tokens: txn.open_table(TOKENS).map_err(db_error)?,
+            done: txn.open_table(DONE).map_err(db_error)?,
+            leased: txn.open_table(LEASED).map_err(db_error)?,
+            finished: txn.open_table(FINISHED).map_err(db_error)?,
+            cancelled: txn.open_table(CANCELLED).map_err(db_error)?,
+            duplicates: txn.open_table(DUPLICATES).map_err(db_error)?,
+            idempotency: txn.open_table(IDEMPOTENCY).map_err(db_error)?,
+            webhook: txn.open_table(WEBHOOK).map_err(db_error)?,
+        };
         for request in batch {
-            match &request.write {
-                Write::Job {
-                    id,
-                    job,
-                    idempotency: key,
-                } => {
-                    let id128 = id.0.as_u128();
-                    jobs.insert(id128, job.header.as_slice())
-                        .map_err(db_error)?;
-                    for (platform, data) in (0u8..).zip(&job.tokens) {
-                        if !data.is_empty() {
-                            tokens
-                                .insert((id128, platform), data.as_ref())
-                                .map_err(db_error)?;
-                        }
-                    }
-                    if let Some((key, at_ms)) = key {
-                        idempotency
-                            .insert(key.as_str(), (id.0.as_u128(), *at_ms))
-                            .map_err(db_error)?;
-                    }
-                }
-                Write::Leased { id, index, epoch } => {
-                    leased
-                        .insert((id.0.as_u128(), *index), *epoch)
-                        .map_err(db_error)?;
-                }
-                Write::Done {
-                    id,
-                    index,
-                    report,
-                    webhook,
-                } => {
-                    let key = (id.0.as_u128(), *index);
-                    done.insert(key, report.as_slice()).map_err(db_error)?;
-                    leased.remove(key).map_err(db_error)?;
-                    for (key, entry) in webhook {
-                        webhook_table
-                            .insert(*key, entry.as_slice())
-                            .map_err(db_error)?;
-                    }
-                }
-                Write::WebhookAcked { keys } => {
-                    for key in keys {
-                        webhook_table.remove(*key).map_err(db_error)?;
-                    }
-                }
-                Write::Finished { id, at_ms } => {
-                    finished.insert(id.0.as_u128(), *at_ms).map_err(db_error)?;
-                }
-                Write::Cancelled { id } => {
-                    cancelled.insert(id.0.as_u128(), ()).map_err(db_error)?;
-                }
-                Write::Duplicates { id, count } => {
-                    let id = id.0.as_u128();
-                    let before = duplicates
-                        .get(id)
-                        .map_err(db_error)?
-                        .map_or(0, |v| v.value());
-                    duplicates.insert(id, before + count).map_err(db_error)?;
-                }
-                Write::Flush => {}
-                Write::Forget { ids, keys } => {
-                    for id in ids {
-                        let id = id.0.as_u128();
-                        jobs.remove(id).map_err(db_error)?;
-                        tokens.remove((id, 0)).map_err(db_error)?;
-                        tokens.remove((id, 1)).map_err(db_error)?;
-                        finished.remove(id).map_err(db_error)?;
-                        cancelled.remove(id).map_err(db_error)?;
-                        duplicates.remove(id).map_err(db_error)?;
-                        done.retain_in((id, 0)..=(id, u32::MAX), |_, _| false)
-                            .map_err(db_error)?;
-                        leased
-                            .retain_in((id, 0)..=(id, u32::MAX), |_, _| false)
-                            .map_err(db_error)?;
-                        *forgot += 1;
-                    }
-                    for key in keys {
-                        idempotency.remove(key.as_str()).map_err(db_error)?;
-                    }
-                }
-            }
+            tables.apply(&request.write, forgot)?;
         }
     }
     txn.commit().map_err(db_error)
+}
+
+/// Every table, open in one write transaction.
+struct Tables<'txn> {
+    jobs: redb::Table<'txn, u128, &'static [u8]>,
+    tokens: redb::Table<'txn, (u128, u8), &'static [u8]>,
+    done: redb::Table<'txn, (u128, u32), &'static [u8]>,
+    leased: redb::Table<'txn, (u128, u32), u32>,
+    finished: redb::Table<'txn, u128, u64>,
+    cancelled: redb::Table<'txn, u128, ()>,
+    duplicates: redb::Table<'txn, u128, u64>,
+    idempotency: redb::Table<'txn, &'static str, (u128, u64)>,
+    webhook: redb::Table<'txn, (u128, u32, u32), &'static [u8]>,
+}
+
+impl Tables<'_> {
+    fn apply(&mut self, write: &Write, forgot: &mut usize) -> Result<(), StoreError> {
+        match write {
+            Write::Job {
+                id,
+                job,
+                idempotency: key,
+            } => {
+                let id128 = id.0.as_u128();
+                self.jobs
+                    .insert(id128, job.header.as_slice())
+                    .map_err(db_error)?;
+                for (platform, data) in (0u8..).zip(&job.tokens) {
+                    if !data.is_empty() {
+                        self.tokens
+                            .insert((id128, platform), data.as_ref())
+                            .map_err(db_error)?;
+                    }
+                }
+                if let Some((key, at_ms)) = key {
+                    self.idempotency
+                        .insert(key.as_str(), (id128, *at_ms))
+                        .map_err(db_error)?;
+                }
+            }
+            Write::Leased { id, index, epoch } => {
+                self.leased
+                    .insert((id.0.as_u128(), *index), *epoch)
+                    .map_err(db_error)?;
+            }
+            Write::Done {
+                id,
+                index,
+                report,
+                webhook,
+            } => {
+                let key = (id.0.as_u128(), *index);
+                self.done.insert(key, report.as_slice()).map_err(db_error)?;
+                self.leased.remove(key).map_err(db_error)?;
+                for (key, entry) in webhook {
+                    self.webhook
+                        .insert(*key, entry.as_slice())
+                        .map_err(db_error)?;
+                }
+            }
+            Write::WebhookAcked { keys } => {
+                for key in keys {
+                    self.webhook.remove(*key).map_err(db_error)?;
+                }
+            }
+            Write::Finished { id, at_ms } => {
+                self.finished
+                    .insert(id.0.as_u128(), *at_ms)
+                    .map_err(db_error)?;
+            }
+            Write::Cancelled { id } => {
+                self.cancelled
+                    .insert(id.0.as_u128(), ())
+                    .map_err(db_error)?;
+            }
+            Write::Duplicates { id, count } => {
+                let id = id.0.as_u128();
+                let before = self
+                    .duplicates
+                    .get(id)
+                    .map_err(db_error)?
+                    .map_or(0, |v| v.value());
+                self.duplicates
+                    .insert(id, before + count)
+                    .map_err(db_error)?;
+            }
+            Write::Flush => {}
+            Write::Many(writes) => {
+                for write in writes {
+                    self.apply(write, forgot)?;
+                }
+            }
+            Write::Forget { ids, keys } => {
+                for id in ids {
+                    let id = id.0.as_u128();
+                    self.jobs.remove(id).map_err(db_error)?;
+                    self.tokens.remove((id, 0)).map_err(db_error)?;
+                    self.tokens.remove((id, 1)).map_err(db_error)?;
+                    self.finished.remove(id).map_err(db_error)?;
+                    self.cancelled.remove(id).map_err(db_error)?;
+                    self.duplicates.remove(id).map_err(db_error)?;
+                    self.done
+                        .retain_in((id, 0)..=(id, u32::MAX), |_, _| false)
+                        .map_err(db_error)?;
+                    self.leased
+                        .retain_in((id, 0)..=(id, u32::MAX), |_, _| false)
+                        .map_err(db_error)?;
+                    *forgot += 1;
+                }
+                for key in keys {
+                    self.idempotency.remove(key.as_str()).map_err(db_error)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Reads the idempotency table of an open database (used once at start-up, before the

@@ -12,30 +12,34 @@ use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use tarpc::context::Context;
 use tarpc::server::{BaseChannel, Channel};
-use volley_config::{Config, Secret, WebhookConfig};
-use volley_contracts::{
-    Agent, AgentInfo, ApnsRender, Chunk, ChunkReport, ControllerClient, JobAccepted, JobState,
-    SubmitJob, TokenList, WireError,
-};
+use volley_config::{Secret, WebhookConfig};
+use volley_contracts::{Agent, Chunk, ChunkReport, JobState, WireError};
+
+mod common;
+use common::{register, shop_config, spawn_controller, submit, wait_until};
 
 /// An agent that calls every token starting with `dead` unregistered and delivers the rest.
 #[derive(Clone)]
 struct FakeAgent;
 
 impl Agent for FakeAgent {
-    async fn deliver(self, _: Context, chunk: Chunk) -> Result<ChunkReport, WireError> {
-        let mut report = ChunkReport::default();
-        for index in 0..chunk.tokens.len() {
-            if chunk.tokens.get(index).unwrap_or("").starts_with("dead") {
-                report
-                    .invalid
-                    .push((index as u32, "Unregistered".into(), Some(1_700_000_000_000)));
-            } else {
-                report.delivered += 1;
-            }
-        }
-        Ok(report)
+    async fn deliver(self, _: Context, chunks: Vec<Chunk>) -> Vec<Result<ChunkReport, WireError>> {
+        chunks.iter().map(|chunk| Ok(report(chunk))).collect()
     }
+}
+
+fn report(chunk: &Chunk) -> ChunkReport {
+    let mut report = ChunkReport::default();
+    for index in 0..chunk.tokens.len() {
+        if chunk.tokens.get(index).unwrap_or("").starts_with("dead") {
+            report
+                .invalid
+                .push((index as u32, "Unregistered".into(), Some(1_700_000_000_000)));
+        } else {
+            report.delivered += 1;
+        }
+    }
+    report
 }
 
 async fn serve_agent() -> String {
@@ -128,100 +132,6 @@ async fn serve_receiver_with(
     url
 }
 
-/// Runs a controller on its own thread and runtime until `stop` is sent; the runtime is dropped
-/// with every task when it returns.
-fn spawn_controller(
-    config: Config,
-    listener: std::net::TcpListener,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    std::thread::JoinHandle<()>,
-) {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            volley_controller::run(config, listener, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
-    });
-    (stop, thread)
-}
-
-async fn wait_until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// One app, `shop`, with APNs (the fake agent never reads its credentials).
-fn shop_config() -> Config {
-    Config::from_toml(
-        r#"
-        [[apps]]
-        name = "shop"
-        [apps.apns]
-        topic = "com.example.shop"
-        key_file = "AuthKey.p8"
-        key_id = "ABC123DEFG"
-        team_id = "TEAM123456"
-        "#,
-    )
-    .unwrap()
-}
-
-async fn register(controller: &ControllerClient, agent_addr: String) {
-    controller
-        .register(
-            tarpc::context::current(),
-            AgentInfo {
-                name: "fake".into(),
-                addr: agent_addr,
-                apps: vec!["shop".into()],
-                window: 2,
-            },
-        )
-        .await
-        .unwrap()
-        .unwrap();
-}
-
-async fn submit(controller: &ControllerClient, tokens: &[String]) -> JobAccepted {
-    controller
-        .submit(
-            tarpc::context::current(),
-            SubmitJob {
-                app: "shop".into(),
-                apns: Some(ApnsRender {
-                    payload: Bytes::from_static(b"{\"aps\":{}}"),
-                    push_type: "alert".into(),
-                    priority: 10,
-                    expiration: None,
-                    collapse_id: None,
-                }),
-                fcm: None,
-                apns_tokens: tokens.iter().collect::<TokenList>(),
-                fcm_tokens: TokenList::default(),
-                idempotency_key: None,
-            },
-        )
-        .await
-        .unwrap()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn unacknowledged_batches_are_sent_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -256,7 +166,7 @@ async fn unacknowledged_batches_are_sent_after_a_restart() {
         .cloned()
         .collect();
     let controller = volley_contracts::connect_controller(addr).await.unwrap();
-    register(&controller, agent_addr).await;
+    register(&controller, agent_addr, 2).await;
     let accepted = submit(&controller, &tokens).await;
     wait_until("the job to finish and the receiver to refuse", || {
         let controller = controller.clone();
@@ -377,7 +287,7 @@ async fn an_https_receiver_gets_the_batches_over_tls() {
     let addr = listener.local_addr().unwrap();
     let (stop, thread) = spawn_controller(config, listener);
     let controller = volley_contracts::connect_controller(addr).await.unwrap();
-    register(&controller, agent_addr).await;
+    register(&controller, agent_addr, 2).await;
     let tokens = vec![format!("dead{:060x}", 1), format!("0a0a{:060x}", 2)];
     submit(&controller, &tokens).await;
     wait_until("the batch over tls", || {

@@ -251,7 +251,8 @@ impl ApiError {
             WireCode::Unavailable => Code::Unavailable,
             WireCode::ResourceExhausted => Code::ResourceExhausted,
             WireCode::NoCredentials => Code::NoCredentials,
-            WireCode::Internal => Code::Internal,
+            // A lease error is between agents and the controller; a front never sees one.
+            WireCode::Internal | WireCode::LeaseLost => Code::Internal,
             WireCode::Overloaded => Code::Overloaded,
         };
         let status = StatusCode::from_u16(error.code.http_status()).ok();

@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod batch;
 pub mod compat;
 mod error;
 mod limit;
@@ -88,6 +89,7 @@ pub(crate) struct Inner {
     keys: auth::KeyRing,
     limiter: limit::Limiter,
     controller: Arc<link::ControllerLink>,
+    batcher: batch::Batcher,
     pub metrics: metrics::Metrics,
     draining: AtomicBool,
     pub started: Instant,
@@ -129,6 +131,7 @@ impl FrontState {
         };
         let metrics = metrics::Metrics::new(apps.iter().map(|a| a.name.clone()).collect());
         let controller = link::ControllerLink::new(controller, config.front.controller.clone());
+        let batcher = batch::Batcher::new(controller.clone(), SUBMIT_DEADLINE);
         Ok(FrontState {
             inner: Arc::new(Inner {
                 config,
@@ -136,6 +139,7 @@ impl FrontState {
                 keys,
                 limiter,
                 controller,
+                batcher,
                 metrics,
                 draining: AtomicBool::new(false),
                 started: Instant::now(),
@@ -206,8 +210,12 @@ impl FrontState {
         Ok(buffer.freeze())
     }
 
-    /// Hands a job to the controller; returns once it is queued.
+    /// Hands a job to the controller; returns once it is queued. Small jobs share a call
+    /// with the others submitted at the same moment (`batch`).
     pub(crate) async fn submit(&self, job: SubmitJob) -> Result<JobAccepted, ApiError> {
+        if job.len() < batch::BATCH_BELOW {
+            return self.inner.batcher.submit(job).await;
+        }
         let mut context = tarpc::context::current();
         context.deadline = Instant::now() + SUBMIT_DEADLINE;
         match self.controller().submit(context, job).await {

@@ -303,13 +303,12 @@ pub(crate) fn record_accepted(state: &FrontState, app: usize, prepared: (&str, u
     let (job, apns, fcm) = prepared;
     state.inner.metrics.accepted(app, Platform::Apns, apns);
     state.inner.metrics.accepted(app, Platform::Fcm, fcm);
-    tracing::info!(
-        app = %state.inner.apps[app].name,
-        job,
-        apns,
-        fcm,
-        "job accepted"
-    );
+    let app = &state.inner.apps[app].name;
+    if apns + fcm >= volley_contracts::LOG_JOBS_FROM {
+        tracing::info!(%app, job, apns, fcm, "job accepted");
+    } else {
+        tracing::debug!(%app, job, apns, fcm, "job accepted");
+    }
 }
 
 /// `POST /v1/apps/{app}/notifications`: validates, renders once and queues a job.

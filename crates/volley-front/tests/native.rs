@@ -541,6 +541,47 @@ async fn a_million_tokens_in_one_request_are_accepted() {
 }
 
 #[tokio::test]
+async fn concurrent_small_jobs_share_controller_calls_and_get_their_own_answers() {
+    let front = Front::start(config("")).await;
+    // Request i carries i tokens, so each answer shows whose it is.
+    let requests = (1..=40).map(|i| {
+        let front = &front;
+        async move {
+            let tokens: Vec<String> = (0..i).map(|t| apns_token(i * 100 + t)).collect();
+            let body = json!({"title": "Hi", "targets": {"apns": tokens}});
+            (i, front.post(NOTIFY, Some(SHOP_KEY), &body).await)
+        }
+    });
+    let replies = futures::future::join_all(requests).await;
+    let mut ids = std::collections::HashSet::new();
+    for (i, reply) in replies {
+        assert_eq!(reply.status, 202, "{}", reply.text());
+        let answer = reply.json();
+        assert_eq!(answer["accepted"], i as u64);
+        let id: JobId = answer["id"].as_str().unwrap().parse().unwrap();
+        let status = front.get(&format!("/v1/jobs/{id}"), Some(SHOP_KEY)).await;
+        assert_eq!(status.json()["accepted"], i as u64, "job {id}");
+        assert!(ids.insert(id));
+    }
+    let batched: usize = front.controller.shared.batches.lock().unwrap().iter().sum();
+    assert_eq!(batched, 40, "every small job went through submit_many");
+
+    // A broadcast-sized job has a call of its own.
+    let tokens: Vec<String> = (0..1000).map(apns_token).collect();
+    let reply = front
+        .post(
+            NOTIFY,
+            Some(SHOP_KEY),
+            &json!({"title": "All", "targets": {"apns": tokens}}),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let batched: usize = front.controller.shared.batches.lock().unwrap().iter().sum();
+    assert_eq!(batched, 40);
+    assert_eq!(front.submitted().len(), 41);
+}
+
+#[tokio::test]
 async fn unknown_routes_and_methods_answer_json() {
     let front = Front::start(config("")).await;
     front

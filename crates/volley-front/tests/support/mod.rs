@@ -69,6 +69,8 @@ pub fn config(extra_front: &str) -> Config {
 #[derive(Default)]
 pub struct Shared {
     pub submitted: Mutex<Vec<SubmitJob>>,
+    /// The size of each `submit_many` call.
+    pub batches: Mutex<Vec<usize>>,
     pub jobs: Mutex<HashMap<JobId, JobStatus>>,
     /// Set when a submission with idempotency key `hold` arrives; it waits for `release`.
     pub holding: std::sync::atomic::AtomicBool,
@@ -122,6 +124,18 @@ impl Controller for FakeController {
         self.shared.jobs.lock().unwrap().insert(id, status);
         self.shared.submitted.lock().unwrap().push(job);
         Ok(JobAccepted { id, accepted })
+    }
+
+    async fn submit_many(
+        self,
+        context: Context,
+        jobs: Vec<SubmitJob>,
+    ) -> Vec<Result<JobAccepted, WireError>> {
+        self.shared.batches.lock().unwrap().push(jobs.len());
+        let calls = jobs
+            .into_iter()
+            .map(|job| self.clone().submit(context, job));
+        futures::future::join_all(calls).await
     }
 
     async fn status(self, _: Context, id: JobId, limit: u32) -> Result<JobStatus, WireError> {

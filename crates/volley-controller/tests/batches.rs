@@ -1,0 +1,174 @@
+//! Batches between the nodes: a front's `submit_many` call is answered job by job, and the
+//! single-notification jobs that wait in the queue while an agent is busy go to it in one
+//! `deliver` call.
+
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use tarpc::context::Context;
+use tarpc::server::{BaseChannel, Channel};
+use tokio::sync::Semaphore;
+use volley_contracts::{Agent, Chunk, ChunkReport, ErrorCode, JobState, WireError};
+
+mod common;
+use common::{job, register, shop_config, spawn_controller, wait_until};
+
+fn tokens(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{i:064x}")).collect()
+}
+
+#[tokio::test]
+async fn a_batch_of_submissions_is_answered_job_by_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = shop_config();
+    config.controller.data_dir = dir.path().to_path_buf();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, thread) = spawn_controller(config, listener);
+    let controller = volley_contracts::connect_controller(addr).await.unwrap();
+
+    let batch = vec![
+        job(&tokens(0..3), Some("key-1")),
+        job(&[], None),
+        job(&tokens(3..4), Some("key-1")),
+        job(&tokens(4..6), None),
+    ];
+    let answers = controller
+        .submit_many(tarpc::context::current(), batch)
+        .await
+        .unwrap();
+    assert_eq!(answers.len(), 4);
+    let first = answers[0].clone().expect("the first job is accepted");
+    assert_eq!(first.accepted, 3);
+    let refused = answers[1].clone().expect_err("an empty job is refused");
+    assert_eq!(refused.code, ErrorCode::InvalidArgument);
+    assert_eq!(
+        answers[2].clone().unwrap(),
+        first,
+        "a key repeated within the batch gets the first job"
+    );
+    let last = answers[3].clone().unwrap();
+    assert_ne!(last.id, first.id);
+    assert_eq!(last.accepted, 2);
+    for (id, accepted) in [(first.id, 3), (last.id, 2)] {
+        let status = controller
+            .status(tarpc::context::current(), id, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (status.accepted, status.state),
+            (accepted, JobState::Queued)
+        );
+    }
+    // Ids are time-ordered (UUIDv7): the later job sorts after the earlier one.
+    assert!(last.id > first.id);
+
+    // The same key in a later call is answered with the same job too.
+    let again = controller
+        .submit_many(
+            tarpc::context::current(),
+            vec![job(&tokens(9..10), Some("key-1"))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(again[0].clone().unwrap(), first);
+    let _ = stop.send(());
+    thread.join().unwrap();
+}
+
+/// An agent that holds its first `deliver` call until released, delivers everything, and
+/// records how many chunks each call carried.
+#[derive(Clone)]
+struct GatedAgent {
+    gate: Arc<Semaphore>,
+    calls: Arc<Mutex<Vec<usize>>>,
+}
+
+impl Agent for GatedAgent {
+    async fn deliver(self, _: Context, chunks: Vec<Chunk>) -> Vec<Result<ChunkReport, WireError>> {
+        let first = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(chunks.len());
+            calls.len() == 1
+        };
+        if first {
+            let _ = self.gate.acquire().await.unwrap();
+        }
+        chunks
+            .iter()
+            .map(|chunk| {
+                Ok(ChunkReport {
+                    delivered: chunk.tokens.len() as u32,
+                    ..ChunkReport::default()
+                })
+            })
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn small_jobs_queued_behind_a_busy_agent_go_out_in_one_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = shop_config();
+    config.controller.data_dir = dir.path().to_path_buf();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, thread) = spawn_controller(config, listener);
+    let controller = volley_contracts::connect_controller(addr).await.unwrap();
+
+    let agent = GatedAgent {
+        gate: Arc::new(Semaphore::new(0)),
+        calls: Arc::default(),
+    };
+    let agent_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent_addr = agent_listener.local_addr().unwrap().to_string();
+    let server = agent.clone();
+    tokio::spawn(async move {
+        let mut incoming = volley_contracts::listen(agent_listener);
+        while let Some((_, transport)) = incoming.next().await {
+            tokio::spawn(
+                BaseChannel::with_defaults(transport)
+                    .execute(server.clone().serve())
+                    .for_each(|response| async move {
+                        tokio::spawn(response);
+                    }),
+            );
+        }
+    });
+    // One worker: while it waits on the held call, everything else queues.
+    register(&controller, agent_addr, 1).await;
+
+    let held = common::submit(&controller, &tokens(0..1)).await;
+    wait_until("the first call", || async {
+        !agent.calls.lock().unwrap().is_empty()
+    })
+    .await;
+    let mut ids = vec![held.id];
+    for i in 1..=50 {
+        ids.push(common::submit(&controller, &tokens(i..i + 1)).await.id);
+    }
+    agent.gate.add_permits(1);
+    wait_until("every job to finish", || async {
+        let mut done = true;
+        for id in &ids {
+            let status = controller
+                .status(tarpc::context::current(), *id, 0)
+                .await
+                .unwrap()
+                .unwrap();
+            done &= status.state == JobState::Done && status.delivered == 1;
+        }
+        done
+    })
+    .await;
+    assert_eq!(
+        *agent.calls.lock().unwrap(),
+        [1, 50],
+        "the 50 jobs queued meanwhile share the next call"
+    );
+    let _ = stop.send(());
+    thread.join().unwrap();
+}

@@ -1,0 +1,109 @@
+//! What the controller's integration tests share: a controller on its own thread, the test
+//! app, and small RPC helpers.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use volley_config::Config;
+use volley_contracts::{
+    AgentInfo, ApnsRender, ControllerClient, JobAccepted, SubmitJob, TokenList,
+};
+
+/// Runs a controller on its own thread and runtime until `stop` is sent; the runtime is dropped
+/// with every task when it returns.
+pub fn spawn_controller(
+    config: Config,
+    listener: std::net::TcpListener,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            volley_controller::run(config, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+    });
+    (stop, thread)
+}
+
+pub async fn wait_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One app, `shop`, with APNs (the fake agent never reads its credentials).
+pub fn shop_config() -> Config {
+    Config::from_toml(
+        r#"
+        [[apps]]
+        name = "shop"
+        [apps.apns]
+        topic = "com.example.shop"
+        key_file = "AuthKey.p8"
+        key_id = "ABC123DEFG"
+        team_id = "TEAM123456"
+        "#,
+    )
+    .unwrap()
+}
+
+/// Registers an agent serving `shop` with `window` chunks in flight.
+pub async fn register(controller: &ControllerClient, agent_addr: String, window: u32) {
+    controller
+        .register(
+            tarpc::context::current(),
+            AgentInfo {
+                name: "fake".into(),
+                addr: agent_addr,
+                apps: vec!["shop".into()],
+                window,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// A job of app `shop` for APNs `tokens`.
+pub fn job(tokens: &[String], idempotency_key: Option<&str>) -> SubmitJob {
+    SubmitJob {
+        app: "shop".into(),
+        apns: Some(ApnsRender {
+            payload: Bytes::from_static(b"{\"aps\":{}}"),
+            push_type: "alert".into(),
+            priority: 10,
+            expiration: None,
+            collapse_id: None,
+        }),
+        fcm: None,
+        apns_tokens: tokens.iter().collect::<TokenList>(),
+        fcm_tokens: TokenList::default(),
+        idempotency_key: idempotency_key.map(str::to_owned),
+    }
+}
+
+pub async fn submit(controller: &ControllerClient, tokens: &[String]) -> JobAccepted {
+    controller
+        .submit(tarpc::context::current(), job(tokens, None))
+        .await
+        .unwrap()
+        .unwrap()
+}

@@ -1,0 +1,135 @@
+//! Small submissions gathered into one `submit_many` call.
+//!
+//! Every accepted job costs the controller a store commit and the link a round trip. Under a
+//! stream of single-notification requests those would dominate, so small jobs go through one
+//! task that takes whatever is waiting (up to [`MAX_JOBS`]) into one call, with at most
+//! [`MAX_CALLS`] calls out at once. An idle front sends each job at once (no timer, no added
+//! latency); a busy one sends larger batches, because jobs queue while the calls are out.
+//! Each caller still gets its own answer, and only once the controller has its job on disk.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use volley_contracts::{JobAccepted, SubmitJob};
+
+use crate::error::ApiError;
+use crate::link::ControllerLink;
+
+/// Jobs with fewer notifications than this are batched; larger ones (a broadcast's tens of
+/// megabytes) go in a call of their own.
+pub(crate) const BATCH_BELOW: usize = 1000;
+/// Most jobs in one call.
+const MAX_JOBS: usize = 512;
+/// Most batch calls out at once.
+const MAX_CALLS: usize = 8;
+/// Submissions waiting for a call; a full queue makes callers wait (backpressure).
+const QUEUE: usize = 4096;
+
+type Answer = Result<JobAccepted, ApiError>;
+
+struct Pending {
+    job: SubmitJob,
+    answer: oneshot::Sender<Answer>,
+}
+
+/// The front's batcher of small submissions; its task starts on first use.
+pub(crate) struct Batcher {
+    link: Arc<ControllerLink>,
+    deadline: Duration,
+    queue: OnceLock<mpsc::Sender<Pending>>,
+}
+
+impl Batcher {
+    pub(crate) fn new(link: Arc<ControllerLink>, deadline: Duration) -> Batcher {
+        Batcher {
+            link,
+            deadline,
+            queue: OnceLock::new(),
+        }
+    }
+
+    /// Submits `job` in the next batch; resolves with its own answer.
+    pub(crate) async fn submit(&self, job: SubmitJob) -> Answer {
+        let queue = self.queue.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(run(self.link.clone(), self.deadline, rx));
+            tx
+        });
+        let (answer, wait) = oneshot::channel();
+        if queue.send(Pending { job, answer }).await.is_err() {
+            return Err(ApiError::controller_unreachable(
+                &tarpc::client::RpcError::Shutdown,
+            ));
+        }
+        wait.await.unwrap_or_else(|_| {
+            Err(ApiError::controller_unreachable(
+                &tarpc::client::RpcError::Shutdown,
+            ))
+        })
+    }
+}
+
+/// Takes what waits into calls until every sender is gone.
+async fn run(link: Arc<ControllerLink>, deadline: Duration, mut queue: mpsc::Receiver<Pending>) {
+    let calls = Arc::new(Semaphore::new(MAX_CALLS));
+    loop {
+        // The permit first: while every call is out, submissions pile up for the next one.
+        let Ok(permit) = calls.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = queue.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_JOBS {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let link = link.clone();
+        tokio::spawn(async move {
+            call(&link, deadline, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+/// One `submit_many` call; every waiter gets its answer.
+async fn call(link: &Arc<ControllerLink>, deadline: Duration, batch: Vec<Pending>) {
+    let (jobs, answers): (Vec<SubmitJob>, Vec<oneshot::Sender<Answer>>) = batch
+        .into_iter()
+        .map(|pending| (pending.job, pending.answer))
+        .unzip();
+    let count = jobs.len();
+    let mut context = tarpc::context::current();
+    context.deadline = Instant::now() + deadline;
+    match link.client().submit_many(context, jobs).await {
+        Ok(results) if results.len() == count => {
+            for (answer, result) in answers.into_iter().zip(results) {
+                let _ = answer.send(result.map_err(ApiError::from_wire));
+            }
+        }
+        Ok(results) => {
+            tracing::error!(
+                jobs = count,
+                answers = results.len(),
+                "the controller answered a batch with the wrong number of results"
+            );
+            for answer in answers {
+                let _ = answer.send(Err(ApiError::new(
+                    crate::error::Code::Internal,
+                    "the controller's answer was malformed",
+                )));
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, jobs = count, "controller submit failed");
+            link.failed(&error);
+            for answer in answers {
+                let _ = answer.send(Err(ApiError::controller_unreachable(&error)));
+            }
+        }
+    }
+}
