@@ -8,9 +8,10 @@
 //!
 //! - [`procfs`]: CPU and memory from `/proc`.
 //! - [`system`]: starting and observing the system under test in either topology.
-//! - [`workload`]: broadcast, ingest, ceiling.
+//! - [`workload`]: broadcast, ingest, ceiling; [`load`]: the ingest load generator's client.
 //! - [`report`]: results, medians, the table and the JSON; [`plot`]: the SVG.
 
+pub mod load;
 pub mod plot;
 pub mod procfs;
 pub mod report;

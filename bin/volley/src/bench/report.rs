@@ -129,6 +129,9 @@ pub struct IngestResult {
     pub fake_delivered: u64,
     /// From the first request to the fakes' last delivery, in seconds.
     pub drain_s: f64,
+    /// `accepted / drain_s`: the rate at which the system took in and delivered, sustained
+    /// (a system that accepts fast but delivers later shows it here).
+    pub delivered_rate: f64,
     /// (seconds from the start, 2xx answers so far) as polled.
     pub timeline: Vec<(f64, u64)>,
 }
@@ -195,6 +198,8 @@ pub struct Summary {
     pub broadcast_latency_s: BTreeMap<String, f64>,
     /// Median ingest latency percentiles, in milliseconds.
     pub ingest_latency_ms: BTreeMap<String, f64>,
+    /// Median ingest rate from the first request to the last delivery.
+    pub ingest_delivered_rate: Option<f64>,
     /// Every run balanced (accepted = delivered + invalid + failed + cancelled).
     pub balanced: bool,
 }
@@ -263,6 +268,7 @@ pub fn summarise(runs: &[RunResult]) -> Summary {
             runs.iter()
                 .filter_map(|r| r.broadcast.as_ref().map(|b| &b.latency_s)),
         ),
+        ingest_delivered_rate: of(&|r| r.ingest.as_ref().map(|i| i.delivered_rate)),
         ingest_latency_ms: median_map(
             runs.iter()
                 .filter_map(|r| r.ingest.as_ref().map(|i| &i.latency_ms)),
@@ -301,9 +307,10 @@ pub fn print_run(run: &RunResult) {
     }
     if let Some(i) = &run.ingest {
         line += &format!(
-            " | ingest {:>7.0} req/s, p99 {} ms",
+            " | ingest {:>7.0} req/s, p99 {} ms, all delivered at {:.0}/s",
             i.rate,
-            opt(i.latency_ms.get("p99").copied(), 2)
+            opt(i.latency_ms.get("p99").copied(), 2),
+            i.delivered_rate
         );
     }
     if let Some(ratio) = run.ratio {
@@ -349,6 +356,12 @@ pub fn print_summary(summary: &Summary, workload: &str, topology: &str) {
         "  others busy   {:>12} cores (other processes on the machine meanwhile)",
         opt(summary.other_load_cores, 2)
     );
+    if summary.ingest_delivered_rate.is_some() {
+        println!(
+            "  delivered     {:>12} notifications/s, first request to last delivery",
+            opt(summary.ingest_delivered_rate, 0)
+        );
+    }
     if summary.accept_s.is_some() {
         println!("  accepted in   {:>12} s", opt(summary.accept_s, 3));
     }

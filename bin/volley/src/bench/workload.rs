@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use volley_apns::{Alert, ApnsAuth, ApnsClient, ApnsConfig, ApnsEndpoint, Notification, Outcome};
@@ -18,6 +16,7 @@ use volley_contracts::TokenList;
 use volley_fake::{FakeConfig, FakeServer};
 use volley_provider::tls::TlsOptions;
 
+use super::load::LoadConnection;
 use super::procfs;
 use super::report::{BroadcastResult, CeilingResult, CpuSample, IngestResult, Usage};
 use super::system::{self, System, Target};
@@ -609,8 +608,8 @@ pub async fn ingest(
         if Instant::now() > drain_deadline {
             bail!("the ingested notifications were not delivered within {JOB_LIMIT:?}");
         }
-        // `stats` walks every job the controller keeps: polled often, it slows the drain.
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // `stats` is cheap (counters, not a walk over the jobs); 50 ms keeps `drain_s` close.
+        tokio::time::sleep(Duration::from_millis(50)).await;
         cpu.sample(system);
     };
     let drain_s = started.elapsed().as_secs_f64();
@@ -646,6 +645,7 @@ pub async fn ingest(
             balanced: tally.accepted == delivered + errored,
             fake_delivered: (apns.delivered + fcm.delivered).saturating_sub(base),
             drain_s,
+            delivered_rate: tally.accepted as f64 / drain_s.max(1e-9),
             timeline,
         },
         cpu,
@@ -662,6 +662,12 @@ struct LoadContext {
     apns_per_mille: u64,
 }
 
+/// The part of an answer the load generator reads.
+#[derive(serde::Deserialize)]
+struct Accepted {
+    accepted: u64,
+}
+
 /// One keep-alive HTTP/1.1 connection sending requests back to back.
 async fn load_connection(context: LoadContext) -> ConnectionTally {
     let mut tally = ConnectionTally::default();
@@ -670,12 +676,9 @@ async fn load_connection(context: LoadContext) -> ConnectionTally {
         .front_url
         .trim_start_matches("http://")
         .to_owned();
-    let uri = format!(
-        "{}/v1/apps/{}/notifications",
-        context.target.front_url, context.target.app
-    );
+    let path = format!("/v1/apps/{}/notifications", context.target.app);
     let authorization = format!("Bearer {}", context.target.api_key);
-    let mut sender = None;
+    let mut connection = None;
     loop {
         if context.deadline.is_some_and(|d| Instant::now() >= d) {
             break;
@@ -684,9 +687,9 @@ async fn load_connection(context: LoadContext) -> ConnectionTally {
         if n >= context.budget {
             break;
         }
-        if sender.is_none() {
-            match connect(&authority).await {
-                Ok(s) => sender = Some(s),
+        if connection.is_none() {
+            match LoadConnection::connect(&authority, &path, &authorization).await {
+                Ok(c) => connection = Some(c),
                 Err(_) => {
                     tally.errors += 1;
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -694,70 +697,50 @@ async fn load_connection(context: LoadContext) -> ConnectionTally {
                 }
             }
         }
-        let Some(s) = sender.as_mut() else { continue };
-        let body = if n % 1000 < context.apns_per_mille {
-            format!(
-                r#"{{"title":"{TITLE}","body":"{BODY}","targets":{{"apns":["{}{n:056x}"]}}}}"#,
-                context.prefix
-            )
-        } else {
-            format!(
-                r#"{{"title":"{TITLE}","body":"{BODY}","targets":{{"fcm":["{}:APA91b{n:054x}"]}}}}"#,
-                context.prefix
-            )
-        };
-        let request = http::Request::post(&uri)
-            .header(http::header::HOST, &authority)
-            .header(http::header::AUTHORIZATION, &authorization)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)));
-        let Ok(request) = request else {
-            tally.errors += 1;
+        let Some(c) = connection.as_mut() else {
             continue;
         };
+        let apns = n % 1000 < context.apns_per_mille;
+        let prefix = &context.prefix;
         let sent_at = Instant::now();
-        let answer = async {
-            s.ready().await?;
-            let response = s.send_request(request).await?;
-            let status = response.status();
-            let body = response.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((status, body))
-        }
-        .await;
+        let answer = c
+            .post(|body| {
+                use std::io::Write as _;
+                let _ = if apns {
+                    write!(
+                        body,
+                        r#"{{"title":"{TITLE}","body":"{BODY}","targets":{{"apns":["{prefix}{n:056x}"]}}}}"#
+                    )
+                } else {
+                    write!(
+                        body,
+                        r#"{{"title":"{TITLE}","body":"{BODY}","targets":{{"fcm":["{prefix}:APA91b{n:054x}"]}}}}"#
+                    )
+                };
+            })
+            .await;
         let elapsed = sent_at.elapsed();
         context.answered.fetch_add(1, Ordering::Relaxed);
         match answer {
-            Ok((status, body)) if status.is_success() => {
+            Ok(answer) if (200..300).contains(&answer.status) => {
                 tally.accepted_requests += 1;
                 tally
                     .latencies_us
                     .push(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX));
-                tally.accepted += serde_json::from_slice::<Value>(&body)
-                    .map(|v| count(&v, "accepted"))
+                tally.accepted += serde_json::from_slice::<Accepted>(answer.body)
+                    .map(|a| a.accepted)
                     .unwrap_or(0);
             }
-            Ok((status, _)) => {
-                *tally.rejected.entry(status.as_u16()).or_default() += 1;
+            Ok(answer) => {
+                *tally.rejected.entry(answer.status).or_default() += 1;
             }
             Err(_) => {
                 tally.errors += 1;
-                sender = None;
+                connection = None;
             }
         }
     }
     tally
-}
-
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-async fn connect(authority: &str) -> anyhow::Result<Sender> {
-    let stream = tokio::net::TcpStream::connect(authority).await?;
-    stream.set_nodelay(true)?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(sender)
 }
 
 #[cfg(test)]
