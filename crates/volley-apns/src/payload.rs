@@ -331,9 +331,7 @@ impl Notification {
         &self,
         payload: Bytes,
     ) -> Result<PreparedNotification, PayloadError> {
-        let is_aps_object = serde_json::from_slice::<Map<String, Value>>(&payload)
-            .is_ok_and(|root| root.get("aps").is_some_and(Value::is_object));
-        if !is_aps_object {
+        if !has_aps_object(&payload) {
             return Err(PayloadError::NotAnApsObject);
         }
         self.prepare_headers(payload)
@@ -369,6 +367,94 @@ impl Notification {
             collapse_id,
         })
     }
+}
+
+/// Whether `payload` is a JSON object whose `aps` member is an object.
+///
+/// It reads the whole document (so malformed JSON is refused) without building it: agents
+/// check every chunk's rendering, and a `Map<String, Value>` would allocate every key and
+/// value of it.
+fn has_aps_object(payload: &[u8]) -> bool {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    /// The root: true once an `aps` member that is an object was seen.
+    struct Root;
+    /// `aps`: any object.
+    struct ApsObject;
+
+    impl<'de> Visitor<'de> for Root {
+        type Value = bool;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a json object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            let mut aps = false;
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == "aps" {
+                    aps = map.next_value_seed(ApsObject)?;
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(aps)
+        }
+    }
+
+    impl<'de> serde::de::DeserializeSeed<'de> for ApsObject {
+        type Value = bool;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for ApsObject {
+        type Value = bool;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any json value")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(true)
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(false)
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+            Ok(false)
+        }
+
+        fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+            Ok(false)
+        }
+
+        fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+            Ok(false)
+        }
+
+        fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+            Ok(false)
+        }
+
+        fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+            Ok(false)
+        }
+
+        fn visit_unit<E>(self) -> Result<bool, E> {
+            Ok(false)
+        }
+    }
+
+    let mut deserializer = serde_json::Deserializer::from_slice(payload);
+    let aps = deserializer.deserialize_map(Root).unwrap_or(false);
+    aps && deserializer.end().is_ok()
 }
 
 /// A header value backed by `Bytes`, so that cloning it per request is a reference count.
@@ -621,7 +707,21 @@ mod tests {
         };
         let raw = Bytes::from_static(br#"{"aps":{"alert":"hi"},"k":1}"#);
         assert_eq!(base.prepare_with_payload(raw.clone()).unwrap().body(), &raw);
-        for bad in [&b"[]"[..], b"{\"aps\":1}", b"not json", b""] {
+        let nested = Bytes::from_static(
+            br#"{"k":{"aps":1},"aps":{"alert":{"body":"\u00e9"}},"l":[1,{"m":null}]}"#,
+        );
+        assert!(base.prepare_with_payload(nested).is_ok());
+        for bad in [
+            &b"[]"[..],
+            b"{\"aps\":1}",
+            b"{\"aps\":[]}",
+            b"{\"aps\":\"x\"}",
+            b"{\"k\":{\"aps\":{}}}",
+            b"{\"aps\":{}} trailing",
+            b"{\"aps\":{},}",
+            b"not json",
+            b"",
+        ] {
             assert_eq!(
                 base.prepare_with_payload(Bytes::copy_from_slice(bad))
                     .unwrap_err(),
