@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -211,7 +212,8 @@ impl Store {
     }
 
     /// Queues `write` without waiting for its commit (chunk progress: losing it in a crash
-    /// only means resending the chunk, which is counted as a possible duplicate).
+    /// only means resending the chunk, which is counted as a possible duplicate). It is
+    /// committed with the next write someone waits for, or within [`LATER_WITHIN`].
     pub(crate) fn write_later(&self, write: Write) {
         let _ = self.tx.send(RequestBox(Request { write, done: None }));
     }
@@ -294,28 +296,62 @@ fn load(db: &Database) -> Result<Vec<StoredJob>, StoreError> {
     Ok(out)
 }
 
+/// Longest a write nobody waits for (chunk progress) stays uncommitted. Such writes ride on
+/// the next commit that someone waits for (a submission, a lease); only when none comes
+/// within this time do they get a commit, and an fsync, of their own.
+const LATER_WITHIN: Duration = Duration::from_millis(100);
+
 fn writer(mut db: Database, rx: mpsc::Receiver<RequestBox>, durability: Durability) {
     let mut forgotten_since_compaction = 0usize;
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first.0];
+    // Writes nobody waits for, queued since the last commit, and when the first came.
+    let mut later: Vec<Request> = Vec::new();
+    let mut later_since = Instant::now();
+    loop {
+        let first = if later.is_empty() {
+            rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+        } else {
+            rx.recv_timeout(LATER_WITHIN.saturating_sub(later_since.elapsed()))
+        };
+        let closed = match first {
+            Ok(first) => {
+                if later.is_empty() {
+                    later_since = Instant::now();
+                }
+                later.push(first.0);
+                false
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => false,
+            Err(mpsc::RecvTimeoutError::Disconnected) => true,
+        };
         // Group commit: everything queued meanwhile shares this transaction and its fsync.
         while let Ok(next) = rx.try_recv() {
-            batch.push(next.0);
-            if batch.len() >= 4096 {
+            later.push(next.0);
+            if later.len() >= 4096 {
                 break;
             }
         }
-        let mut forgot = 0;
-        let result = apply(&db, &batch, &mut forgot, durability).map_err(|error| error.to_string());
-        if let Err(error) = &result {
-            tracing::error!(%error, writes = batch.len(), "store commit failed");
+        let waited_for = later.iter().any(|request| request.done.is_some());
+        if !waited_for && !closed && later.len() < 4096 && later_since.elapsed() < LATER_WITHIN {
+            continue;
         }
-        for request in batch {
-            if let Some(done) = request.done {
-                let _ = done.send(result.clone());
+        let batch = std::mem::take(&mut later);
+        if !batch.is_empty() {
+            let mut forgot = 0;
+            let result =
+                apply(&db, &batch, &mut forgot, durability).map_err(|error| error.to_string());
+            if let Err(error) = &result {
+                tracing::error!(%error, writes = batch.len(), "store commit failed");
             }
+            for request in batch {
+                if let Some(done) = request.done {
+                    let _ = done.send(result.clone());
+                }
+            }
+            forgotten_since_compaction += forgot;
         }
-        forgotten_since_compaction += forgot;
+        if closed {
+            return;
+        }
         // Deleting frees pages for reuse; compacting now and then gives space back to the disk.
         if forgotten_since_compaction >= 64 {
             forgotten_since_compaction = 0;
