@@ -228,8 +228,9 @@ pub async fn run(
             "grace period over with chunks still out; they resume after restart"
         );
     }
-    // Chunk reports recorded during the drain are committed before the process may exit.
-    if let Err(error) = state.store.write(Write::Flush).await {
+    // Chunk reports recorded during the drain are committed before the process may exit,
+    // and the store is closed (its directory free for the next controller) when this returns.
+    if let Err(error) = state.store.write(Write::Close).await {
         tracing::error!(%error, "store flush failed");
     }
     state.shutdown.cancel();

@@ -167,8 +167,9 @@ pub(crate) enum Write {
     Cancelled { id: JobId },
     /// Some of the job's notifications may have been sent twice.
     Duplicates { id: JobId, count: u64 },
-    /// Nothing: resolves once every write queued before it is committed.
-    Flush,
+    /// Commits every write queued before it, then closes the database: resolves once the
+    /// file is closed (and its lock released). Later writes fail with `Stopped`.
+    Close,
     /// Several writes in one transaction: a batch of submissions, or the leases of the
     /// chunks of one `deliver` call.
     Many(Vec<Write>),
@@ -334,7 +335,13 @@ fn writer(mut db: Database, rx: mpsc::Receiver<RequestBox>, durability: Durabili
         if !waited_for && !closed && later.len() < 4096 && later_since.elapsed() < LATER_WITHIN {
             continue;
         }
-        let batch = std::mem::take(&mut later);
+        let mut batch = std::mem::take(&mut later);
+        let close = batch
+            .iter()
+            .position(|request| matches!(request.write, Write::Close));
+        // Whatever was queued after a close is refused, as if it came after it.
+        let refused = close.map(|at| batch.split_off(at + 1)).unwrap_or_default();
+        let mut closing = Vec::new();
         if !batch.is_empty() {
             let mut forgot = 0;
             let result =
@@ -343,11 +350,28 @@ fn writer(mut db: Database, rx: mpsc::Receiver<RequestBox>, durability: Durabili
                 tracing::error!(%error, writes = batch.len(), "store commit failed");
             }
             for request in batch {
-                if let Some(done) = request.done {
-                    let _ = done.send(result.clone());
+                match (request.done, &request.write) {
+                    // Answered once the database is closed.
+                    (Some(done), Write::Close) => closing.push((done, result.clone())),
+                    (Some(done), _) => {
+                        let _ = done.send(result.clone());
+                    }
+                    (None, _) => {}
                 }
             }
             forgotten_since_compaction += forgot;
+        }
+        if close.is_some() {
+            drop(db);
+            for (done, result) in closing {
+                let _ = done.send(result);
+            }
+            for request in refused {
+                if let Some(done) = request.done {
+                    let _ = done.send(Err(StoreError::Stopped.to_string()));
+                }
+            }
+            return;
         }
         if closed {
             return;
@@ -473,7 +497,7 @@ impl Tables<'_> {
                     .insert(id, before + count)
                     .map_err(db_error)?;
             }
-            Write::Flush => {}
+            Write::Close => {}
             Write::Many(writes) => {
                 for write in writes {
                     self.apply(write, forgot)?;
@@ -661,15 +685,15 @@ mod tests {
                 Store::open(dir.path(), true),
                 Err(StoreError::Locked(_))
             ));
+            // Closing commits what is queued and frees the directory before it resolves.
+            store.write_later(Write::Duplicates { id, count: 2 });
+            store.write(Write::Close).await.unwrap();
+            assert!(matches!(
+                store.write(Write::Cancelled { id }).await,
+                Err(StoreError::Stopped)
+            ));
         }
-        // The writer thread ends once every handle is dropped; then the lock is free.
-        let reopened = (0..200).find_map(|_| match Store::open(dir.path(), true) {
-            Ok(opened) => Some(opened),
-            Err(_) => {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-                None
-            }
-        });
+        let reopened = Store::open(dir.path(), true).ok();
         let (_, recovered) = reopened.expect("the store reopens");
         assert_eq!(recovered.jobs.len(), 1);
         let job = &recovered.jobs[0];
@@ -682,6 +706,7 @@ mod tests {
         assert_eq!(job.leased.get(&1), Some(&3));
         assert!(!job.leased.contains_key(&0));
         assert!(job.cancelled);
+        assert_eq!(job.possible_duplicates, 2);
         assert_eq!(recovered.keys.get("key-1"), Some(&(id, 7)));
         // Only the unacknowledged webhook entry is left.
         let keys: Vec<EntryKey> = recovered.webhook.iter().map(|(key, _)| *key).collect();

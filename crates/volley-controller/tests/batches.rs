@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use volley_contracts::{Agent, Chunk, ChunkReport, ErrorCode, JobState, WireError};
 
 mod common;
-use common::{job, register, shop_config, spawn_controller, wait_until};
+use common::{job, register, start_controller, wait_until};
 
 fn tokens(range: std::ops::Range<usize>) -> Vec<String> {
     range.map(|i| format!("{i:064x}")).collect()
@@ -20,13 +20,8 @@ fn tokens(range: std::ops::Range<usize>) -> Vec<String> {
 #[tokio::test]
 async fn a_batch_of_submissions_is_answered_job_by_job() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = shop_config();
-    config.controller.data_dir = dir.path().to_path_buf();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, thread) = spawn_controller(config, listener);
-    let controller = volley_contracts::connect_controller(addr).await.unwrap();
+    let running = start_controller(dir.path()).await;
+    let controller = &running.client;
 
     let batch = vec![
         job(&tokens(0..3), Some("key-1")),
@@ -74,8 +69,8 @@ async fn a_batch_of_submissions_is_answered_job_by_job() {
         .await
         .unwrap();
     assert_eq!(again[0].clone().unwrap(), first);
-    let _ = stop.send(());
-    thread.join().unwrap();
+    let _ = running.stop.send(());
+    running.thread.join().unwrap();
 }
 
 /// An agent that holds its first `deliver` call until released, delivers everything, and
@@ -111,13 +106,8 @@ impl Agent for GatedAgent {
 #[tokio::test]
 async fn small_jobs_queued_behind_a_busy_agent_go_out_in_one_call() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = shop_config();
-    config.controller.data_dir = dir.path().to_path_buf();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, thread) = spawn_controller(config, listener);
-    let controller = volley_contracts::connect_controller(addr).await.unwrap();
+    let running = start_controller(dir.path()).await;
+    let controller = &running.client;
 
     let agent = GatedAgent {
         gate: Arc::new(Semaphore::new(0)),
@@ -139,16 +129,16 @@ async fn small_jobs_queued_behind_a_busy_agent_go_out_in_one_call() {
         }
     });
     // One worker: while it waits on the held call, everything else queues.
-    register(&controller, agent_addr, 1).await;
+    register(controller, agent_addr, 1).await;
 
-    let held = common::submit(&controller, &tokens(0..1)).await;
+    let held = common::submit(controller, &tokens(0..1)).await;
     wait_until("the first call", || async {
         !agent.calls.lock().unwrap().is_empty()
     })
     .await;
     let mut ids = vec![held.id];
     for i in 1..=50 {
-        ids.push(common::submit(&controller, &tokens(i..i + 1)).await.id);
+        ids.push(common::submit(controller, &tokens(i..i + 1)).await.id);
     }
     agent.gate.add_permits(1);
     wait_until("every job to finish", || async {
@@ -169,6 +159,6 @@ async fn small_jobs_queued_behind_a_busy_agent_go_out_in_one_call() {
         [1, 50],
         "the 50 jobs queued meanwhile share the next call"
     );
-    let _ = stop.send(());
-    thread.join().unwrap();
+    let _ = running.stop.send(());
+    running.thread.join().unwrap();
 }

@@ -82,6 +82,30 @@ pub async fn register(controller: &ControllerClient, agent_addr: String, window:
         .unwrap();
 }
 
+/// A running controller of app `shop` on `dir`, with a client; stop it by sending on `stop`
+/// and joining `thread`.
+pub struct Running {
+    pub client: ControllerClient,
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Starts a controller of app `shop` keeping its store in `dir`.
+pub async fn start_controller(dir: &std::path::Path) -> Running {
+    let mut config = shop_config();
+    config.controller.data_dir = dir.to_path_buf();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, thread) = spawn_controller(config, listener);
+    let client = volley_contracts::connect_controller(addr).await.unwrap();
+    Running {
+        client,
+        stop,
+        thread,
+    }
+}
+
 /// A job of app `shop` for APNs `tokens`.
 pub fn job(tokens: &[String], idempotency_key: Option<&str>) -> SubmitJob {
     SubmitJob {
