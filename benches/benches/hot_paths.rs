@@ -135,11 +135,60 @@ fn ceiling_notification() -> Notification {
     }
 }
 
+/// A `deliver` call of `n` single-notification chunks, as a dispatcher gathers them from the
+/// queue during an ingest of one-token jobs.
+fn small_chunks(n: usize) -> Vec<Chunk> {
+    let one = chunk();
+    (0..n)
+        .map(|i| Chunk {
+            id: ChunkId {
+                job: JobId::new(),
+                index: 0,
+            },
+            tokens: apns_tokens(1).into_iter().collect(),
+            epoch: i as u32 % 2,
+            ..one.clone()
+        })
+        .collect()
+}
+
+fn batch_codec(c: &mut Criterion) {
+    let batch = small_chunks(500);
+    let options = bincode::DefaultOptions::new();
+    let encoded = options.serialize(&batch).unwrap();
+    let mut group = config(c);
+    group.throughput(Throughput::Elements(500));
+    group.bench_function(
+        "encode a deliver call of 500 one-token chunks (bincode)",
+        |b| b.iter(|| options.serialize(black_box(&batch)).unwrap()),
+    );
+    group.bench_function(
+        "decode a deliver call of 500 one-token chunks (bincode)",
+        |b| {
+            b.iter(|| {
+                options
+                    .deserialize::<Vec<Chunk>>(black_box(&encoded))
+                    .unwrap()
+            })
+        },
+    );
+    group.finish();
+}
+
 fn prepare(c: &mut Criterion) {
     let notification = ceiling_notification();
+    let rendered = notification.prepare().unwrap().body().clone();
     let mut group = config(c);
     group.bench_function("prepare APNs headers and payload", |b| {
         b.iter(|| black_box(&notification).prepare().unwrap())
+    });
+    // What an agent does once per chunk with the front's rendering (checks the aps object).
+    group.bench_function("prepare headers around a rendered payload", |b| {
+        b.iter(|| {
+            black_box(&notification)
+                .prepare_with_payload(black_box(rendered.clone()))
+                .unwrap()
+        })
     });
     group.finish();
 }
@@ -210,6 +259,7 @@ criterion_group!(
     build_list,
     chunking,
     chunk_codec,
+    batch_codec,
     prepare,
     jwt,
     classify
