@@ -127,7 +127,7 @@ impl Job {
             record,
             done,
             leased,
-            finished_ms,
+            last_done_ms,
             cancelled,
             possible_duplicates,
         } = stored;
@@ -148,8 +148,9 @@ impl Job {
         let mut progress = job.progress.lock();
         progress.possible_duplicates += possible_duplicates;
         progress.dispatched = !done.is_empty() || !leased.is_empty();
-        if finished_ms.is_some() {
-            progress.finished_ms = finished_ms;
+        if progress.finished_ms.is_some() {
+            // Every chunk is done: the job ended with its last chunk, not now.
+            progress.finished_ms = last_done_ms.or(progress.finished_ms);
         }
         let mut pending = Vec::new();
         for spec in specs {
@@ -451,5 +452,44 @@ mod tests {
         );
         assert_eq!(status.invalid_tokens[0].token, format!("{:064x}", 1));
         assert_eq!(status.failures[0].reason, "ServiceUnavailable");
+    }
+
+    #[test]
+    fn a_restored_job_ends_when_its_last_chunk_did_and_not_before() {
+        let stored = |done: &[u32]| StoredJob {
+            id: JobId::new(),
+            record: crate::store::JobRecord {
+                submit: submit(4, 0),
+                chunk_size: 2,
+                created_ms: 1,
+            },
+            done: done
+                .iter()
+                .map(|index| {
+                    (
+                        *index,
+                        ChunkReport {
+                            delivered: 2,
+                            ..ChunkReport::default()
+                        },
+                    )
+                })
+                .collect(),
+            leased: HashMap::new(),
+            last_done_ms: Some(5),
+            cancelled: false,
+            possible_duplicates: 0,
+        };
+        let (half, pending) = Job::restore(stored(&[0]));
+        assert_eq!(pending.len(), 1);
+        assert_eq!(
+            half.finished_ms(),
+            None,
+            "one chunk of two is not the job's end"
+        );
+        let (whole, pending) = Job::restore(stored(&[0, 1]));
+        assert!(pending.is_empty());
+        assert_eq!(whole.finished_ms(), Some(5));
+        assert_eq!(whole.status(0).state, JobState::Done);
     }
 }

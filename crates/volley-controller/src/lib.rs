@@ -770,9 +770,15 @@ impl State {
                 .iter()
                 .filter_map(|(key, entry)| Some((*key, bincode::serialize(entry).ok()?)))
                 .collect();
+            // The last chunk's time is the job's end, as the job recorded it.
+            let at_ms = match work.job.finished_ms() {
+                Some(finished) if totals.finished_job => finished,
+                _ => job::now_ms(),
+            };
             self.store.write_later(Write::Done {
                 id: work.job.id,
                 index: work.spec.index,
+                at_ms,
                 report: bytes,
                 webhook,
             });
@@ -861,10 +867,6 @@ impl State {
                 .job_latency
                 .get_or_insert_with(Histogram::default)
                 .observe(took)
-        });
-        self.store.write_later(Write::Finished {
-            id: work.job.id,
-            at_ms: finished_ms,
         });
         if work.job.accepted as usize >= volley_contracts::LOG_JOBS_FROM {
             let status = work.job.status(0);

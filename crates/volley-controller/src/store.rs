@@ -26,12 +26,11 @@ const JOBS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("jobs");
 /// (job id, platform: 0 APNs, 1 FCM) → the job's token buffer, as the front sent it: stored
 /// straight from the submission, so a million tokens are never copied into another format.
 const TOKENS: TableDefinition<'_, (u128, u8), &[u8]> = TableDefinition::new("job_tokens");
-/// (job id, chunk index) → [`ChunkReport`] (bincode) of a chunk that is done.
-const DONE: TableDefinition<'_, (u128, u32), &[u8]> = TableDefinition::new("chunks_done");
-/// (job id, chunk index) → the epoch of a chunk handed to an agent and not done yet.
-const LEASED: TableDefinition<'_, (u128, u32), u32> = TableDefinition::new("chunks_leased");
-/// job id → when it finished (ms since the epoch).
-const FINISHED: TableDefinition<'_, u128, u64> = TableDefinition::new("jobs_finished");
+/// (job id, chunk index) → the chunk's state ([`ChunkState`]): out with an agent (its lease
+/// epoch), or done (its report and when). One record per chunk, overwritten when the chunk
+/// is done, and the last chunk's time is the job's end: a one-chunk job costs three records
+/// over its life (job, tokens, chunk) instead of the six of the first layout ([`v1`]).
+const CHUNKS: TableDefinition<'_, (u128, u32), &[u8]> = TableDefinition::new("chunks");
 /// job id → () for cancelled jobs.
 const CANCELLED: TableDefinition<'_, u128, ()> = TableDefinition::new("jobs_cancelled");
 /// job id → notifications that may have been sent twice (chunks handed out again).
@@ -59,6 +58,116 @@ pub enum StoreError {
 
 fn db_error(error: impl std::fmt::Display) -> StoreError {
     StoreError::Db(error.to_string())
+}
+
+/// A chunk's state as [`CHUNKS`] holds it: a tag byte, then the epoch (u32, little endian),
+/// or the time it was done (u64, little endian) and its [`ChunkReport`] (bincode).
+#[derive(Debug)]
+enum ChunkState {
+    Leased { epoch: u32 },
+    Done { at_ms: u64, report: ChunkReport },
+}
+
+const LEASED_TAG: u8 = 0;
+const DONE_TAG: u8 = 1;
+
+fn leased_value(epoch: u32) -> [u8; 5] {
+    let mut value = [LEASED_TAG; 5];
+    value[1..].copy_from_slice(&epoch.to_le_bytes());
+    value
+}
+
+/// `report` is the report's bincode encoding.
+fn done_value(at_ms: u64, report: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(9 + report.len());
+    value.push(DONE_TAG);
+    value.extend_from_slice(&at_ms.to_le_bytes());
+    value.extend_from_slice(report);
+    value
+}
+
+impl ChunkState {
+    fn decode(value: &[u8]) -> Result<ChunkState, StoreError> {
+        let bad = || StoreError::Db("a chunk record is malformed".into());
+        match value.split_first() {
+            Some((&LEASED_TAG, rest)) => Ok(ChunkState::Leased {
+                epoch: u32::from_le_bytes(rest.try_into().map_err(|_| bad())?),
+            }),
+            Some((&DONE_TAG, rest)) if rest.len() >= 8 => {
+                let (at, report) = rest.split_at(8);
+                Ok(ChunkState::Done {
+                    at_ms: u64::from_le_bytes(at.try_into().map_err(|_| bad())?),
+                    report: bincode::deserialize(report).map_err(db_error)?,
+                })
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// The first layout kept a chunk's lease, its report and the job's end in three tables;
+/// [`migrate_v1`] moves them into [`CHUNKS`] when a store of that layout is opened.
+mod v1 {
+    use redb::TableDefinition;
+
+    /// (job id, chunk index) → [`ChunkReport`](volley_contracts::ChunkReport) (bincode).
+    pub(super) const DONE: TableDefinition<'_, (u128, u32), &[u8]> =
+        TableDefinition::new("chunks_done");
+    /// (job id, chunk index) → the epoch of a chunk out with an agent.
+    pub(super) const LEASED: TableDefinition<'_, (u128, u32), u32> =
+        TableDefinition::new("chunks_leased");
+    /// job id → when it finished (ms since the epoch).
+    pub(super) const FINISHED: TableDefinition<'_, u128, u64> =
+        TableDefinition::new("jobs_finished");
+}
+
+/// Moves the chunk records of a first-layout store into [`CHUNKS`], in one transaction;
+/// returns how many it moved. A done chunk takes its job's end time, or now for a job that
+/// has not finished (only the last chunk's time matters, and that one comes later).
+fn migrate_v1(db: &Database) -> Result<usize, StoreError> {
+    use redb::TableHandle;
+
+    let txn = db.begin_write().map_err(db_error)?;
+    let names = [v1::DONE.name(), v1::LEASED.name(), v1::FINISHED.name()];
+    let present = txn
+        .list_tables()
+        .map_err(db_error)?
+        .any(|table| names.contains(&table.name()));
+    if !present {
+        return Ok(0);
+    }
+    let mut moved = 0;
+    {
+        let done = txn.open_table(v1::DONE).map_err(db_error)?;
+        let leased = txn.open_table(v1::LEASED).map_err(db_error)?;
+        let finished = txn.open_table(v1::FINISHED).map_err(db_error)?;
+        let mut chunks = txn.open_table(CHUNKS).map_err(db_error)?;
+        let now = crate::job::now_ms();
+        for entry in leased.iter().map_err(db_error)? {
+            let (key, epoch) = entry.map_err(db_error)?;
+            chunks
+                .insert(key.value(), leased_value(epoch.value()).as_slice())
+                .map_err(db_error)?;
+            moved += 1;
+        }
+        for entry in done.iter().map_err(db_error)? {
+            let (key, report) = entry.map_err(db_error)?;
+            let (job, _) = key.value();
+            let at_ms = finished
+                .get(job)
+                .map_err(db_error)?
+                .map_or(now, |v| v.value());
+            chunks
+                .insert(key.value(), done_value(at_ms, report.value()).as_slice())
+                .map_err(db_error)?;
+            moved += 1;
+        }
+    }
+    txn.delete_table(v1::DONE).map_err(db_error)?;
+    txn.delete_table(v1::LEASED).map_err(db_error)?;
+    txn.delete_table(v1::FINISHED).map_err(db_error)?;
+    txn.commit().map_err(db_error)?;
+    Ok(moved)
 }
 
 /// A job read back from the store: the submission as accepted and how it was split.
@@ -135,7 +244,8 @@ pub(crate) struct StoredJob {
     pub(crate) record: JobRecord,
     pub(crate) done: Vec<(u32, ChunkReport)>,
     pub(crate) leased: HashMap<u32, u32>,
-    pub(crate) finished_ms: Option<u64>,
+    /// When its last chunk was done: the job's end, if every chunk is.
+    pub(crate) last_done_ms: Option<u64>,
     pub(crate) cancelled: bool,
     pub(crate) possible_duplicates: u64,
 }
@@ -151,18 +261,18 @@ pub(crate) enum Write {
     },
     /// A chunk went out to an agent with this epoch.
     Leased { id: JobId, index: u32, epoch: u32 },
-    /// A chunk is done, with its report and the webhook entries of its invalid tokens
-    /// (in the same transaction, so that no invalid token is reported without its entry).
+    /// A chunk is done (at `at_ms`), with its report (bincode) and the webhook entries of its
+    /// invalid tokens (in the same transaction, so that no invalid token is reported without
+    /// its entry). The job's last chunk's time is the job's end.
     Done {
         id: JobId,
         index: u32,
+        at_ms: u64,
         report: Vec<u8>,
         webhook: Vec<(EntryKey, Vec<u8>)>,
     },
     /// The webhook receiver acknowledged these entries.
     WebhookAcked { keys: Vec<EntryKey> },
-    /// Every chunk of the job is done.
-    Finished { id: JobId, at_ms: u64 },
     /// The job was cancelled.
     Cancelled { id: JobId },
     /// Some of the job's notifications may have been sent twice.
@@ -224,9 +334,7 @@ fn init_tables(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(db_error)?;
     txn.open_table(JOBS).map_err(db_error)?;
     txn.open_table(TOKENS).map_err(db_error)?;
-    txn.open_table(DONE).map_err(db_error)?;
-    txn.open_table(LEASED).map_err(db_error)?;
-    txn.open_table(FINISHED).map_err(db_error)?;
+    txn.open_table(CHUNKS).map_err(db_error)?;
     txn.open_table(CANCELLED).map_err(db_error)?;
     txn.open_table(DUPLICATES).map_err(db_error)?;
     txn.open_table(IDEMPOTENCY).map_err(db_error)?;
@@ -238,9 +346,7 @@ fn load(db: &Database) -> Result<Vec<StoredJob>, StoreError> {
     let txn = db.begin_read().map_err(db_error)?;
     let jobs = txn.open_table(JOBS).map_err(db_error)?;
     let tokens = txn.open_table(TOKENS).map_err(db_error)?;
-    let done = txn.open_table(DONE).map_err(db_error)?;
-    let leased = txn.open_table(LEASED).map_err(db_error)?;
-    let finished = txn.open_table(FINISHED).map_err(db_error)?;
+    let chunks = txn.open_table(CHUNKS).map_err(db_error)?;
     let cancelled = txn.open_table(CANCELLED).map_err(db_error)?;
     let duplicates = txn.open_table(DUPLICATES).map_err(db_error)?;
     let mut out = Vec::new();
@@ -276,21 +382,25 @@ fn load(db: &Database) -> Result<Vec<StoredJob>, StoreError> {
             record,
             done: Vec::new(),
             leased: HashMap::new(),
-            finished_ms: finished.get(id).map_err(db_error)?.map(|v| v.value()),
+            last_done_ms: None,
             cancelled: cancelled.get(id).map_err(db_error)?.is_some(),
             possible_duplicates: duplicates
                 .get(id)
                 .map_err(db_error)?
                 .map_or(0, |v| v.value()),
         };
-        for entry in done.range((id, 0)..=(id, u32::MAX)).map_err(db_error)? {
+        for entry in chunks.range((id, 0)..=(id, u32::MAX)).map_err(db_error)? {
             let (key, value) = entry.map_err(db_error)?;
-            let report: ChunkReport = bincode::deserialize(value.value()).map_err(db_error)?;
-            job.done.push((key.value().1, report));
-        }
-        for entry in leased.range((id, 0)..=(id, u32::MAX)).map_err(db_error)? {
-            let (key, value) = entry.map_err(db_error)?;
-            job.leased.insert(key.value().1, value.value());
+            let index = key.value().1;
+            match ChunkState::decode(value.value())? {
+                ChunkState::Leased { epoch } => {
+                    job.leased.insert(index, epoch);
+                }
+                ChunkState::Done { at_ms, report } => {
+                    job.done.push((index, report));
+                    job.last_done_ms = job.last_done_ms.max(Some(at_ms));
+                }
+            }
         }
         out.push(job);
     }
@@ -398,9 +508,7 @@ fn apply(
         let mut tables = Tables {
             jobs: txn.open_table(JOBS).map_err(db_error)?,
             tokens: txn.open_table(TOKENS).map_err(db_error)?,
-            done: txn.open_table(DONE).map_err(db_error)?,
-            leased: txn.open_table(LEASED).map_err(db_error)?,
-            finished: txn.open_table(FINISHED).map_err(db_error)?,
+            chunks: txn.open_table(CHUNKS).map_err(db_error)?,
             cancelled: txn.open_table(CANCELLED).map_err(db_error)?,
             duplicates: txn.open_table(DUPLICATES).map_err(db_error)?,
             idempotency: txn.open_table(IDEMPOTENCY).map_err(db_error)?,
@@ -417,9 +525,7 @@ fn apply(
 struct Tables<'txn> {
     jobs: redb::Table<'txn, u128, &'static [u8]>,
     tokens: redb::Table<'txn, (u128, u8), &'static [u8]>,
-    done: redb::Table<'txn, (u128, u32), &'static [u8]>,
-    leased: redb::Table<'txn, (u128, u32), u32>,
-    finished: redb::Table<'txn, u128, u64>,
+    chunks: redb::Table<'txn, (u128, u32), &'static [u8]>,
     cancelled: redb::Table<'txn, u128, ()>,
     duplicates: redb::Table<'txn, u128, u64>,
     idempotency: redb::Table<'txn, &'static str, (u128, u64)>,
@@ -452,19 +558,21 @@ impl Tables<'_> {
                 }
             }
             Write::Leased { id, index, epoch } => {
-                self.leased
-                    .insert((id.0.as_u128(), *index), *epoch)
+                self.chunks
+                    .insert((id.0.as_u128(), *index), leased_value(*epoch).as_slice())
                     .map_err(db_error)?;
             }
             Write::Done {
                 id,
                 index,
+                at_ms,
                 report,
                 webhook,
             } => {
                 let key = (id.0.as_u128(), *index);
-                self.done.insert(key, report.as_slice()).map_err(db_error)?;
-                self.leased.remove(key).map_err(db_error)?;
+                self.chunks
+                    .insert(key, done_value(*at_ms, report).as_slice())
+                    .map_err(db_error)?;
                 for (key, entry) in webhook {
                     self.webhook
                         .insert(*key, entry.as_slice())
@@ -475,11 +583,6 @@ impl Tables<'_> {
                 for key in keys {
                     self.webhook.remove(*key).map_err(db_error)?;
                 }
-            }
-            Write::Finished { id, at_ms } => {
-                self.finished
-                    .insert(id.0.as_u128(), *at_ms)
-                    .map_err(db_error)?;
             }
             Write::Cancelled { id } => {
                 self.cancelled
@@ -509,13 +612,9 @@ impl Tables<'_> {
                     self.jobs.remove(id).map_err(db_error)?;
                     self.tokens.remove((id, 0)).map_err(db_error)?;
                     self.tokens.remove((id, 1)).map_err(db_error)?;
-                    self.finished.remove(id).map_err(db_error)?;
                     self.cancelled.remove(id).map_err(db_error)?;
                     self.duplicates.remove(id).map_err(db_error)?;
-                    self.done
-                        .retain_in((id, 0)..=(id, u32::MAX), |_, _| false)
-                        .map_err(db_error)?;
-                    self.leased
+                    self.chunks
                         .retain_in((id, 0)..=(id, u32::MAX), |_, _| false)
                         .map_err(db_error)?;
                     *forgot += 1;
@@ -597,6 +696,13 @@ impl Store {
                 other => StoreError::Db(format!("cannot open {}: {other}", path.display())),
             })?;
         init_tables(&db)?;
+        let migrated = migrate_v1(&db)?;
+        if migrated > 0 {
+            tracing::info!(
+                chunks = migrated,
+                "store: chunk records moved to the current layout"
+            );
+        }
         let recovered = Recovered {
             jobs: load(&db)?,
             keys: read_keys(&db)?,
@@ -670,6 +776,7 @@ mod tests {
             store.write_later(Write::Done {
                 id,
                 index: 0,
+                at_ms: 42,
                 report: bincode::serialize(&report).unwrap(),
                 webhook: vec![
                     ((id.0.as_u128(), 0, 0), bincode::serialize(&entry).unwrap()),
@@ -702,6 +809,7 @@ mod tests {
         assert_eq!(job.record.submit.apns_tokens.len(), 3);
         assert_eq!(job.done.len(), 1);
         assert_eq!(job.done[0].1.delivered, 2);
+        assert_eq!(job.last_done_ms, Some(42));
         // Chunk 0 is done (its lease is cleared); chunk 1 was out with epoch 3.
         assert_eq!(job.leased.get(&1), Some(&3));
         assert!(!job.leased.contains_key(&0));
@@ -711,5 +819,63 @@ mod tests {
         // Only the unacknowledged webhook entry is left.
         let keys: Vec<EntryKey> = recovered.webhook.iter().map(|(key, _)| *key).collect();
         assert_eq!(keys, [(id.0.as_u128(), 0, 1)]);
+    }
+
+    #[tokio::test]
+    async fn a_first_layout_store_is_moved_to_one_chunk_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let (finished_job, running_job) = (JobId::new(), JobId::new());
+        {
+            let (store, _) = Store::open(dir.path(), true).unwrap();
+            for id in [finished_job, running_job] {
+                store
+                    .write(Write::Job {
+                        id,
+                        job: record(),
+                        idempotency: None,
+                    })
+                    .await
+                    .unwrap();
+            }
+            store.write(Write::Close).await.unwrap();
+        }
+        // Write the chunk records as the first layout kept them.
+        let report = |delivered| {
+            bincode::serialize(&ChunkReport {
+                delivered,
+                ..ChunkReport::default()
+            })
+            .unwrap()
+        };
+        {
+            let db = Database::open(dir.path().join("volley.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut done = txn.open_table(v1::DONE).unwrap();
+                let mut leased = txn.open_table(v1::LEASED).unwrap();
+                let mut finished = txn.open_table(v1::FINISHED).unwrap();
+                let (f, r) = (finished_job.0.as_u128(), running_job.0.as_u128());
+                done.insert((f, 0), report(2).as_slice()).unwrap();
+                done.insert((f, 1), report(1).as_slice()).unwrap();
+                finished.insert(f, 1_700_000_000_000).unwrap();
+                done.insert((r, 0), report(2).as_slice()).unwrap();
+                leased.insert((r, 1), 4).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let (store, recovered) = Store::open(dir.path(), true).unwrap();
+        let job = |id| recovered.jobs.iter().find(|job| job.id == id).unwrap();
+        let finished = job(finished_job);
+        assert_eq!(finished.done.len(), 2);
+        assert!(finished.leased.is_empty());
+        assert_eq!(finished.last_done_ms, Some(1_700_000_000_000));
+        let running = job(running_job);
+        assert_eq!(running.done.len(), 1);
+        assert_eq!(running.done[0].1.delivered, 2);
+        assert_eq!(running.leased.get(&1), Some(&4));
+        store.write(Write::Close).await.unwrap();
+        // The first layout's tables are gone; a second open has nothing to move.
+        let db = Database::open(dir.path().join("volley.redb")).unwrap();
+        assert_eq!(migrate_v1(&db).unwrap(), 0);
     }
 }
