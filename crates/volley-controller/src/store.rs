@@ -21,8 +21,12 @@ use crate::webhook::{EntryKey, StoredEntry};
 /// The store's page cache.
 const STORE_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
-/// job id → [`RecordHeader`] (bincode): the job without its token buffers.
+/// job id → [`RecordHeader`] (bincode): the job without its token buffers; a small job's
+/// token buffers follow the header in the same value (APNs, then FCM: see [`INLINE_TOKENS`]).
 const JOBS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("jobs");
+/// Token buffers up to this size (together) are kept in the job's `JOBS` value rather than in
+/// `TOKENS`: a single-notification job is then one record, not two.
+const INLINE_TOKENS: usize = 4096;
 /// (job id, platform: 0 APNs, 1 FCM) → the job's token buffer, as the front sent it: stored
 /// straight from the submission, so a million tokens are never copied into another format.
 const TOKENS: TableDefinition<'_, (u128, u8), &[u8]> = TableDefinition::new("job_tokens");
@@ -230,6 +234,15 @@ impl NewJob {
             created_ms,
         })
         .map_err(|error| error.to_string())?;
+        if apns_data.len() + fcm_data.len() <= INLINE_TOKENS {
+            let mut header = header;
+            header.extend_from_slice(apns_data);
+            header.extend_from_slice(fcm_data);
+            return Ok(NewJob {
+                header,
+                tokens: Default::default(),
+            });
+        }
         Ok(NewJob {
             header,
             tokens: [apns_data.clone(), fcm_data.clone()],
@@ -353,11 +366,24 @@ fn load(db: &Database) -> Result<Vec<StoredJob>, StoreError> {
     for entry in jobs.iter().map_err(db_error)? {
         let (key, value) = entry.map_err(db_error)?;
         let id = key.value();
-        let header: RecordHeader = bincode::deserialize(value.value()).map_err(db_error)?;
+        let mut rest = value.value();
+        let header: RecordHeader = bincode::deserialize_from(&mut rest).map_err(db_error)?;
+        // Whatever follows the header is a small job's token buffers, APNs then FCM.
+        let apns_len = header.apns_ends.last().copied().unwrap_or(0) as usize;
+        let (apns_inline, fcm_inline) = rest.split_at(apns_len.min(rest.len()));
         let token_list = |platform: u8, ends: Vec<u32>| -> Result<TokenList, StoreError> {
-            let data = match tokens.get((id, platform)).map_err(db_error)? {
-                Some(data) => bytes::Bytes::copy_from_slice(data.value()),
-                None => bytes::Bytes::new(),
+            let inline = if platform == 0 {
+                apns_inline
+            } else {
+                fcm_inline
+            };
+            let data = if !rest.is_empty() {
+                bytes::Bytes::copy_from_slice(inline)
+            } else {
+                match tokens.get((id, platform)).map_err(db_error)? {
+                    Some(data) => bytes::Bytes::copy_from_slice(data.value()),
+                    None => bytes::Bytes::new(),
+                }
             };
             TokenList::from_raw_parts(data, ends).ok_or_else(|| {
                 StoreError::Db(format!(
@@ -723,7 +749,11 @@ mod tests {
     use volley_contracts::{ApnsRender, TokenList};
 
     fn record() -> NewJob {
-        let submit = SubmitJob {
+        NewJob::new(&record_submit(), 2, 7).unwrap()
+    }
+
+    fn record_submit() -> SubmitJob {
+        SubmitJob {
             app: "shop".into(),
             apns: Some(ApnsRender {
                 payload: bytes::Bytes::from_static(b"{\"aps\":{}}"),
@@ -736,8 +766,7 @@ mod tests {
             apns_tokens: ["aa", "bb", "cc"].into_iter().collect::<TokenList>(),
             fcm_tokens: TokenList::default(),
             idempotency_key: Some("key-1".into()),
-        };
-        NewJob::new(&submit, 2, 7).unwrap()
+        }
     }
 
     #[tokio::test]
@@ -877,5 +906,55 @@ mod tests {
         // The first layout's tables are gone; a second open has nothing to move.
         let db = Database::open(dir.path().join("volley.redb")).unwrap();
         assert_eq!(migrate_v1(&db).unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn small_jobs_keep_their_tokens_in_the_job_record_and_large_ones_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = |apns: Vec<String>, fcm: Vec<String>| SubmitJob {
+            apns_tokens: apns.into_iter().collect(),
+            fcm_tokens: fcm.into_iter().collect(),
+            ..record_submit()
+        };
+        let small = job(vec!["ab".repeat(32)], vec!["fcm-token".into()]);
+        let large = job((0..100).map(|i| format!("{i:064x}")).collect(), Vec::new());
+        let (small_id, large_id) = (JobId::new(), JobId::new());
+        {
+            let (store, _) = Store::open(dir.path(), true).unwrap();
+            for (id, submit) in [(small_id, &small), (large_id, &large)] {
+                store
+                    .write(Write::Job {
+                        id,
+                        job: NewJob::new(submit, 10, 1).unwrap(),
+                        idempotency: None,
+                    })
+                    .await
+                    .unwrap();
+            }
+            store.write(Write::Close).await.unwrap();
+        }
+        {
+            let db = Database::open(dir.path().join("volley.redb")).unwrap();
+            let txn = db.begin_read().unwrap();
+            let tokens = txn.open_table(TOKENS).unwrap();
+            let keys: Vec<(u128, u8)> = tokens
+                .iter()
+                .unwrap()
+                .map(|entry| entry.unwrap().0.value())
+                .collect();
+            assert_eq!(
+                keys,
+                [(large_id.0.as_u128(), 0)],
+                "only the large job is apart"
+            );
+        }
+        let (_, recovered) = Store::open(dir.path(), true).unwrap();
+        for (id, submit) in [(small_id, &small), (large_id, &large)] {
+            let job = recovered.jobs.iter().find(|job| job.id == id).unwrap();
+            let got = &job.record.submit;
+            assert!(got.apns_tokens.iter().eq(submit.apns_tokens.iter()), "{id}");
+            assert!(got.fcm_tokens.iter().eq(submit.fcm_tokens.iter()), "{id}");
+            assert_eq!(got.app, submit.app);
+        }
     }
 }
