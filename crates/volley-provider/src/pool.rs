@@ -5,8 +5,9 @@
 //! (see `docs/adr/001-own-http2-transport.md`).
 //!
 //! Each of the N slots holds at most one live connection, opened on first use by a spawned task
-//! and driven by another spawned task. Requests are spread round-robin over ready slots and
-//! multiplexed as HTTP/2 streams; `h2` queues a stream until the server's
+//! and driven by another spawned task. Requests go to the ready slots in turns of 64
+//! consecutive requests (a burst shares one connection's writes) and are multiplexed as HTTP/2
+//! streams; `h2` queues a stream until the server's
 //! `SETTINGS_MAX_CONCURRENT_STREAMS` leaves room for it. A connection that reports GOAWAY or an
 //! I/O error is dropped from its slot at once (it drains its open streams on its own) and the
 //! slot reconnects for the next request.
@@ -38,6 +39,12 @@ use crate::tls::{TlsError, TlsOptions};
 
 /// Response bodies beyond this are cut off: provider bodies are small JSON documents.
 pub const MAX_RESPONSE_BODY: usize = 64 * 1024;
+
+/// Consecutive requests one connection takes before the next takes its turn. A burst of a
+/// few dozen requests (the single-notification chunks of one `deliver` call) then shares one
+/// connection's writes, TLS records and syscalls instead of being dealt out one by one over
+/// every connection; a steady load of hundreds in flight still spreads over all of them.
+const TURN: usize = 64;
 
 /// First pause after a failed connect; doubles per further failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -275,7 +282,7 @@ impl fmt::Debug for Pool {
 struct Inner {
     connector: Arc<Connector>,
     slots: Box<[Slot]>,
-    /// Round-robin cursor over the slots.
+    /// Requests so far: request `i` tries slot `(i / TURN) % slots` first.
     next: AtomicUsize,
     request_timeout: Duration,
     max_resends: u32,
@@ -467,11 +474,11 @@ impl Inner {
         http::Request::from_parts(head, ())
     }
 
-    /// A ready connection: the round-robin slot when it is ready (the common case: one lock,
+    /// A ready connection: the slot whose turn it is when it is ready (the common case: one lock,
     /// one clone), else any ready slot, else the outcome of connecting one.
     async fn acquire(self: &Arc<Self>) -> Result<Lease, SendError> {
         let n = self.slots.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let start = (self.next.fetch_add(1, Ordering::Relaxed) / TURN) % n;
         if let Some(lease) = self.ready_lease(start) {
             return Ok(lease);
         }

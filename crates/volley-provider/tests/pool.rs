@@ -73,6 +73,40 @@ async fn concurrent_requests_share_at_most_n_connections() {
     assert!(used.len() > 1, "all requests went over one connection");
 }
 
+/// Sends `n` requests at once; returns the connections (as the server numbers them) used.
+async fn burst(pool: &Pool, n: usize) -> Vec<String> {
+    let sends = (0..n).map(|i| async move {
+        let response = pool.send(post(i), Bytes::from("x")).await.unwrap();
+        response.headers["x-connection"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    });
+    join_all(sends).await
+}
+
+#[tokio::test]
+async fn a_burst_shares_one_connection_and_a_larger_load_spreads_over_all() {
+    let server = TestServer::start(None, Behaviour::Echo, None).await;
+    let pool = pool_for(
+        server.endpoint(),
+        volley_provider::tls::TlsOptions::default(),
+        3,
+    );
+    // 3 turns of 64 requests: every connection is opened, and the next burst starts a turn.
+    let warm = burst(&pool, 192).await;
+    assert_eq!(warm.iter().collect::<HashSet<_>>().len(), 3);
+    let small = burst(&pool, 40).await;
+    assert_eq!(
+        small.iter().collect::<HashSet<_>>().len(),
+        1,
+        "a burst of 40 goes over one connection: {small:?}"
+    );
+    let large = burst(&pool, 300).await;
+    assert_eq!(large.iter().collect::<HashSet<_>>().len(), 3);
+    assert_eq!(server.connections(), 3);
+}
+
 #[tokio::test]
 async fn a_limit_of_one_concurrent_stream_is_respected_without_errors() {
     let server = RawServer::start(RawConfig {
