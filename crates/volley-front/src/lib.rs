@@ -213,9 +213,17 @@ impl FrontState {
     /// Hands a job to the controller; returns once it is queued. Small jobs share a call
     /// with the others submitted at the same moment (`batch`).
     pub(crate) async fn submit(&self, job: SubmitJob) -> Result<JobAccepted, ApiError> {
+        // Both boxed: a tarpc call's future is several kilobytes and the batcher's queue send
+        // nearly two, and inline they would make every request's handler future that large
+        // (axum boxes it and the runtime moves it per request).
         if job.len() < batch::BATCH_BELOW {
-            return self.inner.batcher.submit(job).await;
+            return Box::pin(self.inner.batcher.submit(job)).await;
         }
+        Box::pin(self.submit_alone(job)).await
+    }
+
+    /// A large job in a call of its own.
+    async fn submit_alone(&self, job: SubmitJob) -> Result<JobAccepted, ApiError> {
         let mut context = tarpc::context::current();
         context.deadline = Instant::now() + SUBMIT_DEADLINE;
         match self.controller().submit(context, job).await {
