@@ -293,3 +293,56 @@ async fn bad_requests_are_refused_with_precise_errors() {
     );
     cluster.shutdown().unwrap();
 }
+
+/// One app whose APNs sends are paced at 20/s, one agent with one worker, leases of 1 s
+/// renewed every 200 ms.
+fn slow_single_notifications(config: &mut volley_config::Config) {
+    config.controller.lease_time = Duration::from_secs(1);
+    config.agent.heartbeat_interval = Duration::from_millis(200);
+    config.agent.window = 1;
+    if let Some(apns) = config.apps[0].apns.as_mut() {
+        apns.rate_limit_per_second = Some(20);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deliver_call_longer_than_a_lease_keeps_the_leases_of_all_its_chunks() {
+    let cluster = Cluster::start(ClusterOptions {
+        agents: 1,
+        tweak: slow_single_notifications,
+        ..ClusterOptions::default()
+    })
+    .await
+    .unwrap();
+    let client = cluster.client();
+    // 60 single-notification jobs at once: they queue behind the one worker and go out in
+    // calls that take seconds at 20 sends/s, longer than a lease, while the heartbeats renew
+    // every chunk of the call (the finished ones and those still waiting their turn too).
+    let tokens = apns_tokens("d4d4d4d4", 60);
+    let submits = tokens.iter().map(|token| {
+        let body = json!({"title": "paced", "targets": {"apns": [token]}});
+        let client = client.clone();
+        async move { submit(&client, body.to_string()).await.unwrap() }
+    });
+    let ids: Vec<serde_json::Value> = futures::future::join_all(submits)
+        .await
+        .into_iter()
+        .map(serde_json::Value::from)
+        .collect();
+    let statuses = wait_ids(&cluster, &ids).await;
+    for status in &statuses {
+        assert_eq!(count(status, "delivered"), 1, "{status}");
+        assert_eq!(count(status, "possible_duplicates"), 0, "{status}");
+    }
+    let controller = volley_contracts::connect_controller(cluster.controller_addr)
+        .await
+        .unwrap();
+    let stats = controller.stats(tarpc::context::current()).await.unwrap();
+    assert_eq!(stats.chunks_redispatched, 0, "no call was abandoned");
+    let (apns, _) = cluster.shutdown().unwrap();
+    assert_eq!(
+        apns.delivered, 60,
+        "each notification reached the fake once"
+    );
+    assert_eq!(apns.distinct_tokens, 60);
+}

@@ -234,20 +234,27 @@ impl Agent for AgentServer {
                 .map(|_| Err(WireError::new(ErrorCode::Unavailable, "agent is draining")))
                 .collect();
         }
-        let chunks = match <[Chunk; 1]>::try_from(chunks) {
+        // Every chunk of the call is held (its lease renewed by the heartbeats) from now until
+        // the call ends, also those still waiting for their turn or already done: the
+        // controller's leases of one call expire together. Dropped with the call, also when
+        // the controller abandons it and tarpc cancels this handler.
+        let hold = Hold::new(&self, &chunks);
+        let deadline = context.deadline;
+        let mut chunks = chunks.into_iter().zip(hold.leases());
+        if chunks.len() == 1 {
             // A broadcast's chunk: no batch to run.
-            Ok([chunk]) => return vec![self.deliver_held(chunk, context.deadline).await],
-            Err(chunks) => chunks,
-        };
+            let (chunk, lease) = chunks.next().expect("one chunk");
+            return vec![self.deliver_held(chunk, lease, deadline).await];
+        }
         // Small chunks (single-notification jobs) gathered by the dispatcher: each is a
         // stream or a few, so as many chunks run at once as one chunk runs streams.
         let count = chunks.len();
         let server = &self;
         let mut answers: Vec<Option<Result<ChunkReport, WireError>>> =
             (0..count).map(|_| None).collect();
-        let mut running = futures::stream::iter(chunks.into_iter().enumerate())
-            .map(|(slot, chunk)| async move {
-                (slot, server.deliver_held(chunk, context.deadline).await)
+        let mut running = futures::stream::iter(chunks.enumerate())
+            .map(|(slot, (chunk, lease))| async move {
+                (slot, server.deliver_held(chunk, lease, deadline).await)
             })
             .buffer_unordered(self.per_chunk_concurrency);
         while let Some((slot, answer)) = running.next().await {
@@ -264,19 +271,61 @@ impl Agent for AgentServer {
     }
 }
 
+/// The chunks of one `deliver` call in the agent's held set (and its in-flight count) for as
+/// long as the call lives.
+struct Hold<'a> {
+    server: &'a AgentServer,
+    chunks: Vec<(ChunkId, CancellationToken)>,
+}
+
+impl<'a> Hold<'a> {
+    fn new(server: &'a AgentServer, chunks: &[Chunk]) -> Hold<'a> {
+        let held: Vec<(ChunkId, CancellationToken)> = chunks
+            .iter()
+            .map(|chunk| (chunk.id, CancellationToken::new()))
+            .collect();
+        {
+            let mut map = server.held.lock();
+            for (chunk, (id, lease)) in chunks.iter().zip(&held) {
+                map.insert(*id, (chunk.epoch, lease.clone()));
+            }
+        }
+        server.in_flight.fetch_add(held.len(), Ordering::Relaxed);
+        Hold {
+            server,
+            chunks: held,
+        }
+    }
+
+    /// Each chunk's lease token, cancelled if the controller revokes the lease.
+    fn leases(&self) -> Vec<CancellationToken> {
+        self.chunks.iter().map(|(_, lease)| lease.clone()).collect()
+    }
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        let mut map = self.server.held.lock();
+        for (id, _) in &self.chunks {
+            map.remove(id);
+        }
+        drop(map);
+        self.server
+            .in_flight
+            .fetch_sub(self.chunks.len(), Ordering::Relaxed);
+    }
+}
+
 impl AgentServer {
-    /// Delivers one chunk while holding its lease: the heartbeat renews it, and a revocation
-    /// stops the sends.
+    /// Delivers one chunk of a held call; a revocation of its lease stops the sends.
     async fn deliver_held(
         &self,
         chunk: Chunk,
+        lease: CancellationToken,
         deadline: std::time::Instant,
     ) -> Result<ChunkReport, WireError> {
         let id = chunk.id;
-        let lease = CancellationToken::new();
-        self.held.lock().insert(id, (chunk.epoch, lease.clone()));
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = tokio::select! {
+        tokio::select! {
             result = self.deliver_chunk(chunk, deadline) => result,
             // Dropping the delivery stops sending the rest of the chunk: it is another
             // agent's now.
@@ -284,10 +333,7 @@ impl AgentServer {
                 tracing::warn!(chunk = %id, "lease lost; stopped sending the chunk");
                 Err(WireError::new(ErrorCode::LeaseLost, "lease lost"))
             }
-        };
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.held.lock().remove(&id);
-        result
+        }
     }
 }
 

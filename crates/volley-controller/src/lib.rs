@@ -186,6 +186,8 @@ struct State {
     pending_notifications: AtomicU64,
     /// Jobs not final yet.
     active_jobs: AtomicU64,
+    /// Feeder tasks waiting for room in the shared channel.
+    feeders: AtomicU64,
     redispatched: AtomicU64,
     /// Per-app counters, outcomes and latencies.
     tallies: Mutex<HashMap<String, AppTally>>,
@@ -272,6 +274,7 @@ fn start(
         next_agent: AtomicU64::new(1),
         pending_notifications: AtomicU64::new(0),
         active_jobs: AtomicU64::new(0),
+        feeders: AtomicU64::new(0),
         redispatched: AtomicU64::new(0),
         tallies: Mutex::default(),
         rejections: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -625,41 +628,46 @@ impl State {
         if chunks.is_empty() {
             return;
         }
-        // Chunks go straight into the channel while it has room (a small job needs no task);
-        // the rest goes to a feeder that waits for room, so a huge job never floods it.
+        // Chunks go straight into the channel while it has room and no feeder is waiting (a
+        // small job needs no task, and cannot take a slot ahead of a waiting broadcast); the
+        // rest goes to a feeder that waits for room, so a huge job never floods it.
         let mut chunks = chunks.into_iter();
         let mut waiting = None;
-        for (spec, epoch) in chunks.by_ref() {
-            let work = Work {
-                job: job.clone(),
-                spec,
-                epoch,
-            };
-            match self.queue_tx.try_send(work) {
-                Ok(()) => {}
-                Err(async_channel::TrySendError::Full(work)) => {
-                    waiting = Some(work);
-                    break;
-                }
-                Err(async_channel::TrySendError::Closed(_)) => return,
-            }
-        }
-        let Some(first) = waiting else { return };
-        let tx = self.queue_tx.clone();
-        tokio::spawn(async move {
-            if tx.send(first).await.is_err() {
-                return;
-            }
-            for (spec, epoch) in chunks {
+        if self.feeders.load(Ordering::Acquire) == 0 {
+            for (spec, epoch) in chunks.by_ref() {
                 let work = Work {
                     job: job.clone(),
                     spec,
                     epoch,
                 };
-                if tx.send(work).await.is_err() {
-                    return;
+                match self.queue_tx.try_send(work) {
+                    Ok(()) => {}
+                    Err(async_channel::TrySendError::Full(work)) => {
+                        waiting = Some(work);
+                        break;
+                    }
+                    Err(async_channel::TrySendError::Closed(_)) => return,
                 }
             }
+            if waiting.is_none() {
+                return;
+            }
+        }
+        let tx = self.queue_tx.clone();
+        let state = self.clone();
+        state.feeders.fetch_add(1, Ordering::AcqRel);
+        tokio::spawn(async move {
+            let works = waiting.into_iter().chain(chunks.map(|(spec, epoch)| Work {
+                job: job.clone(),
+                spec,
+                epoch,
+            }));
+            for work in works {
+                if tx.send(work).await.is_err() {
+                    break;
+                }
+            }
+            state.feeders.fetch_sub(1, Ordering::AcqRel);
         });
     }
 
@@ -1022,21 +1030,32 @@ impl Worker {
     }
 
     /// `first` and the chunks queued behind it, up to a chunk's worth of tokens, ready to
-    /// send. Chunks of cancelled jobs are finished here; chunks of apps this agent does not
-    /// serve go back for the others.
+    /// send. Chunks of cancelled jobs are finished here. A chunk of an app this agent does not
+    /// serve ends the gathering and goes back for the others, as does one that would take the
+    /// call past the token budget (it leads the next call).
     async fn gather(&self, first: Work) -> Vec<(Work, Chunk)> {
         let state = &self.state;
         let budget = state.config.chunk_size;
-        let mut batch = Vec::new();
-        let mut foreign = Vec::new();
+        let mut batch: Vec<(Work, Chunk)> = Vec::new();
         let mut tokens = 0;
+        let mut taken = 0;
         let mut next = Some(first);
         while let Some(work) = next.take() {
+            taken += 1;
             work.job.mark_dispatched();
             if work.job.is_cancelled() {
                 state.skip_cancelled(&work);
             } else if !self.apps.iter().any(|app| *app == work.job.app) {
-                foreign.push(work);
+                state.requeue(work);
+                if batch.is_empty() {
+                    // Another agent holds this app's credentials; the pause keeps an agent
+                    // that serves no queued app from spinning.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                break;
+            } else if !batch.is_empty() && tokens + work.spec.len() > budget {
+                state.requeue(work);
+                break;
             } else {
                 match work.job.chunk(&work.spec, state.config.collapse_duplicates) {
                     Some(mut chunk) => {
@@ -1050,22 +1069,13 @@ impl Worker {
                     }
                 }
             }
-            if tokens < budget && batch.len() + foreign.len() < MAX_BATCH_CHUNKS {
+            if tokens < budget && taken < MAX_BATCH_CHUNKS {
                 next = state
                     .retry_rx
                     .try_recv()
                     .or_else(|_| state.queue_rx.try_recv())
                     .ok();
             }
-        }
-        let only_foreign = batch.is_empty() && !foreign.is_empty();
-        for work in foreign {
-            state.requeue(work);
-        }
-        if only_foreign {
-            // Another agent holds these apps' credentials; the pause keeps an agent that
-            // serves no queued app from spinning.
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         batch
     }
@@ -1075,12 +1085,37 @@ impl Worker {
     async fn deliver(&self, batch: Vec<(Work, Chunk)>) -> bool {
         let state = &self.state;
         let (works, chunks): (Vec<Work>, Vec<Chunk>) = batch.into_iter().unzip();
-        let lost = state.lease(self.agent, &works).await;
-        let mut context = tarpc::context::current();
-        context.deadline = Instant::now() + state.config.chunk_timeout;
         let count = works.len() as u64;
+        // Counted as out before the lease is written: a draining controller waits for these
+        // chunks from here on, and closes its store only after them.
         self.in_flight.fetch_add(count, Ordering::Relaxed);
         state.out.fetch_add(count, Ordering::Relaxed);
+        let leased = state.lease(self.agent, &works).await;
+        let lost = match leased {
+            Ok(lost) if !state.draining.is_cancelled() => lost,
+            outcome => {
+                // Never sent: without a lease on disk a resend after a crash could not be
+                // counted as a possible duplicate, and a draining controller hands out nothing
+                // new. The chunks go back as they were.
+                if let Err(error) = &outcome {
+                    tracing::error!(%error, chunks = works.len(), "cannot record the leases; chunks not sent");
+                }
+                state.release(&works);
+                self.in_flight.fetch_sub(count, Ordering::Relaxed);
+                state.out.fetch_sub(count, Ordering::Relaxed);
+                for work in works {
+                    state.requeue(work);
+                }
+                if state.draining.is_cancelled() {
+                    return false;
+                }
+                // A failing store: do not spin on the same chunks.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return true;
+            }
+        };
+        let mut context = tarpc::context::current();
+        context.deadline = Instant::now() + state.config.chunk_timeout;
         let sent = Instant::now();
         let every = |why: &'static str| works.iter().map(|_| Err(why)).collect::<Vec<_>>();
         let results: Vec<Result<ChunkReport, &'static str>> = tokio::select! {
@@ -1104,11 +1139,11 @@ impl Worker {
         };
         self.in_flight.fetch_sub(count, Ordering::Relaxed);
         state.out.fetch_sub(count, Ordering::Relaxed);
-        let current = state.release(&works);
+        state.release(&works);
         let took = sent.elapsed().as_millis() as u64;
         let mut keep_going = true;
-        for ((work, result), current) in works.into_iter().zip(results).zip(current) {
-            keep_going &= self.settle(work, result, current, took);
+        for (work, result) in works.into_iter().zip(results) {
+            keep_going &= self.settle(work, result, took);
         }
         keep_going
     }
@@ -1131,18 +1166,16 @@ impl Worker {
     }
 
     /// Records a chunk's report, or hands it out again; false when this worker must stop.
-    fn settle(
-        &self,
-        work: Work,
-        result: Result<ChunkReport, &'static str>,
-        current: bool,
-        took_ms: u64,
-    ) -> bool {
+    ///
+    /// A report always counts: this worker holds the chunk's only hand-out (a chunk goes out
+    /// again only through the worker that gave up on it), so even a report that won the race
+    /// with its lease's expiry is for the live epoch, and dropping it would leave the chunk
+    /// unfinished with nobody to send it.
+    fn settle(&self, work: Work, result: Result<ChunkReport, &'static str>, took_ms: u64) -> bool {
         let state = &self.state;
         let agent = self.agent;
         match result {
-            // Only the current lease's report counts; a late one for an older epoch is dropped.
-            Ok(report) if current => {
+            Ok(report) => {
                 self.chunks_done.fetch_add(1, Ordering::Relaxed);
                 let platform = work.spec.platform;
                 state.tally(&work.job.app, |tally| {
@@ -1153,7 +1186,6 @@ impl Worker {
                 state.record(&work, &report);
                 true
             }
-            Ok(_) => true,
             Err(APP_PAUSED) => {
                 // The agent paused the app (its provider's circuit is open) and sent nothing.
                 // The chunk waits a moment outside the queues, so that the paused app's chunks
@@ -1210,7 +1242,7 @@ impl State {
     /// The leases are on disk (one commit for the batch) before the chunks go out, so that a
     /// controller that dies while they are out counts their tokens as possible duplicates
     /// when it resends them.
-    async fn lease(&self, agent: AgentId, works: &[Work]) -> CancellationToken {
+    async fn lease(&self, agent: AgentId, works: &[Work]) -> Result<CancellationToken, StoreError> {
         let lost = CancellationToken::new();
         let expires = Instant::now() + self.config.lease_time;
         {
@@ -1239,30 +1271,22 @@ impl State {
             1 => writes.remove(0),
             _ => Write::Many(writes),
         };
-        if let Err(error) = self.store.write(write).await {
-            tracing::error!(%error, chunks = works.len(), "cannot record the leases");
-        }
-        lost
+        self.store.write(write).await?;
+        Ok(lost)
     }
 
-    /// Ends the leases of a batch; for each chunk, true when its lease was still this
-    /// hand-out's (not expired).
-    fn release(&self, works: &[Work]) -> Vec<bool> {
+    /// Ends the leases of a batch (those not expired already).
+    fn release(&self, works: &[Work]) {
         let mut leases = self.leases.lock();
-        works
-            .iter()
-            .map(|work| {
-                let id = work.chunk_id();
-                match leases.get(&id) {
-                    Some(lease) if lease.epoch == work.epoch => {
-                        let current = !lease.lost.is_cancelled();
-                        leases.remove(&id);
-                        current
-                    }
-                    _ => false,
-                }
-            })
-            .collect()
+        for work in works {
+            let id = work.chunk_id();
+            if leases
+                .get(&id)
+                .is_some_and(|lease| lease.epoch == work.epoch)
+            {
+                leases.remove(&id);
+            }
+        }
     }
 }
 

@@ -34,6 +34,8 @@ pub struct Answer<'a> {
     pub status: u16,
     /// The body.
     pub body: &'a [u8],
+    /// The server will close the connection after this answer (`connection: close`).
+    pub close: bool,
 }
 
 fn malformed(what: &str) -> io::Error {
@@ -77,7 +79,12 @@ impl LoadConnection {
 
     async fn read_answer(&mut self) -> io::Result<Answer<'_>> {
         self.buf.clear();
-        let (head_len, status, content_length) = loop {
+        let Head {
+            len: head_len,
+            status,
+            content_length,
+            close,
+        } = loop {
             if let Some(parsed) = parse_head(&self.buf)? {
                 break parsed;
             }
@@ -95,6 +102,7 @@ impl LoadConnection {
         Ok(Answer {
             status,
             body: &self.buf[head_len..head_len + content_length],
+            close,
         })
     }
 
@@ -108,8 +116,19 @@ impl LoadConnection {
     }
 }
 
-/// The head's length, the status and `Content-Length`, once the whole head is in `buf`.
-fn parse_head(buf: &[u8]) -> io::Result<Option<(usize, u16, usize)>> {
+/// What the head of an answer says.
+#[derive(Debug, PartialEq, Eq)]
+struct Head {
+    /// Bytes up to and including the blank line.
+    len: usize,
+    status: u16,
+    content_length: usize,
+    /// `connection: close`.
+    close: bool,
+}
+
+/// The head of an answer, once the whole head is in `buf`.
+fn parse_head(buf: &[u8]) -> io::Result<Option<Head>> {
     let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
         return Ok(None);
     };
@@ -122,6 +141,7 @@ fn parse_head(buf: &[u8]) -> io::Result<Option<(usize, u16, usize)>> {
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| malformed("status line"))?;
     let mut content_length = None;
+    let mut close = false;
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             return Err(malformed("header line"));
@@ -135,10 +155,17 @@ fn parse_head(buf: &[u8]) -> io::Result<Option<(usize, u16, usize)>> {
             );
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(malformed("chunked bodies are not read"));
+        } else if name.eq_ignore_ascii_case("connection") {
+            close = value.trim().eq_ignore_ascii_case("close");
         }
     }
     let content_length = content_length.ok_or_else(|| malformed("no content-length"))?;
-    Ok(Some((end + 4, status, content_length)))
+    Ok(Some(Head {
+        len: end + 4,
+        status,
+        content_length,
+        close,
+    }))
 }
 
 #[cfg(test)]
@@ -149,9 +176,15 @@ mod tests {
     fn heads_are_read_once_complete() {
         let answer = b"HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":1}";
         assert_eq!(parse_head(&answer[..20]).unwrap(), None);
-        let (len, status, body) = parse_head(answer).unwrap().unwrap();
-        assert_eq!((status, body), (202, 7));
-        assert_eq!(&answer[len..], b"{\"a\":1}");
+        let head = parse_head(answer).unwrap().unwrap();
+        assert_eq!(
+            (head.status, head.content_length, head.close),
+            (202, 7, false)
+        );
+        assert_eq!(&answer[head.len..], b"{\"a\":1}");
+        let closing =
+            b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\ncontent-length: 0\r\n\r\n";
+        assert!(parse_head(closing).unwrap().unwrap().close);
         assert!(parse_head(b"HTTP/1.1 200 OK\r\n\r\n").is_err(), "no length");
         assert!(parse_head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").is_err());
         assert!(parse_head(b"SPDY 200\r\ncontent-length: 0\r\n\r\n").is_err());
@@ -191,7 +224,8 @@ mod tests {
             answer,
             Answer {
                 status: 202,
-                body: b"abcde"
+                body: b"abcde",
+                close: false
             }
         );
         let request = server.await.unwrap();

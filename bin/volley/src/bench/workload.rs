@@ -721,6 +721,7 @@ async fn load_connection(context: LoadContext) -> ConnectionTally {
             .await;
         let elapsed = sent_at.elapsed();
         context.answered.fetch_add(1, Ordering::Relaxed);
+        let close = answer.as_ref().is_ok_and(|answer| answer.close);
         match answer {
             Ok(answer) if (200..300).contains(&answer.status) => {
                 tally.accepted_requests += 1;
@@ -738,6 +739,9 @@ async fn load_connection(context: LoadContext) -> ConnectionTally {
                 tally.errors += 1;
                 connection = None;
             }
+        }
+        if close {
+            connection = None;
         }
     }
     tally
