@@ -44,6 +44,8 @@ pub const MAX_RESPONSE_BODY: usize = 64 * 1024;
 /// few dozen requests (the single-notification chunks of one `deliver` call) then shares one
 /// connection's writes, TLS records and syscalls instead of being dealt out one by one over
 /// every connection; a steady load of hundreds in flight still spreads over all of them.
+/// A burst meeting a connection whose stream limit is still low (APNs allows one stream until
+/// it has seen a valid token) waits on it while the others idle; that lasts one round trip.
 const TURN: usize = 64;
 
 /// First pause after a failed connect; doubles per further failure up to [`MAX_BACKOFF`].
