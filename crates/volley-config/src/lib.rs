@@ -181,6 +181,10 @@ pub struct ControllerConfig {
     /// How long a finished job's status is kept.
     #[serde(with = "humantime_serde")]
     pub job_retention: Duration,
+    /// Most finished jobs kept (in memory and in the store): past it the oldest are forgotten
+    /// before their retention is over, with their idempotency keys. It bounds the
+    /// controller's memory under a stream of single-notification jobs.
+    pub max_finished_jobs: usize,
     /// Where jobs are stored; one controller per directory (it is locked).
     pub data_dir: PathBuf,
     /// Flush every commit to disk (the default). `false` only measures what durability costs:
@@ -211,6 +215,7 @@ impl Default for ControllerConfig {
             chunk_timeout: Duration::from_secs(120),
             max_pending_notifications: 20_000_000,
             job_retention: Duration::from_secs(24 * 3600),
+            max_finished_jobs: 200_000,
             data_dir: PathBuf::from("volley-data"),
             fsync: true,
             lease_time: Duration::from_secs(15),
@@ -635,6 +640,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "controller.chunk_size",
                 "must be between 1 and 100000",
+            ));
+        }
+        if self.controller.max_finished_jobs == 0 {
+            return Err(ConfigError::invalid(
+                "controller.max_finished_jobs",
+                "must be at least 1",
             ));
         }
         if self.controller.queue_chunks == 0 {

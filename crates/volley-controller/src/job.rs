@@ -41,6 +41,8 @@ pub(crate) struct Job {
     pub(crate) app: String,
     pub(crate) created_ms: u64,
     pub(crate) accepted: u64,
+    /// The caller's key, forgotten with the job.
+    pub(crate) idempotency_key: Option<String>,
     apns: Option<ApnsRender>,
     fcm: Option<FcmRender>,
     apns_tokens: TokenList,
@@ -105,6 +107,7 @@ impl Job {
             app: submit.app,
             created_ms,
             accepted: (submit.apns_tokens.len() + submit.fcm_tokens.len()) as u64,
+            idempotency_key: submit.idempotency_key,
             apns: submit.apns,
             fcm: submit.fcm,
             apns_tokens: submit.apns_tokens,

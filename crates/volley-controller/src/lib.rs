@@ -188,6 +188,11 @@ struct State {
     active_jobs: AtomicU64,
     /// Feeder tasks waiting for room in the shared channel.
     feeders: AtomicU64,
+    /// Finished jobs still kept, oldest first, with when they finished.
+    finished: Mutex<std::collections::VecDeque<(JobId, u64)>>,
+    /// When finished jobs were last forgotten before their retention (for a rate-limited
+    /// warning), ms since the epoch.
+    early_forget_warned: AtomicU64,
     redispatched: AtomicU64,
     /// Per-app counters, outcomes and latencies.
     tallies: Mutex<HashMap<String, AppTally>>,
@@ -275,6 +280,8 @@ fn start(
         pending_notifications: AtomicU64::new(0),
         active_jobs: AtomicU64::new(0),
         feeders: AtomicU64::new(0),
+        finished: Mutex::default(),
+        early_forget_warned: AtomicU64::new(0),
         redispatched: AtomicU64::new(0),
         tallies: Mutex::default(),
         rejections: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -569,11 +576,10 @@ impl State {
         let Admitted {
             id, size, submit, ..
         } = admitted;
-        let idempotency_key = submit.idempotency_key.clone();
         let (job, specs) = Job::new(id, submit, self.config.chunk_size, now);
         let job = Arc::new(job);
-        if let Some(key) = idempotency_key {
-            self.idempotency.lock().insert(key, (id, now));
+        if let Some(key) = &job.idempotency_key {
+            self.idempotency.lock().insert(key.clone(), (id, now));
         }
         if size as usize >= volley_contracts::LOG_JOBS_FROM {
             tracing::info!(job = %id, app = %job.app, tokens = size, chunks = specs.len(), "job accepted");
@@ -674,8 +680,12 @@ impl State {
     /// Takes back the jobs found in the store at start-up.
     fn restore(self: &Arc<Self>, jobs: Vec<store::StoredJob>) {
         let mut resumed = 0;
+        let mut finished = Vec::new();
         for stored in jobs {
             let (job, chunks) = Job::restore(stored);
+            if let Some(at) = job.finished_ms() {
+                finished.push((job.id, at));
+            }
             let pending: u64 = chunks.iter().map(|(spec, _)| spec.len() as u64).sum();
             self.pending_notifications
                 .fetch_add(pending, Ordering::Relaxed);
@@ -688,6 +698,63 @@ impl State {
         if resumed > 0 {
             tracing::info!(jobs = resumed, "unfinished jobs resumed from the store");
         }
+        finished.sort_by_key(|(id, at)| (*at, *id));
+        self.finished.lock().extend(finished);
+        self.forget_over_limit(0);
+    }
+
+    /// Keeps at most `controller.max_finished_jobs` finished jobs: forgets the oldest once
+    /// the limit is passed by `slack` (so that they go in batches, one store write each).
+    fn forget_over_limit(&self, slack: usize) {
+        let max = self.config.max_finished_jobs;
+        let evicted: Vec<JobId> = {
+            let mut finished = self.finished.lock();
+            if finished.len() <= max + slack {
+                return;
+            }
+            let excess = finished.len() - max;
+            finished.drain(..excess).map(|(id, _)| id).collect()
+        };
+        let now = job::now_ms();
+        let last = self.early_forget_warned.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 60_000
+            && self
+                .early_forget_warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                jobs = evicted.len(),
+                max_finished_jobs = max,
+                "finished jobs forgotten before controller.job_retention: more than \
+                 controller.max_finished_jobs are finished within it"
+            );
+        }
+        self.forget(evicted);
+    }
+
+    /// Forgets finished jobs: their status, their idempotency keys, their records.
+    fn forget(&self, ids: Vec<JobId>) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut keys = Vec::new();
+        {
+            let mut jobs = self.jobs.lock();
+            let mut idempotency = self.idempotency.lock();
+            for id in &ids {
+                let Some(job) = jobs.remove(id) else { continue };
+                if let Some(key) = &job.idempotency_key {
+                    // Only if the key still names this job.
+                    if idempotency.get(key).is_some_and(|(known, _)| known == id) {
+                        idempotency.remove(key);
+                        keys.push(key.clone());
+                    }
+                }
+            }
+        }
+        tracing::debug!(jobs = ids.len(), "finished jobs forgotten");
+        self.store.write_later(Write::Forget { ids, keys });
     }
 
     /// Renews the leases an agent holds; returns the held chunks it no longer owns.
@@ -869,6 +936,8 @@ impl State {
         }
         self.active_jobs.fetch_sub(1, Ordering::Relaxed);
         let finished_ms = work.job.finished_ms().unwrap_or_else(job::now_ms);
+        self.finished.lock().push_back((work.job.id, finished_ms));
+        self.forget_over_limit((self.config.max_finished_jobs / 100).max(1));
         let took = finished_ms.saturating_sub(work.job.created_ms);
         self.tally(&work.job.app, |tally| {
             tally
@@ -1386,36 +1455,19 @@ async fn expire_jobs(state: Arc<State>) {
             () = state.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now = job::now_ms();
-        let retention_ms = retention.as_millis() as u64;
-        let mut expired = Vec::new();
-        state.jobs.lock().retain(|id, job| {
-            let keep = job
-                .finished_ms()
-                .is_none_or(|finished| now.saturating_sub(finished) < retention_ms);
-            if !keep {
-                expired.push(*id);
-            }
-            keep
-        });
-        if expired.is_empty() {
-            continue;
+        let horizon = job::now_ms().saturating_sub(retention.as_millis() as u64);
+        let expired: Vec<JobId> = {
+            let mut finished = state.finished.lock();
+            let due = finished.iter().take_while(|(_, at)| *at <= horizon).count();
+            finished.drain(..due).map(|(id, _)| id).collect()
+        };
+        if !expired.is_empty() {
+            tracing::info!(
+                jobs = expired.len(),
+                "finished jobs past their retention forgotten"
+            );
+            state.forget(expired);
         }
-        let mut keys = Vec::new();
-        state.idempotency.lock().retain(|key, (id, _)| {
-            let forget = expired.contains(id);
-            if forget {
-                keys.push(key.clone());
-            }
-            !forget
-        });
-        tracing::info!(
-            jobs = expired.len(),
-            "finished jobs past their retention forgotten"
-        );
-        state
-            .store
-            .write_later(Write::Forget { ids: expired, keys });
     }
 }
 

@@ -433,6 +433,9 @@ fn load(db: &Database) -> Result<Vec<StoredJob>, StoreError> {
     Ok(out)
 }
 
+/// Least time between two compactions of the store.
+const COMPACT_EVERY: Duration = Duration::from_secs(600);
+
 /// Longest a write nobody waits for (chunk progress) stays uncommitted. Such writes ride on
 /// the next commit that someone waits for (a submission, a lease); only when none comes
 /// within this time do they get a commit, and an fsync, of their own.
@@ -440,6 +443,8 @@ const LATER_WITHIN: Duration = Duration::from_millis(100);
 
 fn writer(mut db: Database, rx: mpsc::Receiver<RequestBox>, durability: Durability) {
     let mut forgotten_since_compaction = 0usize;
+    // The first compaction waits as long as the others: none during a start-up burst.
+    let mut last_compaction = Instant::now();
     // Writes nobody waits for, queued since the last commit, and when the first came.
     let mut later: Vec<Request> = Vec::new();
     let mut later_since = Instant::now();
@@ -513,8 +518,11 @@ fn writer(mut db: Database, rx: mpsc::Receiver<RequestBox>, durability: Durabili
             return;
         }
         // Deleting frees pages for reuse; compacting now and then gives space back to the disk.
-        if forgotten_since_compaction >= 64 {
+        // Not more often than every COMPACT_EVERY: it holds up every commit while it runs, and
+        // jobs forgotten at the rate single-notification jobs finish would compact non-stop.
+        if forgotten_since_compaction >= 64 && last_compaction.elapsed() >= COMPACT_EVERY {
             forgotten_since_compaction = 0;
+            last_compaction = Instant::now();
             if let Err(error) = db.compact() {
                 tracing::warn!(%error, "store compaction failed");
             }

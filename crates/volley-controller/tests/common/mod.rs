@@ -92,8 +92,18 @@ pub struct Running {
 
 /// Starts a controller of app `shop` keeping its store in `dir`.
 pub async fn start_controller(dir: &std::path::Path) -> Running {
+    start_controller_with(dir, |_| {}).await
+}
+
+/// Starts a controller of app `shop` keeping its store in `dir`, its configuration changed by
+/// `tweak` first.
+pub async fn start_controller_with(
+    dir: &std::path::Path,
+    tweak: impl FnOnce(&mut Config),
+) -> Running {
     let mut config = shop_config();
     config.controller.data_dir = dir.to_path_buf();
+    tweak(&mut config);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
