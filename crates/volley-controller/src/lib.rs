@@ -92,8 +92,6 @@ struct Admitted {
     id: JobId,
     size: u64,
     submit: SubmitJob,
-    /// The store write; taken when the batch's writes go out.
-    write: Option<Write>,
 }
 
 /// What became of one submission before the store.
@@ -103,8 +101,8 @@ struct Admitted {
 enum Admission {
     /// An idempotent repeat of a job the controller knows.
     Known(JobAccepted),
-    /// A new job.
-    New(Admitted),
+    /// A new job, and the store write that records it.
+    New(Admitted, Write),
 }
 
 /// Why a submission was refused, as counted in the stats.
@@ -432,6 +430,7 @@ impl State {
         let mut answers: Vec<Option<Result<JobAccepted, WireError>>> =
             Vec::with_capacity(submits.len());
         let mut admitted: Vec<Admitted> = Vec::new();
+        let mut writes: Vec<Write> = Vec::new();
         // A key repeated within the batch gets the first submission's job.
         let mut keys_in_batch: HashMap<String, usize> = HashMap::new();
         let mut repeats: Vec<(usize, usize)> = Vec::new();
@@ -445,26 +444,23 @@ impl State {
                 answers.push(None);
                 continue;
             }
-            match self.admit(submit, now) {
+            match self.admit(slot, submit, now) {
                 Ok(Admission::Known(accepted)) => answers.push(Some(Ok(accepted))),
-                Ok(Admission::New(job)) => {
+                Ok(Admission::New(job, write)) => {
                     if let Some(key) = &job.submit.idempotency_key {
                         keys_in_batch.insert(key.clone(), admitted.len());
                     }
-                    admitted.push(Admitted { slot, ..job });
+                    admitted.push(job);
+                    writes.push(write);
                     answers.push(None);
                 }
                 Err(error) => answers.push(Some(Err(error))),
             }
         }
-        let mut writes: Vec<Write> = admitted
-            .iter_mut()
-            .filter_map(|job| job.write.take())
-            .collect();
-        let written = match writes.len() {
-            0 => Ok(()),
-            1 => self.store.write(writes.remove(0)).await,
-            _ => self.store.write(Write::Many(writes)).await,
+        let written = if writes.is_empty() {
+            Ok(())
+        } else {
+            self.store.write(Write::all(writes)).await
         };
         let accepted: Vec<Result<JobAccepted, WireError>> = match written {
             Ok(()) => admitted
@@ -513,7 +509,7 @@ impl State {
 
     /// Checks a submission and takes room for it, or answers it at once: refused, or an
     /// idempotent repeat of a known job.
-    fn admit(&self, submit: SubmitJob, now: u64) -> Result<Admission, WireError> {
+    fn admit(&self, slot: usize, submit: SubmitJob, now: u64) -> Result<Admission, WireError> {
         if self.draining.is_cancelled() {
             return Err(self.reject(
                 Rejection::Draining,
@@ -562,13 +558,15 @@ impl State {
             job: record,
             idempotency: submit.idempotency_key.clone().map(|key| (key, now)),
         };
-        Ok(Admission::New(Admitted {
-            slot: 0,
-            id,
-            size,
-            submit,
-            write: Some(write),
-        }))
+        Ok(Admission::New(
+            Admitted {
+                slot,
+                id,
+                size,
+                submit,
+            },
+            write,
+        ))
     }
 
     /// Makes a job that is on disk known and queues its chunks.
@@ -700,20 +698,22 @@ impl State {
         }
         finished.sort_by_key(|(id, at)| (*at, *id));
         self.finished.lock().extend(finished);
-        self.forget_over_limit(0);
+        self.keep_finished(None);
     }
 
-    /// Keeps at most `controller.max_finished_jobs` finished jobs: forgets the oldest once
-    /// the limit is passed by `slack` (so that they go in batches, one store write each).
-    fn forget_over_limit(&self, slack: usize) {
+    /// Adds a finished job (if any) to those kept, and keeps at most
+    /// `controller.max_finished_jobs`: once that is passed by 1% the oldest are forgotten, in
+    /// one batch (one store write) rather than one by one.
+    fn keep_finished(&self, finished: Option<(JobId, u64)>) {
         let max = self.config.max_finished_jobs;
         let evicted: Vec<JobId> = {
-            let mut finished = self.finished.lock();
-            if finished.len() <= max + slack {
+            let mut kept = self.finished.lock();
+            kept.extend(finished);
+            if kept.len() <= max + (max / 100).max(1) {
                 return;
             }
-            let excess = finished.len() - max;
-            finished.drain(..excess).map(|(id, _)| id).collect()
+            let excess = kept.len() - max;
+            kept.drain(..excess).map(|(id, _)| id).collect()
         };
         let now = job::now_ms();
         let last = self.early_forget_warned.load(Ordering::Relaxed);
@@ -826,11 +826,17 @@ impl State {
         let _ = self.retry_tx.try_send(work);
     }
 
-    fn record(&self, work: &Work, report: &ChunkReport) {
+    /// Records a chunk's final report: the job's progress, the store, the webhook outbox and
+    /// the app's counters (with the chunk's round trip, `took_ms`, when it went out).
+    fn record(&self, work: &Work, report: &ChunkReport, took_ms: Option<u64>) {
         let report = balanced(report, work.spec.len());
         let Some(totals) = work.job.apply_report(&work.spec, &report) else {
             return;
         };
+        // The job's end, as the job recorded it, when this was its last chunk.
+        let finished_ms = totals
+            .finished_job
+            .then(|| work.job.finished_ms().unwrap_or_else(job::now_ms));
         let mut entries = Vec::new();
         if !report.invalid.is_empty() && self.outbox.has(&work.job.app) {
             let tokens = work
@@ -845,23 +851,22 @@ impl State {
                 .iter()
                 .filter_map(|(key, entry)| Some((*key, bincode::serialize(entry).ok()?)))
                 .collect();
-            // The last chunk's time is the job's end, as the job recorded it.
-            let at_ms = match work.job.finished_ms() {
-                Some(finished) if totals.finished_job => finished,
-                _ => job::now_ms(),
-            };
             self.store.write_later(Write::Done {
                 id: work.job.id,
                 index: work.spec.index,
-                at_ms,
+                at_ms: finished_ms.unwrap_or_else(job::now_ms),
                 report: bytes,
                 webhook,
             });
         }
         // Queued after the report's write, so an acknowledgement is always applied after it.
         self.outbox.push(entries);
-        self.count_outcomes(work, &report, &totals);
-        self.finish_chunk(work, totals);
+        self.count(work, &report, &totals, took_ms, finished_ms);
+        self.pending_notifications
+            .fetch_sub(work.spec.len() as u64, Ordering::Relaxed);
+        if let Some(finished_ms) = finished_ms {
+            self.finish_job(work, finished_ms);
+        }
     }
 
     /// Runs `f` on the tally of `app`, creating it on first use.
@@ -873,48 +878,69 @@ impl State {
         }
     }
 
-    /// Adds a chunk's final outcomes to its app's counters.
-    fn count_outcomes(&self, work: &Work, report: &ChunkReport, totals: &job::ChunkTotals) {
-        type Tally<'a> = Vec<(&'static str, &'a str, &'a str, u64)>;
-        fn add<'a>(
-            tally: &mut Tally<'a>,
-            outcome: &'static str,
-            class: &'a str,
-            reason: &'a str,
-            n: u64,
-        ) {
-            if n == 0 {
-                return;
-            }
-            match tally
+    /// Adds a chunk to its app's counters, outcomes and latencies, under one lock.
+    fn count(
+        &self,
+        work: &Work,
+        report: &ChunkReport,
+        totals: &job::ChunkTotals,
+        took_ms: Option<u64>,
+        finished_ms: Option<u64>,
+    ) {
+        // Invalid tokens and failures, grouped by reason before the lock, so that a key is
+        // allocated per reason, not per token. A clean chunk allocates nothing.
+        let mut reasons: Vec<(&'static str, &str, &str, u64)> = Vec::new();
+        let failures = report
+            .invalid
+            .iter()
+            .map(|(_, reason, _)| ("invalid", "", reason.as_str()))
+            .chain(
+                report
+                    .failed
+                    .iter()
+                    .map(|failure| ("failed", failure.class.as_str(), failure.reason.as_str())),
+            );
+        for (outcome, class, reason) in failures {
+            match reasons
                 .iter_mut()
                 .find(|(o, c, r, _)| *o == outcome && *c == class && *r == reason)
             {
-                Some(slot) => slot.3 += n,
-                None => tally.push((outcome, class, reason, n)),
+                Some(slot) => slot.3 += 1,
+                None => reasons.push((outcome, class, reason, 1)),
             }
-        }
-        let mut local: Tally<'_> = Vec::new();
-        add(&mut local, "delivered", "", "", u64::from(report.delivered));
-        add(&mut local, "cancelled", "", "", u64::from(report.cancelled));
-        for (_, reason, _) in &report.invalid {
-            add(&mut local, "invalid", "", reason, 1);
-        }
-        for failure in &report.failed {
-            add(&mut local, "failed", &failure.class, &failure.reason, 1);
         }
         let platform = work.spec.platform;
         self.tally(&work.job.app, |tally| {
             let counters = tally.counters[platform.index()].get_or_insert((0, 0));
             counters.0 += totals.success;
             counters.1 += totals.error;
-            for (outcome, class, reason, n) in local {
-                // Empty strings (every outcome but failures and invalid tokens) allocate
-                // nothing.
+            let plain = [
+                ("delivered", u64::from(report.delivered)),
+                ("cancelled", u64::from(report.cancelled)),
+            ];
+            for (outcome, n) in plain.into_iter().filter(|(_, n)| *n > 0) {
+                // Empty strings allocate nothing.
+                *tally
+                    .outcomes
+                    .entry((platform, outcome, String::new(), String::new()))
+                    .or_default() += n;
+            }
+            for (outcome, class, reason, n) in reasons {
                 *tally
                     .outcomes
                     .entry((platform, outcome, class.to_owned(), reason.to_owned()))
                     .or_default() += n;
+            }
+            if let Some(took) = took_ms {
+                tally.chunk_latency[platform.index()]
+                    .get_or_insert_with(Histogram::default)
+                    .observe(took);
+            }
+            if let Some(finished) = finished_ms {
+                tally
+                    .job_latency
+                    .get_or_insert_with(Histogram::default)
+                    .observe(finished.saturating_sub(work.job.created_ms));
             }
         });
     }
@@ -925,26 +951,13 @@ impl State {
             cancelled: work.spec.len() as u32,
             ..volley_contracts::ChunkReport::default()
         };
-        self.record(work, &report);
+        self.record(work, &report, None);
     }
 
-    fn finish_chunk(&self, work: &Work, totals: job::ChunkTotals) {
-        self.pending_notifications
-            .fetch_sub(work.spec.len() as u64, Ordering::Relaxed);
-        if !totals.finished_job {
-            return;
-        }
+    /// A job's last chunk is recorded: it joins the finished jobs kept, and is logged.
+    fn finish_job(&self, work: &Work, finished_ms: u64) {
         self.active_jobs.fetch_sub(1, Ordering::Relaxed);
-        let finished_ms = work.job.finished_ms().unwrap_or_else(job::now_ms);
-        self.finished.lock().push_back((work.job.id, finished_ms));
-        self.forget_over_limit((self.config.max_finished_jobs / 100).max(1));
-        let took = finished_ms.saturating_sub(work.job.created_ms);
-        self.tally(&work.job.app, |tally| {
-            tally
-                .job_latency
-                .get_or_insert_with(Histogram::default)
-                .observe(took)
-        });
+        self.keep_finished(Some((work.job.id, finished_ms)));
         if work.job.accepted as usize >= volley_contracts::LOG_JOBS_FROM {
             let status = work.job.status(0);
             tracing::info!(
@@ -1246,13 +1259,7 @@ impl Worker {
         match result {
             Ok(report) => {
                 self.chunks_done.fetch_add(1, Ordering::Relaxed);
-                let platform = work.spec.platform;
-                state.tally(&work.job.app, |tally| {
-                    tally.chunk_latency[platform.index()]
-                        .get_or_insert_with(Histogram::default)
-                        .observe(took_ms)
-                });
-                state.record(&work, &report);
+                state.record(&work, &report, Some(took_ms));
                 true
             }
             Err(APP_PAUSED) => {
@@ -1328,7 +1335,7 @@ impl State {
                 );
             }
         }
-        let mut writes: Vec<Write> = works
+        let writes = works
             .iter()
             .map(|work| Write::Leased {
                 id: work.job.id,
@@ -1336,11 +1343,7 @@ impl State {
                 epoch: work.epoch,
             })
             .collect();
-        let write = match writes.len() {
-            1 => writes.remove(0),
-            _ => Write::Many(writes),
-        };
-        self.store.write(write).await?;
+        self.store.write(Write::all(writes)).await?;
         Ok(lost)
     }
 

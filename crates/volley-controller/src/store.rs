@@ -32,8 +32,9 @@ const INLINE_TOKENS: usize = 4096;
 const TOKENS: TableDefinition<'_, (u128, u8), &[u8]> = TableDefinition::new("job_tokens");
 /// (job id, chunk index) → the chunk's state ([`ChunkState`]): out with an agent (its lease
 /// epoch), or done (its report and when). One record per chunk, overwritten when the chunk
-/// is done, and the last chunk's time is the job's end: a one-chunk job costs three records
-/// over its life (job, tokens, chunk) instead of the six of the first layout ([`v1`]).
+/// is done, and the last chunk's time is the job's end: with its tokens inline, a one-chunk
+/// job is two records written in three B-tree operations over its life (the job; the chunk,
+/// twice) instead of six in the first layout ([`v1`]).
 const CHUNKS: TableDefinition<'_, (u128, u32), &[u8]> = TableDefinition::new("chunks");
 /// job id → () for cancelled jobs.
 const CANCELLED: TableDefinition<'_, u128, ()> = TableDefinition::new("jobs_cancelled");
@@ -300,6 +301,16 @@ pub(crate) enum Write {
     Forget { ids: Vec<JobId>, keys: Vec<String> },
 }
 
+impl Write {
+    /// `writes` as one write: itself when there is one, else [`Write::Many`].
+    pub(crate) fn all(mut writes: Vec<Write>) -> Write {
+        match writes.len() {
+            1 => writes.remove(0),
+            _ => Write::Many(writes),
+        }
+    }
+}
+
 struct Request {
     write: Write,
     done: Option<oneshot::Sender<Result<(), String>>>,
@@ -445,9 +456,11 @@ fn writer(mut db: Database, rx: mpsc::Receiver<RequestBox>, durability: Durabili
     let mut forgotten_since_compaction = 0usize;
     // The first compaction waits as long as the others: none during a start-up burst.
     let mut last_compaction = Instant::now();
-    // Writes nobody waits for, queued since the last commit, and when the first came.
+    // Writes queued since the last commit, when the first came, and whether someone waits
+    // for one of them (then they are committed at once).
     let mut later: Vec<Request> = Vec::new();
     let mut later_since = Instant::now();
+    let mut waited_for = false;
     loop {
         let first = if later.is_empty() {
             rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
@@ -459,6 +472,7 @@ fn writer(mut db: Database, rx: mpsc::Receiver<RequestBox>, durability: Durabili
                 if later.is_empty() {
                     later_since = Instant::now();
                 }
+                waited_for |= first.0.done.is_some();
                 later.push(first.0);
                 false
             }
@@ -467,50 +481,48 @@ fn writer(mut db: Database, rx: mpsc::Receiver<RequestBox>, durability: Durabili
         };
         // Group commit: everything queued meanwhile shares this transaction and its fsync.
         while let Ok(next) = rx.try_recv() {
+            waited_for |= next.0.done.is_some();
             later.push(next.0);
             if later.len() >= 4096 {
                 break;
             }
         }
-        let waited_for = later.iter().any(|request| request.done.is_some());
         if !waited_for && !closed && later.len() < 4096 && later_since.elapsed() < LATER_WITHIN {
             continue;
         }
+        waited_for = false;
         let mut batch = std::mem::take(&mut later);
         let close = batch
             .iter()
             .position(|request| matches!(request.write, Write::Close));
-        // Whatever was queued after a close is refused, as if it came after it.
-        let refused = close.map(|at| batch.split_off(at + 1)).unwrap_or_default();
-        let mut closing = Vec::new();
+        // Whatever was queued after a close is refused, as if it came after it; the close
+        // itself is answered once the database is closed.
+        let (refused, closing) = match close {
+            Some(at) => {
+                let refused = batch.split_off(at + 1);
+                (refused, batch.pop().and_then(|request| request.done))
+            }
+            None => (Vec::new(), None),
+        };
+        let mut result = Ok(());
         if !batch.is_empty() {
             let mut forgot = 0;
-            let result =
-                apply(&db, &batch, &mut forgot, durability).map_err(|error| error.to_string());
+            result = apply(&db, &batch, &mut forgot, durability).map_err(|error| error.to_string());
             if let Err(error) = &result {
                 tracing::error!(%error, writes = batch.len(), "store commit failed");
             }
-            for request in batch {
-                match (request.done, &request.write) {
-                    // Answered once the database is closed.
-                    (Some(done), Write::Close) => closing.push((done, result.clone())),
-                    (Some(done), _) => {
-                        let _ = done.send(result.clone());
-                    }
-                    (None, _) => {}
-                }
+            for done in batch.into_iter().filter_map(|request| request.done) {
+                let _ = done.send(result.clone());
             }
             forgotten_since_compaction += forgot;
         }
         if close.is_some() {
             drop(db);
-            for (done, result) in closing {
+            if let Some(done) = closing {
                 let _ = done.send(result);
             }
-            for request in refused {
-                if let Some(done) = request.done {
-                    let _ = done.send(Err(StoreError::Stopped.to_string()));
-                }
+            for done in refused.into_iter().filter_map(|request| request.done) {
+                let _ = done.send(Err(StoreError::Stopped.to_string()));
             }
             return;
         }
