@@ -2,16 +2,13 @@
 //! single-notification jobs that wait in the queue while an agent is busy go to it in one
 //! `deliver` call.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use futures::StreamExt;
-use tarpc::context::Context;
-use tarpc::server::{BaseChannel, Channel};
 use tokio::sync::Semaphore;
-use volley_contracts::{Agent, Chunk, ChunkReport, ErrorCode, JobState, WireError};
+use volley_contracts::{ErrorCode, JobState};
 
 mod common;
-use common::{job, register, start_controller, wait_until};
+use common::{job, register, serve_agent, start_controller, wait_until, TestAgent};
 
 fn tokens(range: std::ops::Range<usize>) -> Vec<String> {
     range.map(|i| format!("{i:064x}")).collect()
@@ -73,61 +70,18 @@ async fn a_batch_of_submissions_is_answered_job_by_job() {
     running.thread.join().unwrap();
 }
 
-/// An agent that holds its first `deliver` call until released, delivers everything, and
-/// records how many chunks each call carried.
-#[derive(Clone)]
-struct GatedAgent {
-    gate: Arc<Semaphore>,
-    calls: Arc<Mutex<Vec<usize>>>,
-}
-
-impl Agent for GatedAgent {
-    async fn deliver(self, _: Context, chunks: Vec<Chunk>) -> Vec<Result<ChunkReport, WireError>> {
-        let first = {
-            let mut calls = self.calls.lock().unwrap();
-            calls.push(chunks.len());
-            calls.len() == 1
-        };
-        if first {
-            let _ = self.gate.acquire().await.unwrap();
-        }
-        chunks
-            .iter()
-            .map(|chunk| {
-                Ok(ChunkReport {
-                    delivered: chunk.tokens.len() as u32,
-                    ..ChunkReport::default()
-                })
-            })
-            .collect()
-    }
-}
-
 #[tokio::test]
 async fn small_jobs_queued_behind_a_busy_agent_go_out_in_one_call() {
     let dir = tempfile::tempdir().unwrap();
     let running = start_controller(dir.path()).await;
     let controller = &running.client;
 
-    let agent = GatedAgent {
-        gate: Arc::new(Semaphore::new(0)),
-        calls: Arc::default(),
+    let gate = Arc::new(Semaphore::new(0));
+    let agent = TestAgent {
+        gate: Some(gate.clone()),
+        ..TestAgent::default()
     };
-    let agent_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let agent_addr = agent_listener.local_addr().unwrap().to_string();
-    let server = agent.clone();
-    tokio::spawn(async move {
-        let mut incoming = volley_contracts::listen(agent_listener);
-        while let Some((_, transport)) = incoming.next().await {
-            tokio::spawn(
-                BaseChannel::with_defaults(transport)
-                    .execute(server.clone().serve())
-                    .for_each(|response| async move {
-                        tokio::spawn(response);
-                    }),
-            );
-        }
-    });
+    let agent_addr = serve_agent(agent.clone()).await;
     // One worker: while it waits on the held call, everything else queues.
     register(controller, agent_addr, 1).await;
 
@@ -140,7 +94,7 @@ async fn small_jobs_queued_behind_a_busy_agent_go_out_in_one_call() {
     for i in 1..=50 {
         ids.push(common::submit(controller, &tokens(i..i + 1)).await.id);
     }
-    agent.gate.add_permits(1);
+    gate.add_permits(1);
     wait_until("every job to finish", || async {
         let mut done = true;
         for id in &ids {

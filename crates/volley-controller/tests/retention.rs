@@ -1,49 +1,10 @@
 //! Finished jobs are kept at most `controller.max_finished_jobs`: past it the oldest are
 //! forgotten first, with their idempotency keys, and stay forgotten after a restart.
 
-use futures::StreamExt;
-use tarpc::context::Context;
-use tarpc::server::{BaseChannel, Channel};
-use volley_contracts::{Agent, Chunk, ChunkReport, ErrorCode, JobId, JobState, WireError};
+use volley_contracts::{ErrorCode, JobId, JobState};
 
 mod common;
-use common::{job, register, start_controller_with, wait_until, Running};
-
-/// An agent that delivers every token.
-#[derive(Clone)]
-struct DeliverAll;
-
-impl Agent for DeliverAll {
-    async fn deliver(self, _: Context, chunks: Vec<Chunk>) -> Vec<Result<ChunkReport, WireError>> {
-        chunks
-            .iter()
-            .map(|chunk| {
-                Ok(ChunkReport {
-                    delivered: chunk.tokens.len() as u32,
-                    ..ChunkReport::default()
-                })
-            })
-            .collect()
-    }
-}
-
-async fn serve_agent() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        let mut incoming = volley_contracts::listen(listener);
-        while let Some((_, transport)) = incoming.next().await {
-            tokio::spawn(
-                BaseChannel::with_defaults(transport)
-                    .execute(DeliverAll.serve())
-                    .for_each(|response| async move {
-                        tokio::spawn(response);
-                    }),
-            );
-        }
-    });
-    addr
-}
+use common::{job, register, serve_agent, start_controller_with, wait_until, Running, TestAgent};
 
 async fn start(dir: &std::path::Path) -> Running {
     start_controller_with(dir, |config| config.controller.max_finished_jobs = 5).await
@@ -67,7 +28,7 @@ async fn state(running: &Running, id: JobId) -> Option<JobState> {
 async fn the_oldest_finished_jobs_go_first_past_the_limit_and_stay_gone() {
     let dir = tempfile::tempdir().unwrap();
     let running = start(dir.path()).await;
-    register(&running.client, serve_agent().await, 1).await;
+    register(&running.client, serve_agent(TestAgent::default()).await, 1).await;
     let mut ids = Vec::new();
     for i in 0..10 {
         let key = (i == 0).then_some("first-key");

@@ -8,57 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
-use tarpc::context::Context;
-use tarpc::server::{BaseChannel, Channel};
 use volley_config::{Secret, WebhookConfig};
-use volley_contracts::{Agent, Chunk, ChunkReport, JobState, WireError};
+use volley_contracts::JobState;
 
 mod common;
-use common::{register, shop_config, spawn_controller, submit, wait_until};
-
-/// An agent that calls every token starting with `dead` unregistered and delivers the rest.
-#[derive(Clone)]
-struct FakeAgent;
-
-impl Agent for FakeAgent {
-    async fn deliver(self, _: Context, chunks: Vec<Chunk>) -> Vec<Result<ChunkReport, WireError>> {
-        chunks.iter().map(|chunk| Ok(report(chunk))).collect()
-    }
-}
-
-fn report(chunk: &Chunk) -> ChunkReport {
-    let mut report = ChunkReport::default();
-    for index in 0..chunk.tokens.len() {
-        if chunk.tokens.get(index).unwrap_or("").starts_with("dead") {
-            report
-                .invalid
-                .push((index as u32, "Unregistered".into(), Some(1_700_000_000_000)));
-        } else {
-            report.delivered += 1;
-        }
-    }
-    report
-}
-
-async fn serve_agent() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        let mut incoming = volley_contracts::listen(listener);
-        while let Some((_, transport)) = incoming.next().await {
-            tokio::spawn(
-                BaseChannel::with_defaults(transport)
-                    .execute(FakeAgent.serve())
-                    .for_each(|response| async move {
-                        tokio::spawn(response);
-                    }),
-            );
-        }
-    });
-    addr
-}
+use common::{register, serve_agent, shop_config, spawn_controller, submit, wait_until, TestAgent};
 
 /// A webhook receiver that refuses (503) until `accept` is set.
 #[derive(Default)]
@@ -137,7 +92,7 @@ async fn unacknowledged_batches_are_sent_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let receiver = Arc::new(Receiver::default());
     let url = serve_receiver(receiver.clone()).await;
-    let agent_addr = serve_agent().await;
+    let agent_addr = serve_agent(TestAgent::default()).await;
     let mut config = shop_config();
     config.controller.data_dir = dir.path().to_path_buf();
     config.controller.chunk_size = 4;
@@ -271,7 +226,7 @@ async fn an_https_receiver_gets_the_batches_over_tls() {
     )
     .await;
     assert!(url.starts_with("https://"));
-    let agent_addr = serve_agent().await;
+    let agent_addr = serve_agent(TestAgent::default()).await;
     let mut config = shop_config();
     config.controller.data_dir = dir.path().join("data");
     config.apps[0].webhook = Some(WebhookConfig {

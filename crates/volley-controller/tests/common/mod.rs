@@ -3,13 +3,75 @@
 
 #![allow(dead_code)]
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
+use tarpc::context::Context;
+use tarpc::server::{BaseChannel, Channel};
+use tokio::sync::Semaphore;
 use volley_config::Config;
 use volley_contracts::{
-    AgentInfo, ApnsRender, ControllerClient, JobAccepted, SubmitJob, TokenList,
+    Agent, AgentInfo, ApnsRender, Chunk, ChunkReport, ControllerClient, JobAccepted, SubmitJob,
+    TokenList, WireError,
 };
+
+/// An agent that calls every token starting with `dead` unregistered and delivers the rest.
+/// It records how many chunks each call carried, and with a `gate` holds its first call until
+/// the gate gets a permit.
+#[derive(Clone, Default)]
+pub struct TestAgent {
+    pub gate: Option<Arc<Semaphore>>,
+    pub calls: Arc<Mutex<Vec<usize>>>,
+}
+
+impl Agent for TestAgent {
+    async fn deliver(self, _: Context, chunks: Vec<Chunk>) -> Vec<Result<ChunkReport, WireError>> {
+        let first = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(chunks.len());
+            calls.len() == 1
+        };
+        if let Some(gate) = self.gate.as_ref().filter(|_| first) {
+            let _ = gate.acquire().await.unwrap();
+        }
+        chunks.iter().map(|chunk| Ok(report(chunk))).collect()
+    }
+}
+
+fn report(chunk: &Chunk) -> ChunkReport {
+    let mut report = ChunkReport::default();
+    for index in 0..chunk.tokens.len() {
+        if chunk.tokens.get(index).unwrap_or("").starts_with("dead") {
+            report
+                .invalid
+                .push((index as u32, "Unregistered".into(), Some(1_700_000_000_000)));
+        } else {
+            report.delivered += 1;
+        }
+    }
+    report
+}
+
+/// Serves `agent` over tarpc on an ephemeral port; returns its address.
+pub async fn serve_agent(agent: TestAgent) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut incoming = volley_contracts::listen(listener);
+        while let Some((_, transport)) = incoming.next().await {
+            tokio::spawn(
+                BaseChannel::with_defaults(transport)
+                    .execute(agent.clone().serve())
+                    .for_each(|response| async move {
+                        tokio::spawn(response);
+                    }),
+            );
+        }
+    });
+    addr
+}
 
 /// Runs a controller on its own thread and runtime until `stop` is sent; the runtime is dropped
 /// with every task when it returns.
