@@ -240,34 +240,20 @@ impl Agent for AgentServer {
         // the controller abandons it and tarpc cancels this handler.
         let hold = Hold::new(&self, &chunks);
         let deadline = context.deadline;
-        let mut chunks = chunks.into_iter().zip(hold.leases());
-        if chunks.len() == 1 {
-            // A broadcast's chunk: no batch to run.
-            let (chunk, lease) = chunks.next().expect("one chunk");
-            return vec![self.deliver_held(chunk, lease, deadline).await];
-        }
-        // Small chunks (single-notification jobs) gathered by the dispatcher: each is a
-        // stream or a few, so as many chunks run at once as one chunk runs streams.
-        let count = chunks.len();
+        // The chunks of a call run at once, as many at a time as one chunk runs streams: a
+        // broadcast's call is one chunk, a call of single-notification chunks is a stream or
+        // a few per chunk.
         let server = &self;
-        let mut answers: Vec<Option<Result<ChunkReport, WireError>>> =
-            (0..count).map(|_| None).collect();
-        let mut running = futures::stream::iter(chunks.enumerate())
-            .map(|(slot, (chunk, lease))| async move {
-                (slot, server.deliver_held(chunk, lease, deadline).await)
-            })
-            .buffer_unordered(self.per_chunk_concurrency);
-        while let Some((slot, answer)) = running.next().await {
-            answers[slot] = Some(answer);
-        }
-        answers
-            .into_iter()
-            .map(|answer| {
-                answer.unwrap_or_else(|| {
-                    Err(WireError::new(ErrorCode::Internal, "chunk left unanswered"))
+        let mut answers: Vec<(usize, Result<ChunkReport, WireError>)> =
+            futures::stream::iter(chunks.into_iter().zip(hold.leases()).enumerate())
+                .map(|(slot, (chunk, lease))| async move {
+                    (slot, server.deliver_held(chunk, lease, deadline).await)
                 })
-            })
-            .collect()
+                .buffer_unordered(self.per_chunk_concurrency)
+                .collect()
+                .await;
+        answers.sort_unstable_by_key(|(slot, _)| *slot);
+        answers.into_iter().map(|(_, answer)| answer).collect()
     }
 }
 
