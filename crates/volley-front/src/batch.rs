@@ -56,17 +56,12 @@ impl Batcher {
             tokio::spawn(run(self.link.clone(), self.deadline, rx));
             tx
         });
+        let gone = || ApiError::controller_unreachable(&tarpc::client::RpcError::Shutdown);
         let (answer, wait) = oneshot::channel();
         if queue.send(Pending { job, answer }).await.is_err() {
-            return Err(ApiError::controller_unreachable(
-                &tarpc::client::RpcError::Shutdown,
-            ));
+            return Err(gone());
         }
-        wait.await.unwrap_or_else(|_| {
-            Err(ApiError::controller_unreachable(
-                &tarpc::client::RpcError::Shutdown,
-            ))
-        })
+        wait.await.unwrap_or_else(|_| Err(gone()))
     }
 }
 
@@ -78,15 +73,9 @@ async fn run(link: Arc<ControllerLink>, deadline: Duration, mut queue: mpsc::Rec
         let Ok(permit) = calls.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = queue.recv().await else {
+        let mut batch = Vec::new();
+        if queue.recv_many(&mut batch, MAX_JOBS).await == 0 {
             return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_JOBS {
-            match queue.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
         }
         let link = link.clone();
         tokio::spawn(async move {
@@ -126,9 +115,9 @@ async fn call(link: &Arc<ControllerLink>, deadline: Duration, batch: Vec<Pending
         }
         Err(error) => {
             tracing::warn!(%error, jobs = count, "controller submit failed");
-            link.failed(&error);
+            let unreachable = link.unreachable(&error);
             for answer in answers {
-                let _ = answer.send(Err(ApiError::controller_unreachable(&error)));
+                let _ = answer.send(Err(unreachable.clone()));
             }
         }
     }

@@ -243,8 +243,7 @@ impl FrontState {
 
     /// The answer to a failed controller call; reconnects when the connection is gone.
     pub(crate) fn rpc_failed(&self, error: &tarpc::client::RpcError) -> ApiError {
-        self.inner.controller.failed(error);
-        ApiError::controller_unreachable(error)
+        self.inner.controller.unreachable(error)
     }
 
     /// A tarpc context for a quick query.

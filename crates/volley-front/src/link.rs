@@ -52,6 +52,12 @@ impl ControllerLink {
         tokio::spawn(async move { link.reconnect().await });
     }
 
+    /// The answer to a failed controller call; reconnects when the connection is gone.
+    pub(crate) fn unreachable(self: &Arc<Self>, error: &RpcError) -> crate::error::ApiError {
+        self.failed(error);
+        crate::error::ApiError::controller_unreachable(error)
+    }
+
     async fn reconnect(&self) {
         let mut delay = FIRST_RETRY;
         loop {
