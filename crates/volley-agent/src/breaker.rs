@@ -82,6 +82,9 @@ pub(crate) struct Breaker {
     origin: Instant,
     consecutive_credential: u32,
     cool_down: Duration,
+    /// When the breaker last opened from closed: probes that fail keep it open, only a good
+    /// one clears it.
+    opened_at: Option<Instant>,
 }
 
 impl Breaker {
@@ -95,6 +98,7 @@ impl Breaker {
             bucket_number: 0,
             origin: now,
             consecutive_credential: 0,
+            opened_at: None,
         }
     }
 
@@ -120,6 +124,12 @@ impl Breaker {
             State::Open { until } if now < until => Some(until),
             _ => None,
         }
+    }
+
+    /// How long the breaker has been open or half-open without a good probe, at `now`.
+    pub(crate) fn open_for(&self, now: Instant) -> Option<Duration> {
+        self.opened_at
+            .map(|opened| now.saturating_duration_since(opened))
     }
 
     /// Gives back a probe that was admitted but not sent, so that the next send probes.
@@ -171,6 +181,7 @@ impl Breaker {
         let too_many_failures = answers >= self.config.min_requests
             && f64::from(failures) >= self.config.failure_ratio * f64::from(answers);
         if too_many_failures || self.consecutive_credential >= self.config.credential_failures {
+            self.opened_at = Some(now);
             self.cool_down = self.config.cool_down;
             self.state = State::Open {
                 until: now + self.cool_down,
@@ -182,6 +193,7 @@ impl Breaker {
 
     fn close(&mut self) {
         self.state = State::Closed;
+        self.opened_at = None;
         self.buckets = [(0, 0); BUCKETS];
         self.consecutive_credential = 0;
         self.cool_down = self.config.cool_down;

@@ -7,10 +7,14 @@
 //!
 //! Each app's provider has its own circuit breaker and rate limit on the agent (a "lane"),
 //! so that one app's trouble pauses that app alone. A chunk for an app whose breaker is open
-//! is refused (`ResourceExhausted`) after a short pause, and a chunk whose breaker opens
-//! before any of its notifications was delivered (or may have been) is handed back the same
-//! way: the controller hands it out again, uncounted as a duplicate, instead of the chunk
-//! holding one of this agent's window slots while other apps wait.
+//! is refused at once (`ResourceExhausted`, with how long the breaker stays open), and a
+//! chunk whose breaker opens before any of its notifications was delivered (or may have been)
+//! is handed back the same way: the controller puts it back at the head of its own queue and
+//! offers this agent none of that app's chunks until then, so the troubled app holds none of
+//! this agent's window slots while other apps wait. Once the breaker has been open for
+//! `agent.breaker.max_wait`, chunks are taken again and their notifications fail at once as
+//! `CircuitOpen` (unless a probe closes the breaker): an outage ends jobs, it does not park
+//! them forever.
 
 mod breaker;
 mod deliver;
@@ -32,17 +36,16 @@ use tarpc::server::{BaseChannel, Channel};
 use tokio_util::sync::CancellationToken;
 use volley_config::{AppConfig, Config};
 use volley_contracts::{
-    Agent, AgentInfo, Chunk, ChunkId, ChunkReport, ErrorCode, Held, Render, WireError,
+    Agent, AgentInfo, Chunk, ChunkId, ChunkReport, ErrorCode, Held, Platform, Render, ServedApp,
+    WireError,
 };
 use volley_provider::tls::{ClientIdentity, TlsOptions};
 
 pub use retry::RetryPolicy;
 
-/// How long a chunk for an app whose breaker is open waits before it is refused (unless the
-/// breaker half-opens first). Short: every millisecond a refused chunk spends here is a window
-/// slot other apps' chunks cannot use, and a troubled app may have many chunks to refuse; the
-/// controller, not this pause, keeps refused chunks from spinning.
-const REFUSE_PAUSE: Duration = Duration::from_millis(25);
+/// Shortest pause a refusal asks the controller for: a breaker about to half-open is not
+/// worth a round trip per millisecond.
+const MIN_PAUSE: Duration = Duration::from_millis(50);
 
 /// Time kept between a chunk's last send and the controller's deadline for it, on top of one
 /// request timeout.
@@ -213,10 +216,6 @@ struct AgentServer {
     per_chunk_concurrency: usize,
     retry: RetryPolicy,
     request_timeout: Duration,
-    /// When each chunk refused or handed back for an open breaker was first, so that a chunk
-    /// is not sent back forever: past `agent.breaker.max_wait` it is taken and its
-    /// notifications fail as `CircuitOpen` if the breaker is still open.
-    refused: Arc<Mutex<HashMap<ChunkId, tokio::time::Instant>>>,
     draining: Arc<AtomicBool>,
     in_flight: Arc<AtomicUsize>,
     held: Arc<Mutex<HashMap<ChunkId, (u32, CancellationToken)>>>,
@@ -374,9 +373,12 @@ impl AgentServer {
             .unwrap_or(received)
             .max(received);
         let provider;
+        let lane: &Lane;
         let delivered = match &chunk.render {
             Render::Apns(render) => {
-                let (client, lane) = app.apns.as_ref().ok_or_else(|| no_credentials("APNs"))?;
+                let (client, apns_lane) =
+                    app.apns.as_ref().ok_or_else(|| no_credentials("APNs"))?;
+                lane = apns_lane;
                 let expiry =
                     match deliver::apns_expiry(render.expiration, received, SystemTime::now()) {
                         Ok(expiry) => expiry,
@@ -396,7 +398,8 @@ impl AgentServer {
                 .await?
             }
             Render::Fcm(render) => {
-                let (client, lane) = app.fcm.as_ref().ok_or_else(|| no_credentials("FCM"))?;
+                let (client, fcm_lane) = app.fcm.as_ref().ok_or_else(|| no_credentials("FCM"))?;
+                lane = fcm_lane;
                 let expiry = deliver::fcm_ttl(render).map(|ttl| received + ttl);
                 let prepared = deliver::prepare_fcm(render, chunk.collapse_id.as_deref())?;
                 provider = "FCM";
@@ -407,12 +410,9 @@ impl AgentServer {
             }
         };
         let Ok(report) = delivered else {
-            // Hand-backs count towards the chunk's wait for the breaker, like refusals.
-            self.refused.lock().entry(chunk.id).or_insert(received);
             tracing::info!(chunk = %chunk.id, app = %chunk.app, provider, "circuit opened before anything was delivered; chunk handed back");
-            return Err(paused(&chunk, provider));
+            return Err(paused(&chunk, provider, lane));
         };
-        self.refused.lock().remove(&chunk.id);
         tracing::debug!(chunk = %chunk.id, tokens = chunk.tokens.len(), delivered = report.delivered, "chunk delivered");
         Ok(report)
     }
@@ -450,14 +450,12 @@ impl AgentServer {
         .await)
     }
 
-    /// Takes a chunk, or refuses it while its app's breaker is open so that the controller
-    /// hands it out again (to another agent, or to this one later). Returns how long the chunk
-    /// has been waiting for the breaker (refused or handed back).
+    /// Takes a chunk, or refuses it at once while its app's breaker is open, so that the
+    /// controller keeps it (and the app's other chunks) off this agent until the breaker may
+    /// half-open. Returns how long the breaker has been open.
     ///
-    /// The refusal comes after a short pause, so that a refused chunk does not spin between
-    /// the controller and the agent. A chunk kept waiting for longer than
-    /// `agent.breaker.max_wait` is taken and no longer handed back: its notifications then
-    /// fail as `CircuitOpen` if the breaker is still open.
+    /// Once the breaker has been open for `agent.breaker.max_wait`, chunks are taken again:
+    /// their notifications then fail at once as `CircuitOpen` if it is still open.
     async fn admit_chunk(
         &self,
         chunk: &Chunk,
@@ -465,35 +463,25 @@ impl AgentServer {
         lane: &Lane,
     ) -> Result<Duration, WireError> {
         let now = tokio::time::Instant::now();
-        let first = self.refused.lock().get(&chunk.id).copied();
-        let waited = first.map_or(Duration::ZERO, |first| now - first);
-        let Some(until) = lane.breaker.lock().open_until(now) else {
-            return Ok(waited);
+        let (until, open_for) = {
+            let breaker = lane.breaker.lock();
+            (breaker.open_until(now), breaker.open_for(now))
         };
-        if waited >= lane.max_wait {
+        let waited = open_for.unwrap_or_default();
+        if until.is_none() || waited >= lane.max_wait {
             return Ok(waited);
         }
-        let first = {
-            let mut refused = self.refused.lock();
-            if refused.len() >= 4096 {
-                // Chunks finished elsewhere leave entries behind; forget the old ones.
-                let horizon = lane.max_wait * 2;
-                refused.retain(|_, first| now.saturating_duration_since(*first) < horizon);
-            }
-            *refused.entry(chunk.id).or_insert(now)
-        };
-        tokio::time::sleep_until(until.min(now + REFUSE_PAUSE)).await;
-        let now = tokio::time::Instant::now();
-        if lane.breaker.lock().open_until(now).is_none() {
-            return Ok(now - first);
-        }
-        tracing::info!(chunk = %chunk.id, app = %chunk.app, provider, "circuit open; chunk refused");
-        Err(paused(chunk, provider))
+        tracing::debug!(chunk = %chunk.id, app = %chunk.app, provider, "circuit open; chunk refused");
+        Err(paused(chunk, provider, lane))
     }
 }
 
-/// The answer to a chunk refused or handed back because its app's breaker is open.
-fn paused(chunk: &Chunk, provider: &str) -> WireError {
+/// The answer to a chunk refused or handed back because its app's breaker is open: it says
+/// how long the breaker stays open, for the controller's pause.
+fn paused(chunk: &Chunk, provider: &str, lane: &Lane) -> WireError {
+    let now = tokio::time::Instant::now();
+    let until = lane.breaker.lock().open_until(now);
+    let wait = until.map_or(MIN_PAUSE, |until| until - now).max(MIN_PAUSE);
     WireError::new(
         ErrorCode::ResourceExhausted,
         format!(
@@ -501,6 +489,7 @@ fn paused(chunk: &Chunk, provider: &str) -> WireError {
             chunk.app
         ),
     )
+    .retry_after(wait)
 }
 
 /// Runs an agent on `listener` until `shutdown` resolves, then drains.
@@ -517,8 +506,27 @@ pub async fn run(
         .name
         .clone()
         .unwrap_or_else(|| format!("agent@{advertise}"));
-    let mut app_names: Vec<String> = apps.keys().cloned().collect();
-    app_names.sort();
+    let mut served: Vec<ServedApp> = apps
+        .iter()
+        .map(|(name, clients)| ServedApp {
+            app: name.clone(),
+            platforms: [
+                clients.apns.as_ref().map(|_| Platform::Apns),
+                clients.fcm.as_ref().map(|_| Platform::Fcm),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        })
+        .collect();
+    served.sort_by(|a, b| a.app.cmp(&b.app));
+    let app_names: Vec<String> = served
+        .iter()
+        .map(|served| {
+            let platforms: Vec<&str> = served.platforms.iter().map(|p| p.as_str()).collect();
+            format!("{}: {}", served.app, platforms.join("+"))
+        })
+        .collect();
     let server = AgentServer {
         apps: Arc::new(apps),
         per_chunk_concurrency: (agent.concurrency / agent.window as usize).max(1),
@@ -528,7 +536,6 @@ pub async fn run(
             max_delay: agent.retry_max_delay,
         },
         request_timeout: agent.request_timeout,
-        refused: Arc::default(),
         draining: Arc::new(AtomicBool::new(false)),
         in_flight: Arc::new(AtomicUsize::new(0)),
         held: Arc::default(),
@@ -561,7 +568,7 @@ pub async fn run(
     let info = AgentInfo {
         name,
         addr: advertise,
-        apps: app_names,
+        apps: served,
         window: agent.window,
     };
     let registration = tokio::spawn(keep_registered(

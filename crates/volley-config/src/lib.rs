@@ -168,8 +168,14 @@ pub struct ControllerConfig {
     pub listen: SocketAddr,
     /// Tokens per chunk.
     pub chunk_size: usize,
-    /// Capacity of the shared chunk channel, in chunks.
-    pub queue_chunks: usize,
+    /// No longer used: queued chunks live in their jobs' memory (bounded by
+    /// `max_pending_notifications`) in the scheduler's per-app queues, which have no capacity
+    /// of their own. Accepted only to be refused with a message that says so.
+    #[serde(skip_serializing)]
+    pub queue_chunks: Option<usize>,
+    /// Accept jobs for an app and platform that no agent has ever declared, to wait until
+    /// one does. Off by default: such a job is refused with `409 no_credentials`.
+    pub accept_unserved: bool,
     /// An agent not heard from for this long is dropped and its chunks go to others.
     #[serde(with = "humantime_serde")]
     pub heartbeat_timeout: Duration,
@@ -210,7 +216,8 @@ impl Default for ControllerConfig {
         ControllerConfig {
             listen: ([127, 0, 0, 1], 7070).into(),
             chunk_size: 1000,
-            queue_chunks: 256,
+            queue_chunks: None,
+            accept_unserved: false,
             heartbeat_timeout: Duration::from_secs(10),
             chunk_timeout: Duration::from_secs(120),
             max_pending_notifications: 20_000_000,
@@ -648,10 +655,11 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        if self.controller.queue_chunks == 0 {
+        if self.controller.queue_chunks.is_some() {
             return Err(ConfigError::invalid(
                 "controller.queue_chunks",
-                "must be at least 1",
+                "is no longer used: queued chunks wait in per-app queues bounded by \
+                 controller.max_pending_notifications; remove it",
             ));
         }
         if self.controller.lease_time < Duration::from_millis(100) {

@@ -279,6 +279,9 @@ pub struct JobStatus {
     pub created_ms: u64,
     /// When the job became final, ms since the epoch.
     pub finished_ms: Option<u64>,
+    /// Why some of the job's notifications are not moving, while that lasts: e.g.
+    /// `waiting_for_agent: no agent serves app "b" for fcm`.
+    pub waiting: Option<String>,
 }
 
 /// One chunk of a job, as the controller hands it to an agent.
@@ -334,10 +337,29 @@ pub struct AgentInfo {
     pub name: String,
     /// Where the agent's tarpc server listens, as the controller should dial it.
     pub addr: String,
-    /// The apps whose credentials this agent holds.
-    pub apps: Vec<String>,
+    /// The apps whose credentials this agent holds, each with the platforms it can send
+    /// for: the controller routes a chunk only to an agent that declared its app and platform.
+    pub apps: Vec<ServedApp>,
     /// How many chunks the agent wants in flight at once.
     pub window: u32,
+}
+
+/// One app an agent serves, and for which platforms it holds credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedApp {
+    /// The app.
+    pub app: String,
+    /// The platforms whose credentials the agent loaded for it.
+    pub platforms: Vec<Platform>,
+}
+
+impl AgentInfo {
+    /// Whether this agent declared it can send `app`'s notifications on `platform`.
+    pub fn serves(&self, app: &str, platform: Platform) -> bool {
+        self.apps
+            .iter()
+            .any(|served| served.app == app && served.platforms.contains(&platform))
+    }
 }
 
 /// The controller's answer to a registration.
@@ -476,9 +498,7 @@ pub struct WebhookStat {
 /// The controller's view of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStats {
-    /// Capacity of the shared chunk channel, in chunks.
-    pub queue_max: u64,
-    /// Chunks waiting in it.
+    /// Chunks waiting in the scheduler's queues.
     pub queue_usage: u64,
     /// Notifications accepted and not final yet.
     pub pending_notifications: u64,
@@ -492,8 +512,6 @@ pub struct ClusterStats {
     pub chunks_redispatched: u64,
     /// `controller.max_pending_notifications`: above it, submissions are refused (503).
     pub max_pending_notifications: u64,
-    /// Chunks handed back by agents and waiting for another one.
-    pub handed_back_chunks: u64,
     /// Submissions refused, by reason.
     pub rejections: Vec<RejectionCount>,
     /// Final outcomes per app, provider and reason.
@@ -504,6 +522,27 @@ pub struct ClusterStats {
     pub chunk_latency: Vec<LatencyStat>,
     /// Invalid-token webhook deliveries, per app with a webhook.
     pub webhooks: Vec<WebhookStat>,
+    /// The scheduler's queues, one per app and platform with work or a wait.
+    pub queues: Vec<QueueStat>,
+}
+
+/// One of the controller's scheduler queues: an app's chunks for one platform.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStat {
+    /// The app.
+    pub app: String,
+    /// The platform.
+    pub platform: Platform,
+    /// Chunks waiting to be handed out.
+    pub chunks: u64,
+    /// Notifications in those chunks.
+    pub notifications: u64,
+    /// Chunks out with agents.
+    pub in_flight: u64,
+    /// No registered agent declared this app and platform: the chunks wait for one.
+    pub waiting_for_agent: bool,
+    /// Agents that serve it but paused it (its provider's circuit is open there).
+    pub paused_agents: u32,
 }
 
 /// One page of a job's invalid tokens.
@@ -566,6 +605,9 @@ pub struct WireError {
     pub code: ErrorCode,
     /// What went wrong, for a person; never holds a token or a secret.
     pub message: String,
+    /// How long the caller should wait before trying the same thing there again, in
+    /// milliseconds: an agent refusing a chunk while its app's circuit is open says until when.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl WireError {
@@ -574,7 +616,14 @@ impl WireError {
         WireError {
             code,
             message: message.into(),
+            retry_after_ms: None,
         }
+    }
+
+    /// The same error, telling the caller to wait `wait` before trying again.
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after_ms = Some(wait.as_millis() as u64);
+        self
     }
 }
 

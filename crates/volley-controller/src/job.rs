@@ -3,22 +3,14 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::clock::now_ms;
 use crate::store::StoredJob;
 use parking_lot::Mutex;
 use volley_contracts::{
     ApnsRender, Chunk, ChunkId, ChunkReport, FailureCount, FcmRender, InvalidToken,
     InvalidTokenPage, JobId, JobState, JobStatus, Platform, Render, SubmitJob, TokenList,
 };
-
-/// Milliseconds since the epoch.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// One chunk's place in its job: which tokens of which platform.
 #[derive(Debug, Clone)]
@@ -67,6 +59,8 @@ struct Progress {
     invalid_tokens: Vec<InvalidToken>,
     failures: HashMap<(Platform, String, String), u64>,
     finished_ms: Option<u64>,
+    /// Notifications without a final outcome, per platform.
+    unfinished: [u64; 2],
 }
 
 /// What a chunk's report added to the app's counters.
@@ -102,6 +96,10 @@ impl Job {
                 start = end;
             }
         }
+        let unfinished = [
+            submit.apns_tokens.len() as u64,
+            submit.fcm_tokens.len() as u64,
+        ];
         let job = Job {
             id,
             app: submit.app,
@@ -116,6 +114,7 @@ impl Job {
             cancelled: AtomicBool::new(false),
             progress: Mutex::new(Progress {
                 done: vec![false; specs.len()],
+                unfinished,
                 ..Progress::default()
             }),
         };
@@ -214,6 +213,15 @@ impl Job {
         self.progress.lock().dispatched = true;
     }
 
+    /// The platforms some of whose notifications have no final outcome yet.
+    pub(crate) fn unfinished_platforms(&self) -> Vec<Platform> {
+        let progress = self.progress.lock();
+        Platform::ALL
+            .into_iter()
+            .filter(|platform| progress.unfinished[platform.index()] > 0)
+            .collect()
+    }
+
     pub(crate) fn is_finished(&self) -> bool {
         self.progress.lock().finished_ms.is_some()
     }
@@ -235,6 +243,8 @@ impl Job {
             return None;
         }
         *done = true;
+        let unfinished = &mut progress.unfinished[spec.platform.index()];
+        *unfinished = unfinished.saturating_sub(spec.len() as u64);
         progress.delivered += u64::from(report.delivered);
         progress.invalid += report.invalid.len() as u64;
         progress.failed += report.failed.len() as u64;
@@ -364,6 +374,7 @@ impl Job {
             failures,
             created_ms: self.created_ms,
             finished_ms: progress.finished_ms,
+            waiting: None,
         }
     }
 }

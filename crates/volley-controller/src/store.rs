@@ -14,9 +14,19 @@ use std::time::{Duration, Instant};
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
-use volley_contracts::{ChunkReport, JobId, SubmitJob, TokenList};
+use volley_contracts::{ChunkReport, InvalidToken, JobId, Platform, SubmitJob, TokenList};
 
-use crate::webhook::{EntryKey, StoredEntry};
+use crate::clock::now_ms;
+
+/// Where a webhook outbox entry lives in the store: (job, chunk index, part within the chunk).
+pub(crate) type EntryKey = (u128, u32, u32);
+
+/// A webhook outbox entry as stored (the job comes from the key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StoredEntry {
+    pub(crate) app: String,
+    pub(crate) tokens: Vec<InvalidToken>,
+}
 
 /// The store's page cache.
 const STORE_CACHE_BYTES: usize = 16 * 1024 * 1024;
@@ -46,6 +56,10 @@ const IDEMPOTENCY: TableDefinition<'_, &str, (u128, u64)> = TableDefinition::new
 /// ([`StoredEntry`], bincode). Kept past the job's retention until acknowledged.
 const WEBHOOK: TableDefinition<'_, (u128, u32, u32), &[u8]> =
     TableDefinition::new("webhook_outbox");
+/// (app, platform: 0 APNs, 1 FCM) → when an agent first declared it (ms since the epoch): the
+/// pairs some agent can send, so that a restarted controller keeps accepting their jobs while
+/// its agents come back.
+const DECLARED: TableDefinition<'_, (&str, u8), u64> = TableDefinition::new("declared");
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +161,7 @@ fn migrate_v1(db: &Database) -> Result<usize, StoreError> {
         let leased = txn.open_table(v1::LEASED).map_err(db_error)?;
         let finished = txn.open_table(v1::FINISHED).map_err(db_error)?;
         let mut chunks = txn.open_table(CHUNKS).map_err(db_error)?;
-        let now = crate::job::now_ms();
+        let now = now_ms();
         for entry in leased.iter().map_err(db_error)? {
             let (key, epoch) = entry.map_err(db_error)?;
             chunks
@@ -299,6 +313,8 @@ pub(crate) enum Write {
     Many(Vec<Write>),
     /// Jobs past their retention: forget them.
     Forget { ids: Vec<JobId>, keys: Vec<String> },
+    /// An agent declared it can send this app's notifications on this platform.
+    Declared { app: String, platform: Platform },
 }
 
 impl Write {
@@ -363,6 +379,7 @@ fn init_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(DUPLICATES).map_err(db_error)?;
     txn.open_table(IDEMPOTENCY).map_err(db_error)?;
     txn.open_table(WEBHOOK).map_err(db_error)?;
+    txn.open_table(DECLARED).map_err(db_error)?;
     txn.commit().map_err(db_error)
 }
 
@@ -559,6 +576,7 @@ fn apply(
             duplicates: txn.open_table(DUPLICATES).map_err(db_error)?,
             idempotency: txn.open_table(IDEMPOTENCY).map_err(db_error)?,
             webhook: txn.open_table(WEBHOOK).map_err(db_error)?,
+            declared: txn.open_table(DECLARED).map_err(db_error)?,
         };
         for request in batch {
             tables.apply(&request.write, forgot)?;
@@ -576,6 +594,7 @@ struct Tables<'txn> {
     duplicates: redb::Table<'txn, u128, u64>,
     idempotency: redb::Table<'txn, &'static str, (u128, u64)>,
     webhook: redb::Table<'txn, (u128, u32, u32), &'static [u8]>,
+    declared: redb::Table<'txn, (&'static str, u8), u64>,
 }
 
 impl Tables<'_> {
@@ -669,6 +688,12 @@ impl Tables<'_> {
                     self.idempotency.remove(key.as_str()).map_err(db_error)?;
                 }
             }
+            Write::Declared { app, platform } => {
+                let key = (app.as_str(), platform.index() as u8);
+                if self.declared.get(key).map_err(db_error)?.is_none() {
+                    self.declared.insert(key, now_ms()).map_err(db_error)?;
+                }
+            }
         }
         Ok(())
     }
@@ -704,9 +729,26 @@ fn read_webhook(db: &Database) -> Result<Vec<(EntryKey, StoredEntry)>, StoreErro
     Ok(entries)
 }
 
+/// Reads the (app, platform) pairs agents have declared (start-up only).
+fn read_declared(db: &Database) -> Result<Vec<(String, Platform)>, StoreError> {
+    let txn = db.begin_read().map_err(db_error)?;
+    let table = txn.open_table(DECLARED).map_err(db_error)?;
+    let mut declared = Vec::new();
+    for entry in table.iter().map_err(db_error)? {
+        let (key, _) = entry.map_err(db_error)?;
+        let (app, platform) = key.value();
+        if let Some(platform) = Platform::ALL.get(platform as usize) {
+            declared.push((app.to_owned(), *platform));
+        }
+    }
+    Ok(declared)
+}
+
 /// Everything read back at start-up.
 #[derive(Debug, Default)]
 pub(crate) struct Recovered {
+    /// The (app, platform) pairs some agent has declared.
+    pub(crate) declared: Vec<(String, Platform)>,
     pub(crate) jobs: Vec<StoredJob>,
     pub(crate) keys: HashMap<String, (JobId, u64)>,
     /// Webhook entries not acknowledged yet, in key order.
@@ -753,6 +795,7 @@ impl Store {
             jobs: load(&db)?,
             keys: read_keys(&db)?,
             webhook: read_webhook(&db)?,
+            declared: read_declared(&db)?,
         };
         let (tx, rx) = mpsc::channel::<RequestBox>();
         std::thread::Builder::new()

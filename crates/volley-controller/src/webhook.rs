@@ -23,29 +23,19 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use volley_config::WebhookConfig;
 use volley_contracts::{InvalidToken, JobId, WebhookStat};
 
-use crate::store::{Store, Write};
+use crate::store::{EntryKey, Store, StoredEntry, Write};
 
 /// The first pause after a failed attempt; it doubles up to `max_backoff`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 /// An HTTP/1.1 client for `https://` (rustls with ring) and `http://` receivers.
 type WebhookClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-/// Where an outbox entry lives in the store: (job, chunk index, part within the chunk).
-pub(crate) type EntryKey = (u128, u32, u32);
-
-/// An outbox entry as stored (the job comes from the key).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct StoredEntry {
-    pub(crate) app: String,
-    pub(crate) tokens: Vec<InvalidToken>,
-}
 
 #[derive(Debug)]
 struct Entry {

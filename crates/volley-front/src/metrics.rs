@@ -196,23 +196,16 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// Reads one gauge of a scheduler queue.
+type QueueGauge = fn(&volley_contracts::QueueStat) -> u64;
+
 /// The controller's gauges, counters and histograms.
 fn render_cluster(out: &mut String, stats: &ClusterStats) {
     let gauges = [
         (
             "volley_queue_depth_chunks",
-            "Chunks waiting in the controller's queue (shared channel and hand-backs).",
+            "Chunks waiting in the controller's scheduler queues, over every app.",
             stats.queue_usage,
-        ),
-        (
-            "volley_queue_capacity_chunks",
-            "Capacity of the controller's shared chunk channel.",
-            stats.queue_max,
-        ),
-        (
-            "volley_handed_back_chunks",
-            "Chunks handed back by agents, waiting for another.",
-            stats.handed_back_chunks,
         ),
         (
             "volley_pending_notifications",
@@ -238,6 +231,40 @@ fn render_cluster(out: &mut String, stats: &ClusterStats) {
     for (name, help, value) in gauges {
         header(out, name, "gauge", help);
         let _ = writeln!(out, "{name} {value}");
+    }
+    let per_queue: [(&str, &str, QueueGauge); 4] = [
+        (
+            "volley_app_queue_chunks",
+            "Chunks waiting in the scheduler's queue of an app and platform.",
+            |q| q.chunks,
+        ),
+        (
+            "volley_app_queue_notifications",
+            "Notifications in those chunks.",
+            |q| q.notifications,
+        ),
+        (
+            "volley_app_queue_waiting_for_agent",
+            "1 while no registered agent declared the app and platform and its chunks wait.",
+            |q| u64::from(q.waiting_for_agent),
+        ),
+        (
+            "volley_app_queue_paused_agents",
+            "Agents that paused the app and platform (its provider's circuit is open there).",
+            |q| u64::from(q.paused_agents),
+        ),
+    ];
+    for (name, help, value) in per_queue {
+        header(out, name, "gauge", help);
+        for queue in &stats.queues {
+            let _ = writeln!(
+                out,
+                "{name}{{app=\"{}\",platform=\"{}\"}} {}",
+                escape(&queue.app),
+                queue.platform,
+                value(queue)
+            );
+        }
     }
     header(
         out,
@@ -382,7 +409,6 @@ mod tests {
         histogram.observe(7);
         histogram.observe(2_000);
         let stats = ClusterStats {
-            queue_max: 256,
             queue_usage: 3,
             pending_notifications: 1000,
             active_jobs: 1,
@@ -390,7 +416,6 @@ mod tests {
             apps: Vec::new(),
             chunks_redispatched: 0,
             max_pending_notifications: 5000,
-            handed_back_chunks: 0,
             rejections: vec![volley_contracts::RejectionCount {
                 reason: "overloaded".into(),
                 count: 4,
@@ -410,6 +435,15 @@ mod tests {
             }],
             chunk_latency: Vec::new(),
             webhooks: Vec::new(),
+            queues: vec![volley_contracts::QueueStat {
+                app: "shop".into(),
+                platform: Platform::Fcm,
+                chunks: 2,
+                notifications: 7,
+                in_flight: 0,
+                waiting_for_agent: true,
+                paused_agents: 0,
+            }],
         };
         let text = metrics.render(Some(&stats));
         for line in [
@@ -426,6 +460,8 @@ mod tests {
             "volley_front_rejected_total{reason=\"invalid_token\"} 1",
             "volley_front_accepted_notifications_total{app=\"shop\",platform=\"fcm\"} 7",
             "volley_queue_depth_chunks 3",
+            "volley_app_queue_waiting_for_agent{app=\"shop\",platform=\"fcm\"} 1",
+            "volley_app_queue_chunks{app=\"shop\",platform=\"fcm\"} 2",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -364,6 +364,9 @@ pub struct JobView {
     failures: Vec<FailureView>,
     created_ms: u64,
     finished_ms: Option<u64>,
+    /// Why the job is not moving, while that lasts (e.g. no agent serves its app).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waiting: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -424,6 +427,7 @@ impl From<JobStatus> for JobView {
                 .collect(),
             created_ms: status.created_ms,
             finished_ms: status.finished_ms,
+            waiting: status.waiting,
         }
     }
 }

@@ -115,10 +115,33 @@ pub async fn stat_app(State(state): State<FrontState>) -> Result<Json<Value>, Ap
             })
         })
         .collect();
+    let queues: Vec<Value> = stats
+        .queues
+        .iter()
+        .map(|q| {
+            let waiting = if q.waiting_for_agent {
+                Some(format!(
+                    "waiting_for_agent: no agent serves app {:?} for {}",
+                    q.app, q.platform
+                ))
+            } else {
+                None
+            };
+            json!({
+                "app": q.app,
+                "platform": q.platform.as_str(),
+                "chunks": q.chunks,
+                "notifications": q.notifications,
+                "in_flight": q.in_flight,
+                "waiting_for_agent": q.waiting_for_agent,
+                "paused_agents": q.paused_agents,
+                "waiting": waiting,
+            })
+        })
+        .collect();
     Ok(Json(json!({
-        "queue_max": stats.queue_max,
         "queue_usage": stats.queue_usage,
-        "handed_back_chunks": stats.handed_back_chunks,
+        "queues": queues,
         "max_pending_notifications": stats.max_pending_notifications,
         "rejections": {"front": front_rejections, "controller": controller_rejections},
         "webhooks": webhooks,

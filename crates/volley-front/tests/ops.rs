@@ -17,7 +17,11 @@ async fn health_readiness_and_stats() {
     assert_eq!(ready.status, 200, "{}", ready.text());
 
     let stat = front.get("/stat/app", None).await.json();
-    assert_eq!(stat["queue_max"], 256);
+    assert_eq!(stat["queues"][0]["waiting_for_agent"], true);
+    assert_eq!(
+        stat["queues"][0]["waiting"],
+        "waiting_for_agent: no agent serves app \"shop\" for fcm"
+    );
     assert_eq!(stat["queue_usage"], 3);
     assert_eq!(stat["ios"], json!({"push_success": 100, "push_error": 2}));
     assert_eq!(

@@ -135,7 +135,10 @@ pub async fn register(controller: &ControllerClient, agent_addr: String, window:
             AgentInfo {
                 name: "fake".into(),
                 addr: agent_addr,
-                apps: vec!["shop".into()],
+                apps: vec![volley_contracts::ServedApp {
+                    app: "shop".into(),
+                    platforms: volley_contracts::Platform::ALL.to_vec(),
+                }],
                 window,
             },
         )

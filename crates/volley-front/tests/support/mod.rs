@@ -120,6 +120,7 @@ impl Controller for FakeController {
             failures: Vec::new(),
             created_ms: 1,
             finished_ms: None,
+            waiting: None,
         };
         self.shared.jobs.lock().unwrap().insert(id, status);
         self.shared.submitted.lock().unwrap().push(job);
@@ -183,7 +184,6 @@ impl Controller for FakeController {
 
     async fn stats(self, _: Context) -> ClusterStats {
         ClusterStats {
-            queue_max: 256,
             queue_usage: 3,
             pending_notifications: 42,
             active_jobs: 1,
@@ -210,7 +210,6 @@ impl Controller for FakeController {
             ],
             chunks_redispatched: 0,
             max_pending_notifications: 1000,
-            handed_back_chunks: 0,
             rejections: vec![RejectionCount {
                 reason: "overloaded".into(),
                 count: 2,
@@ -219,6 +218,15 @@ impl Controller for FakeController {
             job_latency: Vec::new(),
             chunk_latency: Vec::new(),
             webhooks: Vec::new(),
+            queues: vec![volley_contracts::QueueStat {
+                app: "shop".into(),
+                platform: Platform::Fcm,
+                chunks: 2,
+                notifications: 7,
+                in_flight: 0,
+                waiting_for_agent: true,
+                paused_agents: 0,
+            }],
         }
     }
 

@@ -1,0 +1,317 @@
+//! Dispatchers: one per registered agent, `window` workers each. A worker pulls its next
+//! batch from the scheduler, leases it (one commit), calls the agent's `deliver`, and settles
+//! each chunk: its report is recorded, or it is handed back to its own queue.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use volley_contracts::{AgentClient, AgentId, ChunkFailure, ChunkReport, ErrorCode, WireError};
+
+use crate::scheduler::{Batch, Work, REFUSAL_PAUSE};
+use crate::store::Write;
+use crate::Core;
+
+/// How long an agent that paused an app without saying until when is kept off its queue.
+const DEFAULT_PAUSE: Duration = Duration::from_millis(500);
+
+/// How long a worker waits before taking work again after the store failed to record a lease.
+const STORE_RETRY: Duration = Duration::from_millis(100);
+
+/// Why a chunk's hand-out ended without a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandBack {
+    /// The agent was dropped (it missed its heartbeats) while the call was out.
+    AgentDropped,
+    /// The chunk's lease expired: its agent stopped renewing it.
+    LeaseExpired,
+    /// The call failed: connection lost, deadline passed, or a malformed answer.
+    CallFailed,
+    /// The agent is draining and took nothing new.
+    Draining,
+    /// The agent paused the chunk's app (its provider's circuit is open there) and sent
+    /// nothing; it is not offered the app's chunks again for this long.
+    Paused { retry_after: Duration },
+    /// The agent holds no credentials for the chunk's app and platform.
+    NoCredentials,
+    /// The agent refused the chunk for a reason of its own (an unexpected error).
+    Refused,
+    /// The agent cannot send the chunk at all (its rendering is invalid): it fails.
+    Invalid,
+}
+
+impl HandBack {
+    /// Whether some of the chunk's notifications may have been sent.
+    fn maybe_sent(self) -> bool {
+        matches!(
+            self,
+            HandBack::AgentDropped | HandBack::LeaseExpired | HandBack::CallFailed
+        )
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            HandBack::AgentDropped => "agent dropped",
+            HandBack::LeaseExpired => "lease expired",
+            HandBack::CallFailed => "call failed",
+            HandBack::Draining => "agent is draining",
+            HandBack::Paused { .. } => "app paused on the agent",
+            HandBack::NoCredentials => "agent has no credentials for it",
+            HandBack::Refused => "agent refused the chunk",
+            HandBack::Invalid => "agent cannot send the chunk",
+        }
+    }
+
+    /// What an agent's refusal of one chunk means.
+    fn of(error: &WireError) -> HandBack {
+        match error.code {
+            ErrorCode::Unavailable => HandBack::Draining,
+            ErrorCode::ResourceExhausted => HandBack::Paused {
+                retry_after: error
+                    .retry_after_ms
+                    .map_or(DEFAULT_PAUSE, Duration::from_millis),
+            },
+            ErrorCode::LeaseLost => HandBack::LeaseExpired,
+            ErrorCode::NoCredentials => HandBack::NoCredentials,
+            ErrorCode::InvalidArgument => HandBack::Invalid,
+            _ => HandBack::Refused,
+        }
+    }
+}
+
+/// An agent's dispatcher: what its workers share.
+pub(crate) struct Dispatcher {
+    pub(crate) core: Arc<Core>,
+    pub(crate) agent: AgentId,
+    pub(crate) client: AgentClient,
+    /// Cancelled when the agent is dropped: calls out are abandoned.
+    pub(crate) stop: CancellationToken,
+    pub(crate) in_flight: Arc<AtomicU64>,
+    pub(crate) chunks_done: Arc<AtomicU64>,
+}
+
+impl Dispatcher {
+    /// Starts `window` workers.
+    pub(crate) fn spawn(self, window: u32) {
+        let dispatcher = Arc::new(self);
+        for worker in 0..window.max(1) {
+            let dispatcher = dispatcher.clone();
+            tokio::spawn(async move { dispatcher.work(worker).await });
+        }
+    }
+
+    /// One worker: pulls a batch, delivers it, until the agent goes or the controller drains.
+    async fn work(&self, worker: u32) {
+        let core = &self.core;
+        loop {
+            let batch = tokio::select! {
+                biased;
+                () = core.draining.cancelled() => return,
+                batch = core.scheduler.next(self.agent, &self.stop) => match batch {
+                    Some(batch) => batch,
+                    None => return,
+                },
+            };
+            if !self.deliver(worker, batch).await {
+                return;
+            }
+        }
+    }
+
+    /// Leases and sends one batch and settles each chunk; false when this worker must stop
+    /// (the agent is draining or was dropped).
+    async fn deliver(&self, worker: u32, batch: Batch) -> bool {
+        let core = &self.core;
+        let queues = batch.queues().to_vec();
+        let mut works = Vec::with_capacity(batch.works.len());
+        let mut chunks = Vec::with_capacity(batch.works.len());
+        for work in batch.works {
+            work.job.mark_dispatched();
+            if work.job.is_cancelled() {
+                core.skip_cancelled(&work);
+                continue;
+            }
+            match work.job.chunk(&work.spec, core.config.collapse_duplicates) {
+                Some(mut chunk) => {
+                    chunk.epoch = work.epoch;
+                    chunks.push(chunk);
+                    works.push(work);
+                }
+                None => {
+                    tracing::error!(job = %work.job.id, "chunk has no rendering for its platform");
+                    core.fail_chunk(&work, "bad_request", "NoRendering");
+                }
+            }
+        }
+        if works.is_empty() {
+            core.scheduler.done(self.agent, &queues);
+            return true;
+        }
+        let count = works.len() as u64;
+        // Counted as out before the lease is written: a draining controller waits for these
+        // chunks from here on, and closes its store only after them.
+        self.in_flight.fetch_add(count, Ordering::Relaxed);
+        core.out.fetch_add(count, Ordering::Relaxed);
+        let leased = core.leases.lease(&core.store, self.agent, &works).await;
+        let lost = match leased {
+            Ok(lost) if !core.draining.is_cancelled() => lost,
+            outcome => {
+                // Never sent: without a lease on disk a resend after a crash could not be
+                // counted as a possible duplicate, and a draining controller hands out nothing
+                // new. The chunks go back as they were.
+                if let Err(error) = &outcome {
+                    tracing::error!(%error, chunks = works.len(), "cannot record the leases; chunks not sent");
+                }
+                core.leases.release(&works);
+                self.in_flight.fetch_sub(count, Ordering::Relaxed);
+                core.out.fetch_sub(count, Ordering::Relaxed);
+                for work in works {
+                    core.scheduler.hand_back(work, None);
+                }
+                core.scheduler.done(self.agent, &queues);
+                if core.draining.is_cancelled() {
+                    return false;
+                }
+                // A failing store: do not spin on the same chunks.
+                tokio::time::sleep(STORE_RETRY).await;
+                return true;
+            }
+        };
+        let mut context = tarpc::context::current();
+        context.deadline = Instant::now() + core.config.chunk_timeout;
+        let sent = Instant::now();
+        let every = |why: HandBack| works.iter().map(|_| Err(why)).collect::<Vec<_>>();
+        let results: Vec<Result<ChunkReport, HandBack>> = tokio::select! {
+            () = self.stop.cancelled() => every(HandBack::AgentDropped),
+            // One lease of the batch is gone (they expire together): the whole call is
+            // abandoned and every chunk handed out again.
+            () = lost.cancelled() => every(HandBack::LeaseExpired),
+            result = self.client.deliver(context, chunks) => match result {
+                Ok(answers) if answers.len() == works.len() => answers
+                    .into_iter()
+                    .map(|answer| answer.map_err(|error| self.refusal(worker, &error)))
+                    .collect(),
+                Ok(answers) => {
+                    tracing::error!(agent = %self.agent, chunks = works.len(), answers = answers.len(), "agent answered a batch with the wrong number of reports");
+                    every(HandBack::CallFailed)
+                }
+                Err(error) => {
+                    tracing::warn!(agent = %self.agent, worker, %error, "chunk call failed");
+                    every(HandBack::CallFailed)
+                }
+            },
+        };
+        self.in_flight.fetch_sub(count, Ordering::Relaxed);
+        core.out.fetch_sub(count, Ordering::Relaxed);
+        core.leases.release(&works);
+        core.scheduler.done(self.agent, &queues);
+        let took = sent.elapsed().as_millis() as u64;
+        let mut keep_going = true;
+        for (work, result) in works.into_iter().zip(results) {
+            keep_going &= self.settle(work, result, took);
+        }
+        keep_going
+    }
+
+    /// Reads an agent's refusal of one chunk; logs the unexpected ones.
+    fn refusal(&self, worker: u32, error: &WireError) -> HandBack {
+        let why = HandBack::of(error);
+        if matches!(why, HandBack::Refused | HandBack::Invalid) {
+            tracing::warn!(agent = %self.agent, worker, code = ?error.code, %error, "agent refused a chunk");
+        }
+        why
+    }
+
+    /// Records a chunk's report, or hands it back to its queue; false when this worker must
+    /// stop.
+    ///
+    /// A report always counts: this worker holds the chunk's only hand-out (a chunk goes out
+    /// again only through the worker that gave up on it), so even a report that won the race
+    /// with its lease's expiry is for the live epoch, and dropping it would leave the chunk
+    /// unfinished with nobody to send it.
+    fn settle(&self, work: Work, result: Result<ChunkReport, HandBack>, took_ms: u64) -> bool {
+        let core = &self.core;
+        let agent = self.agent;
+        let why = match result {
+            Ok(report) => {
+                self.chunks_done.fetch_add(1, Ordering::Relaxed);
+                core.record(&work, &report, Some(took_ms));
+                return true;
+            }
+            Err(why) => why,
+        };
+        let retry = Work {
+            epoch: work.epoch + 1,
+            ..work
+        };
+        match why {
+            HandBack::Paused { retry_after } => {
+                // Nothing was sent. The chunk waits at the head of its own queue; this agent
+                // is not offered the app's chunks until its circuit may have closed, and other
+                // apps' chunks take its slots meanwhile.
+                tracing::debug!(agent = %agent, job = %retry.job.id, chunk = retry.spec.index, app = %retry.job.app, ?retry_after, "app paused on the agent; chunk back in its queue");
+                let until = tokio::time::Instant::now() + retry_after;
+                core.scheduler.hand_back(retry, Some((agent, until)));
+                true
+            }
+            HandBack::NoCredentials => {
+                core.scheduler
+                    .withdraw(agent, &retry.job.app, retry.spec.platform);
+                core.scheduler.hand_back(retry, None);
+                true
+            }
+            HandBack::Invalid => {
+                core.fail_chunk(&retry, "bad_request", "RefusedByAgent");
+                true
+            }
+            HandBack::Refused => {
+                let until = tokio::time::Instant::now() + REFUSAL_PAUSE;
+                core.scheduler.hand_back(retry, Some((agent, until)));
+                true
+            }
+            HandBack::Draining => {
+                // The agent finishes what it holds and leaves; this worker stops taking
+                // chunks for it.
+                core.scheduler.hand_back(retry, None);
+                false
+            }
+            HandBack::AgentDropped | HandBack::LeaseExpired | HandBack::CallFailed => {
+                debug_assert!(why.maybe_sent());
+                tracing::warn!(agent = %agent, job = %retry.job.id, chunk = retry.spec.index, epoch = work_epoch(&retry), why = why.as_str(), "handing the chunk to another agent");
+                let count = retry.spec.len() as u64;
+                retry.job.note_redispatch(&retry.spec);
+                core.store.write_later(Write::Duplicates {
+                    id: retry.job.id,
+                    count,
+                });
+                core.redispatched.fetch_add(1, Ordering::Relaxed);
+                core.scheduler.hand_back(retry, None);
+                if why == HandBack::LeaseExpired {
+                    return true;
+                }
+                core.drop_agent(agent, why.as_str());
+                false
+            }
+        }
+    }
+}
+
+/// The epoch the chunk went out with (the hand-back's is one more).
+fn work_epoch(retry: &Work) -> u32 {
+    retry.epoch.saturating_sub(1)
+}
+
+/// A report in which every notification of a chunk failed with `class` and `reason`.
+pub(crate) fn failed_report(tokens: usize, class: &str, reason: &str) -> ChunkReport {
+    ChunkReport {
+        failed: (0..tokens as u32)
+            .map(|index| ChunkFailure {
+                index,
+                class: class.into(),
+                reason: reason.into(),
+            })
+            .collect(),
+        ..ChunkReport::default()
+    }
+}

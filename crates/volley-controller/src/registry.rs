@@ -1,0 +1,190 @@
+//! The agent registry: who is registered, when each was last heard from, and which apps and
+//! platforms any agent has ever declared (kept in the store, so that a restarted controller
+//! still knows an app is served while its agents come back).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+use volley_contracts::{AgentId, AgentInfo, AgentStat, Platform};
+
+/// A registered agent.
+#[derive(Debug)]
+pub(crate) struct AgentEntry {
+    pub(crate) info: AgentInfo,
+    last_seen: Instant,
+    /// Chunks out with it right now.
+    pub(crate) in_flight: Arc<AtomicU64>,
+    pub(crate) chunks_done: Arc<AtomicU64>,
+    /// Cancelled when it is dropped: its dispatcher's workers stop.
+    pub(crate) stop: CancellationToken,
+}
+
+/// Every registered agent, and what agents have declared.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    agents: Mutex<HashMap<AgentId, AgentEntry>>,
+    next_id: AtomicU64,
+    /// (app, platform) pairs some agent has declared, in this run or an earlier one.
+    declared: Mutex<HashSet<(String, Platform)>>,
+    /// Whether an agent has registered since the controller started: before that, an app no
+    /// agent ever declared may still be served by an agent that is starting.
+    any_registered: AtomicBool,
+}
+
+impl Registry {
+    /// A registry that knows the pairs declared in earlier runs.
+    pub(crate) fn new(declared: impl IntoIterator<Item = (String, Platform)>) -> Registry {
+        Registry {
+            agents: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            declared: Mutex::new(declared.into_iter().collect()),
+            any_registered: AtomicBool::new(false),
+        }
+    }
+
+    /// Adds an agent; returns its id and the (app, platform) pairs it is the first to
+    /// declare (for the store).
+    pub(crate) fn insert(
+        &self,
+        info: AgentInfo,
+        stop: CancellationToken,
+    ) -> (AgentId, AgentEntryCounters, Vec<(String, Platform)>) {
+        let id = AgentId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let fresh: Vec<(String, Platform)> = {
+            let mut declared = self.declared.lock();
+            info.apps
+                .iter()
+                .flat_map(|served| {
+                    served
+                        .platforms
+                        .iter()
+                        .map(move |platform| (served.app.clone(), *platform))
+                })
+                .filter(|pair| declared.insert(pair.clone()))
+                .collect()
+        };
+        let counters = AgentEntryCounters {
+            in_flight: Arc::new(AtomicU64::new(0)),
+            chunks_done: Arc::new(AtomicU64::new(0)),
+        };
+        self.agents.lock().insert(
+            id,
+            AgentEntry {
+                info,
+                last_seen: Instant::now(),
+                in_flight: counters.in_flight.clone(),
+                chunks_done: counters.chunks_done.clone(),
+                stop,
+            },
+        );
+        self.any_registered.store(true, Ordering::Release);
+        (id, counters, fresh)
+    }
+
+    /// Removes an agent and stops its dispatcher; returns it if it was registered.
+    pub(crate) fn remove(&self, id: AgentId) -> Option<AgentEntry> {
+        let entry = self.agents.lock().remove(&id)?;
+        entry.stop.cancel();
+        Some(entry)
+    }
+
+    /// Notes a heartbeat; false when the agent is not registered.
+    pub(crate) fn touch(&self, id: AgentId) -> bool {
+        match self.agents.lock().get_mut(&id) {
+            Some(entry) => {
+                entry.last_seen = Instant::now();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Agents not heard from for longer than `timeout`.
+    pub(crate) fn silent(&self, timeout: Duration) -> Vec<AgentId> {
+        self.agents
+            .lock()
+            .iter()
+            .filter(|(_, entry)| entry.last_seen.elapsed() > timeout)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Whether a job for `app` on `platform` may be accepted: some agent has declared the
+    /// pair, or no agent has registered yet since the start (agents may still be starting).
+    pub(crate) fn may_be_served(&self, app: &str, platform: Platform) -> bool {
+        if !self.any_registered.load(Ordering::Acquire) {
+            return true;
+        }
+        self.declared
+            .lock()
+            .iter()
+            .any(|(known, known_platform)| known == app && *known_platform == platform)
+    }
+
+    /// The registered agents, for the stats.
+    pub(crate) fn stats(&self) -> Vec<AgentStat> {
+        let mut agents: Vec<AgentStat> = self
+            .agents
+            .lock()
+            .iter()
+            .map(|(id, entry)| AgentStat {
+                id: *id,
+                name: entry.info.name.clone(),
+                addr: entry.info.addr.clone(),
+                in_flight: entry.in_flight.load(Ordering::Relaxed) as u32,
+                chunks_done: entry.chunks_done.load(Ordering::Relaxed),
+            })
+            .collect();
+        agents.sort_by_key(|agent| agent.id.0);
+        agents
+    }
+}
+
+/// The counters a registered agent's dispatcher updates.
+#[derive(Debug, Clone)]
+pub(crate) struct AgentEntryCounters {
+    pub(crate) in_flight: Arc<AtomicU64>,
+    pub(crate) chunks_done: Arc<AtomicU64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use volley_contracts::ServedApp;
+
+    #[test]
+    fn only_declared_pairs_are_served_once_an_agent_registered() {
+        let registry = Registry::new([("old".to_owned(), Platform::Fcm)]);
+        assert!(
+            registry.may_be_served("anything", Platform::Apns),
+            "before any agent registered"
+        );
+        let info = AgentInfo {
+            name: "a".into(),
+            addr: "x".into(),
+            apps: vec![ServedApp {
+                app: "shop".into(),
+                platforms: vec![Platform::Apns],
+            }],
+            window: 4,
+        };
+        let (id, _, fresh) = registry.insert(info.clone(), CancellationToken::new());
+        assert_eq!(fresh, [("shop".to_owned(), Platform::Apns)]);
+        assert!(registry.may_be_served("shop", Platform::Apns));
+        assert!(!registry.may_be_served("shop", Platform::Fcm));
+        assert!(
+            registry.may_be_served("old", Platform::Fcm),
+            "declared earlier"
+        );
+        assert!(!registry.may_be_served("other", Platform::Apns));
+        // A second agent with the same apps declares nothing new; declarations outlive agents.
+        let (_, _, fresh) = registry.insert(info, CancellationToken::new());
+        assert!(fresh.is_empty());
+        registry.remove(id);
+        assert!(registry.may_be_served("shop", Platform::Apns));
+    }
+}
