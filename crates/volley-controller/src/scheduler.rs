@@ -123,6 +123,9 @@ struct Inner {
     /// Where the next pull starts its walk.
     cursor: usize,
     chunks: usize,
+    /// Whether any agent has registered since the start: until then every queue waits, and
+    /// saying so per queue would only be noise while the agents come up.
+    agents_seen: bool,
 }
 
 impl Inner {
@@ -164,6 +167,9 @@ impl Inner {
 
     /// Logs a queue starting or ending a wait for an agent that serves it.
     fn refresh_waiting(&mut self, queue: usize) {
+        if !self.agents_seen {
+            return;
+        }
         let waiting = self.queues[queue].chunks > 0 && !self.served(queue);
         let queue = &mut self.queues[queue];
         if waiting == queue.waiting {
@@ -438,6 +444,7 @@ impl Scheduler {
             };
             slot.grow(&inner.queues);
             inner.agents.insert(id, slot);
+            inner.agents_seen = true;
             inner.refresh_all();
         }
         self.wake.notify_waiters();
