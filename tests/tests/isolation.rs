@@ -6,12 +6,14 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use volley::cluster::{wait_until, Cluster, ClusterOptions};
-use volley::http::FrontClient;
 use volley_config::Secret;
 use volley_contracts::{Histogram, Platform, LATENCY_BUCKETS_MS};
 use volley_fake::{FakeConfig, FakeServer};
-use volley_tests::{apns_tokens, assert_balanced, count, submit, wait_for_job};
+use volley_testkit::cluster::{Cluster, ClusterOptions};
+use volley_testkit::http::FrontClient;
+use volley_testkit::jobs::{assert_balanced, count, submit, wait_for_job};
+use volley_testkit::tokens::apns_tokens;
+use volley_testkit::wait::wait_until;
 
 const JOB_LIMIT: Duration = Duration::from_secs(120);
 /// The troubled app, served by its own fake APNs.
@@ -67,7 +69,9 @@ async fn demo_chunk_times(cluster: &Cluster) -> Histogram {
     stats
         .chunk_latency
         .into_iter()
-        .find(|stat| stat.app == volley::cluster::APP && stat.platform == Some(Platform::Apns))
+        .find(|stat| {
+            stat.app == volley_testkit::cluster::APP && stat.platform == Some(Platform::Apns)
+        })
         .map(|stat| stat.histogram)
         .unwrap_or_default()
 }
