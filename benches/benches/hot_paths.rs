@@ -16,7 +16,7 @@ use volley_apns::{Alert, Notification, SystemClock};
 use volley_contracts::{ApnsRender, Chunk, ChunkId, JobId, Render, TokenList};
 
 fn apns_tokens(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("a1b2c3d4{i:056x}")).collect()
+    volley_testkit::tokens::apns_tokens("a1b2c3d4", n)
 }
 
 fn config(c: &mut Criterion) -> criterion::BenchmarkGroup<'_, criterion::measurement::WallTime> {

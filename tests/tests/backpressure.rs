@@ -5,9 +5,11 @@
 use std::time::Duration;
 
 use serde_json::json;
-use volley::cluster::{wait_until, Cluster, ClusterOptions};
 use volley_fake::{FakeConfig, Latency};
-use volley_tests::{apns_tokens, assert_balanced, count, wait_for_job};
+use volley_testkit::cluster::{Cluster, ClusterOptions};
+use volley_testkit::jobs::{assert_balanced, count, wait_for_job};
+use volley_testkit::tokens::apns_tokens;
+use volley_testkit::wait::wait_until;
 
 const JOB_LIMIT: Duration = Duration::from_secs(60);
 /// Tokens per request; five requests fill the controller.

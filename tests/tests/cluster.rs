@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use serde_json::json;
-use volley::cluster::{Cluster, ClusterOptions};
 use volley_fake::{FakeConfig, FakeServer, Latency};
-use volley_tests::{apns_tokens, assert_balanced, count, fcm_tokens, submit, wait_for_job};
+use volley_testkit::cluster::{Cluster, ClusterOptions};
+use volley_testkit::jobs::{assert_balanced, count, submit, wait_for_job};
+use volley_testkit::tokens::{apns_tokens, fcm_tokens};
 
 const JOB_LIMIT: Duration = Duration::from_secs(120);
 
@@ -203,7 +204,7 @@ async fn an_agent_that_dies_mid_job_loses_nothing() {
     let body = json!({"title": "t", "targets": {"apns": apns_tokens("d1ed1ed1", 60_000)}});
     let id = submit(&client, body.to_string()).await.unwrap();
     // Kill an agent once the job is well under way.
-    volley::cluster::wait_until(JOB_LIMIT, "a fifth of the job delivered", || {
+    volley_testkit::wait::wait_until(JOB_LIMIT, "a fifth of the job delivered", || {
         let client = client.clone();
         let path = format!("/v1/jobs/{id}");
         async move {
@@ -239,7 +240,7 @@ async fn bad_requests_are_refused_with_precise_errors() {
     .await
     .unwrap();
     let client = cluster.client();
-    let anonymous = volley::http::FrontClient::new(cluster.front_url.clone(), None);
+    let anonymous = volley_testkit::http::FrontClient::new(cluster.front_url.clone(), None);
 
     let response = anonymous
         .post("/v1/apps/demo/notifications", r#"{"targets":{"apns":[]}}"#)

@@ -13,11 +13,13 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use volley::cluster::{wait_until, Cluster, ClusterOptions};
-use volley::http::FrontClient;
 use volley_config::Secret;
 use volley_fake::{FakeConfig, FakeServer};
-use volley_tests::{apns_tokens, assert_balanced, count, submit, wait_for_job};
+use volley_testkit::cluster::{Cluster, ClusterOptions};
+use volley_testkit::http::FrontClient;
+use volley_testkit::jobs::{assert_balanced, count, submit, wait_for_job};
+use volley_testkit::tokens::apns_tokens;
+use volley_testkit::wait::wait_until;
 
 const JOB_LIMIT: Duration = Duration::from_secs(180);
 /// The troubled app, served by its own fake APNs.

@@ -12,11 +12,12 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use volley::cluster::{Cluster, ClusterOptions};
-use volley::http::FrontClient;
 use volley_config::Secret;
 use volley_fake::{FakeConfig, FakeServer, Latency};
-use volley_tests::{apns_tokens, assert_balanced, count, wait_for_job};
+use volley_testkit::cluster::{Cluster, ClusterOptions};
+use volley_testkit::http::FrontClient;
+use volley_testkit::jobs::{assert_balanced, count, wait_for_job};
+use volley_testkit::tokens::apns_tokens;
 
 const JOB_LIMIT: Duration = Duration::from_secs(120);
 

@@ -13,9 +13,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::{json, Value};
-use volley::cluster::{wait_until, Cluster, ClusterOptions};
 use volley_config::{Secret, WebhookConfig};
-use volley_tests::{apns_tokens, assert_balanced, count, fcm_tokens, submit, wait_for_job};
+use volley_testkit::cluster::{Cluster, ClusterOptions};
+use volley_testkit::jobs::{assert_balanced, count, submit, wait_for_job};
+use volley_testkit::tokens::{apns_tokens, fcm_tokens};
+use volley_testkit::wait::wait_until;
 
 const JOB_LIMIT: Duration = Duration::from_secs(60);
 const SECRET: &str = "webhook-test-secret-0123456789";

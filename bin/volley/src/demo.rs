@@ -9,7 +9,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
-use crate::cluster::{Cluster, ClusterOptions, APP};
+use volley_testkit::cluster::{Cluster, ClusterOptions, APP};
 
 /// Options of `volley demo`.
 #[derive(Debug, Clone, Args)]

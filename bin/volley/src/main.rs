@@ -263,7 +263,7 @@ async fn run_agent(config: Config) -> anyhow::Result<()> {
 
 /// Controller, agent and front in one process, each on its own thread and runtime.
 fn run_standalone(mut config: Config) -> anyhow::Result<()> {
-    use volley::role::spawn_role;
+    use volley_testkit::role::{spawn_controller, spawn_role};
     let controller_listener =
         std::net::TcpListener::bind(config.controller.listen).with_context(|| {
             format!(
@@ -275,14 +275,7 @@ fn run_standalone(mut config: Config) -> anyhow::Result<()> {
     let controller_addr = controller_listener.local_addr()?;
     config.front.controller = controller_addr.to_string();
     config.agent.controller = controller_addr.to_string();
-    let controller = {
-        let config = config.clone();
-        spawn_role("controller", move |drain| async move {
-            let listener = tokio::net::TcpListener::from_std(controller_listener)?;
-            volley_controller::run(config, listener, drain).await?;
-            Ok(())
-        })?
-    };
+    let controller = spawn_controller(config.clone(), controller_listener)?;
     let agent = {
         let config = config.clone();
         spawn_role("agent", move |drain| async move {

@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use serde_json::json;
 
-use crate::http::FrontClient;
+use volley_testkit::http::FrontClient;
 
 /// Options of `volley push`.
 #[derive(Debug, Clone, Args)]

@@ -3,13 +3,12 @@
 //! counters and the job status, that every accepted token was delivered at least once, that
 //! the counts balance, and that the fakes saw no more duplicates than the job counted.
 
-mod common;
-
-use common::{
-    broadcast, check_no_loss, delivered_at_least, finished, wait_job, ProcCluster, API_KEY,
-};
 use serde_json::Value;
-use volley::http::FrontClient;
+use volley_testkit::http::FrontClient;
+use volley_testkit::jobs::{broadcast, check_no_loss, delivered_at_least, finished, wait_job};
+use volley_testkit::procs::{ProcCluster, API_KEY};
+
+const BIN: &str = env!("CARGO_BIN_EXE_volley");
 
 /// Tokens per platform: 100,000 in all per test.
 const N: u64 = 50_000;
@@ -41,7 +40,7 @@ fn assert_mid_job(status: &Value) {
 /// Starts a cluster with `agents` agents, submits the broadcast tagged `tag` and returns once
 /// `delivered` notifications are delivered and the job is still running.
 async fn mid_broadcast(agents: usize, tag: &str, delivered: u64) -> (ProcCluster, String) {
-    let cluster = ProcCluster::start(agents, SLOW_FAKES);
+    let cluster = ProcCluster::start(BIN, agents, SLOW_FAKES);
     let id = submit(&cluster, tag).await;
     let status = wait_job(
         &cluster,
@@ -112,7 +111,7 @@ async fn kill_9_the_controller_mid_broadcast_and_restart_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_a_front_between_accepting_and_answering() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = ProcCluster::start(2, SLOW_FAKES);
+    let mut cluster = ProcCluster::start(BIN, 2, SLOW_FAKES);
     let body = broadcast("0d0d0d0d", N as usize);
     let key = [("idempotency-key", "order-0d0d0d0d")];
     let first_front = cluster.client();

@@ -1,13 +1,14 @@
 //! The real `volley` binary as separate processes: fake APNs, fake FCM, a controller, two
 //! agents and a front, each its own process on ephemeral ports, talking over TCP.
 
-mod common;
+use volley_testkit::jobs::{broadcast, check_no_loss, finished, wait_job};
+use volley_testkit::procs::ProcCluster;
 
-use common::{broadcast, check_no_loss, finished, wait_job, ProcCluster};
+const BIN: &str = env!("CARGO_BIN_EXE_volley");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_of_real_processes_delivers_a_broadcast() {
-    let cluster = ProcCluster::start(2, &[]);
+    let cluster = ProcCluster::start(BIN, 2, &[]);
     let response = cluster
         .client()
         .post("/v1/apps/shop/notifications", broadcast("abcdef01", 2_000))

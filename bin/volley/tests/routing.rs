@@ -3,14 +3,19 @@
 //! controller; they are refused (`409 no_credentials`) by default, wait with a reason when
 //! `controller.accept_unserved` is on, and finish once an agent that declares them joins.
 
-mod common;
-
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{spawn, wait_job, ProcCluster, API_KEY};
 use serde_json::{json, Value};
-use volley::http::FrontClient;
+use volley_testkit::http::FrontClient;
+use volley_testkit::jobs::{finished, wait_job};
+use volley_testkit::procs::{ProcCluster, API_KEY, WAIT};
+
+const BIN: &str = env!("CARGO_BIN_EXE_volley");
+
+fn spawn(args: &[&str], config: Option<&Path>) -> volley_testkit::procs::Proc {
+    volley_testkit::procs::spawn(Path::new(BIN), args, config)
+}
 
 /// The second app's key; the app itself is known to the front but to no agent at first.
 const OTHER_KEY: &str = "routing-test-other-key-0123456789";
@@ -99,7 +104,7 @@ fn state(status: &Value) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unserved_apps_and_platforms_neither_stall_others_nor_spin_the_controller() {
     // Fakes, a controller and a front of app "shop" only; no agent yet.
-    let mut cluster = ProcCluster::start(0, &[]);
+    let mut cluster = ProcCluster::start(BIN, 0, &[]);
     let base = std::fs::read_to_string(&cluster.config).unwrap();
     let front_config = write(&cluster, "front.toml", &with_other_app(&base));
     let apns_agent_config = write(&cluster, "agent-apns.toml", &apns_only(&base));
@@ -135,7 +140,7 @@ async fn unserved_apps_and_platforms_neither_stall_others_nor_spin_the_controlle
     assert_eq!(code, 202, "{body}");
     let broadcast = body["id"].as_str().unwrap().to_owned();
     for id in [&small, &broadcast] {
-        let status = wait_job(&cluster, id, "the served app's job", common::finished).await;
+        let status = wait_job(&cluster, id, "the served app's job", finished).await;
         assert_eq!(state(&status), "done", "{status}");
         assert_eq!(status["delivered"], status["accepted"], "{status}");
     }
@@ -169,7 +174,7 @@ async fn unserved_apps_and_platforms_neither_stall_others_nor_spin_the_controlle
     let (code, body) = post(&shop, "shop", json!({"apns": apns("1c1c1c1c", 3)})).await;
     assert_eq!(code, 202, "{body}");
     let served = body["id"].as_str().unwrap().to_owned();
-    let status = wait_job(&cluster, &served, "the served job", common::finished).await;
+    let status = wait_job(&cluster, &served, "the served job", finished).await;
     assert_eq!(status["delivered"], 3, "{status}");
 
     for (client, id, reason) in [
@@ -231,10 +236,10 @@ async fn unserved_apps_and_platforms_neither_stall_others_nor_spin_the_controlle
     agent.wait_for("registered with the controller");
     cluster.procs.insert("agent-full".into(), agent);
     for (id, client) in [(&unserved_app, &other), (&unserved_platform, &shop)] {
-        let deadline = Instant::now() + common::WAIT;
+        let deadline = Instant::now() + WAIT;
         let status = loop {
             let status = client.get(&format!("/v1/jobs/{id}")).await.unwrap().body;
-            if common::finished(&status) {
+            if finished(&status) {
                 break status;
             }
             assert!(Instant::now() < deadline, "still waiting: {status}");

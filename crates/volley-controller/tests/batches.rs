@@ -3,15 +3,16 @@
 //! `deliver` call.
 
 use std::sync::Arc;
-
 use tokio::sync::Semaphore;
 use volley_contracts::{ErrorCode, JobState};
-
-mod common;
-use common::{job, register, serve_agent, start_controller, wait_until, TestAgent};
+use volley_testkit::controller::{
+    job, register, serve_agent, start_controller, submit, TestAgent, WAIT,
+};
+use volley_testkit::tokens::apns_token;
+use volley_testkit::wait::wait_until;
 
 fn tokens(range: std::ops::Range<usize>) -> Vec<String> {
-    range.map(|i| format!("{i:064x}")).collect()
+    range.map(|i| apns_token("", i)).collect()
 }
 
 #[tokio::test]
@@ -66,8 +67,7 @@ async fn a_batch_of_submissions_is_answered_job_by_job() {
         .await
         .unwrap();
     assert_eq!(again[0].clone().unwrap(), first);
-    let _ = running.stop.send(());
-    running.thread.join().unwrap();
+    running.stop().unwrap();
 }
 
 #[tokio::test]
@@ -85,17 +85,18 @@ async fn small_jobs_queued_behind_a_busy_agent_go_out_in_one_call() {
     // One worker: while it waits on the held call, everything else queues.
     register(controller, agent_addr, 1).await;
 
-    let held = common::submit(controller, &tokens(0..1)).await;
-    wait_until("the first call", || async {
+    let held = submit(controller, &tokens(0..1)).await;
+    wait_until(WAIT, "the first call", || async {
         !agent.calls.lock().unwrap().is_empty()
     })
-    .await;
+    .await
+    .unwrap();
     let mut ids = vec![held.id];
     for i in 1..=50 {
-        ids.push(common::submit(controller, &tokens(i..i + 1)).await.id);
+        ids.push(submit(controller, &tokens(i..i + 1)).await.id);
     }
     gate.add_permits(1);
-    wait_until("every job to finish", || async {
+    wait_until(WAIT, "every job to finish", || async {
         let mut done = true;
         for id in &ids {
             let status = controller
@@ -107,12 +108,12 @@ async fn small_jobs_queued_behind_a_busy_agent_go_out_in_one_call() {
         }
         done
     })
-    .await;
+    .await
+    .unwrap();
     assert_eq!(
         *agent.calls.lock().unwrap(),
         [1, 50],
         "the 50 jobs queued meanwhile share the next call"
     );
-    let _ = running.stop.send(());
-    running.thread.join().unwrap();
+    running.stop().unwrap();
 }

@@ -2,9 +2,11 @@
 //! forgotten first, with their idempotency keys, and stay forgotten after a restart.
 
 use volley_contracts::{ErrorCode, JobId, JobState};
-
-mod common;
-use common::{job, register, serve_agent, start_controller_with, wait_until, Running, TestAgent};
+use volley_testkit::controller::{
+    job, register, serve_agent, start_controller_with, Running, TestAgent, WAIT,
+};
+use volley_testkit::tokens::apns_token;
+use volley_testkit::wait::wait_until;
 
 async fn start(dir: &std::path::Path) -> Running {
     start_controller_with(dir, |config| config.controller.max_finished_jobs = 5).await
@@ -32,17 +34,18 @@ async fn the_oldest_finished_jobs_go_first_past_the_limit_and_stay_gone() {
     let mut ids = Vec::new();
     for i in 0..10 {
         let key = (i == 0).then_some("first-key");
-        let token = format!("{i:064x}");
+        let token = apns_token("", i);
         let accepted = running
             .client
             .submit(tarpc::context::current(), job(&[token], key))
             .await
             .unwrap()
             .unwrap();
-        wait_until("the job to finish", || async {
+        wait_until(WAIT, "the job to finish", || async {
             state(&running, accepted.id).await == Some(JobState::Done)
         })
-        .await;
+        .await
+        .unwrap();
         ids.push(accepted.id);
     }
     for id in &ids[5..] {
@@ -57,18 +60,18 @@ async fn the_oldest_finished_jobs_go_first_past_the_limit_and_stay_gone() {
         .client
         .submit(
             tarpc::context::current(),
-            job(&[format!("{:064x}", 99)], Some("first-key")),
+            job(&[apns_token("", 99)], Some("first-key")),
         )
         .await
         .unwrap()
         .unwrap();
     assert_ne!(again.id, ids[0]);
-    wait_until("the new job to finish", || async {
+    wait_until(WAIT, "the new job to finish", || async {
         state(&running, again.id).await == Some(JobState::Done)
     })
-    .await;
-    let _ = running.stop.send(());
-    running.thread.join().unwrap();
+    .await
+    .unwrap();
+    running.stop().unwrap();
 
     // After a restart the forgotten stay forgotten and the limit holds.
     let running = start(dir.path()).await;
@@ -78,6 +81,5 @@ async fn the_oldest_finished_jobs_go_first_past_the_limit_and_stay_gone() {
     for id in ids[6..].iter().chain([&again.id]) {
         assert_eq!(state(&running, *id).await, Some(JobState::Done), "{id}");
     }
-    let _ = running.stop.send(());
-    running.thread.join().unwrap();
+    running.stop().unwrap();
 }

@@ -12,8 +12,10 @@ use http_body_util::{BodyExt, Full};
 use volley_config::{Secret, WebhookConfig};
 use volley_contracts::JobState;
 
-mod common;
-use common::{register, serve_agent, shop_config, spawn_controller, submit, wait_until, TestAgent};
+use volley_testkit::controller::{register, serve_agent, shop_config, submit, TestAgent, WAIT};
+use volley_testkit::role::spawn_controller;
+use volley_testkit::tokens::apns_token;
+use volley_testkit::wait::wait_until;
 
 /// A webhook receiver that refuses (503) until `accept` is set.
 #[derive(Default)]
@@ -107,12 +109,12 @@ async fn unacknowledged_batches_are_sent_after_a_restart() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
-    let (stop, thread) = spawn_controller(config.clone(), listener);
+    let node = spawn_controller(config.clone(), listener).unwrap();
 
     let tokens: Vec<String> = (0..20)
         .map(|i| {
             let prefix = if i % 3 == 0 { "dead" } else { "0a0a" };
-            format!("{prefix}{i:060x}")
+            apns_token(prefix, i)
         })
         .collect();
     let dead: Vec<String> = tokens
@@ -123,7 +125,7 @@ async fn unacknowledged_batches_are_sent_after_a_restart() {
     let controller = volley_contracts::connect_controller(addr).await.unwrap();
     register(&controller, agent_addr, 2).await;
     let accepted = submit(&controller, &tokens).await;
-    wait_until("the job to finish and the receiver to refuse", || {
+    wait_until(WAIT, "the job to finish and the receiver to refuse", || {
         let controller = controller.clone();
         let receiver = receiver.clone();
         async move {
@@ -135,7 +137,8 @@ async fn unacknowledged_batches_are_sent_after_a_restart() {
             status.state == JobState::Done && receiver.refused.load(Ordering::SeqCst) >= 2
         }
     })
-    .await;
+    .await
+    .unwrap();
     let stats = controller.stats(tarpc::context::current()).await.unwrap();
     assert!(
         stats.webhooks[0].pending_batches > 0,
@@ -160,8 +163,7 @@ async fn unacknowledged_batches_are_sent_after_a_restart() {
     assert_eq!(invalid, [("Unregistered", dead.len() as u64)]);
     assert_eq!(stats.job_latency[0].histogram.count, 1);
     drop(controller);
-    stop.send(()).unwrap();
-    thread.join().unwrap();
+    node.stop().unwrap();
 
     // The next controller on the same directory; the first one's store may take a moment to
     // let go of its lock.
@@ -182,18 +184,18 @@ async fn unacknowledged_batches_are_sent_after_a_restart() {
             }
         }
     }
-    let (stop, thread) = spawn_controller(config, listener);
-    wait_until("the resent batches", || {
+    let node = spawn_controller(config, listener).unwrap();
+    wait_until(WAIT, "the resent batches", || {
         let receiver = receiver.clone();
         let want = dead.len();
         async move { receiver.tokens.lock().unwrap().len() >= want }
     })
-    .await;
+    .await
+    .unwrap();
     let mut got = receiver.tokens.lock().unwrap().clone();
     got.sort();
     assert_eq!(got, dead, "every invalid token once, after the restart");
-    stop.send(()).unwrap();
-    thread.join().unwrap();
+    node.stop().unwrap();
 }
 
 #[tokio::test]
@@ -240,18 +242,18 @@ async fn an_https_receiver_gets_the_batches_over_tls() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
-    let (stop, thread) = spawn_controller(config, listener);
+    let node = spawn_controller(config, listener).unwrap();
     let controller = volley_contracts::connect_controller(addr).await.unwrap();
     register(&controller, agent_addr, 2).await;
-    let tokens = vec![format!("dead{:060x}", 1), format!("0a0a{:060x}", 2)];
+    let tokens = vec![apns_token("dead", 1), apns_token("0a0a", 2)];
     submit(&controller, &tokens).await;
-    wait_until("the batch over tls", || {
+    wait_until(WAIT, "the batch over tls", || {
         let receiver = receiver.clone();
         async move { !receiver.tokens.lock().unwrap().is_empty() }
     })
-    .await;
+    .await
+    .unwrap();
     assert_eq!(*receiver.tokens.lock().unwrap(), [tokens[0].clone()]);
     drop(controller);
-    stop.send(()).unwrap();
-    thread.join().unwrap();
+    node.stop().unwrap();
 }

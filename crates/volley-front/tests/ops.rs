@@ -8,6 +8,10 @@ use std::time::Duration;
 use hyper::http::Method;
 use serde_json::json;
 use support::*;
+use volley_testkit::wait::wait_until;
+
+/// How long a test waits for the front to get somewhere.
+const WAIT: Duration = Duration::from_secs(5);
 
 #[tokio::test]
 async fn health_readiness_and_stats() {
@@ -97,11 +101,19 @@ async fn a_draining_front_finishes_requests_in_flight_then_stops() {
         body,
     ));
     let shared = front.controller.shared.clone();
-    wait_until(|| shared.holding.load(Ordering::SeqCst)).await;
+    wait_until(WAIT, "the request to be held", || {
+        std::future::ready(shared.holding.load(Ordering::SeqCst))
+    })
+    .await
+    .unwrap();
 
     front.shutdown();
     // Wait until the listener is closed: the drain has begun while the request is held.
-    wait_until_async(|| async { tokio::net::TcpStream::connect(addr).await.is_err() }).await;
+    wait_until(WAIT, "the listener to close", || async {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await
+    .unwrap();
     assert!(!front.task.is_finished());
 
     shared.release.notify_one();
@@ -112,26 +124,6 @@ async fn a_draining_front_finishes_requests_in_flight_then_stops() {
         .expect("the front stops once the request in flight is answered")
         .unwrap();
     assert!(stopped.is_ok(), "{stopped:?}");
-}
-
-async fn wait_until(mut condition: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("condition not met within 5 s");
-}
-
-async fn wait_until_async<F: std::future::Future<Output = bool>>(mut condition: impl FnMut() -> F) {
-    for _ in 0..500 {
-        if condition().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("condition not met within 5 s");
 }
 
 #[tokio::test]
@@ -202,10 +194,11 @@ async fn the_front_reconnects_after_the_controller_restarts() {
 
     first.abort();
     let _ = first.await;
-    wait_until_async(|| async {
+    wait_until(WAIT, "the front to be unready", || async {
         send(front, Method::GET, "/readyz", None, "").await.status == 503
     })
-    .await;
+    .await
+    .unwrap();
     let reply = submit().await;
     reply.assert_error(503, "unavailable", None);
     assert_eq!(reply.headers["retry-after"], "5");
@@ -215,6 +208,10 @@ async fn the_front_reconnects_after_the_controller_restarts() {
         .await
         .unwrap();
     tokio::spawn(serve_controller_on(listener, second.clone()));
-    wait_until_async(|| async { submit().await.status == 202 }).await;
+    wait_until(WAIT, "a submission through the new controller", || async {
+        submit().await.status == 202
+    })
+    .await
+    .unwrap();
     assert_eq!(second.shared.submitted.lock().unwrap().len(), 1);
 }

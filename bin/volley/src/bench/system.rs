@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use volley_fake::Stats;
+use volley_testkit::cluster::{Cluster, ClusterOptions, APP, PROJECT, TOPIC};
+use volley_testkit::http::FrontClient;
+use volley_testkit::wait::wait_until;
 
 use super::procfs;
-use crate::cluster::{Cluster, ClusterOptions, APP, PROJECT, TOPIC};
-use crate::http::FrontClient;
 
 /// How long a process may take to print its start-up line or to stop.
 const START_WAIT: Duration = Duration::from_secs(60);
@@ -438,7 +439,7 @@ fn drain(lines: mpsc::Receiver<String>) {
 
 async fn wait_ready(front_url: &str) -> anyhow::Result<()> {
     let client = FrontClient::new(front_url.to_owned(), None);
-    crate::cluster::wait_until(START_WAIT, "the front to be ready", || {
+    wait_until(START_WAIT, "the front to be ready", || {
         let client = client.clone();
         async move {
             client

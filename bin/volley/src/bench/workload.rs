@@ -15,13 +15,13 @@ use volley_apns::{Alert, ApnsAuth, ApnsClient, ApnsConfig, ApnsEndpoint, Notific
 use volley_contracts::TokenList;
 use volley_fake::{FakeConfig, FakeServer};
 use volley_provider::tls::TlsOptions;
+use volley_testkit::cluster::TOPIC;
+use volley_testkit::http::FrontClient;
 
 use super::load::LoadConnection;
 use super::procfs;
 use super::report::{BroadcastResult, CeilingResult, CpuSample, IngestResult, Usage};
 use super::system::{self, System, Target};
-use crate::cluster::TOPIC;
-use crate::http::FrontClient;
 
 /// How long a job may run before the bench gives up on it.
 const JOB_LIMIT: Duration = Duration::from_secs(600);

@@ -434,10 +434,11 @@ async fn send_full(
 
 /// A valid-looking APNs device token (64 hex characters).
 pub fn apns_token(i: usize) -> String {
-    format!("{i:064x}")
+    volley_testkit::tokens::apns_token("", i)
 }
 
-/// A valid-looking FCM registration token.
+/// A valid-looking FCM registration token. Not the kit's: this one has the `-`, `_` and `.`
+/// that FCM tokens may carry and the kit's do not.
 pub fn fcm_token(i: usize) -> String {
     format!("fcm{i}:APA91b-x_y.z")
 }

@@ -1,25 +1,31 @@
 //! A cluster of real `volley` processes for tests about processes: each role is its own OS
 //! process on ephemeral ports, and a test can SIGKILL, SIGSTOP, SIGCONT or SIGTERM any of them.
-
-#![allow(dead_code)] // each test file uses a different part of the kit
+//!
+//! Only the binary's own tests know where the binary is (`env!("CARGO_BIN_EXE_volley")`), so
+//! they pass its path in.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::{json, Value};
-use volley::http::FrontClient;
+use serde_json::Value;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_volley");
+use crate::http::FrontClient;
+use crate::wait::wait_until_blocking;
+
+/// How long a process may take to write an awaited line, to stop, or a job to get somewhere.
 pub const WAIT: Duration = Duration::from_secs(90);
+/// The API key of the process cluster's app, `shop`.
 pub const API_KEY: &str = "fault-test-key-0123456789";
 
 /// One running process and everything it has written to stderr so far.
 pub struct Proc {
+    /// The process.
     pub child: Child,
+    /// Its stderr, line by line.
     pub lines: Arc<Mutex<Vec<String>>>,
 }
 
@@ -31,49 +37,31 @@ impl Proc {
 
     /// Like `wait_for`, looking only at lines from index `from` on.
     pub fn wait_for_from(&self, marker: &str, from: usize) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            {
-                let lines = self.lines.lock().unwrap();
-                for line in lines.iter().skip(from) {
-                    if let Some(position) = line.find(marker) {
-                        let rest = &line[position + marker.len()..];
-                        return rest
-                            .split(|c: char| c.is_whitespace() || c == '"' || c == ',' || c == '}')
-                            .find(|s| !s.is_empty())
-                            .unwrap_or_default()
-                            .to_owned();
-                    }
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no stderr line with {marker:?} within {WAIT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let line = self.line_with(marker, from);
+        let position = line.find(marker).unwrap_or_default();
+        line[position + marker.len()..]
+            .split(|c: char| c.is_whitespace() || c == '"' || c == ',' || c == '}')
+            .find(|s| !s.is_empty())
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// The first stderr line from index `from` on that contains `marker`, waiting for it.
     pub fn line_with(&self, marker: &str, from: usize) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(line) = self
+        let mut found = None;
+        wait_until_blocking(WAIT, &format!("a stderr line with {marker:?}"), || {
+            found = self
                 .lines
                 .lock()
                 .unwrap()
                 .iter()
                 .skip(from)
                 .find(|line| line.contains(marker))
-            {
-                return line.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no stderr line with {marker:?} within {WAIT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+                .cloned();
+            found.is_some()
+        })
+        .unwrap();
+        found.unwrap_or_default()
     }
 
     /// How many stderr lines so far.
@@ -90,9 +78,9 @@ impl Proc {
     }
 }
 
-/// Starts `volley args…` with stderr captured.
-pub fn spawn(args: &[&str], config: Option<&Path>) -> Proc {
-    let mut command = Command::new(BIN);
+/// Starts the `volley` binary at `bin` with `args…`, stderr captured.
+pub fn spawn(bin: &Path, args: &[&str], config: Option<&Path>) -> Proc {
+    let mut command = Command::new(bin);
     command
         .args(args)
         .stdin(Stdio::null())
@@ -116,11 +104,17 @@ pub fn spawn(args: &[&str], config: Option<&Path>) -> Proc {
 
 /// Fakes, a controller, agents and fronts as processes.
 pub struct ProcCluster {
+    /// Key files, CA certificates, the configuration and the controller's store.
     pub dir: tempfile::TempDir,
+    /// The configuration file every role reads.
     pub config: PathBuf,
+    /// The running processes by name (`fake-apns`, `controller`, `agent-0`, `front-0`, ...).
     pub procs: HashMap<String, Proc>,
+    /// The controller's tarpc address.
     pub controller_addr: String,
+    /// The base URL of the current front.
     pub front_url: String,
+    bin: PathBuf,
     apns_stats: String,
     fcm_stats: String,
     next_front: usize,
@@ -128,8 +122,9 @@ pub struct ProcCluster {
 
 impl ProcCluster {
     /// Starts fake APNs and FCM (with `fake_args` added to both), a controller, `agents`
-    /// agents and one front.
-    pub fn start(agents: usize, fake_args: &[&str]) -> ProcCluster {
+    /// agents and one front, each a process of the `volley` binary at `bin`.
+    pub fn start(bin: impl AsRef<Path>, agents: usize, fake_args: &[&str]) -> ProcCluster {
+        let bin = bin.as_ref().to_path_buf();
         let dir = tempfile::tempdir().unwrap();
         let mut procs = HashMap::new();
         let apns_ca = dir.path().join("apns-ca.pem");
@@ -143,7 +138,7 @@ impl ProcCluster {
             "127.0.0.1:0",
         ];
         args.extend_from_slice(fake_args);
-        let apns = spawn(&args, None);
+        let apns = spawn(&bin, &args, None);
         let apns_endpoint = apns.wait_for("listening on ");
         let apns_stats = apns.wait_for("stats: ");
         procs.insert("fake-apns".to_owned(), apns);
@@ -159,7 +154,7 @@ impl ProcCluster {
             "127.0.0.1:0",
         ];
         args.extend_from_slice(fake_args);
-        let fcm = spawn(&args, None);
+        let fcm = spawn(&bin, &args, None);
         let fcm_endpoint = fcm.wait_for("listening on ");
         let fcm_stats = fcm.wait_for("stats: ");
         procs.insert("fake-fcm".to_owned(), fcm);
@@ -229,6 +224,7 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
             procs,
             controller_addr: String::new(),
             front_url: String::new(),
+            bin,
             apns_stats,
             fcm_stats,
             next_front: 0,
@@ -249,7 +245,11 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
         } else {
             self.controller_addr.clone()
         };
-        let proc = spawn(&["controller", "--listen", &listen], Some(&self.config));
+        let proc = spawn(
+            &self.bin,
+            &["controller", "--listen", &listen],
+            Some(&self.config),
+        );
         self.controller_addr = proc.wait_for("\"listen\":\"");
         self.procs.insert("controller".to_owned(), proc);
     }
@@ -257,6 +257,7 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
     /// Starts an agent named `name` and waits until it has registered.
     pub fn start_agent(&mut self, name: &str) {
         let proc = spawn(
+            &self.bin,
             &["agent", "--controller", &self.controller_addr],
             Some(&self.config),
         );
@@ -269,6 +270,7 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
         let name = format!("front-{}", self.next_front);
         self.next_front += 1;
         let proc = spawn(
+            &self.bin,
             &["front", "--controller", &self.controller_addr],
             Some(&self.config),
         );
@@ -278,10 +280,12 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
         name
     }
 
+    /// The process named `name`.
     pub fn proc(&self, name: &str) -> &Proc {
         &self.procs[name]
     }
 
+    /// A client of the current front presenting the app's API key.
     pub fn client(&self) -> FrontClient {
         FrontClient::new(self.front_url.clone(), Some(API_KEY.to_owned()))
     }
@@ -293,10 +297,12 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
         proc.child.wait().unwrap();
     }
 
+    /// SIGSTOP: the process pauses.
     pub fn sigstop(&self, name: &str) {
         self.proc(name).signal("-STOP");
     }
 
+    /// SIGCONT: a paused process goes on.
     pub fn sigcont(&self, name: &str) {
         self.proc(name).signal("-CONT");
     }
@@ -305,24 +311,17 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
     pub fn sigterm(&mut self, name: &str) {
         let mut proc = self.procs.remove(name).expect("known process");
         proc.signal("-TERM");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match proc.child.try_wait().unwrap() {
-                Some(status) => {
-                    assert!(
-                        status.success(),
-                        "{name} exited with {status} after SIGTERM"
-                    );
-                    return;
-                }
-                None => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "{name} did not stop after SIGTERM"
-                    );
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
+        let mut exit = None;
+        wait_until_blocking(WAIT, &format!("{name} to stop after SIGTERM"), || {
+            exit = proc.child.try_wait().unwrap();
+            exit.is_some()
+        })
+        .unwrap();
+        if let Some(status) = exit {
+            assert!(
+                status.success(),
+                "{name} exited with {status} after SIGTERM"
+            );
         }
     }
 
@@ -361,83 +360,4 @@ impl Drop for ProcCluster {
             let _ = proc.child.wait();
         }
     }
-}
-
-/// A broadcast body: `n` APNs and `n` FCM tokens, distinct per `tag`.
-pub fn broadcast(tag: &str, n: usize) -> String {
-    assert_eq!(tag.len(), 8, "tags are 8 hex characters");
-    let apns: Vec<String> = (0..n).map(|i| format!("{tag}{i:056x}")).collect();
-    let fcm: Vec<String> = (0..n).map(|i| format!("{tag}:APA91b{i:040x}")).collect();
-    json!({"title": "fault test", "targets": {"apns": apns, "fcm": fcm}}).to_string()
-}
-
-/// Polls the job through whichever front is current until `done(status)` holds.
-pub async fn wait_job(
-    cluster: &ProcCluster,
-    id: &str,
-    what: &str,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Ok(response) = cluster.client().get(&format!("/v1/jobs/{id}")).await {
-            if done(&response.body) {
-                return response.body;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {}",
-                response.body
-            );
-        } else {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: front unreachable"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// True once the job has delivered at least `n`.
-pub fn delivered_at_least(n: u64) -> impl Fn(&Value) -> bool {
-    move |status| status["delivered"].as_u64().unwrap_or(0) >= n
-}
-
-/// True once the job is final.
-pub fn finished(status: &Value) -> bool {
-    matches!(status["state"].as_str(), Some("done" | "cancelled"))
-}
-
-/// The guarantee every fault test checks: every accepted token reached the fakes at least
-/// once (or is reported failed), the counts balance, and the fakes saw no more duplicates
-/// than the job counted. Returns the duplicates the fault caused.
-pub async fn check_no_loss(cluster: &ProcCluster, status: &Value, per_platform: u64) -> u64 {
-    let count = |field: &str| status[field].as_u64().unwrap_or(0);
-    assert_eq!(count("accepted"), 2 * per_platform, "{status}");
-    assert_eq!(
-        count("accepted"),
-        count("delivered") + count("failed") + count("invalid") + count("cancelled"),
-        "counts do not balance: {status}"
-    );
-    assert_eq!(count("pending"), 0, "{status}");
-    let (apns, fcm) = cluster.fake_stats().await;
-    assert_eq!(
-        apns["distinct_tokens"].as_u64(),
-        Some(per_platform),
-        "apns: {apns}"
-    );
-    assert_eq!(
-        fcm["distinct_tokens"].as_u64(),
-        Some(per_platform),
-        "fcm: {fcm}"
-    );
-    let duplicates = apns["duplicate_tokens"].as_u64().unwrap_or(0)
-        + fcm["duplicate_tokens"].as_u64().unwrap_or(0);
-    assert!(
-        duplicates <= count("possible_duplicates"),
-        "{duplicates} duplicates at the fakes, {} counted: {status}",
-        count("possible_duplicates")
-    );
-    duplicates
 }

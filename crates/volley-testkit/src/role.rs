@@ -9,6 +9,7 @@ use std::future::Future;
 use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
+use volley_config::Config;
 
 /// A role running on its own thread.
 #[derive(Debug)]
@@ -56,6 +57,18 @@ where
         drain: Some(drain_tx),
         kill: Some(kill_tx),
         thread: Some(thread),
+    })
+}
+
+/// Starts a controller on `listener` (non-blocking) on a new thread.
+pub fn spawn_controller(
+    config: Config,
+    listener: std::net::TcpListener,
+) -> anyhow::Result<RoleHandle> {
+    spawn_role("controller", move |drain| async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        volley_controller::run(config, listener, drain).await?;
+        Ok(())
     })
 }
 

@@ -1,10 +1,8 @@
-//! What the controller's integration tests share: a controller on its own thread, the test
-//! app, and small RPC helpers.
-
-#![allow(dead_code)]
+//! A controller alone, for the controller's own integration tests: a controller on its own
+//! thread, the test app `shop`, an agent scripted by the test, and small RPC helpers.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -17,12 +15,19 @@ use volley_contracts::{
     TokenList, WireError,
 };
 
+use crate::role::{spawn_controller, RoleHandle};
+
+/// How long a test waits for the controller to get somewhere.
+pub const WAIT: Duration = Duration::from_secs(20);
+
 /// An agent that calls every token starting with `dead` unregistered and delivers the rest.
 /// It records how many chunks each call carried, and with a `gate` holds its first call until
 /// the gate gets a permit.
 #[derive(Clone, Default)]
 pub struct TestAgent {
+    /// Holds the first `deliver` call until it gets a permit.
     pub gate: Option<Arc<Semaphore>>,
+    /// The number of chunks of each `deliver` call, in order.
     pub calls: Arc<Mutex<Vec<usize>>>,
 }
 
@@ -73,44 +78,6 @@ pub async fn serve_agent(agent: TestAgent) -> String {
     addr
 }
 
-/// Runs a controller on its own thread and runtime until `stop` is sent; the runtime is dropped
-/// with every task when it returns.
-pub fn spawn_controller(
-    config: Config,
-    listener: std::net::TcpListener,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    std::thread::JoinHandle<()>,
-) {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            volley_controller::run(config, listener, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
-    });
-    (stop, thread)
-}
-
-pub async fn wait_until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// One app, `shop`, with APNs (the fake agent never reads its credentials).
 pub fn shop_config() -> Config {
     Config::from_toml(
@@ -147,12 +114,18 @@ pub async fn register(controller: &ControllerClient, agent_addr: String, window:
         .unwrap();
 }
 
-/// A running controller of app `shop` on `dir`, with a client; stop it by sending on `stop`
-/// and joining `thread`.
+/// A running controller of app `shop`, with a client.
 pub struct Running {
+    /// A client of the controller.
     pub client: ControllerClient,
-    pub stop: tokio::sync::oneshot::Sender<()>,
-    pub thread: std::thread::JoinHandle<()>,
+    controller: RoleHandle,
+}
+
+impl Running {
+    /// Asks the controller to drain and waits for its thread to end.
+    pub fn stop(self) -> anyhow::Result<()> {
+        self.controller.stop()
+    }
 }
 
 /// Starts a controller of app `shop` keeping its store in `dir`.
@@ -172,13 +145,9 @@ pub async fn start_controller_with(
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
-    let (stop, thread) = spawn_controller(config, listener);
+    let controller = spawn_controller(config, listener).unwrap();
     let client = volley_contracts::connect_controller(addr).await.unwrap();
-    Running {
-        client,
-        stop,
-        thread,
-    }
+    Running { client, controller }
 }
 
 /// A job of app `shop` for APNs `tokens`.
@@ -199,6 +168,7 @@ pub fn job(tokens: &[String], idempotency_key: Option<&str>) -> SubmitJob {
     }
 }
 
+/// Submits a job of app `shop` for APNs `tokens`; panics unless it is accepted.
 pub async fn submit(controller: &ControllerClient, tokens: &[String]) -> JobAccepted {
     controller
         .submit(tarpc::context::current(), job(tokens, None))

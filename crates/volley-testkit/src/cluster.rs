@@ -1,17 +1,18 @@
 //! A whole Volley cluster in one process, against fake APNs and FCM: front, controller and N
 //! agents, each role on its own thread and runtime, every listener on `127.0.0.1:0`.
 //!
-//! The demo runs on it, and so do the end-to-end tests.
+//! `volley demo` and `volley bench` run on it, and so do the end-to-end tests.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use volley_config::{ApnsAppConfig, AppConfig, Config, FcmAppConfig, Secret};
 use volley_fake::{FakeConfig, FakeServer};
 
 use crate::http::FrontClient;
-use crate::role::{spawn_role, RoleHandle};
+use crate::role::{spawn_controller, spawn_role, RoleHandle};
+use crate::wait::wait_until;
 
 /// The app every sandbox cluster serves.
 pub const APP: &str = "demo";
@@ -146,14 +147,7 @@ impl Cluster {
         let config = config.with_env_overrides()?;
         config.validate()?;
 
-        let controller = {
-            let config = config.clone();
-            spawn_role("controller", move |drain| async move {
-                let listener = tokio::net::TcpListener::from_std(controller_listener)?;
-                volley_controller::run(config, listener, drain).await?;
-                Ok(())
-            })?
-        };
+        let controller = spawn_controller(config.clone(), controller_listener)?;
         let mut cluster = Cluster {
             config,
             api_key,
@@ -263,23 +257,5 @@ impl Cluster {
         let apns = self.fake_apns.shutdown();
         let fcm = self.fake_fcm.shutdown();
         Ok((apns, fcm))
-    }
-}
-
-/// Polls `check` every 20 ms until it holds, for at most `limit`.
-pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if check().await {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            anyhow::bail!("timed out after {limit:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -1,0 +1,26 @@
+//! Volley's test kit: one crate for what the tests of every crate share.
+//!
+//! - [`cluster`]: a whole cluster in one process (front, controller, N agents, fake APNs and
+//!   FCM) on ephemeral ports, each role on its own thread ([`role`]); `volley demo` and
+//!   `volley bench` run on it too.
+//! - [`procs`]: the same cluster as real `volley` processes, for tests about processes (kill -9,
+//!   SIGSTOP, restart). The binary's path is a parameter: only the binary's own tests know it.
+//! - [`controller`]: a controller alone, with agents scripted in the test.
+//! - [`jobs`]: submitting jobs through a front and checking the counts they must keep.
+//! - [`http`]: a small JSON client of a front.
+//! - [`wait`]: bounded polling, the only way a test waits.
+//! - [`tokens`]: distinct, valid APNs and FCM device tokens.
+//!
+//! The model is quickwit's `ClusterSandboxBuilder`: tests ask what a user would check, through
+//! the public API of each role.
+
+#![forbid(unsafe_code)]
+
+pub mod cluster;
+pub mod controller;
+pub mod http;
+pub mod jobs;
+pub mod procs;
+pub mod role;
+pub mod tokens;
+pub mod wait;
