@@ -520,13 +520,7 @@ pub async fn run(
         })
         .collect();
     served.sort_by(|a, b| a.app.cmp(&b.app));
-    let app_names: Vec<String> = served
-        .iter()
-        .map(|served| {
-            let platforms: Vec<&str> = served.platforms.iter().map(|p| p.as_str()).collect();
-            format!("{}: {}", served.app, platforms.join("+"))
-        })
-        .collect();
+    let app_names: Vec<String> = served.iter().map(ToString::to_string).collect();
     let server = AgentServer {
         apps: Arc::new(apps),
         per_chunk_concurrency: (agent.concurrency / agent.window as usize).max(1),

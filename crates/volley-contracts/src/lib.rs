@@ -353,6 +353,18 @@ pub struct ServedApp {
     pub platforms: Vec<Platform>,
 }
 
+impl fmt::Display for ServedApp {
+    /// `shop: apns+fcm`, for logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:", self.app)?;
+        for (index, platform) in self.platforms.iter().enumerate() {
+            let separator = if index == 0 { " " } else { "+" };
+            write!(f, "{separator}{platform}")?;
+        }
+        Ok(())
+    }
+}
+
 impl AgentInfo {
     /// Whether this agent declared it can send `app`'s notifications on `platform`.
     pub fn serves(&self, app: &str, platform: Platform) -> bool {

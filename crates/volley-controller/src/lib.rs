@@ -478,14 +478,7 @@ impl Core {
                 tracing::error!(%error, "cannot record what the agent declared");
             }
         }
-        let served: Vec<String> = info
-            .apps
-            .iter()
-            .map(|served| {
-                let platforms: Vec<&str> = served.platforms.iter().map(|p| p.as_str()).collect();
-                format!("{}: {}", served.app, platforms.join("+"))
-            })
-            .collect();
+        let served: Vec<String> = info.apps.iter().map(ToString::to_string).collect();
         tracing::info!(agent = %id, name = %info.name, addr = %info.addr, window, apps = ?served, "agent registered");
         self.scheduler.add_agent(id, info, window);
         Dispatcher {
