@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use volley_testkit::http::FrontClient;
-use volley_testkit::jobs::{finished, wait_job};
+use volley_testkit::jobs::{finished, wait_for_job, wait_job};
 use volley_testkit::procs::{ProcCluster, API_KEY, WAIT};
+use volley_testkit::tokens::{apns_tokens as apns, fcm_tokens as fcm};
 
 const BIN: &str = env!("CARGO_BIN_EXE_volley");
 
@@ -19,14 +20,6 @@ fn spawn(args: &[&str], config: Option<&Path>) -> volley_testkit::procs::Proc {
 
 /// The second app's key; the app itself is known to the front but to no agent at first.
 const OTHER_KEY: &str = "routing-test-other-key-0123456789";
-
-fn apns(tag: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{tag}{i:056x}")).collect()
-}
-
-fn fcm(tag: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{tag}:APA91b{i:040x}")).collect()
-}
 
 /// The cluster's configuration with app "other" added (same fakes and credentials).
 fn with_other_app(config: &str) -> String {
@@ -236,15 +229,7 @@ async fn unserved_apps_and_platforms_neither_stall_others_nor_spin_the_controlle
     agent.wait_for("registered with the controller");
     cluster.procs.insert("agent-full".into(), agent);
     for (id, client) in [(&unserved_app, &other), (&unserved_platform, &shop)] {
-        let deadline = Instant::now() + WAIT;
-        let status = loop {
-            let status = client.get(&format!("/v1/jobs/{id}")).await.unwrap().body;
-            if finished(&status) {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "still waiting: {status}");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        };
+        let status = wait_for_job(client, id, WAIT).await.unwrap();
         assert_eq!(status["delivered"], 3, "{status}");
         assert!(status.get("waiting").is_none(), "{status}");
     }

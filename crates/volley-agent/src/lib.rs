@@ -411,7 +411,13 @@ impl AgentServer {
         };
         let Ok(report) = delivered else {
             tracing::info!(chunk = %chunk.id, app = %chunk.app, provider, "circuit opened before anything was delivered; chunk handed back");
-            return Err(paused(&chunk, provider, lane));
+            let now = tokio::time::Instant::now();
+            let left = lane
+                .breaker
+                .lock()
+                .open_until(now)
+                .map_or(Duration::ZERO, |until| until - now);
+            return Err(paused(&chunk, provider, left));
         };
         tracing::debug!(chunk = %chunk.id, tokens = chunk.tokens.len(), delivered = report.delivered, "chunk delivered");
         Ok(report)
@@ -432,7 +438,7 @@ impl AgentServer {
         F: Fn(&'a str) -> Fut,
         Fut: std::future::Future<Output = volley_provider::Outcome>,
     {
-        let waited = self.admit_chunk(chunk, provider, lane).await?;
+        let waited = admit_chunk(chunk, provider, lane)?;
         let limits = Limits {
             deadline,
             expiry,
@@ -449,39 +455,34 @@ impl AgentServer {
         )
         .await)
     }
+}
 
-    /// Takes a chunk, or refuses it at once while its app's breaker is open, so that the
-    /// controller keeps it (and the app's other chunks) off this agent until the breaker may
-    /// half-open. Returns how long the breaker has been open.
-    ///
-    /// Once the breaker has been open for `agent.breaker.max_wait`, chunks are taken again:
-    /// their notifications then fail at once as `CircuitOpen` if it is still open.
-    async fn admit_chunk(
-        &self,
-        chunk: &Chunk,
-        provider: &str,
-        lane: &Lane,
-    ) -> Result<Duration, WireError> {
-        let now = tokio::time::Instant::now();
-        let (until, open_for) = {
-            let breaker = lane.breaker.lock();
-            (breaker.open_until(now), breaker.open_for(now))
-        };
-        let waited = open_for.unwrap_or_default();
-        if until.is_none() || waited >= lane.max_wait {
-            return Ok(waited);
+/// Takes a chunk, or refuses it at once while its app's breaker is open, so that the
+/// controller keeps it (and the app's other chunks) off this agent until the breaker may
+/// half-open. Returns how long the breaker has been open.
+///
+/// Once the breaker has been open for `agent.breaker.max_wait`, chunks are taken again: their
+/// notifications then fail at once as `CircuitOpen` if it is still open.
+fn admit_chunk(chunk: &Chunk, provider: &str, lane: &Lane) -> Result<Duration, WireError> {
+    let now = tokio::time::Instant::now();
+    let (until, open_for) = {
+        let breaker = lane.breaker.lock();
+        (breaker.open_until(now), breaker.open_for(now))
+    };
+    let waited = open_for.unwrap_or_default();
+    match until {
+        Some(until) if waited < lane.max_wait => {
+            tracing::debug!(chunk = %chunk.id, app = %chunk.app, provider, "circuit open; chunk refused");
+            Err(paused(chunk, provider, until - now))
         }
-        tracing::debug!(chunk = %chunk.id, app = %chunk.app, provider, "circuit open; chunk refused");
-        Err(paused(chunk, provider, lane))
+        _ => Ok(waited),
     }
 }
 
-/// The answer to a chunk refused or handed back because its app's breaker is open: it says
-/// how long the breaker stays open, for the controller's pause.
-fn paused(chunk: &Chunk, provider: &str, lane: &Lane) -> WireError {
-    let now = tokio::time::Instant::now();
-    let until = lane.breaker.lock().open_until(now);
-    let wait = until.map_or(MIN_PAUSE, |until| until - now).max(MIN_PAUSE);
+/// The answer to a chunk refused or handed back because its app's breaker is open for
+/// `left` more: the controller keeps the app off this agent that long (at least
+/// [`MIN_PAUSE`]).
+fn paused(chunk: &Chunk, provider: &str, left: Duration) -> WireError {
     WireError::new(
         ErrorCode::ResourceExhausted,
         format!(
@@ -489,7 +490,7 @@ fn paused(chunk: &Chunk, provider: &str, lane: &Lane) -> WireError {
             chunk.app
         ),
     )
-    .retry_after(wait)
+    .retry_after(left.max(MIN_PAUSE))
 }
 
 /// Runs an agent on `listener` until `shutdown` resolves, then drains.

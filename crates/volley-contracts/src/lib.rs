@@ -549,10 +549,12 @@ pub struct QueueStat {
     pub chunks: u64,
     /// Notifications in those chunks.
     pub notifications: u64,
-    /// Chunks out with agents.
+    /// `deliver` calls out with agents that carry its chunks.
     pub in_flight: u64,
     /// No registered agent declared this app and platform: the chunks wait for one.
     pub waiting_for_agent: bool,
+    /// Why its chunks are not moving, if they are not (the reason a job's status gives).
+    pub waiting: Option<String>,
     /// Agents that serve it but paused it (its provider's circuit is open there).
     pub paused_agents: u32,
 }

@@ -2,19 +2,28 @@
 //! batch from the scheduler, leases it (one commit), calls the agent's `deliver`, and settles
 //! each chunk: its report is recorded, or it is handed back to its own queue.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use volley_contracts::{AgentClient, AgentId, ChunkFailure, ChunkReport, ErrorCode, WireError};
 
-use crate::scheduler::{Batch, Work, REFUSAL_PAUSE};
+use crate::registry::AgentCounters;
+use crate::scheduler::{Batch, Work};
 use crate::store::Write;
 use crate::Core;
 
 /// How long an agent that paused an app without saying until when is kept off its queue.
 const DEFAULT_PAUSE: Duration = Duration::from_millis(500);
+
+/// The longest pause an agent's refusal can impose on a queue (its breaker's cool-down cap
+/// is 60 s by default): a wrong clock or a bad agent cannot park an app for good.
+const MAX_PAUSE: Duration = Duration::from_secs(60);
+
+/// How long to keep an agent off a queue after it refused a chunk for a reason it did not
+/// time (an unexpected error): long enough not to spin, short enough to recover quickly.
+const REFUSAL_PAUSE: Duration = Duration::from_secs(1);
 
 /// How long a worker waits before taking work again after the store failed to record a lease.
 const STORE_RETRY: Duration = Duration::from_millis(100);
@@ -42,14 +51,6 @@ pub(crate) enum HandBack {
 }
 
 impl HandBack {
-    /// Whether some of the chunk's notifications may have been sent.
-    fn maybe_sent(self) -> bool {
-        matches!(
-            self,
-            HandBack::AgentDropped | HandBack::LeaseExpired | HandBack::CallFailed
-        )
-    }
-
     fn as_str(self) -> &'static str {
         match self {
             HandBack::AgentDropped => "agent dropped",
@@ -70,7 +71,8 @@ impl HandBack {
             ErrorCode::ResourceExhausted => HandBack::Paused {
                 retry_after: error
                     .retry_after_ms
-                    .map_or(DEFAULT_PAUSE, Duration::from_millis),
+                    .map_or(DEFAULT_PAUSE, Duration::from_millis)
+                    .min(MAX_PAUSE),
             },
             ErrorCode::LeaseLost => HandBack::LeaseExpired,
             ErrorCode::NoCredentials => HandBack::NoCredentials,
@@ -87,8 +89,7 @@ pub(crate) struct Dispatcher {
     pub(crate) client: AgentClient,
     /// Cancelled when the agent is dropped: calls out are abandoned.
     pub(crate) stop: CancellationToken,
-    pub(crate) in_flight: Arc<AtomicU64>,
-    pub(crate) chunks_done: Arc<AtomicU64>,
+    pub(crate) counters: AgentCounters,
 }
 
 impl Dispatcher {
@@ -123,10 +124,13 @@ impl Dispatcher {
     /// (the agent is draining or was dropped).
     async fn deliver(&self, worker: u32, batch: Batch) -> bool {
         let core = &self.core;
-        let queues = batch.queues().to_vec();
-        let mut works = Vec::with_capacity(batch.works.len());
-        let mut chunks = Vec::with_capacity(batch.works.len());
-        for work in batch.works {
+        let Batch {
+            works: pulled,
+            queues,
+        } = batch;
+        let mut works = Vec::with_capacity(pulled.len());
+        let mut chunks = Vec::with_capacity(pulled.len());
+        for work in pulled {
             work.job.mark_dispatched();
             if work.job.is_cancelled() {
                 core.skip_cancelled(&work);
@@ -151,7 +155,7 @@ impl Dispatcher {
         let count = works.len() as u64;
         // Counted as out before the lease is written: a draining controller waits for these
         // chunks from here on, and closes its store only after them.
-        self.in_flight.fetch_add(count, Ordering::Relaxed);
+        self.counters.in_flight.fetch_add(count, Ordering::Relaxed);
         core.out.fetch_add(count, Ordering::Relaxed);
         let leased = core.leases.lease(&core.store, self.agent, &works).await;
         let lost = match leased {
@@ -164,7 +168,7 @@ impl Dispatcher {
                     tracing::error!(%error, chunks = works.len(), "cannot record the leases; chunks not sent");
                 }
                 core.leases.release(&works);
-                self.in_flight.fetch_sub(count, Ordering::Relaxed);
+                self.counters.in_flight.fetch_sub(count, Ordering::Relaxed);
                 core.out.fetch_sub(count, Ordering::Relaxed);
                 for work in works {
                     core.scheduler.hand_back(work, None);
@@ -202,7 +206,7 @@ impl Dispatcher {
                 }
             },
         };
-        self.in_flight.fetch_sub(count, Ordering::Relaxed);
+        self.counters.in_flight.fetch_sub(count, Ordering::Relaxed);
         core.out.fetch_sub(count, Ordering::Relaxed);
         core.leases.release(&works);
         core.scheduler.done(self.agent, &queues);
@@ -235,14 +239,15 @@ impl Dispatcher {
         let agent = self.agent;
         let why = match result {
             Ok(report) => {
-                self.chunks_done.fetch_add(1, Ordering::Relaxed);
+                self.counters.chunks_done.fetch_add(1, Ordering::Relaxed);
                 core.record(&work, &report, Some(took_ms));
                 return true;
             }
             Err(why) => why,
         };
+        let epoch = work.epoch;
         let retry = Work {
-            epoch: work.epoch + 1,
+            epoch: epoch + 1,
             ..work
         };
         match why {
@@ -277,8 +282,8 @@ impl Dispatcher {
                 false
             }
             HandBack::AgentDropped | HandBack::LeaseExpired | HandBack::CallFailed => {
-                debug_assert!(why.maybe_sent());
-                tracing::warn!(agent = %agent, job = %retry.job.id, chunk = retry.spec.index, epoch = work_epoch(&retry), why = why.as_str(), "handing the chunk to another agent");
+                // Some of it may have been sent: every token counts as a possible duplicate.
+                tracing::warn!(agent = %agent, job = %retry.job.id, chunk = retry.spec.index, epoch, why = why.as_str(), "handing the chunk to another agent");
                 let count = retry.spec.len() as u64;
                 retry.job.note_redispatch(&retry.spec);
                 core.store.write_later(Write::Duplicates {
@@ -295,11 +300,6 @@ impl Dispatcher {
             }
         }
     }
-}
-
-/// The epoch the chunk went out with (the hand-back's is one more).
-fn work_epoch(retry: &Work) -> u32 {
-    retry.epoch.saturating_sub(1)
 }
 
 /// A report in which every notification of a chunk failed with `class` and `reason`.

@@ -38,6 +38,7 @@ mod store;
 mod tally;
 mod webhook;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -299,8 +300,7 @@ impl Core {
         let mut admitted: Vec<Admitted> = Vec::new();
         let mut writes: Vec<Write> = Vec::new();
         // A key repeated within the batch gets the first submission's job.
-        let mut keys_in_batch: std::collections::HashMap<String, usize> =
-            std::collections::HashMap::new();
+        let mut keys_in_batch: HashMap<String, usize> = HashMap::new();
         let mut repeats: Vec<(usize, usize)> = Vec::new();
         for (slot, submit) in submits.into_iter().enumerate() {
             if let Some(first) = submit
@@ -469,6 +469,11 @@ impl Core {
         let stop = self.shutdown.child_token();
         let window = info.window.max(1);
         let (id, counters, fresh) = self.registry.insert(info.clone(), stop.clone());
+        let served: Vec<String> = info.apps.iter().map(ToString::to_string).collect();
+        tracing::info!(agent = %id, name = %info.name, addr = %info.addr, window, apps = ?served, "agent registered");
+        // Known to the scheduler as soon as to admission: a job accepted for what it declared
+        // is never reported as waiting for an agent in between.
+        self.scheduler.add_agent(id, info, window);
         if !fresh.is_empty() {
             let writes = fresh
                 .into_iter()
@@ -478,16 +483,12 @@ impl Core {
                 tracing::error!(%error, "cannot record what the agent declared");
             }
         }
-        let served: Vec<String> = info.apps.iter().map(ToString::to_string).collect();
-        tracing::info!(agent = %id, name = %info.name, addr = %info.addr, window, apps = ?served, "agent registered");
-        self.scheduler.add_agent(id, info, window);
         Dispatcher {
             core: self.clone(),
             agent: id,
             client,
             stop,
-            in_flight: counters.in_flight,
-            chunks_done: counters.chunks_done,
+            counters,
         }
         .spawn(window);
         Ok(id)

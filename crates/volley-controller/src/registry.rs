@@ -2,8 +2,8 @@
 //! platforms any agent has ever declared (kept in the store, so that a restarted controller
 //! still knows an app is served while its agents come back).
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,9 +16,7 @@ use volley_contracts::{AgentId, AgentInfo, AgentStat, Platform};
 pub(crate) struct AgentEntry {
     pub(crate) info: AgentInfo,
     last_seen: Instant,
-    /// Chunks out with it right now.
-    pub(crate) in_flight: Arc<AtomicU64>,
-    pub(crate) chunks_done: Arc<AtomicU64>,
+    counters: AgentCounters,
     /// Cancelled when it is dropped: its dispatcher's workers stop.
     pub(crate) stop: CancellationToken,
 }
@@ -28,21 +26,22 @@ pub(crate) struct AgentEntry {
 pub(crate) struct Registry {
     agents: Mutex<HashMap<AgentId, AgentEntry>>,
     next_id: AtomicU64,
-    /// (app, platform) pairs some agent has declared, in this run or an earlier one.
-    declared: Mutex<HashSet<(String, Platform)>>,
-    /// Whether an agent has registered since the controller started: before that, an app no
-    /// agent ever declared may still be served by an agent that is starting.
-    any_registered: AtomicBool,
+    /// Per app, the platforms (by index) some agent has declared, in this run or an earlier
+    /// one. Read by every submission: looked up by the app's name, no key to build.
+    declared: Mutex<HashMap<String, [bool; 2]>>,
 }
 
 impl Registry {
     /// A registry that knows the pairs declared in earlier runs.
     pub(crate) fn new(declared: impl IntoIterator<Item = (String, Platform)>) -> Registry {
+        let mut known: HashMap<String, [bool; 2]> = HashMap::new();
+        for (app, platform) in declared {
+            known.entry(app).or_default()[platform.index()] = true;
+        }
         Registry {
             agents: Mutex::default(),
             next_id: AtomicU64::new(1),
-            declared: Mutex::new(declared.into_iter().collect()),
-            any_registered: AtomicBool::new(false),
+            declared: Mutex::new(known),
         }
     }
 
@@ -52,36 +51,32 @@ impl Registry {
         &self,
         info: AgentInfo,
         stop: CancellationToken,
-    ) -> (AgentId, AgentEntryCounters, Vec<(String, Platform)>) {
-        let id = AgentId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        let fresh: Vec<(String, Platform)> = {
+    ) -> (AgentId, AgentCounters, Vec<(String, Platform)>) {
+        // What it declares is known before its id is taken: admission reads a taken id as
+        // "agents have registered" and then trusts the declarations.
+        let mut fresh = Vec::new();
+        {
             let mut declared = self.declared.lock();
-            info.apps
-                .iter()
-                .flat_map(|served| {
-                    served
-                        .platforms
-                        .iter()
-                        .map(move |platform| (served.app.clone(), *platform))
-                })
-                .filter(|pair| declared.insert(pair.clone()))
-                .collect()
-        };
-        let counters = AgentEntryCounters {
-            in_flight: Arc::new(AtomicU64::new(0)),
-            chunks_done: Arc::new(AtomicU64::new(0)),
-        };
+            for served in &info.apps {
+                let known = declared.entry(served.app.clone()).or_default();
+                for platform in &served.platforms {
+                    if !std::mem::replace(&mut known[platform.index()], true) {
+                        fresh.push((served.app.clone(), *platform));
+                    }
+                }
+            }
+        }
+        let id = AgentId(self.next_id.fetch_add(1, Ordering::AcqRel));
+        let counters = AgentCounters::default();
         self.agents.lock().insert(
             id,
             AgentEntry {
                 info,
                 last_seen: Instant::now(),
-                in_flight: counters.in_flight.clone(),
-                chunks_done: counters.chunks_done.clone(),
+                counters: counters.clone(),
                 stop,
             },
         );
-        self.any_registered.store(true, Ordering::Release);
         (id, counters, fresh)
     }
 
@@ -116,13 +111,15 @@ impl Registry {
     /// Whether a job for `app` on `platform` may be accepted: some agent has declared the
     /// pair, or no agent has registered yet since the start (agents may still be starting).
     pub(crate) fn may_be_served(&self, app: &str, platform: Platform) -> bool {
-        if !self.any_registered.load(Ordering::Acquire) {
+        // Ids start at 1: none handed out yet means no agent has registered since the start,
+        // and an app no agent ever declared may still be served by one that is starting.
+        if self.next_id.load(Ordering::Acquire) == 1 {
             return true;
         }
         self.declared
             .lock()
-            .iter()
-            .any(|(known, known_platform)| known == app && *known_platform == platform)
+            .get(app)
+            .is_some_and(|platforms| platforms[platform.index()])
     }
 
     /// The registered agents, for the stats.
@@ -135,8 +132,8 @@ impl Registry {
                 id: *id,
                 name: entry.info.name.clone(),
                 addr: entry.info.addr.clone(),
-                in_flight: entry.in_flight.load(Ordering::Relaxed) as u32,
-                chunks_done: entry.chunks_done.load(Ordering::Relaxed),
+                in_flight: entry.counters.in_flight.load(Ordering::Relaxed) as u32,
+                chunks_done: entry.counters.chunks_done.load(Ordering::Relaxed),
             })
             .collect();
         agents.sort_by_key(|agent| agent.id.0);
@@ -144,9 +141,10 @@ impl Registry {
     }
 }
 
-/// The counters a registered agent's dispatcher updates.
-#[derive(Debug, Clone)]
-pub(crate) struct AgentEntryCounters {
+/// The counters a registered agent's dispatcher updates and the stats read.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AgentCounters {
+    /// Chunks out with the agent right now.
     pub(crate) in_flight: Arc<AtomicU64>,
     pub(crate) chunks_done: Arc<AtomicU64>,
 }

@@ -22,7 +22,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -58,7 +57,7 @@ impl Work {
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
     pub(crate) works: Vec<Work>,
-    queues: Vec<usize>,
+    pub(crate) queues: Vec<usize>,
 }
 
 /// The chunks of one job in one queue, in the order they go out.
@@ -159,6 +158,29 @@ impl Inner {
         self.index
             .get(app)
             .and_then(|slots| slots[platform.index()])
+    }
+
+    /// Why a queue's chunks are not moving, if they are not: no registered agent declared it,
+    /// or every agent that did paused it.
+    fn waiting_reason(&self, index: usize, now: Instant) -> Option<String> {
+        let queue = &self.queues[index];
+        if queue.chunks == 0 {
+            return None;
+        }
+        let (app, platform) = (&queue.app, queue.platform);
+        let mut serving = self.agents.values().filter(|agent| agent.serves[index]);
+        let Some(first) = serving.next() else {
+            return Some(format!(
+                "waiting_for_agent: no agent serves app {app:?} for {platform}"
+            ));
+        };
+        let paused = |agent: &AgentSlot| agent.paused_at(index, now).is_some();
+        if paused(first) && serving.all(paused) {
+            return Some(format!(
+                "paused: every agent serving app {app:?} for {platform} paused it (its provider's circuit is open)"
+            ));
+        }
+        None
     }
 
     fn served(&self, queue: usize) -> bool {
@@ -464,14 +486,12 @@ impl Scheduler {
         let mut removed = Vec::new();
         for index in 0..inner.queues.len() {
             let queue = &mut inner.queues[index];
-            let mut kept = VecDeque::with_capacity(queue.jobs.len());
-            for entry in queue.jobs.drain(..) {
+            let before = removed.len();
+            queue.jobs.retain_mut(|entry| {
                 if entry.job.id != id {
-                    kept.push_back(entry);
-                    continue;
+                    return true;
                 }
-                for (spec, epoch) in entry.chunks {
-                    queue.chunks -= 1;
+                for (spec, epoch) in entry.chunks.drain(..) {
                     queue.tokens -= spec.len() as u64;
                     removed.push(Work {
                         job: entry.job.clone(),
@@ -479,9 +499,12 @@ impl Scheduler {
                         epoch,
                     });
                 }
+                false
+            });
+            queue.chunks -= removed.len() - before;
+            if removed.len() > before {
+                inner.refresh_waiting(index);
             }
-            queue.jobs = kept;
-            inner.refresh_waiting(index);
         }
         inner.chunks -= removed.len();
         removed
@@ -491,29 +514,7 @@ impl Scheduler {
     pub(crate) fn waiting_reason(&self, app: &str, platform: Platform) -> Option<String> {
         let inner = self.inner.lock();
         let index = inner.find(app, platform)?;
-        if inner.queues[index].chunks == 0 {
-            return None;
-        }
-        let serving: Vec<&AgentSlot> = inner
-            .agents
-            .values()
-            .filter(|agent| agent.serves[index])
-            .collect();
-        if serving.is_empty() {
-            return Some(format!(
-                "waiting_for_agent: no agent serves app {app:?} for {platform}"
-            ));
-        }
-        let now = Instant::now();
-        if serving
-            .iter()
-            .all(|agent| agent.paused_at(index, now).is_some())
-        {
-            return Some(format!(
-                "paused: every agent serving app {app:?} for {platform} paused it (its provider's circuit is open)"
-            ));
-        }
-        None
+        inner.waiting_reason(index, Instant::now())
     }
 
     /// Chunks queued, over every queue.
@@ -537,6 +538,7 @@ impl Scheduler {
                 notifications: queue.tokens,
                 in_flight: queue.in_flight,
                 waiting_for_agent: queue.chunks > 0 && !inner.served(index),
+                waiting: inner.waiting_reason(index, now),
                 paused_agents: inner
                     .agents
                     .values()
@@ -549,20 +551,10 @@ impl Scheduler {
     }
 }
 
-impl Batch {
-    /// The queues this batch took from, for [`Scheduler::done`].
-    pub(crate) fn queues(&self) -> &[usize] {
-        &self.queues
-    }
-}
-
-/// How long to keep an agent off a queue after it refused a chunk for a reason it did not
-/// time (an unexpected error): long enough not to spin, short enough to recover quickly.
-pub(crate) const REFUSAL_PAUSE: Duration = Duration::from_secs(1);
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use volley_contracts::{ServedApp, SubmitJob};
 
     fn info(apps: &[(&str, &[Platform])]) -> AgentInfo {

@@ -443,6 +443,7 @@ mod tests {
                 in_flight: 0,
                 waiting_for_agent: true,
                 paused_agents: 0,
+                waiting: Some("waiting_for_agent: no agent serves app \"shop\" for fcm".into()),
             }],
         };
         let text = metrics.render(Some(&stats));

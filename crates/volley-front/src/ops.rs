@@ -119,14 +119,6 @@ pub async fn stat_app(State(state): State<FrontState>) -> Result<Json<Value>, Ap
         .queues
         .iter()
         .map(|q| {
-            let waiting = if q.waiting_for_agent {
-                Some(format!(
-                    "waiting_for_agent: no agent serves app {:?} for {}",
-                    q.app, q.platform
-                ))
-            } else {
-                None
-            };
             json!({
                 "app": q.app,
                 "platform": q.platform.as_str(),
@@ -135,7 +127,7 @@ pub async fn stat_app(State(state): State<FrontState>) -> Result<Json<Value>, Ap
                 "in_flight": q.in_flight,
                 "waiting_for_agent": q.waiting_for_agent,
                 "paused_agents": q.paused_agents,
-                "waiting": waiting,
+                "waiting": q.waiting,
             })
         })
         .collect();

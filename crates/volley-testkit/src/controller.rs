@@ -21,14 +21,18 @@ use crate::role::{spawn_controller, RoleHandle};
 pub const WAIT: Duration = Duration::from_secs(20);
 
 /// An agent that calls every token starting with `dead` unregistered and delivers the rest.
-/// It records how many chunks each call carried, and with a `gate` holds its first call until
-/// the gate gets a permit.
+/// It records how many chunks each call carried and when, answers chunks with the scripted
+/// `refusals` first, and with a `gate` holds its first call until the gate gets a permit.
 #[derive(Clone, Default)]
 pub struct TestAgent {
     /// Holds the first `deliver` call until it gets a permit.
     pub gate: Option<Arc<Semaphore>>,
     /// The number of chunks of each `deliver` call, in order.
     pub calls: Arc<Mutex<Vec<usize>>>,
+    /// When each `deliver` call arrived, in order.
+    pub call_times: Arc<Mutex<Vec<std::time::Instant>>>,
+    /// Answers for the next chunks, one each, before any is delivered.
+    pub refusals: Arc<Mutex<std::collections::VecDeque<WireError>>>,
 }
 
 impl Agent for TestAgent {
@@ -38,10 +42,21 @@ impl Agent for TestAgent {
             calls.push(chunks.len());
             calls.len() == 1
         };
+        self.call_times
+            .lock()
+            .unwrap()
+            .push(std::time::Instant::now());
         if let Some(gate) = self.gate.as_ref().filter(|_| first) {
             let _ = gate.acquire().await.unwrap();
         }
-        chunks.iter().map(|chunk| Ok(report(chunk))).collect()
+        let mut refusals = self.refusals.lock().unwrap();
+        chunks
+            .iter()
+            .map(|chunk| match refusals.pop_front() {
+                Some(refusal) => Err(refusal),
+                None => Ok(report(chunk)),
+            })
+            .collect()
     }
 }
 
@@ -94,8 +109,24 @@ pub fn shop_config() -> Config {
     .unwrap()
 }
 
-/// Registers an agent serving `shop` with `window` chunks in flight.
+/// Registers an agent serving `shop` on every platform with `window` chunks in flight.
 pub async fn register(controller: &ControllerClient, agent_addr: String, window: u32) {
+    register_serving(
+        controller,
+        agent_addr,
+        window,
+        &volley_contracts::Platform::ALL,
+    )
+    .await;
+}
+
+/// Registers an agent declaring `shop` on `platforms` with `window` chunks in flight.
+pub async fn register_serving(
+    controller: &ControllerClient,
+    agent_addr: String,
+    window: u32,
+    platforms: &[volley_contracts::Platform],
+) {
     controller
         .register(
             tarpc::context::current(),
@@ -104,7 +135,7 @@ pub async fn register(controller: &ControllerClient, agent_addr: String, window:
                 addr: agent_addr,
                 apps: vec![volley_contracts::ServedApp {
                     app: "shop".into(),
-                    platforms: volley_contracts::Platform::ALL.to_vec(),
+                    platforms: platforms.to_vec(),
                 }],
                 window,
             },

@@ -226,6 +226,7 @@ impl Controller for FakeController {
                 in_flight: 0,
                 waiting_for_agent: true,
                 paused_agents: 0,
+                waiting: Some("waiting_for_agent: no agent serves app \"shop\" for fcm".into()),
             }],
         }
     }
