@@ -6,7 +6,8 @@
 //! The checker asserts, from the jobs and the fakes' counters, that every accepted token is
 //! delivered at least once or reported failed, that the counts balance, that the fakes saw
 //! no more duplicates than were counted, and that healthy apps' jobs finish within a bound
-//! of their clean time. The seed is printed; `VOLLEY_SEED=<n>` replays a run.
+//! of their clean time. The seed is printed; `MULTI_APP_SEED=<n>` replays a run (not a
+//! `VOLLEY_*` name: those are configuration overrides).
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -95,12 +96,11 @@ struct Submitted {
     app: usize,
     id: String,
     tokens: usize,
-    at: Instant,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_apps_agents_failures_and_a_killed_agent_lose_nothing() {
-    let seed = std::env::var("VOLLEY_SEED")
+    let seed = std::env::var("MULTI_APP_SEED")
         .ok()
         .and_then(|seed| seed.parse().ok())
         .unwrap_or_else(|| {
@@ -110,7 +110,7 @@ async fn random_apps_agents_failures_and_a_killed_agent_lose_nothing() {
                 .as_nanos() as u64
                 | 1
         });
-    println!("seed {seed} (VOLLEY_SEED={seed} replays this run)");
+    println!("seed {seed} (MULTI_APP_SEED={seed} replays this run)");
     let mut rng = Rng(seed);
 
     // 3 to 5 apps: the first healthy, one down, the rest healthy or flaky.
@@ -197,15 +197,9 @@ async fn random_apps_agents_failures_and_a_killed_agent_lose_nothing() {
         let app = rng.below(app_count as u64) as usize;
         let tokens = 1 + rng.below(15_000) as usize;
         let tag = format!("{:02x}{:06x}", app, job);
-        let at = Instant::now();
         let id = post(&clients[app], &apps[app].name, &tag, tokens).await;
         total_tokens += tokens;
-        submitted.push(Submitted {
-            app,
-            id,
-            tokens,
-            at,
-        });
+        submitted.push(Submitted { app, id, tokens });
         if job == kill_at {
             println!("killing agent {victim} (serving {:?})", subsets[victim]);
             cluster.kill_agent(victim).unwrap();
@@ -214,7 +208,7 @@ async fn random_apps_agents_failures_and_a_killed_agent_lose_nothing() {
         tokio::time::sleep(Duration::from_millis(rng.below(300))).await;
     }
 
-    // Healthy and flaky apps finish within a bound of their clean time: everything submitted
+    // Healthy apps finish within a bound of their clean time: everything submitted
     // at the clean rate, twice over, plus a lease and a heartbeat timeout for the kill.
     let cluster_config = &cluster.config;
     let allowance = cluster_config.controller.lease_time
@@ -228,9 +222,15 @@ async fn random_apps_agents_failures_and_a_killed_agent_lose_nothing() {
         let status = wait_for_job(&clients[job.app], &job.id, JOB_LIMIT)
             .await
             .unwrap();
-        let took = job.at.elapsed();
+        // From the job's own times: the jobs are waited for in turn, so the time this loop
+        // reaches one says nothing about when it finished.
+        let took = Duration::from_millis(
+            count(&status, "finished_ms").saturating_sub(count(&status, "created_ms")),
+        );
+        // A flaky app's own retries wait for its provider's Retry-After: only the healthy
+        // apps are held to the bound.
         assert!(
-            took <= bound,
+            apps[job.app].health == Health::Flaky || took <= bound,
             "seed {seed}: {} job of {} tokens took {took:?}, bound {bound:?}",
             apps[job.app].name,
             job.tokens

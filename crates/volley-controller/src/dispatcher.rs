@@ -209,12 +209,13 @@ impl Dispatcher {
         self.counters.in_flight.fetch_sub(count, Ordering::Relaxed);
         core.out.fetch_sub(count, Ordering::Relaxed);
         core.leases.release(&works);
-        core.scheduler.done(self.agent, &queues);
         let took = sent.elapsed().as_millis() as u64;
         let mut keep_going = true;
         for (work, result) in works.into_iter().zip(results) {
             keep_going &= self.settle(work, result, took);
         }
+        // After the settling: a pause an answer set is in place before the slot frees.
+        core.scheduler.done(self.agent, &queues);
         keep_going
     }
 

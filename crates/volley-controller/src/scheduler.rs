@@ -245,7 +245,10 @@ impl Inner {
                 }
                 continue;
             }
-            if queue.chunks > 0 {
+            // A pause that ended and no call has ended since: one call probes whether the
+            // app's circuit closed on this agent, the others wait for its answer.
+            let probing = slot.paused[index].is_some() && slot.in_flight[index] > 0;
+            if queue.chunks > 0 && !probing {
                 eligible[index] = true;
             }
             if queue.chunks > 0 || slot.in_flight[index] > 0 {
@@ -411,15 +414,20 @@ impl Scheduler {
         inner.refresh_waiting(index);
     }
 
-    /// A batch's call is over: its slots are free again.
+    /// A batch's call is over and its chunks are settled: its slots are free again. A pause
+    /// that had ended is over for good unless the call's answers set a new one.
     pub(crate) fn done(&self, agent: AgentId, batch_queues: &[usize]) {
         {
             let mut inner = self.inner.lock();
+            let now = Instant::now();
             for &index in batch_queues {
                 let queue = &mut inner.queues[index];
                 queue.in_flight = queue.in_flight.saturating_sub(1);
                 if let Some(slot) = inner.agents.get_mut(&agent) {
                     slot.in_flight[index] = slot.in_flight[index].saturating_sub(1);
+                    if slot.paused[index].is_some_and(|until| until <= now) {
+                        slot.paused[index] = None;
+                    }
                 }
             }
         }
@@ -664,16 +672,45 @@ mod tests {
         ));
         // Handed back with a pause: not offered again before it ends.
         let until = now + Duration::from_secs(2);
-        scheduler.hand_back(
-            batch.works.into_iter().next().unwrap(),
-            Some((agent, until)),
-        );
+        let Batch { works, queues } = batch;
+        scheduler.hand_back(works.into_iter().next().unwrap(), Some((agent, until)));
+        scheduler.done(agent, &queues);
         assert!(
             matches!(scheduler.inner.lock().pull(agent, 1000, now), Err(Some(at)) if at == until)
         );
         assert!(scheduler.inner.lock().pull(agent, 1000, until).is_ok());
         let stats = scheduler.stats();
         assert!(stats.iter().any(|q| q.app == "b" && q.waiting_for_agent));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_pause_one_call_probes_before_the_others_follow() {
+        let scheduler = Scheduler::new(1000);
+        let agent = AgentId(1);
+        scheduler.add_agent(agent, info(&[("a", &[Platform::Apns])]), 4);
+        let (a, a_chunks) = job("a", 10_000, 0, 1000);
+        scheduler.push_job(&a, a_chunks);
+        let first = scheduler
+            .inner
+            .lock()
+            .pull(agent, 1000, Instant::now())
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(2);
+        let chunk = first.works.into_iter().next().unwrap();
+        scheduler.hand_back(chunk, Some((agent, until)));
+        scheduler.done(agent, &first.queues);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let now = Instant::now();
+        let probe = scheduler.inner.lock().pull(agent, 1000, now).unwrap();
+        assert!(
+            matches!(scheduler.inner.lock().pull(agent, 1000, now), Err(None)),
+            "a second call while the first probes"
+        );
+        // The probe's call ends without a new pause: the window is the app's again.
+        scheduler.done(agent, &probe.queues);
+        for _ in 0..4 {
+            assert!(scheduler.inner.lock().pull(agent, 1000, now).is_ok());
+        }
     }
 
     #[test]
