@@ -96,6 +96,8 @@ fn chunk() -> Chunk {
             priority: 10,
             expiration: None,
             collapse_id: None,
+            topic: None,
+            apns_id: None,
         }),
         tokens: apns_tokens(1000).into_iter().collect(),
         collapse_id: None,

@@ -103,19 +103,36 @@ pub(crate) fn fcm_ttl(render: &FcmRender) -> Option<Duration> {
     Duration::try_from_secs_f64(seconds).ok()
 }
 
-/// The chunk's APNs rendering as the client's prepared notification.
+/// The chunk's APNs rendering as the client's prepared notification, and the `apns-id` the
+/// caller chose.
+///
+/// The topic is the caller's when the job names one; otherwise the app's bundle id with the
+/// suffix Apple requires for the push type (`.voip`, `.push-type.liveactivity`...).
 pub(crate) fn prepare_apns(
-    topic: &str,
+    bundle_id: &str,
     render: &ApnsRender,
     default_collapse_id: Option<&str>,
-) -> Result<volley_apns::PreparedNotification, WireError> {
+) -> Result<(volley_apns::PreparedNotification, Option<uuid::Uuid>), WireError> {
     let invalid = |error: String| WireError::new(ErrorCode::InvalidArgument, error);
+    let push_type: volley_apns::PushType = render
+        .push_type
+        .parse()
+        .map_err(|error: volley_apns::PayloadError| invalid(error.to_string()))?;
+    let topic = match &render.topic {
+        Some(topic) => topic.clone(),
+        None => push_type.topic_for(bundle_id).into_owned(),
+    };
+    let apns_id = render
+        .apns_id
+        .as_deref()
+        .map(|id| {
+            id.parse::<uuid::Uuid>()
+                .map_err(|_| invalid("apns_id is not a uuid".into()))
+        })
+        .transpose()?;
     let notification = volley_apns::Notification {
-        topic: topic.to_owned(),
-        push_type: render
-            .push_type
-            .parse()
-            .map_err(|error: volley_apns::PayloadError| invalid(error.to_string()))?,
+        topic,
+        push_type,
         priority: Some(
             volley_apns::Priority::from_u8(render.priority).map_err(|e| invalid(e.to_string()))?,
         ),
@@ -126,44 +143,17 @@ pub(crate) fn prepare_apns(
             .or_else(|| default_collapse_id.map(str::to_owned)),
         ..volley_apns::Notification::default()
     };
-    notification
+    let prepared = notification
         .prepare_with_payload(render.payload.clone())
-        .map_err(|error| invalid(error.to_string()))
+        .map_err(|error| invalid(error.to_string()))?;
+    Ok((prepared, apns_id))
 }
 
-/// The chunk's FCM rendering as the client's prepared message.
-///
-/// With a default collapse id and no `android.collapse_key` of its own, the message is
-/// re-rendered once for the chunk with the collapse key set.
-pub(crate) fn prepare_fcm(
-    render: &FcmRender,
-    default_collapse_id: Option<&str>,
-) -> Result<volley_fcm::PreparedMessage, WireError> {
-    let invalid = |error: String| WireError::new(ErrorCode::InvalidArgument, error);
-    let prepared = volley_fcm::PreparedMessage::from_parts(&render.prefix, render.suffix.clone())
-        .map_err(|error| invalid(error.to_string()))?;
-    let Some(collapse_id) = default_collapse_id else {
-        return Ok(prepared);
-    };
-    let mut body = render.prefix.to_vec();
-    body.extend_from_slice(&render.suffix);
-    let mut root: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|error| invalid(error.to_string()))?;
-    let Some(message) = root.get_mut("message").and_then(|m| m.as_object_mut()) else {
-        return Ok(prepared);
-    };
-    message.remove("token");
-    let android = message
-        .entry("android")
-        .or_insert_with(|| serde_json::json!({}));
-    match android.as_object_mut() {
-        Some(android) if !android.contains_key("collapse_key") => {
-            android.insert("collapse_key".into(), collapse_id.into());
-        }
-        _ => return Ok(prepared),
-    }
-    volley_fcm::PreparedMessage::raw(root["message"].take())
-        .map_err(|error| invalid(error.to_string()))
+/// The chunk's FCM rendering as the client's prepared message (to tokens, a topic or a
+/// condition, as the rendering's prefix says), sent exactly as the front rendered it.
+pub(crate) fn prepare_fcm(render: &FcmRender) -> Result<volley_fcm::PreparedMessage, WireError> {
+    volley_fcm::PreparedMessage::from_parts(&render.prefix, render.suffix.clone())
+        .map_err(|error| WireError::new(ErrorCode::InvalidArgument, error.to_string()))
 }
 
 /// Sends one notification per token, `concurrency` at a time, and reports the outcomes.
@@ -338,7 +328,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_default_collapse_id_fills_in_only_when_the_notification_has_none() {
+    fn fcm_messages_go_out_as_rendered_without_a_collapse_key() {
         let message = volley_fcm::FcmMessage {
             data: [("k".to_owned(), "v".to_owned())].into(),
             ..volley_fcm::FcmMessage::default()
@@ -349,23 +339,31 @@ mod tests {
             prefix: bytes::Bytes::from_static(prefix),
             suffix: suffix.clone(),
         };
-        let body = prepare_fcm(&render, Some("job-1")).unwrap().body_for("tok");
-        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(json["message"]["token"], "tok");
-        assert_eq!(json["message"]["android"]["collapse_key"], "job-1");
-        assert_eq!(json["message"]["data"]["k"], "v");
+        let body = prepare_fcm(&render).unwrap().body_for("tok");
+        assert_eq!(body, prepared.body_for("tok"));
+    }
 
-        let own = prepare_fcm(&render, None).unwrap().body_for("tok");
-        assert_eq!(own, prepared.body_for("tok"));
-
-        let apns = ApnsRender {
+    #[test]
+    fn apns_topics_follow_the_push_type_unless_the_caller_names_one() {
+        let mut apns = ApnsRender {
             payload: bytes::Bytes::from_static(b"{\"aps\":{}}"),
-            push_type: "alert".into(),
+            push_type: "voip".into(),
             priority: 10,
             expiration: None,
-            collapse_id: Some("mine".into()),
+            collapse_id: None,
+            topic: None,
+            apns_id: Some("123e4567-e89b-12d3-a456-426614174000".into()),
         };
-        assert!(prepare_apns("com.example", &apns, Some("job-1")).is_ok());
+        let (prepared, id) = prepare_apns("com.example", &apns, Some("job-1")).unwrap();
+        assert_eq!(prepared.topic(), "com.example.voip");
+        assert_eq!(prepared.collapse_id(), Some("job-1"));
+        assert!(id.is_some());
+        apns.topic = Some("com.other.voip".into());
+        apns.push_type = "liveactivity".into();
+        let (prepared, _) = prepare_apns("com.example", &apns, None).unwrap();
+        assert_eq!(prepared.topic(), "com.other.voip");
+        apns.apns_id = Some("not-a-uuid".into());
+        assert!(prepare_apns("com.example", &apns, None).is_err());
     }
     use std::sync::atomic::{AtomicU32, Ordering};
     use volley_config::BreakerConfig;

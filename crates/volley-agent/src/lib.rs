@@ -386,22 +386,37 @@ impl AgentServer {
                             return Ok(deliver::expired_report(chunk.tokens.len()))
                         }
                     };
-                let prepared = deliver::prepare_apns(
+                let (prepared, apns_id) = deliver::prepare_apns(
                     app.topic.as_deref().unwrap_or(""),
                     render,
                     chunk.collapse_id.as_deref(),
                 )?;
                 provider = "APNs";
-                self.send_chunk(&chunk, provider, lane, deadline, expiry, |token| {
-                    client.send(token, &prepared)
-                })
+                let prepared = &prepared;
+                self.send_chunk(
+                    &chunk,
+                    provider,
+                    lane,
+                    deadline,
+                    expiry,
+                    |token| async move {
+                        match apns_id {
+                            None => client.send(token, prepared).await,
+                            Some(id) => match client.send_detailed(token, prepared, Some(id)).await
+                            {
+                                Ok(sent) => sent.outcome,
+                                Err(error) => error.into_outcome(),
+                            },
+                        }
+                    },
+                )
                 .await?
             }
             Render::Fcm(render) => {
                 let (client, fcm_lane) = app.fcm.as_ref().ok_or_else(|| no_credentials("FCM"))?;
                 lane = fcm_lane;
                 let expiry = deliver::fcm_ttl(render).map(|ttl| received + ttl);
-                let prepared = deliver::prepare_fcm(render, chunk.collapse_id.as_deref())?;
+                let prepared = deliver::prepare_fcm(render)?;
                 provider = "FCM";
                 self.send_chunk(&chunk, provider, lane, deadline, expiry, |token| {
                     client.send(token, &prepared)

@@ -81,7 +81,8 @@ fn status_reason(status: StatusCode) -> Reason {
 /// | status | reason | outcome |
 /// |---|---|---|
 /// | 200 | — | `Delivered` |
-/// | 400 | BadDeviceToken, DeviceTokenNotForTopic, TopicDisallowed | `InvalidToken` |
+/// | 400 | BadDeviceToken | `InvalidToken` |
+/// | 400 | DeviceTokenNotForTopic, TopicDisallowed | `BadRequest`: the topic is wrong, not the token |
 /// | 400 | IdleTimeout | `Transient` |
 /// | 400 | any other | `BadRequest` |
 /// | 403 | Forbidden | `BadRequest` (permanent) |
@@ -105,12 +106,13 @@ pub fn classify(status: StatusCode, retry_after: Option<&HeaderValue>, body: &[u
         maybe_delivered: false,
     };
     match (status.as_u16(), reason_text.unwrap_or("")) {
-        (400, "BadDeviceToken" | "DeviceTokenNotForTopic" | "TopicDisallowed") => {
-            Outcome::InvalidToken {
-                reason,
-                timestamp_ms: None,
-            }
-        }
+        // DeviceTokenNotForTopic says the topic does not match the token's app (a missing
+        // push-type suffix, another app's bundle id): the token is live, and a caller that
+        // deletes invalid tokens must not delete it.
+        (400, "BadDeviceToken") => Outcome::InvalidToken {
+            reason,
+            timestamp_ms: None,
+        },
         (400, "IdleTimeout") => transient(),
         (403, "Forbidden") => Outcome::BadRequest { reason },
         // Unknown 403s too: a refused credential must pause the app, never be dropped.
@@ -170,18 +172,12 @@ mod tests {
     #[test]
     fn reference_table() {
         let rows: &[(u16, &[&str], Class)] = &[
+            (400, &["BadDeviceToken"], Class::Invalid),
             (
                 400,
                 &[
-                    "BadDeviceToken",
                     "DeviceTokenNotForTopic",
                     "TopicDisallowed",
-                ],
-                Class::Invalid,
-            ),
-            (
-                400,
-                &[
                     "BadCollapseId",
                     "BadExpirationDate",
                     "BadMessageId",

@@ -83,6 +83,33 @@ impl PushType {
         }
     }
 
+    /// What Apple requires after the bundle id in `apns-topic` for this push type (empty for
+    /// alert, background and mdm).
+    pub const fn topic_suffix(self) -> &'static str {
+        match self {
+            PushType::Voip => ".voip",
+            PushType::Complication => ".complication",
+            PushType::FileProvider => ".pushkit.fileprovider",
+            PushType::LiveActivity => ".push-type.liveactivity",
+            PushType::Location => ".location-query",
+            PushType::PushToTalk => ".voip-ptt",
+            PushType::Controls => ".push-type.controls",
+            PushType::Widgets => ".push-type.widgets",
+            PushType::Alert | PushType::Background | PushType::Mdm => "",
+        }
+    }
+
+    /// The `apns-topic` for this push type from the app's bundle id: the bundle id with
+    /// [`PushType::topic_suffix`] appended, unless it already ends with it.
+    pub fn topic_for(self, bundle_id: &str) -> std::borrow::Cow<'_, str> {
+        let suffix = self.topic_suffix();
+        if suffix.is_empty() || bundle_id.ends_with(suffix) {
+            std::borrow::Cow::Borrowed(bundle_id)
+        } else {
+            std::borrow::Cow::Owned(format!("{bundle_id}{suffix}"))
+        }
+    }
+
     /// The largest payload APNs accepts for this push type, in bytes.
     pub const fn payload_limit(self) -> usize {
         match self {
@@ -278,6 +305,16 @@ impl PreparedNotification {
     /// The push type.
     pub fn push_type(&self) -> PushType {
         self.push_type
+    }
+
+    /// The `apns-topic` it is sent with.
+    pub fn topic(&self) -> &str {
+        self.topic.to_str().unwrap_or_default()
+    }
+
+    /// The `apns-collapse-id` it is sent with, if any.
+    pub fn collapse_id(&self) -> Option<&str> {
+        self.collapse_id.as_ref().and_then(|id| id.to_str().ok())
     }
 }
 
@@ -508,6 +545,29 @@ pub fn validate_token(token: &str) -> Result<(), TokenError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn push_types_get_the_topic_suffix_apple_requires() {
+        let expected = [
+            (PushType::Alert, "com.example"),
+            (PushType::Background, "com.example"),
+            (PushType::Mdm, "com.example"),
+            (PushType::Voip, "com.example.voip"),
+            (PushType::LiveActivity, "com.example.push-type.liveactivity"),
+            (PushType::Complication, "com.example.complication"),
+            (PushType::FileProvider, "com.example.pushkit.fileprovider"),
+            (PushType::Location, "com.example.location-query"),
+            (PushType::PushToTalk, "com.example.voip-ptt"),
+            (PushType::Controls, "com.example.push-type.controls"),
+            (PushType::Widgets, "com.example.push-type.widgets"),
+        ];
+        assert_eq!(expected.len(), PushType::ALL.len());
+        for (push_type, topic) in expected {
+            assert_eq!(push_type.topic_for("com.example"), topic, "{push_type}");
+            // A bundle id configured with the suffix already does not get it twice.
+            assert_eq!(push_type.topic_for(topic), topic, "{push_type}");
+        }
+    }
 
     fn decode(prepared: &PreparedNotification) -> Value {
         serde_json::from_slice(prepared.body()).unwrap()

@@ -130,7 +130,7 @@ async fn scripted_failures_map_to_their_classes() {
     let cases = [
         ("badd", "invalid_token", "BadDeviceToken"),
         ("dead", "invalid_token", "Unregistered"),
-        ("4030", "invalid_token", "DeviceTokenNotForTopic"),
+        ("4030", "bad_request", "DeviceTokenNotForTopic"),
         ("4290", "transient", "TooManyRequests"),
         ("5000", "transient", "InternalServerError"),
         ("5020", "transient", "Http502"),

@@ -205,9 +205,10 @@ pub struct ControllerConfig {
     /// How long a draining controller waits for chunks out with agents.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
-    /// For broadcasts without a collapse id, use the job id as `apns-collapse-id` and FCM
-    /// `collapse_key`, so that a duplicate caused by a crash replaces the first copy on the
-    /// device instead of showing twice.
+    /// For APNs broadcasts without a collapse id, use the job id as `apns-collapse-id`, so
+    /// that a duplicate caused by a crash replaces the first copy on the device instead of
+    /// showing twice. FCM messages are never made collapsible for this: Google throttles
+    /// collapsible messages per device and keeps only four of them for an offline one.
     pub collapse_duplicates: bool,
 }
 

@@ -126,6 +126,11 @@ pub struct ApnsRender {
     pub expiration: Option<u64>,
     /// `apns-collapse-id`, at most 64 bytes.
     pub collapse_id: Option<String>,
+    /// `apns-topic` as the caller named it, sent verbatim; `None` sends the app's bundle id
+    /// with the suffix Apple requires for the push type.
+    pub topic: Option<String>,
+    /// `apns-id` the caller chose (a UUID), sent with every notification of the job.
+    pub apns_id: Option<String>,
 }
 
 /// A notification rendered for FCM once per job: the request body around the token.
@@ -173,6 +178,48 @@ pub struct SubmitJob {
     pub fcm_tokens: TokenList,
     /// A caller's key that makes a repeated submission return the same job.
     pub idempotency_key: Option<String>,
+    /// Tokens of the request the front refused as malformed (not part of the job's tokens):
+    /// kept with the job so that its status reports them.
+    pub rejected: Rejected,
+}
+
+/// The most rejected tokens a job lists one by one; the count is always exact.
+pub const MAX_LISTED_REJECTIONS: usize = 10_000;
+
+/// Malformed tokens of a request, refused one by one while the rest was accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    /// How many tokens were refused.
+    pub count: u64,
+    /// The first [`MAX_LISTED_REJECTIONS`] of them, in request order.
+    pub tokens: Vec<RejectedToken>,
+}
+
+impl Rejected {
+    /// Records one refused token.
+    pub fn push(&mut self, token: RejectedToken) {
+        self.count += 1;
+        if self.tokens.len() < MAX_LISTED_REJECTIONS {
+            self.tokens.push(token);
+        }
+    }
+
+    /// True when nothing was refused.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+/// A token refused before it was sent: which one (by its place in the request, since a
+/// token is never echoed) and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedToken {
+    /// The provider it was meant for.
+    pub platform: Platform,
+    /// The field it was given in, with its index: `targets.apns[3]`, `notifications[0].tokens[7]`.
+    pub field: String,
+    /// Why, without the token: `token is 12 characters, not 64 hex digits`.
+    pub reason: String,
 }
 
 impl SubmitJob {
@@ -282,6 +329,8 @@ pub struct JobStatus {
     /// Why some of the job's notifications are not moving, while that lasts: e.g.
     /// `waiting_for_agent: no agent serves app "b" for fcm`.
     pub waiting: Option<String>,
+    /// Tokens of the request refused as malformed, not counted in `accepted`.
+    pub rejected: Rejected,
 }
 
 /// One chunk of a job, as the controller hands it to an agent.

@@ -35,6 +35,8 @@ pub(crate) struct Job {
     pub(crate) accepted: u64,
     /// The caller's key, forgotten with the job.
     pub(crate) idempotency_key: Option<String>,
+    /// Tokens the front refused as malformed, reported by the status.
+    rejected: volley_contracts::Rejected,
     apns: Option<ApnsRender>,
     fcm: Option<FcmRender>,
     apns_tokens: TokenList,
@@ -106,6 +108,7 @@ impl Job {
             created_ms,
             accepted: (submit.apns_tokens.len() + submit.fcm_tokens.len()) as u64,
             idempotency_key: submit.idempotency_key,
+            rejected: submit.rejected,
             apns: submit.apns,
             fcm: submit.fcm,
             apns_tokens: submit.apns_tokens,
@@ -182,7 +185,9 @@ impl Job {
     }
 
     /// The chunk to hand to an agent; its tokens share the job's buffer. With
-    /// `collapse_duplicates`, a broadcast's chunks carry the job id as their collapse id.
+    /// `collapse_duplicates`, a broadcast's APNs chunks carry the job id as their
+    /// `apns-collapse-id`. FCM chunks never do: a collapsible FCM message is throttled per
+    /// device and only the last four are kept for an offline device (ADR 003).
     pub(crate) fn chunk(&self, spec: &ChunkSpec, collapse_duplicates: bool) -> Option<Chunk> {
         let render = match spec.platform {
             Platform::Apns => Render::Apns(self.apns.clone()?),
@@ -197,7 +202,10 @@ impl Job {
             app: self.app.clone(),
             render,
             tokens: self.tokens(spec.platform).slice(spec.range.clone()),
-            collapse_id: (collapse_duplicates && self.accepted > 1).then(|| self.id.to_string()),
+            collapse_id: (collapse_duplicates
+                && self.accepted > 1
+                && spec.platform == Platform::Apns)
+                .then(|| self.id.to_string()),
         })
     }
 
@@ -375,6 +383,7 @@ impl Job {
             created_ms: self.created_ms,
             finished_ms: progress.finished_ms,
             waiting: None,
+            rejected: self.rejected.clone(),
         }
     }
 }
@@ -393,6 +402,8 @@ mod tests {
                 priority: 10,
                 expiration: None,
                 collapse_id: None,
+                topic: None,
+                apns_id: None,
             }),
             fcm: Some(FcmRender {
                 prefix: bytes::Bytes::from_static(b"{\"message\":{\"token\":\""),
@@ -401,6 +412,7 @@ mod tests {
             apns_tokens: (0..apns).map(|i| format!("{i:064x}")).collect(),
             fcm_tokens: (0..fcm).map(|i| format!("fcm-{i}")).collect(),
             idempotency_key: None,
+            rejected: Default::default(),
         }
     }
 
@@ -419,8 +431,13 @@ mod tests {
             ]
         );
         assert_eq!(job.chunks_total, 5);
-        let chunk = job.chunk(&specs[4], true).unwrap();
+        let chunk = job.chunk(&specs[0], true).unwrap();
         assert_eq!(chunk.collapse_id, Some(job.id.to_string()));
+        let chunk = job.chunk(&specs[4], true).unwrap();
+        assert_eq!(
+            chunk.collapse_id, None,
+            "fcm broadcasts stay non-collapsible"
+        );
         assert_eq!(chunk.tokens.get(0), Some("fcm-1000"));
         assert!(matches!(chunk.render, Render::Fcm(_)));
     }

@@ -593,6 +593,7 @@ mod tests {
             apns_tokens: (0..apns).map(|i| format!("{i:064x}")).collect(),
             fcm_tokens: (0..fcm).map(|i| format!("f{i}")).collect(),
             idempotency_key: None,
+            rejected: Default::default(),
         };
         let (job, specs) = Job::new(JobId::new(), submit, chunk_size, 0);
         (Arc::new(job), specs.into_iter().map(|s| (s, 0)).collect())

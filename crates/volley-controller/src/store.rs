@@ -197,7 +197,8 @@ pub(crate) struct JobRecord {
     pub(crate) created_ms: u64,
 }
 
-/// What the `JOBS` table holds of a job: everything but the token buffers.
+/// What the `JOBS` table holds of a job: everything but the token buffers. Written after
+/// [`HEADER_MAGIC`] and [`HEADER_VERSION`]; a value without them is [`legacy::RecordHeader`].
 #[derive(Debug, Serialize, Deserialize)]
 struct RecordHeader {
     app: String,
@@ -208,6 +209,81 @@ struct RecordHeader {
     fcm_ends: Vec<u32>,
     chunk_size: u32,
     created_ms: u64,
+    rejected: volley_contracts::Rejected,
+}
+
+/// Starts a job record of the second layout on: the first layout starts with the app name's
+/// length as a u64, which is never `u64::MAX`.
+const HEADER_MAGIC: [u8; 8] = [0xFF; 8];
+/// The layout of [`RecordHeader`] after the magic.
+const HEADER_VERSION: u8 = 2;
+
+/// Reads a job record's header, of either layout, leaving `rest` at the inline tokens.
+fn decode_header(rest: &mut &[u8]) -> Result<RecordHeader, StoreError> {
+    let bytes: &[u8] = rest;
+    match bytes.strip_prefix(&HEADER_MAGIC[..]) {
+        Some([HEADER_VERSION, tail @ ..]) => {
+            *rest = tail;
+            bincode::deserialize_from(rest).map_err(db_error)
+        }
+        Some(_) => Err(StoreError::Db(
+            "a job record of a newer layout than this controller knows".into(),
+        )),
+        None => {
+            let old: legacy::RecordHeader = bincode::deserialize_from(rest).map_err(db_error)?;
+            Ok(old.into())
+        }
+    }
+}
+
+/// The first job-record layout: no caller topic or apns-id, no rejected tokens.
+mod legacy {
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub(super) struct ApnsRender {
+        payload: bytes::Bytes,
+        push_type: String,
+        priority: u8,
+        expiration: Option<u64>,
+        collapse_id: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct RecordHeader {
+        app: String,
+        apns: Option<ApnsRender>,
+        fcm: Option<volley_contracts::FcmRender>,
+        idempotency_key: Option<String>,
+        apns_ends: Vec<u32>,
+        fcm_ends: Vec<u32>,
+        chunk_size: u32,
+        created_ms: u64,
+    }
+
+    impl From<RecordHeader> for super::RecordHeader {
+        fn from(old: RecordHeader) -> Self {
+            super::RecordHeader {
+                app: old.app,
+                apns: old.apns.map(|apns| volley_contracts::ApnsRender {
+                    payload: apns.payload,
+                    push_type: apns.push_type,
+                    priority: apns.priority,
+                    expiration: apns.expiration,
+                    collapse_id: apns.collapse_id,
+                    topic: None,
+                    apns_id: None,
+                }),
+                fcm: old.fcm,
+                idempotency_key: old.idempotency_key,
+                apns_ends: old.apns_ends,
+                fcm_ends: old.fcm_ends,
+                chunk_size: old.chunk_size,
+                created_ms: old.created_ms,
+                rejected: Default::default(),
+            }
+        }
+    }
 }
 
 /// A job ready for the store: its header serialised, its token buffers shared, not copied.
@@ -235,19 +311,26 @@ impl NewJob {
             fcm_ends: &'a [u32],
             chunk_size: u32,
             created_ms: u64,
+            rejected: &'a volley_contracts::Rejected,
         }
         let (apns_data, apns_ends) = submit.apns_tokens.raw_parts();
         let (fcm_data, fcm_ends) = submit.fcm_tokens.raw_parts();
-        let header = bincode::serialize(&Borrowed {
-            app: &submit.app,
-            apns: &submit.apns,
-            fcm: &submit.fcm,
-            idempotency_key: &submit.idempotency_key,
-            apns_ends,
-            fcm_ends,
-            chunk_size,
-            created_ms,
-        })
+        let mut header = HEADER_MAGIC.to_vec();
+        header.push(HEADER_VERSION);
+        bincode::serialize_into(
+            &mut header,
+            &Borrowed {
+                app: &submit.app,
+                apns: &submit.apns,
+                fcm: &submit.fcm,
+                idempotency_key: &submit.idempotency_key,
+                apns_ends,
+                fcm_ends,
+                chunk_size,
+                created_ms,
+                rejected: &submit.rejected,
+            },
+        )
         .map_err(|error| error.to_string())?;
         if apns_data.len() + fcm_data.len() <= INLINE_TOKENS {
             let mut header = header;
@@ -395,7 +478,7 @@ fn load(db: &Database) -> Result<Vec<StoredJob>, StoreError> {
         let (key, value) = entry.map_err(db_error)?;
         let id = key.value();
         let mut rest = value.value();
-        let header: RecordHeader = bincode::deserialize_from(&mut rest).map_err(db_error)?;
+        let header = decode_header(&mut rest)?;
         // Whatever follows the header is a small job's token buffers, APNs then FCM.
         let apns_len = header.apns_ends.last().copied().unwrap_or(0) as usize;
         let (apns_inline, fcm_inline) = rest.split_at(apns_len.min(rest.len()));
@@ -427,6 +510,7 @@ fn load(db: &Database) -> Result<Vec<StoredJob>, StoreError> {
                 apns: header.apns,
                 fcm: header.fcm,
                 idempotency_key: header.idempotency_key,
+                rejected: header.rejected,
             },
             chunk_size: header.chunk_size,
             created_ms: header.created_ms,
@@ -811,6 +895,68 @@ mod tests {
     use super::*;
     use volley_contracts::{ApnsRender, TokenList};
 
+    /// A record written by the previous layout (before caller topics and rejected tokens)
+    /// still reads back, with its inline tokens after it.
+    #[test]
+    fn first_layout_job_records_still_read() {
+        #[derive(Serialize)]
+        struct OldApns<'a> {
+            payload: &'a [u8],
+            push_type: &'a str,
+            priority: u8,
+            expiration: Option<u64>,
+            collapse_id: Option<&'a str>,
+        }
+        #[derive(Serialize)]
+        struct Old<'a> {
+            app: &'a str,
+            apns: Option<OldApns<'a>>,
+            fcm: Option<volley_contracts::FcmRender>,
+            idempotency_key: Option<&'a str>,
+            apns_ends: Vec<u32>,
+            fcm_ends: Vec<u32>,
+            chunk_size: u32,
+            created_ms: u64,
+        }
+        let mut value = bincode::serialize(&Old {
+            app: "shop",
+            apns: Some(OldApns {
+                payload: b"{\"aps\":{}}",
+                push_type: "alert",
+                priority: 10,
+                expiration: Some(5),
+                collapse_id: None,
+            }),
+            fcm: None,
+            idempotency_key: Some("k"),
+            apns_ends: vec![2],
+            fcm_ends: Vec::new(),
+            chunk_size: 500,
+            created_ms: 9,
+        })
+        .unwrap();
+        value.extend_from_slice(b"aa");
+        let mut rest = &value[..];
+        let header = decode_header(&mut rest).unwrap();
+        assert_eq!(rest, b"aa");
+        assert_eq!(header.app, "shop");
+        let apns = header.apns.unwrap();
+        assert_eq!(
+            (apns.priority, apns.expiration, apns.topic),
+            (10, Some(5), None)
+        );
+        assert_eq!(header.rejected, Default::default());
+
+        let new = NewJob::new(&record_submit(), 2, 7).unwrap();
+        let mut rest = &new.header[..];
+        let header = decode_header(&mut rest).unwrap();
+        assert_eq!(header.rejected, record_submit().rejected);
+        assert_eq!(
+            header.apns.unwrap().topic.as_deref(),
+            Some("com.example.shop.voip")
+        );
+    }
+
     fn record() -> NewJob {
         NewJob::new(&record_submit(), 2, 7).unwrap()
     }
@@ -824,11 +970,21 @@ mod tests {
                 priority: 10,
                 expiration: None,
                 collapse_id: None,
+                topic: Some("com.example.shop.voip".into()),
+                apns_id: None,
             }),
             fcm: None,
             apns_tokens: ["aa", "bb", "cc"].into_iter().collect::<TokenList>(),
             fcm_tokens: TokenList::default(),
             idempotency_key: Some("key-1".into()),
+            rejected: volley_contracts::Rejected {
+                count: 1,
+                tokens: vec![volley_contracts::RejectedToken {
+                    platform: volley_contracts::Platform::Apns,
+                    field: "targets.apns[3]".into(),
+                    reason: "too short".into(),
+                }],
+            },
         }
     }
 

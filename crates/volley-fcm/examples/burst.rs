@@ -55,6 +55,7 @@ fn main() {
                 title: Some("Hello".into()),
                 body: Some("A notification body of an ordinary length.".into()),
                 image: None,
+                ..Default::default()
             }),
             ..Default::default()
         })

@@ -13,7 +13,7 @@ use volley_provider::{Endpoint, Outcome, Pool, PoolConfig, Reason};
 use crate::auth::{Clock, OAuthSource, Signer, TokenCache};
 use crate::classify::classify;
 use crate::config::{FcmConfig, ServiceAccount, ServiceAccountError, GOOGLE_TOKEN_URI};
-use crate::message::{validate_token, PreparedMessage};
+use crate::message::PreparedMessage;
 
 /// Time allowed to open a connection to FCM or the token endpoint.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -153,11 +153,13 @@ impl FcmClient {
 
     /// Sends `message` to one registration token.
     ///
-    /// A token that fails [`validate_token`] is reported as an invalid token without being
+    /// `token` is a topic's name or a condition when the message was prepared
+    /// [`to`](PreparedMessage::to) one. A token that fails [`validate_token`](crate::validate_token) (a topic or a
+    /// condition that fails [`Target::validate`](crate::Target::validate)) is reported as an invalid token without being
     /// sent. A 401 (other than `THIRD_PARTY_AUTH_ERROR`) refreshes the access token, shared
     /// with every concurrent sender, and resends once.
     pub async fn send(&self, token: &str, message: &PreparedMessage) -> Outcome {
-        if validate_token(token).is_err() {
+        if message.target().validate(token).is_err() {
             return Outcome::InvalidToken {
                 reason: Reason::known("MALFORMED_TOKEN"),
                 timestamp_ms: None,

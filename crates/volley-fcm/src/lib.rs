@@ -21,6 +21,7 @@ pub use classify::classify;
 pub use client::{FcmClient, FcmError};
 pub use config::{FcmConfig, ServiceAccount, ServiceAccountError};
 pub use message::{
-    validate_token, AndroidConfig, AndroidNotification, AndroidPriority, ApnsConfig, FcmMessage,
-    MessageError, Notification, PreparedMessage, TokenError, WebpushConfig,
+    topic_name, validate_condition, validate_token, validate_topic, AndroidConfig,
+    AndroidNotification, AndroidPriority, ApnsConfig, FcmMessage, MessageError, Notification,
+    PreparedMessage, Target, TokenError, WebpushConfig,
 };

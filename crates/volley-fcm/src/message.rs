@@ -21,8 +21,183 @@ pub const MAX_TTL_SECONDS: u64 = 28 * 24 * 3600;
 /// The longest registration token [`validate_token`] accepts, in bytes.
 pub const MAX_TOKEN_LEN: usize = 4096;
 
-/// What every request body starts with; the token follows.
+/// What a request body to a device starts with; the token follows.
 const PREFIX: &[u8] = br#"{"message":{"token":""#;
+/// What a request body to a topic starts with; the topic's name follows.
+const TOPIC_PREFIX: &[u8] = br#"{"message":{"topic":""#;
+/// What a request body to a condition starts with; the condition follows.
+const CONDITION_PREFIX: &[u8] = br#"{"message":{"condition":""#;
+
+/// The longest topic name [`Target::validate`] accepts, in bytes.
+pub const MAX_TOPIC_LEN: usize = 900;
+/// The most topics a condition may name (FCM's limit).
+pub const MAX_CONDITION_TOPICS: usize = 5;
+
+/// What the value stamped into each request names: a device, a topic or a condition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Target {
+    /// A registration token (`message.token`).
+    #[default]
+    Token,
+    /// A topic's name, without `/topics/` (`message.topic`).
+    Topic,
+    /// A condition over topics, as `'a' in topics && !('b' in topics)` (`message.condition`).
+    Condition,
+}
+
+impl Target {
+    /// The `message` field the value goes in.
+    pub const fn field(self) -> &'static str {
+        match self {
+            Target::Token => "token",
+            Target::Topic => "topic",
+            Target::Condition => "condition",
+        }
+    }
+
+    const fn prefix(self) -> &'static [u8] {
+        match self {
+            Target::Token => PREFIX,
+            Target::Topic => TOPIC_PREFIX,
+            Target::Condition => CONDITION_PREFIX,
+        }
+    }
+
+    /// Checks a value for this target. Whatever passes needs no escaping in a JSON string.
+    pub fn validate(self, value: &str) -> Result<(), TokenError> {
+        match self {
+            Target::Token => validate_token(value),
+            Target::Topic => validate_topic(value),
+            Target::Condition => validate_condition(value),
+        }
+    }
+}
+
+/// A topic name as FCM's HTTP v1 API wants it: `/topics/news` (the legacy spelling gorush
+/// and the Admin SDKs accept) becomes `news`.
+pub fn topic_name(raw: &str) -> &str {
+    raw.strip_prefix("/topics/").unwrap_or(raw)
+}
+
+fn is_topic_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'%')
+}
+
+/// Checks a topic name (without `/topics/`): 1 to [`MAX_TOPIC_LEN`] bytes of
+/// `[a-zA-Z0-9-_.~%]`, FCM's rule.
+pub fn validate_topic(topic: &str) -> Result<(), TokenError> {
+    if topic.is_empty() {
+        return Err(TokenError::Empty);
+    }
+    if topic.len() > MAX_TOPIC_LEN {
+        return Err(TokenError::TooLong(topic.len()));
+    }
+    match topic.bytes().position(|b| !is_topic_byte(b)) {
+        Some(position) => Err(TokenError::BadCharacter(position)),
+        None => Ok(()),
+    }
+}
+
+/// Checks a condition: `'name' in topics` terms joined by `&&` and `||`, negated by `!` and
+/// grouped by parentheses, naming at most [`MAX_CONDITION_TOPICS`] topics.
+pub fn validate_condition(condition: &str) -> Result<(), TokenError> {
+    if condition.is_empty() {
+        return Err(TokenError::Empty);
+    }
+    if condition.len() > MAX_TOPIC_LEN * MAX_CONDITION_TOPICS {
+        return Err(TokenError::TooLong(condition.len()));
+    }
+    let mut parser = ConditionParser {
+        text: condition.as_bytes(),
+        at: 0,
+        topics: 0,
+    };
+    parser.expression(0)?;
+    parser.skip_spaces();
+    if parser.at != parser.text.len() {
+        return Err(TokenError::BadCondition(
+            "unexpected text after the condition",
+        ));
+    }
+    if parser.topics > MAX_CONDITION_TOPICS {
+        return Err(TokenError::BadCondition(
+            "a condition names at most 5 topics",
+        ));
+    }
+    Ok(())
+}
+
+/// A recursive-descent reader of FCM conditions; only checks, builds nothing.
+struct ConditionParser<'a> {
+    text: &'a [u8],
+    at: usize,
+    topics: usize,
+}
+
+impl ConditionParser<'_> {
+    fn skip_spaces(&mut self) {
+        while self.text.get(self.at) == Some(&b' ') {
+            self.at += 1;
+        }
+    }
+
+    fn eat(&mut self, word: &[u8]) -> bool {
+        self.skip_spaces();
+        if self.text[self.at..].starts_with(word) {
+            self.at += word.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expression(&mut self, depth: usize) -> Result<(), TokenError> {
+        self.term(depth)?;
+        while self.eat(b"&&") || self.eat(b"||") {
+            self.term(depth)?;
+        }
+        Ok(())
+    }
+
+    fn term(&mut self, depth: usize) -> Result<(), TokenError> {
+        if depth > 16 {
+            return Err(TokenError::BadCondition("parentheses nest too deeply"));
+        }
+        if self.eat(b"!") {
+            return self.term(depth + 1);
+        }
+        if self.eat(b"(") {
+            self.expression(depth + 1)?;
+            return if self.eat(b")") {
+                Ok(())
+            } else {
+                Err(TokenError::BadCondition("a parenthesis is not closed"))
+            };
+        }
+        if !self.eat(b"'") {
+            return Err(TokenError::BadCondition(
+                "expected 'topic' in topics, !, or a parenthesis",
+            ));
+        }
+        let start = self.at;
+        while self.text.get(self.at).copied().is_some_and(is_topic_byte) {
+            self.at += 1;
+        }
+        if self.at == start || self.text.get(self.at) != Some(&b'\'') {
+            return Err(TokenError::BadCondition(
+                "a topic name in quotes is 1 or more of [a-zA-Z0-9-_.~%]",
+            ));
+        }
+        self.at += 1;
+        self.topics += 1;
+        if !(self.eat(b"in ") && self.eat(b"topics")) {
+            return Err(TokenError::BadCondition(
+                "expected `in topics` after a topic",
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// A message to send to FCM, without its target (the token is given per request).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -59,15 +234,23 @@ pub struct Notification {
     /// URL of an image to show.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Fields not modelled here, sent to FCM as given (FCM checks them).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// Android delivery priority.
+///
+/// Read as FCM spells it (`NORMAL`, `HIGH`) or as the Firebase Admin SDKs and gorush do
+/// (`normal`, `high`); always sent as FCM spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AndroidPriority {
     /// May be delayed to save battery.
+    #[serde(alias = "normal")]
     Normal,
     /// Delivered at once, may wake the device.
+    #[serde(alias = "high")]
     High,
 }
 
@@ -91,6 +274,9 @@ pub struct AndroidConfig {
     /// Android-specific notification fields.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notification: Option<AndroidNotification>,
+    /// Fields not modelled here, sent to FCM as given (FCM checks them).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// Android-specific notification fields.
@@ -123,6 +309,9 @@ pub struct AndroidNotification {
     /// URL of an image to show.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Fields not modelled here, sent to FCM as given (FCM checks them).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// Options passed to APNs.
@@ -134,6 +323,9 @@ pub struct ApnsConfig {
     /// The APNs payload (with its `aps` dictionary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
+    /// Fields not modelled here, sent to FCM as given (FCM checks them).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// Web push options.
@@ -145,6 +337,9 @@ pub struct WebpushConfig {
     /// Key/value data, overriding the common data.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub data: BTreeMap<String, String>,
+    /// Fields not modelled here, sent to FCM as given (FCM checks them).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// FCM's `ttl` is a protobuf Duration, written as a string of seconds with an `s` suffix.
@@ -232,6 +427,8 @@ fn is_reserved_data_key(key: &str) -> bool {
 /// A message serialised once, ready to be stamped with tokens.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PreparedMessage {
+    /// Everything before the target's value: `{"message":{"token":"` for a device.
+    prefix: &'static [u8],
     /// Everything after the token: `"}}` or `",<fields>}}`.
     suffix: Bytes,
 }
@@ -282,6 +479,7 @@ impl PreparedMessage {
         suffix.extend_from_slice(rest.as_bytes());
         suffix.push(b'}');
         let prepared = PreparedMessage {
+            prefix: PREFIX,
             suffix: Bytes::from(suffix),
         };
         let size = prepared.size_without_token();
@@ -296,8 +494,8 @@ impl PreparedMessage {
     /// The token is copied in verbatim: callers check it with [`validate_token`] first, whose
     /// character set needs no JSON escaping (the client does).
     pub fn body_for(&self, token: &str) -> Bytes {
-        let mut body = BytesMut::with_capacity(PREFIX.len() + token.len() + self.suffix.len());
-        body.put_slice(PREFIX);
+        let mut body = BytesMut::with_capacity(self.prefix.len() + token.len() + self.suffix.len());
+        body.put_slice(self.prefix);
         body.put_slice(token.as_bytes());
         body.put_slice(&self.suffix);
         body.freeze()
@@ -309,7 +507,29 @@ impl PreparedMessage {
     /// This counts more than FCM does (FCM counts the message's content, not the envelope or
     /// the token), so a message accepted here is never refused by FCM for its size.
     pub fn size_without_token(&self) -> usize {
-        PREFIX.len() + self.suffix.len()
+        self.prefix.len() + self.suffix.len()
+    }
+
+    /// The same message sent to a topic or a condition instead of tokens: each request then
+    /// stamps in the target's value ([`Target::validate`] it first).
+    pub fn to(self, target: Target) -> Result<PreparedMessage, MessageError> {
+        let prepared = PreparedMessage {
+            prefix: target.prefix(),
+            suffix: self.suffix,
+        };
+        let size = prepared.size_without_token();
+        if size > MAX_PAYLOAD_BYTES {
+            return Err(MessageError::TooLarge { size });
+        }
+        Ok(prepared)
+    }
+
+    /// What the value stamped into each request names.
+    pub fn target(&self) -> Target {
+        [Target::Topic, Target::Condition]
+            .into_iter()
+            .find(|target| target.prefix() == self.prefix)
+            .unwrap_or(Target::Token)
     }
 }
 
@@ -317,15 +537,24 @@ impl PreparedMessage {
     /// The body around the token, for carrying a prepared message between nodes: every
     /// request body is `prefix + token + suffix`.
     pub fn parts(&self) -> (&'static [u8], &Bytes) {
-        (PREFIX, &self.suffix)
+        (self.prefix, &self.suffix)
     }
 
     /// Rebuilds a message from [`PreparedMessage::parts`], checking the prefix and the size.
     pub fn from_parts(prefix: &[u8], suffix: Bytes) -> Result<PreparedMessage, MessageError> {
-        if prefix != PREFIX || !suffix.starts_with(b"\"") || !suffix.ends_with(b"}}") {
+        let target = [Target::Token, Target::Topic, Target::Condition]
+            .into_iter()
+            .find(|target| target.prefix() == prefix);
+        let Some(target) = target else {
+            return Err(MessageError::NotAnObject);
+        };
+        if !suffix.starts_with(b"\"") || !suffix.ends_with(b"}}") {
             return Err(MessageError::NotAnObject);
         }
-        let prepared = PreparedMessage { suffix };
+        let prepared = PreparedMessage {
+            prefix: target.prefix(),
+            suffix,
+        };
         let size = prepared.size_without_token();
         if size > MAX_PAYLOAD_BYTES {
             return Err(MessageError::TooLarge { size });
@@ -352,9 +581,12 @@ pub enum TokenError {
     /// The token is longer than [`MAX_TOKEN_LEN`].
     #[error("token is {0} bytes, above {MAX_TOKEN_LEN}")]
     TooLong(usize),
-    /// The token holds a character outside `[A-Za-z0-9_:.-]`.
-    #[error("token has a forbidden character at byte {0}")]
+    /// The token holds a character outside `[A-Za-z0-9_:.-]` (a topic: `[a-zA-Z0-9-_.~%]`).
+    #[error("forbidden character at byte {0}")]
     BadCharacter(usize),
+    /// A condition that does not parse.
+    #[error("not a condition: {0}")]
+    BadCondition(&'static str),
 }
 
 /// Checks that `token` looks like an FCM registration token.
@@ -392,6 +624,7 @@ mod tests {
                 title: Some("Hi \"there\"".into()),
                 body: Some("line\nbreak é".into()),
                 image: None,
+                ..Default::default()
             }),
             data: BTreeMap::from([("k".into(), "v".into())]),
             android: Some(AndroidConfig {
@@ -402,16 +635,100 @@ mod tests {
                     channel_id: Some("news".into()),
                     ..Default::default()
                 }),
+                ..Default::default()
             }),
             apns: Some(ApnsConfig {
                 headers: BTreeMap::from([("apns-priority".into(), "10".into())]),
                 payload: Some(json!({"aps": {"badge": 1}})),
+                ..Default::default()
             }),
             webpush: Some(WebpushConfig {
                 headers: BTreeMap::from([("Urgency".into(), "high".into())]),
                 data: BTreeMap::new(),
+                ..Default::default()
             }),
             extra: Map::from_iter([("fcm_options".into(), json!({"analytics_label": "l"}))]),
+        }
+    }
+
+    #[test]
+    fn fields_not_modelled_reach_fcm_unchanged() {
+        let given = json!({
+            "notification": {"title": "t", "future_field": 1},
+            "android": {
+                "priority": "high",
+                "direct_boot_ok": true,
+                "restricted_package_name": "com.example",
+                "data": {"a": "b"},
+                "fcm_options": {"analytics_label": "x"},
+                "notification": {"visibility": "PRIVATE", "notification_count": 3, "sound": "s"}
+            },
+            "apns": {"headers": {"apns-priority": "5"}, "payload": {"aps": {}}, "fcm_options": {"image": "i"}, "live_activity_token": "lat"},
+            "webpush": {"headers": {"TTL": "60"}, "notification": {"title": "w", "actions": []}, "fcm_options": {"link": "https://example.com"}},
+            "fcm_options": {"analytics_label": "l"}
+        });
+        let message: FcmMessage = serde_json::from_value(given.clone()).unwrap();
+        let prepared = PreparedMessage::new(&message).unwrap();
+        let body: Value = serde_json::from_slice(&prepared.body_for("t:1")).unwrap();
+        let mut expected = given;
+        expected["android"]["priority"] = json!("HIGH");
+        expected["token"] = json!("t:1");
+        assert_eq!(body["message"], expected);
+    }
+
+    #[test]
+    fn topics_and_conditions_are_stamped_into_their_own_field() {
+        let message = FcmMessage {
+            data: BTreeMap::from([("k".into(), "v".into())]),
+            ..FcmMessage::default()
+        };
+        let prepared = PreparedMessage::new(&message).unwrap();
+        assert_eq!(prepared.target(), Target::Token);
+        let topic = prepared.clone().to(Target::Topic).unwrap();
+        assert_eq!(topic.target(), Target::Topic);
+        let body: Value = serde_json::from_slice(&topic.body_for("news")).unwrap();
+        assert_eq!(
+            body,
+            json!({"message": {"topic": "news", "data": {"k": "v"}}})
+        );
+        let condition = prepared.to(Target::Condition).unwrap();
+        let (prefix, suffix) = condition.parts();
+        let rebuilt = PreparedMessage::from_parts(prefix, suffix.clone()).unwrap();
+        assert_eq!(rebuilt, condition);
+        let body: Value =
+            serde_json::from_slice(&rebuilt.body_for("'a' in topics && !('b' in topics)")).unwrap();
+        assert_eq!(
+            body["message"]["condition"],
+            "'a' in topics && !('b' in topics)"
+        );
+    }
+
+    #[test]
+    fn topic_and_condition_rules() {
+        assert_eq!(topic_name("/topics/news"), "news");
+        assert_eq!(topic_name("news"), "news");
+        assert!(validate_topic("news-1_a.b~c%20").is_ok());
+        assert!(validate_topic("").is_err());
+        assert!(validate_topic("a/b").is_err());
+        assert!(validate_topic("a\"b").is_err());
+        for good in [
+            "'a' in topics",
+            "'a' in topics && 'b' in topics",
+            "!('a' in topics || 'b' in topics) && 'c' in topics",
+            "('a' in topics)||('b' in topics)",
+        ] {
+            assert_eq!(validate_condition(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "a in topics",
+            "'a' in topics &&",
+            "('a' in topics",
+            "'a' in topics 'b' in topics",
+            "'a\"' in topics",
+            "'a' in topics || 'b' in topics || 'c' in topics || 'd' in topics || 'e' in topics || 'f' in topics",
+        ] {
+            assert!(validate_condition(bad).is_err(), "{bad}");
         }
     }
 

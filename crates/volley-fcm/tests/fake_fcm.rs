@@ -50,6 +50,7 @@ fn message() -> PreparedMessage {
             title: Some("Hello".into()),
             body: Some("from the fake".into()),
             image: None,
+            ..Default::default()
         }),
         data: BTreeMap::from([("k".into(), "v".into())]),
         ..Default::default()

@@ -3,9 +3,11 @@
 //!
 //! Both send to `front.default_app`, and require that app's API key unless
 //! `front.compat_require_api_key` is off. Unlike gorush and gaurun, the answer comes after the
-//! jobs are queued, and a bad entry refuses the whole request before anything is queued.
-//! Each entry of `notifications` becomes one job; the answers add `job_ids` for
-//! `GET /v1/jobs/{id}`.
+//! jobs are queued. A malformed token is left out and reported in the answer (and in its
+//! job), as gorush and gaurun report a failed token; a bad entry (an unknown field, a value
+//! of the wrong type) refuses the whole request with a 422 naming the field before anything
+//! is queued. Each entry of `notifications` becomes one job; the answers add `job_ids` for
+//! `GET /v1/jobs/{id}`. docs/api.md has the field-by-field table.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -13,11 +15,11 @@ use axum::http::HeaderMap;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use volley_contracts::{Platform, TokenList};
+use volley_contracts::{Platform, Rejected, RejectedToken, TokenList};
 use volley_fcm::FcmMessage;
 
 use crate::error::{ApiError, Code};
-use crate::native::{build_job, record_accepted, Prepared};
+use crate::native::{build_job, fcm_destination, record_accepted, reject_all, Prepared};
 use crate::render::{Names, PriorityInput, Spec};
 use crate::tokens::{validate, NoRule, Tokens};
 use crate::{cpu, parse_json, FrontState};
@@ -76,6 +78,8 @@ fn names(
         fcm_raw: "android",
         apns_target: tokens,
         fcm_target: tokens,
+        apns_topic: "topic",
+        apns_id: "apns_id",
     }
 }
 
@@ -85,6 +89,15 @@ struct Entry {
     tokens: TokenList,
     platform: Platform,
     names: Names,
+    /// FCM: a topic or condition to send to instead of tokens.
+    destination: Option<(volley_fcm::Target, String)>,
+}
+
+/// What one entry of `notifications` became: its job, unless every token was malformed, and
+/// the tokens refused.
+pub(crate) struct Built {
+    job: Option<Prepared>,
+    rejected: Rejected,
 }
 
 /// Validates every entry and builds its job; nothing is submitted unless all are good.
@@ -94,7 +107,7 @@ fn build_jobs<N>(
     entries: Vec<N>,
     tokens_field: &str,
     to_spec: impl Fn(N, usize) -> Result<Entry, ApiError>,
-) -> Result<Vec<Prepared>, ApiError> {
+) -> Result<Vec<Built>, ApiError> {
     if entries.is_empty() {
         return Err(
             ApiError::new(Code::NoTokens, "the request has no notification").field("notifications"),
@@ -106,12 +119,34 @@ fn build_jobs<N>(
     for (index, entry) in entries.into_iter().enumerate() {
         let prefix = format!("notifications[{index}]");
         let Entry {
-            spec,
+            mut spec,
             tokens,
             platform,
             names,
+            destination,
         } = to_spec(entry, index)?;
-        validate(&tokens, platform, &format!("{prefix}.{tokens_field}"))?;
+        let field = format!("{prefix}.{tokens_field}");
+        let (mut tokens, rejections) = validate(tokens, platform);
+        let mut rejected = Rejected::default();
+        reject_all(&mut rejected, platform, &field, &rejections);
+        if let Some((target, value)) = destination {
+            if !tokens.is_empty() || !rejected.is_empty() {
+                return Err(ApiError::new(
+                    Code::InvalidArgument,
+                    "give tokens or an fcm topic or condition, not both",
+                )
+                .field(field));
+            }
+            tokens = std::iter::once(value.as_str()).collect();
+            spec.fcm_target = target;
+        }
+        if tokens.is_empty() && !rejected.is_empty() {
+            jobs.push(Built {
+                job: None,
+                rejected,
+            });
+            continue;
+        }
         total += tokens.len();
         if total > max {
             return Err(ApiError::new(
@@ -124,50 +159,79 @@ fn build_jobs<N>(
             Platform::Apns => (tokens, TokenList::default()),
             Platform::Fcm => (TokenList::default(), tokens),
         };
-        let job =
+        let mut job =
             build_job(state, app, &spec, apns, fcm, &names, None).map_err(|e| e.within(&prefix))?;
-        jobs.push(job);
+        job.job.rejected = rejected.clone();
+        jobs.push(Built {
+            job: Some(job),
+            rejected,
+        });
     }
     Ok(jobs)
+}
+
+/// What the compatible endpoints answer with.
+struct Submitted {
+    count: u64,
+    /// One per entry; `None` for an entry whose tokens were all malformed.
+    ids: Vec<Option<String>>,
+    rejected: Vec<RejectedToken>,
 }
 
 /// Submits the jobs in order; on a failure, the error lists the jobs already queued.
 async fn submit_all(
     state: &FrontState,
     app: usize,
-    jobs: Vec<Prepared>,
-) -> Result<(u64, Vec<String>), ApiError> {
-    let mut ids = Vec::with_capacity(jobs.len());
-    let mut count = 0;
-    for prepared in jobs {
+    jobs: Vec<Built>,
+) -> Result<Submitted, ApiError> {
+    let mut submitted = Submitted {
+        count: 0,
+        ids: Vec::with_capacity(jobs.len()),
+        rejected: Vec::new(),
+    };
+    for built in jobs {
+        submitted.rejected.extend(built.rejected.tokens);
+        let Some(prepared) = built.job else {
+            submitted.ids.push(None);
+            continue;
+        };
         let (apns, fcm) = (prepared.apns, prepared.fcm);
         match state.submit(prepared.job).await {
             Ok(accepted) => {
                 let id = accepted.id.to_string();
                 record_accepted(state, app, (&id, apns, fcm));
-                count += accepted.accepted;
-                ids.push(id);
+                submitted.count += accepted.accepted;
+                submitted.ids.push(Some(id));
             }
-            Err(error) => return Err(error.with_job_ids(ids)),
+            Err(error) => {
+                return Err(error.with_job_ids(submitted.ids.into_iter().flatten().collect()))
+            }
         }
     }
-    Ok((count, ids))
+    Ok(submitted)
 }
 
 // ---------------------------------------------------------------------------------------------
 // gorush
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct GorushRequest {
     notifications: Vec<GorushNotification>,
 }
 
-/// One gorush notification; fields gorush knows and Volley has no use for are ignored.
+/// One gorush notification: every field gorush reads, under gorush's names. A field gorush
+/// does not know is a 422 naming it, as is one Volley cannot do what gorush does with.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct GorushNotification {
+    /// gorush's own id, used only in gorush's logs and feedback webhook; Volley's jobs have
+    /// their own ids (`job_ids`).
+    #[serde(rename = "notif_id")]
+    _notif_id: Option<String>,
     #[serde(default)]
     tokens: Tokens<NoRule>,
-    /// A single token, appended to `tokens`.
+    /// One more token; for Android, `/topics/name` sends to that topic.
     to: Option<String>,
     platform: i64,
     message: Option<String>,
@@ -180,28 +244,72 @@ struct GorushNotification {
     mutable_content: bool,
     sound: Option<Value>,
     data: Option<Map<String, Value>>,
-    /// iOS: gorush's `apns-topic` (Volley sends with the app's configured topic).
-    /// Android: an FCM topic, which Volley does not send to.
+    /// gorush resends failed tokens this many times; Volley's retry policy retries transient
+    /// failures itself, so it is accepted and needs nothing more.
+    #[serde(rename = "retry")]
+    _retry: Option<u32>,
+    /// iOS: the `apns-topic`, verbatim. Android: an FCM topic.
     topic: Option<String>,
+    // Android
+    api_key: Option<String>,
     condition: Option<String>,
-    // FCM message objects, passed through for Android.
+    collapse_key: Option<String>,
+    /// Legacy FCM only: gorush's FCM HTTP v1 path does not send it either.
+    #[serde(rename = "delay_while_idle")]
+    _delay_while_idle: Option<bool>,
+    time_to_live: Option<u64>,
+    restricted_package_name: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+    // FCM message parts, passed through for Android.
     notification: Option<Value>,
     android: Option<Value>,
     webpush: Option<Value>,
-    apns: Option<Value>,
     fcm_options: Option<Value>,
-    collapse_key: Option<String>,
-    time_to_live: Option<u64>,
+    /// iOS: raw APNs payload keys; Android: the FCM `apns` block.
+    apns: Option<Map<String, Value>>,
+    // Huawei: not a provider Volley speaks.
+    app_id: Option<Value>,
+    huawei_notification: Option<Value>,
+    huawei_data: Option<Value>,
+    huawei_collapse_key: Option<Value>,
+    huawei_ttl: Option<Value>,
+    bi_tag: Option<Value>,
+    fast_app_target: Option<Value>,
     // iOS
     expiration: Option<u64>,
+    apns_id: Option<String>,
     collapse_id: Option<String>,
     push_type: Option<String>,
+    #[serde(default)]
+    development: bool,
+    #[serde(default)]
+    production: bool,
     badge: Option<u32>,
     category: Option<String>,
     #[serde(rename = "thread-id", alias = "thread_id")]
     thread_id: Option<String>,
+    #[serde(rename = "url-args")]
+    url_args: Option<Vec<String>>,
     alert: Option<Map<String, Value>>,
+    /// Critical-alert sound name and volume: `aps.sound = {critical: 1, name, volume}`.
+    name: Option<String>,
+    volume: Option<f64>,
     interruption_level: Option<String>,
+    #[serde(rename = "relevance-score", alias = "relevance_score")]
+    relevance_score: Option<Value>,
+    // Live Activities.
+    #[serde(rename = "content-state")]
+    content_state: Option<Map<String, Value>>,
+    #[serde(rename = "stale-date")]
+    stale_date: Option<i64>,
+    #[serde(rename = "dismissal-date")]
+    dismissal_date: Option<i64>,
+    event: Option<String>,
+    timestamp: Option<i64>,
+    #[serde(rename = "attributes-type")]
+    attributes_type: Option<String>,
+    attributes: Option<Map<String, Value>>,
 }
 
 /// gorush's answer, with the ids of the queued jobs.
@@ -209,59 +317,216 @@ struct GorushNotification {
 pub struct GorushResponse {
     /// How many notifications were queued.
     pub counts: u64,
-    /// Always empty: outcomes are reported by `GET /v1/jobs/{id}`.
+    /// One `failed-push` entry per malformed token (gorush's shape, with the token's place
+    /// instead of the token); delivery outcomes are reported by `GET /v1/jobs/{id}`.
     pub logs: Vec<Value>,
     /// `ok`.
     pub success: &'static str,
-    /// One job per entry of `notifications`, in order.
-    pub job_ids: Vec<String>,
+    /// One job per entry of `notifications`, in order (`null` for an entry whose tokens were
+    /// all malformed).
+    pub job_ids: Vec<Option<String>>,
+}
+
+/// A 422 for a gorush field Volley cannot honour.
+fn unsupported(index: usize, name: &str, why: &str) -> ApiError {
+    ApiError::new(
+        Code::InvalidArgument,
+        format!("{name} is not supported: {why}"),
+    )
+    .field(format!("notifications[{index}].{name}"))
+}
+
+/// Refuses what Volley cannot do as gorush does.
+fn gorush_refusals(n: &GorushNotification, index: usize) -> Result<(), ApiError> {
+    if n.api_key.is_some() {
+        return Err(unsupported(
+            index,
+            "api_key",
+            "credentials live in each agent's configuration, never in a request",
+        ));
+    }
+    if n.dry_run {
+        return Err(unsupported(
+            index,
+            "dry_run",
+            "Volley sends what it accepts; validate a request without sending by omitting tokens",
+        ));
+    }
+    for (name, given) in [("development", n.development), ("production", n.production)] {
+        if given {
+            return Err(unsupported(
+                index,
+                name,
+                "the apns environment is set per app in the agent's configuration",
+            ));
+        }
+    }
+    let huawei = [
+        ("app_id", &n.app_id),
+        ("huawei_notification", &n.huawei_notification),
+        ("huawei_data", &n.huawei_data),
+        ("huawei_collapse_key", &n.huawei_collapse_key),
+        ("huawei_ttl", &n.huawei_ttl),
+        ("bi_tag", &n.bi_tag),
+        ("fast_app_target", &n.fast_app_target),
+    ];
+    if let Some((name, _)) = huawei.iter().find(|(_, value)| value.is_some()) {
+        return Err(unsupported(
+            index,
+            name,
+            "Volley does not send to Huawei push",
+        ));
+    }
+    Ok(())
+}
+
+/// iOS fields that only mean something to APNs, by gorush name, when given to Android.
+fn ios_only_fields(n: &GorushNotification) -> Option<&'static str> {
+    [
+        ("expiration", n.expiration.is_some()),
+        ("apns_id", n.apns_id.is_some()),
+        ("push_type", n.push_type.is_some()),
+        ("badge", n.badge.is_some()),
+        ("category", n.category.is_some()),
+        ("thread-id", n.thread_id.is_some()),
+        ("url-args", n.url_args.is_some()),
+        ("alert", n.alert.is_some()),
+        ("name", n.name.is_some()),
+        ("volume", n.volume.is_some()),
+        ("interruption_level", n.interruption_level.is_some()),
+        ("relevance-score", n.relevance_score.is_some()),
+        ("content-state", n.content_state.is_some()),
+        ("stale-date", n.stale_date.is_some()),
+        ("dismissal-date", n.dismissal_date.is_some()),
+        ("event", n.event.is_some()),
+        ("timestamp", n.timestamp.is_some()),
+        ("attributes-type", n.attributes_type.is_some()),
+        ("attributes", n.attributes.is_some()),
+    ]
+    .into_iter()
+    .find_map(|(name, given)| given.then_some(name))
+}
+
+/// Android fields that only mean something to FCM, by gorush name, when given to iOS.
+fn android_only_fields(n: &GorushNotification) -> Option<&'static str> {
+    [
+        ("condition", n.condition.is_some()),
+        ("collapse_key", n.collapse_key.is_some()),
+        ("time_to_live", n.time_to_live.is_some()),
+        (
+            "restricted_package_name",
+            n.restricted_package_name.is_some(),
+        ),
+        ("notification", n.notification.is_some()),
+        ("android", n.android.is_some()),
+        ("webpush", n.webpush.is_some()),
+        ("fcm_options", n.fcm_options.is_some()),
+    ]
+    .into_iter()
+    .find_map(|(name, given)| given.then_some(name))
 }
 
 fn gorush_spec(n: GorushNotification, index: usize) -> Result<Entry, ApiError> {
     let platform = platform_of(n.platform, index)?;
+    gorush_refusals(&n, index)?;
     let field = |name: &str| format!("notifications[{index}].{name}");
-    let mut tokens = n.tokens.list;
-    if let Some(to) = n.to {
-        tokens = tokens.iter().chain(std::iter::once(to.as_str())).collect();
+    let misplaced = match platform {
+        Platform::Apns => {
+            android_only_fields(&n).map(|name| (name, "android (platform 2)", "ios (platform 1)"))
+        }
+        Platform::Fcm => {
+            ios_only_fields(&n).map(|name| (name, "ios (platform 1)", "android (platform 2)"))
+        }
+    };
+    if let Some((name, for_platform, this)) = misplaced {
+        return Err(ApiError::new(
+            Code::InvalidArgument,
+            format!("{name} is for {for_platform}; this entry is {this}"),
+        )
+        .field(field(name)));
     }
-    let mut collapse_key_given = false;
+    let mut tokens = n.tokens.list;
+    let mut to_topic = None;
+    if let Some(to) = n.to {
+        match (platform, to.strip_prefix("/topics/")) {
+            (Platform::Fcm, Some(_)) => to_topic = Some(to),
+            _ => tokens = tokens.iter().chain(std::iter::once(to.as_str())).collect(),
+        }
+    }
     let mut spec = Spec {
         title: n.title,
         body: n.message,
-        sound: n.sound,
         data: n.data.unwrap_or_default(),
         priority: n.priority.map(PriorityInput::Text),
         content_available: n.content_available,
         mutable_content: n.mutable_content,
         ..Spec::default()
     };
+    let mut collapse_key_given = false;
+    let mut destination = None;
     match platform {
         Platform::Apns => {
-            spec.expiration = n.expiration;
+            if n.image.is_some() {
+                return Err(ApiError::new(
+                    Code::InvalidArgument,
+                    "image is for android (platform 2); on ios put the url in data and fetch \
+                     it in a notification service extension",
+                )
+                .field(field("image")));
+            }
+            spec.expiration = n.expiration.filter(|at| *at > 0);
             spec.collapse_id = n.collapse_id;
             spec.push_type = n.push_type;
             spec.badge = n.badge;
             spec.category = n.category;
             spec.thread_id = n.thread_id;
+            spec.apns_topic = n.topic;
+            spec.apns_id = n.apns_id;
+            // gorush's `apns` adds keys to the payload; an `aps` inside it adds to `aps`.
+            spec.apns_raw = n.apns;
             spec.alert_raw = n.alert.filter(|alert| !alert.is_empty());
-            if let Some(level) = n.interruption_level {
-                spec.aps_extra
-                    .insert("interruption-level".into(), Value::String(level));
-            }
+            spec.sound = match (n.sound, n.name, n.volume) {
+                (sound, None, None) => sound,
+                (_, name, volume) => {
+                    let mut critical = Map::new();
+                    critical.insert("critical".into(), 1.into());
+                    if let Some(name) = name {
+                        critical.insert("name".into(), Value::String(name));
+                    }
+                    if let Some(volume) = volume {
+                        critical.insert("volume".into(), volume.into());
+                    }
+                    Some(Value::Object(critical))
+                }
+            };
+            let mut extra = Map::new();
+            let mut put = |key: &str, value: Option<Value>| {
+                if let Some(value) = value {
+                    extra.insert(key.to_owned(), value);
+                }
+            };
+            put(
+                "interruption-level",
+                n.interruption_level.map(Value::String),
+            );
+            put("relevance-score", n.relevance_score);
+            put("url-args", n.url_args.map(|args| args.into()));
+            put("content-state", n.content_state.map(Value::Object));
+            put("timestamp", n.timestamp.map(Value::from));
+            put("event", n.event.map(Value::String));
+            put("stale-date", n.stale_date.map(Value::from));
+            put("dismissal-date", n.dismissal_date.map(Value::from));
+            put("attributes-type", n.attributes_type.map(Value::String));
+            put("attributes", n.attributes.map(Value::Object));
+            spec.aps_extra = extra;
         }
         Platform::Fcm => {
-            if n.topic.is_some() || n.condition.is_some() {
-                let name = if n.topic.is_some() {
-                    "topic"
-                } else {
-                    "condition"
-                };
-                return Err(ApiError::new(
-                    Code::InvalidArgument,
-                    "fcm topic and condition messages are not supported; send to tokens",
-                )
-                .field(field(name)));
-            }
+            destination = match (n.topic.or(to_topic), n.condition) {
+                (None, None) => None,
+                (topic, condition) => {
+                    fcm_destination(topic, condition, &field("topic"), &field("condition"))?
+                }
+            };
             spec.image = n.image;
             collapse_key_given = n.collapse_key.is_some();
             spec.collapse_id = n.collapse_key.or(n.collapse_id);
@@ -271,13 +536,30 @@ fn gorush_spec(n: GorushNotification, index: usize) -> Result<Entry, ApiError> {
                 ("notification", n.notification),
                 ("android", n.android),
                 ("webpush", n.webpush),
-                ("apns", n.apns),
+                ("apns", n.apns.map(Value::Object)),
                 ("fcm_options", n.fcm_options),
             ] {
                 if let Some(value) = value.filter(|v| !v.is_null()) {
                     raw.insert(key.into(), value);
                 }
             }
+            if let Some(package) = n.restricted_package_name {
+                let android = raw
+                    .entry("android")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(android) = android {
+                    android
+                        .entry("restricted_package_name")
+                        .or_insert(Value::String(package));
+                }
+            }
+            ios_over_fcm(
+                &mut raw,
+                n.sound.as_ref(),
+                n.content_available,
+                n.mutable_content,
+            );
+            spec.sound = n.sound.filter(Value::is_string);
             if !raw.is_empty() {
                 let message: FcmMessage =
                     serde_json::from_value(Value::Object(raw)).map_err(|e| {
@@ -306,11 +588,63 @@ fn gorush_spec(n: GorushNotification, index: usize) -> Result<Entry, ApiError> {
         tokens,
         platform,
         names,
+        destination,
     })
 }
 
+/// The `apns` block gorush builds into an FCM message for iOS devices registered with FCM:
+/// `sound`, `content-available` (with `apns-priority: 5`, which Apple requires for it) and
+/// `mutable-content`. Keys the caller's own `apns` block sets win.
+fn ios_over_fcm(
+    raw: &mut Map<String, Value>,
+    sound: Option<&Value>,
+    content_available: bool,
+    mutable_content: bool,
+) {
+    if sound.is_none() && !content_available && !mutable_content {
+        return;
+    }
+    let Value::Object(apns) = raw
+        .entry("apns")
+        .or_insert_with(|| Value::Object(Map::new()))
+    else {
+        return;
+    };
+    if content_available {
+        if let Value::Object(headers) = apns
+            .entry("headers")
+            .or_insert_with(|| Value::Object(Map::new()))
+        {
+            headers
+                .entry("apns-priority")
+                .or_insert_with(|| Value::String("5".into()));
+        }
+    }
+    let Value::Object(payload) = apns
+        .entry("payload")
+        .or_insert_with(|| Value::Object(Map::new()))
+    else {
+        return;
+    };
+    let Value::Object(aps) = payload
+        .entry("aps")
+        .or_insert_with(|| Value::Object(Map::new()))
+    else {
+        return;
+    };
+    if let Some(sound) = sound {
+        aps.entry("sound").or_insert_with(|| sound.clone());
+    }
+    if content_available {
+        aps.entry("content-available").or_insert(1.into());
+    }
+    if mutable_content {
+        aps.entry("mutable-content").or_insert(1.into());
+    }
+}
+
 /// What both compatible endpoints do: authenticate, read and parse the body off the reactor,
-/// validate every entry, then submit the jobs; returns the count and the job ids.
+/// validate every entry, then submit the jobs.
 async fn accept<R, N>(
     state: FrontState,
     headers: &HeaderMap,
@@ -318,7 +652,7 @@ async fn accept<R, N>(
     tokens_field: &'static str,
     entries: fn(R) -> Vec<N>,
     to_spec: fn(N, usize) -> Result<Entry, ApiError>,
-) -> Result<(u64, Vec<String>), ApiError>
+) -> Result<Submitted, ApiError>
 where
     R: serde::de::DeserializeOwned + 'static,
     N: Send + 'static,
@@ -336,6 +670,19 @@ where
     submit_all(&state, app, jobs).await
 }
 
+/// The answers' entry for a malformed token, in gorush's log shape.
+fn failed_push(token: &RejectedToken) -> Value {
+    serde_json::json!({
+        "type": "failed-push",
+        "platform": match token.platform {
+            Platform::Apns => "ios",
+            Platform::Fcm => "android",
+        },
+        "field": token.field,
+        "error": token.reason,
+    })
+}
+
 /// `POST /api/push`: gorush's request shape.
 pub async fn gorush(
     State(state): State<FrontState>,
@@ -343,7 +690,7 @@ pub async fn gorush(
     body: Body,
 ) -> Result<Json<GorushResponse>, ApiError> {
     async {
-        let (counts, job_ids) = accept(
+        let submitted = accept(
             state,
             &headers,
             body,
@@ -353,10 +700,10 @@ pub async fn gorush(
         )
         .await?;
         Ok(Json(GorushResponse {
-            counts,
-            logs: Vec::new(),
+            counts: submitted.count,
+            logs: submitted.rejected.iter().map(failed_push).collect(),
             success: "ok",
-            job_ids,
+            job_ids: submitted.ids,
         }))
     }
     .await
@@ -367,12 +714,14 @@ pub async fn gorush(
 // gaurun
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct GaurunRequest {
     notifications: Vec<GaurunNotification>,
 }
 
-/// One gaurun notification; `delay_while_idle`, `retry`, `identifier` and the like are ignored.
+/// One gaurun notification, under gaurun's names; an unknown field is a 422 naming it.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct GaurunNotification {
     #[serde(default)]
     token: Tokens<NoRule>,
@@ -390,8 +739,17 @@ struct GaurunNotification {
     /// iOS: seconds from now until APNs stops trying.
     expiry: Option<u64>,
     collapse_key: Option<String>,
+    /// Legacy GCM only; gaurun's FCM HTTP v1 path has no equivalent either.
+    #[serde(rename = "delay_while_idle")]
+    _delay_while_idle: Option<bool>,
     time_to_live: Option<u64>,
     priority: Option<String>,
+    /// gaurun resends a failed push this many times; Volley's retry policy does that.
+    #[serde(rename = "retry")]
+    _retry: Option<u32>,
+    /// gaurun's sequence ids, used only in its own logs.
+    #[serde(rename = "seq_id")]
+    _seq_id: Option<Value>,
     #[serde(default)]
     extend: Vec<Extend>,
     push_type: Option<String>,
@@ -399,6 +757,7 @@ struct GaurunNotification {
 
 /// gaurun's `extend` entries: custom key/value pairs.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Extend {
     key: String,
     #[serde(alias = "value")]
@@ -410,8 +769,12 @@ struct Extend {
 pub struct GaurunResponse {
     /// `ok`.
     pub message: &'static str,
-    /// One job per entry of `notifications`, in order.
-    pub job_ids: Vec<String>,
+    /// One job per entry of `notifications`, in order (`null` for an entry whose tokens were
+    /// all malformed).
+    pub job_ids: Vec<Option<String>>,
+    /// The malformed tokens, left out, by place and reason.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rejected_tokens: Vec<Value>,
 }
 
 fn gaurun_spec(n: GaurunNotification, index: usize) -> Result<Entry, ApiError> {
@@ -432,7 +795,8 @@ fn gaurun_spec(n: GaurunNotification, index: usize) -> Result<Entry, ApiError> {
         Platform::Apns => {
             spec.title = n.title;
             spec.subtitle = n.subtitle;
-            spec.badge = n.badge;
+            // gaurun always writes the badge, 0 when none is given (which clears the icon's).
+            spec.badge = Some(n.badge.unwrap_or(0));
             spec.category = n.category;
             spec.sound = n.sound.map(Value::String);
             spec.content_available = n.content_available;
@@ -452,6 +816,7 @@ fn gaurun_spec(n: GaurunNotification, index: usize) -> Result<Entry, ApiError> {
         tokens: n.token.list,
         platform,
         names: names("token", "collapse_key", "time_to_live", "expiry"),
+        destination: None,
     })
 }
 
@@ -462,7 +827,7 @@ pub async fn gaurun(
     body: Body,
 ) -> Result<Json<GaurunResponse>, ApiError> {
     async {
-        let (_, job_ids) = accept(
+        let submitted = accept(
             state,
             &headers,
             body,
@@ -473,7 +838,8 @@ pub async fn gaurun(
         .await?;
         Ok(Json(GaurunResponse {
             message: "ok",
-            job_ids,
+            job_ids: submitted.ids,
+            rejected_tokens: submitted.rejected.iter().map(failed_push).collect(),
         }))
     }
     .await

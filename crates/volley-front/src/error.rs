@@ -275,19 +275,36 @@ impl ApiError {
         let inner = error.into_inner();
         let text = strip_position(&inner.to_string());
         let field = (path != ".").then_some(path);
-        let mut api = match decode_unprocessable(&text) {
-            Some((code, message)) => ApiError::new(code, message),
-            None => {
-                let message = match inner.classify() {
-                    serde_json::error::Category::Eof => {
-                        "the body ends before the json value is complete".to_owned()
-                    }
-                    serde_json::error::Category::Syntax => format!("malformed json: {text}"),
-                    _ => scrub_strings(&text),
-                };
-                ApiError::new(Code::BadRequest, message)
-            }
-        };
+        let unknown = text
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(name, _)| name.to_owned());
+        let mut api =
+            match decode_unprocessable(&text) {
+                Some((code, message)) => ApiError::new(code, message),
+                // Nothing a caller sends is dropped: a field the endpoint does not know is refused
+                // by name (the list of known ones is in docs/api.md, not in the answer).
+                None if unknown.is_some() => {
+                    ApiError::new(
+                        Code::InvalidArgument,
+                        format!(
+                    "unknown field {:?}: this endpoint does not know it, so it would be lost \
+                     (docs/api.md lists the fields)",
+                    unknown.as_deref().unwrap_or_default().chars().take(64).collect::<String>()
+                ),
+                    )
+                }
+                None => {
+                    let message = match inner.classify() {
+                        serde_json::error::Category::Eof => {
+                            "the body ends before the json value is complete".to_owned()
+                        }
+                        serde_json::error::Category::Syntax => format!("malformed json: {text}"),
+                        _ => scrub_strings(&text),
+                    };
+                    ApiError::new(Code::BadRequest, message)
+                }
+            };
         api.field = field;
         api
     }

@@ -10,13 +10,14 @@ use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use volley_contracts::{
-    FailureCount, InvalidToken, JobId, JobStatus, Platform, SubmitJob, TokenList,
+    FailureCount, InvalidToken, JobId, JobStatus, Platform, Rejected, RejectedToken, SubmitJob,
+    TokenList,
 };
 use volley_fcm::FcmMessage;
 
 use crate::error::{unprocessable, ApiError, Code};
 use crate::render::{self, Names, PriorityInput, Spec};
-use crate::tokens::{ApnsRule, FcmRule, Tokens};
+use crate::tokens::{refusal, ApnsRule, FcmRule, Rejection, Tokens};
 use crate::{cpu, parse_json, FrontState};
 
 /// Default and largest number of invalid tokens a job status lists.
@@ -39,6 +40,8 @@ const NAMES: Names = Names {
     fcm_raw: "fcm",
     apns_target: "targets.apns",
     fcm_target: "targets.fcm",
+    apns_topic: "apns_topic",
+    apns_id: "apns_id",
 };
 
 /// The body of `POST /v1/apps/{app}/notifications`.
@@ -77,13 +80,26 @@ struct NativeRequest {
     /// Raw FCM message fields (`android`, `webpush`, `apns`, `fcm_options`) the typed fields are
     /// written over.
     fcm: Option<FcmMessage>,
+    /// APNs: the `apns-topic` to send with, verbatim (default: the app's bundle id with the
+    /// suffix Apple requires for the push type).
+    apns_topic: Option<String>,
+    /// APNs: the `apns-id` of every notification of the job (a UUID).
+    apns_id: Option<String>,
+    /// FCM: send to this topic (`news` or `/topics/news`) instead of tokens.
+    topic: Option<String>,
+    /// FCM: send to the devices subscribed to this condition instead of tokens.
+    condition: Option<String>,
+    /// Refuse the whole request when one token is malformed (default: accept the others and
+    /// report the malformed ones).
+    #[serde(default)]
+    strict: bool,
 }
 
 /// `targets`: one token array per platform; an unknown platform is a 422 naming it.
 #[derive(Default)]
 struct Targets {
-    apns: TokenList,
-    fcm: TokenList,
+    apns: Tokens<ApnsRule>,
+    fcm: Tokens<FcmRule>,
 }
 
 impl<'de> Deserialize<'de> for Targets {
@@ -105,8 +121,8 @@ impl<'de> Visitor<'de> for TargetsVisitor {
         let mut targets = Targets::default();
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
-                "apns" => targets.apns = map.next_value::<Tokens<ApnsRule>>()?.list,
-                "fcm" => targets.fcm = map.next_value::<Tokens<FcmRule>>()?.list,
+                "apns" => targets.apns = map.next_value()?,
+                "fcm" => targets.fcm = map.next_value()?,
                 _ => map.next_value_seed(UnknownPlatform(key))?,
             }
         }
@@ -138,6 +154,46 @@ pub struct Accepted {
     pub id: String,
     /// How many notifications were accepted.
     pub accepted: u64,
+    /// How many tokens were refused as malformed (not sent, not counted in `accepted`).
+    pub rejected: u64,
+    /// The refused tokens by field and index, with the reason.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rejected_tokens: Vec<RejectedView>,
+}
+
+/// A token refused before it was sent.
+#[derive(Debug, Serialize)]
+pub struct RejectedView {
+    platform: &'static str,
+    /// Where it was in the request: `targets.apns[3]`.
+    field: String,
+    reason: String,
+}
+
+impl From<&RejectedToken> for RejectedView {
+    fn from(token: &RejectedToken) -> Self {
+        RejectedView {
+            platform: token.platform.as_str(),
+            field: token.field.clone(),
+            reason: token.reason.clone(),
+        }
+    }
+}
+
+/// Adds one list's rejections to `into`, named `field[index]`.
+pub(crate) fn reject_all(
+    into: &mut Rejected,
+    platform: Platform,
+    field: &str,
+    rejections: &[Rejection],
+) {
+    for (index, reason) in rejections {
+        into.push(RejectedToken {
+            platform,
+            field: format!("{field}[{index}]"),
+            reason: reason.clone(),
+        });
+    }
 }
 
 /// A rendered, validated job ready for the controller.
@@ -209,6 +265,7 @@ pub(crate) fn build_job(
             apns_tokens,
             fcm_tokens,
             idempotency_key,
+            rejected: Rejected::default(),
         },
         apns,
         fcm,
@@ -241,13 +298,61 @@ fn native_job(
         )
         .field(flat_name.to_owned())),
     };
+    // Malformed tokens: reported per token, or the whole request refused in strict mode.
+    let mut rejected = Rejected::default();
+    for (platform, field, rejections) in [
+        (Platform::Apns, "targets.apns", &targets.apns.rejected),
+        (Platform::Apns, "apns_tokens", &apns_tokens.rejected),
+        (Platform::Fcm, "targets.fcm", &targets.fcm.rejected),
+        (Platform::Fcm, "fcm_tokens", &fcm_tokens.rejected),
+    ] {
+        if let (true, Some(first)) = (request.strict, rejections.first()) {
+            let mut error = refusal(field, first);
+            error.message = format!(
+                "{} (strict is on: one malformed token refuses the request)",
+                error.message
+            );
+            return Err(error);
+        }
+        reject_all(&mut rejected, platform, field, rejections);
+    }
+    let fcm_rejected = targets.fcm.rejected.len() + fcm_tokens.rejected.len();
     let apns = pick(
-        targets.apns,
+        targets.apns.list,
         apns_tokens.list,
         "targets.apns",
         "apns_tokens",
     )?;
-    let fcm = pick(targets.fcm, fcm_tokens.list, "targets.fcm", "fcm_tokens")?;
+    let mut fcm = pick(
+        targets.fcm.list,
+        fcm_tokens.list,
+        "targets.fcm",
+        "fcm_tokens",
+    )?;
+    let fcm_target = fcm_destination(request.topic, request.condition, "topic", "condition")?;
+    let fcm_target = match fcm_target {
+        Some(_) if !fcm.is_empty() || fcm_rejected > 0 => {
+            return Err(ApiError::new(
+                Code::InvalidArgument,
+                "give fcm tokens or a topic or a condition, not several",
+            )
+            .field("targets.fcm"))
+        }
+        Some((target, value)) => {
+            fcm = std::iter::once(value.as_str()).collect();
+            target
+        }
+        None => volley_fcm::Target::Token,
+    };
+    if apns.is_empty() && fcm.is_empty() {
+        if let Some(first) = rejected.tokens.first() {
+            return Err(ApiError::new(
+                Code::InvalidToken,
+                format!("{} (every token of the request is malformed)", first.reason),
+            )
+            .field(first.field.clone()));
+        }
+    }
     let max = state.inner.config.front.max_tokens_per_request;
     let total = apns.len() + fcm.len();
     if total > max {
@@ -278,9 +383,51 @@ fn native_job(
         image: request.image,
         apns_raw: request.apns,
         fcm_raw: request.fcm,
+        fcm_target,
+        apns_topic: request.apns_topic,
+        apns_id: request.apns_id,
         ..Spec::default()
     };
-    build_job(state, app, &spec, apns, fcm, &NAMES, idempotency_key)
+    let mut prepared = build_job(state, app, &spec, apns, fcm, &NAMES, idempotency_key)?;
+    prepared.job.rejected = rejected;
+    Ok(prepared)
+}
+
+/// An FCM topic or condition given instead of tokens, checked: `/topics/` is taken off a
+/// topic's name (FCM's HTTP v1 API wants it bare).
+pub(crate) fn fcm_destination(
+    topic: Option<String>,
+    condition: Option<String>,
+    topic_field: &str,
+    condition_field: &str,
+) -> Result<Option<(volley_fcm::Target, String)>, ApiError> {
+    let (target, value, field) = match (topic, condition) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                Code::InvalidArgument,
+                "give an fcm topic or a condition, not both",
+            )
+            .field(condition_field.to_owned()))
+        }
+        (Some(topic), None) => (
+            volley_fcm::Target::Topic,
+            volley_fcm::topic_name(&topic).to_owned(),
+            topic_field,
+        ),
+        (None, Some(condition)) => (volley_fcm::Target::Condition, condition, condition_field),
+    };
+    target.validate(&value).map_err(|error| {
+        let rule = match target {
+            volley_fcm::Target::Condition => {
+                "a condition is 'topic' in topics terms joined by && and ||, with ! and parentheses, \
+                 naming at most 5 topics"
+            }
+            _ => "a topic name is 1 to 900 of [a-zA-Z0-9-_.~%], optionally after /topics/",
+        };
+        ApiError::new(Code::InvalidArgument, format!("{error}; {rule}")).field(field.to_owned())
+    })?;
+    Ok(Some((target, value)))
 }
 
 /// The `Idempotency-Key` header, when present and sane.
@@ -335,6 +482,7 @@ pub async fn submit(
         .await??
     };
     let (apns, fcm) = (prepared.apns, prepared.fcm);
+    let rejected = prepared.job.rejected.clone();
     let accepted = state.submit(prepared.job).await?;
     let id = accepted.id.to_string();
     record_accepted(&state, key_app, (&id, apns, fcm));
@@ -343,6 +491,8 @@ pub async fn submit(
         Json(Accepted {
             id,
             accepted: accepted.accepted,
+            rejected: rejected.count,
+            rejected_tokens: rejected.tokens.iter().map(RejectedView::from).collect(),
         }),
     ))
 }
@@ -367,6 +517,10 @@ pub struct JobView {
     /// Why the job is not moving, while that lasts (e.g. no agent serves its app).
     #[serde(skip_serializing_if = "Option::is_none")]
     waiting: Option<String>,
+    /// Tokens of the request refused as malformed, not counted in `accepted`.
+    rejected: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rejected_tokens: Vec<RejectedView>,
 }
 
 #[derive(Debug, Serialize)]
@@ -428,6 +582,13 @@ impl From<JobStatus> for JobView {
             created_ms: status.created_ms,
             finished_ms: status.finished_ms,
             waiting: status.waiting,
+            rejected: status.rejected.count,
+            rejected_tokens: status
+                .rejected
+                .tokens
+                .iter()
+                .map(RejectedView::from)
+                .collect(),
         }
     }
 }
@@ -675,7 +836,7 @@ mod tests {
                 "plain serde_json: {:.1} ms",
                 start.elapsed().as_secs_f64() * 1e3
             );
-            assert_eq!(plain.targets.apns.len(), N);
+            assert_eq!(plain.targets.apns.list.len(), N);
             let start = std::time::Instant::now();
             let value: serde_json::Value = serde_json::from_slice(body.as_bytes()).unwrap();
             println!(

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use volley_apns::{Alert, Notification, PayloadError, PushType};
 use volley_contracts::{ApnsRender, FcmRender};
 use volley_fcm::{
-    AndroidConfig, AndroidNotification, AndroidPriority, FcmMessage, PreparedMessage,
+    AndroidConfig, AndroidNotification, AndroidPriority, FcmMessage, PreparedMessage, Target,
 };
 
 use crate::error::{ApiError, Code};
@@ -64,6 +64,13 @@ pub(crate) struct Spec {
     pub fcm_raw: Option<FcmMessage>,
     /// FCM: send a data-only message (gaurun): no `notification` block, `message` in `data`.
     pub fcm_data_only: bool,
+    /// FCM: what the FCM "tokens" of the job name: devices, or one topic or condition.
+    pub fcm_target: Target,
+    /// APNs: the `apns-topic` the caller named, sent verbatim instead of the app's bundle id
+    /// with the push type's suffix.
+    pub apns_topic: Option<String>,
+    /// APNs: the `apns-id` the caller chose (a UUID).
+    pub apns_id: Option<String>,
 }
 
 /// What each logical field is called in one API, for error messages.
@@ -78,6 +85,8 @@ pub(crate) struct Names {
     pub fcm_raw: &'static str,
     pub apns_target: &'static str,
     pub fcm_target: &'static str,
+    pub apns_topic: &'static str,
+    pub apns_id: &'static str,
 }
 
 fn now_secs() -> u64 {
@@ -257,12 +266,34 @@ pub(crate) fn render_apns(spec: &Spec, topic: &str, names: &Names) -> Result<Apn
         };
         ApiError::new(code, format!("apns: {error}")).field(field)
     })?;
+    if let Some(topic) = &spec.apns_topic {
+        let visible = |b: u8| b.is_ascii_graphic();
+        if topic.is_empty() || topic.len() > 255 || !topic.bytes().all(visible) {
+            return Err(ApiError::new(
+                Code::InvalidArgument,
+                "the apns topic must be 1 to 255 visible ascii characters (a bundle id, with \
+                 the push type's suffix when it needs one)",
+            )
+            .field(names.apns_topic));
+        }
+    }
+    if let Some(id) = &spec.apns_id {
+        if id.parse::<uuid::Uuid>().is_err() {
+            return Err(ApiError::new(
+                Code::InvalidArgument,
+                "apns_id must be a uuid (8-4-4-4-12 hex digits)",
+            )
+            .field(names.apns_id));
+        }
+    }
     Ok(ApnsRender {
         payload: prepared.body().clone(),
         push_type: push_type.as_str().to_owned(),
         priority,
         expiration,
         collapse_id: spec.collapse_id.clone(),
+        topic: spec.apns_topic.clone(),
+        apns_id: spec.apns_id.clone(),
     })
 }
 
@@ -342,24 +373,26 @@ pub(crate) fn render_fcm(spec: &Spec, names: &Names) -> Result<FcmRender, ApiErr
         }
     }
 
-    let prepared = PreparedMessage::new(&message).map_err(|error| {
-        use volley_fcm::MessageError as E;
-        let (code, field) = match &error {
-            E::TtlTooLong { .. } => (
-                Code::InvalidArgument,
-                if spec.ttl.is_some() {
-                    names.ttl
-                } else {
-                    names.expiration
-                },
-            ),
-            E::ReservedDataKey(_) => (Code::InvalidArgument, names.data),
-            E::TooLarge { .. } => (Code::PayloadTooLarge, names.fcm_target),
-            E::HasTarget(_) => (Code::InvalidArgument, names.fcm_raw),
-            E::NotAnObject => (Code::Internal, names.fcm_target),
-        };
-        ApiError::new(code, format!("fcm: {error}")).field(field)
-    })?;
+    let prepared = PreparedMessage::new(&message)
+        .and_then(|prepared| prepared.to(spec.fcm_target))
+        .map_err(|error| {
+            use volley_fcm::MessageError as E;
+            let (code, field) = match &error {
+                E::TtlTooLong { .. } => (
+                    Code::InvalidArgument,
+                    if spec.ttl.is_some() {
+                        names.ttl
+                    } else {
+                        names.expiration
+                    },
+                ),
+                E::ReservedDataKey(_) => (Code::InvalidArgument, names.data),
+                E::TooLarge { .. } => (Code::PayloadTooLarge, names.fcm_target),
+                E::HasTarget(_) => (Code::InvalidArgument, names.fcm_raw),
+                E::NotAnObject => (Code::Internal, names.fcm_target),
+            };
+            ApiError::new(code, format!("fcm: {error}")).field(field)
+        })?;
     Ok(fcm_parts(&prepared))
 }
 
@@ -379,6 +412,8 @@ mod tests {
         fcm_raw: "fcm",
         apns_target: "targets.apns",
         fcm_target: "targets.fcm",
+        apns_topic: "apns_topic",
+        apns_id: "apns_id",
     };
 
     fn spec() -> Spec {

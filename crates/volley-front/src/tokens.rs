@@ -2,8 +2,11 @@
 //!
 //! A million-token body must not become a million `String`s: each element is borrowed from the
 //! request body (or unescaped once into serde's scratch buffer), checked, and appended to one
-//! shared buffer. Errors are raised inside the element, so `serde_path_to_error` names the index
-//! (`targets.apns[17]`); the token itself is never part of the message.
+//! shared buffer. A token that breaks its rule is not an error: it is left out of the list and
+//! noted with its index in [`Tokens::rejected`], so that a request with a few malformed tokens
+//! is accepted for the others (callers refuse it instead in strict mode). An element that is
+//! not a string is an error raised inside the element, so `serde_path_to_error` names the
+//! index (`targets.apns[17]`). The token itself is never part of a message.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -12,7 +15,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use volley_contracts::{Platform, TokenList, TokenListBuilder};
 
-use crate::error::{unprocessable, Code};
+use crate::error::Code;
 
 /// How a token array checks its elements.
 pub(crate) trait TokenRule {
@@ -51,10 +54,15 @@ impl TokenRule for NoRule {
     }
 }
 
+/// A token left out of a list: its index in the array and why (never the token).
+pub(crate) type Rejection = (usize, String);
+
 /// A JSON array of tokens, read into a [`TokenList`] under `R`'s rule.
 pub(crate) struct Tokens<R> {
-    /// The tokens.
+    /// The tokens that pass the rule, in order.
     pub list: TokenList,
+    /// The ones that do not, by index in the array.
+    pub rejected: Vec<Rejection>,
     rule: PhantomData<R>,
 }
 
@@ -62,6 +70,7 @@ impl<R> Default for Tokens<R> {
     fn default() -> Self {
         Tokens {
             list: TokenList::default(),
+            rejected: Vec::new(),
             rule: PhantomData,
         }
     }
@@ -69,9 +78,10 @@ impl<R> Default for Tokens<R> {
 
 impl<'de, R: TokenRule> Deserialize<'de> for Tokens<R> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let list = deserializer.deserialize_seq(ArrayVisitor::<R>(PhantomData))?;
+        let (list, rejected) = deserializer.deserialize_seq(ArrayVisitor::<R>(PhantomData))?;
         Ok(Tokens {
             list,
+            rejected,
             rule: PhantomData,
         })
     }
@@ -80,38 +90,46 @@ impl<'de, R: TokenRule> Deserialize<'de> for Tokens<R> {
 struct ArrayVisitor<R>(PhantomData<R>);
 
 impl<'de, R: TokenRule> Visitor<'de> for ArrayVisitor<R> {
-    type Value = TokenList;
+    type Value = (TokenList, Vec<Rejection>);
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(R::WHAT)
     }
 
     // A lone string where an array belongs is most likely a token: say so without echoing it.
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<TokenList, E> {
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
         Err(E::custom(format_args!(
             "expected {}, got a single string",
             R::WHAT
         )))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TokenList, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut builder = match seq.size_hint() {
             Some(n) => TokenListBuilder::with_capacity(n, n * 64),
             None => TokenListBuilder::default(),
         };
+        let mut rejected = Vec::new();
+        let mut index = 0;
         while seq
             .next_element_seed(Element::<R> {
                 builder: &mut builder,
+                rejected: &mut rejected,
+                index,
                 rule: PhantomData,
             })?
             .is_some()
-        {}
-        Ok(builder.finish())
+        {
+            index += 1;
+        }
+        Ok((builder.finish(), rejected))
     }
 }
 
 struct Element<'b, R> {
     builder: &'b mut TokenListBuilder,
+    rejected: &'b mut Vec<Rejection>,
+    index: usize,
     rule: PhantomData<R>,
 }
 
@@ -131,31 +149,37 @@ impl<'de, R: TokenRule> Visitor<'de> for Element<'_, R> {
     }
 
     fn visit_str<E: de::Error>(self, token: &str) -> Result<(), E> {
-        if let Err(reason) = R::check(token) {
-            return Err(unprocessable(Code::InvalidToken, reason));
+        match R::check(token) {
+            Ok(()) => self.builder.push(token),
+            Err(reason) => self.rejected.push((self.index, reason)),
         }
-        self.builder.push(token);
         Ok(())
     }
 }
 
-/// Checks every token of `list` for `platform`, naming the first bad one as `field[index]`.
-pub(crate) fn validate(
-    list: &TokenList,
-    platform: Platform,
-    field: &str,
-) -> Result<(), crate::error::ApiError> {
+/// Checks every token of `list` for `platform`: the ones that pass, and the others by index.
+pub(crate) fn validate(list: TokenList, platform: Platform) -> (TokenList, Vec<Rejection>) {
     let check: fn(&str) -> Result<(), String> = match platform {
         Platform::Apns => ApnsRule::check,
         Platform::Fcm => FcmRule::check,
     };
-    for (index, token) in list.iter().enumerate() {
-        if let Err(reason) = check(token) {
-            return Err(crate::error::ApiError::new(Code::InvalidToken, reason)
-                .field(format!("{field}[{index}]")));
-        }
+    let rejected: Vec<Rejection> = list
+        .iter()
+        .enumerate()
+        .filter_map(|(index, token)| check(token).err().map(|reason| (index, reason)))
+        .collect();
+    if rejected.is_empty() {
+        return (list, rejected);
     }
-    Ok(())
+    let kept = list.iter().filter(|token| check(token).is_ok()).collect();
+    (kept, rejected)
+}
+
+/// The error for a list whose tokens were all refused, or for the first refused one in
+/// strict mode: `field[index]` and its reason.
+pub(crate) fn refusal(field: &str, rejection: &Rejection) -> crate::error::ApiError {
+    crate::error::ApiError::new(Code::InvalidToken, rejection.1.clone())
+        .field(format!("{field}[{}]", rejection.0))
 }
 
 #[cfg(test)]
@@ -163,10 +187,10 @@ mod tests {
     use super::*;
     use crate::error::ApiError;
 
-    fn parse<R: TokenRule>(json: &str) -> Result<TokenList, ApiError> {
+    fn parse<R: TokenRule>(json: &str) -> Result<(TokenList, Vec<Rejection>), ApiError> {
         let mut de = serde_json::Deserializer::from_str(json);
         serde_path_to_error::deserialize::<_, Tokens<R>>(&mut de)
-            .map(|t| t.list)
+            .map(|t| (t.list, t.rejected))
             .map_err(ApiError::from_json)
     }
 
@@ -174,21 +198,23 @@ mod tests {
     fn valid_tokens_land_in_the_list_in_order() {
         let a = "a".repeat(64);
         let b = "B".repeat(64);
-        let list = parse::<ApnsRule>(&format!(r#"["{a}", "{b}"]"#)).unwrap();
+        let (list, rejected) = parse::<ApnsRule>(&format!(r#"["{a}", "{b}"]"#)).unwrap();
         assert_eq!(list.iter().collect::<Vec<_>>(), [a.as_str(), b.as_str()]);
+        assert!(rejected.is_empty());
         // Escaped strings are unescaped before the check.
-        let list = parse::<FcmRule>(r#"["a\u0062c"]"#).unwrap();
+        let (list, _) = parse::<FcmRule>(r#"["a\u0062c"]"#).unwrap();
         assert_eq!(list.get(0), Some("abc"));
     }
 
     #[test]
-    fn a_bad_token_is_named_by_index_and_never_echoed() {
+    fn a_bad_token_is_left_out_by_index_and_never_echoed() {
         let good = "a".repeat(64);
-        let error =
-            parse::<ApnsRule>(&format!(r#"["{good}", "{good}", "secret-zz"]"#)).unwrap_err();
-        assert_eq!(error.code, Code::InvalidToken);
-        assert_eq!(error.field.as_deref(), Some("[2]"));
-        assert!(!error.message.contains("secret"), "{}", error.message);
+        let (list, rejected) =
+            parse::<ApnsRule>(&format!(r#"["{good}", "secret-zz", "{good}"]"#)).unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].0, 1);
+        assert!(!rejected[0].1.contains("secret"), "{}", rejected[0].1);
 
         let error = parse::<FcmRule>(r#""secret-token""#).unwrap_err();
         assert_eq!(error.code, Code::BadRequest);
@@ -201,38 +227,31 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn any_token_array_round_trips_or_names_its_first_bad_index(
+        fn any_token_array_keeps_the_good_and_names_the_bad_by_index(
             tokens in proptest::collection::vec("[A-Za-z0-9_:.-]{1,40}", 0..60),
             bad in proptest::option::of(("SECRET[ \"\\\\/é]{1,3}", 0usize..60)),
         ) {
-            let mut tokens = tokens;
+            let mut all = tokens.clone();
             let bad_at = bad.map(|(text, at)| {
-                let at = at.min(tokens.len());
-                tokens.insert(at, text);
+                let at = at.min(all.len());
+                all.insert(at, text);
                 at
             });
-            let json = serde_json::to_string(&tokens).unwrap();
-            match (parse::<FcmRule>(&json), bad_at) {
-                (Ok(list), None) => {
-                    proptest::prop_assert_eq!(list.iter().collect::<Vec<_>>(), tokens.clone());
-                }
-                (Err(error), Some(at)) => {
-                    proptest::prop_assert_eq!(error.code, Code::InvalidToken);
-                    let expected = format!("[{at}]");
-                    proptest::prop_assert_eq!(error.field.as_deref(), Some(expected.as_str()));
-                    proptest::prop_assert!(!error.message.contains("SECRET"));
-                }
-                (result, bad_at) => {
-                    proptest::prop_assert!(false, "{:?} for bad token at {:?}", result.map(|l| l.len()), bad_at);
-                }
-            }
+            let json = serde_json::to_string(&all).unwrap();
+            let (list, rejected) = parse::<FcmRule>(&json).unwrap();
+            proptest::prop_assert_eq!(list.iter().collect::<Vec<_>>(), tokens);
+            proptest::prop_assert_eq!(rejected.iter().map(|r| r.0).collect::<Vec<_>>(), bad_at.into_iter().collect::<Vec<_>>());
+            proptest::prop_assert!(rejected.iter().all(|r| !r.1.contains("SECRET")));
         }
     }
 
     #[test]
-    fn later_validation_names_the_field() {
-        let list: TokenList = ["ok", "not ok"].into_iter().collect();
-        let error = validate(&list, Platform::Fcm, "notifications[0].tokens").unwrap_err();
+    fn later_validation_splits_the_list() {
+        let list: TokenList = ["ok", "not ok", "fine"].into_iter().collect();
+        let (kept, rejected) = validate(list, Platform::Fcm);
+        assert_eq!(kept.iter().collect::<Vec<_>>(), ["ok", "fine"]);
+        assert_eq!(rejected.len(), 1);
+        let error = refusal("notifications[0].tokens", &rejected[0]);
         assert_eq!(error.field.as_deref(), Some("notifications[0].tokens[1]"));
     }
 }

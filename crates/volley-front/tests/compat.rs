@@ -26,7 +26,6 @@ async fn gorush_requests_become_one_job_per_entry() {
                 "interruption_level": "time-sensitive",
                 "alert": {"subtitle": "sub", "loc-key": "GREETING"},
                 "data": {"k": "v"},
-                "unknown_gorush_field": true,
             },
             {
                 "tokens": [fcm_token(1)],
@@ -60,6 +59,7 @@ async fn gorush_requests_become_one_job_per_entry() {
         (apns.priority, apns.expiration, apns.collapse_id.as_deref()),
         (5, Some(1_900_000_000), Some("c1"))
     );
+    assert_eq!(apns.topic.as_deref(), Some("com.example.shop"));
     assert_eq!(
         apns_payload(ios),
         json!({
@@ -137,6 +137,8 @@ async fn gaurun_requests_are_answered_like_gaurun() {
     let jobs = front.submitted();
     // gaurun's expiry 0 means "not set".
     assert_eq!(jobs[2].apns.as_ref().unwrap().expiration, None);
+    // gaurun always sends a badge, 0 when none is given.
+    assert_eq!(apns_payload(&jobs[2])["aps"]["badge"], 0);
     assert_eq!(
         apns_payload(&jobs[0]),
         json!({
@@ -172,18 +174,42 @@ async fn compat_errors_name_the_entry_and_queue_nothing() {
             "/api/push",
             Some(SHOP_KEY),
             &json!({"notifications": [
-                {"tokens": [apns_token(1)], "platform": 1, "message": "ok"},
-                {"tokens": ["bad token!"], "platform": 2, "message": "x"},
+                {"tokens": [apns_token(1)], "platform": 1, "message": "ok", "unknown_field": 1},
             ]}),
         )
         .await;
-    let message = reply.assert_error(422, "invalid_token", Some("notifications[1].tokens[0]"));
+    let message = reply.assert_error(
+        422,
+        "invalid_argument",
+        Some("notifications[0].unknown_field"),
+    );
     assert_eq!(
         reply.json()["message"],
         message,
         "gorush clients read `message`"
     );
-    assert!(!message.contains("bad token"));
+    for (field, value) in [
+        ("api_key", json!("k")),
+        ("dry_run", json!(true)),
+        ("production", json!(true)),
+        ("huawei_data", json!("x")),
+        ("collapse_key", json!("ios gets collapse_id")),
+    ] {
+        let mut entry = json!({"tokens": [apns_token(1)], "platform": 1, "message": "x"});
+        entry[field] = value;
+        front
+            .post(
+                "/api/push",
+                Some(SHOP_KEY),
+                &json!({"notifications": [entry]}),
+            )
+            .await
+            .assert_error(
+                422,
+                "invalid_argument",
+                Some(&format!("notifications[0].{field}")),
+            );
+    }
 
     front
         .post(
@@ -220,8 +246,85 @@ async fn compat_errors_name_the_entry_and_queue_nothing() {
             &json!({"notifications": [{"tokens": [fcm_token(1)], "platform": 2, "topic": "news"}]}),
         )
         .await
+        .assert_error(422, "invalid_argument", Some("notifications[0].tokens"));
+    front
+        .post(
+            "/api/push",
+            Some(SHOP_KEY),
+            &json!({"notifications": [{"platform": 2, "topic": "bad topic"}]}),
+        )
+        .await
         .assert_error(422, "invalid_argument", Some("notifications[0].topic"));
     assert!(front.submitted().is_empty());
+}
+
+#[tokio::test]
+async fn malformed_tokens_are_reported_and_the_others_sent() {
+    let front = Front::start(config("")).await;
+    let reply = front
+        .post(
+            "/api/push",
+            Some(SHOP_KEY),
+            &json!({"notifications": [
+                {"tokens": [apns_token(1), "secret bad", apns_token(2)], "platform": 1, "message": "ok"},
+                {"tokens": ["bad token!"], "platform": 2, "message": "x"},
+            ]}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let answer = reply.json();
+    assert_eq!(answer["counts"], 2);
+    assert_eq!(answer["job_ids"][1], serde_json::Value::Null);
+    let logs = answer["logs"].as_array().unwrap();
+    assert_eq!(logs.len(), 2, "{answer}");
+    assert_eq!(logs[0]["type"], "failed-push");
+    assert_eq!(logs[0]["platform"], "ios");
+    assert_eq!(logs[0]["field"], "notifications[0].tokens[1]");
+    assert_eq!(logs[1]["field"], "notifications[1].tokens[0]");
+    assert!(!reply.text().contains("secret"), "{}", reply.text());
+    let jobs = front.submitted();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].apns_tokens.len(), 2);
+    assert_eq!(jobs[0].rejected.count, 1);
+    assert_eq!(
+        jobs[0].rejected.tokens[0].field,
+        "notifications[0].tokens[1]"
+    );
+}
+
+#[tokio::test]
+async fn fcm_topics_and_conditions_are_one_target_jobs() {
+    let front = Front::start(config("")).await;
+    let reply = front
+        .post(
+            "/api/push",
+            Some(SHOP_KEY),
+            &json!({"notifications": [
+                {"to": "/topics/news", "platform": 2, "message": "to a topic"},
+                {"condition": "'a' in topics && 'b' in topics", "platform": 2, "message": "c"},
+                {"topic": "sports", "platform": 2, "message": "t", "content_available": true, "sound": "ding"},
+            ]}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let jobs = front.submitted();
+    let topic = fcm_body(&jobs[0], "news");
+    assert_eq!(topic["message"]["topic"], "news");
+    assert!(topic["message"].get("token").is_none());
+    let condition = fcm_body(&jobs[1], "'a' in topics && 'b' in topics");
+    assert_eq!(
+        condition["message"]["condition"],
+        "'a' in topics && 'b' in topics"
+    );
+    let sports = fcm_body(&jobs[2], "sports");
+    assert_eq!(
+        sports["message"]["apns"],
+        json!({"headers": {"apns-priority": "5"}, "payload": {"aps": {"sound": "ding", "content-available": 1}}})
+    );
+    assert_eq!(
+        sports["message"]["android"]["notification"]["sound"],
+        "ding"
+    );
 }
 
 #[tokio::test]

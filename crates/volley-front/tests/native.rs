@@ -144,19 +144,113 @@ async fn api_keys_reach_only_their_own_app() {
 }
 
 #[tokio::test]
+async fn malformed_tokens_are_left_out_and_reported_unless_strict() {
+    let front = Front::start(config("")).await;
+    let body = json!({
+        "title": "x",
+        "targets": {"apns": [apns_token(1), "secret-zz", apns_token(2)], "fcm": ["bad token"]},
+    });
+    let reply = front
+        .post("/v1/apps/shop/notifications", Some(SHOP_KEY), &body)
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let answer = reply.json();
+    assert_eq!(
+        (answer["accepted"].as_u64(), answer["rejected"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let fields: Vec<&str> = answer["rejected_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["targets.apns[1]", "targets.fcm[0]"]);
+    assert!(!reply.text().contains("secret"), "{}", reply.text());
+    let job = &front.submitted()[0];
+    assert_eq!(job.apns_tokens.len(), 2);
+    assert!(job.fcm_tokens.is_empty());
+    assert_eq!(job.rejected.count, 2);
+
+    // Every token malformed: nothing to send.
+    front
+        .post(
+            "/v1/apps/shop/notifications",
+            Some(SHOP_KEY),
+            &json!({"title": "x", "targets": {"apns": ["short"]}}),
+        )
+        .await
+        .assert_error(422, "invalid_token", Some("targets.apns[0]"));
+}
+
+#[tokio::test]
+async fn apns_topics_ids_and_fcm_topics_on_the_native_api() {
+    let front = Front::start(config("")).await;
+    let reply = front
+        .post(
+            "/v1/apps/shop/notifications",
+            Some(SHOP_KEY),
+            &json!({
+                "title": "x",
+                "push_type": "voip",
+                "apns_topic": "com.example.shop.voip",
+                "apns_id": "123e4567-e89b-12d3-a456-426614174000",
+                "targets": {"apns": [apns_token(1)]},
+                "topic": "/topics/news",
+            }),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let job = &front.submitted()[0];
+    let apns = job.apns.as_ref().unwrap();
+    assert_eq!(apns.topic.as_deref(), Some("com.example.shop.voip"));
+    assert_eq!(
+        apns.apns_id.as_deref(),
+        Some("123e4567-e89b-12d3-a456-426614174000")
+    );
+    assert_eq!(job.fcm_tokens.iter().collect::<Vec<_>>(), ["news"]);
+    assert_eq!(fcm_body(job, "news")["message"]["topic"], "news");
+    for (body, field) in [
+        (json!({"title": "x", "topic": "a b"}), "topic"),
+        (json!({"title": "x", "condition": "'a' in"}), "condition"),
+        (
+            json!({"title": "x", "topic": "a", "condition": "'a' in topics"}),
+            "condition",
+        ),
+        (
+            json!({"title": "x", "topic": "a", "targets": {"fcm": ["t:1"]}}),
+            "targets.fcm",
+        ),
+        (
+            json!({"title": "x", "apns_id": "nope", "targets": {"apns": [apns_token(1)]}}),
+            "apns_id",
+        ),
+        (
+            json!({"title": "x", "apns_topic": "", "targets": {"apns": [apns_token(1)]}}),
+            "apns_topic",
+        ),
+    ] {
+        front
+            .post("/v1/apps/shop/notifications", Some(SHOP_KEY), &body)
+            .await
+            .assert_error(422, "invalid_argument", Some(field));
+    }
+}
+
+#[tokio::test]
 async fn every_validation_error_names_its_field() {
     let front = Front::start(config("max_tokens_per_request = 5")).await;
     let good = apns_token(1);
     let cases = [
         // (body, status, code, field)
         (
-            json!({"targets": {"apns": [good, "not-a-secret-token", good]}}),
+            json!({"targets": {"apns": [good, "not-a-secret-token", good]}, "strict": true}),
             422,
             "invalid_token",
             Some("targets.apns[1]"),
         ),
         (
-            json!({"targets": {"fcm": ["ok", "bad token"]}}),
+            json!({"targets": {"fcm": ["ok", "bad token"]}, "strict": true}),
             422,
             "invalid_token",
             Some("targets.fcm[1]"),
@@ -181,8 +275,8 @@ async fn every_validation_error_names_its_field() {
         ),
         (
             json!({"targets": {"fcm": [fcm_token(1)]}, "titel": "typo"}),
-            400,
-            "bad_request",
+            422,
+            "invalid_argument",
             Some("titel"),
         ),
         (json!({"targets": {}}), 422, "no_tokens", Some("targets")),

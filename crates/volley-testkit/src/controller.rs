@@ -191,11 +191,14 @@ pub fn job(tokens: &[String], idempotency_key: Option<&str>) -> SubmitJob {
             priority: 10,
             expiration: None,
             collapse_id: None,
+            topic: None,
+            apns_id: None,
         }),
         fcm: None,
         apns_tokens: tokens.iter().collect::<TokenList>(),
         fcm_tokens: TokenList::default(),
         idempotency_key: idempotency_key.map(str::to_owned),
+        rejected: Default::default(),
     }
 }
 

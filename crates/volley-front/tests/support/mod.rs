@@ -121,6 +121,7 @@ impl Controller for FakeController {
             created_ms: 1,
             finished_ms: None,
             waiting: None,
+            rejected: Default::default(),
         };
         self.shared.jobs.lock().unwrap().insert(id, status);
         self.shared.submitted.lock().unwrap().push(job);
