@@ -45,12 +45,17 @@ pub(crate) fn handle<'a>(ctx: &Ctx, conn: &ConnCtx, parts: &'a Parts, body: &Byt
     }
     conn.authorised(ctx);
 
-    match (headers.topic, &ctx.config.apns_topic) {
-        (None, _) => return error(apns_id, StatusCode::BAD_REQUEST, "MissingTopic"),
-        (Some(got), Some(want)) if got.as_bytes() != want.as_bytes() => {
-            return error(apns_id, StatusCode::BAD_REQUEST, "BadTopic")
-        }
-        _ => {}
+    let push_type = headers
+        .push_type
+        .map_or(&b"alert"[..], HeaderValue::as_bytes);
+    let Some(suffix) = topic_suffix(push_type) else {
+        return error(apns_id, StatusCode::BAD_REQUEST, "InvalidPushType");
+    };
+    let Some(topic) = headers.topic else {
+        return error(apns_id, StatusCode::BAD_REQUEST, "MissingTopic");
+    };
+    if let Some(reason) = check_topic(topic.as_bytes(), suffix, ctx.config.apns_topic.as_deref()) {
+        return error(apns_id, StatusCode::BAD_REQUEST, reason);
     }
     let collapse_id = headers.collapse_id;
     if collapse_id.is_some_and(|c| c.len() > MAX_COLLAPSE_ID) {
@@ -86,6 +91,44 @@ pub(crate) fn handle<'a>(ctx: &Ctx, conn: &ConnCtx, parts: &'a Parts, body: &Byt
             collapse_id: collapse_id.and_then(|c| c.to_str().ok()).map(Cow::Borrowed),
         }),
     }
+}
+
+/// Every suffix Apple puts after the bundle id in `apns-topic`, by push type.
+const TOPIC_SUFFIXES: &[(&[u8], &[u8])] = &[
+    (b"alert", b""),
+    (b"background", b""),
+    (b"mdm", b""),
+    (b"voip", b".voip"),
+    (b"complication", b".complication"),
+    (b"fileprovider", b".pushkit.fileprovider"),
+    (b"liveactivity", b".push-type.liveactivity"),
+    (b"location", b".location-query"),
+    (b"pushtotalk", b".voip-ptt"),
+    (b"controls", b".push-type.controls"),
+    (b"widgets", b".push-type.widgets"),
+];
+
+/// The topic suffix a push type requires; `None` for a push type APNs does not know.
+fn topic_suffix(push_type: &[u8]) -> Option<&'static [u8]> {
+    TOPIC_SUFFIXES
+        .iter()
+        .find(|(name, _)| *name == push_type)
+        .map(|(_, suffix)| *suffix)
+}
+
+/// Apple's topic rule: the bundle id, plus the push type's suffix. A topic for another app
+/// is `BadTopic`; the right app with the wrong suffix is `DeviceTokenNotForTopic`.
+fn check_topic(topic: &[u8], suffix: &[u8], bundle: Option<&str>) -> Option<&'static str> {
+    let base = TOPIC_SUFFIXES
+        .iter()
+        .filter(|(_, known)| !known.is_empty())
+        .find_map(|(_, known)| topic.strip_suffix(*known))
+        .unwrap_or(topic);
+    if bundle.is_some_and(|bundle| bundle.as_bytes() != base) {
+        return Some("BadTopic");
+    }
+    let has_suffix = &topic[base.len()..];
+    (has_suffix != suffix).then_some("DeviceTokenNotForTopic")
 }
 
 /// The request headers APNs looks at.

@@ -148,7 +148,7 @@ async fn request_shape_checks() {
         (base(), &big, 413, "PayloadTooLarge"),
         (
             no_topic()
-                .header("apns-topic", "com.example.app")
+                .header("apns-topic", "com.example.app.voip")
                 .header("apns-push-type", "voip"),
             &voip_big,
             413,
@@ -185,6 +185,31 @@ async fn request_shape_checks() {
             400,
             "BadCollapseId",
         ),
+        // Apple's topic rule: a VoIP or Live Activity push needs its suffix.
+        (
+            no_topic()
+                .header("apns-topic", "com.example.app")
+                .header("apns-push-type", "liveactivity"),
+            PAYLOAD,
+            400,
+            "DeviceTokenNotForTopic",
+        ),
+        (
+            no_topic()
+                .header("apns-topic", "com.example.app.voip")
+                .header("apns-push-type", "alert"),
+            PAYLOAD,
+            400,
+            "DeviceTokenNotForTopic",
+        ),
+        (
+            no_topic()
+                .header("apns-topic", "com.example.app")
+                .header("apns-push-type", "shout"),
+            PAYLOAD,
+            400,
+            "InvalidPushType",
+        ),
     ];
     for (builder, body, status, reason) in cases {
         let reply = send(&mut c, builder.body(()).unwrap(), body).await;
@@ -194,7 +219,7 @@ async fn request_shape_checks() {
     // VoIP payloads may be up to 5120 bytes.
     let voip = http::Request::post(format!("{}/3/device/{token}", server.endpoint()))
         .header("authorization", format!("bearer {jwt}"))
-        .header("apns-topic", "com.example.app")
+        .header("apns-topic", "com.example.app.voip")
         .header("apns-push-type", "voip")
         .body(())
         .unwrap();
