@@ -64,7 +64,7 @@ pub(crate) fn handle<'a>(ctx: &Ctx, conn: &ConnCtx, parts: &'a Parts, body: &Byt
     if body.is_empty() {
         return error(apns_id, StatusCode::BAD_REQUEST, "PayloadEmpty");
     }
-    let voip = headers.push_type.is_some_and(|t| t.as_bytes() == b"voip");
+    let voip = push_type == b"voip";
     let limit = if voip { MAX_VOIP_PAYLOAD } else { MAX_PAYLOAD };
     if body.len() > limit {
         return error(apns_id, StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge");

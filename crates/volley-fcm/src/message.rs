@@ -427,8 +427,8 @@ fn is_reserved_data_key(key: &str) -> bool {
 /// A message serialised once, ready to be stamped with tokens.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PreparedMessage {
-    /// Everything before the target's value: `{"message":{"token":"` for a device.
-    prefix: &'static [u8],
+    /// What the value stamped into each request names; its prefix starts the body.
+    target: Target,
     /// Everything after the token: `"}}` or `",<fields>}}`.
     suffix: Bytes,
 }
@@ -479,7 +479,7 @@ impl PreparedMessage {
         suffix.extend_from_slice(rest.as_bytes());
         suffix.push(b'}');
         let prepared = PreparedMessage {
-            prefix: PREFIX,
+            target: Target::Token,
             suffix: Bytes::from(suffix),
         };
         let size = prepared.size_without_token();
@@ -494,8 +494,9 @@ impl PreparedMessage {
     /// The token is copied in verbatim: callers check it with [`validate_token`] first, whose
     /// character set needs no JSON escaping (the client does).
     pub fn body_for(&self, token: &str) -> Bytes {
-        let mut body = BytesMut::with_capacity(self.prefix.len() + token.len() + self.suffix.len());
-        body.put_slice(self.prefix);
+        let prefix = self.target.prefix();
+        let mut body = BytesMut::with_capacity(prefix.len() + token.len() + self.suffix.len());
+        body.put_slice(prefix);
         body.put_slice(token.as_bytes());
         body.put_slice(&self.suffix);
         body.freeze()
@@ -507,14 +508,14 @@ impl PreparedMessage {
     /// This counts more than FCM does (FCM counts the message's content, not the envelope or
     /// the token), so a message accepted here is never refused by FCM for its size.
     pub fn size_without_token(&self) -> usize {
-        self.prefix.len() + self.suffix.len()
+        self.target.prefix().len() + self.suffix.len()
     }
 
     /// The same message sent to a topic or a condition instead of tokens: each request then
     /// stamps in the target's value ([`Target::validate`] it first).
     pub fn to(self, target: Target) -> Result<PreparedMessage, MessageError> {
         let prepared = PreparedMessage {
-            prefix: target.prefix(),
+            target,
             suffix: self.suffix,
         };
         let size = prepared.size_without_token();
@@ -526,10 +527,7 @@ impl PreparedMessage {
 
     /// What the value stamped into each request names.
     pub fn target(&self) -> Target {
-        [Target::Topic, Target::Condition]
-            .into_iter()
-            .find(|target| target.prefix() == self.prefix)
-            .unwrap_or(Target::Token)
+        self.target
     }
 }
 
@@ -537,7 +535,7 @@ impl PreparedMessage {
     /// The body around the token, for carrying a prepared message between nodes: every
     /// request body is `prefix + token + suffix`.
     pub fn parts(&self) -> (&'static [u8], &Bytes) {
-        (self.prefix, &self.suffix)
+        (self.target.prefix(), &self.suffix)
     }
 
     /// Rebuilds a message from [`PreparedMessage::parts`], checking the prefix and the size.
@@ -551,10 +549,7 @@ impl PreparedMessage {
         if !suffix.starts_with(b"\"") || !suffix.ends_with(b"}}") {
             return Err(MessageError::NotAnObject);
         }
-        let prepared = PreparedMessage {
-            prefix: target.prefix(),
-            suffix,
-        };
+        let prepared = PreparedMessage { target, suffix };
         let size = prepared.size_without_token();
         if size > MAX_PAYLOAD_BYTES {
             return Err(MessageError::TooLarge { size });

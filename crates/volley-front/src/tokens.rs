@@ -163,16 +163,24 @@ pub(crate) fn validate(list: TokenList, platform: Platform) -> (TokenList, Vec<R
         Platform::Apns => ApnsRule::check,
         Platform::Fcm => FcmRule::check,
     };
-    let rejected: Vec<Rejection> = list
-        .iter()
-        .enumerate()
-        .filter_map(|(index, token)| check(token).err().map(|reason| (index, reason)))
-        .collect();
-    if rejected.is_empty() {
-        return (list, rejected);
+    let Some(first) = list.iter().position(|token| check(token).is_err()) else {
+        return (list, Vec::new());
+    };
+    // Only a list with a bad token is copied, and each token is checked once: the ones
+    // before the first bad one passed already.
+    let mut kept = TokenListBuilder::with_capacity(list.len() - 1, list.byte_len());
+    let mut rejected = Vec::new();
+    for (index, token) in list.iter().enumerate() {
+        if index < first {
+            kept.push(token);
+            continue;
+        }
+        match check(token) {
+            Ok(()) => kept.push(token),
+            Err(reason) => rejected.push((index, reason)),
+        }
     }
-    let kept = list.iter().filter(|token| check(token).is_ok()).collect();
-    (kept, rejected)
+    (kept.finish(), rejected)
 }
 
 /// The error for a list whose tokens were all refused, or for the first refused one in
