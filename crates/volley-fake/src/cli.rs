@@ -82,9 +82,14 @@ pub struct CommonArgs {
     /// Fraction (0..=1) of requests answered with a transient 503 error, retry-after: 1.
     #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
     pub transient_error_rate: f64,
-    /// Append one line per delivered notification: token, message id, collapse id (tab-separated).
+    /// Append one line per delivered notification: token, message id, collapse id
+    /// (tab-separated), flushed at least every 100 ms.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
+    /// Keep the first N notification requests whole (headers, body, status; credentials
+    /// reduced to their scheme) and serve them as JSON at GET /requests.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub capture: usize,
     /// Accept every request without checking credentials (throughput measurements only).
     #[arg(long)]
     pub skip_auth: bool,
@@ -165,6 +170,7 @@ fn apply_common(config: &mut FakeConfig, common: &CommonArgs) {
     config.latency = common.latency.clone().unwrap_or(Latency::None);
     config.transient_error_rate = common.transient_error_rate;
     config.record_path = common.record.clone();
+    config.capture = common.capture;
     config.skip_auth = common.skip_auth;
 }
 
@@ -180,7 +186,10 @@ fn serve(
     eprintln!("{what} listening on {}", server.endpoint());
     eprintln!("CA certificate: {}", server.ca_pem_path().display());
     match server.stats_addr() {
-        Some(addr) => eprintln!("stats: http://{addr}/stats (and GET /stats on the main port)"),
+        Some(addr) => {
+            eprintln!("stats: http://{addr}/stats (and GET /stats on the main port)");
+            eprintln!("captured requests: http://{addr}/requests (see --capture)");
+        }
         None => eprintln!("stats: GET /stats on the main port"),
     }
     wait_for_signal()?;

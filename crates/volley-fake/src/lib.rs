@@ -5,9 +5,10 @@
 //! It answers like the real services do (status, headers and body shapes), fails on purpose for
 //! tokens with scripted prefixes (see the table in [`cli`]), and counts what it saw in [`Stats`].
 //!
-//! Layout: `server` accepts connections and drives `h2`; `apns` and `fcm` turn one request into a
-//! reply; `shim` rewrites a few HTTP/2 frames on the wire where `h2` offers no knob (the
-//! single-stream-until-auth dance and GOAWAY's last-stream-id); `tls` mints the CA and server
+//! Layout: `server` accepts connections and drives `h2` (and keeps requests whole when asked:
+//! [`Captured`]); `apns` and `fcm` turn one request into a reply; `shim` rewrites a few HTTP/2
+//! frames on the wire where `h2` offers no knob (the single-stream-until-auth dance and
+//! GOAWAY's last-stream-id); `tls` mints the CA and server
 //! certificate at start-up; `keys` gives tests credentials the fake accepts.
 
 #![forbid(unsafe_code)]
@@ -71,8 +72,12 @@ pub struct FakeConfig {
     pub latency: Latency,
     /// Fraction of requests answered with a transient error (503 ServiceUnavailable / UNAVAILABLE).
     pub transient_error_rate: f64,
-    /// Append one line per delivered notification: `token\tid\tcollapse_id`.
+    /// Append one line per delivered notification: `token\tid\tcollapse_id` (buffered,
+    /// flushed at least every 100 ms and when the server stops).
     pub record_path: Option<PathBuf>,
+    /// Keep the first this many notification requests whole (method, path, headers, body and
+    /// the status answered) for [`FakeServer::captured`] and `GET /requests`; 0 keeps none.
+    pub capture: usize,
     /// Where to write the generated CA certificate PEM (a temporary file otherwise).
     pub ca_out: Option<PathBuf>,
     /// Verify APNs provider-token signatures (ES256) against this public key when set.
@@ -111,6 +116,7 @@ impl FakeConfig {
             latency: Latency::None,
             transient_error_rate: 0.0,
             record_path: None,
+            capture: 0,
             ca_out: None,
             apns_jwt_public_key_pem: None,
             apns_topic: None,
@@ -145,6 +151,47 @@ pub struct Stats {
     pub max_open_streams_seen: u64,
     /// Most streams any connection had open at once before its first authorised request.
     pub max_open_streams_before_auth: u64,
+}
+
+/// One notification request as the fake received it, kept when [`FakeConfig::capture`] is set.
+///
+/// The `authorization` header keeps only its scheme (`bearer`), so that a capture never holds
+/// a credential.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Captured {
+    /// `POST`.
+    pub method: String,
+    /// The request path, e.g. `/3/device/{token}` or `/v1/projects/{p}/messages:send`.
+    pub path: String,
+    /// Every request header, names lowercase; a repeated header's values joined with `, `.
+    pub headers: BTreeMap<String, String>,
+    /// The body as JSON, or as a string when it is not JSON.
+    pub body: serde_json::Value,
+    /// The HTTP status the fake answered.
+    pub status: u16,
+}
+
+impl Captured {
+    /// The headers whose names start with `prefix` (e.g. `apns-`).
+    pub fn headers_with_prefix(&self, prefix: &str) -> BTreeMap<String, String> {
+        self.headers
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect()
+    }
+
+    /// The device token the request was for: the APNs path's last segment, or FCM's
+    /// `message.token` (or `message.topic` / `message.condition`).
+    pub fn target(&self) -> Option<&str> {
+        if let Some(token) = self.path.strip_prefix("/3/device/") {
+            return Some(token);
+        }
+        let message = self.body.get("message")?;
+        ["token", "topic", "condition"]
+            .iter()
+            .find_map(|key| message.get(*key).and_then(serde_json::Value::as_str))
+    }
 }
 
 /// Why the fake could not start or run.

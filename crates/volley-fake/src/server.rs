@@ -27,7 +27,13 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::counters::Counters;
 use crate::shim::{Shim, ShimControl};
-use crate::{apns, fcm, tls, FakeConfig, FakeError, Latency, Provider, Stats};
+use crate::{apns, fcm, tls, Captured, FakeConfig, FakeError, Latency, Provider, Stats};
+
+/// The requests kept whole ([`FakeConfig::capture`]), shared with the caller's thread.
+type Captures = Arc<parking_lot::Mutex<Vec<Captured>>>;
+
+/// How often a record file is flushed while requests arrive.
+const RECORD_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Bodies above this are not buffered further; every real limit is far below it.
 const MAX_BODY: usize = 64 * 1024;
@@ -42,6 +48,7 @@ pub struct FakeServer {
     /// Keeps the temporary CA file alive (and removes it) when no `ca_out` was given.
     _ca_temp: Option<tempfile::TempPath>,
     counters: Arc<Counters>,
+    captured: Captures,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -131,6 +138,7 @@ impl FakeServer {
         };
 
         let counters = Arc::new(Counters::new());
+        let captured = Captures::default();
         let (stop, stopped) = oneshot::channel();
         let scheme = if config.tls { "https" } else { "http" };
         let acceptor = config
@@ -143,6 +151,7 @@ impl FakeServer {
         let shared = Shared {
             config,
             counters: counters.clone(),
+            captured: captured.clone(),
             apns_key,
             fcm_key,
             record,
@@ -160,6 +169,7 @@ impl FakeServer {
             ca_path,
             _ca_temp: ca_temp,
             counters,
+            captured,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -208,6 +218,21 @@ impl FakeServer {
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         self.counters.snapshot()
+    }
+
+    /// The notification requests kept so far ([`FakeConfig::capture`]), oldest first.
+    pub fn captured(&self) -> Vec<Captured> {
+        self.captured.lock().clone()
+    }
+
+    /// The last request kept for `target` (a device token, FCM topic or condition).
+    pub fn captured_for(&self, target: &str) -> Option<Captured> {
+        self.captured
+            .lock()
+            .iter()
+            .rev()
+            .find(|c| c.target() == Some(target))
+            .cloned()
     }
 
     /// Stops the server, joins its thread (flushing the record file) and returns the final counters.
@@ -267,6 +292,7 @@ fn validate(config: &FakeConfig) -> Result<(), FakeError> {
 struct Shared {
     config: FakeConfig,
     counters: Arc<Counters>,
+    captured: Captures,
     apns_key: Option<DecodingKey>,
     fcm_key: Option<DecodingKey>,
     record: Option<BufWriter<File>>,
@@ -278,6 +304,7 @@ struct Shared {
 pub(crate) struct Ctx {
     pub(crate) config: FakeConfig,
     pub(crate) counters: Arc<Counters>,
+    captured: Captures,
     pub(crate) apns_key: Option<DecodingKey>,
     pub(crate) fcm_key: Option<DecodingKey>,
     pub(crate) port: u16,
@@ -287,6 +314,8 @@ pub(crate) struct Ctx {
     pub(crate) next_message_id: Cell<u64>,
     seen_tokens: RefCell<HashSet<Box<str>>>,
     record: RefCell<Option<BufWriter<File>>>,
+    /// Whether the record has lines not yet flushed.
+    record_dirty: Cell<bool>,
 }
 
 impl Ctx {
@@ -308,7 +337,59 @@ impl Ctx {
             let collapse = delivery.collapse_id.as_deref().unwrap_or("");
             // A failed record write must not fail the delivery; it shows up as a short record.
             let _ = writeln!(record, "{}\t{id}\t{collapse}", delivery.token);
+            self.record_dirty.set(true);
         }
+    }
+
+    /// Writes out the record's buffered lines, if any.
+    fn flush_record(&self) {
+        if !self.record_dirty.replace(false) {
+            return;
+        }
+        if let Some(record) = self.record.borrow_mut().as_mut() {
+            if let Err(error) = record.flush() {
+                tracing::warn!(%error, "fake record flush failed");
+            }
+        }
+    }
+
+    /// Keeps a notification request whole while fewer than `capture` are kept.
+    fn capture(&self, parts: &http::request::Parts, body: &Bytes, status: u16) {
+        let mut captured = self.captured.lock();
+        if captured.len() >= self.config.capture {
+            return;
+        }
+        let mut headers = std::collections::BTreeMap::<String, String>::new();
+        for (name, value) in &parts.headers {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            let value = if name == http::header::AUTHORIZATION {
+                // The scheme only: a capture never holds a credential.
+                value
+                    .split(' ')
+                    .next()
+                    .unwrap_or_default()
+                    .to_ascii_lowercase()
+            } else {
+                value.into_owned()
+            };
+            headers
+                .entry(name.as_str().to_owned())
+                .and_modify(|joined| {
+                    joined.push_str(", ");
+                    joined.push_str(&value);
+                })
+                .or_insert(value);
+        }
+        let body = serde_json::from_slice(body).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(body).into_owned())
+        });
+        captured.push(Captured {
+            method: parts.method.as_str().to_owned(),
+            path: parts.uri.path().to_owned(),
+            headers,
+            body,
+            status,
+        });
     }
 }
 
@@ -443,6 +524,7 @@ fn run(
     let ctx = Rc::new(Ctx {
         config: shared.config,
         counters: shared.counters,
+        captured: shared.captured,
         apns_key: shared.apns_key,
         fcm_key: shared.fcm_key,
         port: shared.port,
@@ -451,14 +533,18 @@ fn run(
         next_message_id: Cell::new(0),
         seen_tokens: RefCell::default(),
         record: RefCell::new(shared.record),
+        record_dirty: Cell::new(false),
     });
     let local = LocalSet::new();
     let main_ctx = ctx.clone();
     local.block_on(&runtime, async move {
         let ctx = main_ctx;
+        let mut flush = tokio::time::interval(RECORD_FLUSH);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = &mut stopped => break,
+                _ = flush.tick() => ctx.flush_record(),
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, _)) => {
                         spawn_local(serve_connection(ctx.clone(), tcp, acceptor.clone()));
@@ -467,7 +553,8 @@ fn run(
                 },
                 accepted = accept_stats(stats_listener.as_ref()) => match accepted {
                     Ok((tcp, _)) => {
-                        spawn_local(serve_stats_http1(ctx.counters.clone(), tcp));
+                        let observed = (ctx.counters.clone(), ctx.captured.clone());
+                        spawn_local(serve_stats_http1(observed, tcp));
                     }
                     Err(error) => tracing::warn!(%error, "fake stats accept failed"),
                 },
@@ -476,11 +563,7 @@ fn run(
     });
     // Dropping the LocalSet drops every connection and stream task before the record is flushed.
     drop(local);
-    if let Some(record) = ctx.record.borrow_mut().as_mut() {
-        if let Err(error) = record.flush() {
-            tracing::warn!(%error, "fake record flush failed");
-        }
-    }
+    ctx.flush_record();
     drop(ctx);
     drop(runtime);
 }
@@ -492,13 +575,23 @@ async fn accept_stats(listener: Option<&TcpListener>) -> std::io::Result<(TcpStr
     }
 }
 
-async fn serve_stats_http1(counters: Arc<Counters>, tcp: TcpStream) {
+/// `GET /stats` (the counters) or `GET /requests` (the captured requests) as JSON.
+fn observation(path: &str, counters: &Counters, captured: &Captures) -> Option<Vec<u8>> {
+    match path {
+        "/stats" => Some(serde_json::to_vec(&counters.snapshot()).unwrap_or_default()),
+        "/requests" => Some(serde_json::to_vec(&*captured.lock()).unwrap_or_default()),
+        _ => None,
+    }
+}
+
+async fn serve_stats_http1((counters, captured): (Arc<Counters>, Captures), tcp: TcpStream) {
     use http_body_util::Full;
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-        let counters = counters.clone();
+        let body = (req.method() == Method::GET)
+            .then(|| observation(req.uri().path(), &counters, &captured))
+            .flatten();
         async move {
-            let response = if req.method() == Method::GET && req.uri().path() == "/stats" {
-                let body = serde_json::to_vec(&counters.snapshot()).unwrap_or_default();
+            let response = if let Some(body) = body {
                 let mut r = Response::new(Full::new(Bytes::from(body)));
                 r.headers_mut().insert(
                     http::header::CONTENT_TYPE,
@@ -723,9 +816,11 @@ fn answer(
     body: &Bytes,
     mut respond: SendResponse<Bytes>,
 ) {
-    let answer = if parts.method == Method::GET && parts.uri.path() == "/stats" {
-        let stats = serde_json::to_vec(&ctx.counters.snapshot()).unwrap_or_default();
-        Answer::json(StatusCode::OK, stats)
+    let observed = (parts.method == Method::GET)
+        .then(|| observation(parts.uri.path(), &ctx.counters, &ctx.captured))
+        .flatten();
+    let answer = if let Some(body) = observed {
+        Answer::json(StatusCode::OK, body)
     } else {
         match ctx.config.provider {
             Provider::Apns => apns::handle(ctx, conn, parts, body),
@@ -733,6 +828,9 @@ fn answer(
         }
     };
     let status = answer.response.status().as_u16();
+    if answer.notification && ctx.config.capture > 0 {
+        ctx.capture(parts, body, status);
+    }
     // Taken before the head moves into h2: the record wants the apns-id that was sent.
     let apns_id = answer
         .delivery

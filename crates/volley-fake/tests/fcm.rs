@@ -283,3 +283,69 @@ async fn expired_access_tokens_are_refused() {
     .await;
     assert_eq!(reply.status.as_u16(), 401);
 }
+
+#[tokio::test]
+async fn capture_keeps_whole_requests_without_credentials_and_the_record_is_written_as_it_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("fcm.tsv");
+    let mut config = config();
+    config.capture = 1;
+    config.record_path = Some(record.clone());
+    let stats_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = FakeServer::start_with_stats(
+        config,
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        Some(stats_listener),
+    )
+    .unwrap();
+    let mut c = client(&server).await;
+    let token = access_token(&mut c, &server).await;
+    for device in ["tok-1", "tok-2"] {
+        let reply = send(&mut c, message(&server, "demo", Some(&token)), &body(device)).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+
+    // Only the first request is kept (capture = 1), whole, with the bearer token reduced to
+    // its scheme.
+    let captured = server.captured();
+    assert_eq!(captured.len(), 1);
+    let first = &captured[0];
+    assert_eq!(first.method, "POST");
+    assert_eq!(first.path, "/v1/projects/demo/messages:send");
+    assert_eq!(first.status, 200);
+    assert_eq!(first.headers["authorization"], "bearer");
+    assert_eq!(first.body, serde_json::from_slice::<serde_json::Value>(&body("tok-1")).unwrap());
+    assert_eq!(first.target(), Some("tok-1"));
+    assert!(server.captured_for("tok-2").is_none());
+
+    // The same list over plain HTTP/1.1, as an independent client would read it.
+    let addr = server.stats_addr().unwrap();
+    let listed = http1_get(addr, "/requests").await;
+    let listed: Vec<volley_fake::Captured> = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed, captured);
+
+    // Both deliveries are in the record while the server still runs.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&record).unwrap_or_default();
+        if text.lines().count() == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "record: {text:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    server.shutdown();
+}
+
+/// The body of a plain HTTP/1.1 GET.
+async fn http1_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: fake\r\nconnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
