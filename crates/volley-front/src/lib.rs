@@ -296,7 +296,11 @@ pub fn router(state: FrontState) -> Router {
         .route("/stat/app", get(ops::stat_app))
         .route("/api/stat/app", get(ops::stat_app))
         .route("/stat/runtime", get(ops::stat_runtime))
+        .route("/stat/go", get(ops::stat_go))
+        .route("/api/stat/go", get(ops::stat_go))
+        .route("/sys/stats", get(ops::sys_stats))
         .route("/config/app", get(ops::config_app))
+        .route("/api/config", get(ops::gorush_config))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -313,6 +317,7 @@ pub fn router(state: FrontState) -> Router {
 
 /// Refuses new work while draining and counts every answer by route and status.
 async fn gate(State(state): State<FrontState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
     let route = metrics::Route::of(
         request
             .extensions()
@@ -330,7 +335,10 @@ async fn gate(State(state): State<FrontState>, request: Request, next: Next) -> 
         next.run(request).await
     };
     let status = response.status().as_u16();
-    state.inner.metrics.request(route, status);
+    state
+        .inner
+        .metrics
+        .request(route, status, started.elapsed());
     if let Some(code) = response.extensions().get::<Code>() {
         state.inner.metrics.rejected(*code);
         tracing::debug!(

@@ -19,7 +19,10 @@ pub(crate) enum Route {
     Gaurun,
     StatApp,
     StatRuntime,
+    StatGo,
+    SysStats,
     ConfigApp,
+    ApiConfig,
     Healthz,
     Readyz,
     Metrics,
@@ -27,7 +30,7 @@ pub(crate) enum Route {
 }
 
 impl Route {
-    const ALL: [Route; 13] = [
+    const ALL: [Route; 16] = [
         Route::Notifications,
         Route::JobStatus,
         Route::JobCancel,
@@ -36,7 +39,10 @@ impl Route {
         Route::Gaurun,
         Route::StatApp,
         Route::StatRuntime,
+        Route::StatGo,
+        Route::SysStats,
         Route::ConfigApp,
+        Route::ApiConfig,
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -53,7 +59,10 @@ impl Route {
             Route::Gaurun => "gaurun_push",
             Route::StatApp => "stat_app",
             Route::StatRuntime => "stat_runtime",
+            Route::StatGo => "stat_go",
+            Route::SysStats => "sys_stats",
             Route::ConfigApp => "config_app",
+            Route::ApiConfig => "api_config",
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::Metrics => "metrics",
@@ -72,7 +81,10 @@ impl Route {
             (Some("/push"), _) => Route::Gaurun,
             (Some("/stat/app" | "/api/stat/app"), _) => Route::StatApp,
             (Some("/stat/runtime"), _) => Route::StatRuntime,
+            (Some("/stat/go" | "/api/stat/go"), _) => Route::StatGo,
+            (Some("/sys/stats"), _) => Route::SysStats,
             (Some("/config/app"), _) => Route::ConfigApp,
+            (Some("/api/config"), _) => Route::ApiConfig,
             (Some("/healthz"), _) => Route::Healthz,
             (Some("/readyz"), _) => Route::Readyz,
             (Some("/metrics"), _) => Route::Metrics,
@@ -103,6 +115,16 @@ pub(crate) struct Metrics {
     /// Per app (in configuration order), per platform.
     accepted: Vec<[AtomicU64; 2]>,
     apps: Vec<String>,
+    /// Time spent answering every request, in nanoseconds (gorush's `/sys/stats`).
+    response_nanos: AtomicU64,
+}
+
+/// Every answer so far: by status, how many, and the time spent on them.
+pub(crate) struct Answered {
+    /// `(status, count)`, non-zero ones; `None` stands for the statuses not counted one by one.
+    pub by_status: Vec<(Option<u16>, u64)>,
+    pub count: u64,
+    pub nanos: u64,
 }
 
 impl Metrics {
@@ -112,12 +134,33 @@ impl Metrics {
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
             accepted: apps.iter().map(|_| Default::default()).collect(),
             apps,
+            response_nanos: AtomicU64::new(0),
         }
     }
 
-    pub(crate) fn request(&self, route: Route, status: u16) {
+    pub(crate) fn request(&self, route: Route, status: u16, took: std::time::Duration) {
         let route = Route::ALL.iter().position(|r| *r == route).unwrap_or(0);
         self.requests[route][status_index(status)].fetch_add(1, Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.response_nanos.fetch_add(nanos, Relaxed);
+    }
+
+    /// Every answer so far, over all routes.
+    pub(crate) fn answered(&self) -> Answered {
+        let mut by_status = Vec::new();
+        let mut count = 0;
+        for slot in 0..STATUS_SLOTS {
+            let n: u64 = self.requests.iter().map(|row| row[slot].load(Relaxed)).sum();
+            if n > 0 {
+                by_status.push((STATUSES.get(slot).copied(), n));
+                count += n;
+            }
+        }
+        Answered {
+            by_status,
+            count,
+            nanos: self.response_nanos.load(Relaxed),
+        }
     }
 
     pub(crate) fn rejected(&self, code: Code) {

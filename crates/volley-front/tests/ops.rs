@@ -44,6 +44,97 @@ async fn health_readiness_and_stats() {
 }
 
 #[tokio::test]
+async fn gorush_and_gaurun_monitoring_endpoints_answer_in_their_shapes() {
+    let front = Front::start(config("")).await;
+    // gorush's /api/stat/app and gaurun's /stat/app: each client's keys, with their types.
+    for path in ["/api/stat/app", "/stat/app"] {
+        let stat = front.get(path, None).await.json();
+        for key in [
+            "busy_workers",
+            "success_tasks",
+            "failure_tasks",
+            "submitted_tasks",
+            "total_count",
+            "queue_max",
+            "queue_usage",
+            "pusher_max",
+            "pusher_count",
+        ] {
+            assert!(stat[key].is_u64(), "{path}: {key} in {stat}");
+        }
+        assert!(stat["version"].is_string(), "{stat}");
+        for platform in ["ios", "android", "huawei"] {
+            assert!(stat[platform]["push_success"].is_u64(), "{stat}");
+            assert!(stat[platform]["push_error"].is_u64(), "{stat}");
+        }
+        assert_eq!(stat["success_tasks"], 150, "{stat}");
+        assert_eq!(stat["failure_tasks"], 3, "{stat}");
+    }
+    // The Go runtime handler's shape, for both paths.
+    for path in ["/api/stat/go", "/stat/go"] {
+        let go = front.get(path, None).await.json();
+        for key in [
+            "time",
+            "cpu_num",
+            "goroutine_num",
+            "gomaxprocs",
+            "cgo_call_num",
+            "memory_alloc",
+            "memory_total_alloc",
+            "memory_sys",
+            "memory_lookups",
+            "memory_mallocs",
+            "memory_frees",
+            "memory_stack",
+            "heap_alloc",
+            "heap_sys",
+            "heap_idle",
+            "heap_inuse",
+            "heap_released",
+            "heap_objects",
+            "gc_next",
+            "gc_last",
+            "gc_num",
+        ] {
+            assert!(go[key].is_u64(), "{path}: {key} in {go}");
+        }
+        for key in ["go_version", "go_os", "go_arch"] {
+            assert!(go[key].is_string(), "{path}: {key} in {go}");
+        }
+        assert!(go["gc_pause"].is_array(), "{go}");
+        assert!(go["memory_sys"].as_u64().unwrap() > 0, "{go}");
+    }
+    // gorush's /sys/stats counts this front's answers by status.
+    let sys = front.get("/sys/stats", None).await.json();
+    assert_eq!(sys["pid"], std::process::id(), "{sys}");
+    assert!(sys["total_count"].as_u64().unwrap() >= 4, "{sys}");
+    assert!(sys["total_status_code_count"]["200"].as_u64().unwrap() >= 4, "{sys}");
+    for key in ["uptime", "total_response_time", "average_response_time", "time"] {
+        assert!(sys[key].is_string(), "{key} in {sys}");
+    }
+    for key in ["uptime_sec", "total_response_time_sec", "average_response_time_sec"] {
+        assert!(sys[key].is_f64(), "{key} in {sys}");
+    }
+    // gorush's /api/config: YAML in gorush's sections, no secret.
+    let reply = front.get("/api/config", None).await;
+    assert_eq!(reply.status, 200);
+    let text = reply.text();
+    for line in [
+        "core:\n",
+        "  enabled: true\n",
+        "api:\n",
+        "  push_uri: \"/api/push\"\n",
+        "android:\n",
+        "ios:\n",
+    ] {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
+    for key in [SHOP_KEY, NEWS_KEY, IOS_KEY] {
+        assert!(!text.contains(key), "{text}");
+    }
+}
+
+#[tokio::test]
 async fn the_config_endpoint_redacts_api_keys() {
     let front = Front::start(config("")).await;
     let reply = front.get("/config/app", None).await;
