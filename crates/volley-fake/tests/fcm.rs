@@ -301,7 +301,12 @@ async fn capture_keeps_whole_requests_without_credentials_and_the_record_is_writ
     let mut c = client(&server).await;
     let token = access_token(&mut c, &server).await;
     for device in ["tok-1", "tok-2"] {
-        let reply = send(&mut c, message(&server, "demo", Some(&token)), &body(device)).await;
+        let reply = send(
+            &mut c,
+            message(&server, "demo", Some(&token)),
+            &body(device),
+        )
+        .await;
         assert_eq!(reply.status, StatusCode::OK);
     }
 
@@ -314,7 +319,10 @@ async fn capture_keeps_whole_requests_without_credentials_and_the_record_is_writ
     assert_eq!(first.path, "/v1/projects/demo/messages:send");
     assert_eq!(first.status, 200);
     assert_eq!(first.headers["authorization"], "bearer");
-    assert_eq!(first.body, serde_json::from_slice::<serde_json::Value>(&body("tok-1")).unwrap());
+    assert_eq!(
+        first.body,
+        serde_json::from_slice::<serde_json::Value>(&body("tok-1")).unwrap()
+    );
     assert_eq!(first.target(), Some("tok-1"));
     assert!(server.captured_for("tok-2").is_none());
 

@@ -239,19 +239,30 @@ pub struct Notification {
     pub extra: Map<String, Value>,
 }
 
-/// Android delivery priority.
-///
-/// Read as FCM spells it (`NORMAL`, `HIGH`) or as the Firebase Admin SDKs and gorush do
-/// (`normal`, `high`); always sent as FCM spells it.
+/// Android delivery priority, sent in the spelling it was given: FCM's (`NORMAL`, `HIGH`) or
+/// the Firebase Admin SDKs' and gorush's (`normal`, `high`), which FCM takes alike. Keeping
+/// the spelling keeps a caller's `android` block byte for byte what they sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AndroidPriority {
     /// May be delayed to save battery.
-    #[serde(alias = "normal")]
+    #[serde(rename = "NORMAL")]
     Normal,
     /// Delivered at once, may wake the device.
-    #[serde(alias = "high")]
+    #[serde(rename = "HIGH")]
     High,
+    /// [`AndroidPriority::Normal`], spelled `normal`.
+    #[serde(rename = "normal")]
+    NormalLowercase,
+    /// [`AndroidPriority::High`], spelled `high`.
+    #[serde(rename = "high")]
+    HighLowercase,
+}
+
+impl AndroidPriority {
+    /// Whether this is high priority, however spelled.
+    pub fn is_high(self) -> bool {
+        matches!(self, AndroidPriority::High | AndroidPriority::HighLowercase)
+    }
 }
 
 /// Android options.
@@ -666,7 +677,6 @@ mod tests {
         let prepared = PreparedMessage::new(&message).unwrap();
         let body: Value = serde_json::from_slice(&prepared.body_for("t:1")).unwrap();
         let mut expected = given;
-        expected["android"]["priority"] = json!("HIGH");
         expected["token"] = json!("t:1");
         assert_eq!(body["message"], expected);
     }

@@ -460,6 +460,7 @@ fn gorush_spec(n: GorushNotification, index: usize) -> Result<Entry, ApiError> {
         priority: n.priority.map(PriorityInput::Text),
         content_available: n.content_available,
         mutable_content: n.mutable_content,
+        text_alert: true,
         ..Spec::default()
     };
     let mut collapse_key_given = false;
@@ -789,6 +790,7 @@ fn gaurun_spec(n: GaurunNotification, index: usize) -> Result<Entry, ApiError> {
         data,
         priority: n.priority.map(PriorityInput::Text),
         push_type: n.push_type,
+        text_alert: true,
         ..Spec::default()
     };
     match platform {

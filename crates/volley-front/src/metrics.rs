@@ -150,7 +150,11 @@ impl Metrics {
         let mut by_status = Vec::new();
         let mut count = 0;
         for slot in 0..STATUS_SLOTS {
-            let n: u64 = self.requests.iter().map(|row| row[slot].load(Relaxed)).sum();
+            let n: u64 = self
+                .requests
+                .iter()
+                .map(|row| row[slot].load(Relaxed))
+                .sum();
             if n > 0 {
                 by_status.push((STATUSES.get(slot).copied(), n));
                 count += n;
@@ -439,13 +443,14 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn counters_render_as_prometheus_text() {
         let metrics = Metrics::new(vec!["shop".into()]);
-        metrics.request(Route::Notifications, 202);
-        metrics.request(Route::Notifications, 202);
-        metrics.request(Route::Gorush, 418);
+        metrics.request(Route::Notifications, 202, Duration::ZERO);
+        metrics.request(Route::Notifications, 202, Duration::ZERO);
+        metrics.request(Route::Gorush, 418, Duration::ZERO);
         metrics.rejected(Code::InvalidToken);
         metrics.accepted(0, Platform::Fcm, 7);
         let mut histogram = volley_contracts::Histogram::default();

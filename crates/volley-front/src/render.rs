@@ -71,6 +71,9 @@ pub(crate) struct Spec {
     pub apns_topic: Option<String>,
     /// APNs: the `apns-id` the caller chose (a UUID).
     pub apns_id: Option<String>,
+    /// APNs: write an alert that has only a body as a string (`"alert": "Hi"`), as gorush's
+    /// and gaurun's libraries do; a dictionary otherwise. Apple shows both alike.
+    pub text_alert: bool,
 }
 
 /// What each logical field is called in one API, for error messages.
@@ -195,6 +198,10 @@ pub(crate) fn render_apns(spec: &Spec, topic: &str, names: &Names) -> Result<Apn
             }
         }
         aps_raw.insert("alert".into(), Value::Object(merged));
+    } else if let (true, None, None, Some(body)) =
+        (spec.text_alert, &spec.title, &spec.subtitle, &spec.body)
+    {
+        aps_raw.insert("alert".into(), Value::String(body.clone()));
     } else if spec.title.is_some() || spec.subtitle.is_some() || spec.body.is_some() {
         alert = Some(Alert {
             title: spec.title.clone(),
@@ -340,10 +347,13 @@ pub(crate) fn render_fcm(spec: &Spec, names: &Names) -> Result<FcmRender, ApiErr
     }
     message.data.extend(fcm_data(&spec.data));
 
+    // Spelled as the caller spelled it: `high` stays `high`, as gorush and the Firebase Admin
+    // SDKs send it.
     let priority = spec.priority.as_ref().map(|p| match p {
-        PriorityInput::Text(text) if text == "high" => AndroidPriority::High,
+        PriorityInput::Text(text) if text == "high" => AndroidPriority::HighLowercase,
+        PriorityInput::Text(_) => AndroidPriority::NormalLowercase,
         PriorityInput::Number(10) => AndroidPriority::High,
-        _ => AndroidPriority::Normal,
+        PriorityInput::Number(_) => AndroidPriority::Normal,
     });
     let ttl = match (spec.ttl, spec.expiration) {
         (Some(ttl), _) => Some(ttl),
@@ -354,22 +364,21 @@ pub(crate) fn render_fcm(spec: &Spec, names: &Names) -> Result<FcmRender, ApiErr
         (Some(Value::String(name)), false) => Some(name.clone()),
         _ => None,
     };
+    // The caller's own `android` block wins over the common fields, as in gorush.
     if priority.is_some() || ttl.is_some() || spec.collapse_id.is_some() || sound.is_some() {
         let android = message.android.get_or_insert_with(AndroidConfig::default);
-        if priority.is_some() {
-            android.priority = priority;
-        }
-        if ttl.is_some() {
-            android.ttl = ttl;
-        }
-        if spec.collapse_id.is_some() {
+        android.priority = android.priority.or(priority);
+        android.ttl = android.ttl.or(ttl);
+        if android.collapse_key.is_none() {
             android.collapse_key.clone_from(&spec.collapse_id);
         }
         if sound.is_some() {
-            android
+            let notification = android
                 .notification
-                .get_or_insert_with(AndroidNotification::default)
-                .sound = sound;
+                .get_or_insert_with(AndroidNotification::default);
+            if notification.sound.is_none() {
+                notification.sound = sound;
+            }
         }
     }
 

@@ -88,7 +88,7 @@ async fn gorush_requests_become_one_job_per_entry() {
     assert_eq!(message["data"], json!({"n": "1"}));
     assert_eq!(
         message["android"],
-        json!({"priority": "HIGH", "ttl": "60s", "collapse_key": "ck", "notification": {"channel_id": "news"}})
+        json!({"priority": "high", "ttl": "60s", "collapse_key": "ck", "notification": {"channel_id": "news"}})
     );
 }
 
@@ -162,7 +162,7 @@ async fn gaurun_requests_are_answered_like_gaurun() {
     );
     assert_eq!(
         message["android"],
-        json!({"priority": "NORMAL", "ttl": "10s", "collapse_key": "update"})
+        json!({"priority": "normal", "ttl": "10s", "collapse_key": "update"})
     );
 }
 

@@ -79,7 +79,7 @@ async fn a_notification_is_rendered_once_per_provider_and_queued() {
         message["data"],
         json!({"order": "42", "kind": "promo", "nested": "{\"a\":[1,2]}"})
     );
-    assert_eq!(message["android"]["priority"], "HIGH");
+    assert_eq!(message["android"]["priority"], "high");
     assert_eq!(message["android"]["ttl"], "3600s");
     assert_eq!(message["android"]["collapse_key"], "sale");
     assert_eq!(message["android"]["notification"]["sound"], "default");

@@ -108,11 +108,23 @@ async fn gorush_and_gaurun_monitoring_endpoints_answer_in_their_shapes() {
     let sys = front.get("/sys/stats", None).await.json();
     assert_eq!(sys["pid"], std::process::id(), "{sys}");
     assert!(sys["total_count"].as_u64().unwrap() >= 4, "{sys}");
-    assert!(sys["total_status_code_count"]["200"].as_u64().unwrap() >= 4, "{sys}");
-    for key in ["uptime", "total_response_time", "average_response_time", "time"] {
+    assert!(
+        sys["total_status_code_count"]["200"].as_u64().unwrap() >= 4,
+        "{sys}"
+    );
+    for key in [
+        "uptime",
+        "total_response_time",
+        "average_response_time",
+        "time",
+    ] {
         assert!(sys[key].is_string(), "{key} in {sys}");
     }
-    for key in ["uptime_sec", "total_response_time_sec", "average_response_time_sec"] {
+    for key in [
+        "uptime_sec",
+        "total_response_time_sec",
+        "average_response_time_sec",
+    ] {
         assert!(sys[key].is_f64(), "{key} in {sys}");
     }
     // gorush's /api/config: YAML in gorush's sections, no secret.
