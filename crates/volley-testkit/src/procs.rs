@@ -124,7 +124,31 @@ impl ProcCluster {
     /// Starts fake APNs and FCM (with `fake_args` added to both), a controller, `agents`
     /// agents and one front, each a process of the `volley` binary at `bin`.
     pub fn start(bin: impl AsRef<Path>, agents: usize, fake_args: &[&str]) -> ProcCluster {
-        let bin = bin.as_ref().to_path_buf();
+        let mut cluster = ProcCluster::fakes(bin.as_ref(), fake_args);
+        cluster.start_controller();
+        for i in 0..agents {
+            cluster.start_agent(&format!("agent-{i}"));
+        }
+        cluster.start_front();
+        cluster
+    }
+
+    /// Starts the fakes and one `volley standalone` process (controller, agent and front in
+    /// one), as a new user's first run would, and waits until its agent has registered.
+    pub fn standalone(bin: impl AsRef<Path>, fake_args: &[&str]) -> ProcCluster {
+        let mut cluster = ProcCluster::fakes(bin.as_ref(), fake_args);
+        let proc = spawn(&cluster.bin, &["standalone"], Some(&cluster.config));
+        cluster.controller_addr = proc.wait_for("\"listen\":\"");
+        proc.wait_for("registered with the controller");
+        let addr = proc.wait_for("\"addr\":\"");
+        cluster.front_url = format!("http://{addr}");
+        cluster.procs.insert("standalone".to_owned(), proc);
+        cluster
+    }
+
+    /// The fakes (with `fake_args` added to both) and the configuration, no role yet.
+    fn fakes(bin: &Path, fake_args: &[&str]) -> ProcCluster {
+        let bin = bin.to_path_buf();
         let dir = tempfile::tempdir().unwrap();
         let mut procs = HashMap::new();
         let apns_ca = dir.path().join("apns-ca.pem");
@@ -218,7 +242,7 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
             ),
         )
         .unwrap();
-        let mut cluster = ProcCluster {
+        ProcCluster {
             dir,
             config,
             procs,
@@ -228,13 +252,7 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
             apns_stats,
             fcm_stats,
             next_front: 0,
-        };
-        cluster.start_controller();
-        for i in 0..agents {
-            cluster.start_agent(&format!("agent-{i}"));
         }
-        cluster.start_front();
-        cluster
     }
 
     /// Starts (or restarts) the controller on the cluster's data directory. A restart binds the
@@ -331,6 +349,17 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
         for stats in [&self.apns_stats, &self.fcm_stats] {
             let client = FrontClient::new(stats.trim_end_matches("/stats").to_owned(), None);
             out.push(client.get("/stats").await.unwrap().body);
+        }
+        (out[0].clone(), out[1].clone())
+    }
+
+    /// The requests the fakes kept whole (APNs, FCM), when they were started with `--capture`.
+    pub async fn fake_requests(&self) -> (Vec<Value>, Vec<Value>) {
+        let mut out = Vec::new();
+        for stats in [&self.apns_stats, &self.fcm_stats] {
+            let client = FrontClient::new(stats.trim_end_matches("/stats").to_owned(), None);
+            let body = client.get("/requests").await.unwrap().body;
+            out.push(body.as_array().cloned().unwrap_or_default());
         }
         (out[0].clone(), out[1].clone())
     }
