@@ -4,5 +4,6 @@
 
 pub mod bench;
 pub mod demo;
+pub mod logging;
 pub mod push;
 pub mod signal;

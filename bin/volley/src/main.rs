@@ -208,8 +208,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn init_logging(format: LogFormat, level: &str, flag: Option<&str>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = tracing_subscriber::EnvFilter::new(volley::logging::directives(
+        level,
+        rust_log.as_deref(),
+    ));
     let json = match flag {
         Some(flag) => flag == "json",
         None => format == LogFormat::Json,

@@ -391,11 +391,8 @@ impl Core {
         if let Some(key) = &job.idempotency_key {
             self.jobs.remember_key(key, id, now);
         }
-        if size as usize >= volley_contracts::LOG_JOBS_FROM {
-            tracing::info!(job = %id, app = %job.app, tokens = size, chunks = specs.len(), "job accepted");
-        } else {
-            tracing::debug!(job = %id, app = %job.app, tokens = size, chunks = specs.len(), "job accepted");
-        }
+        // One line per large job, when it finishes; the front logs its acceptance.
+        tracing::debug!(job = %id, app = %job.app, tokens = size, chunks = specs.len(), "job accepted");
         self.jobs.insert(job.clone());
         self.scheduler
             .push_job(&job, specs.into_iter().map(|spec| (spec, 0)).collect());
@@ -575,6 +572,8 @@ impl Core {
             tracing::info!(
                 job = %job.id,
                 app = %job.app,
+                accepted = job.accepted,
+                took_ms = finished_ms.saturating_sub(status.created_ms),
                 delivered = status.delivered,
                 invalid = status.invalid,
                 failed = status.failed,
