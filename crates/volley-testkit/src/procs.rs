@@ -78,15 +78,20 @@ impl Proc {
     }
 }
 
-/// Starts the `volley` binary at `bin` with `args…`, stderr captured.
+/// Starts the `volley` binary at `bin` with `args…`, stderr captured, logging at `info`.
 pub fn spawn(bin: &Path, args: &[&str], config: Option<&Path>) -> Proc {
+    spawn_logging(bin, args, config, "info")
+}
+
+/// Like [`spawn`], with `RUST_LOG` set to `filter`.
+pub fn spawn_logging(bin: &Path, args: &[&str], config: Option<&Path>, filter: &str) -> Proc {
     let mut command = Command::new(bin);
     command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .env("RUST_LOG", "info");
+        .env("RUST_LOG", filter);
     if let Some(config) = config {
         command.arg("--config").arg(config);
     }
@@ -118,13 +123,26 @@ pub struct ProcCluster {
     apns_stats: String,
     fcm_stats: String,
     next_front: usize,
+    /// `RUST_LOG` of the roles started from now on.
+    log_filter: String,
 }
 
 impl ProcCluster {
     /// Starts fake APNs and FCM (with `fake_args` added to both), a controller, `agents`
     /// agents and one front, each a process of the `volley` binary at `bin`.
     pub fn start(bin: impl AsRef<Path>, agents: usize, fake_args: &[&str]) -> ProcCluster {
+        ProcCluster::start_logging(bin, agents, fake_args, "info")
+    }
+
+    /// Like [`ProcCluster::start`], every role logging with `RUST_LOG` = `filter`.
+    pub fn start_logging(
+        bin: impl AsRef<Path>,
+        agents: usize,
+        fake_args: &[&str],
+        filter: &str,
+    ) -> ProcCluster {
         let mut cluster = ProcCluster::fakes(bin.as_ref(), fake_args);
+        cluster.log_filter = filter.to_owned();
         cluster.start_controller();
         for i in 0..agents {
             cluster.start_agent(&format!("agent-{i}"));
@@ -137,7 +155,7 @@ impl ProcCluster {
     /// one), as a new user's first run would, and waits until its agent has registered.
     pub fn standalone(bin: impl AsRef<Path>, fake_args: &[&str]) -> ProcCluster {
         let mut cluster = ProcCluster::fakes(bin.as_ref(), fake_args);
-        let proc = spawn(&cluster.bin, &["standalone"], Some(&cluster.config));
+        let proc = cluster.spawn_role(&["standalone"]);
         cluster.controller_addr = proc.wait_for("\"listen\":\"");
         proc.wait_for("registered with the controller");
         let addr = proc.wait_for("\"addr\":\"");
@@ -252,6 +270,7 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
             apns_stats,
             fcm_stats,
             next_front: 0,
+            log_filter: "info".to_owned(),
         }
     }
 
@@ -263,22 +282,14 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
         } else {
             self.controller_addr.clone()
         };
-        let proc = spawn(
-            &self.bin,
-            &["controller", "--listen", &listen],
-            Some(&self.config),
-        );
+        let proc = self.spawn_role(&["controller", "--listen", &listen]);
         self.controller_addr = proc.wait_for("\"listen\":\"");
         self.procs.insert("controller".to_owned(), proc);
     }
 
     /// Starts an agent named `name` and waits until it has registered.
     pub fn start_agent(&mut self, name: &str) {
-        let proc = spawn(
-            &self.bin,
-            &["agent", "--controller", &self.controller_addr],
-            Some(&self.config),
-        );
+        let proc = self.spawn_role(&["agent", "--controller", &self.controller_addr]);
         proc.wait_for("registered with the controller");
         self.procs.insert(name.to_owned(), proc);
     }
@@ -287,15 +298,16 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
     pub fn start_front(&mut self) -> String {
         let name = format!("front-{}", self.next_front);
         self.next_front += 1;
-        let proc = spawn(
-            &self.bin,
-            &["front", "--controller", &self.controller_addr],
-            Some(&self.config),
-        );
+        let proc = self.spawn_role(&["front", "--controller", &self.controller_addr]);
         let addr = proc.wait_for("\"addr\":\"");
         self.front_url = format!("http://{addr}");
         self.procs.insert(name.clone(), proc);
         name
+    }
+
+    /// A role of the `volley` binary with the cluster's configuration and log filter.
+    fn spawn_role(&self, args: &[&str]) -> Proc {
+        spawn_logging(&self.bin, args, Some(&self.config), &self.log_filter)
     }
 
     /// The process named `name`.
