@@ -1,8 +1,7 @@
 //! The log canary: every role of a real cluster logs at `trace` (tarpc included) while it
-//! takes a job with
-//! valid, dead and malformed tokens, a request with a wrong API key and one with an
-//! idempotency key; no device token, API key, provider JWT, OAuth access token, private-key
-//! line or payload text may appear in any role's log.
+//! takes a job with valid, dead and malformed tokens, a request with a wrong API key and one
+//! with an idempotency key; no device token, API key, provider JWT, OAuth access token,
+//! private-key line or payload text may appear in any role's log.
 
 use serde_json::json;
 use volley_testkit::http::FrontClient;
