@@ -257,6 +257,15 @@ async fn gorush_ios_fields_reach_apns_as_gorush_sends_them() {
     }
 }
 
+/// `base` with the keys of `more` set over it.
+fn with(base: &Value, more: Value) -> Value {
+    let mut merged = base.clone();
+    if let (Value::Object(merged), Value::Object(more)) = (&mut merged, more) {
+        merged.extend(more);
+    }
+    merged
+}
+
 /// The FCM message that arrived for `target`, after checking the request around it.
 fn fcm_message(cluster: &Cluster, target: &str) -> Value {
     let captured = arrived(&cluster.fake_fcm, target);
@@ -274,6 +283,22 @@ fn fcm_message(cluster: &Cluster, target: &str) -> Value {
 async fn gorush_android_fields_reach_fcm_as_gorush_sends_them() {
     let cluster = cluster().await;
     let token = |i: usize| fcm_token("c0de", i);
+    // FCM's own message parts, given whole; they must arrive whole.
+    let blocks = json!({
+        "notification": {"title": "from block"},
+        "android": {
+            "direct_boot_ok": true,
+            "notification": {"channel_id": "news", "visibility": "PUBLIC", "notification_count": 3},
+            "fcm_options": {"analytics_label": "a"},
+        },
+        "webpush": {
+            "headers": {"Urgency": "high"},
+            "notification": {"title": "web", "requireInteraction": true},
+            "fcm_options": {"link": "https://example.com/"},
+        },
+        "apns": {"headers": {"apns-collapse-id": "x"}, "payload": {"aps": {"badge": 2}, "k": "v"}},
+        "fcm_options": {"analytics_label": "campaign"},
+    });
     // (case, gorush notification without tokens/platform, the message without its target)
     let cases: Vec<(&str, Value, Value)> = vec![
         (
@@ -321,37 +346,11 @@ async fn gorush_android_fields_reach_fcm_as_gorush_sends_them() {
         ),
         (
             "FCM's own blocks pass through whole, unknown fields included",
-            json!({
-                "message": "m",
-                "notification": {"title": "from block"},
-                "android": {
-                    "direct_boot_ok": true,
-                    "notification": {"channel_id": "news", "visibility": "PUBLIC", "notification_count": 3},
-                    "fcm_options": {"analytics_label": "a"},
-                },
-                "webpush": {
-                    "headers": {"Urgency": "high"},
-                    "notification": {"title": "web", "requireInteraction": true},
-                    "fcm_options": {"link": "https://example.com/"},
-                },
-                "apns": {"headers": {"apns-collapse-id": "x"}, "payload": {"aps": {"badge": 2}, "k": "v"}},
-                "fcm_options": {"analytics_label": "campaign"},
-            }),
-            json!({
-                "notification": {"title": "from block", "body": "m"},
-                "android": {
-                    "direct_boot_ok": true,
-                    "notification": {"channel_id": "news", "visibility": "PUBLIC", "notification_count": 3},
-                    "fcm_options": {"analytics_label": "a"},
-                },
-                "webpush": {
-                    "headers": {"Urgency": "high"},
-                    "notification": {"title": "web", "requireInteraction": true},
-                    "fcm_options": {"link": "https://example.com/"},
-                },
-                "apns": {"headers": {"apns-collapse-id": "x"}, "payload": {"aps": {"badge": 2}, "k": "v"}},
-                "fcm_options": {"analytics_label": "campaign"},
-            }),
+            with(&blocks, json!({"message": "m"})),
+            with(
+                &blocks,
+                json!({"notification": {"title": "from block", "body": "m"}}),
+            ),
         ),
         (
             "legacy collapse_key, time_to_live and restricted_package_name as FCM v1 fields",
