@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use volley::signal::shutdown_signal;
-use volley_config::{Config, LogFormat};
+use volley_config::{Config, LogFormat, Role};
 
 /// glibc malloc's arena locking and consolidation took about 12% of all CPU in a broadcast;
 /// mimalloc cut the whole process's CPU per notification by about 10% (docs/performance.md).
@@ -88,6 +88,9 @@ enum ConfigCommand {
     Check {
         /// The file to check (defaults to --config).
         file: Option<PathBuf>,
+        /// Check only what this role reads (a front's file needs no credential files).
+        #[arg(long, value_parser = ["all", "front", "controller", "agent"], default_value = "all")]
+        role: String,
     },
 }
 
@@ -119,12 +122,29 @@ fn main() -> ExitCode {
     }
     let config_file = match &cli.command {
         Command::Config {
-            command: ConfigCommand::Check { file: Some(file) },
+            command: ConfigCommand::Check {
+                file: Some(file), ..
+            },
         } => Some(file.clone()),
         _ => cli.config.clone(),
     };
+    // Each role checks only what it reads: a front needs no agent's credential files.
+    let role = match &cli.command {
+        Command::Front { .. } => Role::Front,
+        Command::Controller { .. } => Role::Controller,
+        Command::Agent { .. } => Role::Agent,
+        Command::Config {
+            command: ConfigCommand::Check { role, .. },
+        } => match role.as_str() {
+            "front" => Role::Front,
+            "controller" => Role::Controller,
+            "agent" => Role::Agent,
+            _ => Role::All,
+        },
+        _ => Role::All,
+    };
     let mut config = match Config::load(config_file.as_deref()).and_then(|config| {
-        config.validate()?;
+        config.validate_for(role)?;
         Ok(config)
     }) {
         Ok(config) => config,

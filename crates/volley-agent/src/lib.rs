@@ -174,10 +174,14 @@ fn app_clients(config: &Config, index: usize, app: &AppConfig) -> Result<AppClie
     let fcm = match &app.fcm {
         None => None,
         Some(fcm) => {
-            let json = read(
-                format!("{prefix}.fcm.service_account_file"),
-                &fcm.service_account_file,
-            )?;
+            let key = format!("{prefix}.fcm.service_account_file");
+            let Some(path) = &fcm.service_account_file else {
+                return Err(AgentError::Credentials {
+                    key,
+                    message: "required on an agent: FCM requests are authorised with it".into(),
+                });
+            };
+            let json = read(key, path)?;
             let mut client_config = volley_fcm::FcmConfig::new(json);
             client_config.base = fcm
                 .endpoint

@@ -142,6 +142,30 @@ pub struct FrontConfig {
     /// Requests a key may send at once above its rate (the bucket's size); 0 = one second's
     /// worth of its rate.
     pub key_burst: u32,
+    /// Longest a client may take to send a request's head (request line and headers), from
+    /// its first byte, or from the connection's opening for its first request. Past it the
+    /// connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a request body may take before it must show progress: its deadline starts
+    /// this long after the body starts and moves one second later for every
+    /// `body_min_bytes_per_second` bytes received. Past it the front answers 408 and closes.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// The slowest a request body may arrive on average once `body_read_timeout` has passed.
+    pub body_min_bytes_per_second: u64,
+    /// How long a keep-alive connection may wait for its next request.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most connections open at once; past it a new connection is answered 503 with
+    /// `Retry-After` and closed. Lowered at start to what the open-file limit allows.
+    pub max_connections: usize,
+    /// A body above this many bytes (declared, or read so far) is a large body.
+    pub large_body_bytes: usize,
+    /// Most large bodies read and parsed at once; past it a request with a large body is
+    /// answered 503 `busy` with `Retry-After`. Each may hold up to `max_body_bytes` and about
+    /// as much again once parsed.
+    pub max_large_bodies: usize,
 }
 
 impl Default for FrontConfig {
@@ -156,6 +180,13 @@ impl Default for FrontConfig {
             shutdown_grace: Duration::from_secs(10),
             key_requests_per_second: None,
             key_burst: 0,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            body_min_bytes_per_second: 4096,
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            large_body_bytes: 1024 * 1024,
+            max_large_bodies: 4,
         }
     }
 }
@@ -431,8 +462,9 @@ fn default_apns_endpoint() -> String {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FcmAppConfig {
-    /// The service-account JSON file.
-    pub service_account_file: PathBuf,
+    /// The service-account JSON file. Agents need it; fronts and the controller never read it.
+    #[serde(default)]
+    pub service_account_file: Option<PathBuf>,
     /// The Firebase project id (defaults to the service account's).
     pub project_id: Option<String>,
     /// The FCM base URL.
@@ -499,8 +531,18 @@ impl Config {
             .map_err(|error| ConfigError::Parse(describe(error)))
     }
 
-    /// Checks what parsing cannot: names, limits, credential completeness.
+    /// Checks what parsing cannot for every role: names, limits, credential completeness
+    /// (`volley config check`, `volley standalone`, the in-process clusters).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_for(Role::All)
+    }
+
+    /// Checks what `role` reads and nothing else: a front needs each app's name, API keys,
+    /// APNs topic and whether it has FCM, never the credential files only agents open.
+    pub fn validate_for(&self, role: Role) -> Result<(), ConfigError> {
+        let front = matches!(role, Role::Front | Role::All);
+        let controller = matches!(role, Role::Controller | Role::All);
+        let agent = matches!(role, Role::Agent | Role::All);
         let mut names = std::collections::HashSet::new();
         for (i, app) in self.apps.iter().enumerate() {
             let key = app_key(i);
@@ -527,184 +569,42 @@ impl Config {
                     "an app needs an [apps.apns] or [apps.fcm] section",
                 ));
             }
-            if app.api_keys.iter().any(|k| k.expose().len() < 16) {
-                return Err(ConfigError::invalid(
-                    format!("{key}.api_keys"),
-                    "every API key must be at least 16 characters",
-                ));
-            }
-            if let Some(rate) = app.requests_per_second {
-                if !(rate.is_finite() && rate > 0.0) {
-                    return Err(ConfigError::invalid(
-                        format!("{key}.requests_per_second"),
-                        "must be a positive number",
-                    ));
-                }
-            }
-            if let Some(webhook) = &app.webhook {
-                let key = format!("{key}.webhook");
-                let rest = webhook
-                    .url
-                    .strip_prefix("https://")
-                    .or_else(|| webhook.url.strip_prefix("http://"))
-                    .unwrap_or_default();
-                if rest.is_empty() || rest.starts_with('/') {
-                    return Err(ConfigError::invalid(
-                        format!("{key}.url"),
-                        "must be an https:// or http:// url with a host",
-                    ));
-                }
-                if webhook.secret.expose().len() < 16 {
-                    return Err(ConfigError::invalid(
-                        format!("{key}.secret"),
-                        "must be at least 16 characters",
-                    ));
-                }
-                if webhook.batch_size == 0 || webhook.batch_size > 10_000 {
-                    return Err(ConfigError::invalid(
-                        format!("{key}.batch_size"),
-                        "must be between 1 and 10000",
-                    ));
-                }
-            }
-            for (provider, limit) in [
-                (
-                    "apns",
-                    app.apns.as_ref().and_then(|a| a.rate_limit_per_second),
-                ),
-                (
-                    "fcm",
-                    app.fcm.as_ref().and_then(|f| f.rate_limit_per_second),
-                ),
-            ] {
-                if limit == Some(0) {
-                    return Err(ConfigError::invalid(
-                        format!("{key}.{provider}.rate_limit_per_second"),
-                        "must be at least 1 (leave it out for no limit)",
-                    ));
-                }
-            }
             if let Some(apns) = &app.apns {
-                let key = format!("{key}.apns");
                 if apns.topic.is_empty() {
                     return Err(ConfigError::invalid(
-                        format!("{key}.topic"),
+                        format!("{key}.apns.topic"),
                         "must not be empty",
                     ));
                 }
-                let token_auth = apns.key_file.is_some();
-                let cert_auth = apns.cert_file.is_some();
-                match (token_auth, cert_auth) {
-                    (true, true) => {
-                        return Err(ConfigError::invalid(
-                            key,
-                            "set either key_file (token auth) or cert_file (certificate auth), not both",
-                        ))
-                    }
-                    (false, false) => {
-                        return Err(ConfigError::invalid(
-                            format!("{key}.key_file"),
-                            "APNs needs key_file, key_id and team_id (token auth) or cert_file and cert_key_file",
-                        ))
-                    }
-                    (true, false) => {
-                        for (field, value) in [("key_id", &apns.key_id), ("team_id", &apns.team_id)] {
-                            if value.as_deref().is_none_or(str::is_empty) {
-                                return Err(ConfigError::invalid(
-                                    format!("{key}.{field}"),
-                                    "required with key_file",
-                                ));
-                            }
-                        }
-                    }
-                    (false, true) => {
-                        if apns.cert_key_file.is_none() {
-                            return Err(ConfigError::invalid(
-                                format!("{key}.cert_key_file"),
-                                "required with cert_file",
-                            ));
-                        }
-                    }
-                }
+            }
+            if front {
+                app.validate_front(&key)?;
+            }
+            if controller {
+                app.validate_controller(&key)?;
+            }
+            if agent {
+                app.validate_agent(&key)?;
             }
         }
-        if let Some(default) = &self.front.default_app {
-            if !self.apps.iter().any(|a| &a.name == default) {
+        if front {
+            self.front.validate(&self.apps)?;
+        }
+        if controller {
+            self.controller.validate()?;
+        }
+        if agent {
+            self.agent.validate()?;
+        }
+        if controller || agent {
+            // The controller sets the lease, the agent renews it: whichever reads both checks.
+            if self.agent.heartbeat_interval >= self.controller.lease_time {
                 return Err(ConfigError::invalid(
-                    "front.default_app",
-                    format!("no app named {default:?}"),
+                    "agent.heartbeat_interval",
+                    "must be shorter than controller.lease_time, or leases expire between heartbeats",
                 ));
             }
         }
-        if let Some(rate) = self.front.key_requests_per_second {
-            if !(rate.is_finite() && rate > 0.0) {
-                return Err(ConfigError::invalid(
-                    "front.key_requests_per_second",
-                    "must be a positive number",
-                ));
-            }
-        }
-        if self.controller.chunk_size == 0 || self.controller.chunk_size > 100_000 {
-            return Err(ConfigError::invalid(
-                "controller.chunk_size",
-                "must be between 1 and 100000",
-            ));
-        }
-        if self.controller.max_finished_jobs == 0 {
-            return Err(ConfigError::invalid(
-                "controller.max_finished_jobs",
-                "must be at least 1",
-            ));
-        }
-        if self.controller.queue_chunks.is_some() {
-            return Err(ConfigError::invalid(
-                "controller.queue_chunks",
-                "is no longer used: queued chunks wait in per-app queues bounded by \
-                 controller.max_pending_notifications; remove it",
-            ));
-        }
-        if self.controller.lease_time < Duration::from_millis(100) {
-            return Err(ConfigError::invalid(
-                "controller.lease_time",
-                "must be at least 100ms",
-            ));
-        }
-        if self.agent.heartbeat_interval >= self.controller.lease_time {
-            return Err(ConfigError::invalid(
-                "agent.heartbeat_interval",
-                "must be shorter than controller.lease_time, or leases expire between heartbeats",
-            ));
-        }
-        if self.agent.window == 0 {
-            return Err(ConfigError::invalid("agent.window", "must be at least 1"));
-        }
-        if self.agent.concurrency == 0 {
-            return Err(ConfigError::invalid(
-                "agent.concurrency",
-                "must be at least 1",
-            ));
-        }
-        if self.agent.connections == 0 {
-            return Err(ConfigError::invalid(
-                "agent.connections",
-                "must be at least 1",
-            ));
-        }
-        if self.agent.max_attempts == 0 {
-            return Err(ConfigError::invalid(
-                "agent.max_attempts",
-                "must be at least 1",
-            ));
-        }
-        if self.agent.retry_base_delay.is_zero()
-            || self.agent.retry_base_delay > self.agent.retry_max_delay
-        {
-            return Err(ConfigError::invalid(
-                "agent.retry_base_delay",
-                "must be above 0 and at most agent.retry_max_delay",
-            ));
-        }
-        self.agent.breaker.validate()?;
         Ok(())
     }
 
@@ -716,6 +616,249 @@ impl Config {
     /// The effective configuration as TOML, secrets redacted.
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|error| format!("# cannot print: {error}"))
+    }
+}
+
+/// The role a configuration is checked for: each role checks only the keys it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `volley front`: `front.*` and each app's name, API keys, APNs topic and rate.
+    Front,
+    /// `volley controller`: `controller.*` and each app's name and webhook.
+    Controller,
+    /// `volley agent`: `agent.*` and each app's provider credentials.
+    Agent,
+    /// Every role at once (`volley standalone`, `volley config check`).
+    All,
+}
+
+impl AppConfig {
+    /// What the front reads of an app: its API keys and rate.
+    fn validate_front(&self, key: &str) -> Result<(), ConfigError> {
+        if self.api_keys.iter().any(|k| k.expose().len() < 16) {
+            return Err(ConfigError::invalid(
+                format!("{key}.api_keys"),
+                "every API key must be at least 16 characters",
+            ));
+        }
+        if let Some(rate) = self.requests_per_second {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.requests_per_second"),
+                    "must be a positive number",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// What the controller reads of an app: its webhook.
+    fn validate_controller(&self, key: &str) -> Result<(), ConfigError> {
+        let Some(webhook) = &self.webhook else {
+            return Ok(());
+        };
+        let key = format!("{key}.webhook");
+        let rest = webhook
+            .url
+            .strip_prefix("https://")
+            .or_else(|| webhook.url.strip_prefix("http://"))
+            .unwrap_or_default();
+        if rest.is_empty() || rest.starts_with('/') {
+            return Err(ConfigError::invalid(
+                format!("{key}.url"),
+                "must be an https:// or http:// url with a host",
+            ));
+        }
+        if webhook.secret.expose().len() < 16 {
+            return Err(ConfigError::invalid(
+                format!("{key}.secret"),
+                "must be at least 16 characters",
+            ));
+        }
+        if webhook.batch_size == 0 || webhook.batch_size > 10_000 {
+            return Err(ConfigError::invalid(
+                format!("{key}.batch_size"),
+                "must be between 1 and 10000",
+            ));
+        }
+        Ok(())
+    }
+
+    /// What an agent reads of an app: its provider credentials and rate limits.
+    fn validate_agent(&self, key: &str) -> Result<(), ConfigError> {
+        for (provider, limit) in [
+            (
+                "apns",
+                self.apns.as_ref().and_then(|a| a.rate_limit_per_second),
+            ),
+            (
+                "fcm",
+                self.fcm.as_ref().and_then(|f| f.rate_limit_per_second),
+            ),
+        ] {
+            if limit == Some(0) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.{provider}.rate_limit_per_second"),
+                    "must be at least 1 (leave it out for no limit)",
+                ));
+            }
+        }
+        if let Some(apns) = &self.apns {
+            let key = format!("{key}.apns");
+            let token_auth = apns.key_file.is_some();
+            let cert_auth = apns.cert_file.is_some();
+            match (token_auth, cert_auth) {
+                (true, true) => {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "set either key_file (token auth) or cert_file (certificate auth), not both",
+                    ))
+                }
+                (false, false) => {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.key_file"),
+                        "APNs needs key_file, key_id and team_id (token auth) or cert_file and cert_key_file",
+                    ))
+                }
+                (true, false) => {
+                    for (field, value) in [("key_id", &apns.key_id), ("team_id", &apns.team_id)] {
+                        if value.as_deref().is_none_or(str::is_empty) {
+                            return Err(ConfigError::invalid(
+                                format!("{key}.{field}"),
+                                "required with key_file",
+                            ));
+                        }
+                    }
+                }
+                (false, true) => {
+                    if apns.cert_key_file.is_none() {
+                        return Err(ConfigError::invalid(
+                            format!("{key}.cert_key_file"),
+                            "required with cert_file",
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(fcm) = &self.fcm {
+            if fcm.service_account_file.is_none() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.fcm.service_account_file"),
+                    "required on an agent: FCM requests are authorised with it",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FrontConfig {
+    fn validate(&self, apps: &[AppConfig]) -> Result<(), ConfigError> {
+        if let Some(default) = &self.default_app {
+            if !apps.iter().any(|a| &a.name == default) {
+                return Err(ConfigError::invalid(
+                    "front.default_app",
+                    format!("no app named {default:?}"),
+                ));
+            }
+        }
+        if let Some(rate) = self.key_requests_per_second {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(ConfigError::invalid(
+                    "front.key_requests_per_second",
+                    "must be a positive number",
+                ));
+            }
+        }
+        // Connections are checked a few times per shortest timeout: below 10ms that is a busy
+        // loop, not a timeout.
+        for (key, value) in [
+            ("front.header_read_timeout", self.header_read_timeout),
+            ("front.body_read_timeout", self.body_read_timeout),
+            ("front.idle_timeout", self.idle_timeout),
+        ] {
+            if value < Duration::from_millis(10) {
+                return Err(ConfigError::invalid(key, "must be at least 10ms"));
+            }
+        }
+        for (key, value) in [
+            (
+                "front.body_min_bytes_per_second",
+                self.body_min_bytes_per_second as usize,
+            ),
+            ("front.max_connections", self.max_connections),
+            ("front.large_body_bytes", self.large_body_bytes),
+            ("front.max_large_bodies", self.max_large_bodies),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ControllerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.chunk_size == 0 || self.chunk_size > 100_000 {
+            return Err(ConfigError::invalid(
+                "controller.chunk_size",
+                "must be between 1 and 100000",
+            ));
+        }
+        if self.max_finished_jobs == 0 {
+            return Err(ConfigError::invalid(
+                "controller.max_finished_jobs",
+                "must be at least 1",
+            ));
+        }
+        if self.queue_chunks.is_some() {
+            return Err(ConfigError::invalid(
+                "controller.queue_chunks",
+                "is no longer used: queued chunks wait in per-app queues bounded by \
+                 controller.max_pending_notifications; remove it",
+            ));
+        }
+        if self.lease_time < Duration::from_millis(100) {
+            return Err(ConfigError::invalid(
+                "controller.lease_time",
+                "must be at least 100ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl AgentConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.window == 0 {
+            return Err(ConfigError::invalid("agent.window", "must be at least 1"));
+        }
+        if self.concurrency == 0 {
+            return Err(ConfigError::invalid(
+                "agent.concurrency",
+                "must be at least 1",
+            ));
+        }
+        if self.connections == 0 {
+            return Err(ConfigError::invalid(
+                "agent.connections",
+                "must be at least 1",
+            ));
+        }
+        if self.max_attempts == 0 {
+            return Err(ConfigError::invalid(
+                "agent.max_attempts",
+                "must be at least 1",
+            ));
+        }
+        if self.retry_base_delay.is_zero() || self.retry_base_delay > self.retry_max_delay {
+            return Err(ConfigError::invalid(
+                "agent.retry_base_delay",
+                "must be above 0 and at most agent.retry_max_delay",
+            ));
+        }
+        self.breaker.validate()
     }
 }
 
@@ -864,6 +1007,98 @@ mod tests {
                 .unwrap_err();
             assert!(error.to_string().contains(key), "{error}");
         }
+    }
+
+    #[test]
+    fn a_front_needs_no_credential_files_and_an_agent_names_the_missing_one() {
+        // What a front reads: names, keys, the APNs topic and whether FCM is there.
+        let front = r#"
+            [front]
+            default_app = "shop"
+            [[apps]]
+            name = "shop"
+            api_keys = ["0123456789abcdef-secret"]
+            [apps.apns]
+            topic = "com.example.shop"
+            [apps.fcm]
+        "#;
+        let config = Config::from_toml(front).unwrap();
+        config.validate_for(Role::Front).unwrap();
+        assert!(config.apps[0].fcm.is_some());
+
+        let error = config.validate_for(Role::Agent).unwrap_err();
+        assert!(
+            error.to_string().contains("apps[0].apns.key_file"),
+            "{error}"
+        );
+        let error = config.validate().unwrap_err();
+        assert!(
+            error.to_string().contains("apps[0].apns.key_file"),
+            "{error}"
+        );
+        let fcm_only = front.replace(
+            "[apps.apns]\n            topic = \"com.example.shop\"\n",
+            "",
+        );
+        let error = Config::from_toml(&fcm_only)
+            .unwrap()
+            .validate_for(Role::Agent)
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("apps[0].fcm.service_account_file"),
+            "{error}"
+        );
+
+        // A front still checks what it reads.
+        let short_key = front.replace("0123456789abcdef-secret", "short");
+        let error = Config::from_toml(&short_key)
+            .unwrap()
+            .validate_for(Role::Front)
+            .unwrap_err();
+        assert!(error.to_string().contains("apps[0].api_keys"), "{error}");
+        let no_topic = front.replace("com.example.shop", "");
+        let error = Config::from_toml(&no_topic)
+            .unwrap()
+            .validate_for(Role::Front)
+            .unwrap_err();
+        assert!(error.to_string().contains("apps[0].apns.topic"), "{error}");
+    }
+
+    #[test]
+    fn connection_limits_have_production_defaults_and_are_checked() {
+        let config = Config::from_toml(GOOD).unwrap();
+        assert_eq!(config.front.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(config.front.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.front.max_connections, 10_000);
+        for (bad, key) in [
+            ("header_read_timeout = \"0s\"", "front.header_read_timeout"),
+            ("body_read_timeout = \"1ms\"", "front.body_read_timeout"),
+            ("idle_timeout = \"0s\"", "front.idle_timeout"),
+            (
+                "body_min_bytes_per_second = 0",
+                "front.body_min_bytes_per_second",
+            ),
+            ("max_connections = 0", "front.max_connections"),
+            ("large_body_bytes = 0", "front.large_body_bytes"),
+            ("max_large_bodies = 0", "front.max_large_bodies"),
+        ] {
+            let text = GOOD.replace("[front]\n", &format!("[front]\n{bad}\n"));
+            let config = Config::from_toml(&text).unwrap();
+            let error = config.validate_for(Role::Front).unwrap_err();
+            assert!(error.to_string().contains(key), "{error}");
+            // Only the front checks its own keys.
+            config.validate_for(Role::Agent).unwrap();
+        }
+        let text = GOOD.replace(
+            "[front]\n",
+            "[front]\nheader_read_timeout = \"250ms\"\nmax_large_bodies = 2\n",
+        );
+        let config = Config::from_toml(&text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.front.header_read_timeout, Duration::from_millis(250));
+        assert_eq!(config.front.max_large_bodies, 2);
     }
 
     #[test]

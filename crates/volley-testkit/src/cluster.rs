@@ -133,7 +133,7 @@ impl Cluster {
                 rate_limit_per_second: None,
             }),
             fcm: Some(FcmAppConfig {
-                service_account_file,
+                service_account_file: Some(service_account_file),
                 project_id: Some(PROJECT.into()),
                 endpoint: fake_fcm.endpoint(),
                 ca_file: Some(fake_fcm.ca_pem_path().to_path_buf()),
