@@ -176,11 +176,59 @@ pub struct SubmitJob {
     pub apns_tokens: TokenList,
     /// FCM registration tokens.
     pub fcm_tokens: TokenList,
-    /// A caller's key that makes a repeated submission return the same job.
-    pub idempotency_key: Option<String>,
+    /// A caller's key that makes a repeated submission return the same job, scoped to `app`.
+    pub idempotency_key: Option<IdempotencyKey>,
     /// Tokens of the request the front refused as malformed (not part of the job's tokens):
     /// kept with the job so that its status reports them.
     pub rejected: Rejected,
+}
+
+/// A caller's `Idempotency-Key`, with the fingerprint of the request it came with.
+///
+/// Keys are scoped to the job's app: two apps may use the same key for different jobs. A
+/// repeat with the same key and fingerprint is answered with the first job; with another
+/// fingerprint it is refused ([`ErrorCode::IdempotencyKeyReused`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyKey {
+    /// The key as the caller gave it: 1 to 255 visible ASCII characters.
+    pub key: String,
+    /// What the request said, digested by the front; `None` matches any request (callers
+    /// that cannot compute one, and keys stored before fingerprints existed).
+    pub fingerprint: Option<Fingerprint>,
+}
+
+impl IdempotencyKey {
+    /// A key with the fingerprint of its request.
+    pub fn new(key: impl Into<String>, fingerprint: Fingerprint) -> Self {
+        IdempotencyKey {
+            key: key.into(),
+            fingerprint: Some(fingerprint),
+        }
+    }
+
+    /// Whether a repeat with `other` names the same request: equal fingerprints, or one of
+    /// them unknown.
+    pub fn same_request(&self, other: Option<&Fingerprint>) -> bool {
+        match (&self.fingerprint, other) {
+            (Some(mine), Some(theirs)) => mine == theirs,
+            _ => true,
+        }
+    }
+}
+
+/// A digest (SHA-256) of a request, as its front computed it: two requests with the same
+/// fingerprint are the same request.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Eight bytes are enough to tell two apart in a log.
+        for byte in &self.0[..8] {
+            write!(f, "{byte:02x}")?;
+        }
+        f.write_str("…")
+    }
 }
 
 /// The most rejected tokens a job lists one by one; the count is always exact.
@@ -241,6 +289,9 @@ pub struct JobAccepted {
     pub id: JobId,
     /// How many notifications were accepted.
     pub accepted: u64,
+    /// True when this answers a repeat of an earlier submission (same app, idempotency key
+    /// and fingerprint): the job is the first submission's, nothing new was queued.
+    pub replayed: bool,
 }
 
 /// Where a job stands.
@@ -252,7 +303,11 @@ pub enum JobState {
     Running,
     /// Every notification has a final outcome.
     Done,
-    /// Cancelled; what had been sent stays sent.
+    /// Cancel asked; no chunk starts any more, and the chunks already out with agents are
+    /// finishing. Becomes `Cancelled` when they have reported.
+    Cancelling,
+    /// Cancelled, and every notification has a final outcome: what had been sent stays
+    /// sent, the rest is counted `cancelled`.
     Cancelled,
 }
 
@@ -263,6 +318,7 @@ impl JobState {
             JobState::Queued => "queued",
             JobState::Running => "running",
             JobState::Done => "done",
+            JobState::Cancelling => "cancelling",
             JobState::Cancelled => "cancelled",
         }
     }
@@ -642,6 +698,11 @@ pub enum ErrorCode {
     /// The chunk's lease is no longer the caller's: it expired or went to another agent
     /// (agents answer the controller so; never shown to API callers, 409 if it were).
     LeaseLost,
+    /// The app's idempotency key names an earlier request with another body (422).
+    IdempotencyKeyReused,
+    /// The app's idempotency key names a request still being accepted: retry shortly to get
+    /// its answer (409 with Retry-After).
+    IdempotencyKeyInUse,
 }
 
 impl ErrorCode {
@@ -656,6 +717,8 @@ impl ErrorCode {
             ErrorCode::Internal => 500,
             ErrorCode::Overloaded => 503,
             ErrorCode::LeaseLost => 409,
+            ErrorCode::IdempotencyKeyReused => 422,
+            ErrorCode::IdempotencyKeyInUse => 409,
         }
     }
 }
@@ -706,7 +769,9 @@ pub trait Controller {
     async fn submit_many(jobs: Vec<SubmitJob>) -> Vec<Result<JobAccepted, WireError>>;
     /// A job's progress, with up to `invalid_limit` invalid tokens listed.
     async fn status(id: JobId, invalid_limit: u32) -> Result<JobStatus, WireError>;
-    /// Cancels what has not been handed to an agent yet.
+    /// Cancels a job: no chunk of it starts from then on, and those not handed to an agent
+    /// yet are counted cancelled at once. Answers the status reached: `Cancelled` when no
+    /// chunk is out, `Cancelling` while chunks out finish; a finished job is left as it is.
     async fn cancel(id: JobId) -> Result<JobStatus, WireError>;
     /// Up to `limit` of a job's invalid tokens from position `offset`.
     async fn invalid_tokens(
@@ -764,6 +829,8 @@ mod tests {
             (ErrorCode::Internal, 500),
             (ErrorCode::Overloaded, 503),
             (ErrorCode::LeaseLost, 409),
+            (ErrorCode::IdempotencyKeyReused, 422),
+            (ErrorCode::IdempotencyKeyInUse, 409),
         ];
         for (code, status) in codes {
             assert_eq!(code.http_status(), status, "{code:?}");

@@ -3,16 +3,17 @@
 //! A submission is refused while the controller drains, when it is empty, when it would take
 //! the pending notifications past `controller.max_pending_notifications`, and when no agent
 //! has ever declared its app for one of its platforms (`409 no_credentials` at the front,
-//! unless `controller.accept_unserved`). An idempotent repeat is answered with its job.
+//! unless `controller.accept_unserved`). An idempotent repeat is answered with its job, and
+//! a submission's key is claimed before anything else can refuse it (`jobs.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use volley_config::ControllerConfig;
 use volley_contracts::{ErrorCode, JobAccepted, JobId, Platform, SubmitJob, WireError};
 
-use crate::jobs::JobTable;
+use crate::jobs::{Claim, JobTable};
 use crate::registry::Registry;
-use crate::store::{NewJob, Write};
+use crate::store::{KeyRecord, NewJob, StoredKey, Write};
 
 /// Why a submission was refused, as counted in the stats.
 #[derive(Debug, Clone, Copy)]
@@ -62,7 +63,7 @@ pub(crate) struct Admitted {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Admission {
-    /// An idempotent repeat of a job the controller knows.
+    /// An idempotent repeat of a job the controller knows (`replayed` set).
     Known(JobAccepted),
     /// A new job, and the store write that records it.
     New(Admitted, Write),
@@ -93,7 +94,8 @@ impl Admissions {
     }
 
     /// Checks a submission and takes room for it, or answers it at once: refused, or an
-    /// idempotent repeat of a known job.
+    /// idempotent repeat of a known job. A new job's key is claimed: the caller commits or
+    /// releases it once the store has answered.
     pub(crate) fn admit(
         &self,
         slot: usize,
@@ -117,15 +119,32 @@ impl Admissions {
                 "the job has no token".into(),
             ));
         }
+        // A repeat is answered whatever else would refuse the submission now: it was accepted.
+        let mut claimed = None;
         if let Some(key) = &submit.idempotency_key {
-            if let Some(job) = jobs.by_key(key, now, self.idempotency_window_ms) {
-                tracing::info!(job = %job.id, "repeated submission answered with its job");
-                return Ok(Admission::Known(JobAccepted {
-                    id: job.id,
-                    accepted: job.accepted,
-                }));
+            match jobs.claim_key(&submit.app, key, now, self.idempotency_window_ms)? {
+                Claim::Replay(accepted) => {
+                    tracing::info!(job = %accepted.id, app = %submit.app, "repeated submission answered with its job");
+                    return Ok(Admission::Known(accepted));
+                }
+                Claim::Fresh => claimed = Some((submit.app.clone(), key.key.clone())),
             }
         }
+        let admitted = self.admit_claimed(slot, submit, now, registry);
+        if let (Err(_), Some((app, key))) = (&admitted, &claimed) {
+            jobs.release_key(app, key);
+        }
+        admitted
+    }
+
+    /// The checks after the key's claim, and the job's store write.
+    fn admit_claimed(
+        &self,
+        slot: usize,
+        submit: SubmitJob,
+        now: u64,
+        registry: &Registry,
+    ) -> Result<Admission, WireError> {
         if !self.accept_unserved {
             let platforms = [
                 (Platform::Apns, submit.apns_tokens.len()),
@@ -157,10 +176,20 @@ impl Admissions {
                 ));
             }
         };
+        let key = submit.idempotency_key.as_ref().map(|key| StoredKey {
+            app: submit.app.clone(),
+            key: key.key.clone(),
+            record: KeyRecord {
+                job: id,
+                at_ms: now,
+                accepted: size,
+                fingerprint: key.fingerprint,
+            },
+        });
         let write = Write::Job {
             id,
             job: record,
-            idempotency: submit.idempotency_key.clone().map(|key| (key, now)),
+            key,
         };
         Ok(Admission::New(
             Admitted {

@@ -171,7 +171,7 @@ impl Dispatcher {
                 self.counters.in_flight.fetch_sub(count, Ordering::Relaxed);
                 core.out.fetch_sub(count, Ordering::Relaxed);
                 for work in works {
-                    core.scheduler.hand_back(work, None);
+                    core.hand_back(work, None);
                 }
                 core.scheduler.done(self.agent, &queues);
                 if core.draining.is_cancelled() {
@@ -182,6 +182,32 @@ impl Dispatcher {
                 return true;
             }
         };
+        // A job cancelled while the leases were written: its chunks do not go out. Checked
+        // last before the call, so no chunk starts after a cancel has answered.
+        let (works, chunks) = if works.iter().any(|work| work.job.is_cancelled()) {
+            let (sending, cancelled): (Vec<_>, Vec<_>) = works
+                .into_iter()
+                .zip(chunks)
+                .partition(|(work, _)| !work.job.is_cancelled());
+            let cancelled: Vec<Work> = cancelled.into_iter().map(|(work, _)| work).collect();
+            let skipped = cancelled.len() as u64;
+            core.leases.release(&cancelled);
+            self.counters
+                .in_flight
+                .fetch_sub(skipped, Ordering::Relaxed);
+            core.out.fetch_sub(skipped, Ordering::Relaxed);
+            for work in &cancelled {
+                core.skip_cancelled(work);
+            }
+            if sending.is_empty() {
+                core.scheduler.done(self.agent, &queues);
+                return true;
+            }
+            sending.into_iter().unzip()
+        } else {
+            (works, chunks)
+        };
+        let count = works.len() as u64;
         let mut context = tarpc::context::current();
         context.deadline = Instant::now() + core.config.chunk_timeout;
         let sent = Instant::now();
@@ -258,13 +284,13 @@ impl Dispatcher {
                 // apps' chunks take its slots meanwhile.
                 tracing::debug!(agent = %agent, job = %retry.job.id, chunk = retry.spec.index, app = %retry.job.app, ?retry_after, "app paused on the agent; chunk back in its queue");
                 let until = tokio::time::Instant::now() + retry_after;
-                core.scheduler.hand_back(retry, Some((agent, until)));
+                core.hand_back(retry, Some((agent, until)));
                 true
             }
             HandBack::NoCredentials => {
                 core.scheduler
                     .withdraw(agent, &retry.job.app, retry.spec.platform);
-                core.scheduler.hand_back(retry, None);
+                core.hand_back(retry, None);
                 true
             }
             HandBack::Invalid => {
@@ -273,26 +299,30 @@ impl Dispatcher {
             }
             HandBack::Refused => {
                 let until = tokio::time::Instant::now() + REFUSAL_PAUSE;
-                core.scheduler.hand_back(retry, Some((agent, until)));
+                core.hand_back(retry, Some((agent, until)));
                 true
             }
             HandBack::Draining => {
                 // The agent finishes what it holds and leaves; this worker stops taking
                 // chunks for it.
-                core.scheduler.hand_back(retry, None);
+                core.hand_back(retry, None);
                 false
             }
             HandBack::AgentDropped | HandBack::LeaseExpired | HandBack::CallFailed => {
-                // Some of it may have been sent: every token counts as a possible duplicate.
-                tracing::warn!(agent = %agent, job = %retry.job.id, chunk = retry.spec.index, epoch, why = why.as_str(), "handing the chunk to another agent");
-                let count = retry.spec.len() as u64;
-                retry.job.note_redispatch(&retry.spec);
-                core.store.write_later(Write::Duplicates {
-                    id: retry.job.id,
-                    count,
-                });
-                core.redispatched.fetch_add(1, Ordering::Relaxed);
-                core.scheduler.hand_back(retry, None);
+                // Some of it may have been sent: every token counts as a possible duplicate
+                // when it goes out again. A cancelled job's chunk does not: it is counted
+                // cancelled, although some of it may have reached devices.
+                if !retry.job.is_cancelled() {
+                    tracing::warn!(agent = %agent, job = %retry.job.id, chunk = retry.spec.index, epoch, why = why.as_str(), "handing the chunk to another agent");
+                    let count = retry.spec.len() as u64;
+                    retry.job.note_redispatch(&retry.spec);
+                    core.store.write_later(Write::Duplicates {
+                        id: retry.job.id,
+                        count,
+                    });
+                    core.redispatched.fetch_add(1, Ordering::Relaxed);
+                }
+                core.hand_back(retry, None);
                 if why == HandBack::LeaseExpired {
                     return true;
                 }

@@ -5,7 +5,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::clock::now_ms;
-use crate::store::StoredJob;
+use crate::store::{CancelMark, StoredJob};
 use parking_lot::Mutex;
 use volley_contracts::{
     ApnsRender, Chunk, ChunkId, ChunkReport, FailureCount, FcmRender, InvalidToken,
@@ -33,7 +33,7 @@ pub(crate) struct Job {
     pub(crate) app: String,
     pub(crate) created_ms: u64,
     pub(crate) accepted: u64,
-    /// The caller's key, forgotten with the job.
+    /// The caller's key (scoped to `app`), forgotten with the job.
     pub(crate) idempotency_key: Option<String>,
     /// Tokens the front refused as malformed, reported by the status.
     rejected: volley_contracts::Rejected,
@@ -42,8 +42,21 @@ pub(crate) struct Job {
     apns_tokens: TokenList,
     fcm_tokens: TokenList,
     pub(crate) chunks_total: u32,
+    /// Set (under the progress lock, while the job is unfinished) by a cancel; read without
+    /// the lock by the dispatchers before a chunk goes out.
     cancelled: AtomicBool,
     progress: Mutex<Progress>,
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cancel {
+    /// The job is cancelled from now on.
+    Now,
+    /// It was cancelled already.
+    Already,
+    /// It had finished: a cancel changes nothing.
+    Finished,
 }
 
 #[derive(Debug, Default)]
@@ -107,7 +120,7 @@ impl Job {
             app: submit.app,
             created_ms,
             accepted: (submit.apns_tokens.len() + submit.fcm_tokens.len()) as u64,
-            idempotency_key: submit.idempotency_key,
+            idempotency_key: submit.idempotency_key.map(|key| key.key),
             rejected: submit.rejected,
             apns: submit.apns,
             fcm: submit.fcm,
@@ -142,8 +155,8 @@ impl Job {
             record.chunk_size as usize,
             record.created_ms,
         );
-        if cancelled {
-            job.cancel();
+        if cancelled != CancelMark::None {
+            job.cancelled.store(true, Ordering::SeqCst);
         }
         for (index, report) in &done {
             if let Some(spec) = specs.get(*index as usize) {
@@ -151,6 +164,15 @@ impl Job {
             }
         }
         let mut progress = job.progress.lock();
+        if cancelled == CancelMark::Legacy
+            && progress.finished_ms.is_some()
+            && progress.cancelled == 0
+        {
+            // Marked by a cancel that came after the job had finished: it was done, and
+            // stays so.
+            job.cancelled.store(false, Ordering::SeqCst);
+        }
+        let resent = !job.is_cancelled();
         progress.possible_duplicates += possible_duplicates;
         progress.dispatched = !done.is_empty() || !leased.is_empty();
         if progress.finished_ms.is_some() {
@@ -165,8 +187,11 @@ impl Job {
             let epoch = match leased.get(&spec.index) {
                 Some(epoch) => {
                     // It was out with an agent when the controller stopped: it may have been
-                    // sent, in part or whole.
-                    progress.possible_duplicates += spec.len() as u64;
+                    // sent, in part or whole, and goes out again (unless the job is cancelled:
+                    // then it is counted cancelled, not resent).
+                    if resent {
+                        progress.possible_duplicates += spec.len() as u64;
+                    }
                     epoch + 1
                 }
                 None => 0,
@@ -209,12 +234,22 @@ impl Job {
         })
     }
 
+    /// Whether the job is cancelled: none of its chunks may go out any more.
     pub(crate) fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Relaxed)
+        self.cancelled.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn cancel(&self) {
-        self.cancelled.store(true, Ordering::Relaxed);
+    /// Cancels the job unless it has finished (checked under the lock its last report takes,
+    /// so a job is never marked cancelled after it was done).
+    pub(crate) fn cancel(&self) -> Cancel {
+        let progress = self.progress.lock();
+        if progress.finished_ms.is_some() {
+            return Cancel::Finished;
+        }
+        if self.cancelled.swap(true, Ordering::SeqCst) {
+            return Cancel::Already;
+        }
+        Cancel::Now
     }
 
     pub(crate) fn mark_dispatched(&self) {
@@ -341,11 +376,13 @@ impl Job {
         let progress = self.progress.lock();
         let done = progress.delivered + progress.failed + progress.invalid + progress.cancelled;
         let state = if progress.finished_ms.is_some() {
-            if self.is_cancelled() && progress.cancelled > 0 {
+            if self.is_cancelled() {
                 JobState::Cancelled
             } else {
                 JobState::Done
             }
+        } else if self.is_cancelled() {
+            JobState::Cancelling
         } else if progress.dispatched {
             JobState::Running
         } else {
@@ -508,7 +545,7 @@ mod tests {
                 .collect(),
             leased: HashMap::new(),
             last_done_ms: Some(5),
-            cancelled: false,
+            cancelled: CancelMark::None,
             possible_duplicates: 0,
         };
         let (half, pending) = Job::restore(stored(&[0]));
@@ -522,5 +559,84 @@ mod tests {
         assert!(pending.is_empty());
         assert_eq!(whole.finished_ms(), Some(5));
         assert_eq!(whole.status(0).state, JobState::Done);
+    }
+
+    fn delivered(tokens: u32) -> ChunkReport {
+        ChunkReport {
+            delivered: tokens,
+            ..ChunkReport::default()
+        }
+    }
+
+    #[test]
+    fn a_cancel_is_cancelling_until_the_chunks_out_report_and_leaves_a_finished_job_alone() {
+        let (job, specs) = Job::new(JobId::new(), submit(4, 0), 2, now_ms());
+        job.mark_dispatched();
+        assert_eq!(job.status(0).state, JobState::Running);
+        assert_eq!(job.cancel(), Cancel::Now);
+        assert_eq!(job.cancel(), Cancel::Already);
+        // Chunk 0 was out: it reports what it sent; chunk 1 was queued: it is cancelled.
+        job.apply_report(
+            &specs[1],
+            &ChunkReport {
+                cancelled: 2,
+                ..ChunkReport::default()
+            },
+        );
+        let status = job.status(0);
+        assert_eq!((status.state, status.pending), (JobState::Cancelling, 2));
+        job.apply_report(&specs[0], &delivered(2));
+        let status = job.status(0);
+        assert_eq!(status.state, JobState::Cancelled);
+        assert_eq!(
+            (status.delivered, status.cancelled, status.pending),
+            (2, 2, 0)
+        );
+        // Every chunk was out when the cancel came and delivered everything: still cancelled.
+        let (job, specs) = Job::new(JobId::new(), submit(2, 0), 2, now_ms());
+        assert_eq!(job.cancel(), Cancel::Now);
+        job.apply_report(&specs[0], &delivered(2));
+        assert_eq!(job.status(0).state, JobState::Cancelled);
+        // A finished job stays done.
+        let (job, specs) = Job::new(JobId::new(), submit(2, 0), 2, now_ms());
+        job.apply_report(&specs[0], &delivered(2));
+        assert_eq!(job.cancel(), Cancel::Finished);
+        assert!(!job.is_cancelled());
+        assert_eq!(job.status(0).state, JobState::Done);
+    }
+
+    #[test]
+    fn restored_cancel_marks_read_as_they_were_shown() {
+        let stored = |done: &[(u32, ChunkReport)], leased: &[u32], cancelled| StoredJob {
+            id: JobId::new(),
+            record: crate::store::JobRecord {
+                submit: submit(4, 0),
+                chunk_size: 2,
+                created_ms: 1,
+            },
+            done: done.to_vec(),
+            leased: leased.iter().map(|index| (*index, 0)).collect(),
+            last_done_ms: Some(5),
+            cancelled,
+            possible_duplicates: 0,
+        };
+        let both_done = [(0, delivered(2)), (1, delivered(2))];
+        // A first-layout mark on a job that finished without anything cancelled came after
+        // its end: the job is done.
+        let (job, _) = Job::restore(stored(&both_done, &[], CancelMark::Legacy));
+        assert_eq!(job.status(0).state, JobState::Done);
+        let (job, _) = Job::restore(stored(&both_done, &[], CancelMark::Cancelled));
+        assert_eq!(job.status(0).state, JobState::Cancelled);
+        // Unfinished: cancelling, its chunk out at the restart left to be counted cancelled,
+        // not resent, so not a possible duplicate.
+        for mark in [CancelMark::Legacy, CancelMark::Cancelled] {
+            let (job, pending) = Job::restore(stored(&both_done[..1], &[1], mark));
+            assert_eq!(pending.len(), 1);
+            let status = job.status(0);
+            assert_eq!(status.state, JobState::Cancelling);
+            assert_eq!(status.possible_duplicates, 0);
+        }
+        let (job, _) = Job::restore(stored(&both_done[..1], &[1], CancelMark::None));
+        assert_eq!(job.status(0).possible_duplicates, 2);
     }
 }

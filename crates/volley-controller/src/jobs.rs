@@ -1,22 +1,51 @@
 //! The job table: every job the controller knows, its idempotency keys, and the finished jobs
 //! kept for their retention (at most `controller.max_finished_jobs`).
+//!
+//! An idempotency key belongs to an app. A submission claims its key before it goes to the
+//! store, in one step under the keys' lock: a second submission with the key while the first
+//! is on its way is refused as in use (`409`), never made a second job; once the first is
+//! committed, a repeat with the same fingerprint is answered with its job, and one with
+//! another fingerprint is refused as a reused key (`422`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use volley_contracts::{ErrorCode, JobId, WireError};
+use volley_contracts::{ErrorCode, Fingerprint, IdempotencyKey, JobAccepted, JobId, WireError};
 
 use crate::clock::now_ms;
 use crate::job::Job;
+use crate::store::{KeyRecord, StoredKey};
+
+/// Where an app's idempotency key stands.
+#[derive(Debug, Clone, Copy)]
+enum KeyState {
+    /// Claimed by a submission on its way to the store.
+    Claimed { fingerprint: Option<Fingerprint> },
+    /// It names a stored job.
+    Known(KeyRecord),
+}
+
+/// Keys by app, then by key: looked up with borrowed names, without building a pair.
+type Keys = HashMap<String, HashMap<String, KeyState>>;
+
+/// What a submission's key lets it do.
+#[derive(Debug)]
+pub(crate) enum Claim {
+    /// The key is the submission's now: make the job, then [`JobTable::commit_key`] or
+    /// [`JobTable::release_key`].
+    Fresh,
+    /// A repeat of a stored job: answer with it.
+    Replay(JobAccepted),
+}
 
 /// Jobs by id, keys, and the finished jobs kept.
 #[derive(Debug)]
 pub(crate) struct JobTable {
     jobs: Mutex<HashMap<JobId, Arc<Job>>>,
-    /// key → (job, accepted at ms).
-    idempotency: Mutex<HashMap<String, (JobId, u64)>>,
+    /// Idempotency keys by app.
+    idempotency: Mutex<Keys>,
     /// Finished jobs still kept, oldest first, with when they finished.
     finished: Mutex<VecDeque<(JobId, u64)>>,
     /// Jobs not final yet.
@@ -27,11 +56,17 @@ pub(crate) struct JobTable {
     early_forget_warned: AtomicU64,
 }
 
-/// Jobs to forget in the store: their ids and the keys that named them.
-pub(crate) type Forgotten = (Vec<JobId>, Vec<String>);
+/// Jobs to forget in the store: their ids and the (app, key) pairs that named them.
+pub(crate) type Forgotten = (Vec<JobId>, Vec<(String, String)>);
 
 impl JobTable {
-    pub(crate) fn new(keys: HashMap<String, (JobId, u64)>, max_finished: usize) -> JobTable {
+    pub(crate) fn new(stored: Vec<StoredKey>, max_finished: usize) -> JobTable {
+        let mut keys = Keys::new();
+        for StoredKey { app, key, record } in stored {
+            keys.entry(app)
+                .or_default()
+                .insert(key, KeyState::Known(record));
+        }
         JobTable {
             jobs: Mutex::default(),
             idempotency: Mutex::new(keys),
@@ -50,14 +85,63 @@ impl JobTable {
             .ok_or_else(|| WireError::new(ErrorCode::NotFound, format!("no job {id}")))
     }
 
-    /// The job `key` names, if it was given within `window_ms` and the job is known.
-    pub(crate) fn by_key(&self, key: &str, now: u64, window_ms: u64) -> Option<Arc<Job>> {
-        let known = self.idempotency.lock().get(key).copied();
-        let (id, at) = known?;
-        if now.saturating_sub(at) >= window_ms {
-            return None;
+    /// Claims `app`'s `key` for a new submission, or answers a repeat: with the job the key
+    /// names when it was first used within `window_ms` for the same request; refused when
+    /// it names another request, or one still on its way to the store.
+    pub(crate) fn claim_key(
+        &self,
+        app: &str,
+        key: &IdempotencyKey,
+        now: u64,
+        window_ms: u64,
+    ) -> Result<Claim, WireError> {
+        let mut keys = self.idempotency.lock();
+        match keys.get(app).and_then(|keys| keys.get(&key.key)) {
+            Some(KeyState::Claimed { fingerprint }) => {
+                return Err(if key.same_request(fingerprint.as_ref()) {
+                    WireError::new(
+                        ErrorCode::IdempotencyKeyInUse,
+                        "a request with this Idempotency-Key is still being accepted; retry \
+                         shortly to get its answer",
+                    )
+                } else {
+                    reused()
+                });
+            }
+            Some(KeyState::Known(record)) if now.saturating_sub(record.at_ms) < window_ms => {
+                if !key.same_request(record.fingerprint.as_ref()) {
+                    return Err(reused());
+                }
+                return Ok(Claim::Replay(JobAccepted {
+                    id: record.job,
+                    accepted: record.accepted,
+                    replayed: true,
+                }));
+            }
+            // Past the window the key is free again.
+            Some(KeyState::Known(_)) | None => {}
         }
-        self.get(id).ok()
+        let claimed = KeyState::Claimed {
+            fingerprint: key.fingerprint,
+        };
+        match keys.get_mut(app) {
+            Some(keys) => keys.insert(key.key.clone(), claimed),
+            None => keys
+                .entry(app.to_owned())
+                .or_default()
+                .insert(key.key.clone(), claimed),
+        };
+        Ok(Claim::Fresh)
+    }
+
+    /// The submission that claimed `app`'s `key` was refused or not stored: the key is free.
+    pub(crate) fn release_key(&self, app: &str, key: &str) {
+        let mut keys = self.idempotency.lock();
+        if let Some(keys) = keys.get_mut(app) {
+            if matches!(keys.get(key), Some(KeyState::Claimed { .. })) {
+                keys.remove(key);
+            }
+        }
     }
 
     /// Makes a job known; counts it active unless it is already final.
@@ -68,9 +152,12 @@ impl JobTable {
         self.jobs.lock().insert(job.id, job);
     }
 
-    /// Makes `key` name a new job, accepted at `at_ms`.
-    pub(crate) fn remember_key(&self, key: &str, id: JobId, at_ms: u64) {
-        self.idempotency.lock().insert(key.to_owned(), (id, at_ms));
+    /// The job a claimed key was for is stored: from now on the key names it.
+    pub(crate) fn commit_key(&self, app: &str, key: &str, record: KeyRecord) {
+        let mut keys = self.idempotency.lock();
+        if let Some(state) = keys.get_mut(app).and_then(|keys| keys.get_mut(key)) {
+            *state = KeyState::Known(record);
+        }
     }
 
     /// Jobs not final yet.
@@ -152,16 +239,125 @@ impl JobTable {
             let mut idempotency = self.idempotency.lock();
             for id in &ids {
                 let Some(job) = jobs.remove(id) else { continue };
-                if let Some(key) = &job.idempotency_key {
-                    // Only if the key still names this job.
-                    if idempotency.get(key).is_some_and(|(known, _)| known == id) {
-                        idempotency.remove(key);
-                        keys.push(key.clone());
-                    }
+                let Some(key) = &job.idempotency_key else {
+                    continue;
+                };
+                let Some(app_keys) = idempotency.get_mut(&job.app) else {
+                    continue;
+                };
+                // Only if the key still names this job.
+                if matches!(app_keys.get(key), Some(KeyState::Known(record)) if record.job == *id) {
+                    app_keys.remove(key);
+                    keys.push((job.app.clone(), key.clone()));
                 }
             }
         }
         tracing::debug!(jobs = ids.len(), "finished jobs forgotten");
         (ids, keys)
+    }
+}
+
+/// The refusal of a key that names another request.
+fn reused() -> WireError {
+    WireError::new(
+        ErrorCode::IdempotencyKeyReused,
+        "this Idempotency-Key was used for a different request of this app; use a new key for \
+         a new request",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str, fingerprint: u8) -> IdempotencyKey {
+        IdempotencyKey::new(name, Fingerprint([fingerprint; 32]))
+    }
+
+    fn record(fingerprint: u8) -> KeyRecord {
+        KeyRecord {
+            job: JobId::new(),
+            at_ms: 1_000,
+            accepted: 3,
+            fingerprint: Some(Fingerprint([fingerprint; 32])),
+        }
+    }
+
+    #[test]
+    fn a_key_is_claimed_once_then_replays_the_same_request_only() {
+        let table = JobTable::new(Vec::new(), 10);
+        let window = 60_000;
+        assert!(matches!(
+            table.claim_key("shop", &key("k", 1), 1_000, window),
+            Ok(Claim::Fresh)
+        ));
+        // While the first is on its way: the same request is told to retry, another refused.
+        let code = |claim: Result<Claim, WireError>| claim.map(|_| ()).unwrap_err().code;
+        assert_eq!(
+            code(table.claim_key("shop", &key("k", 1), 1_001, window)),
+            ErrorCode::IdempotencyKeyInUse
+        );
+        assert_eq!(
+            code(table.claim_key("shop", &key("k", 2), 1_001, window)),
+            ErrorCode::IdempotencyKeyReused
+        );
+        // Another app's key of the same name is another key.
+        assert!(matches!(
+            table.claim_key("news", &key("k", 2), 1_001, window),
+            Ok(Claim::Fresh)
+        ));
+        let stored = record(1);
+        table.commit_key("shop", "k", stored);
+        match table.claim_key("shop", &key("k", 1), 2_000, window) {
+            Ok(Claim::Replay(accepted)) => {
+                assert_eq!((accepted.id, accepted.accepted), (stored.job, 3));
+                assert!(accepted.replayed);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            code(table.claim_key("shop", &key("k", 2), 2_000, window)),
+            ErrorCode::IdempotencyKeyReused
+        );
+        // A key without a fingerprint names any request.
+        let blind = IdempotencyKey {
+            key: "k".into(),
+            fingerprint: None,
+        };
+        assert!(matches!(
+            table.claim_key("shop", &blind, 2_000, window),
+            Ok(Claim::Replay(_))
+        ));
+        // Past the window the key is free again.
+        assert!(matches!(
+            table.claim_key("shop", &key("k", 2), 1_000 + window, window),
+            Ok(Claim::Fresh)
+        ));
+    }
+
+    #[test]
+    fn a_released_key_is_free_and_a_known_one_is_not_released() {
+        let table = JobTable::new(
+            vec![StoredKey {
+                app: "shop".into(),
+                key: "old".into(),
+                record: record(1),
+            }],
+            10,
+        );
+        assert!(matches!(
+            table.claim_key("shop", &key("k", 1), 1_000, 60_000),
+            Ok(Claim::Fresh)
+        ));
+        table.release_key("shop", "k");
+        assert!(matches!(
+            table.claim_key("shop", &key("k", 2), 1_000, 60_000),
+            Ok(Claim::Fresh)
+        ));
+        table.release_key("shop", "old");
+        assert!(matches!(
+            table.claim_key("shop", &key("old", 1), 1_000, 60_000),
+            Ok(Claim::Replay(_))
+        ));
     }
 }

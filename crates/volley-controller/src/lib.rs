@@ -38,7 +38,6 @@ mod store;
 mod tally;
 mod webhook;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,7 +62,7 @@ use crate::jobs::{Forgotten, JobTable};
 use crate::leases::Leases;
 use crate::registry::Registry;
 use crate::scheduler::{Scheduler, Work};
-use crate::store::{Store, Write};
+use crate::store::{KeyRecord, Store, Write};
 use crate::tally::{ChunkTally, Tallies};
 
 pub use crate::store::StoreError;
@@ -216,9 +215,22 @@ struct ControllerServer {
     core: Arc<Core>,
 }
 
+/// Runs `work` to its end on its own task, whatever becomes of the request: tarpc drops a
+/// handler whose caller went away or whose deadline passed, and a submission or cancel
+/// dropped between its store write and what follows would leave a job stored but not queued,
+/// its idempotency key claimed for good, or its chunks still queued.
+async fn to_the_end<T: Send + 'static>(
+    work: impl Future<Output = T> + Send + 'static,
+) -> Result<T, WireError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|_| WireError::new(ErrorCode::Internal, "the request's task failed"))
+}
+
 impl Controller for ControllerServer {
     async fn submit(self, _: Context, job: SubmitJob) -> Result<JobAccepted, WireError> {
-        let mut answers = self.core.submit_many(vec![job]).await;
+        let core = self.core.clone();
+        let mut answers = to_the_end(async move { core.submit_many(vec![job]).await }).await?;
         answers.pop().unwrap_or_else(|| {
             Err(WireError::new(
                 ErrorCode::Internal,
@@ -232,7 +244,11 @@ impl Controller for ControllerServer {
         _: Context,
         jobs: Vec<SubmitJob>,
     ) -> Vec<Result<JobAccepted, WireError>> {
-        self.core.submit_many(jobs).await
+        let count = jobs.len();
+        let core = self.core.clone();
+        to_the_end(async move { core.submit_many(jobs).await })
+            .await
+            .unwrap_or_else(|error| vec![Err(error); count])
     }
 
     async fn status(
@@ -255,7 +271,8 @@ impl Controller for ControllerServer {
     }
 
     async fn cancel(self, _: Context, id: JobId) -> Result<JobStatus, WireError> {
-        self.core.cancel(id).await
+        let core = self.core.clone();
+        to_the_end(async move { core.cancel(id).await }).await?
     }
 
     async fn stats(self, _: Context) -> ClusterStats {
@@ -299,28 +316,15 @@ impl Core {
             Vec::with_capacity(submits.len());
         let mut admitted: Vec<Admitted> = Vec::new();
         let mut writes: Vec<Write> = Vec::new();
-        // A key repeated within the batch gets the first submission's job.
-        let mut keys_in_batch: HashMap<String, usize> = HashMap::new();
-        let mut repeats: Vec<(usize, usize)> = Vec::new();
+        // A key repeated within the batch finds the first submission's claim: in use (409),
+        // as it would from another call.
         for (slot, submit) in submits.into_iter().enumerate() {
-            if let Some(first) = submit
-                .idempotency_key
-                .as_ref()
-                .and_then(|key| keys_in_batch.get(key))
-            {
-                repeats.push((slot, *first));
-                answers.push(None);
-                continue;
-            }
             let admission =
                 self.admissions
                     .admit(slot, submit, now, draining, &self.jobs, &self.registry);
             match admission {
                 Ok(Admission::Known(accepted)) => answers.push(Some(Ok(accepted))),
                 Ok(Admission::New(job, write)) => {
-                    if let Some(key) = &job.submit.idempotency_key {
-                        keys_in_batch.insert(key.clone(), admitted.len());
-                    }
                     admitted.push(job);
                     writes.push(write);
                     answers.push(None);
@@ -340,12 +344,18 @@ impl Core {
                     Ok(JobAccepted {
                         id: job.id,
                         accepted: job.size,
+                        replayed: false,
                     })
                 })
                 .collect(),
             Err(error) => {
                 let size: u64 = admitted.iter().map(|job| job.size).sum();
                 self.admissions.release(size);
+                for job in &admitted {
+                    if let Some(key) = &job.submit.idempotency_key {
+                        self.jobs.release_key(&job.submit.app, &key.key);
+                    }
+                }
                 let error = error.to_string();
                 admitted
                     .iter()
@@ -359,9 +369,6 @@ impl Core {
                     .collect()
             }
         };
-        for (slot, first) in repeats {
-            answers[slot] = Some(accepted[first].clone());
-        }
         for (job, answer) in admitted.into_iter().zip(accepted) {
             answers[job.slot] = Some(answer.clone());
             if answer.is_ok() {
@@ -386,14 +393,25 @@ impl Core {
         let Admitted {
             id, size, submit, ..
         } = admitted;
+        // Kept for the key's record: the job takes the key alone.
+        let fingerprint = submit
+            .idempotency_key
+            .as_ref()
+            .and_then(|key| key.fingerprint);
         let (job, specs) = Job::new(id, submit, self.config.chunk_size, now);
         let job = Arc::new(job);
-        if let Some(key) = &job.idempotency_key {
-            self.jobs.remember_key(key, id, now);
-        }
         // One line per large job, when it finishes; the front logs its acceptance.
         tracing::debug!(job = %id, app = %job.app, tokens = size, chunks = specs.len(), "job accepted");
         self.jobs.insert(job.clone());
+        if let Some(key) = &job.idempotency_key {
+            let record = KeyRecord {
+                job: id,
+                at_ms: now,
+                accepted: size,
+                fingerprint,
+            };
+            self.jobs.commit_key(&job.app, key, record);
+        }
         self.scheduler
             .push_job(&job, specs.into_iter().map(|spec| (spec, 0)).collect());
     }
@@ -415,6 +433,17 @@ impl Core {
             }
             let job = Arc::new(job);
             self.jobs.insert(job.clone());
+            if job.is_cancelled() {
+                // Cancelled before the restart: what was not done is cancelled now.
+                for (spec, epoch) in chunks {
+                    self.skip_cancelled(&Work {
+                        job: job.clone(),
+                        spec,
+                        epoch,
+                    });
+                }
+                continue;
+            }
             self.scheduler.push_job(&job, chunks);
         }
         if resumed > 0 {
@@ -437,20 +466,48 @@ impl Core {
         Ok(status)
     }
 
-    /// Cancels a job: what is still queued is finished as cancelled at once; chunks out with
-    /// agents finish as they report.
+    /// Cancels a job: from now on none of its chunks goes out (the dispatchers check before
+    /// each call, and a chunk handed back is not queued again); what is still queued is
+    /// finished as cancelled at once; chunks out with agents finish as they report. Answers
+    /// the status reached: `cancelled` when nothing was out, `cancelling` until the chunks
+    /// out have reported. A finished job is left as it is.
     async fn cancel(&self, id: JobId) -> Result<JobStatus, WireError> {
         let job = self.jobs.get(id)?;
-        job.cancel();
-        self.store
-            .write(Write::Cancelled { id })
-            .await
-            .map_err(|error| WireError::new(ErrorCode::Internal, error.to_string()))?;
+        if job.cancel() != job::Cancel::Now {
+            return self.status(id, 0);
+        }
         for work in self.scheduler.remove_job(id) {
             self.skip_cancelled(&work);
         }
-        tracing::info!(job = %id, "job cancelled");
-        self.status(id, 0)
+        // The chunks' records ride on this commit: after a restart the job is cancelled and
+        // its unsent chunks are counted so.
+        self.store
+            .write(Write::Cancelled {
+                id,
+                at_ms: now_ms(),
+            })
+            .await
+            .map_err(|error| WireError::new(ErrorCode::Internal, error.to_string()))?;
+        let status = self.status(id, 0)?;
+        tracing::info!(job = %id, state = status.state.as_str(), out = status.pending, "job cancelled");
+        Ok(status)
+    }
+
+    /// Gives a chunk that did not finish back to its queue, or, when its job is cancelled,
+    /// finishes it as cancelled instead. A cancel that comes between the check and the
+    /// hand-back has already swept the queue: the chunk is taken out again.
+    pub(crate) fn hand_back(&self, work: Work, pause: Option<(AgentId, tokio::time::Instant)>) {
+        if work.job.is_cancelled() {
+            self.skip_cancelled(&work);
+            return;
+        }
+        let job = work.job.clone();
+        self.scheduler.hand_back(work, pause);
+        if job.is_cancelled() {
+            for work in self.scheduler.remove_job(job.id) {
+                self.skip_cancelled(&work);
+            }
+        }
     }
 
     /// Registers an agent: records what it declared, starts its dispatcher.

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
-use volley_contracts::{ChunkReport, InvalidToken, JobId, Platform, SubmitJob, TokenList};
+use volley_contracts::{
+    ChunkReport, Fingerprint, InvalidToken, JobId, Platform, SubmitJob, TokenList,
+};
 
 use crate::clock::now_ms;
 
@@ -46,12 +48,15 @@ const TOKENS: TableDefinition<'_, (u128, u8), &[u8]> = TableDefinition::new("job
 /// job is two records written in three B-tree operations over its life (the job; the chunk,
 /// twice) instead of six in the first layout ([`v1`]).
 const CHUNKS: TableDefinition<'_, (u128, u32), &[u8]> = TableDefinition::new("chunks");
-/// job id → () for cancelled jobs.
-const CANCELLED: TableDefinition<'_, u128, ()> = TableDefinition::new("jobs_cancelled");
+/// job id → when it was cancelled (ms since the epoch), for jobs cancelled before they
+/// finished. The first layout's marks are in [`v1::CANCELLED`].
+const CANCELS: TableDefinition<'_, u128, u64> = TableDefinition::new("jobs_cancel");
 /// job id → notifications that may have been sent twice (chunks handed out again).
 const DUPLICATES: TableDefinition<'_, u128, u64> = TableDefinition::new("jobs_duplicates");
-/// idempotency key → (job id, accepted at ms).
-const IDEMPOTENCY: TableDefinition<'_, &str, (u128, u64)> = TableDefinition::new("idempotency");
+/// (app, idempotency key) → (job id, accepted at ms, notifications accepted, the request's
+/// fingerprint: 32 bytes, or none for keys of the first layout, [`v1::IDEMPOTENCY`]).
+const KEYS: TableDefinition<'_, (&str, &str), (u128, u64, u64, &[u8])> =
+    TableDefinition::new("idempotency_keys");
 /// (job id, chunk index, part) → invalid tokens not yet acknowledged by the app's webhook
 /// ([`StoredEntry`], bincode). Kept past the job's retention until acknowledged.
 const WEBHOOK: TableDefinition<'_, (u128, u32, u32), &[u8]> =
@@ -138,6 +143,56 @@ mod v1 {
     /// job id → when it finished (ms since the epoch).
     pub(super) const FINISHED: TableDefinition<'_, u128, u64> =
         TableDefinition::new("jobs_finished");
+    /// idempotency key → (job id, accepted at ms): keys were not scoped to an app and had
+    /// no fingerprint. [`super::migrate_keys_v1`] moves them to [`super::KEYS`].
+    pub(super) const IDEMPOTENCY: TableDefinition<'_, &str, (u128, u64)> =
+        TableDefinition::new("idempotency");
+    /// job id → () for cancelled jobs, marked whether or not the cancel came before the job
+    /// finished (kept and read as it is: see [`super::CancelMark::Legacy`]).
+    pub(super) const CANCELLED: TableDefinition<'_, u128, ()> =
+        TableDefinition::new("jobs_cancelled");
+}
+
+/// Moves the idempotency keys of the first layout (the key alone) to [`KEYS`], scoped to
+/// the app of the job each names, in one transaction; returns how many it moved. A key
+/// whose job is gone names nothing and is dropped. Moved keys have no fingerprint: a repeat
+/// with them is answered with their job whatever its body, as before.
+fn migrate_keys_v1(db: &Database) -> Result<usize, StoreError> {
+    use redb::TableHandle;
+
+    let txn = db.begin_write().map_err(db_error)?;
+    let present = txn
+        .list_tables()
+        .map_err(db_error)?
+        .any(|table| table.name() == v1::IDEMPOTENCY.name());
+    if !present {
+        return Ok(0);
+    }
+    let mut moved = 0;
+    {
+        let old = txn.open_table(v1::IDEMPOTENCY).map_err(db_error)?;
+        let jobs = txn.open_table(JOBS).map_err(db_error)?;
+        let mut keys = txn.open_table(KEYS).map_err(db_error)?;
+        for entry in old.iter().map_err(db_error)? {
+            let (key, value) = entry.map_err(db_error)?;
+            let (id, at_ms) = value.value();
+            let Some(record) = jobs.get(id).map_err(db_error)? else {
+                continue;
+            };
+            let mut rest = record.value();
+            let header = decode_header(&mut rest)?;
+            let accepted = (header.apns_ends.len() + header.fcm_ends.len()) as u64;
+            keys.insert(
+                (header.app.as_str(), key.value()),
+                (id, at_ms, accepted, &[][..]),
+            )
+            .map_err(db_error)?;
+            moved += 1;
+        }
+    }
+    txn.delete_table(v1::IDEMPOTENCY).map_err(db_error)?;
+    txn.commit().map_err(db_error)?;
+    Ok(moved)
 }
 
 /// Moves the chunk records of a first-layout store into [`CHUNKS`], in one transaction;
@@ -306,7 +361,7 @@ impl NewJob {
             app: &'a str,
             apns: &'a Option<volley_contracts::ApnsRender>,
             fcm: &'a Option<volley_contracts::FcmRender>,
-            idempotency_key: &'a Option<String>,
+            idempotency_key: Option<&'a str>,
             apns_ends: &'a [u32],
             fcm_ends: &'a [u32],
             chunk_size: u32,
@@ -323,7 +378,7 @@ impl NewJob {
                 app: &submit.app,
                 apns: &submit.apns,
                 fcm: &submit.fcm,
-                idempotency_key: &submit.idempotency_key,
+                idempotency_key: submit.idempotency_key.as_ref().map(|key| key.key.as_str()),
                 apns_ends,
                 fcm_ends,
                 chunk_size,
@@ -357,18 +412,51 @@ pub(crate) struct StoredJob {
     pub(crate) leased: HashMap<u32, u32>,
     /// When its last chunk was done: the job's end, if every chunk is.
     pub(crate) last_done_ms: Option<u64>,
-    pub(crate) cancelled: bool,
+    pub(crate) cancelled: CancelMark,
     pub(crate) possible_duplicates: u64,
+}
+
+/// Whether a job read back was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CancelMark {
+    /// It was not.
+    None,
+    /// It was, before it finished.
+    Cancelled,
+    /// The first layout marked it cancelled, also when the cancel came after the job had
+    /// finished (it then changed nothing): a finished job with nothing counted cancelled is
+    /// read as done, as it was shown then.
+    Legacy,
+}
+
+/// An idempotency key as the store keeps it: which job it named, for which request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeyRecord {
+    pub(crate) job: JobId,
+    /// When the key was first used (the job accepted), ms since the epoch.
+    pub(crate) at_ms: u64,
+    /// Notifications the job accepted: a repeat is answered without the job at hand.
+    pub(crate) accepted: u64,
+    /// The first request's fingerprint; `None` for keys of the first layout.
+    pub(crate) fingerprint: Option<Fingerprint>,
+}
+
+/// An app's idempotency key and its record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredKey {
+    pub(crate) app: String,
+    pub(crate) key: String,
+    pub(crate) record: KeyRecord,
 }
 
 /// One durable change.
 #[derive(Debug)]
 pub(crate) enum Write {
-    /// A new job, and its idempotency key.
+    /// A new job, and its app's idempotency key.
     Job {
         id: JobId,
         job: NewJob,
-        idempotency: Option<(String, u64)>,
+        key: Option<StoredKey>,
     },
     /// A chunk went out to an agent with this epoch.
     Leased { id: JobId, index: u32, epoch: u32 },
@@ -384,8 +472,8 @@ pub(crate) enum Write {
     },
     /// The webhook receiver acknowledged these entries.
     WebhookAcked { keys: Vec<EntryKey> },
-    /// The job was cancelled.
-    Cancelled { id: JobId },
+    /// The job was cancelled (at `at_ms`) before it finished.
+    Cancelled { id: JobId, at_ms: u64 },
     /// Some of the job's notifications may have been sent twice.
     Duplicates { id: JobId, count: u64 },
     /// Commits every write queued before it, then closes the database: resolves once the
@@ -394,8 +482,11 @@ pub(crate) enum Write {
     /// Several writes in one transaction: a batch of submissions, or the leases of the
     /// chunks of one `deliver` call.
     Many(Vec<Write>),
-    /// Jobs past their retention: forget them.
-    Forget { ids: Vec<JobId>, keys: Vec<String> },
+    /// Jobs past their retention: forget them, and the (app, key) pairs that named them.
+    Forget {
+        ids: Vec<JobId>,
+        keys: Vec<(String, String)>,
+    },
     /// An agent declared it can send this app's notifications on this platform.
     Declared { app: String, platform: Platform },
 }
@@ -458,9 +549,10 @@ fn init_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(JOBS).map_err(db_error)?;
     txn.open_table(TOKENS).map_err(db_error)?;
     txn.open_table(CHUNKS).map_err(db_error)?;
-    txn.open_table(CANCELLED).map_err(db_error)?;
+    txn.open_table(CANCELS).map_err(db_error)?;
+    txn.open_table(v1::CANCELLED).map_err(db_error)?;
     txn.open_table(DUPLICATES).map_err(db_error)?;
-    txn.open_table(IDEMPOTENCY).map_err(db_error)?;
+    txn.open_table(KEYS).map_err(db_error)?;
     txn.open_table(WEBHOOK).map_err(db_error)?;
     txn.open_table(DECLARED).map_err(db_error)?;
     txn.commit().map_err(db_error)
@@ -471,7 +563,8 @@ fn load(db: &Database) -> Result<Vec<StoredJob>, StoreError> {
     let jobs = txn.open_table(JOBS).map_err(db_error)?;
     let tokens = txn.open_table(TOKENS).map_err(db_error)?;
     let chunks = txn.open_table(CHUNKS).map_err(db_error)?;
-    let cancelled = txn.open_table(CANCELLED).map_err(db_error)?;
+    let cancels = txn.open_table(CANCELS).map_err(db_error)?;
+    let legacy_cancels = txn.open_table(v1::CANCELLED).map_err(db_error)?;
     let duplicates = txn.open_table(DUPLICATES).map_err(db_error)?;
     let mut out = Vec::new();
     for entry in jobs.iter().map_err(db_error)? {
@@ -509,7 +602,13 @@ fn load(db: &Database) -> Result<Vec<StoredJob>, StoreError> {
                 app: header.app,
                 apns: header.apns,
                 fcm: header.fcm,
-                idempotency_key: header.idempotency_key,
+                // The fingerprint lives with the key (`KEYS`); the job needs the key alone.
+                idempotency_key: header.idempotency_key.map(|key| {
+                    volley_contracts::IdempotencyKey {
+                        key,
+                        fingerprint: None,
+                    }
+                }),
                 rejected: header.rejected,
             },
             chunk_size: header.chunk_size,
@@ -521,7 +620,13 @@ fn load(db: &Database) -> Result<Vec<StoredJob>, StoreError> {
             done: Vec::new(),
             leased: HashMap::new(),
             last_done_ms: None,
-            cancelled: cancelled.get(id).map_err(db_error)?.is_some(),
+            cancelled: if cancels.get(id).map_err(db_error)?.is_some() {
+                CancelMark::Cancelled
+            } else if legacy_cancels.get(id).map_err(db_error)?.is_some() {
+                CancelMark::Legacy
+            } else {
+                CancelMark::None
+            },
             possible_duplicates: duplicates
                 .get(id)
                 .map_err(db_error)?
@@ -656,9 +761,10 @@ fn apply(
             jobs: txn.open_table(JOBS).map_err(db_error)?,
             tokens: txn.open_table(TOKENS).map_err(db_error)?,
             chunks: txn.open_table(CHUNKS).map_err(db_error)?,
-            cancelled: txn.open_table(CANCELLED).map_err(db_error)?,
+            cancels: txn.open_table(CANCELS).map_err(db_error)?,
+            legacy_cancels: txn.open_table(v1::CANCELLED).map_err(db_error)?,
             duplicates: txn.open_table(DUPLICATES).map_err(db_error)?,
-            idempotency: txn.open_table(IDEMPOTENCY).map_err(db_error)?,
+            keys: txn.open_table(KEYS).map_err(db_error)?,
             webhook: txn.open_table(WEBHOOK).map_err(db_error)?,
             declared: txn.open_table(DECLARED).map_err(db_error)?,
         };
@@ -674,9 +780,10 @@ struct Tables<'txn> {
     jobs: redb::Table<'txn, u128, &'static [u8]>,
     tokens: redb::Table<'txn, (u128, u8), &'static [u8]>,
     chunks: redb::Table<'txn, (u128, u32), &'static [u8]>,
-    cancelled: redb::Table<'txn, u128, ()>,
+    cancels: redb::Table<'txn, u128, u64>,
+    legacy_cancels: redb::Table<'txn, u128, ()>,
     duplicates: redb::Table<'txn, u128, u64>,
-    idempotency: redb::Table<'txn, &'static str, (u128, u64)>,
+    keys: redb::Table<'txn, (&'static str, &'static str), (u128, u64, u64, &'static [u8])>,
     webhook: redb::Table<'txn, (u128, u32, u32), &'static [u8]>,
     declared: redb::Table<'txn, (&'static str, u8), u64>,
 }
@@ -684,11 +791,7 @@ struct Tables<'txn> {
 impl Tables<'_> {
     fn apply(&mut self, write: &Write, forgot: &mut usize) -> Result<(), StoreError> {
         match write {
-            Write::Job {
-                id,
-                job,
-                idempotency: key,
-            } => {
+            Write::Job { id, job, key } => {
                 let id128 = id.0.as_u128();
                 self.jobs
                     .insert(id128, job.header.as_slice())
@@ -700,9 +803,13 @@ impl Tables<'_> {
                             .map_err(db_error)?;
                     }
                 }
-                if let Some((key, at_ms)) = key {
-                    self.idempotency
-                        .insert(key.as_str(), (id128, *at_ms))
+                if let Some(StoredKey { app, key, record }) = key {
+                    let fingerprint = record.fingerprint.as_ref().map_or(&[][..], |f| &f.0[..]);
+                    self.keys
+                        .insert(
+                            (app.as_str(), key.as_str()),
+                            (id128, record.at_ms, record.accepted, fingerprint),
+                        )
                         .map_err(db_error)?;
                 }
             }
@@ -733,9 +840,9 @@ impl Tables<'_> {
                     self.webhook.remove(*key).map_err(db_error)?;
                 }
             }
-            Write::Cancelled { id } => {
-                self.cancelled
-                    .insert(id.0.as_u128(), ())
+            Write::Cancelled { id, at_ms } => {
+                self.cancels
+                    .insert(id.0.as_u128(), *at_ms)
                     .map_err(db_error)?;
             }
             Write::Duplicates { id, count } => {
@@ -761,15 +868,18 @@ impl Tables<'_> {
                     self.jobs.remove(id).map_err(db_error)?;
                     self.tokens.remove((id, 0)).map_err(db_error)?;
                     self.tokens.remove((id, 1)).map_err(db_error)?;
-                    self.cancelled.remove(id).map_err(db_error)?;
+                    self.cancels.remove(id).map_err(db_error)?;
+                    self.legacy_cancels.remove(id).map_err(db_error)?;
                     self.duplicates.remove(id).map_err(db_error)?;
                     self.chunks
                         .retain_in((id, 0)..=(id, u32::MAX), |_, _| false)
                         .map_err(db_error)?;
                     *forgot += 1;
                 }
-                for key in keys {
-                    self.idempotency.remove(key.as_str()).map_err(db_error)?;
+                for (app, key) in keys {
+                    self.keys
+                        .remove((app.as_str(), key.as_str()))
+                        .map_err(db_error)?;
                 }
             }
             Write::Declared { app, platform } => {
@@ -783,19 +893,26 @@ impl Tables<'_> {
     }
 }
 
-/// Reads the idempotency table of an open database (used once at start-up, before the
+/// Reads the idempotency keys of an open database (used once at start-up, before the
 /// writer thread takes the database).
-fn read_keys(db: &Database) -> Result<HashMap<String, (JobId, u64)>, StoreError> {
+fn read_keys(db: &Database) -> Result<Vec<StoredKey>, StoreError> {
     let txn = db.begin_read().map_err(db_error)?;
-    let table = txn.open_table(IDEMPOTENCY).map_err(db_error)?;
-    let mut keys = HashMap::new();
+    let table = txn.open_table(KEYS).map_err(db_error)?;
+    let mut keys = Vec::new();
     for entry in table.iter().map_err(db_error)? {
         let (key, value) = entry.map_err(db_error)?;
-        let (id, at) = value.value();
-        keys.insert(
-            key.value().to_owned(),
-            (JobId(uuid::Uuid::from_u128(id)), at),
-        );
+        let (app, key) = key.value();
+        let (id, at_ms, accepted, fingerprint) = value.value();
+        keys.push(StoredKey {
+            app: app.to_owned(),
+            key: key.to_owned(),
+            record: KeyRecord {
+                job: JobId(uuid::Uuid::from_u128(id)),
+                at_ms,
+                accepted,
+                fingerprint: <[u8; 32]>::try_from(fingerprint).ok().map(Fingerprint),
+            },
+        });
     }
     Ok(keys)
 }
@@ -834,7 +951,8 @@ pub(crate) struct Recovered {
     /// The (app, platform) pairs some agent has declared.
     pub(crate) declared: Vec<(String, Platform)>,
     pub(crate) jobs: Vec<StoredJob>,
-    pub(crate) keys: HashMap<String, (JobId, u64)>,
+    /// Idempotency keys, by app.
+    pub(crate) keys: Vec<StoredKey>,
     /// Webhook entries not acknowledged yet, in key order.
     pub(crate) webhook: Vec<(EntryKey, StoredEntry)>,
 }
@@ -873,6 +991,13 @@ impl Store {
             tracing::info!(
                 chunks = migrated,
                 "store: chunk records moved to the current layout"
+            );
+        }
+        let migrated = migrate_keys_v1(&db)?;
+        if migrated > 0 {
+            tracing::info!(
+                keys = migrated,
+                "store: idempotency keys scoped to their jobs' apps"
             );
         }
         let recovered = Recovered {
@@ -961,6 +1086,89 @@ mod tests {
         NewJob::new(&record_submit(), 2, 7).unwrap()
     }
 
+    fn stored_key(id: JobId) -> StoredKey {
+        StoredKey {
+            app: "shop".into(),
+            key: "key-1".into(),
+            record: KeyRecord {
+                job: id,
+                at_ms: 7,
+                accepted: 3,
+                fingerprint: Some(Fingerprint([7; 32])),
+            },
+        }
+    }
+
+    /// A store of the first layout (keys not scoped to an app, without fingerprints; cancel
+    /// marks also on jobs cancelled after they finished) opens: its keys name the same jobs,
+    /// now under their apps, and its marks read as they were shown.
+    #[tokio::test]
+    async fn first_layout_keys_and_cancel_marks_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keyed, gone, late_cancel) = (JobId::new(), JobId::new(), JobId::new());
+        {
+            let (store, _) = Store::open(dir.path(), true).unwrap();
+            for id in [keyed, late_cancel] {
+                store
+                    .write(Write::Job {
+                        id,
+                        job: record(),
+                        key: None,
+                    })
+                    .await
+                    .unwrap();
+            }
+            store.write(Write::Close).await.unwrap();
+        }
+        {
+            let db = Database::open(dir.path().join("volley.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut keys = txn.open_table(v1::IDEMPOTENCY).unwrap();
+                keys.insert("order-42", (keyed.0.as_u128(), 11)).unwrap();
+                // A key whose job is gone names nothing.
+                keys.insert("order-0", (gone.0.as_u128(), 12)).unwrap();
+                let mut cancelled = txn.open_table(v1::CANCELLED).unwrap();
+                cancelled.insert(keyed.0.as_u128(), ()).unwrap();
+                cancelled.insert(late_cancel.0.as_u128(), ()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let (store, recovered) = Store::open(dir.path(), true).unwrap();
+        assert_eq!(
+            recovered.keys,
+            [StoredKey {
+                app: "shop".into(),
+                key: "order-42".into(),
+                record: KeyRecord {
+                    job: keyed,
+                    at_ms: 11,
+                    accepted: 3,
+                    fingerprint: None,
+                },
+            }]
+        );
+        for job in &recovered.jobs {
+            assert_eq!(job.cancelled, CancelMark::Legacy, "{}", job.id);
+        }
+        // Forgetting a job takes its mark of either layout and its key.
+        store
+            .write(Write::Forget {
+                ids: vec![keyed],
+                keys: vec![("shop".into(), "order-42".into())],
+            })
+            .await
+            .unwrap();
+        store.write(Write::Close).await.unwrap();
+        let (store, recovered) = Store::open(dir.path(), true).unwrap();
+        assert!(recovered.keys.is_empty());
+        assert_eq!(recovered.jobs.len(), 1);
+        store.write(Write::Close).await.unwrap();
+        // The first layout's key table is gone; a second open has nothing to move.
+        let db = Database::open(dir.path().join("volley.redb")).unwrap();
+        assert_eq!(migrate_keys_v1(&db).unwrap(), 0);
+    }
+
     fn record_submit() -> SubmitJob {
         SubmitJob {
             app: "shop".into(),
@@ -976,7 +1184,10 @@ mod tests {
             fcm: None,
             apns_tokens: ["aa", "bb", "cc"].into_iter().collect::<TokenList>(),
             fcm_tokens: TokenList::default(),
-            idempotency_key: Some("key-1".into()),
+            idempotency_key: Some(volley_contracts::IdempotencyKey::new(
+                "key-1",
+                Fingerprint([7; 32]),
+            )),
             rejected: volley_contracts::Rejected {
                 count: 1,
                 tokens: vec![volley_contracts::RejectedToken {
@@ -999,7 +1210,7 @@ mod tests {
                 .write(Write::Job {
                     id,
                     job: record(),
-                    idempotency: Some(("key-1".into(), 7)),
+                    key: Some(stored_key(id)),
                 })
                 .await
                 .unwrap();
@@ -1034,7 +1245,10 @@ mod tests {
             store.write_later(Write::WebhookAcked {
                 keys: vec![(id.0.as_u128(), 0, 0)],
             });
-            store.write(Write::Cancelled { id }).await.unwrap();
+            store
+                .write(Write::Cancelled { id, at_ms: 8 })
+                .await
+                .unwrap();
             // While it is open, nobody else may open it.
             assert!(matches!(
                 Store::open(dir.path(), true),
@@ -1044,7 +1258,7 @@ mod tests {
             store.write_later(Write::Duplicates { id, count: 2 });
             store.write(Write::Close).await.unwrap();
             assert!(matches!(
-                store.write(Write::Cancelled { id }).await,
+                store.write(Write::Cancelled { id, at_ms: 9 }).await,
                 Err(StoreError::Stopped)
             ));
         }
@@ -1061,9 +1275,17 @@ mod tests {
         // Chunk 0 is done (its lease is cleared); chunk 1 was out with epoch 3.
         assert_eq!(job.leased.get(&1), Some(&3));
         assert!(!job.leased.contains_key(&0));
-        assert!(job.cancelled);
+        assert_eq!(job.cancelled, CancelMark::Cancelled);
         assert_eq!(job.possible_duplicates, 2);
-        assert_eq!(recovered.keys.get("key-1"), Some(&(id, 7)));
+        assert_eq!(recovered.keys, [stored_key(id)]);
+        assert_eq!(
+            job.record
+                .submit
+                .idempotency_key
+                .as_ref()
+                .map(|key| key.key.as_str()),
+            Some("key-1")
+        );
         // Only the unacknowledged webhook entry is left.
         let keys: Vec<EntryKey> = recovered.webhook.iter().map(|(key, _)| *key).collect();
         assert_eq!(keys, [(id.0.as_u128(), 0, 1)]);
@@ -1080,7 +1302,7 @@ mod tests {
                     .write(Write::Job {
                         id,
                         job: record(),
-                        idempotency: None,
+                        key: None,
                     })
                     .await
                     .unwrap();
@@ -1145,7 +1367,7 @@ mod tests {
                     .write(Write::Job {
                         id,
                         job: NewJob::new(submit, 10, 1).unwrap(),
-                        idempotency: None,
+                        key: None,
                     })
                     .await
                     .unwrap();

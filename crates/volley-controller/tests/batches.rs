@@ -24,22 +24,28 @@ async fn a_batch_of_submissions_is_answered_job_by_job() {
     let batch = vec![
         job(&tokens(0..3), Some("key-1")),
         job(&[], None),
-        job(&tokens(3..4), Some("key-1")),
+        job(&tokens(0..3), Some("key-1")),
         job(&tokens(4..6), None),
+        job(&tokens(3..4), Some("key-1")),
     ];
     let answers = controller
         .submit_many(tarpc::context::current(), batch)
         .await
         .unwrap();
-    assert_eq!(answers.len(), 4);
+    assert_eq!(answers.len(), 5);
     let first = answers[0].clone().expect("the first job is accepted");
-    assert_eq!(first.accepted, 3);
+    assert_eq!((first.accepted, first.replayed), (3, false));
     let refused = answers[1].clone().expect_err("an empty job is refused");
     assert_eq!(refused.code, ErrorCode::InvalidArgument);
+    // Within the batch the first is not stored yet: a repeat is told the key is in use, as
+    // it would be from another call, and another request with the key is refused.
     assert_eq!(
-        answers[2].clone().unwrap(),
-        first,
-        "a key repeated within the batch gets the first job"
+        answers[2].clone().unwrap_err().code,
+        ErrorCode::IdempotencyKeyInUse
+    );
+    assert_eq!(
+        answers[4].clone().unwrap_err().code,
+        ErrorCode::IdempotencyKeyReused
     );
     let last = answers[3].clone().unwrap();
     assert_ne!(last.id, first.id);
@@ -58,15 +64,25 @@ async fn a_batch_of_submissions_is_answered_job_by_job() {
     // Ids are time-ordered (UUIDv7): the later job sorts after the earlier one.
     assert!(last.id > first.id);
 
-    // The same key in a later call is answered with the same job too.
+    // In a later call the same request with the key is answered with the first job, and
+    // another request with it is refused.
     let again = controller
         .submit_many(
             tarpc::context::current(),
-            vec![job(&tokens(9..10), Some("key-1"))],
+            vec![
+                job(&tokens(0..3), Some("key-1")),
+                job(&tokens(9..10), Some("key-1")),
+            ],
         )
         .await
         .unwrap();
-    assert_eq!(again[0].clone().unwrap(), first);
+    let replayed = again[0].clone().unwrap();
+    assert_eq!((replayed.id, replayed.accepted), (first.id, first.accepted));
+    assert!(replayed.replayed);
+    assert_eq!(
+        again[1].clone().unwrap_err().code,
+        ErrorCode::IdempotencyKeyReused
+    );
     running.stop().unwrap();
 }
 

@@ -51,16 +51,26 @@ pub enum Code {
     Unavailable,
     /// A bug (500).
     Internal,
+    /// The request body came in slower than `front.body_min_bytes_per_second` (408).
+    RequestTimeout,
+    /// This front is at one of its own limits: `front.max_connections` or
+    /// `front.max_large_bodies` (503 with `Retry-After`).
+    Busy,
     /// The API key sent more requests than its rate allows (429 with `Retry-After`).
     RateLimited,
     /// The system is full: the controller holds as many pending notifications as it may
     /// (503 with `Retry-After`); nothing was queued.
     Overloaded,
+    /// The app's `Idempotency-Key` was used for a request with another body (422).
+    IdempotencyKeyReused,
+    /// The app's `Idempotency-Key` names a request still being accepted (409 with
+    /// `Retry-After`): retry to get its answer.
+    IdempotencyKeyInUse,
 }
 
 impl Code {
     /// Every code, in a fixed order (indexes the rejection counters).
-    pub const ALL: [Code; 19] = [
+    pub const ALL: [Code; 23] = [
         Code::BadRequest,
         Code::Unauthorized,
         Code::Forbidden,
@@ -78,8 +88,12 @@ impl Code {
         Code::ResourceExhausted,
         Code::Unavailable,
         Code::Internal,
+        Code::RequestTimeout,
+        Code::Busy,
         Code::RateLimited,
         Code::Overloaded,
+        Code::IdempotencyKeyReused,
+        Code::IdempotencyKeyInUse,
     ];
 
     /// The code as it appears in responses and metrics.
@@ -102,8 +116,12 @@ impl Code {
             Code::ResourceExhausted => "resource_exhausted",
             Code::Unavailable => "unavailable",
             Code::Internal => "internal",
+            Code::RequestTimeout => "request_timeout",
+            Code::Busy => "busy",
             Code::RateLimited => "rate_limited",
             Code::Overloaded => "overloaded",
+            Code::IdempotencyKeyReused => "idempotency_key_reused",
+            Code::IdempotencyKeyInUse => "idempotency_key_in_use",
         }
     }
 
@@ -123,7 +141,7 @@ impl Code {
             Code::Forbidden => StatusCode::FORBIDDEN,
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Code::NoCredentials => StatusCode::CONFLICT,
+            Code::NoCredentials | Code::IdempotencyKeyInUse => StatusCode::CONFLICT,
             Code::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::InvalidToken
             | Code::UnknownPlatform
@@ -131,10 +149,13 @@ impl Code {
             | Code::PayloadTooLarge
             | Code::TooManyTokens
             | Code::NoTokens
-            | Code::InvalidArgument => StatusCode::UNPROCESSABLE_ENTITY,
+            | Code::InvalidArgument
+            | Code::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Code::ResourceExhausted | Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::Unavailable | Code::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Code::Busy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -254,12 +275,16 @@ impl ApiError {
             // A lease error is between agents and the controller; a front never sees one.
             WireCode::Internal | WireCode::LeaseLost => Code::Internal,
             WireCode::Overloaded => Code::Overloaded,
+            WireCode::IdempotencyKeyReused => Code::IdempotencyKeyReused,
+            WireCode::IdempotencyKeyInUse => Code::IdempotencyKeyInUse,
         };
         let status = StatusCode::from_u16(error.code.http_status()).ok();
         let retry_after = match error.code {
             WireCode::Unavailable => Some(5),
             // Pending work drains continuously: room comes back soon.
             WireCode::Overloaded | WireCode::ResourceExhausted => Some(OVERLOADED_RETRY_AFTER),
+            // The first request with the key is being stored: its answer is a moment away.
+            WireCode::IdempotencyKeyInUse => Some(1),
             _ => None,
         };
         let mut api = ApiError::new(code, error.message);

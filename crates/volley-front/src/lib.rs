@@ -30,6 +30,7 @@ mod metrics;
 pub mod native;
 pub mod ops;
 mod render;
+mod serve;
 mod tokens;
 
 use std::future::Future;
@@ -353,9 +354,10 @@ async fn gate(State(state): State<FrontState>, request: Request, next: Next) -> 
 
 /// Serves the front on `listener` until `shutdown` resolves, then drains.
 ///
-/// Draining: readiness turns false and requests that start afterwards get 503 with
-/// `Retry-After: 5`; the listener closes; requests in flight get up to `front.shutdown_grace`
-/// to finish before the remaining connections are dropped.
+/// Connections are timed out and capped as `[front]` says (`serve`). Draining: readiness
+/// turns false and requests that start afterwards get 503 with `Retry-After: 5`; the listener
+/// closes; idle connections close and busy ones close once answered; requests in flight get
+/// up to `front.shutdown_grace` to finish before the remaining connections are dropped.
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
@@ -379,13 +381,13 @@ pub async fn run(
             drain_started.notify_one();
         }
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
+    let server = serve::serve(listener, app, state.clone(), signal);
     let deadline = async {
         drain_started.notified().await;
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
-        result = server => result?,
+        () = server => {}
         () = deadline => {
             tracing::warn!("shutdown grace period over; dropping the remaining connections");
         }

@@ -4,14 +4,14 @@ use std::fmt;
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::Json;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use volley_contracts::{
-    FailureCount, InvalidToken, JobId, JobStatus, Platform, Rejected, RejectedToken, SubmitJob,
-    TokenList,
+    FailureCount, Fingerprint, IdempotencyKey, InvalidToken, JobId, JobStatus, Platform, Rejected,
+    RejectedToken, SubmitJob, TokenList,
 };
 use volley_fcm::FcmMessage;
 
@@ -26,8 +26,10 @@ const DEFAULT_INVALID_LIMIT: u32 = 1000;
 const DEFAULT_PAGE_SIZE: u32 = 1000;
 /// Largest page size of `GET /v1/jobs/{id}/invalid-tokens`.
 const MAX_PAGE_SIZE: u32 = 10_000;
-/// The longest idempotency key accepted, in bytes.
-const MAX_IDEMPOTENCY_KEY: usize = 256;
+/// The longest idempotency key accepted, in characters (visible ASCII: one byte each).
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+/// The response header that marks an answer replayed for a repeated idempotency key.
+const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 const NAMES: Names = Names {
     priority: "priority",
@@ -212,7 +214,7 @@ pub(crate) fn build_job(
     apns_tokens: TokenList,
     fcm_tokens: TokenList,
     names: &Names,
-    idempotency_key: Option<String>,
+    idempotency_key: Option<IdempotencyKey>,
 ) -> Result<Prepared, ApiError> {
     let entry = &state.inner.apps[app];
     let (apns, fcm) = (apns_tokens.len(), fcm_tokens.len());
@@ -388,6 +390,8 @@ fn native_job(
         apns_id: request.apns_id,
         ..Spec::default()
     };
+    let idempotency_key = idempotency_key
+        .map(|key| IdempotencyKey::new(key, fingerprint(&state.inner.apps[app].name, body)));
     let mut prepared = build_job(state, app, &spec, apns, fcm, &NAMES, idempotency_key)?;
     prepared.job.rejected = rejected;
     Ok(prepared)
@@ -430,19 +434,45 @@ pub(crate) fn fcm_destination(
     Ok(Some((target, value)))
 }
 
-/// The `Idempotency-Key` header, when present and sane.
+/// The `Idempotency-Key` header, when present: given once, 1 to 255 visible ASCII characters
+/// (0x21 to 0x7E), taken verbatim.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
-    match value.to_str() {
-        Ok(key) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY => Ok(Some(key.to_owned())),
-        _ => Err(ApiError::new(
+    let key = value.as_bytes();
+    let visible = |byte: &u8| (0x21..=0x7e).contains(byte);
+    if values.next().is_some()
+        || key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY
+        || !key.iter().all(visible)
+    {
+        return Err(ApiError::new(
             Code::InvalidArgument,
-            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ascii characters"),
+            format!(
+                "Idempotency-Key must be given once, as 1 to {MAX_IDEMPOTENCY_KEY} visible ascii \
+                 characters (0x21 to 0x7e: no spaces)"
+            ),
         )
-        .field("Idempotency-Key")),
+        .field("Idempotency-Key"));
     }
+    Ok(Some(String::from_utf8_lossy(key).into_owned()))
+}
+
+/// What a native submission asks for, as one digest: SHA-256 over the endpoint, the app and
+/// the body bytes as sent. A retry resends the same bytes; a rendering would not do, since
+/// it holds times computed at each request (`apns-expiration` from `ttl`, FCM's `ttl` from
+/// `expiration`). One pass over the body, nothing allocated per token.
+fn fingerprint(app: &str, body: &[u8]) -> Fingerprint {
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    digest.update(b"POST /v1/apps/{app}/notifications\0");
+    digest.update(app.as_bytes());
+    digest.update(b"\0");
+    digest.update(body);
+    let mut bytes = [0; 32];
+    bytes.copy_from_slice(digest.finish().as_ref());
+    Fingerprint(bytes)
 }
 
 /// Counts and logs a job the controller accepted.
@@ -458,13 +488,15 @@ pub(crate) fn record_accepted(state: &FrontState, app: usize, prepared: (&str, u
     }
 }
 
-/// `POST /v1/apps/{app}/notifications`: validates, renders once and queues a job.
+/// `POST /v1/apps/{app}/notifications`: validates, renders once and queues a job. A repeat
+/// of an earlier request with its `Idempotency-Key` is answered as the first was, with
+/// `Idempotent-Replayed: true`.
 pub async fn submit(
     State(state): State<FrontState>,
     Path(app): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<Accepted>), ApiError> {
     let key_app = state.authenticate(&headers)?;
     if state.inner.apps[key_app].name != app {
         return Err(ApiError::new(
@@ -483,11 +515,27 @@ pub async fn submit(
     };
     let (apns, fcm) = (prepared.apns, prepared.fcm);
     let rejected = prepared.job.rejected.clone();
-    let accepted = state.submit(prepared.job).await?;
+    let accepted = state
+        .submit(prepared.job)
+        .await
+        .map_err(|error| match error.code {
+            Code::IdempotencyKeyReused | Code::IdempotencyKeyInUse => {
+                error.field("Idempotency-Key")
+            }
+            _ => error,
+        })?;
     let id = accepted.id.to_string();
-    record_accepted(&state, key_app, (&id, apns, fcm));
+    let mut answer_headers = HeaderMap::new();
+    if accepted.replayed {
+        // The same bytes as the first time: the same `rejected` list, and the job's count.
+        answer_headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+        tracing::debug!(app = %app, job = %id, "repeated request answered with its job");
+    } else {
+        record_accepted(&state, key_app, (&id, apns, fcm));
+    }
     Ok((
         StatusCode::ACCEPTED,
+        answer_headers,
         Json(Accepted {
             id,
             accepted: accepted.accepted,
@@ -733,7 +781,8 @@ pub async fn invalid_tokens(
     }))
 }
 
-/// `DELETE /v1/jobs/{id}`: cancels what has not been handed to an agent yet.
+/// `DELETE /v1/jobs/{id}`: cancels the job; answers its status, `cancelled` once every
+/// notification is final, `cancelling` while chunks already out with agents finish.
 pub async fn job_cancel(
     State(state): State<FrontState>,
     Path(id): Path<String>,
@@ -751,7 +800,7 @@ pub async fn job_cancel(
         Ok(Err(wire)) => return Err(ApiError::from_wire(wire)),
         Err(rpc) => return Err(state.rpc_failed(&rpc)),
     };
-    tracing::info!(app = %status.app, job = %id, "job cancelled");
+    tracing::info!(app = %status.app, job = %id, state = status.state.as_str(), "job cancelled");
     Ok(Json(status.into()))
 }
 

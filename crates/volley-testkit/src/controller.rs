@@ -11,8 +11,8 @@ use tarpc::server::{BaseChannel, Channel};
 use tokio::sync::Semaphore;
 use volley_config::Config;
 use volley_contracts::{
-    Agent, AgentInfo, ApnsRender, Chunk, ChunkReport, ControllerClient, JobAccepted, SubmitJob,
-    TokenList, WireError,
+    Agent, AgentInfo, ApnsRender, Chunk, ChunkReport, ControllerClient, Fingerprint,
+    IdempotencyKey, JobAccepted, SubmitJob, TokenList, WireError,
 };
 
 use crate::role::{spawn_controller, RoleHandle};
@@ -181,7 +181,8 @@ pub async fn start_controller_with(
     Running { client, controller }
 }
 
-/// A job of app `shop` for APNs `tokens`.
+/// A job of app `shop` for APNs `tokens`; with a key, its fingerprint is that of the tokens
+/// (as a front's would be of its request).
 pub fn job(tokens: &[String], idempotency_key: Option<&str>) -> SubmitJob {
     SubmitJob {
         app: "shop".into(),
@@ -197,9 +198,22 @@ pub fn job(tokens: &[String], idempotency_key: Option<&str>) -> SubmitJob {
         fcm: None,
         apns_tokens: tokens.iter().collect::<TokenList>(),
         fcm_tokens: TokenList::default(),
-        idempotency_key: idempotency_key.map(str::to_owned),
+        idempotency_key: idempotency_key.map(|key| IdempotencyKey::new(key, fingerprint(tokens))),
         rejected: Default::default(),
     }
+}
+
+/// A stand-in for a front's request fingerprint: the same tokens give the same one.
+pub fn fingerprint(tokens: &[String]) -> Fingerprint {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    tokens.hash(&mut hasher);
+    let word = hasher.finish().to_le_bytes();
+    let mut bytes = [0; 32];
+    for chunk in bytes.chunks_mut(8) {
+        chunk.copy_from_slice(&word);
+    }
+    Fingerprint(bytes)
 }
 
 /// Submits a job of app `shop` for APNs `tokens`; panics unless it is accepted.

@@ -85,19 +85,20 @@ pub struct FakeController {
 
 impl Controller for FakeController {
     async fn submit(self, _: Context, job: SubmitJob) -> Result<JobAccepted, WireError> {
-        if job.idempotency_key.as_deref() == Some("refuse") {
+        let key = job.idempotency_key.as_ref().map(|key| key.key.as_str());
+        if key == Some("refuse") {
             return Err(WireError::new(
                 ErrorCode::ResourceExhausted,
                 "too many pending notifications",
             ));
         }
-        if job.idempotency_key.as_deref() == Some("full") {
+        if key == Some("full") {
             return Err(WireError::new(
                 ErrorCode::Overloaded,
                 "100 notifications are pending; the limit is 100",
             ));
         }
-        if job.idempotency_key.as_deref() == Some("hold") {
+        if key == Some("hold") {
             self.shared
                 .holding
                 .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -125,7 +126,11 @@ impl Controller for FakeController {
         };
         self.shared.jobs.lock().unwrap().insert(id, status);
         self.shared.submitted.lock().unwrap().push(job);
-        Ok(JobAccepted { id, accepted })
+        Ok(JobAccepted {
+            id,
+            accepted,
+            replayed: false,
+        })
     }
 
     async fn submit_many(
