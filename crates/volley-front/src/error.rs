@@ -325,7 +325,7 @@ impl ApiError {
                             "the body ends before the json value is complete".to_owned()
                         }
                         serde_json::error::Category::Syntax => format!("malformed json: {text}"),
-                        _ => scrub_strings(&text),
+                        _ => plain_words(&scrub_strings(&text)),
                     };
                     ApiError::new(Code::BadRequest, message)
                 }
@@ -405,6 +405,48 @@ fn decode_unprocessable(text: &str) -> Option<(Code, String)> {
     Some((Code::from_str(code)?, message.to_owned()))
 }
 
+/// serde's messages in JSON's words: they name the Rust types they expected (`struct
+/// NativeRequest with 21 elements`, `u32`, `untagged enum PriorityInput`), which mean nothing to
+/// a caller and describe our internals.
+pub(crate) fn plain_words(text: &str) -> String {
+    if text.starts_with("data did not match any variant of untagged enum") {
+        return "the value has none of the accepted shapes (docs/api.md lists them)".to_owned();
+    }
+    let Some((found, expected)) = text.split_once(", expected ") else {
+        return text.to_owned();
+    };
+    let expected = expected.strip_prefix("a ").map_or(expected, |rest| {
+        // serde says "a map" and "a sequence"; custom visitors say what they want already.
+        match rest {
+            "map" => "an object",
+            "sequence" => "an array",
+            "borrowed string" => "a string",
+            _ => expected,
+        }
+    });
+    let expected = match expected.split_whitespace().next().unwrap_or_default() {
+        "struct" | "internally" | "adjacently" => "a json object",
+        "tuple" => "an array",
+        "enum" => "one of the values docs/api.md lists",
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a whole number, 0 or more",
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number",
+        "f32" | "f64" => "a number",
+        "unit" => "null",
+        _ => expected,
+    };
+    // A struct read from an array fails on the array's length, not its type.
+    let found = if found.starts_with("invalid length") && expected == "a json object" {
+        "invalid type: array".to_owned()
+    } else {
+        found
+            .replace("invalid type: sequence", "invalid type: array")
+            .replace("invalid type: map", "invalid type: object")
+            .replace("unit value", "null")
+            .replace("floating point", "number")
+    };
+    format!("{found}, expected {expected}")
+}
+
 /// serde_json ends messages with ` at line L column C`; the field path says more.
 fn strip_position(text: &str) -> String {
     match text.rfind(" at line ") {
@@ -449,6 +491,47 @@ mod tests {
             "invalid value: a string, expected x"
         );
         assert_eq!(scrub_strings("missing field `x`"), "missing field `x`");
+    }
+
+    #[test]
+    fn serde_messages_name_json_not_our_types() {
+        for (serde, plain) in [
+            (
+                "invalid length 0, expected struct NativeRequest with 21 elements",
+                "invalid type: array, expected a json object",
+            ),
+            (
+                "invalid type: integer `1`, expected struct NativeRequest",
+                "invalid type: integer `1`, expected a json object",
+            ),
+            (
+                "invalid type: sequence, expected a map",
+                "invalid type: array, expected an object",
+            ),
+            (
+                "invalid type: a string, expected u32",
+                "invalid type: a string, expected a whole number, 0 or more",
+            ),
+            (
+                "invalid type: floating point `1.5`, expected i64",
+                "invalid type: number `1.5`, expected a whole number",
+            ),
+            (
+                "invalid type: map, expected enum Platform",
+                "invalid type: object, expected one of the values docs/api.md lists",
+            ),
+            (
+                "data did not match any variant of untagged enum PriorityInput",
+                "the value has none of the accepted shapes (docs/api.md lists them)",
+            ),
+            (
+                "invalid type: integer `3`, expected a token string",
+                "invalid type: integer `3`, expected a token string",
+            ),
+            ("missing field `targets`", "missing field `targets`"),
+        ] {
+            assert_eq!(plain_words(serde), plain, "{serde}");
+        }
     }
 
     #[test]
