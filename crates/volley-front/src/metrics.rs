@@ -94,8 +94,8 @@ impl Route {
 }
 
 /// The statuses counted one by one; anything else is counted as `other`.
-const STATUSES: [u16; 13] = [
-    200, 202, 400, 401, 403, 404, 405, 409, 413, 422, 429, 500, 503,
+const STATUSES: [u16; 14] = [
+    200, 202, 400, 401, 403, 404, 405, 408, 409, 413, 422, 429, 500, 503,
 ];
 
 fn status_index(status: u16) -> usize {

@@ -186,10 +186,12 @@ async fn a_body_slower_than_the_minimum_rate_is_answered_408() {
     assert!(front.submitted().is_empty());
 
     let metrics = front.get("/metrics", None).await.text();
-    assert!(
-        metrics.contains("volley_front_rejected_total{reason=\"request_timeout\"} 1"),
-        "{metrics}"
-    );
+    for line in [
+        "volley_front_rejected_total{reason=\"request_timeout\"} 1",
+        "volley_front_requests_total{route=\"notifications\",status=\"408\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
 }
 
 #[tokio::test]
