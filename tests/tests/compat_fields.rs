@@ -505,3 +505,75 @@ async fn native_fcm_options_reach_fcm_unchanged() {
     expected["notification"] = json!({"title": "Order", "body": "Shipped"});
     assert_eq!(fcm_message(&cluster, &token), expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_collapse_on_apns_only_and_malformed_tokens_stay_behind() {
+    let cluster = cluster().await;
+    let apns = [apns_token("b0ad", 0), apns_token("b0ad", 1)];
+    let fcm = [fcm_token("b0ad", 0), fcm_token("b0ad", 1)];
+
+    // A broadcast (two tokens or more) carries its job id as `apns-collapse-id`, so that a
+    // copy resent after a crash replaces the first on the device; FCM gets no collapse key
+    // nobody asked for (ADR 003).
+    let client = cluster.client();
+    let body = json!({"title": "Sale", "targets": {"apns": apns, "fcm": fcm}});
+    let id = volley_testkit::jobs::submit(&client, body.to_string())
+        .await
+        .unwrap();
+    let status = wait_for_job(&client, &id, LIMIT).await.unwrap();
+    assert_eq!(count(&status, "delivered"), 4, "{status}");
+    for token in &apns {
+        let captured = arrived(&cluster.fake_apns, token);
+        assert_eq!(captured.headers["apns-collapse-id"], id);
+    }
+    for token in &fcm {
+        let message = fcm_message(&cluster, token);
+        assert_eq!(
+            message,
+            json!({"token": token, "notification": {"title": "Sale"}})
+        );
+    }
+
+    // gorush: a malformed token is left out and reported by place; the others are sent as
+    // gorush would send them.
+    let good = apns_token("b0ad", 2);
+    let answer = push(
+        &cluster,
+        "/api/push",
+        json!([{"platform": 1, "message": "m", "tokens": [good, "not hex at all"]}]),
+    )
+    .await;
+    assert_eq!(answer["counts"], 1, "{answer}");
+    assert_eq!(answer["logs"][0]["type"], "failed-push", "{answer}");
+    assert_eq!(
+        answer["logs"][0]["field"], "notifications[0].tokens[1]",
+        "{answer}"
+    );
+    assert!(!answer.to_string().contains("not hex at all"), "{answer}");
+    assert_apns(
+        "the valid token",
+        &arrived(&cluster.fake_apns, &good),
+        &alert_headers(),
+        json!({"aps": {"alert": "m"}}),
+    );
+    assert_eq!(
+        cluster.fake_apns.captured().len(),
+        3,
+        "nothing sent for the bad token"
+    );
+
+    // A native FCM condition send, whole.
+    let condition = "'deals' in topics || 'sale' in topics";
+    let id = volley_testkit::jobs::submit(
+        &client,
+        json!({"body": "20% off", "condition": condition}).to_string(),
+    )
+    .await
+    .unwrap();
+    let status = wait_for_job(&client, &id, LIMIT).await.unwrap();
+    assert_eq!(count(&status, "delivered"), 1, "{status}");
+    assert_eq!(
+        fcm_message(&cluster, condition),
+        json!({"condition": condition, "notification": {"body": "20% off"}})
+    );
+}
