@@ -55,8 +55,9 @@ const CANCELS: TableDefinition<'_, u128, u64> = TableDefinition::new("jobs_cance
 const DUPLICATES: TableDefinition<'_, u128, u64> = TableDefinition::new("jobs_duplicates");
 /// (app, idempotency key) → (job id, accepted at ms, notifications accepted, the request's
 /// fingerprint: 32 bytes, or none for keys of the first layout, [`v1::IDEMPOTENCY`]).
-const KEYS: TableDefinition<'_, (&str, &str), (u128, u64, u64, &[u8])> =
-    TableDefinition::new("idempotency_keys");
+const KEYS: TableDefinition<'_, (&str, &str), KeyValue> = TableDefinition::new("idempotency_keys");
+/// A [`KEYS`] value: (job id, accepted at ms, notifications accepted, fingerprint or empty).
+type KeyValue = (u128, u64, u64, &'static [u8]);
 /// (job id, chunk index, part) → invalid tokens not yet acknowledged by the app's webhook
 /// ([`StoredEntry`], bincode). Kept past the job's retention until acknowledged.
 const WEBHOOK: TableDefinition<'_, (u128, u32, u32), &[u8]> =
@@ -783,7 +784,7 @@ struct Tables<'txn> {
     cancels: redb::Table<'txn, u128, u64>,
     legacy_cancels: redb::Table<'txn, u128, ()>,
     duplicates: redb::Table<'txn, u128, u64>,
-    keys: redb::Table<'txn, (&'static str, &'static str), (u128, u64, u64, &'static [u8])>,
+    keys: redb::Table<'txn, (&'static str, &'static str), KeyValue>,
     webhook: redb::Table<'txn, (u128, u32, u32), &'static [u8]>,
     declared: redb::Table<'txn, (&'static str, u8), u64>,
 }

@@ -15,11 +15,13 @@ pub struct FrontClient {
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
-/// A response: status and parsed JSON (or `null` for an empty or non-JSON body).
+/// A response: status, headers and parsed JSON (or `null` for an empty or non-JSON body).
 #[derive(Debug, Clone)]
 pub struct JsonResponse {
     /// The HTTP status.
     pub status: StatusCode,
+    /// The response headers.
+    pub headers: http::HeaderMap,
     /// The body as JSON.
     pub body: serde_json::Value,
 }
@@ -69,9 +71,14 @@ impl FrontClient {
         let request = request.body(Full::new(body.unwrap_or_default()))?;
         let response = self.client.request(request).await?;
         let status = response.status();
+        let headers = response.headers().clone();
         let bytes = response.into_body().collect().await?.to_bytes();
         let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-        Ok(JsonResponse { status, body })
+        Ok(JsonResponse {
+            status,
+            headers,
+            body,
+        })
     }
 
     /// `GET path`.
