@@ -835,6 +835,51 @@ mod tests {
             .unwrap()
     }
 
+    #[test]
+    fn an_idempotency_key_is_1_to_255_visible_ascii_characters_given_once() {
+        let headers = |values: &[&[u8]]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(
+                    "idempotency-key",
+                    HeaderValue::from_bytes(value).expect("a header value"),
+                );
+            }
+            headers
+        };
+        let longest = [b'k'; 255];
+        for good in [&b"order-42"[..], b"!\"#~", &longest] {
+            let key = idempotency_key(&headers(&[good])).unwrap();
+            assert_eq!(key.as_deref().map(str::as_bytes), Some(good));
+        }
+        assert_eq!(idempotency_key(&HeaderMap::new()).unwrap(), None);
+        let too_long = [b'k'; 256];
+        let bad: [&[&[u8]]; 6] = [
+            &[b"order 42"],
+            &[b"order\t42"],
+            &[b""],
+            &[&too_long],
+            &["caf\u{e9}".as_bytes()],
+            &[b"order-1", b"order-2"],
+        ];
+        for values in bad {
+            let error = idempotency_key(&headers(values)).unwrap_err();
+            assert_eq!(error.code, Code::InvalidArgument, "{values:?}");
+            assert_eq!(error.field.as_deref(), Some("Idempotency-Key"));
+        }
+    }
+
+    #[test]
+    fn a_fingerprint_is_the_same_for_the_same_app_and_bytes_only() {
+        let body = br#"{"title":"hi","targets":{"apns":["ab"]}}"#;
+        assert_eq!(fingerprint("shop", body), fingerprint("shop", body));
+        assert_ne!(fingerprint("shop", body), fingerprint("news", body));
+        assert_ne!(
+            fingerprint("shop", body),
+            fingerprint("shop", br#"{"title":"ho","targets":{"apns":["ab"]}}"#)
+        );
+    }
+
     /// axum boxes each request's handler future and the runtime moves it: with the submit
     /// calls inline it was 6.9 KB, and `memmove` was 17% of the front in an ingest profile
     /// (docs/performance.md, change 8). The submit calls are boxed; this keeps it so.
