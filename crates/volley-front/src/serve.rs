@@ -213,6 +213,13 @@ struct ConnState {
     holds_large: AtomicBool,
 }
 
+/// A connection's counters and what every connection shares, behind one reference count:
+/// its socket, its service, each request's future and body hold one.
+struct Conn {
+    shared: Arc<Shared>,
+    counters: ConnState,
+}
+
 fn add(counter: &AtomicU64, n: u64) {
     counter.store(counter.load(Relaxed) + n, Relaxed);
 }
@@ -250,15 +257,15 @@ impl ConnState {
 async fn connection(stream: TcpStream, shared: Arc<Shared>, signal: watch::Sender<()>) {
     let _open = Open(shared.clone());
     let limits = shared.limits;
-    let conn = Arc::new(ConnState::default());
+    let conn = Arc::new(Conn {
+        shared: shared.clone(),
+        counters: ConnState::default(),
+    });
     let io = TokioIo::new(Metered {
         stream,
         conn: conn.clone(),
     });
-    let service = ConnService {
-        shared: shared.clone(),
-        conn: conn.clone(),
-    };
+    let service = ConnService { conn: conn.clone() };
     let mut http = pin!(shared.http.serve_connection(io, service));
     let mut drain = pin!(signal.closed());
     let mut draining = false;
@@ -273,7 +280,7 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>, signal: watch::Sende
             }
             () = &mut timer => {
                 let now = Instant::now();
-                match watch.check(&conn, &limits, now) {
+                match watch.check(&conn.counters, &limits, now) {
                     Verdict::Keep => {}
                     Verdict::Finish(reason) => {
                         tracing::debug!(reason, "closing connection");
@@ -387,7 +394,7 @@ impl Watch {
 /// The socket, counting bytes both ways for the timer.
 struct Metered {
     stream: TcpStream,
-    conn: Arc<ConnState>,
+    conn: Arc<Conn>,
 }
 
 impl AsyncRead for Metered {
@@ -401,7 +408,7 @@ impl AsyncRead for Metered {
         let poll = Pin::new(&mut this.stream).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
-            add(&this.conn.read, n as u64);
+            add(&this.conn.counters.read, n as u64);
         }
         poll
     }
@@ -416,7 +423,7 @@ impl AsyncWrite for Metered {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.stream).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = poll {
-            add(&this.conn.written, n as u64);
+            add(&this.conn.counters.written, n as u64);
         }
         poll
     }
@@ -429,7 +436,7 @@ impl AsyncWrite for Metered {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = poll {
-            add(&this.conn.written, n as u64);
+            add(&this.conn.counters.written, n as u64);
         }
         poll
     }
@@ -449,8 +456,7 @@ impl AsyncWrite for Metered {
 
 /// The router as one connection's hyper service.
 struct ConnService {
-    shared: Arc<Shared>,
-    conn: Arc<ConnState>,
+    conn: Arc<Conn>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
@@ -459,30 +465,30 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = Answer;
 
     fn call(&self, request: Request<Incoming>) -> Answer {
-        let conn = &self.conn;
-        add(&conn.started, 1);
-        conn.refusal.store(0, Relaxed);
+        let counters = &self.conn.counters;
+        add(&counters.started, 1);
+        counters.refusal.store(0, Relaxed);
         let (parts, incoming) = request.into_parts();
         let (body, route) = if incoming.is_end_stream() {
             (Body::new(incoming), Route::Other)
         } else {
-            conn.body_open.store(true, Relaxed);
+            counters.body_open.store(true, Relaxed);
             let route = body_route(parts.uri.path());
             let watched = Watched {
                 inner: incoming,
-                shared: self.shared.clone(),
-                conn: conn.clone(),
+                conn: self.conn.clone(),
                 received: 0,
                 large: false,
             };
             (Body::new(watched), route)
         };
-        let inner =
-            hyper::service::Service::call(&self.shared.service, Request::from_parts(parts, body));
+        let inner = hyper::service::Service::call(
+            &self.conn.shared.service,
+            Request::from_parts(parts, body),
+        );
         Answer {
             inner,
-            shared: self.shared.clone(),
-            conn: conn.clone(),
+            conn: self.conn.clone(),
             route,
         }
     }
@@ -504,8 +510,7 @@ fn body_route(path: &str) -> Route {
 /// The router's answer, or the refusal decided while its body was read.
 struct Answer {
     inner: TowerToHyperServiceFuture<Router, Request<Body>>,
-    shared: Arc<Shared>,
-    conn: Arc<ConnState>,
+    conn: Arc<Conn>,
     route: Route,
 }
 
@@ -513,14 +518,14 @@ impl Future for Answer {
     type Output = Result<Response, Infallible>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Some(refusal) = self.conn.refusal() {
+        if let Some(refusal) = self.conn.counters.refusal() {
             return Poll::Ready(Ok(self.refuse(refusal)));
         }
         let poll = Pin::new(&mut self.inner).poll(cx);
         if poll.is_pending() {
             // Set by the body just now (no large-body slot) or by the timer: the handler,
             // still waiting for its body, has done nothing yet and is dropped with this future.
-            if let Some(refusal) = self.conn.refusal() {
+            if let Some(refusal) = self.conn.counters.refusal() {
                 return Poll::Ready(Ok(self.refuse(refusal)));
             }
         }
@@ -530,7 +535,7 @@ impl Future for Answer {
 
 impl Answer {
     fn refuse(&self, refusal: Refusal) -> Response {
-        let limits = &self.shared.limits;
+        let limits = &self.conn.shared.limits;
         let error = match refusal {
             Refusal::SlowBody => ApiError::new(
                 Code::RequestTimeout,
@@ -552,7 +557,7 @@ impl Answer {
             )
             .retry_after(BUSY_RETRY_AFTER),
         };
-        let metrics = &self.shared.state.inner.metrics;
+        let metrics = &self.conn.shared.state.inner.metrics;
         let code = error.code;
         let mut response = error.into_response();
         // The rest of the body is not read: the connection cannot carry another request.
@@ -575,11 +580,13 @@ impl Answer {
 
 impl Drop for Answer {
     fn drop(&mut self) {
-        let conn = &self.conn;
-        add(&conn.finished, 1);
-        conn.read_at_finish.store(conn.read.load(Relaxed), Relaxed);
-        if conn.holds_large.swap(false, Relaxed) {
-            self.shared.large.fetch_sub(1, Relaxed);
+        let counters = &self.conn.counters;
+        add(&counters.finished, 1);
+        counters
+            .read_at_finish
+            .store(counters.read.load(Relaxed), Relaxed);
+        if counters.holds_large.swap(false, Relaxed) {
+            self.conn.shared.large.fetch_sub(1, Relaxed);
         }
     }
 }
@@ -588,8 +595,7 @@ impl Drop for Answer {
 /// is, or says it will be, above `front.large_body_bytes`.
 struct Watched {
     inner: Incoming,
-    shared: Arc<Shared>,
-    conn: Arc<ConnState>,
+    conn: Arc<Conn>,
     received: u64,
     /// Whether this body holds a large-body slot (or found none).
     large: bool,
@@ -600,16 +606,17 @@ impl Watched {
     /// more.
     fn take_large(&mut self) -> bool {
         self.large = true;
-        let limit = self.shared.limits.max_large_bodies;
+        let limit = self.conn.shared.limits.max_large_bodies;
         let taken = self
+            .conn
             .shared
             .large
             .fetch_update(Relaxed, Relaxed, |n| (n < limit).then_some(n + 1))
             .is_ok();
         if taken {
-            self.conn.holds_large.store(true, Relaxed);
+            self.conn.counters.holds_large.store(true, Relaxed);
         } else {
-            self.conn.refuse(Refusal::Busy);
+            self.conn.counters.refuse(Refusal::Busy);
         }
         taken
     }
@@ -625,10 +632,10 @@ impl HttpBody for Watched {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         // Refused: the answer is already decided (see `Answer::poll`).
-        if this.conn.refusal().is_some() {
+        if this.conn.counters.refusal().is_some() {
             return Poll::Pending;
         }
-        let limit = this.shared.limits.large_body_bytes;
+        let limit = this.conn.shared.limits.large_body_bytes;
         // Read only once a handler wants it, that is after authentication: a caller without a
         // key never holds a slot.
         if !this.large && this.inner.size_hint().lower() > limit && !this.take_large() {
@@ -640,13 +647,13 @@ impl HttpBody for Watched {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     this.received += n;
-                    add(&this.conn.body_bytes, n);
+                    add(&this.conn.counters.body_bytes, n);
                     if !this.large && this.received > limit && !this.take_large() {
                         return Poll::Pending;
                     }
                 }
             }
-            Poll::Ready(_) => this.conn.body_open.store(false, Relaxed),
+            Poll::Ready(_) => this.conn.counters.body_open.store(false, Relaxed),
             Poll::Pending => {}
         }
         poll
@@ -663,7 +670,7 @@ impl HttpBody for Watched {
 
 impl Drop for Watched {
     fn drop(&mut self) {
-        self.conn.body_open.store(false, Relaxed);
+        self.conn.counters.body_open.store(false, Relaxed);
     }
 }
 
