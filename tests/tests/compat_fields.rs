@@ -82,6 +82,9 @@ fn assert_apns(case: &str, captured: &Captured, headers: &[(&str, &str)], body: 
     assert_eq!(captured.body, body, "{case}: body");
 }
 
+/// A case name, the gorush fields, the `apns-*` headers and the body that must arrive.
+type ApnsCase<'a> = (&'a str, Value, Vec<(&'a str, &'a str)>, Value);
+
 fn alert_headers() -> Vec<(&'static str, &'static str)> {
     vec![
         ("apns-push-type", "alert"),
@@ -97,7 +100,7 @@ async fn gorush_ios_fields_reach_apns_as_gorush_sends_them() {
     let live_topic = format!("{TOPIC}.push-type.liveactivity");
     let voip_topic = format!("{TOPIC}.voip");
     // (case, gorush notification without tokens/platform, apns-* headers, body)
-    let cases: Vec<(&str, Value, Vec<(&str, &str)>, Value)> = vec![
+    let cases: Vec<ApnsCase<'_>> = vec![
         (
             "message alone is a text alert",
             json!({"message": "Hello"}),

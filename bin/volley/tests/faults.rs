@@ -111,7 +111,9 @@ async fn kill_9_the_controller_mid_broadcast_and_restart_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_a_front_between_accepting_and_answering() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = ProcCluster::start(BIN, 2, SLOW_FAKES);
+    // The controller logs each accepted job at debug: the moment to kill the front.
+    let mut cluster =
+        ProcCluster::start_logging(BIN, 2, SLOW_FAKES, "info,volley_controller=debug");
     let body = broadcast("0d0d0d0d", N as usize);
     let key = [("idempotency-key", "order-0d0d0d0d")];
     let first_front = cluster.client();
