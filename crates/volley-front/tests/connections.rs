@@ -141,7 +141,7 @@ async fn slow_or_missing_request_heads_are_cut() {
         loop {
             interval.tick().await;
             if let Err(error) = write.write_all(next).await {
-                return Err::<(), _>(error);
+                break error;
             }
             next = b"x";
         }
@@ -154,9 +154,8 @@ async fn slow_or_missing_request_heads_are_cut() {
         .unwrap_or(0);
     assert_eq!(n, 0, "a slow head gets no answer, only a close");
     assert!(start.elapsed() >= Duration::from_millis(300));
-    // The writer fails once the front has closed.
-    let written = tokio::time::timeout(WAIT, trickle).await.unwrap().unwrap();
-    assert!(written.is_err());
+    // The writer stops only when a write fails: the front has closed the connection.
+    let _failed: std::io::Error = tokio::time::timeout(WAIT, trickle).await.unwrap().unwrap();
 }
 
 #[tokio::test]
