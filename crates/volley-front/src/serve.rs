@@ -9,7 +9,7 @@
 //! request costs a few counter updates in its own task: no allocation, no timer, no lock.
 //! hyper's own `header_read_timeout` was not used: its clock starts when the previous answer
 //! is written, so an idle keep-alive connection would be closed at the header timeout, and it
-//! boxes a new timer for every request.
+//! boxes a new timer for every request (docs/adr/005-front-connection-timer.md).
 //!
 //! Timeouts are checked every quarter of the shortest one, so each fires up to a quarter late
 //! (a 10 s header timeout closes a connection between 10 and 12.5 s).
