@@ -3,6 +3,7 @@
 //! are in `volley-testkit`.
 
 pub mod bench;
+pub mod certs;
 pub mod demo;
 pub mod logging;
 pub mod push;

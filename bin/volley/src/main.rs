@@ -75,6 +75,11 @@ enum Command {
     Demo(volley::demo::DemoArgs),
     /// Measure throughput, latency and CPU against the fakes and the raw HTTP/2 ceiling.
     Bench(volley::bench::BenchArgs),
+    /// Certificates for mutual TLS between nodes: a cluster CA, one certificate per node.
+    Certs {
+        #[command(subcommand)]
+        command: volley::certs::CertsCommand,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -114,6 +119,7 @@ fn main() -> ExitCode {
             init_logging(LogFormat::Text, "warn", cli.log_format.as_deref());
             return report(runtime().and_then(|rt| rt.block_on(volley::demo::run(args)).map(drop)));
         }
+        Command::Certs { command } => return report(volley::certs::run(command)),
         Command::Bench(args) => {
             init_logging(LogFormat::Text, "warn", cli.log_format.as_deref());
             return report(volley::bench::run(args));
@@ -203,6 +209,7 @@ fn main() -> ExitCode {
         | Command::FakeFcm(_)
         | Command::Push(_)
         | Command::Demo(_)
+        | Command::Certs { .. }
         | Command::Bench(_) => {
             unreachable!("handled above")
         }
@@ -229,10 +236,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn init_logging(format: LogFormat, level: &str, flag: Option<&str>) {
     let rust_log = std::env::var("RUST_LOG").ok();
-    let filter = tracing_subscriber::EnvFilter::new(volley::logging::directives(
-        level,
-        rust_log.as_deref(),
-    ));
+    let filter =
+        tracing_subscriber::EnvFilter::new(volley::logging::directives(level, rust_log.as_deref()));
     let json = match flag {
         Some(flag) => flag == "json",
         None => format == LogFormat::Json,

@@ -6,6 +6,7 @@
 //! rendered once for its provider, never once per token.
 
 mod tokens;
+pub mod tls;
 mod transport;
 
 use std::fmt;
