@@ -167,10 +167,12 @@ async fn a_slow_agent_takes_fewer_chunks() {
     assert_balanced(&status);
     assert_eq!(count(&status, "delivered"), 20_000);
 
-    let controller = volley_contracts::connect_controller(cluster.controller_addr)
+    let controller = cluster.controller_client().await.unwrap();
+    let stats = controller
+        .stats(tarpc::context::current())
         .await
+        .unwrap()
         .unwrap();
-    let stats = controller.stats(tarpc::context::current()).await.unwrap();
     let fast = stats.agents.iter().find(|a| a.name == "agent-0").unwrap();
     let slow_agent = stats.agents.iter().find(|a| a.name == "agent-1").unwrap();
     assert_eq!(fast.chunks_done + slow_agent.chunks_done, 200);
@@ -335,10 +337,12 @@ async fn a_deliver_call_longer_than_a_lease_keeps_the_leases_of_all_its_chunks()
         assert_eq!(count(status, "delivered"), 1, "{status}");
         assert_eq!(count(status, "possible_duplicates"), 0, "{status}");
     }
-    let controller = volley_contracts::connect_controller(cluster.controller_addr)
+    let controller = cluster.controller_client().await.unwrap();
+    let stats = controller
+        .stats(tarpc::context::current())
         .await
+        .unwrap()
         .unwrap();
-    let stats = controller.stats(tarpc::context::current()).await.unwrap();
     assert_eq!(stats.chunks_redispatched, 0, "no call was abandoned");
     let (apns, _) = cluster.shutdown().unwrap();
     assert_eq!(

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod certs;
 pub mod demo;
+pub mod links;
 pub mod logging;
 pub mod push;
 pub mod signal;

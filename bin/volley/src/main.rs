@@ -8,6 +8,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use volley::signal::shutdown_signal;
 use volley_config::{Config, LogFormat, Role};
+use volley_contracts::tls::NodeRole;
+use volley_contracts::Links;
 
 /// glibc malloc's arena locking and consolidation took about 12% of all CPU in a broadcast;
 /// mimalloc cut the whole process's CPU per notification by about 10% (docs/performance.md).
@@ -27,6 +29,10 @@ struct Cli {
     /// Log format: text or json (overrides `log.format`).
     #[arg(long, global = true, value_parser = ["text", "json"])]
     log_format: Option<String>,
+    /// Plain TCP between nodes instead of mutual TLS (`cluster.insecure`): only on a network
+    /// nobody else reaches.
+    #[arg(long, global = true)]
+    insecure_links: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -177,7 +183,8 @@ fn main() -> ExitCode {
             if let Some(controller) = controller {
                 config.front.controller = controller;
             }
-            runtime().and_then(|rt| rt.block_on(run_front(config)))
+            volley::links::for_role(&config.cluster, NodeRole::Front, cli.insecure_links)
+                .and_then(|links| runtime().and_then(|rt| rt.block_on(run_front(config, links))))
         }
         Command::Controller { listen, data_dir } => {
             if let Some(listen) = listen {
@@ -186,7 +193,10 @@ fn main() -> ExitCode {
             if let Some(data_dir) = data_dir {
                 config.controller.data_dir = data_dir;
             }
-            runtime().and_then(|rt| rt.block_on(run_controller(config)))
+            volley::links::for_role(&config.cluster, NodeRole::Controller, cli.insecure_links)
+                .and_then(|links| {
+                    runtime().and_then(|rt| rt.block_on(run_controller(config, links)))
+                })
         }
         Command::Agent {
             listen,
@@ -202,7 +212,8 @@ fn main() -> ExitCode {
             if advertise.is_some() {
                 config.agent.advertise = advertise;
             }
-            runtime().and_then(|rt| rt.block_on(run_agent(config)))
+            volley::links::for_role(&config.cluster, NodeRole::Agent, cli.insecure_links)
+                .and_then(|links| runtime().and_then(|rt| rt.block_on(run_agent(config, links))))
         }
         Command::Standalone => run_standalone(config),
         Command::FakeApns(_)
@@ -252,11 +263,11 @@ fn init_logging(format: LogFormat, level: &str, flag: Option<&str>) {
     }
 }
 
-async fn run_front(config: Config) -> anyhow::Result<()> {
+async fn run_front(config: Config, links: Links) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.front.listen)
         .await
         .with_context(|| format!("cannot listen on front.listen = {}", config.front.listen))?;
-    let controller = volley_contracts::connect_controller(config.front.controller.as_str())
+    let controller = volley_contracts::connect_controller(config.front.controller.as_str(), &links)
         .await
         .with_context(|| {
             format!(
@@ -264,11 +275,11 @@ async fn run_front(config: Config) -> anyhow::Result<()> {
                 config.front.controller
             )
         })?;
-    volley_front::run(config, listener, controller, shutdown_signal()).await?;
+    volley_front::run(config, listener, controller, links, shutdown_signal()).await?;
     Ok(())
 }
 
-async fn run_controller(config: Config) -> anyhow::Result<()> {
+async fn run_controller(config: Config, links: Links) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.controller.listen)
         .await
         .with_context(|| {
@@ -277,21 +288,23 @@ async fn run_controller(config: Config) -> anyhow::Result<()> {
                 config.controller.listen
             )
         })?;
-    volley_controller::run(config, listener, shutdown_signal()).await?;
+    volley_controller::run(config, listener, links, shutdown_signal()).await?;
     Ok(())
 }
 
-async fn run_agent(config: Config) -> anyhow::Result<()> {
+async fn run_agent(config: Config, links: Links) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.agent.listen)
         .await
         .with_context(|| format!("cannot listen on agent.listen = {}", config.agent.listen))?;
-    volley_agent::run(config, listener, shutdown_signal()).await?;
+    volley_agent::run(config, listener, links, shutdown_signal()).await?;
     Ok(())
 }
 
-/// Controller, agent and front in one process, each on its own thread and runtime.
+/// Controller, agent and front in one process, each on its own thread and runtime, their
+/// links secured by a CA made for this process in memory.
 fn run_standalone(mut config: Config) -> anyhow::Result<()> {
     use volley_testkit::role::{spawn_controller, spawn_role};
+    let certs = volley_contracts::tls::EphemeralCluster::generate()?;
     let controller_listener =
         std::net::TcpListener::bind(config.controller.listen).with_context(|| {
             format!(
@@ -303,16 +316,22 @@ fn run_standalone(mut config: Config) -> anyhow::Result<()> {
     let controller_addr = controller_listener.local_addr()?;
     config.front.controller = controller_addr.to_string();
     config.agent.controller = controller_addr.to_string();
-    let controller = spawn_controller(config.clone(), controller_listener)?;
+    let controller = spawn_controller(
+        config.clone(),
+        controller_listener,
+        certs.links(NodeRole::Controller)?,
+    )?;
     let agent = {
         let config = config.clone();
+        let links = certs.links(NodeRole::Agent)?;
         spawn_role("agent", move |drain| async move {
             let listener = tokio::net::TcpListener::bind(config.agent.listen).await?;
-            volley_agent::run(config, listener, drain).await?;
+            volley_agent::run(config, listener, links, drain).await?;
             Ok(())
         })?
     };
-    let front_result = runtime().and_then(|rt| rt.block_on(run_front(config)));
+    let links = certs.links(NodeRole::Front)?;
+    let front_result = runtime().and_then(|rt| rt.block_on(run_front(config, links)));
     let agent_result = agent.stop();
     let controller_result = controller.stop();
     front_result.and(agent_result).and(controller_result)

@@ -38,7 +38,12 @@ topic = "com.example.shop"
     )
     .unwrap();
 
-    let mut front = spawn(std::path::Path::new(BIN), &["front"], Some(&config));
+    // Plain links: the "controller" is a bare listener with no certificate.
+    let mut front = spawn(
+        std::path::Path::new(BIN),
+        &["front", "--insecure-links"],
+        Some(&config),
+    );
     let addr = front.wait_for("\"addr\":\"");
     let health = FrontClient::new(format!("http://{addr}"), None)
         .get("/healthz")

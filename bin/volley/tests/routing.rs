@@ -3,7 +3,7 @@
 //! controller; they are refused (`409 no_credentials`) by default, wait with a reason when
 //! `controller.accept_unserved` is on, and finish once an agent that declares them joins.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -13,10 +13,6 @@ use volley_testkit::procs::{ProcCluster, API_KEY, WAIT};
 use volley_testkit::tokens::{apns_tokens as apns, fcm_tokens as fcm};
 
 const BIN: &str = env!("CARGO_BIN_EXE_volley");
-
-fn spawn(args: &[&str], config: Option<&Path>) -> volley_testkit::procs::Proc {
-    volley_testkit::procs::spawn(Path::new(BIN), args, config)
-}
 
 /// The second app's key; the app itself is known to the front but to no agent at first.
 const OTHER_KEY: &str = "routing-test-other-key-0123456789";
@@ -104,15 +100,15 @@ async fn unserved_apps_and_platforms_neither_stall_others_nor_spin_the_controlle
     let full_agent_config = write(&cluster, "agent-full.toml", &with_other_app(&base));
 
     // One agent: shop on APNs only. A front that also knows app "other".
-    let agent = spawn(
+    let agent = cluster.spawn_node(
         &["agent", "--controller", &cluster.controller_addr],
-        Some(&apns_agent_config),
+        &apns_agent_config,
     );
     agent.wait_for("registered with the controller");
     cluster.procs.insert("agent-apns".into(), agent);
-    let front = spawn(
+    let front = cluster.spawn_node(
         &["front", "--controller", &cluster.controller_addr],
-        Some(&front_config),
+        &front_config,
     );
     cluster.front_url = format!("http://{}", front.wait_for("\"addr\":\""));
     cluster.procs.insert("front-both".into(), front);
@@ -222,9 +218,9 @@ async fn unserved_apps_and_platforms_neither_stall_others_nor_spin_the_controlle
 
     // An agent that declares both joins: the waiting jobs finish, and each queue logs once
     // that it resumes.
-    let agent = spawn(
+    let agent = cluster.spawn_node(
         &["agent", "--controller", &cluster.controller_addr],
-        Some(&full_agent_config),
+        &full_agent_config,
     );
     agent.wait_for("registered with the controller");
     cluster.procs.insert("agent-full".into(), agent);

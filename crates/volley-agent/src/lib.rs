@@ -23,7 +23,7 @@ mod retry;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -35,9 +35,10 @@ use tarpc::context::Context;
 use tarpc::server::{BaseChannel, Channel};
 use tokio_util::sync::CancellationToken;
 use volley_config::{AppConfig, Config};
+use volley_contracts::tls::NodeRole;
 use volley_contracts::{
-    Agent, AgentInfo, Chunk, ChunkId, ChunkReport, ErrorCode, Held, Platform, Render, ServedApp,
-    WireError,
+    Agent, AgentInfo, Chunk, ChunkId, ChunkReport, ErrorCode, Held, Links, Peer, Platform, Render,
+    ServedApp, WireError,
 };
 use volley_provider::tls::{ClientIdentity, TlsOptions};
 
@@ -223,6 +224,10 @@ struct AgentServer {
     draining: Arc<AtomicBool>,
     in_flight: Arc<AtomicUsize>,
     held: Arc<Mutex<HashMap<ChunkId, (u32, CancellationToken)>>>,
+    /// Who is calling, on the copy that serves one link (`None` on the agent's own copies).
+    peer: Option<Arc<Peer>>,
+    /// Calls refused for the caller's role.
+    denied: Arc<AtomicU64>,
 }
 
 impl Agent for AgentServer {
@@ -231,6 +236,17 @@ impl Agent for AgentServer {
         context: Context,
         chunks: Vec<Chunk>,
     ) -> Vec<Result<ChunkReport, WireError>> {
+        // Only the controller hands out chunks: a front's or another agent's certificate
+        // cannot make this agent send with its credentials.
+        if let Some(peer) = self.peer.as_deref().filter(|p| !p.is(NodeRole::Controller)) {
+            self.denied.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "deliver refused: only the controller may call it");
+            let denied = WireError::new(
+                ErrorCode::PermissionDenied,
+                "deliver is for the controller; this link's certificate names another role",
+            );
+            return vec![Err(denied); chunks.len()];
+        }
         if self.draining.load(Ordering::Relaxed) {
             return chunks
                 .iter()
@@ -516,6 +532,7 @@ fn paused(chunk: &Chunk, provider: &str, left: Duration) -> WireError {
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
+    links: Links,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
     let apps = build_clients(&config)?;
@@ -553,6 +570,8 @@ pub async fn run(
         draining: Arc::new(AtomicBool::new(false)),
         in_flight: Arc::new(AtomicUsize::new(0)),
         held: Arc::default(),
+        peer: None,
+        denied: Arc::default(),
     };
     let stop = CancellationToken::new();
     tracing::info!(listen = %local, %advertise, %name, apps = ?app_names, "agent listening");
@@ -560,10 +579,15 @@ pub async fn run(
     let serving = {
         let server = server.clone();
         let stop = stop.clone();
+        let links = links.clone();
         tokio::spawn(async move {
-            let serve =
-                volley_contracts::listen(listener).for_each(move |(_, transport)| {
-                    let server = server.clone();
+            let refused = Arc::default();
+            let serve = volley_contracts::listen(listener, links, refused).for_each(
+                move |(peer, transport)| {
+                    let server = AgentServer {
+                        peer: Some(Arc::new(peer)),
+                        ..server.clone()
+                    };
                     async move {
                         let channel = BaseChannel::with_defaults(transport);
                         tokio::spawn(channel.execute(server.serve()).for_each(
@@ -572,7 +596,8 @@ pub async fn run(
                             },
                         ));
                     }
-                });
+                },
+            );
             tokio::select! {
                 () = serve => {}
                 () = stop.cancelled() => {}
@@ -588,6 +613,7 @@ pub async fn run(
     let registration = tokio::spawn(keep_registered(
         info,
         agent.controller.clone(),
+        links,
         agent.heartbeat_interval,
         server.clone(),
         stop.clone(),
@@ -623,6 +649,7 @@ pub async fn run(
 async fn keep_registered(
     info: AgentInfo,
     controller: String,
+    links: Links,
     interval: Duration,
     server: AgentServer,
     stop: CancellationToken,
@@ -632,7 +659,7 @@ async fn keep_registered(
     let mut lease = Duration::from_secs(15);
     loop {
         let attempt = async {
-            let client = volley_contracts::connect_controller(controller.as_str())
+            let client = volley_contracts::connect_controller(controller.as_str(), &links)
                 .await
                 .map_err(|error| error.to_string())?;
             let registration = client

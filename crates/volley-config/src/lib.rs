@@ -82,8 +82,26 @@ pub struct Config {
     pub controller: ControllerConfig,
     /// The agent role.
     pub agent: AgentConfig,
+    /// How the links between nodes are secured.
+    pub cluster: ClusterConfig,
     /// The apps this deployment serves.
     pub apps: Vec<AppConfig>,
+}
+
+/// The links between nodes: mutual TLS with a certificate per node (`volley certs`), unless
+/// `insecure`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The cluster CA's certificate (PEM), which signs every node's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// This node's certificate (PEM), issued for its role by `volley certs issue`.
+    pub cert_file: Option<PathBuf>,
+    /// This node's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// Plain TCP between nodes: anyone who can reach a node's port is trusted as any role.
+    /// Only for a network nobody else reaches (`--insecure-links` does the same).
+    pub insecure: bool,
 }
 
 /// Log format and filter.
@@ -241,6 +259,9 @@ pub struct ControllerConfig {
     /// showing twice. FCM messages are never made collapsible for this: Google throttles
     /// collapsible messages per device and keeps only four of them for an offline one.
     pub collapse_duplicates: bool,
+    /// The most chunks the controller keeps out with one agent at once, whatever window the
+    /// agent declares.
+    pub max_agent_window: u32,
 }
 
 impl Default for ControllerConfig {
@@ -261,6 +282,7 @@ impl Default for ControllerConfig {
             idempotency_window: Duration::from_secs(24 * 3600),
             shutdown_grace: Duration::from_secs(30),
             collapse_duplicates: true,
+            max_agent_window: 64,
         }
     }
 }

@@ -5,8 +5,8 @@
 //! concatenated in one buffer plus their end offsets), and a chunk carries its notification
 //! rendered once for its provider, never once per token.
 
-mod tokens;
 pub mod tls;
+mod tokens;
 mod transport;
 
 use std::fmt;
@@ -16,7 +16,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use tokens::{TokenList, TokenListBuilder};
-pub use transport::{connect_agent, connect_controller, listen, ServerTransport, MAX_FRAME_BYTES};
+pub use transport::{
+    connect_agent, connect_controller, frame_limit, listen, LinkStream, LinkTls, Links, Peer,
+    ServerTransport, HANDSHAKE_TIMEOUT, MAX_FRAME_BYTES, MAX_LINKS, NODE_FRAME_BYTES,
+};
 
 /// Identifies a job across the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -642,6 +645,10 @@ pub struct ClusterStats {
     pub webhooks: Vec<WebhookStat>,
     /// The scheduler's queues, one per app and platform with work or a wait.
     pub queues: Vec<QueueStat>,
+    /// Links refused at the TLS handshake (no certificate, another CA, expired, timed out).
+    pub links_refused: u64,
+    /// Calls refused because the caller's role may not make them.
+    pub calls_denied: u64,
 }
 
 /// One of the controller's scheduler queues: an app's chunks for one platform.
@@ -704,6 +711,8 @@ pub enum ErrorCode {
     /// The app's idempotency key names a request still being accepted: retry shortly to get
     /// its answer (409 with Retry-After).
     IdempotencyKeyInUse,
+    /// The caller's certificate does not name a role allowed to make this call.
+    PermissionDenied,
 }
 
 impl ErrorCode {
@@ -720,6 +729,8 @@ impl ErrorCode {
             ErrorCode::LeaseLost => 409,
             ErrorCode::IdempotencyKeyReused => 422,
             ErrorCode::IdempotencyKeyInUse => 409,
+            // A node with the wrong certificate is a deployment error, not the caller's.
+            ErrorCode::PermissionDenied => 500,
         }
     }
 }
@@ -781,7 +792,7 @@ pub trait Controller {
         limit: u32,
     ) -> Result<InvalidTokenPage, WireError>;
     /// Queue depth, agents and counters.
-    async fn stats() -> ClusterStats;
+    async fn stats() -> Result<ClusterStats, WireError>;
     /// An agent joins the cluster.
     async fn register(agent: AgentInfo) -> Result<Registration, WireError>;
     /// An agent says it is alive and renews the leases of the chunks it holds; the answer

@@ -486,6 +486,16 @@ impl EphemeralCluster {
             agent: ca.issue(NodeRole::Agent, "agent", NODE_VALIDITY)?,
         })
     }
+
+    /// Secured links for a node of `role`.
+    pub fn links(&self, role: NodeRole) -> Result<crate::Links, TlsError> {
+        let identity = match role {
+            NodeRole::Front => &self.front,
+            NodeRole::Controller => &self.controller,
+            NodeRole::Agent => &self.agent,
+        };
+        crate::Links::tls(identity.clone())
+    }
 }
 
 #[cfg(test)]

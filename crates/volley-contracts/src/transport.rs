@@ -1,96 +1,385 @@
-//! tarpc over TCP with bincode, with frame limits raised on both sides.
+//! tarpc with bincode over the links between nodes: mutual TLS 1.3 ([`Links::Tls`]) or, when
+//! asked for, plain TCP ([`Links::Insecure`]).
+//!
+//! A server completes the TLS handshake (within [`HANDSHAKE_TIMEOUT`]) before it reads a
+//! frame, and then bounds frames by what the peer's certificate says it is: a front's
+//! submission may carry a million tokens, anything from an agent or the controller is far
+//! smaller. Handshakes run concurrently, at most [`MAX_LINKS`] links are open at once, and a
+//! peer that goes away takes its buffers with it.
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use rustls::pki_types::ServerName;
 use tarpc::serde_transport::Transport;
 use tarpc::tokio_serde::formats::Bincode;
+use tarpc::tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tarpc::{client, ClientMessage, Response};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use crate::tls::{peer_name, peer_role, NodeIdentity, NodeRole, TlsError};
 use crate::{AgentClient, ControllerClient};
 
-/// The largest frame either side accepts.
-///
-/// A submission carries every token of a job in one frame (a million 64-character APNs tokens
-/// are about 68 MB); chunks are far smaller, bounded by the controller's chunk size.
+/// The largest frame a front may send: a submission carries every token of a job in one
+/// frame (a million 64-character APNs tokens are about 68 MB).
 pub const MAX_FRAME_BYTES: usize = 512 * 1024 * 1024;
 
+/// The largest frame between the controller and an agent: a `deliver` call of chunks (at most
+/// `controller.chunk_size` ≤ 100,000 tokens each) or a report of one.
+pub const NODE_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// How long a peer has to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most links a server keeps open at once; more wait at accept.
+pub const MAX_LINKS: usize = 4096;
+
+/// How a node's links are secured.
+#[derive(Clone, Debug)]
+pub enum Links {
+    /// Mutual TLS 1.3 with this node's certificate.
+    Tls(Arc<LinkTls>),
+    /// Plain TCP: anyone who reaches the port is trusted as any role (`--insecure-links`).
+    Insecure,
+}
+
+/// A node's TLS configurations, both ways.
+pub struct LinkTls {
+    identity: NodeIdentity,
+    acceptor: TlsAcceptor,
+    connector: TlsConnector,
+}
+
+impl std::fmt::Debug for LinkTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkTls")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Links {
+    /// Mutual TLS with `identity`.
+    pub fn tls(identity: NodeIdentity) -> Result<Links, TlsError> {
+        Ok(Links::Tls(Arc::new(LinkTls {
+            acceptor: TlsAcceptor::from(identity.server_config()?),
+            connector: TlsConnector::from(identity.client_config()?),
+            identity,
+        })))
+    }
+
+    /// This node's identity, when links are secured.
+    pub fn identity(&self) -> Option<&NodeIdentity> {
+        match self {
+            Links::Tls(tls) => Some(&tls.identity),
+            Links::Insecure => None,
+        }
+    }
+}
+
+/// Who is at the other end of a link a server accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its role as its certificate says; `None` on an insecure link.
+    pub role: Option<NodeRole>,
+    /// Its node name as its certificate says (empty on an insecure link).
+    pub name: String,
+}
+
+impl Peer {
+    /// Whether this peer may act as `role`: its certificate says so, or links are insecure.
+    pub fn is(&self, role: NodeRole) -> bool {
+        self.role.is_none_or(|r| r == role)
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.role {
+            Some(role) => write!(f, "{role} {} ({})", self.name, self.addr),
+            None => write!(f, "{} (insecure link)", self.addr),
+        }
+    }
+}
+
+/// A link's byte stream (plain TCP or TLS, either side), holding its server's connection
+/// slot while it lives.
+#[derive(Debug)]
+pub struct LinkStream {
+    io: Io,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+#[derive(Debug)]
+enum Io {
+    Plain(TcpStream),
+    Server(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl LinkStream {
+    fn new(io: Io) -> LinkStream {
+        LinkStream { io, _slot: None }
+    }
+}
+
+/// Delegates one `AsyncRead`/`AsyncWrite` call to whichever stream the link has.
+macro_rules! delegate {
+    ($self:ident, $s:ident => $call:expr) => {
+        match &mut $self.get_mut().io {
+            Io::Plain($s) => {
+                let $s = Pin::new($s);
+                $call
+            }
+            Io::Server($s) => {
+                let $s = Pin::new($s.as_mut());
+                $call
+            }
+            Io::Client($s) => {
+                let $s = Pin::new($s.as_mut());
+                $call
+            }
+        }
+    };
+}
+
+impl AsyncRead for LinkStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match delegate!(self, s => s.poll_read(cx, buf)) {
+            // A peer that drops its link closes TCP without TLS's close_notify (tarpc never
+            // shuts a transport down). The length-delimited framing already tells a cut-off
+            // frame from a clean end, so that is an end, not an error to log.
+            Poll::Ready(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for LinkStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Server(s) => s.is_write_vectored(),
+            Io::Client(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_shutdown(cx))
+    }
+}
+
 type ClientTransport<Req, Resp> = Transport<
-    TcpStream,
+    LinkStream,
     Response<Resp>,
     ClientMessage<Req>,
     Bincode<Response<Resp>, ClientMessage<Req>>,
 >;
 
-async fn connect<Req, Resp>(addr: impl ToSocketAddrs) -> io::Result<ClientTransport<Req, Resp>>
+fn framed(stream: LinkStream, max_frame: usize) -> Framed<LinkStream, LengthDelimitedCodec> {
+    let codec = LengthDelimitedCodec::builder()
+        .max_frame_length(max_frame)
+        .new_codec();
+    Framed::new(stream, codec)
+}
+
+/// Dials `addr` and, on secured links, checks that a node of role `server` answers.
+async fn dial<Req, Resp>(
+    addr: impl ToSocketAddrs,
+    links: &Links,
+    server: NodeRole,
+) -> io::Result<ClientTransport<Req, Resp>>
 where
     Req: serde::Serialize,
     Resp: for<'de> serde::Deserialize<'de>,
 {
-    let mut transport = tarpc::serde_transport::tcp::connect(addr, Bincode::default);
-    transport.config_mut().max_frame_length(MAX_FRAME_BYTES);
-    let transport = transport.await?;
-    transport.get_ref().set_nodelay(true)?;
-    Ok(transport)
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let stream = match links {
+        Links::Insecure => LinkStream::new(Io::Plain(tcp)),
+        Links::Tls(tls) => {
+            let name = ServerName::try_from(server.dns_name())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            let handshake = tls.connector.connect(name, tcp);
+            let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "tls handshake timed out")
+                })??;
+            LinkStream::new(Io::Client(Box::new(stream)))
+        }
+    };
+    // What comes back is bounded by what this side asked for; the server bounds the rest.
+    Ok(tarpc::serde_transport::new(
+        framed(stream, MAX_FRAME_BYTES),
+        Bincode::default(),
+    ))
 }
 
 /// Connects to a controller's tarpc server.
-pub async fn connect_controller(addr: impl ToSocketAddrs) -> io::Result<ControllerClient> {
-    let transport = connect(addr).await?;
+pub async fn connect_controller(
+    addr: impl ToSocketAddrs,
+    links: &Links,
+) -> io::Result<ControllerClient> {
+    let transport = dial(addr, links, NodeRole::Controller).await?;
     Ok(ControllerClient::new(client::Config::default(), transport).spawn())
 }
 
 /// Connects to an agent's tarpc server.
-pub async fn connect_agent(addr: impl ToSocketAddrs) -> io::Result<AgentClient> {
-    let transport = connect(addr).await?;
+pub async fn connect_agent(addr: impl ToSocketAddrs, links: &Links) -> io::Result<AgentClient> {
+    let transport = dial(addr, links, NodeRole::Agent).await?;
     Ok(AgentClient::new(client::Config::default(), transport).spawn())
 }
 
 /// The server side of one tarpc connection.
 pub type ServerTransport<Req, Resp> = Transport<
-    TcpStream,
+    LinkStream,
     ClientMessage<Req>,
     Response<Resp>,
     Bincode<ClientMessage<Req>, Response<Resp>>,
 >;
 
-/// Accepts tarpc connections on a bound listener, with the raised frame limit.
-///
-/// Yields one transport per connection; the caller wraps each in a tarpc channel.
-pub fn listen<Req, Resp>(
-    listener: tokio::net::TcpListener,
-) -> impl Stream<Item = (SocketAddr, ServerTransport<Req, Resp>)>
-where
-    Req: for<'de> serde::Deserialize<'de>,
-    Resp: serde::Serialize,
-{
-    futures::stream::unfold(listener, |listener| async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let framed = tokio_util_codec(stream);
-                    let transport = tarpc::serde_transport::new(framed, Bincode::default());
-                    return Some(((peer, transport), listener));
-                }
-                Err(error) => {
-                    // Accept errors (EMFILE, a reset before accept) are per-connection; keep serving.
-                    tracing::warn!(%error, "tarpc accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
-    })
-    .boxed()
+/// The largest frame a peer of `role` may send (`None`: an insecure link, any role).
+pub fn frame_limit(role: Option<NodeRole>) -> usize {
+    match role {
+        Some(NodeRole::Front) | None => MAX_FRAME_BYTES,
+        Some(NodeRole::Controller | NodeRole::Agent) => NODE_FRAME_BYTES,
+    }
 }
 
-fn tokio_util_codec(
-    stream: TcpStream,
-) -> tarpc::tokio_util::codec::Framed<TcpStream, tarpc::tokio_util::codec::LengthDelimitedCodec> {
-    let codec = tarpc::tokio_util::codec::LengthDelimitedCodec::builder()
-        .max_frame_length(MAX_FRAME_BYTES)
-        .new_codec();
-    tarpc::tokio_util::codec::Framed::new(stream, codec)
+/// Accepts tarpc links on a bound listener: each completes its TLS handshake on its own task
+/// (bounded by [`HANDSHAKE_TIMEOUT`]) before it is yielded, with frames bounded by the peer's
+/// role. A refused handshake is logged and counted in `refused`.
+pub fn listen<Req, Resp>(
+    listener: tokio::net::TcpListener,
+    links: Links,
+    refused: Arc<std::sync::atomic::AtomicU64>,
+) -> impl Stream<Item = (Peer, ServerTransport<Req, Resp>)>
+where
+    Req: for<'de> serde::Deserialize<'de> + Send + 'static,
+    Resp: serde::Serialize + Send + 'static,
+{
+    let (ready, incoming) = tokio::sync::mpsc::channel(64);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_LINKS));
+    tokio::spawn(async move {
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (tcp, addr) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Accept errors (EMFILE, a reset before accept) are per connection.
+                    tracing::warn!(%error, "tarpc accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if ready.is_closed() {
+                return;
+            }
+            let _ = tcp.set_nodelay(true);
+            let links = links.clone();
+            let ready = ready.clone();
+            let refused = refused.clone();
+            tokio::spawn(async move {
+                let (peer, mut stream) = match accept(tcp, addr, &links).await {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(peer = %addr, %error, "link refused at the handshake");
+                        return;
+                    }
+                };
+                // The slot is free again when the link's stream is dropped.
+                stream._slot = Some(slot);
+                let transport = tarpc::serde_transport::new(
+                    framed(stream, frame_limit(peer.role)),
+                    Bincode::default(),
+                );
+                let _ = ready.send((peer, transport)).await;
+            });
+        }
+    });
+    tokio_stream_from(incoming)
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut incoming: tokio::sync::mpsc::Receiver<T>,
+) -> impl Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| incoming.poll_recv(cx)).boxed()
+}
+
+/// Completes the server side of a link: the TLS handshake and the peer's role.
+async fn accept(tcp: TcpStream, addr: SocketAddr, links: &Links) -> io::Result<(Peer, LinkStream)> {
+    match links {
+        Links::Insecure => Ok((
+            Peer {
+                addr,
+                role: None,
+                name: String::new(),
+            },
+            LinkStream::new(Io::Plain(tcp)),
+        )),
+        Links::Tls(tls) => {
+            let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(tcp))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "tls handshake timed out")
+                })??;
+            let leaf = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first().cloned())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::PermissionDenied, "no certificate"))?;
+            let role = peer_role(&leaf).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "the certificate names no volley role",
+                )
+            })?;
+            let peer = Peer {
+                addr,
+                role: Some(role),
+                name: peer_name(&leaf).unwrap_or_default(),
+            };
+            Ok((peer, LinkStream::new(Io::Server(Box::new(stream)))))
+        }
+    }
 }

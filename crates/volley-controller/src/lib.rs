@@ -49,9 +49,11 @@ use tarpc::context::Context;
 use tarpc::server::{BaseChannel, Channel};
 use tokio_util::sync::CancellationToken;
 use volley_config::{Config, ControllerConfig};
+use volley_contracts::tls::NodeRole;
 use volley_contracts::{
     AgentId, AgentInfo, ChunkFailure, ChunkId, ChunkReport, ClusterStats, Controller, ErrorCode,
-    Held, InvalidTokenPage, JobAccepted, JobId, JobStatus, Registration, SubmitJob, WireError,
+    Held, InvalidTokenPage, JobAccepted, JobId, JobStatus, Links, Peer, Registration, SubmitJob,
+    WireError,
 };
 
 use crate::admission::{Admission, Admissions, Admitted, Rejection};
@@ -102,6 +104,12 @@ pub(crate) struct Core {
     pub(crate) draining: CancellationToken,
     /// Cancelled when the controller stops.
     shutdown: CancellationToken,
+    /// How links to agents are secured.
+    links: Links,
+    /// Links refused at the handshake.
+    links_refused: Arc<AtomicU64>,
+    /// Calls refused for the caller's role.
+    calls_denied: AtomicU64,
 }
 
 /// Runs a controller on `listener` until `shutdown` resolves.
@@ -110,9 +118,10 @@ pub(crate) struct Core {
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
+    links: Links,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
-    let (core, serving) = start(config, listener)?;
+    let (core, serving) = start(config, listener, links)?;
     let serving = tokio::spawn(serving);
     shutdown.await;
     // Drain: take no new job, hand out no new chunk, wait for the chunks out with agents to
@@ -149,6 +158,7 @@ pub async fn run(
 fn start(
     config: Config,
     listener: tokio::net::TcpListener,
+    links: Links,
 ) -> Result<(Arc<Core>, impl Future<Output = ()> + Send), ControllerError> {
     let local: SocketAddr = listener.local_addr()?;
     let webhooks = config
@@ -174,6 +184,9 @@ fn start(
         draining: shutdown.child_token(),
         shutdown,
         config,
+        links: links.clone(),
+        links_refused: Arc::default(),
+        calls_denied: AtomicU64::new(0),
     });
     core.restore(recovered.jobs);
     core.outbox.restore(&core.store, recovered.webhook);
@@ -183,14 +196,18 @@ fn start(
     tokio::spawn(watch_leases(core.clone()));
     tokio::spawn(expire_jobs(core.clone()));
     tracing::info!(listen = %local, "controller listening");
-    let server = ControllerServer { core: core.clone() };
     let stop = core.shutdown.clone();
+    let refused = core.links_refused.clone();
+    let served = core.clone();
     let serving = async move {
-        let incoming = volley_contracts::listen(listener);
+        let incoming = volley_contracts::listen(listener, links, refused);
         let serve = incoming.for_each(move |(peer, transport)| {
-            let server = server.clone();
+            let server = ControllerServer {
+                core: served.clone(),
+                peer: Arc::new(peer),
+            };
             async move {
-                tracing::debug!(%peer, "tarpc connection");
+                tracing::debug!(peer = %server.peer, "tarpc connection");
                 let channel = BaseChannel::with_defaults(transport);
                 tokio::spawn(
                     channel
@@ -209,10 +226,29 @@ fn start(
     Ok((core, serving))
 }
 
-/// The tarpc service implementation.
+/// The tarpc service implementation, one per link: it knows who is calling.
 #[derive(Clone)]
 struct ControllerServer {
     core: Arc<Core>,
+    peer: Arc<Peer>,
+}
+
+impl ControllerServer {
+    /// Refuses `call` unless the caller's certificate says it is a `role`.
+    fn allow(&self, role: NodeRole, call: &str) -> Result<(), WireError> {
+        if self.peer.is(role) {
+            return Ok(());
+        }
+        self.core.calls_denied.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(peer = %self.peer, call, "call refused: only a {role} may make it");
+        Err(WireError::new(
+            ErrorCode::PermissionDenied,
+            format!(
+                "{call} is for a {role}; this link's certificate names a {}",
+                self.peer.role.map_or("node", NodeRole::as_str)
+            ),
+        ))
+    }
 }
 
 /// Runs `work` to its end on its own task, whatever becomes of the request: tarpc drops a
@@ -229,6 +265,7 @@ async fn to_the_end<T: Send + 'static>(
 
 impl Controller for ControllerServer {
     async fn submit(self, _: Context, job: SubmitJob) -> Result<JobAccepted, WireError> {
+        self.allow(NodeRole::Front, "submit")?;
         let core = self.core.clone();
         let mut answers = to_the_end(async move { core.submit_many(vec![job]).await }).await?;
         answers.pop().unwrap_or_else(|| {
@@ -245,6 +282,9 @@ impl Controller for ControllerServer {
         jobs: Vec<SubmitJob>,
     ) -> Vec<Result<JobAccepted, WireError>> {
         let count = jobs.len();
+        if let Err(denied) = self.allow(NodeRole::Front, "submit_many") {
+            return vec![Err(denied); count];
+        }
         let core = self.core.clone();
         to_the_end(async move { core.submit_many(jobs).await })
             .await
@@ -257,6 +297,7 @@ impl Controller for ControllerServer {
         id: JobId,
         invalid_limit: u32,
     ) -> Result<JobStatus, WireError> {
+        self.allow(NodeRole::Front, "status")?;
         self.core.status(id, invalid_limit)
     }
 
@@ -267,19 +308,23 @@ impl Controller for ControllerServer {
         offset: u64,
         limit: u32,
     ) -> Result<InvalidTokenPage, WireError> {
+        self.allow(NodeRole::Front, "invalid_tokens")?;
         Ok(self.core.jobs.get(id)?.invalid_page(offset, limit))
     }
 
     async fn cancel(self, _: Context, id: JobId) -> Result<JobStatus, WireError> {
+        self.allow(NodeRole::Front, "cancel")?;
         let core = self.core.clone();
         to_the_end(async move { core.cancel(id).await }).await?
     }
 
-    async fn stats(self, _: Context) -> ClusterStats {
-        self.core.stats()
+    async fn stats(self, _: Context) -> Result<ClusterStats, WireError> {
+        self.allow(NodeRole::Front, "stats")?;
+        Ok(self.core.stats())
     }
 
     async fn register(self, _: Context, agent: AgentInfo) -> Result<Registration, WireError> {
+        self.allow(NodeRole::Agent, "register")?;
         let id = self.core.register(agent).await?;
         Ok(Registration {
             id,
@@ -293,6 +338,7 @@ impl Controller for ControllerServer {
         agent: AgentId,
         held: Vec<Held>,
     ) -> Result<Vec<ChunkId>, WireError> {
+        self.allow(NodeRole::Agent, "heartbeat")?;
         if !self.core.registry.touch(agent) {
             return Err(WireError::new(
                 ErrorCode::NotFound,
@@ -511,8 +557,15 @@ impl Core {
     }
 
     /// Registers an agent: records what it declared, starts its dispatcher.
-    async fn register(self: &Arc<Self>, info: AgentInfo) -> Result<AgentId, WireError> {
-        let client = volley_contracts::connect_agent(info.addr.as_str())
+    async fn register(self: &Arc<Self>, mut info: AgentInfo) -> Result<AgentId, WireError> {
+        // An agent's window decides how many calls the controller keeps out with it: bounded
+        // by this configuration, whatever the agent declares.
+        let max_window = self.config.max_agent_window.max(1);
+        if info.window > max_window {
+            tracing::warn!(name = %info.name, declared = info.window, max_window, "agent window capped (controller.max_agent_window)");
+            info.window = max_window;
+        }
+        let client = volley_contracts::connect_agent(info.addr.as_str(), &self.links)
             .await
             .map_err(|error| {
                 WireError::new(
@@ -669,6 +722,8 @@ impl Core {
             chunk_latency: tallies.chunk_latency,
             webhooks: self.outbox.stats(),
             queues: self.scheduler.stats(),
+            links_refused: self.links_refused.load(Ordering::Relaxed),
+            calls_denied: self.calls_denied.load(Ordering::Relaxed),
         }
     }
 }

@@ -61,6 +61,7 @@ async fn a_key_replays_its_apps_job_for_the_same_request_also_after_a_restart() 
         .client
         .stats(tarpc::context::current())
         .await
+        .unwrap()
         .unwrap();
     assert_eq!(stats.active_jobs, 2, "one job per app, no more");
     running.stop().unwrap();
@@ -111,6 +112,7 @@ async fn concurrent_submissions_with_one_key_make_one_job() {
         .client
         .stats(tarpc::context::current())
         .await
+        .unwrap()
         .unwrap();
     assert_eq!(stats.active_jobs, 1);
     running.stop().unwrap();

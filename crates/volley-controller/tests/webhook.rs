@@ -109,7 +109,8 @@ async fn unacknowledged_batches_are_sent_after_a_restart() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
-    let node = spawn_controller(config.clone(), listener).unwrap();
+    let node =
+        spawn_controller(config.clone(), listener, volley_contracts::Links::Insecure).unwrap();
 
     let tokens: Vec<String> = (0..20)
         .map(|i| {
@@ -122,7 +123,9 @@ async fn unacknowledged_batches_are_sent_after_a_restart() {
         .filter(|t| t.starts_with("dead"))
         .cloned()
         .collect();
-    let controller = volley_contracts::connect_controller(addr).await.unwrap();
+    let controller = volley_contracts::connect_controller(addr, &volley_contracts::Links::Insecure)
+        .await
+        .unwrap();
     register(&controller, agent_addr, 2).await;
     let accepted = submit(&controller, &tokens).await;
     wait_until(WAIT, "the job to finish and the receiver to refuse", || {
@@ -139,7 +142,11 @@ async fn unacknowledged_batches_are_sent_after_a_restart() {
     })
     .await
     .unwrap();
-    let stats = controller.stats(tarpc::context::current()).await.unwrap();
+    let stats = controller
+        .stats(tarpc::context::current())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(
         stats.webhooks[0].pending_batches > 0,
         "{:?}",
@@ -184,7 +191,7 @@ async fn unacknowledged_batches_are_sent_after_a_restart() {
             }
         }
     }
-    let node = spawn_controller(config, listener).unwrap();
+    let node = spawn_controller(config, listener, volley_contracts::Links::Insecure).unwrap();
     wait_until(WAIT, "the resent batches", || {
         let receiver = receiver.clone();
         let want = dead.len();
@@ -242,8 +249,10 @@ async fn an_https_receiver_gets_the_batches_over_tls() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
-    let node = spawn_controller(config, listener).unwrap();
-    let controller = volley_contracts::connect_controller(addr).await.unwrap();
+    let node = spawn_controller(config, listener, volley_contracts::Links::Insecure).unwrap();
+    let controller = volley_contracts::connect_controller(addr, &volley_contracts::Links::Insecure)
+        .await
+        .unwrap();
     register(&controller, agent_addr, 2).await;
     let tokens = vec![apns_token("dead", 1), apns_token("0a0a", 2)];
     submit(&controller, &tokens).await;

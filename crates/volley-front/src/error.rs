@@ -272,8 +272,9 @@ impl ApiError {
             WireCode::Unavailable => Code::Unavailable,
             WireCode::ResourceExhausted => Code::ResourceExhausted,
             WireCode::NoCredentials => Code::NoCredentials,
-            // A lease error is between agents and the controller; a front never sees one.
-            WireCode::Internal | WireCode::LeaseLost => Code::Internal,
+            // A lease error is between agents and the controller; a front never sees one. A
+            // refused call means this front's certificate is not a front's: a deployment error.
+            WireCode::Internal | WireCode::LeaseLost | WireCode::PermissionDenied => Code::Internal,
             WireCode::Overloaded => Code::Overloaded,
             WireCode::IdempotencyKeyReused => Code::IdempotencyKeyReused,
             WireCode::IdempotencyKeyInUse => Code::IdempotencyKeyInUse,

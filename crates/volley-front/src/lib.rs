@@ -48,7 +48,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use volley_config::Config;
-use volley_contracts::{ControllerClient, JobAccepted, SubmitJob};
+use volley_contracts::{ControllerClient, JobAccepted, Links, SubmitJob};
 
 pub use error::{ApiError, Code};
 
@@ -106,7 +106,11 @@ pub struct FrontState {
 impl FrontState {
     /// Builds the state for `config`, talking to the controller through `controller` (and
     /// dialling `front.controller` again if that connection is lost).
-    pub fn new(config: Config, controller: ControllerClient) -> Result<FrontState, FrontError> {
+    pub fn new(
+        config: Config,
+        controller: ControllerClient,
+        links: Links,
+    ) -> Result<FrontState, FrontError> {
         if u32::try_from(config.front.max_body_bytes).is_err() {
             // Token lists index their buffer with u32 offsets.
             return Err(FrontError::Config(
@@ -131,7 +135,8 @@ impl FrontState {
             })?),
         };
         let metrics = metrics::Metrics::new(apps.iter().map(|a| a.name.clone()).collect());
-        let controller = link::ControllerLink::new(controller, config.front.controller.clone());
+        let controller =
+            link::ControllerLink::new(controller, config.front.controller.clone(), links);
         let batcher = batch::Batcher::new(controller.clone(), SUBMIT_DEADLINE);
         Ok(FrontState {
             inner: Arc::new(Inner {
@@ -362,10 +367,11 @@ pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
     controller: ControllerClient,
+    links: Links,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), FrontError> {
     let grace = config.front.shutdown_grace;
-    let state = FrontState::new(config, controller)?;
+    let state = FrontState::new(config, controller, links)?;
     let app = router(state.clone());
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, apps = state.inner.apps.len(), "front listening");

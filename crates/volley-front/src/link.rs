@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tarpc::client::RpcError;
-use volley_contracts::ControllerClient;
+use volley_contracts::{ControllerClient, Links};
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(5);
@@ -21,14 +21,16 @@ const MAX_RETRY: Duration = Duration::from_secs(5);
 pub(crate) struct ControllerLink {
     client: ArcSwap<ControllerClient>,
     addr: String,
+    links: Links,
     reconnecting: AtomicBool,
 }
 
 impl ControllerLink {
-    pub(crate) fn new(client: ControllerClient, addr: String) -> Arc<ControllerLink> {
+    pub(crate) fn new(client: ControllerClient, addr: String, links: Links) -> Arc<ControllerLink> {
         Arc::new(ControllerLink {
             client: ArcSwap::from_pointee(client),
             addr,
+            links,
             reconnecting: AtomicBool::new(false),
         })
     }
@@ -61,7 +63,7 @@ impl ControllerLink {
     async fn reconnect(&self) {
         let mut delay = FIRST_RETRY;
         loop {
-            match volley_contracts::connect_controller(self.addr.as_str()).await {
+            match volley_contracts::connect_controller(self.addr.as_str(), &self.links).await {
                 Ok(client) => {
                     self.client.store(Arc::new(client));
                     tracing::info!(addr = %self.addr, "reconnected to the controller");

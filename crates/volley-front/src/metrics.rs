@@ -279,6 +279,22 @@ fn render_cluster(out: &mut String, stats: &ClusterStats) {
         header(out, name, "gauge", help);
         let _ = writeln!(out, "{name} {value}");
     }
+    let counters = [
+        (
+            "volley_controller_links_refused_total",
+            "Links to the controller refused at the TLS handshake (no certificate, another CA, expired, too slow).",
+            stats.links_refused,
+        ),
+        (
+            "volley_controller_calls_denied_total",
+            "Calls to the controller refused because the caller's certificate names another role.",
+            stats.calls_denied,
+        ),
+    ];
+    for (name, help, value) in counters {
+        header(out, name, "counter", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
     let per_queue: [(&str, &str, QueueGauge); 4] = [
         (
             "volley_app_queue_chunks",
@@ -493,9 +509,13 @@ mod tests {
                 paused_agents: 0,
                 waiting: Some("waiting_for_agent: no agent serves app \"shop\" for fcm".into()),
             }],
+            links_refused: 3,
+            calls_denied: 1,
         };
         let text = metrics.render(Some(&stats));
         for line in [
+            "volley_controller_links_refused_total 3",
+            "volley_controller_calls_denied_total 1",
             "volley_controller_rejected_total{reason=\"overloaded\"} 4",
             "volley_notifications_total{app=\"shop\",platform=\"apns\",outcome=\"invalid\",class=\"\",reason=\"Unregistered\"} 2",
             "volley_job_latency_seconds_bucket{app=\"shop\",le=\"0.005\"} 0",

@@ -826,7 +826,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        FrontState::new(config, controller).unwrap()
+        FrontState::new(config, controller, volley_contracts::Links::Insecure).unwrap()
     }
 
     fn runtime() -> tokio::runtime::Runtime {

@@ -29,7 +29,8 @@ async fn stats(state: &FrontState) -> Result<ClusterStats, ApiError> {
         .controller()
         .stats(context)
         .await
-        .map_err(|rpc| state.rpc_failed(&rpc))
+        .map_err(|rpc| state.rpc_failed(&rpc))?
+        .map_err(ApiError::from_wire)
 }
 
 /// `GET /healthz`: 200 whenever the process serves HTTP.

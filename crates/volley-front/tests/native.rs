@@ -3,6 +3,8 @@
 
 mod support;
 
+use volley_contracts::Links;
+
 use hyper::http::Method;
 use serde_json::json;
 use support::*;
@@ -456,13 +458,16 @@ async fn an_unreachable_controller_is_a_503_with_retry_after() {
             drop(stream);
         }
     });
-    let client = volley_contracts::connect_controller(addr).await.unwrap();
+    let client = volley_contracts::connect_controller(addr, &Links::Insecure)
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let front_addr = listener.local_addr().unwrap();
     tokio::spawn(volley_front::run(
         config(""),
         listener,
         client,
+        Links::Insecure,
         futures::future::pending(),
     ));
     let body = serde_json::to_vec(&json!({"targets": {"fcm": [fcm_token(1)]}})).unwrap();

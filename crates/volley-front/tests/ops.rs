@@ -2,6 +2,8 @@
 
 mod support;
 
+use volley_contracts::Links;
+
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -234,8 +236,10 @@ async fn draining_state_answers_503_with_retry_after() {
     // Drive the router directly to see what a request that arrives mid-drain gets.
     let controller = FakeController::default();
     let addr = serve_controller(controller).await;
-    let client = volley_contracts::connect_controller(addr).await.unwrap();
-    let state = volley_front::FrontState::new(config(""), client).unwrap();
+    let client = volley_contracts::connect_controller(addr, &Links::Insecure)
+        .await
+        .unwrap();
+    let state = volley_front::FrontState::new(config(""), client, Links::Insecure).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let front = listener.local_addr().unwrap();
     tokio::spawn(axum_serve(listener, volley_front::router(state.clone())));
@@ -272,7 +276,7 @@ async fn the_front_reconnects_after_the_controller_restarts() {
     let first = tokio::spawn(serve_controller_on(listener, FakeController::default()));
     let mut config = config("");
     config.front.controller = controller_addr.to_string();
-    let client = volley_contracts::connect_controller(controller_addr)
+    let client = volley_contracts::connect_controller(controller_addr, &Links::Insecure)
         .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -281,6 +285,7 @@ async fn the_front_reconnects_after_the_controller_restarts() {
         config,
         listener,
         client,
+        Links::Insecure,
         futures::future::pending(),
     ));
     let body = serde_json::to_vec(&json!({"targets": {"fcm": [fcm_token(1)]}})).unwrap();

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use volley_config::{ApnsAppConfig, AppConfig, Config, FcmAppConfig, Secret};
+use volley_contracts::tls::{EphemeralCluster, NodeRole};
+use volley_contracts::Links;
 use volley_fake::{FakeConfig, FakeServer};
 
 use crate::http::FrontClient;
@@ -60,6 +62,8 @@ pub struct Cluster {
     pub fake_apns: FakeServer,
     /// Fake FCM.
     pub fake_fcm: FakeServer,
+    /// The cluster's CA and its nodes' certificates, made for this cluster in memory.
+    pub certs: EphemeralCluster,
     front: Option<RoleHandle>,
     controller: Option<RoleHandle>,
     agents: Vec<Option<RoleHandle>>,
@@ -147,8 +151,14 @@ impl Cluster {
         let config = config.with_env_overrides()?;
         config.validate()?;
 
-        let controller = spawn_controller(config.clone(), controller_listener)?;
+        let certs = EphemeralCluster::generate()?;
+        let controller = spawn_controller(
+            config.clone(),
+            controller_listener,
+            certs.links(NodeRole::Controller)?,
+        )?;
         let mut cluster = Cluster {
+            certs,
             config,
             api_key,
             front_url: format!("http://{front_addr}"),
@@ -165,13 +175,14 @@ impl Cluster {
         }
         let front = {
             let config = cluster.config.clone();
+            let links = cluster.links(NodeRole::Front)?;
             spawn_role("front", move |drain| async move {
                 let listener = tokio::net::TcpListener::from_std(front_listener)?;
                 let controller =
-                    volley_contracts::connect_controller(config.front.controller.as_str())
+                    volley_contracts::connect_controller(config.front.controller.as_str(), &links)
                         .await
                         .context("front cannot reach the controller")?;
-                volley_front::run(config, listener, controller, drain).await?;
+                volley_front::run(config, listener, controller, links, drain).await?;
                 Ok(())
             })?
         };
@@ -189,9 +200,10 @@ impl Cluster {
         config.agent.listen = listener.local_addr()?;
         config.agent.name = Some(format!("agent-{index}"));
         tweak(&mut config);
+        let links = self.links(NodeRole::Agent)?;
         let agent = spawn_role(&format!("agent-{index}"), move |drain| async move {
             let listener = tokio::net::TcpListener::from_std(listener)?;
-            volley_agent::run(config, listener, drain).await?;
+            volley_agent::run(config, listener, links, drain).await?;
             Ok(())
         })?;
         self.agents.push(Some(agent));
@@ -206,6 +218,18 @@ impl Cluster {
         }
     }
 
+    /// Links secured with the cluster's certificate for `role`: how a test speaks tarpc to
+    /// the controller (as a front) or serves it (as an agent).
+    pub fn links(&self, role: NodeRole) -> anyhow::Result<Links> {
+        Ok(self.certs.links(role)?)
+    }
+
+    /// A tarpc client of the controller, as a front.
+    pub async fn controller_client(&self) -> anyhow::Result<volley_contracts::ControllerClient> {
+        let links = self.links(NodeRole::Front)?;
+        Ok(volley_contracts::connect_controller(self.controller_addr, &links).await?)
+    }
+
     /// A client of the front presenting the app's API key.
     pub fn client(&self) -> FrontClient {
         FrontClient::new(self.front_url.clone(), Some(self.api_key.clone()))
@@ -213,15 +237,14 @@ impl Cluster {
 
     /// Waits until `count` agents are registered with the controller.
     pub async fn wait_for_agents(&self, count: usize) -> anyhow::Result<()> {
-        let controller = volley_contracts::connect_controller(self.controller_addr).await?;
+        let controller = self.controller_client().await?;
         wait_until(Duration::from_secs(20), "agents to register", || {
             let controller = controller.clone();
             async move {
-                controller
-                    .stats(tarpc::context::current())
-                    .await
-                    .map(|stats| stats.agents.len() >= count)
-                    .unwrap_or(false)
+                matches!(
+                    controller.stats(tarpc::context::current()).await,
+                    Ok(Ok(stats)) if stats.agents.len() >= count
+                )
             }
         })
         .await

@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use volley_config::Config;
 use volley_contracts::{
     Agent, AgentInfo, ApnsRender, Chunk, ChunkReport, ControllerClient, Fingerprint,
-    IdempotencyKey, JobAccepted, SubmitJob, TokenList, WireError,
+    IdempotencyKey, JobAccepted, Links, SubmitJob, TokenList, WireError,
 };
 
 use crate::role::{spawn_controller, RoleHandle};
@@ -79,7 +79,7 @@ pub async fn serve_agent(agent: TestAgent) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move {
-        let mut incoming = volley_contracts::listen(listener);
+        let mut incoming = volley_contracts::listen(listener, Links::Insecure, Arc::default());
         while let Some((_, transport)) = incoming.next().await {
             tokio::spawn(
                 BaseChannel::with_defaults(transport)
@@ -176,8 +176,12 @@ pub async fn start_controller_with(
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
-    let controller = spawn_controller(config, listener).unwrap();
-    let client = volley_contracts::connect_controller(addr).await.unwrap();
+    // Plain links: one test client plays front and agent at once (the roles' checks have
+    // their own tests over mutual TLS).
+    let controller = spawn_controller(config, listener, Links::Insecure).unwrap();
+    let client = volley_contracts::connect_controller(addr, &Links::Insecure)
+        .await
+        .unwrap();
     Running { client, controller }
 }
 

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
+use volley_contracts::tls::{ClusterCa, NodeRole, NODE_VALIDITY};
 
 use crate::http::FrontClient;
 use crate::wait::wait_until_blocking;
@@ -85,13 +86,25 @@ pub fn spawn(bin: &Path, args: &[&str], config: Option<&Path>) -> Proc {
 
 /// Like [`spawn`], with `RUST_LOG` set to `filter`.
 pub fn spawn_logging(bin: &Path, args: &[&str], config: Option<&Path>, filter: &str) -> Proc {
+    spawn_with(bin, args, config, filter, &[])
+}
+
+/// Like [`spawn_logging`], with more environment variables (`VOLLEY_*` overrides).
+pub fn spawn_with(
+    bin: &Path,
+    args: &[&str],
+    config: Option<&Path>,
+    filter: &str,
+    envs: &[(String, String)],
+) -> Proc {
     let mut command = Command::new(bin);
     command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .env("RUST_LOG", filter);
+        .env("RUST_LOG", filter)
+        .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     if let Some(config) = config {
         command.arg("--config").arg(config);
     }
@@ -210,6 +223,18 @@ impl ProcCluster {
             volley_fake::keys::test_service_account(&format!("{fcm_endpoint}/token"), "fault-test"),
         )
         .unwrap();
+        // A cluster CA and one certificate per role: the processes speak mutual TLS.
+        let certs = dir.path().join("certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        let ca = ClusterCa::generate().unwrap();
+        let ca_file = certs.join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        // Kept so that tests can issue more certificates (another name, an expired one).
+        std::fs::write(certs.join("ca-key.pem"), ca.key_pem()).unwrap();
+        for role in NodeRole::ALL {
+            let identity = ca.issue(role, role.as_str(), NODE_VALIDITY).unwrap();
+            identity.write(&certs).unwrap();
+        }
         let config = dir.path().join("volley.toml");
         std::fs::write(
             &config,
@@ -217,6 +242,9 @@ impl ProcCluster {
                 r#"
 [log]
 format = "json"
+
+[cluster]
+ca_file = "{ca_file}"
 
 [front]
 listen = "127.0.0.1:0"
@@ -253,6 +281,7 @@ ca_file = "{fcm_ca}"
 allowed_token_uris = ["{fcm_endpoint}/token"]
 "#,
                 data_dir = dir.path().join("controller-data").display(),
+                ca_file = ca_file.display(),
                 key_file = key_file.display(),
                 apns_ca = apns_ca.display(),
                 service_account = service_account.display(),
@@ -305,9 +334,41 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
         name
     }
 
-    /// A role of the `volley` binary with the cluster's configuration and log filter.
+    /// A role of the `volley` binary with the cluster's configuration and log filter, and
+    /// the certificate of its role (`VOLLEY_CLUSTER__CERT_FILE`, `..._KEY_FILE`).
     fn spawn_role(&self, args: &[&str]) -> Proc {
-        spawn_logging(&self.bin, args, Some(&self.config), &self.log_filter)
+        self.spawn_node(args, &self.config)
+    }
+
+    /// Like a role of the cluster, with another configuration file (which should keep the
+    /// cluster's `[cluster]` section).
+    pub fn spawn_node(&self, args: &[&str], config: &Path) -> Proc {
+        let envs = match args.first().and_then(|role| role.parse::<NodeRole>().ok()) {
+            Some(role) => {
+                let (cert, key) = self.certificate(role);
+                vec![
+                    (
+                        "VOLLEY_CLUSTER__CERT_FILE".to_owned(),
+                        cert.display().to_string(),
+                    ),
+                    (
+                        "VOLLEY_CLUSTER__KEY_FILE".to_owned(),
+                        key.display().to_string(),
+                    ),
+                ]
+            }
+            None => Vec::new(),
+        };
+        spawn_with(&self.bin, args, Some(config), &self.log_filter, &envs)
+    }
+
+    /// The certificate and key files of the cluster's node of `role`.
+    pub fn certificate(&self, role: NodeRole) -> (PathBuf, PathBuf) {
+        let certs = self.dir.path().join("certs");
+        (
+            certs.join(format!("{role}-{role}.pem")),
+            certs.join(format!("{role}-{role}-key.pem")),
+        )
     }
 
     /// The process named `name`.

@@ -64,10 +64,11 @@ where
 pub fn spawn_controller(
     config: Config,
     listener: std::net::TcpListener,
+    links: volley_contracts::Links,
 ) -> anyhow::Result<RoleHandle> {
     spawn_role("controller", move |drain| async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        volley_controller::run(config, listener, drain).await?;
+        volley_controller::run(config, listener, links, drain).await?;
         Ok(())
     })
 }

@@ -10,6 +10,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use volley_contracts::tls::{ClusterCa, NodeRole, NODE_VALIDITY};
+use volley_contracts::Links;
 use volley_fake::Stats;
 use volley_testkit::cluster::{Cluster, ClusterOptions, APP, PROJECT, TOPIC};
 use volley_testkit::http::FrontClient;
@@ -78,6 +80,8 @@ pub struct Target {
     pub app: String,
     /// The controller's tarpc address.
     pub controller: String,
+    /// How the bench reaches the controller (as a front).
+    pub links: Links,
 }
 
 /// A running system under test.
@@ -85,7 +89,7 @@ pub enum System {
     /// Every role on a thread of this process.
     Standalone(Box<Cluster>),
     /// Every role a process of its own.
-    Processes(Processes),
+    Processes(Box<Processes>),
 }
 
 impl System {
@@ -101,7 +105,9 @@ impl System {
 
     /// Starts fakes, a controller, `agents` agents and a front as processes of `binary`.
     pub async fn processes(binary: &Path, agents: usize) -> anyhow::Result<System> {
-        Ok(System::Processes(Processes::start(binary, agents).await?))
+        Ok(System::Processes(Box::new(
+            Processes::start(binary, agents).await?,
+        )))
     }
 
     /// Where the front and the controller are.
@@ -112,6 +118,9 @@ impl System {
                 api_key: cluster.api_key.clone(),
                 app: APP.to_owned(),
                 controller: cluster.controller_addr.to_string(),
+                links: cluster
+                    .links(NodeRole::Front)
+                    .expect("the cluster's front certificate is usable"),
             },
             System::Processes(processes) => processes.target.clone(),
         }
@@ -183,6 +192,8 @@ pub struct Processes {
     apns_stats: String,
     fcm_stats: String,
     children: Vec<(String, Child)>,
+    /// Per role, the environment that names its certificate.
+    role_env: std::collections::HashMap<&'static str, [(&'static str, String); 2]>,
     _dir: tempfile::TempDir,
 }
 
@@ -196,10 +207,12 @@ impl Processes {
                 api_key: format!("vk_{}", uuid::Uuid::new_v4().simple()),
                 app: APP.to_owned(),
                 controller: String::new(),
+                links: Links::Insecure,
             },
             apns_stats: String::new(),
             fcm_stats: String::new(),
             children: Vec::new(),
+            role_env: std::collections::HashMap::new(),
             _dir: dir,
         };
         let path = |name: &str| dir_path.join(name).display().to_string();
@@ -259,6 +272,25 @@ impl Processes {
             path("service-account.json"),
             volley_fake::keys::test_service_account(&format!("{fcm_endpoint}/token"), PROJECT),
         )?;
+        // The links are mutual TLS, as in production: a CA and one certificate per role.
+        let ca = ClusterCa::generate()?;
+        std::fs::write(path("ca.pem"), ca.cert_pem())?;
+        let mut role_env = std::collections::HashMap::new();
+        for role in NodeRole::ALL {
+            let identity = ca.issue(role, role.as_str(), NODE_VALIDITY)?;
+            let (cert, key) = identity.write(&dir_path)?;
+            role_env.insert(
+                role.as_str(),
+                [
+                    ("VOLLEY_CLUSTER__CERT_FILE", cert.display().to_string()),
+                    ("VOLLEY_CLUSTER__KEY_FILE", key.display().to_string()),
+                ],
+            );
+            if role == NodeRole::Front {
+                processes.target.links = Links::tls(identity)?;
+            }
+        }
+        processes.role_env = role_env;
         let config = dir_path.join("volley.toml");
         std::fs::write(
             &config,
@@ -266,6 +298,9 @@ impl Processes {
                 r#"
 [log]
 format = "json"
+
+[cluster]
+ca_file = "{ca_file}"
 
 [front]
 listen = "127.0.0.1:0"
@@ -302,6 +337,7 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
                 apns_ca = path("apns-ca.pem"),
                 service_account = path("service-account.json"),
                 fcm_ca = path("fcm-ca.pem"),
+                ca_file = path("ca.pem"),
             ),
         )?;
 
@@ -350,6 +386,9 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
             .env("RUST_LOG", "info");
         if let Some(config) = config {
             command.arg("--config").arg(config);
+        }
+        if let Some(envs) = args.first().and_then(|role| self.role_env.get(role)) {
+            command.envs(envs.iter().map(|(k, v)| (*k, v.as_str())));
         }
         let mut child = command
             .spawn()

@@ -537,9 +537,10 @@ pub async fn ingest(
     options: &IngestOptions,
 ) -> anyhow::Result<(IngestResult, CpuTracker)> {
     let target = system.target();
-    let controller = volley_contracts::connect_controller(target.controller.as_str())
-        .await
-        .context("connecting to the controller")?;
+    let controller =
+        volley_contracts::connect_controller(target.controller.as_str(), &target.links)
+            .await
+            .context("connecting to the controller")?;
     let (base_apns, base_fcm) = system.fake_stats().await?;
     let base = base_apns.delivered + base_fcm.delivered;
     let sent = Arc::new(AtomicU64::new(0));
@@ -601,7 +602,8 @@ pub async fn ingest(
         let stats = controller
             .stats(tarpc::context::current())
             .await
-            .context("reading the controller's stats")?;
+            .context("reading the controller's stats")?
+            .map_err(|error| anyhow::anyhow!("the controller refused its stats: {error}"))?;
         if stats.pending_notifications == 0 {
             break stats;
         }

@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use volley_config::Config;
 use volley_contracts::{
     AgentId, AgentInfo, AgentStat, AppCounters, ChunkId, ClusterStats, Controller, ErrorCode, Held,
-    InvalidTokenPage, JobAccepted, JobId, JobState, JobStatus, Platform, Registration,
+    InvalidTokenPage, JobAccepted, JobId, JobState, JobStatus, Links, Platform, Registration,
     RejectionCount, SubmitJob, WireError,
 };
 
@@ -188,8 +188,8 @@ impl Controller for FakeController {
         Ok(status.clone())
     }
 
-    async fn stats(self, _: Context) -> ClusterStats {
-        ClusterStats {
+    async fn stats(self, _: Context) -> Result<ClusterStats, WireError> {
+        Ok(ClusterStats {
             queue_usage: 3,
             pending_notifications: 42,
             active_jobs: 1,
@@ -234,7 +234,9 @@ impl Controller for FakeController {
                 paused_agents: 0,
                 waiting: Some("waiting_for_agent: no agent serves app \"shop\" for fcm".into()),
             }],
-        }
+            links_refused: 0,
+            calls_denied: 0,
+        })
     }
 
     async fn register(self, _: Context, _: AgentInfo) -> Result<Registration, WireError> {
@@ -262,7 +264,9 @@ pub async fn serve_controller(controller: FakeController) -> SocketAddr {
 /// Serves `controller` on `listener`; aborting the task closes every connection too.
 pub async fn serve_controller_on(listener: TcpListener, controller: FakeController) {
     let mut connections = tokio::task::JoinSet::new();
-    let mut incoming = volley_contracts::listen(listener);
+    // The front's own tests use plain links to a fake controller; mutual TLS has tests of
+    // its own (crates/volley-contracts, bin/volley/tests/links.rs).
+    let mut incoming = volley_contracts::listen(listener, Links::Insecure, Default::default());
     while let Some((_, transport)) = incoming.next().await {
         let server = controller.clone();
         connections.spawn(
@@ -289,15 +293,21 @@ impl Front {
         let controller = FakeController::default();
         let controller_addr = serve_controller(controller.clone()).await;
         config.front.controller = controller_addr.to_string();
-        let client = volley_contracts::connect_controller(controller_addr)
+        let client = volley_contracts::connect_controller(controller_addr, &Links::Insecure)
             .await
             .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(volley_front::run(config, listener, client, async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(volley_front::run(
+            config,
+            listener,
+            client,
+            Links::Insecure,
+            async {
+                let _ = rx.await;
+            },
+        ));
         Front {
             addr,
             controller,

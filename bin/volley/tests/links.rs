@@ -1,0 +1,237 @@
+//! The links between nodes as an outsider or a misconfigured node meets them, against real
+//! processes: no link without a certificate of the cluster's CA, each role limited to its
+//! own calls, frames bounded before they are buffered, and no role starting unsecured unless
+//! told to.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use volley_contracts::tls::{ClusterCa, NodeRole, NODE_VALIDITY};
+use volley_contracts::{ErrorCode, Links, Platform, ServedApp};
+use volley_testkit::procs::{spawn_with, ProcCluster};
+
+const BIN: &str = env!("CARGO_BIN_EXE_volley");
+
+fn ca(cluster: &ProcCluster) -> ClusterCa {
+    let key = std::fs::read_to_string(cluster.dir.path().join("certs/ca-key.pem")).unwrap();
+    ClusterCa::from_key_pem(&key).unwrap()
+}
+
+fn links(ca: &ClusterCa, role: NodeRole, name: &str) -> Links {
+    Links::tls(ca.issue(role, name, NODE_VALIDITY).unwrap()).unwrap()
+}
+
+fn context() -> tarpc::context::Context {
+    let mut context = tarpc::context::current();
+    context.deadline = std::time::Instant::now() + Duration::from_secs(5);
+    context
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_clusters_nodes_link_and_each_makes_only_its_own_calls() {
+    let cluster = ProcCluster::start(BIN, 1, &[]);
+    let ca = ca(&cluster);
+    let addr = cluster.controller_addr.clone();
+
+    // No certificate: the TLS handshake fails, no call gets through.
+    let plain = volley_contracts::connect_controller(addr.as_str(), &Links::Insecure)
+        .await
+        .unwrap();
+    assert!(plain.stats(context()).await.is_err());
+    // A certificate of another CA, or an expired one of this CA: refused at the handshake.
+    let stranger = links(&ClusterCa::generate().unwrap(), NodeRole::Front, "x");
+    assert!(
+        volley_contracts::connect_controller(addr.as_str(), &stranger)
+            .await
+            .is_err()
+    );
+    let expired = Links::tls(ca.issue_expired(NodeRole::Front, "old").unwrap()).unwrap();
+    let refused = match volley_contracts::connect_controller(addr.as_str(), &expired).await {
+        Err(_) => true,
+        Ok(client) => client.stats(context()).await.is_err(),
+    };
+    assert!(refused, "an expired certificate got a call through");
+
+    // A front may read stats and submit, not register as an agent.
+    let front =
+        volley_contracts::connect_controller(addr.as_str(), &links(&ca, NodeRole::Front, "f9"))
+            .await
+            .unwrap();
+    let stats = front.stats(context()).await.unwrap().unwrap();
+    let agent_addr = stats.agents[0].addr.clone();
+    let info = volley_contracts::AgentInfo {
+        name: "impostor".into(),
+        addr: "127.0.0.1:9".into(),
+        apps: vec![ServedApp {
+            app: "shop".into(),
+            platforms: Platform::ALL.to_vec(),
+        }],
+        window: 1_000_000,
+    };
+    let denied = front
+        .register(context(), info.clone())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(denied.code, ErrorCode::PermissionDenied, "{denied:?}");
+
+    // An agent may register, not submit or read jobs.
+    let agent =
+        volley_contracts::connect_controller(addr.as_str(), &links(&ca, NodeRole::Agent, "a9"))
+            .await
+            .unwrap();
+    let job = volley_testkit::controller::job(&[volley_testkit::tokens::apns_token("a9", 1)], None);
+    let denied = agent.submit(context(), job).await.unwrap().unwrap_err();
+    assert_eq!(denied.code, ErrorCode::PermissionDenied, "{denied:?}");
+    assert!(agent.stats(context()).await.unwrap().is_err());
+
+    // Only the controller may have an agent deliver: a front's certificate gets nothing sent.
+    let to_agent =
+        volley_contracts::connect_agent(agent_addr.as_str(), &links(&ca, NodeRole::Front, "f8"))
+            .await
+            .unwrap();
+    let answers = to_agent.deliver(context(), Vec::new()).await.unwrap();
+    assert!(answers.is_empty());
+    let (apns_before, _) = cluster.fake_stats().await;
+    let chunk = volley_contracts::Chunk {
+        id: volley_contracts::ChunkId {
+            job: volley_contracts::JobId::new(),
+            index: 0,
+        },
+        app: "shop".into(),
+        render: volley_contracts::Render::Apns(volley_contracts::ApnsRender {
+            payload: bytes::Bytes::from_static(b"{\"aps\":{\"alert\":\"x\"}}"),
+            push_type: "alert".into(),
+            priority: 10,
+            expiration: None,
+            collapse_id: None,
+            topic: None,
+            apns_id: None,
+        }),
+        tokens: [volley_testkit::tokens::apns_token("f8", 1)]
+            .iter()
+            .collect(),
+        epoch: 1,
+        collapse_id: None,
+    };
+    let answers = to_agent.deliver(context(), vec![chunk]).await.unwrap();
+    assert_eq!(answers.len(), 1);
+    let denied = answers[0].as_ref().unwrap_err();
+    assert_eq!(denied.code, ErrorCode::PermissionDenied, "{denied:?}");
+    let (apns_after, _) = cluster.fake_stats().await;
+    assert_eq!(
+        apns_before["requests"], apns_after["requests"],
+        "nothing was sent"
+    );
+
+    // Counted where operators look.
+    let text = reqwest_free_get(&cluster.front_url, "/metrics").await;
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    assert!(
+        value("volley_controller_links_refused_total") >= 2,
+        "{text}"
+    );
+    assert!(value("volley_controller_calls_denied_total") >= 3, "{text}");
+
+    // The cluster still works.
+    let response = cluster
+        .client()
+        .post(
+            "/v1/apps/shop/notifications",
+            volley_testkit::jobs::broadcast("0a9a0a9a", 50),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status.as_u16(), 202, "{}", response.body);
+    cluster.stop();
+}
+
+/// A plain GET returning the body as text (the metrics are not JSON).
+async fn reqwest_free_get(base: &str, path: &str) -> String {
+    let addr = base.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_frame_is_refused_before_it_is_buffered() {
+    let cluster = ProcCluster::start(BIN, 0, &[]);
+    let ca = ca(&cluster);
+    let identity = ca.issue(NodeRole::Agent, "big", NODE_VALIDITY).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(identity.client_config().unwrap());
+    let tcp = tokio::net::TcpStream::connect(cluster.controller_addr.as_str())
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from(NodeRole::Controller.dns_name()).unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    // An agent's frames are bounded well below this declared 200 MiB: the controller closes
+    // the link at the length, without reading (or reserving) the rest.
+    tls.write_all(&(200u32 * 1024 * 1024).to_be_bytes())
+        .await
+        .unwrap();
+    tls.write_all(&[0u8; 1024]).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut buffer = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buffer))
+        .await
+        .expect("the controller closes the link");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    cluster.stop();
+}
+
+#[test]
+fn a_role_without_certificates_refuses_to_start_unless_told_links_are_insecure() {
+    let cluster = ProcCluster::start(BIN, 0, &[]);
+    // The cluster's configuration names the CA; without a certificate of its own, a node
+    // does not start, and says what to do.
+    let listen = ["controller", "--listen", "127.0.0.1:0"];
+    let mut proc = spawn_with(
+        std::path::Path::new(BIN),
+        &listen,
+        Some(&cluster.config),
+        "info",
+        &[],
+    );
+    let status = proc.child.wait().unwrap();
+    assert!(!status.success());
+    let text = proc.lines.lock().unwrap().join("\n");
+    for needle in [
+        "cluster.cert_file",
+        "volley certs issue --role controller",
+        "--insecure-links",
+    ] {
+        assert!(text.contains(needle), "{needle} in {text}");
+    }
+    // Told so, it starts on plain links, and warns.
+    let data = cluster.dir.path().join("insecure-data");
+    let args = [
+        "controller",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--insecure-links",
+    ];
+    let proc = spawn_with(
+        std::path::Path::new(BIN),
+        &args,
+        Some(&cluster.config),
+        "info",
+        &[],
+    );
+    let warning = proc.line_with("NOT secured", 0);
+    assert!(warning.contains("WARN"), "{warning}");
+    let mut proc = proc;
+    let _ = proc.child.kill();
+    let _ = proc.child.wait();
+    cluster.stop();
+}
