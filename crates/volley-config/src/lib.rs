@@ -401,6 +401,10 @@ pub struct AppConfig {
     /// Keys that callers present as `Authorization: Bearer <key>`.
     #[serde(default)]
     pub api_keys: Vec<Secret>,
+    /// More keys, given as the hex SHA-256 digests of the keys (`printf %s KEY | sha256sum`),
+    /// so that the configuration file need not hold them.
+    #[serde(default)]
+    pub api_key_sha256: Vec<String>,
     /// APNs credentials, when the app sends to Apple devices.
     pub apns: Option<ApnsAppConfig>,
     /// FCM credentials, when the app sends through Firebase.
@@ -661,6 +665,13 @@ impl AppConfig {
             return Err(ConfigError::invalid(
                 format!("{key}.api_keys"),
                 "every API key must be at least 16 characters",
+            ));
+        }
+        let hex_digest = |d: &String| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit());
+        if let Some(index) = self.api_key_sha256.iter().position(|d| !hex_digest(d)) {
+            return Err(ConfigError::invalid(
+                format!("{key}.api_key_sha256[{index}]"),
+                "must be a SHA-256 digest: 64 hex digits (printf %s KEY | sha256sum)",
             ));
         }
         if let Some(rate) = self.requests_per_second {

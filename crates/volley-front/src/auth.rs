@@ -1,4 +1,6 @@
-//! API keys: `Authorization: Bearer <key>`, each key reaching only its own app.
+//! API keys: `Authorization: Bearer <key>`, each key reaching only its own app. A key is
+//! configured in clear (`api_keys`) or as its SHA-256 digest (`api_key_sha256`), so that a
+//! configuration file need not hold it.
 //!
 //! Keys are stored and looked up as SHA-256 digests. Comparing digests instead of keys means
 //! the time a lookup takes depends on the digest of what the caller sent, which the caller
@@ -21,6 +23,19 @@ fn hash(key: &str) -> Digest {
     out
 }
 
+/// A digest written as 64 hex digits.
+fn from_hex(hex: &str) -> Option<Digest> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(hex.as_bytes().chunks(2)) {
+        let pair = std::str::from_utf8(pair).ok()?;
+        *byte = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
+}
+
 /// Every app's API keys, by digest: the app's index and the key's slot (its rate limiter).
 #[derive(Debug, Default)]
 pub(crate) struct KeyRing {
@@ -34,9 +49,14 @@ impl KeyRing {
         let mut keys = HashMap::new();
         let mut slot = 0;
         for (index, app) in config.apps.iter().enumerate() {
-            for key in &app.api_keys {
+            let digests = app.api_keys.iter().map(|key| Some(hash(key.expose())));
+            let given = app.api_key_sha256.iter().map(|hex| from_hex(hex));
+            for digest in digests.chain(given) {
+                let digest = digest.ok_or_else(|| {
+                    format!("apps[{index}].api_key_sha256: not a 64-hex-digit SHA-256 digest")
+                })?;
                 slot += 1;
-                if let Some((other, _)) = keys.insert(hash(key.expose()), (index, slot - 1)) {
+                if let Some((other, _)) = keys.insert(digest, (index, slot - 1)) {
                     if other != index {
                         return Err(format!(
                             "apps[{index}].api_keys: a key of app {:?} is also a key of app {:?}",
@@ -141,5 +161,35 @@ mod tests {
         config.apps[1].api_keys = config.apps[0].api_keys.clone();
         let error = KeyRing::new(&config).unwrap_err();
         assert!(!error.contains("key-of"), "{error}");
+    }
+
+    #[test]
+    fn a_key_given_by_its_digest_reaches_its_app() {
+        let mut config = config();
+        let key = "key-known-only-by-digest-42";
+        let hex: String = hash(key).iter().map(|b| format!("{b:02x}")).collect();
+        config.apps[1].api_key_sha256 = vec![hex.to_uppercase()];
+        let ring = KeyRing::new(&config).unwrap();
+        assert_eq!(
+            ring.authenticate(&headers(&format!("Bearer {key}")))
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            ring.authenticate(&headers("Bearer key-of-app-b-0123456789"))
+                .unwrap(),
+            1
+        );
+        // A digest of another app's key is that key given twice: refused.
+        let shared: String = hash("key-of-app-a-0123456789")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        config.apps[1].api_key_sha256 = vec![shared];
+        assert!(KeyRing::new(&config).is_err());
+        config.apps[1].api_key_sha256 = vec!["abc".into()];
+        assert!(KeyRing::new(&config)
+            .unwrap_err()
+            .contains("api_key_sha256"));
     }
 }

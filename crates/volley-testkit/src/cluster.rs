@@ -125,6 +125,7 @@ impl Cluster {
         config.apps.push(AppConfig {
             name: APP.into(),
             api_keys: vec![Secret::new(api_key.clone())],
+            api_key_sha256: Vec::new(),
             apns: Some(ApnsAppConfig {
                 endpoint: fake_apns.endpoint(),
                 topic: TOPIC.into(),
