@@ -36,10 +36,27 @@ struct Received {
     batches: Mutex<Vec<Value>>,
 }
 
+/// Checks `t=<seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>` as a receiver would,
+/// refusing a time more than five minutes from now (a replayed request).
 fn verify(body: &[u8], header: Option<&str>) -> bool {
-    let Some(hex) = header.and_then(|h| h.strip_prefix("sha256=")) else {
+    let Some((t, hex)) = header
+        .and_then(|h| h.strip_prefix("t="))
+        .and_then(|h| h.split_once(",v1="))
+    else {
         return false;
     };
+    let Ok(t) = t.parse::<u64>() else {
+        return false;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    if now.abs_diff(t) > 300 {
+        return false;
+    }
+    let signed = [format!("{t}.").as_bytes(), body].concat();
+    let body = signed.as_slice();
     let Some(tag) = (0..hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())

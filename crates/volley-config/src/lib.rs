@@ -419,7 +419,8 @@ pub struct AppConfig {
 }
 
 /// An app's invalid-token webhook: batches of invalid tokens POSTed as JSON, signed with
-/// HMAC-SHA256 (`X-Volley-Signature: sha256=<hex>`), retried until acknowledged.
+/// HMAC-SHA256 with a timestamp (`X-Volley-Signature: t=<seconds>,v1=<hex>`), retried until
+/// acknowledged.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
