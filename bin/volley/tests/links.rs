@@ -137,6 +137,16 @@ async fn only_the_clusters_nodes_link_and_each_makes_only_its_own_calls() {
         "{text}"
     );
     assert!(value("volley_controller_calls_denied_total") >= 3, "{text}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(value("volley_front_certificate_expiry_timestamp_seconds") > now + 300 * 86_400);
+    let runtime = cluster.client().get("/stat/runtime").await.unwrap().body;
+    assert!(
+        runtime["certificate_expires_at"].as_u64().unwrap() > now,
+        "{runtime}"
+    );
 
     // The cluster still works.
     let response = cluster
@@ -203,7 +213,8 @@ fn a_role_without_certificates_refuses_to_start_unless_told_links_are_insecure()
     );
     let status = proc.child.wait().unwrap();
     assert!(!status.success());
-    let text = proc.lines.lock().unwrap().join("\n");
+    // The error line, once the stderr reader has it.
+    let text = proc.line_with("cluster.cert_file", 0);
     for needle in [
         "cluster.cert_file",
         "volley certs issue --role controller",

@@ -242,6 +242,11 @@ impl FrontState {
         }
     }
 
+    /// When this front's link certificate expires, seconds since the epoch.
+    pub(crate) fn certificate_not_after(&self) -> Option<i64> {
+        self.inner.controller.certificate_not_after()
+    }
+
     /// The controller client to call now.
     pub(crate) fn controller(&self) -> Arc<ControllerClient> {
         self.inner.controller.client()

@@ -35,6 +35,12 @@ impl ControllerLink {
         })
     }
 
+    /// When this front's link certificate expires, seconds since the epoch (`None` on
+    /// insecure links).
+    pub(crate) fn certificate_not_after(&self) -> Option<i64> {
+        self.links.identity().map(|identity| identity.not_after())
+    }
+
     /// The client to call now.
     pub(crate) fn client(&self) -> Arc<ControllerClient> {
         self.client.load_full()

@@ -371,6 +371,7 @@ pub async fn stat_runtime(State(state): State<FrontState>) -> Json<Value> {
         "tokio_alive_tasks": metrics.num_alive_tasks(),
         "rss_bytes": rss_bytes(),
         "draining": state.is_draining(),
+        "certificate_expires_at": state.certificate_not_after(),
     }))
 }
 
@@ -390,7 +391,19 @@ pub async fn metrics(State(state): State<FrontState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.inner.metrics.render(stats.as_ref()),
+        {
+            let mut text = state.inner.metrics.render(stats.as_ref());
+            if let Some(not_after) = state.certificate_not_after() {
+                use std::fmt::Write as _;
+                let _ = write!(
+                    text,
+                    "# HELP volley_front_certificate_expiry_timestamp_seconds When this front's link certificate expires.\n\
+                     # TYPE volley_front_certificate_expiry_timestamp_seconds gauge\n\
+                     volley_front_certificate_expiry_timestamp_seconds {not_after}\n"
+                );
+            }
+            text
+        },
     )
         .into_response()
 }
