@@ -99,15 +99,7 @@ async fn only_the_clusters_nodes_link_and_each_makes_only_its_own_calls() {
             index: 0,
         },
         app: "shop".into(),
-        render: volley_contracts::Render::Apns(volley_contracts::ApnsRender {
-            payload: bytes::Bytes::from_static(b"{\"aps\":{\"alert\":\"x\"}}"),
-            push_type: "alert".into(),
-            priority: 10,
-            expiration: None,
-            collapse_id: None,
-            topic: None,
-            apns_id: None,
-        }),
+        render: volley_contracts::Render::Apns(volley_testkit::controller::apns_render()),
         tokens: [volley_testkit::tokens::apns_token("f8", 1)]
             .iter()
             .collect(),

@@ -185,20 +185,25 @@ pub async fn start_controller_with(
     Running { client, controller }
 }
 
+/// An APNs alert rendering with an empty `aps`, as a front would hand it over.
+pub fn apns_render() -> ApnsRender {
+    ApnsRender {
+        payload: Bytes::from_static(b"{\"aps\":{}}"),
+        push_type: "alert".into(),
+        priority: 10,
+        expiration: None,
+        collapse_id: None,
+        topic: None,
+        apns_id: None,
+    }
+}
+
 /// A job of app `shop` for APNs `tokens`; with a key, its fingerprint is that of the tokens
 /// (as a front's would be of its request).
 pub fn job(tokens: &[String], idempotency_key: Option<&str>) -> SubmitJob {
     SubmitJob {
         app: "shop".into(),
-        apns: Some(ApnsRender {
-            payload: Bytes::from_static(b"{\"aps\":{}}"),
-            push_type: "alert".into(),
-            priority: 10,
-            expiration: None,
-            collapse_id: None,
-            topic: None,
-            apns_id: None,
-        }),
+        apns: Some(apns_render()),
         fcm: None,
         apns_tokens: tokens.iter().collect::<TokenList>(),
         fcm_tokens: TokenList::default(),
