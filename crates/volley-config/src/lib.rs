@@ -71,7 +71,7 @@ impl Serialize for Secret {
 }
 
 /// The whole configuration; each role reads its own section and the apps.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Logging.
@@ -105,7 +105,7 @@ pub struct ClusterConfig {
 }
 
 /// Log format and filter.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `text` (human-readable) or `json`.
@@ -124,7 +124,7 @@ impl Default for LogConfig {
 }
 
 /// How logs are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -134,10 +134,11 @@ pub enum LogFormat {
 }
 
 /// The front: the HTTP API.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct FrontConfig {
     /// Where the HTTP API listens.
+    #[schema(value_type = String)]
     pub listen: SocketAddr,
     /// The controller's tarpc address.
     pub controller: String,
@@ -152,6 +153,7 @@ pub struct FrontConfig {
     pub compat_require_api_key: bool,
     /// How long a draining front keeps finishing in-flight requests.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub shutdown_grace: Duration,
     /// Requests per second allowed per API key (token bucket; `apps.requests_per_second`
     /// overrides it per app). Above it the front answers 429 with `Retry-After`. Unset: no
@@ -164,16 +166,19 @@ pub struct FrontConfig {
     /// its first byte, or from the connection's opening for its first request. Past it the
     /// connection is closed.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub header_read_timeout: Duration,
     /// How long a request body may take before it must show progress: its deadline starts
     /// this long after the body starts and moves one second later for every
     /// `body_min_bytes_per_second` bytes received. Past it the front answers 408 and closes.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub body_read_timeout: Duration,
     /// The slowest a request body may arrive on average once `body_read_timeout` has passed.
     pub body_min_bytes_per_second: u64,
     /// How long a keep-alive connection may wait for its next request.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub idle_timeout: Duration,
     /// Most connections open at once; past it a new connection is answered 503 with
     /// `Retry-After` and closed. Lowered at start to what the open-file limit allows.
@@ -210,10 +215,11 @@ impl Default for FrontConfig {
 }
 
 /// The controller: job splitting and dispatch.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ControllerConfig {
     /// Where the tarpc server listens.
+    #[schema(value_type = String)]
     pub listen: SocketAddr,
     /// Tokens per chunk.
     pub chunk_size: usize,
@@ -227,32 +233,39 @@ pub struct ControllerConfig {
     pub accept_unserved: bool,
     /// An agent not heard from for this long is dropped and its chunks go to others.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub heartbeat_timeout: Duration,
     /// Longest an agent may take over one chunk before it is given to another.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub chunk_timeout: Duration,
     /// Most notifications held in unfinished jobs before submissions are refused.
     pub max_pending_notifications: u64,
     /// How long a finished job's status is kept.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub job_retention: Duration,
     /// Most finished jobs kept (in memory and in the store): past it the oldest are forgotten
     /// before their retention is over, with their idempotency keys. It bounds the
     /// controller's memory under a stream of single-notification jobs.
     pub max_finished_jobs: usize,
     /// Where jobs are stored; one controller per directory (it is locked).
+    #[schema(value_type = String)]
     pub data_dir: PathBuf,
     /// Flush every commit to disk (the default). `false` only measures what durability costs:
     /// a machine crash may then lose jobs that were answered 2xx.
     pub fsync: bool,
     /// How long a chunk lease lasts without renewal by the agent's heartbeats.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub lease_time: Duration,
     /// How long an `Idempotency-Key` keeps returning the same job.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub idempotency_window: Duration,
     /// How long a draining controller waits for chunks out with agents.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub shutdown_grace: Duration,
     /// For APNs broadcasts without a collapse id, use the job id as `apns-collapse-id`, so
     /// that a duplicate caused by a crash replaces the first copy on the device instead of
@@ -288,10 +301,11 @@ impl Default for ControllerConfig {
 }
 
 /// The agent: delivery to the providers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
     /// Where the agent's tarpc server listens.
+    #[schema(value_type = String)]
     pub listen: SocketAddr,
     /// The address the controller should dial (defaults to the bound listen address).
     pub advertise: Option<String>,
@@ -307,23 +321,28 @@ pub struct AgentConfig {
     pub connections: usize,
     /// Time allowed for one provider request.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub request_timeout: Duration,
     /// Attempts per notification for transient failures (1 = no retry).
     pub max_attempts: u32,
     /// The back-off ceiling before the first retry; it doubles with each retry (full jitter:
     /// the wait is drawn uniformly below the ceiling).
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub retry_base_delay: Duration,
     /// The largest back-off ceiling; a longer `Retry-After` from the provider is still honoured.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub retry_max_delay: Duration,
     /// The circuit breaker each app and provider has on this agent.
     pub breaker: BreakerConfig,
     /// How often the agent tells the controller it is alive.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub heartbeat_interval: Duration,
     /// How long a draining agent keeps finishing the chunks it holds.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub shutdown_grace: Duration,
 }
 
@@ -355,11 +374,12 @@ impl Default for AgentConfig {
 /// `credential_failures` credential errors in a row. Open, it sends nothing for `cool_down`,
 /// then lets one probe through: a good answer closes it, a failure opens it again for twice
 /// as long (at most `max_cool_down`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct BreakerConfig {
     /// The sliding window over which answers are counted.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub window: Duration,
     /// Fewest answers in the window before the failure ratio counts.
     pub min_requests: u32,
@@ -369,12 +389,15 @@ pub struct BreakerConfig {
     pub credential_failures: u32,
     /// How long the breaker stays open before its first probe.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub cool_down: Duration,
     /// The longest cool-down after failed probes.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub max_cool_down: Duration,
     /// Longest a notification waits for an open breaker before it fails as `CircuitOpen`.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub max_wait: Duration,
 }
 
@@ -393,13 +416,14 @@ impl Default for BreakerConfig {
 }
 
 /// One app: its API keys and its provider credentials.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
     /// The app's name, used in URLs.
     pub name: String,
     /// Keys that callers present as `Authorization: Bearer <key>`.
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     pub api_keys: Vec<Secret>,
     /// More keys, given as the hex SHA-256 digests of the keys (`printf %s KEY | sha256sum`),
     /// so that the configuration file need not hold them.
@@ -421,25 +445,29 @@ pub struct AppConfig {
 /// An app's invalid-token webhook: batches of invalid tokens POSTed as JSON, signed with
 /// HMAC-SHA256 with a timestamp (`X-Volley-Signature: t=<seconds>,v1=<hex>`), retried until
 /// acknowledged.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// The receiver, `https://host[:port]/path` (or `http://` on a private network).
     pub url: String,
     /// The HMAC-SHA256 key the signature is made with (at least 16 characters).
+    #[schema(value_type = String)]
     pub secret: Secret,
     /// Most tokens in one POST.
     #[serde(default = "default_webhook_batch_size")]
     pub batch_size: usize,
     /// How long one POST may take.
     #[serde(default = "default_webhook_timeout", with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub timeout: Duration,
     /// The longest pause between attempts (back-off doubles from 100 ms up to it).
     #[serde(default = "default_webhook_max_backoff", with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub max_backoff: Duration,
     /// Extra CA certificates (PEM) to trust for an `https://` receiver, besides the public
     /// web roots.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub ca_file: Option<PathBuf>,
 }
 
@@ -456,7 +484,7 @@ fn default_webhook_max_backoff() -> Duration {
 }
 
 /// An app's APNs settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApnsAppConfig {
     /// `production`, `sandbox`, or `https://host:port`.
@@ -465,16 +493,20 @@ pub struct ApnsAppConfig {
     /// The bundle id (`apns-topic`).
     pub topic: String,
     /// Token auth: the `.p8` key file.
+    #[schema(value_type = Option<String>)]
     pub key_file: Option<PathBuf>,
     /// Token auth: the key id (`kid`).
     pub key_id: Option<String>,
     /// Token auth: the team id (`iss`).
     pub team_id: Option<String>,
     /// Certificate auth: the PEM certificate.
+    #[schema(value_type = Option<String>)]
     pub cert_file: Option<PathBuf>,
     /// Certificate auth: the PEM private key.
+    #[schema(value_type = Option<String>)]
     pub cert_key_file: Option<PathBuf>,
     /// Extra CA certificates to trust (a fake's CA).
+    #[schema(value_type = Option<String>)]
     pub ca_file: Option<PathBuf>,
     /// Most APNs requests per second for this app from each agent (none by default).
     #[serde(default)]
@@ -486,11 +518,12 @@ fn default_apns_endpoint() -> String {
 }
 
 /// An app's FCM settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FcmAppConfig {
     /// The service-account JSON file. Agents need it; fronts and the controller never read it.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub service_account_file: Option<PathBuf>,
     /// The Firebase project id (defaults to the service account's).
     pub project_id: Option<String>,
@@ -498,6 +531,7 @@ pub struct FcmAppConfig {
     #[serde(default = "default_fcm_endpoint")]
     pub endpoint: String,
     /// Extra CA certificates to trust (a fake's CA).
+    #[schema(value_type = Option<String>)]
     pub ca_file: Option<PathBuf>,
     /// Token URIs trusted besides Google's (a fake's OAuth endpoint).
     #[serde(default)]

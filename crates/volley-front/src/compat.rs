@@ -14,7 +14,8 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
+use utoipa::ToSchema;
 use volley_contracts::{Platform, Rejected, RejectedToken, TokenList};
 use volley_fcm::FcmMessage;
 
@@ -214,15 +215,18 @@ async fn submit_all(
 // ---------------------------------------------------------------------------------------------
 // gorush
 
-#[derive(Deserialize)]
+/// gorush's `POST /api/push` body.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct GorushRequest {
+    /// One job each.
     notifications: Vec<GorushNotification>,
 }
 
 /// One gorush notification: every field gorush reads, under gorush's names. A field gorush
 /// does not know is a 422 naming it, as is one Volley cannot do what gorush does with.
-#[derive(Deserialize)]
+/// The document gives one shape per platform ([`document_requests`]).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct GorushNotification {
     /// gorush's own id, used only in gorush's logs and feedback webhook; Volley's jobs have
@@ -230,19 +234,27 @@ struct GorushNotification {
     #[serde(rename = "notif_id")]
     _notif_id: Option<String>,
     #[serde(default)]
+    #[schema(value_type = crate::openapi::CompatTokens)]
     tokens: Tokens<NoRule>,
     /// One more token; for Android, `/topics/name` sends to that topic.
     to: Option<String>,
+    /// 1 = iOS (APNs), 2 = Android (FCM).
     platform: i64,
+    /// The alert's body.
     message: Option<String>,
     title: Option<String>,
+    /// Android: `notification.image`.
     image: Option<String>,
+    #[schema(value_type = Option<crate::openapi::PriorityText>)]
     priority: Option<String>,
     #[serde(default)]
     content_available: bool,
     #[serde(default)]
     mutable_content: bool,
+    /// iOS: `aps.sound` (a name or a critical-sound dictionary); Android: the notification's
+    /// sound.
     sound: Option<Value>,
+    #[schema(value_type = Option<Object>)]
     data: Option<Map<String, Value>>,
     /// gorush resends failed tokens this many times; Volley's retry policy retries transient
     /// failures itself, so it is accepted and needs nothing more.
@@ -253,20 +265,27 @@ struct GorushNotification {
     // Android
     api_key: Option<String>,
     condition: Option<String>,
+    #[schema(value_type = Option<crate::openapi::CollapseId>)]
     collapse_key: Option<String>,
     /// Legacy FCM only: gorush's FCM HTTP v1 path does not send it either.
     #[serde(rename = "delay_while_idle")]
     _delay_while_idle: Option<bool>,
+    #[schema(value_type = Option<crate::openapi::Ttl>)]
     time_to_live: Option<u64>,
     restricted_package_name: Option<String>,
     #[serde(default)]
     dry_run: bool,
     // FCM message parts, passed through for Android.
+    #[schema(value_type = Option<crate::openapi::FcmPart>)]
     notification: Option<Value>,
+    #[schema(value_type = Option<crate::openapi::FcmPart>)]
     android: Option<Value>,
+    #[schema(value_type = Option<crate::openapi::FcmPart>)]
     webpush: Option<Value>,
+    #[schema(value_type = Option<crate::openapi::FcmPart>)]
     fcm_options: Option<Value>,
     /// iOS: raw APNs payload keys; Android: the FCM `apns` block.
+    #[schema(value_type = Option<crate::openapi::FcmPart>)]
     apns: Option<Map<String, Value>>,
     // Huawei: not a provider Volley speaks.
     app_id: Option<Value>,
@@ -278,8 +297,11 @@ struct GorushNotification {
     fast_app_target: Option<Value>,
     // iOS
     expiration: Option<u64>,
+    #[schema(format = Uuid)]
     apns_id: Option<String>,
+    #[schema(value_type = Option<crate::openapi::CollapseId>)]
     collapse_id: Option<String>,
+    #[schema(value_type = Option<crate::openapi::PushTypeName>)]
     push_type: Option<String>,
     #[serde(default)]
     development: bool,
@@ -291,6 +313,7 @@ struct GorushNotification {
     thread_id: Option<String>,
     #[serde(rename = "url-args")]
     url_args: Option<Vec<String>>,
+    #[schema(value_type = Option<Object>)]
     alert: Option<Map<String, Value>>,
     /// Critical-alert sound name and volume: `aps.sound = {critical: 1, name, volume}`.
     name: Option<String>,
@@ -300,6 +323,7 @@ struct GorushNotification {
     relevance_score: Option<Value>,
     // Live Activities.
     #[serde(rename = "content-state")]
+    #[schema(value_type = Option<Object>)]
     content_state: Option<Map<String, Value>>,
     #[serde(rename = "stale-date")]
     stale_date: Option<i64>,
@@ -309,22 +333,41 @@ struct GorushNotification {
     timestamp: Option<i64>,
     #[serde(rename = "attributes-type")]
     attributes_type: Option<String>,
+    #[schema(value_type = Option<Object>)]
     attributes: Option<Map<String, Value>>,
 }
 
 /// gorush's answer, with the ids of the queued jobs.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct GorushResponse {
     /// How many notifications were queued.
     pub counts: u64,
     /// One `failed-push` entry per malformed token (gorush's shape, with the token's place
     /// instead of the token); delivery outcomes are reported by `GET /v1/jobs/{id}`.
-    pub logs: Vec<Value>,
+    pub logs: Vec<FailedPush>,
     /// `ok`.
+    #[schema(value_type = String, pattern = "^ok$")]
     pub success: &'static str,
     /// One job per entry of `notifications`, in order (`null` for an entry whose tokens were
     /// all malformed).
+    #[schema(value_type = Vec<Option<uuid::Uuid>>)]
     pub job_ids: Vec<Option<String>>,
+}
+
+/// A malformed token, left out: gorush's log entry, by place instead of the token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FailedPush {
+    /// `failed-push`.
+    #[serde(rename = "type")]
+    #[schema(value_type = String, pattern = "^failed-push$")]
+    kind: &'static str,
+    /// `ios` or `android`.
+    #[schema(value_type = String, pattern = "^(ios|android)$")]
+    platform: &'static str,
+    /// Where it was: `notifications[0].tokens[3]`.
+    field: String,
+    /// Why it is not a token of its platform.
+    error: String,
 }
 
 /// A 422 for a gorush field Volley cannot honour.
@@ -672,19 +715,28 @@ where
 }
 
 /// The answers' entry for a malformed token, in gorush's log shape.
-fn failed_push(token: &RejectedToken) -> Value {
-    serde_json::json!({
-        "type": "failed-push",
-        "platform": match token.platform {
+fn failed_push(token: &RejectedToken) -> FailedPush {
+    FailedPush {
+        kind: "failed-push",
+        platform: match token.platform {
             Platform::Apns => "ios",
             Platform::Fcm => "android",
         },
-        "field": token.field,
-        "error": token.reason,
-    })
+        field: token.field.clone(),
+        error: token.reason.clone(),
+    }
 }
 
 /// `POST /api/push`: gorush's request shape.
+#[utoipa::path(
+    post,
+    path = "/api/push",
+    operation_id = "gorush",
+    tag = "compatible",
+    request_body(content = GorushRequest, content_type = "application/json"),
+    responses((status = 200, description = "The jobs are queued, one per entry", body = GorushResponse)),
+    security(("api_key" = []))
+)]
 pub async fn gorush(
     State(state): State<FrontState>,
     headers: HeaderMap,
@@ -714,18 +766,22 @@ pub async fn gorush(
 // ---------------------------------------------------------------------------------------------
 // gaurun
 
-#[derive(Deserialize)]
+/// gaurun's `POST /push` body.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct GaurunRequest {
+    /// One job each.
     notifications: Vec<GaurunNotification>,
 }
 
 /// One gaurun notification, under gaurun's names; an unknown field is a 422 naming it.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct GaurunNotification {
     #[serde(default)]
+    #[schema(value_type = crate::openapi::CompatTokens)]
     token: Tokens<NoRule>,
+    /// 1 = iOS (APNs), 2 = Android (FCM).
     platform: i64,
     message: Option<String>,
     title: Option<String>,
@@ -737,13 +793,18 @@ struct GaurunNotification {
     content_available: bool,
     #[serde(default)]
     mutable_content: bool,
-    /// iOS: seconds from now until APNs stops trying.
+    /// iOS: seconds from now until APNs stops trying (0: not set).
+    #[schema(value_type = Option<crate::openapi::Ttl>)]
     expiry: Option<u64>,
+    /// Android: `android.collapse_key`.
     collapse_key: Option<String>,
     /// Legacy GCM only; gaurun's FCM HTTP v1 path has no equivalent either.
     #[serde(rename = "delay_while_idle")]
     _delay_while_idle: Option<bool>,
+    /// Android: `android.ttl` (0: not set).
+    #[schema(value_type = Option<crate::openapi::Ttl>)]
     time_to_live: Option<u64>,
+    #[schema(value_type = Option<crate::openapi::PriorityText>)]
     priority: Option<String>,
     /// gaurun resends a failed push this many times; Volley's retry policy does that.
     #[serde(rename = "retry")]
@@ -751,13 +812,15 @@ struct GaurunNotification {
     /// gaurun's sequence ids, used only in its own logs.
     #[serde(rename = "seq_id")]
     _seq_id: Option<Value>,
+    /// iOS: keys beside `aps`; Android: `data` entries.
     #[serde(default)]
     extend: Vec<Extend>,
+    #[schema(value_type = Option<crate::openapi::PushTypeName>)]
     push_type: Option<String>,
 }
 
 /// gaurun's `extend` entries: custom key/value pairs.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Extend {
     key: String,
@@ -766,16 +829,18 @@ struct Extend {
 }
 
 /// gaurun's answer, with the ids of the queued jobs.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct GaurunResponse {
     /// `ok`.
+    #[schema(value_type = String, pattern = "^ok$")]
     pub message: &'static str,
     /// One job per entry of `notifications`, in order (`null` for an entry whose tokens were
     /// all malformed).
+    #[schema(value_type = Vec<Option<uuid::Uuid>>)]
     pub job_ids: Vec<Option<String>>,
     /// The malformed tokens, left out, by place and reason.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub rejected_tokens: Vec<Value>,
+    pub rejected_tokens: Vec<FailedPush>,
 }
 
 fn gaurun_spec(n: GaurunNotification, index: usize) -> Result<Entry, ApiError> {
@@ -823,6 +888,15 @@ fn gaurun_spec(n: GaurunNotification, index: usize) -> Result<Entry, ApiError> {
 }
 
 /// `POST /push`: gaurun's request shape.
+#[utoipa::path(
+    post,
+    path = "/push",
+    operation_id = "gaurun",
+    tag = "compatible",
+    request_body(content = GaurunRequest, content_type = "application/json"),
+    responses((status = 200, description = "The jobs are queued, one per entry", body = GaurunResponse)),
+    security(("api_key" = []))
+)]
 pub async fn gaurun(
     State(state): State<FrontState>,
     headers: HeaderMap,
@@ -846,4 +920,202 @@ pub async fn gaurun(
     }
     .await
     .map_err(ApiError::compat)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The document
+
+/// gorush fields only iOS entries take ([`ios_only_fields`]), by their JSON names.
+const GORUSH_IOS_ONLY: &[&str] = &[
+    "expiration",
+    "apns_id",
+    "push_type",
+    "badge",
+    "category",
+    "thread-id",
+    "url-args",
+    "alert",
+    "name",
+    "volume",
+    "interruption_level",
+    "relevance-score",
+    "content-state",
+    "stale-date",
+    "dismissal-date",
+    "event",
+    "timestamp",
+    "attributes-type",
+    "attributes",
+];
+
+/// gorush fields only Android entries take ([`android_only_fields`], and `image`).
+const GORUSH_ANDROID_ONLY: &[&str] = &[
+    "condition",
+    "collapse_key",
+    "time_to_live",
+    "restricted_package_name",
+    "notification",
+    "android",
+    "webpush",
+    "fcm_options",
+    "image",
+];
+
+/// gorush fields every entry refuses unless null or false ([`gorush_refusals`]): left out of
+/// the document.
+const GORUSH_REFUSED: &[&str] = &[
+    "api_key",
+    "dry_run",
+    "development",
+    "production",
+    "app_id",
+    "huawei_notification",
+    "huawei_data",
+    "huawei_collapse_key",
+    "huawei_ttl",
+    "bi_tag",
+    "fast_app_target",
+];
+
+/// FCM's reserved `data` keys, as a schema that matches them.
+fn fcm_reserved_key() -> Value {
+    json!({"anyOf": [{"enum": ["from", "message_type"]}, {"pattern": "^(google|gcm)"}]})
+}
+
+/// The gorush and gaurun request schemas: one entry shape per platform, as the endpoints
+/// refuse the other platform's fields (gorush) and check tokens and keys by platform.
+pub(crate) fn document_requests(schemas: &mut Map<String, Value>) {
+    let fcm_message = schemas["FcmMessage"]["properties"].clone();
+    let part = |name: &str| {
+        let mut schema = fcm_message.get(name).cloned().unwrap_or_else(|| json!({}));
+        if let Value::Object(map) = &mut schema {
+            map.insert("type".into(), json!(["object", "null"]));
+        }
+        schema
+    };
+    let apns_token = json!({"$ref": "#/components/schemas/ApnsToken"});
+    let fcm_token = json!({"$ref": "#/components/schemas/FcmToken"});
+    let tokens_of = |token: &Value| {
+        json!({"type": "array", "items": {"anyOf": [token, {"type": "string"}]},
+            "description": "Device tokens of the entry's platform; a malformed one is left out and reported in the answer"})
+    };
+    let present = |field: &str| json!({"required": [field], "properties": {field: {"type": "string"}}});
+    let some_tokens = |field: &str| json!({"required": [field], "properties": {field: {"minItems": 1}}});
+    let to_topic = json!({"required": ["to"], "properties": {"to": {"type": "string", "pattern": "^/topics/"}}});
+    let to_device = json!({"required": ["to"], "properties": {"to": {"type": "string", "not": {"pattern": "^/topics/"}}}});
+
+    // gorush
+    let base = schemas["GorushNotification"]["properties"]
+        .as_object()
+        .cloned()
+        .expect("gorush's properties");
+    let variant = |platform: i64, leave_out: &[&str]| {
+        let mut properties: Map<String, Value> = base
+            .iter()
+            .filter(|(name, _)| !leave_out.contains(&name.as_str()))
+            .filter(|(name, _)| !GORUSH_REFUSED.contains(&name.as_str()))
+            .map(|(name, schema)| (name.clone(), schema.clone()))
+            .collect();
+        properties.insert("platform".into(), json!({"type": "integer", "const": platform}));
+        properties
+    };
+    let mut ios = variant(IOS, GORUSH_ANDROID_ONLY);
+    ios.insert("tokens".into(), tokens_of(&apns_token));
+    ios.insert("topic".into(), json!({"$ref": "#/components/schemas/ApnsTopic"}));
+    ios.insert("apns".into(), json!({"type": ["object", "null"],
+        "properties": {"aps": {"type": "object"}},
+        "description": "Raw payload keys beside `aps`; an `aps` inside adds to `aps`"}));
+    ios.insert("data".into(), json!({"type": ["object", "null"],
+        "propertyNames": {"not": {"const": "aps"}},
+        "description": "Keys beside `aps`"}));
+    let mut android = variant(ANDROID, GORUSH_IOS_ONLY);
+    android.insert("tokens".into(), tokens_of(&fcm_token));
+    android.insert("topic".into(), json!({"$ref": "#/components/schemas/FcmTopic"}));
+    android.insert("condition".into(), json!({"$ref": "#/components/schemas/FcmCondition"}));
+    android.insert("to".into(), json!({"type": ["string", "null"], "anyOf": [
+        {"type": "null"},
+        {"type": "string", "not": {"pattern": "^/topics/"}},
+        {"$ref": "#/components/schemas/FcmTopic"},
+    ], "description": "One more token, or `/topics/<name>` for a topic"}));
+    android.insert("data".into(), json!({"type": ["object", "null"],
+        "propertyNames": {"not": fcm_reserved_key()},
+        "description": "FCM `data` (non-strings JSON-encoded); not a key FCM reserves"}));
+    for name in ["notification", "android", "webpush", "apns"] {
+        android.insert(name.into(), part(name));
+    }
+    android.insert("fcm_options".into(), json!({"type": ["object", "null"]}));
+    let entry = |properties: Map<String, Value>, title: &str, rules: Value| {
+        let mut schema = json!({
+            "type": "object",
+            "title": title,
+            "required": ["platform"],
+            "additionalProperties": false,
+            "properties": properties,
+        });
+        schema["allOf"] = rules;
+        schema
+    };
+    let gorush_ios = entry(
+        ios,
+        "iOS",
+        json!([{"anyOf": [some_tokens("tokens"), present("to")]}]),
+    );
+    let target = json!({"anyOf": [present("topic"), present("condition"), to_topic]});
+    let gorush_android = entry(
+        android,
+        "Android",
+        json!([
+            {"anyOf": [some_tokens("tokens"), present("to"), present("topic"), present("condition")]},
+            {"not": {"allOf": [{"anyOf": [present("topic"), to_topic]}, present("condition")]}},
+            {"not": {"allOf": [target, {"anyOf": [some_tokens("tokens"), to_device]}]}},
+        ]),
+    );
+    let description = schemas["GorushNotification"]["description"].clone();
+    schemas.insert(
+        "GorushNotification".into(),
+        json!({"description": description, "oneOf": [gorush_ios, gorush_android]}),
+    );
+
+    // gaurun
+    let base = schemas["GaurunNotification"]["properties"]
+        .as_object()
+        .cloned()
+        .expect("gaurun's properties");
+    let extend = |key: Value| {
+        json!({"type": "array", "items": {
+            "type": "object", "required": ["key", "val"], "additionalProperties": false,
+            "properties": {"key": key, "val": {"type": "string"}}}})
+    };
+    let gaurun_entry = |platform: i64, token: &Value, key: Value, title: &str| {
+        let mut properties = base.clone();
+        properties.insert("platform".into(), json!({"type": "integer", "const": platform}));
+        properties.insert("token".into(), tokens_of(token));
+        properties.insert("extend".into(), extend(key));
+        json!({
+            "type": "object",
+            "title": title,
+            "required": ["platform"],
+            "additionalProperties": false,
+            "properties": properties,
+            "anyOf": [some_tokens("token")],
+        })
+    };
+    let gaurun_ios = gaurun_entry(
+        IOS,
+        &apns_token,
+        json!({"type": "string", "not": {"const": "aps"}}),
+        "iOS",
+    );
+    let gaurun_android = gaurun_entry(
+        ANDROID,
+        &fcm_token,
+        json!({"type": "string", "not": fcm_reserved_key()}),
+        "Android",
+    );
+    let description = schemas["GaurunNotification"]["description"].clone();
+    schemas.insert(
+        "GaurunNotification".into(),
+        json!({"description": description, "oneOf": [gaurun_ios, gaurun_android]}),
+    );
+    schemas.remove("Extend");
 }

@@ -28,6 +28,7 @@ mod limit;
 mod link;
 mod metrics;
 pub mod native;
+pub mod openapi;
 pub mod ops;
 mod render;
 mod serve;
@@ -42,7 +43,6 @@ use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::Router;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -295,26 +295,9 @@ pub(crate) async fn cpu<T: Send + 'static>(
 
 /// The front's routes on `state`, with the drain gate and request metrics.
 pub fn router(state: FrontState) -> Router {
-    Router::new()
-        .route("/v1/apps/{app}/notifications", post(native::submit))
-        .route(
-            "/v1/jobs/{id}",
-            get(native::job_status).delete(native::job_cancel),
-        )
-        .route("/v1/jobs/{id}/invalid-tokens", get(native::invalid_tokens))
-        .route("/api/push", post(compat::gorush))
-        .route("/push", post(compat::gaurun))
-        .route("/stat/app", get(ops::stat_app))
-        .route("/api/stat/app", get(ops::stat_app))
-        .route("/stat/runtime", get(ops::stat_runtime))
-        .route("/stat/go", get(ops::stat_go))
-        .route("/api/stat/go", get(ops::stat_go))
-        .route("/sys/stats", get(ops::sys_stats))
-        .route("/config/app", get(ops::config_app))
-        .route("/api/config", get(ops::gorush_config))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
+    // Every route comes with its part of the OpenAPI document (`openapi::routes`).
+    let (routes, _) = openapi::routes().split_for_parts();
+    routes
         .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -9,6 +9,7 @@ use axum::Json;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 use volley_contracts::{
     FailureCount, Fingerprint, IdempotencyKey, InvalidToken, JobId, JobStatus, Platform, Rejected,
     RejectedToken, SubmitJob, TokenList,
@@ -46,50 +47,89 @@ const NAMES: Names = Names {
     apns_id: "apns_id",
 };
 
-/// The body of `POST /v1/apps/{app}/notifications`.
-#[derive(Deserialize)]
+/// The body of `POST /v1/apps/{app}/notifications`: one notification, many tokens.
+/// Unknown fields are refused (422 naming the field). The document's schema adds what the
+/// types cannot say (`crate::openapi`): at least one well-formed token, a topic or a
+/// condition; one spelling per platform; `strict`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = NotificationRequest)]
 struct NativeRequest {
+    /// Tokens by platform.
     #[serde(default)]
+    #[schema(value_type = crate::openapi::Targets)]
     targets: Targets,
     /// Flat spelling of `targets.apns`.
     #[serde(default)]
+    #[schema(value_type = crate::openapi::ApnsTokens)]
     apns_tokens: Tokens<ApnsRule>,
     /// Flat spelling of `targets.fcm`.
     #[serde(default)]
+    #[schema(value_type = crate::openapi::FcmTokens)]
     fcm_tokens: Tokens<FcmRule>,
+    /// APNs `aps.alert.title`; FCM `notification.title`.
     title: Option<String>,
+    /// APNs `aps.alert.body`; FCM `notification.body`.
     body: Option<String>,
+    /// APNs `aps.alert.subtitle`.
     subtitle: Option<String>,
+    /// APNs `aps.badge`.
     badge: Option<u32>,
+    /// APNs `aps.sound`; FCM `android.notification.sound`.
     sound: Option<String>,
+    /// App data: APNs keys beside `aps`; FCM `data` (non-strings JSON-encoded). Neither `aps`
+    /// nor a key FCM reserves (`from`, `message_type`, `google*`, `gcm*`) when sending there.
     #[serde(default)]
+    #[schema(value_type = Object)]
     data: Map<String, Value>,
+    /// APNs `apns-priority` 10 / 5 / 1; FCM `android.priority`.
+    #[schema(value_type = Option<crate::openapi::Priority>)]
     priority: Option<PriorityInput>,
+    /// APNs `apns-collapse-id`; FCM `android.collapse_key`.
+    #[schema(value_type = Option<crate::openapi::CollapseId>)]
     collapse_id: Option<String>,
+    /// APNs `apns-expiration` (epoch seconds); FCM `android.ttl` = the seconds until then (at
+    /// most 28 days), when `ttl` is absent.
     expiration: Option<u64>,
+    /// Seconds a provider keeps the notification for an offline device (at most 28 days; 0 =
+    /// try once): APNs `apns-expiration` = now + ttl, FCM `android.ttl`.
+    #[schema(value_type = Option<crate::openapi::Ttl>)]
     ttl: Option<u64>,
+    /// APNs `apns-push-type` (default `alert`; `background` for a `content_available` push
+    /// with no alert, badge or sound).
+    #[schema(value_type = Option<crate::openapi::PushTypeName>)]
     push_type: Option<String>,
+    /// APNs `aps.content-available: 1`.
     #[serde(default)]
     content_available: bool,
+    /// APNs `aps.mutable-content: 1`.
     #[serde(default)]
     mutable_content: bool,
+    /// APNs `aps.category`.
     category: Option<String>,
+    /// APNs `aps.thread-id`.
     thread_id: Option<String>,
+    /// FCM `notification.image` (a URL).
     image: Option<String>,
     /// Raw APNs payload (`{"aps": {...}, ...}`) the typed fields are written over.
+    #[schema(value_type = Option<crate::openapi::ApnsPayload>)]
     apns: Option<Map<String, Value>>,
     /// Raw FCM message fields (`android`, `webpush`, `apns`, `fcm_options`) the typed fields are
     /// written over.
+    #[schema(value_type = Option<crate::openapi::FcmMessage>)]
     fcm: Option<FcmMessage>,
     /// APNs: the `apns-topic` to send with, verbatim (default: the app's bundle id with the
     /// suffix Apple requires for the push type).
+    #[schema(value_type = Option<crate::openapi::ApnsTopic>)]
     apns_topic: Option<String>,
     /// APNs: the `apns-id` of every notification of the job (a UUID).
+    #[schema(format = Uuid)]
     apns_id: Option<String>,
     /// FCM: send to this topic (`news` or `/topics/news`) instead of tokens.
+    #[schema(value_type = Option<crate::openapi::FcmTopic>)]
     topic: Option<String>,
     /// FCM: send to the devices subscribed to this condition instead of tokens.
+    #[schema(value_type = Option<crate::openapi::FcmCondition>)]
     condition: Option<String>,
     /// Refuse the whole request when one token is malformed (default: accept the others and
     /// report the malformed ones).
@@ -150,9 +190,10 @@ impl<'de> DeserializeSeed<'de> for UnknownPlatform {
 }
 
 /// The answer to an accepted submission.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Accepted {
     /// The job's id.
+    #[schema(format = Uuid)]
     pub id: String,
     /// How many notifications were accepted.
     pub accepted: u64,
@@ -164,8 +205,9 @@ pub struct Accepted {
 }
 
 /// A token refused before it was sent.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RejectedView {
+    #[schema(value_type = crate::openapi::PlatformName)]
     platform: &'static str,
     /// Where it was in the request: `targets.apns[3]`.
     field: String,
@@ -491,6 +533,21 @@ pub(crate) fn record_accepted(state: &FrontState, app: usize, prepared: (&str, u
 /// `POST /v1/apps/{app}/notifications`: validates, renders once and queues a job. A repeat
 /// of an earlier request with its `Idempotency-Key` is answered as the first was, with
 /// `Idempotent-Replayed: true`.
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/notifications",
+    operation_id = "submit",
+    tag = "notifications",
+    params(
+        ("app" = String, Path, description = "The app to send for; the API key must be one of its keys"),
+        ("Idempotency-Key" = Option<crate::openapi::IdempotencyKey>, Header,
+            description = "Repeating a submission with the same key answers with the first job"),
+    ),
+    request_body(content = NativeRequest, content_type = "application/json"),
+    responses((status = 202, description = "The job is queued: every accepted notification \
+        will reach a final outcome", body = Accepted)),
+    security(("api_key" = []))
+)]
 pub async fn submit(
     State(state): State<FrontState>,
     Path(app): Path<String>,
@@ -546,21 +603,36 @@ pub async fn submit(
 }
 
 /// A job's status as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct JobView {
+    #[schema(format = Uuid)]
     id: String,
     app: String,
+    /// `queued`, `running`, `done` (every notification has a final outcome) or `cancelled`.
+    #[schema(value_type = crate::openapi::JobState)]
     state: &'static str,
+    /// Notifications in the job.
     accepted: u64,
+    /// Accepted by the provider.
     delivered: u64,
+    /// Failed for good after retries, other than invalid tokens; grouped in `failures`.
     failed: u64,
+    /// Tokens the provider called invalid; listed in `invalid_tokens`.
     invalid: u64,
+    /// Not sent because the job was cancelled.
     cancelled: u64,
+    /// Not final yet.
     pending: u64,
+    /// Notifications resent after an agent or connection was lost at a moment when the
+    /// provider may already have had them.
     possible_duplicates: u64,
+    /// The first `invalid_limit` invalid tokens.
     invalid_tokens: Vec<InvalidTokenView>,
+    /// Failures grouped by platform, class and reason.
     failures: Vec<FailureView>,
+    /// When the job was accepted, ms since the epoch.
     created_ms: u64,
+    /// When its last notification became final, ms since the epoch.
     finished_ms: Option<u64>,
     /// Why the job is not moving, while that lasts (e.g. no agent serves its app).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -571,10 +643,13 @@ pub struct JobView {
     rejected_tokens: Vec<RejectedView>,
 }
 
-#[derive(Debug, Serialize)]
-struct InvalidTokenView {
+/// A token the provider called invalid.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InvalidTokenView {
+    #[schema(value_type = crate::openapi::PlatformName)]
     platform: &'static str,
     token: String,
+    /// The provider's reason, verbatim (`Unregistered`, `BadDeviceToken`, `UNREGISTERED`...).
     reason: String,
     /// APNs 410: when the token stopped being valid, ms since the epoch.
     timestamp: Option<u64>,
@@ -591,10 +666,15 @@ impl From<InvalidToken> for InvalidTokenView {
     }
 }
 
-#[derive(Debug, Serialize)]
-struct FailureView {
+/// Notifications that failed for one platform, class and reason.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FailureView {
+    #[schema(value_type = crate::openapi::PlatformName)]
     platform: &'static str,
+    /// `transient` (retries exhausted), `credential` (the app's key or certificate is
+    /// refused), `bad_request` or `internal`.
     class: String,
+    /// The provider's reason, verbatim.
     reason: String,
     count: u64,
 }
@@ -692,6 +772,19 @@ async fn owned_status(
 }
 
 /// `GET /v1/jobs/{id}?invalid_limit=N`: the job's progress.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    operation_id = "job_status",
+    tag = "jobs",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The job's id"),
+        ("invalid_limit" = Option<u32>, Query,
+            description = "Most invalid tokens listed (default 1000); the counts are always complete"),
+    ),
+    responses((status = 200, description = "The job's progress", body = JobView)),
+    security(("api_key" = []))
+)]
 pub async fn job_status(
     State(state): State<FrontState>,
     Path(id): Path<String>,
@@ -706,9 +799,11 @@ pub async fn job_status(
 }
 
 /// One page of a job's invalid tokens.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct InvalidTokensView {
+    #[schema(format = Uuid)]
     job: String,
+    /// Invalid tokens so far; final once the job is `done`.
     total: u64,
     tokens: Vec<InvalidTokenView>,
     /// Pass as `cursor` for the next page; `null` at the end of the list so far.
@@ -747,6 +842,21 @@ fn page_params(query: Option<&str>) -> Result<(u32, u64), ApiError> {
 /// `GET /v1/jobs/{id}/invalid-tokens?page_size=N&cursor=C`: the job's invalid tokens, paged
 /// in the order their reports arrived (new ones are appended, so pages stay stable while the
 /// job runs).
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/invalid-tokens",
+    operation_id = "invalid_tokens",
+    tag = "jobs",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The job's id"),
+        ("page_size" = Option<u32>, Query, minimum = 1, maximum = 10000,
+            description = "Tokens per page (default 1000)"),
+        ("cursor" = Option<u64>, Query,
+            description = "The `next_cursor` of the previous page (default: the start)"),
+    ),
+    responses((status = 200, description = "One page of the job's invalid tokens", body = InvalidTokensView)),
+    security(("api_key" = []))
+)]
 pub async fn invalid_tokens(
     State(state): State<FrontState>,
     Path(id): Path<String>,
@@ -783,6 +893,16 @@ pub async fn invalid_tokens(
 
 /// `DELETE /v1/jobs/{id}`: cancels the job; answers its status, `cancelled` once every
 /// notification is final, `cancelling` while chunks already out with agents finish.
+#[utoipa::path(
+    delete,
+    path = "/v1/jobs/{id}",
+    operation_id = "job_cancel",
+    tag = "jobs",
+    params(("id" = uuid::Uuid, Path, description = "The job's id")),
+    responses((status = 200, description = "The job's status after the cancel (`state: cancelled`); \
+        what was sent stays sent", body = JobView)),
+    security(("api_key" = []))
+)]
 pub async fn job_cancel(
     State(state): State<FrontState>,
     Path(id): Path<String>,

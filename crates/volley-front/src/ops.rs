@@ -6,6 +6,7 @@
 //! `<redacted>`), but they do show app names and cluster shape, so firewall them from the
 //! public side (see `docs/api.md`).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -14,9 +15,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 use volley_contracts::{ClusterStats, Platform};
 
-use crate::error::{ApiError, Code};
+use crate::error::ApiError;
 use crate::FrontState;
 
 /// How long `/readyz` waits for the controller.
@@ -33,32 +35,177 @@ async fn stats(state: &FrontState) -> Result<ClusterStats, ApiError> {
         .map_err(ApiError::from_wire)
 }
 
-/// `GET /healthz`: 200 whenever the process serves HTTP.
-pub async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// `GET /healthz`: 200 whenever the process serves HTTP (a liveness probe).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "The process serves HTTP", body = Probe,
+        example = json!({"status": "ok"})))
+)]
+pub async fn healthz() -> Json<Probe> {
+    Json(Probe { status: "ok" })
 }
 
-/// `GET /readyz`: 200 when the controller answers and the front is not draining.
-pub async fn readyz(State(state): State<FrontState>) -> Response {
+/// `GET /readyz`: 200 when the controller answers within 2 s and the front is not draining
+/// (a readiness probe).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "Ready to take work", body = Probe,
+        example = json!({"status": "ready"})))
+)]
+pub async fn readyz(State(state): State<FrontState>) -> Result<Json<Probe>, ApiError> {
     if state.is_draining() {
-        return ApiError::draining().into_response();
+        return Err(ApiError::draining());
     }
-    match stats(&state).await {
-        Ok(_) => Json(json!({"status": "ready"})).into_response(),
-        Err(error) => error.into_response(),
-    }
+    stats(&state).await?;
+    Ok(Json(Probe { status: "ready" }))
 }
 
-#[derive(Serialize, Default)]
-struct PushCounts {
+/// `GET /healthz` and `GET /readyz`: what a probe reads.
+#[derive(Serialize, ToSchema)]
+pub struct Probe {
+    /// `ok` (`/healthz`) or `ready` (`/readyz`).
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// Notifications delivered and failed on one platform.
+#[derive(Serialize, Default, ToSchema)]
+pub struct PushCounts {
+    /// Delivered.
     push_success: u64,
+    /// Failed or invalid.
     push_error: u64,
 }
 
-/// `GET /stat/app` and `GET /api/stat/app`: gaurun's and gorush's statistics shapes in one
-/// answer (each client reads its own keys), filled from the controller, plus Volley's queues,
-/// agents and rejections.
-pub async fn stat_app(State(state): State<FrontState>) -> Result<Json<Value>, ApiError> {
+/// One of the controller's scheduler queues (an app's chunks for one platform).
+#[derive(Serialize, ToSchema)]
+pub struct QueueView {
+    app: String,
+    #[schema(value_type = crate::openapi::PlatformName)]
+    platform: &'static str,
+    /// Chunks waiting to be handed out.
+    chunks: u64,
+    /// Notifications in those chunks.
+    notifications: u64,
+    /// Calls out with agents that carry its chunks.
+    in_flight: u64,
+    /// No registered agent declared this app and platform.
+    waiting_for_agent: bool,
+    /// Agents that serve it but paused it (their circuit for it is open).
+    paused_agents: u32,
+    /// Why its chunks are not moving, while they are not.
+    waiting: Option<String>,
+}
+
+/// Submissions refused, by `error.code` (the front's) and by reason (the controller's).
+#[derive(Serialize, ToSchema)]
+pub struct Rejections {
+    /// This front's refusals by `error.code`, non-zero ones only.
+    #[schema(value_type = BTreeMap<String, u64>)]
+    front: BTreeMap<&'static str, u64>,
+    /// The controller's refusals: `overloaded`, `draining`, `too_large`, `empty`, `store`,
+    /// `no_credentials`.
+    controller: BTreeMap<String, u64>,
+}
+
+/// Invalid-token webhook deliveries of one app.
+#[derive(Serialize, ToSchema)]
+pub struct WebhookView {
+    app: String,
+    pending_batches: u64,
+    delivered_batches: u64,
+    failed_attempts: u64,
+}
+
+/// A registered agent.
+#[derive(Serialize, ToSchema)]
+pub struct AgentView {
+    /// Its registration id.
+    id: u64,
+    name: String,
+    addr: String,
+    /// Chunks out with it.
+    in_flight: u32,
+    /// Chunks it has completed.
+    chunks_done: u64,
+}
+
+/// Delivery counters of one app and platform.
+#[derive(Serialize, ToSchema)]
+pub struct AppView {
+    app: String,
+    #[schema(value_type = crate::openapi::PlatformName)]
+    platform: &'static str,
+    push_success: u64,
+    /// Failed and invalid notifications.
+    push_error: u64,
+}
+
+/// gaurun's and gorush's statistics in one answer (each client reads its own keys), plus
+/// Volley's queues, agents and rejections.
+#[derive(Serialize, ToSchema)]
+pub struct StatApp {
+    /// gorush: the server's version.
+    version: &'static str,
+    /// gorush: chunks out with agents.
+    busy_workers: u64,
+    /// gorush: notifications delivered.
+    success_tasks: u64,
+    /// gorush: notifications failed or invalid.
+    failure_tasks: u64,
+    /// gorush: delivered, failed and pending notifications.
+    submitted_tasks: u64,
+    /// gorush: always zero (no Huawei provider).
+    huawei: PushCounts,
+    /// gaurun: `controller.max_pending_notifications`.
+    queue_max: u64,
+    /// gaurun: agents × `agent.window`.
+    pusher_max: u64,
+    /// gaurun: chunks out with agents.
+    pusher_count: u64,
+    /// Chunks waiting in the controller's scheduler.
+    queue_usage: u64,
+    /// The scheduler's queues with chunks queued or out.
+    queues: Vec<QueueView>,
+    /// `controller.max_pending_notifications`.
+    max_pending_notifications: u64,
+    rejections: Rejections,
+    webhooks: Vec<WebhookView>,
+    /// Delivered, failed and invalid notifications.
+    total_count: u64,
+    ios: PushCounts,
+    android: PushCounts,
+    /// Notifications accepted and not final yet.
+    pending_notifications: u64,
+    /// Jobs not final yet.
+    active_jobs: u64,
+    /// Chunks handed to another agent after theirs failed.
+    chunks_redispatched: u64,
+    /// Registered agents.
+    workers: u64,
+    agents: Vec<AgentView>,
+    apps: Vec<AppView>,
+}
+
+/// `GET /stat/app` (gaurun): the statistics of gaurun and gorush in one answer, filled from
+/// the controller, plus Volley's queues, agents and rejections.
+#[utoipa::path(
+    get,
+    path = "/stat/app",
+    operation_id = "stat_app",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "The cluster's statistics", body = StatApp))
+)]
+pub async fn stat_app(State(state): State<FrontState>) -> Result<Json<StatApp>, ApiError> {
     let stats = stats(&state).await?;
     let mut ios = PushCounts::default();
     let mut android = PushCounts::default();
@@ -70,103 +217,96 @@ pub async fn stat_app(State(state): State<FrontState>) -> Result<Json<Value>, Ap
         side.push_success += counters.success;
         side.push_error += counters.error;
     }
-    let agents: Vec<Value> = stats
-        .agents
-        .iter()
-        .map(|a| {
-            json!({
-                "id": a.id.0,
-                "name": a.name,
-                "addr": a.addr,
-                "in_flight": a.in_flight,
-                "chunks_done": a.chunks_done,
-            })
-        })
-        .collect();
-    let apps: Vec<Value> = stats
-        .apps
-        .iter()
-        .map(|c| {
-            json!({
-                "app": c.app,
-                "platform": c.platform.as_str(),
-                "push_success": c.success,
-                "push_error": c.error,
-            })
-        })
-        .collect();
-    let front_rejections: serde_json::Map<String, Value> = state
-        .inner
-        .metrics
-        .rejections()
-        .into_iter()
-        .map(|(reason, n)| (reason.to_owned(), json!(n)))
-        .collect();
-    let controller_rejections: serde_json::Map<String, Value> = stats
-        .rejections
-        .iter()
-        .map(|r| (r.reason.clone(), json!(r.count)))
-        .collect();
-    let webhooks: Vec<Value> = stats
-        .webhooks
-        .iter()
-        .map(|w| {
-            json!({
-                "app": w.app,
-                "pending_batches": w.pending_batches,
-                "delivered_batches": w.delivered_batches,
-                "failed_attempts": w.failed_attempts,
-            })
-        })
-        .collect();
-    let queues: Vec<Value> = stats
-        .queues
-        .iter()
-        .map(|q| {
-            json!({
-                "app": q.app,
-                "platform": q.platform.as_str(),
-                "chunks": q.chunks,
-                "notifications": q.notifications,
-                "in_flight": q.in_flight,
-                "waiting_for_agent": q.waiting_for_agent,
-                "paused_agents": q.paused_agents,
-                "waiting": q.waiting,
-            })
-        })
-        .collect();
     let in_flight: u64 = stats.agents.iter().map(|a| u64::from(a.in_flight)).sum();
     let window = u64::from(state.inner.config.agent.window);
     let success = ios.push_success + android.push_success;
     let error = ios.push_error + android.push_error;
-    Ok(Json(json!({
-        // gorush
-        "version": env!("CARGO_PKG_VERSION"),
-        "busy_workers": in_flight,
-        "success_tasks": success,
-        "failure_tasks": error,
-        "submitted_tasks": success + error + stats.pending_notifications,
-        "huawei": PushCounts::default(),
-        // gaurun
-        "queue_max": stats.max_pending_notifications,
-        "pusher_max": window * stats.agents.len() as u64,
-        "pusher_count": in_flight,
-        // both, then Volley's own
-        "queue_usage": stats.queue_usage,
-        "queues": queues,
-        "max_pending_notifications": stats.max_pending_notifications,
-        "rejections": {"front": front_rejections, "controller": controller_rejections},
-        "webhooks": webhooks,
-        "total_count": success + error,
-        "ios": ios,
-        "android": android,
-        "pending_notifications": stats.pending_notifications,
-        "active_jobs": stats.active_jobs,
-        "chunks_redispatched": stats.chunks_redispatched,
-        "workers": stats.agents.len(),
-        "agents": agents,
-        "apps": apps,
-    })))
+    Ok(Json(StatApp {
+        version: env!("CARGO_PKG_VERSION"),
+        busy_workers: in_flight,
+        success_tasks: success,
+        failure_tasks: error,
+        submitted_tasks: success + error + stats.pending_notifications,
+        huawei: PushCounts::default(),
+        queue_max: stats.max_pending_notifications,
+        pusher_max: window * stats.agents.len() as u64,
+        pusher_count: in_flight,
+        queue_usage: stats.queue_usage,
+        queues: stats
+            .queues
+            .iter()
+            .map(|q| QueueView {
+                app: q.app.clone(),
+                platform: q.platform.as_str(),
+                chunks: q.chunks,
+                notifications: q.notifications,
+                in_flight: q.in_flight,
+                waiting_for_agent: q.waiting_for_agent,
+                paused_agents: q.paused_agents,
+                waiting: q.waiting.clone(),
+            })
+            .collect(),
+        max_pending_notifications: stats.max_pending_notifications,
+        rejections: Rejections {
+            front: state.inner.metrics.rejections().into_iter().collect(),
+            controller: stats
+                .rejections
+                .iter()
+                .map(|r| (r.reason.clone(), r.count))
+                .collect(),
+        },
+        webhooks: stats
+            .webhooks
+            .iter()
+            .map(|w| WebhookView {
+                app: w.app.clone(),
+                pending_batches: w.pending_batches,
+                delivered_batches: w.delivered_batches,
+                failed_attempts: w.failed_attempts,
+            })
+            .collect(),
+        total_count: success + error,
+        ios,
+        android,
+        pending_notifications: stats.pending_notifications,
+        active_jobs: stats.active_jobs,
+        chunks_redispatched: stats.chunks_redispatched,
+        workers: stats.agents.len() as u64,
+        agents: stats
+            .agents
+            .iter()
+            .map(|a| AgentView {
+                id: a.id.0,
+                name: a.name.clone(),
+                addr: a.addr.clone(),
+                in_flight: a.in_flight,
+                chunks_done: a.chunks_done,
+            })
+            .collect(),
+        apps: stats
+            .apps
+            .iter()
+            .map(|c| AppView {
+                app: c.app.clone(),
+                platform: c.platform.as_str(),
+                push_success: c.success,
+                push_error: c.error,
+            })
+            .collect(),
+    }))
+}
+
+/// `GET /api/stat/app` (gorush): the same answer as `/stat/app`.
+#[utoipa::path(
+    get,
+    path = "/api/stat/app",
+    operation_id = "gorush_stat_app",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "The cluster's statistics", body = StatApp))
+)]
+pub async fn gorush_stat_app(state: State<FrontState>) -> Result<Json<StatApp>, ApiError> {
+    stat_app(state).await
 }
 
 /// A field of `/proc/self/status` given in kB, in bytes (Linux only).
@@ -188,46 +328,108 @@ fn unix_nanos() -> u128 {
         .map_or(0, |d| d.as_nanos())
 }
 
+/// The Go runtime statistics gaurun and gorush serve (golang-stats-api-handler's shape),
+/// filled from this process: see [`stat_go`].
+#[derive(Serialize, ToSchema)]
+pub struct StatGo {
+    /// Now, in ns since the epoch.
+    time: u64,
+    /// `volley <version> (rust)`.
+    go_version: &'static str,
+    go_os: &'static str,
+    go_arch: &'static str,
+    cpu_num: u64,
+    /// Tokio's live tasks.
+    goroutine_num: u64,
+    /// Tokio's workers.
+    gomaxprocs: u64,
+    cgo_call_num: u64,
+    /// Resident memory, bytes.
+    memory_alloc: u64,
+    memory_total_alloc: u64,
+    memory_sys: u64,
+    memory_lookups: u64,
+    memory_mallocs: u64,
+    memory_frees: u64,
+    /// The main stack, bytes.
+    memory_stack: u64,
+    heap_alloc: u64,
+    /// The data segment, bytes.
+    heap_sys: u64,
+    heap_idle: u64,
+    heap_inuse: u64,
+    heap_released: u64,
+    heap_objects: u64,
+    gc_next: u64,
+    gc_last: u64,
+    gc_num: u64,
+    gc_per_second: f64,
+    gc_pause_per_second: f64,
+    /// Always empty: no garbage collector.
+    gc_pause: Vec<f64>,
+}
+
 /// `GET /stat/go` (gaurun) and `GET /api/stat/go` (gorush): the runtime in the shape of the
 /// Go handler both serve there (golang-stats-api-handler). A Rust process has no goroutines
 /// or garbage collector: `goroutine_num` is Tokio's live tasks, `gomaxprocs` its workers,
 /// memory comes from `/proc/self/status` (`memory_sys` and `memory_alloc` resident memory,
 /// `heap_sys` the data segment, `memory_stack` the main stack), and the GC fields are zero.
-pub async fn stat_go() -> Json<Value> {
+#[utoipa::path(
+    get,
+    path = "/stat/go",
+    operation_id = "stat_go",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "This process's runtime", body = StatGo))
+)]
+pub async fn stat_go() -> Json<StatGo> {
     let metrics = tokio::runtime::Handle::current().metrics();
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| proc_status_bytes(&status, name).unwrap_or(0);
     let rss = field("VmRSS:");
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    Json(json!({
-        "time": unix_nanos() as u64,
-        "go_version": concat!("volley ", env!("CARGO_PKG_VERSION"), " (rust)"),
-        "go_os": std::env::consts::OS,
-        "go_arch": std::env::consts::ARCH,
-        "cpu_num": cpus,
-        "goroutine_num": metrics.num_alive_tasks(),
-        "gomaxprocs": metrics.num_workers(),
-        "cgo_call_num": 0,
-        "memory_alloc": rss,
-        "memory_total_alloc": rss,
-        "memory_sys": rss,
-        "memory_lookups": 0,
-        "memory_mallocs": 0,
-        "memory_frees": 0,
-        "memory_stack": field("VmStk:"),
-        "heap_alloc": rss,
-        "heap_sys": field("VmData:"),
-        "heap_idle": 0,
-        "heap_inuse": rss,
-        "heap_released": 0,
-        "heap_objects": 0,
-        "gc_next": 0,
-        "gc_last": 0,
-        "gc_num": 0,
-        "gc_per_second": 0,
-        "gc_pause_per_second": 0,
-        "gc_pause": [],
-    }))
+    Json(StatGo {
+        time: unix_nanos() as u64,
+        go_version: concat!("volley ", env!("CARGO_PKG_VERSION"), " (rust)"),
+        go_os: std::env::consts::OS,
+        go_arch: std::env::consts::ARCH,
+        cpu_num: cpus as u64,
+        goroutine_num: metrics.num_alive_tasks() as u64,
+        gomaxprocs: metrics.num_workers() as u64,
+        cgo_call_num: 0,
+        memory_alloc: rss,
+        memory_total_alloc: rss,
+        memory_sys: rss,
+        memory_lookups: 0,
+        memory_mallocs: 0,
+        memory_frees: 0,
+        memory_stack: field("VmStk:"),
+        heap_alloc: rss,
+        heap_sys: field("VmData:"),
+        heap_idle: 0,
+        heap_inuse: rss,
+        heap_released: 0,
+        heap_objects: 0,
+        gc_next: 0,
+        gc_last: 0,
+        gc_num: 0,
+        gc_per_second: 0.0,
+        gc_pause_per_second: 0.0,
+        gc_pause: Vec::new(),
+    })
+}
+
+/// `GET /api/stat/go` (gorush): the same answer as `/stat/go`.
+#[utoipa::path(
+    get,
+    path = "/api/stat/go",
+    operation_id = "gorush_stat_go",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "This process's runtime", body = StatGo))
+)]
+pub async fn gorush_stat_go() -> Json<StatGo> {
+    stat_go().await
 }
 
 /// A duration as Go's `time.Duration` prints it for the common cases (`1.5s`, `250ms`, `12µs`).
@@ -241,41 +443,81 @@ fn go_duration(nanos: u64) -> String {
     }
 }
 
+/// gorush's HTTP statistics (its `thoas/stats` shape) for this front since it started.
+#[derive(Serialize, ToSchema)]
+pub struct SysStats {
+    pid: u32,
+    /// Go's duration text (`3600.2s`).
+    uptime: String,
+    uptime_sec: f64,
+    /// Now, in seconds since the epoch, as text.
+    time: String,
+    unixtime: u64,
+    /// Answers by status (`"200"`, `"202"`, ..., or `"other"`).
+    status_code_count: BTreeMap<String, u64>,
+    /// The same as `status_code_count`.
+    total_status_code_count: BTreeMap<String, u64>,
+    count: u64,
+    total_count: u64,
+    total_response_time: String,
+    total_response_time_sec: f64,
+    /// Not counted (0).
+    total_response_size: u64,
+    /// Not counted (0).
+    average_response_size: u64,
+    average_response_time: String,
+    average_response_time_sec: f64,
+    /// Always empty.
+    #[schema(value_type = Object)]
+    total_metrics_counts: BTreeMap<String, u64>,
+    /// Always empty.
+    #[schema(value_type = Object)]
+    average_metrics_timers: BTreeMap<String, f64>,
+}
+
 /// `GET /sys/stats`: gorush's HTTP statistics (the shape of its `thoas/stats` middleware),
 /// over every request this front answered since it started. `status_code_count` and `count`
 /// cover the same span as their `total_` twins.
-pub async fn sys_stats(State(state): State<FrontState>) -> Json<Value> {
+#[utoipa::path(
+    get,
+    path = "/sys/stats",
+    operation_id = "sys_stats",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "This front's HTTP statistics", body = SysStats))
+)]
+pub async fn sys_stats(State(state): State<FrontState>) -> Json<SysStats> {
     let answered = state.inner.metrics.answered();
-    let by_status: serde_json::Map<String, Value> = answered
+    let by_status: BTreeMap<String, u64> = answered
         .by_status
         .iter()
         .map(|(status, n)| {
             let status = status.map_or_else(|| "other".to_owned(), |s| s.to_string());
-            (status, json!(n))
+            (status, *n)
         })
         .collect();
     let uptime = state.inner.started.elapsed();
     let average = answered.nanos.checked_div(answered.count).unwrap_or(0);
     let now = unix_nanos();
-    Json(json!({
-        "pid": std::process::id(),
-        "uptime": go_duration(u64::try_from(uptime.as_nanos()).unwrap_or(u64::MAX)),
-        "uptime_sec": uptime.as_secs_f64(),
-        "time": format!("{}", now / 1_000_000_000),
-        "unixtime": (now / 1_000_000_000) as u64,
-        "status_code_count": by_status,
-        "total_status_code_count": by_status,
-        "count": answered.count,
-        "total_count": answered.count,
-        "total_response_time": go_duration(answered.nanos),
-        "total_response_time_sec": answered.nanos as f64 / 1e9,
-        "total_response_size": 0,
-        "average_response_size": 0,
-        "average_response_time": go_duration(average),
-        "average_response_time_sec": average as f64 / 1e9,
-        "total_metrics_counts": {},
-        "average_metrics_timers": {},
-    }))
+    Json(SysStats {
+        pid: std::process::id(),
+        uptime: go_duration(u64::try_from(uptime.as_nanos()).unwrap_or(u64::MAX)),
+        uptime_sec: uptime.as_secs_f64(),
+        time: format!("{}", now / 1_000_000_000),
+        unixtime: (now / 1_000_000_000) as u64,
+        status_code_count: by_status.clone(),
+        total_status_code_count: by_status,
+        count: answered.count,
+        total_count: answered.count,
+        total_response_time: go_duration(answered.nanos),
+        total_response_time_sec: answered.nanos as f64 / 1e9,
+        total_response_size: 0,
+        average_response_size: 0,
+        average_response_time: go_duration(average),
+        average_response_time_sec: average as f64 / 1e9,
+        total_metrics_counts: BTreeMap::new(),
+        average_metrics_timers: BTreeMap::new(),
+    })
 }
 
 /// Writes `value` as block YAML (strings quoted JSON-style, which YAML reads as they are).
@@ -304,6 +546,15 @@ fn yaml(out: &mut String, value: &Value, indent: usize) {
 /// `GET /api/config`: gorush's configuration shape (YAML, secrets redacted) describing what
 /// this front does for gorush clients: the endpoints, and the default app's providers.
 /// Volley's own effective configuration is at `/config/app`.
+#[utoipa::path(
+    get,
+    path = "/api/config",
+    operation_id = "gorush_config",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "gorush's configuration keys, as YAML",
+        content_type = "application/yaml", body = String))
+)]
 pub async fn gorush_config(State(state): State<FrontState>) -> Response {
     let config = &state.inner.config;
     let app = config
@@ -361,28 +612,67 @@ pub async fn gorush_config(State(state): State<FrontState>) -> Response {
         .into_response()
 }
 
+/// This front's process: version, uptime, Tokio's workers and tasks, memory.
+#[derive(Serialize, ToSchema)]
+pub struct StatRuntime {
+    version: &'static str,
+    uptime_seconds: u64,
+    tokio_workers: u64,
+    tokio_alive_tasks: u64,
+    /// Resident memory (`null` where `/proc` is missing).
+    rss_bytes: Option<u64>,
+    /// Whether the front is shutting down.
+    draining: bool,
+    /// When this front's link certificate expires, in Unix seconds (`null` on insecure links).
+    certificate_expires_at: Option<i64>,
+}
+
 /// `GET /stat/runtime`: uptime, version, Tokio's workers and tasks, memory.
-pub async fn stat_runtime(State(state): State<FrontState>) -> Json<Value> {
+#[utoipa::path(
+    get,
+    path = "/stat/runtime",
+    operation_id = "stat_runtime",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "This front's process", body = StatRuntime))
+)]
+pub async fn stat_runtime(State(state): State<FrontState>) -> Json<StatRuntime> {
     let metrics = tokio::runtime::Handle::current().metrics();
-    Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_seconds": state.inner.started.elapsed().as_secs(),
-        "tokio_workers": metrics.num_workers(),
-        "tokio_alive_tasks": metrics.num_alive_tasks(),
-        "rss_bytes": rss_bytes(),
-        "draining": state.is_draining(),
-        "certificate_expires_at": state.certificate_not_after(),
-    }))
+    Json(StatRuntime {
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: state.inner.started.elapsed().as_secs(),
+        tokio_workers: metrics.num_workers() as u64,
+        tokio_alive_tasks: metrics.num_alive_tasks() as u64,
+        rss_bytes: rss_bytes(),
+        draining: state.is_draining(),
+        certificate_expires_at: state.certificate_not_after(),
+    })
 }
 
 /// `GET /config/app`: the effective configuration, API keys shown as `<redacted>`.
-pub async fn config_app(State(state): State<FrontState>) -> Result<Json<Value>, ApiError> {
-    serde_json::to_value(&state.inner.config)
-        .map(Json)
-        .map_err(|_| ApiError::new(Code::Internal, "the configuration cannot be shown"))
+#[utoipa::path(
+    get,
+    path = "/config/app",
+    operation_id = "config_app",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "The effective configuration (file, then `VOLLEY_*` \
+        variables, then flags), secrets shown as `<redacted>`", body = volley_config::Config))
+)]
+pub async fn config_app(State(state): State<FrontState>) -> Json<volley_config::Config> {
+    Json(state.inner.config.clone())
 }
 
 /// `GET /metrics`: Prometheus text.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4",
+        content_type = "text/plain", body = String))
+)]
 pub async fn metrics(State(state): State<FrontState>) -> Response {
     let stats = stats(&state).await.ok();
     (
