@@ -20,7 +20,9 @@ use volley_contracts::{Platform, Rejected, RejectedToken, TokenList};
 use volley_fcm::FcmMessage;
 
 use crate::error::{ApiError, Code};
-use crate::native::{build_job, fcm_destination, record_accepted, reject_all, Prepared};
+use crate::native::{
+    build_job, fcm_destination, record_accepted, reject_all, render_job, Prepared,
+};
 use crate::render::{Names, PriorityInput, Spec};
 use crate::tokens::{validate, NoRule, Tokens};
 use crate::{cpu, parse_json, FrontState};
@@ -142,6 +144,17 @@ fn build_jobs<N>(
             spec.fcm_target = target;
         }
         if tokens.is_empty() && !rejected.is_empty() {
+            // Nothing to send, but its fields are checked like any entry's: a bad field
+            // refuses the request whatever its tokens.
+            render_job(
+                state,
+                app,
+                &spec,
+                platform == Platform::Apns,
+                platform == Platform::Fcm,
+                &names,
+            )
+            .map_err(|e| e.within(&prefix))?;
             jobs.push(Built {
                 job: None,
                 rejected,
@@ -220,6 +233,7 @@ async fn submit_all(
 #[serde(deny_unknown_fields)]
 struct GorushRequest {
     /// One job each.
+    #[schema(min_items = 1)]
     notifications: Vec<GorushNotification>,
 }
 
@@ -771,6 +785,7 @@ pub async fn gorush(
 #[serde(deny_unknown_fields)]
 struct GaurunRequest {
     /// One job each.
+    #[schema(min_items = 1)]
     notifications: Vec<GaurunNotification>,
 }
 
@@ -977,6 +992,11 @@ const GORUSH_REFUSED: &[&str] = &[
     "fast_app_target",
 ];
 
+/// A reference to component `name`, or null (an absent field).
+fn nullable(name: &str) -> Value {
+    json!({"oneOf": [{"type": "null"}, {"$ref": format!("#/components/schemas/{name}")}]})
+}
+
 /// FCM's reserved `data` keys, as a schema that matches them.
 fn fcm_reserved_key() -> Value {
     json!({"anyOf": [{"enum": ["from", "message_type"]}, {"pattern": "^(google|gcm)"}]})
@@ -1021,7 +1041,7 @@ pub(crate) fn document_requests(schemas: &mut Map<String, Value>) {
     };
     let mut ios = variant(IOS, GORUSH_ANDROID_ONLY);
     ios.insert("tokens".into(), tokens_of(&apns_token));
-    ios.insert("topic".into(), json!({"$ref": "#/components/schemas/ApnsTopic"}));
+    ios.insert("topic".into(), nullable("ApnsTopic"));
     ios.insert("apns".into(), json!({"type": ["object", "null"],
         "properties": {"aps": {"type": "object"}},
         "description": "Raw payload keys beside `aps`; an `aps` inside adds to `aps`"}));
@@ -1030,8 +1050,8 @@ pub(crate) fn document_requests(schemas: &mut Map<String, Value>) {
         "description": "Keys beside `aps`"}));
     let mut android = variant(ANDROID, GORUSH_IOS_ONLY);
     android.insert("tokens".into(), tokens_of(&fcm_token));
-    android.insert("topic".into(), json!({"$ref": "#/components/schemas/FcmTopic"}));
-    android.insert("condition".into(), json!({"$ref": "#/components/schemas/FcmCondition"}));
+    android.insert("topic".into(), nullable("FcmTopic"));
+    android.insert("condition".into(), nullable("FcmCondition"));
     android.insert("to".into(), json!({"type": ["string", "null"], "anyOf": [
         {"type": "null"},
         {"type": "string", "not": {"pattern": "^/topics/"}},

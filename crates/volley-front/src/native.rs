@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use volley_contracts::{
-    FailureCount, Fingerprint, IdempotencyKey, InvalidToken, JobId, JobStatus, Platform, Rejected,
-    RejectedToken, SubmitJob, TokenList,
+    ApnsRender, FailureCount, FcmRender, Fingerprint, IdempotencyKey, InvalidToken, JobId,
+    JobStatus, Platform, Rejected, RejectedToken, SubmitJob, TokenList,
 };
 use volley_fcm::FcmMessage;
 
@@ -59,11 +59,11 @@ struct NativeRequest {
     #[serde(default)]
     #[schema(value_type = crate::openapi::Targets)]
     targets: Targets,
-    /// Flat spelling of `targets.apns`.
+    /// Flat spelling of `targets.apns`; not both with well-formed tokens.
     #[serde(default)]
     #[schema(value_type = crate::openapi::ApnsTokens)]
     apns_tokens: Tokens<ApnsRule>,
-    /// Flat spelling of `targets.fcm`.
+    /// Flat spelling of `targets.fcm`; not both with well-formed tokens.
     #[serde(default)]
     #[schema(value_type = crate::openapi::FcmTokens)]
     fcm_tokens: Tokens<FcmRule>,
@@ -270,8 +270,35 @@ pub(crate) fn build_job(
             ),
         );
     }
+    let (apns_render, fcm_render) = render_job(state, app, spec, apns > 0, fcm > 0, names)?;
+    Ok(Prepared {
+        job: SubmitJob {
+            app: entry.name.clone(),
+            apns: apns_render,
+            fcm: fcm_render,
+            apns_tokens,
+            fcm_tokens,
+            idempotency_key,
+            rejected: Rejected::default(),
+        },
+        apns,
+        fcm,
+    })
+}
+
+/// Checks one notification against the app's platforms and renders it for each platform
+/// asked for.
+pub(crate) fn render_job(
+    state: &FrontState,
+    app: usize,
+    spec: &Spec,
+    apns: bool,
+    fcm: bool,
+    names: &Names,
+) -> Result<(Option<ApnsRender>, Option<FcmRender>), ApiError> {
+    let entry = &state.inner.apps[app];
     render::check_common(spec, names)?;
-    let apns_render = if apns > 0 {
+    let apns_render = if apns {
         let Some(topic) = &entry.apns_topic else {
             return Err(ApiError::new(
                 Code::PlatformNotConfigured,
@@ -286,7 +313,7 @@ pub(crate) fn build_job(
     } else {
         None
     };
-    let fcm_render = if fcm > 0 {
+    let fcm_render = if fcm {
         if !entry.fcm {
             return Err(ApiError::new(
                 Code::PlatformNotConfigured,
@@ -301,19 +328,7 @@ pub(crate) fn build_job(
     } else {
         None
     };
-    Ok(Prepared {
-        job: SubmitJob {
-            app: entry.name.clone(),
-            apns: apns_render,
-            fcm: fcm_render,
-            apns_tokens,
-            fcm_tokens,
-            idempotency_key,
-            rejected: Rejected::default(),
-        },
-        apns,
-        fcm,
-    })
+    Ok((apns_render, fcm_render))
 }
 
 /// The checks that need the whole request: both spellings of a target, the token limit.

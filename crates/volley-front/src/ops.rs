@@ -553,7 +553,7 @@ fn yaml(out: &mut String, value: &Value, indent: usize) {
     tag = "operations",
     security(()),
     responses((status = 200, description = "gorush's configuration keys, as YAML",
-        content_type = "application/yaml", body = String))
+        content_type = "application/yaml", body = Object))
 )]
 pub async fn gorush_config(State(state): State<FrontState>) -> Response {
     let config = &state.inner.config;

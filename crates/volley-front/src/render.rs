@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use volley_apns::{Alert, Notification, PayloadError, PushType};
 use volley_contracts::{ApnsRender, FcmRender};
+use volley_fcm::message::MAX_TTL_SECONDS;
 use volley_fcm::{
     AndroidConfig, AndroidNotification, AndroidPriority, FcmMessage, PreparedMessage, Target,
 };
@@ -99,7 +100,9 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// Checks what does not depend on the provider (done before any token is looked at twice).
+/// Checks every field whose rule does not depend on the job's platforms, so that a value is
+/// refused alike whether or not the job has a target it matters for (done before any token
+/// is looked at twice).
 pub(crate) fn check_common(spec: &Spec, names: &Names) -> Result<(), ApiError> {
     if let Some(id) = &spec.collapse_id {
         if id.len() > MAX_COLLAPSE_ID {
@@ -109,6 +112,14 @@ pub(crate) fn check_common(spec: &Spec, names: &Names) -> Result<(), ApiError> {
                     "collapse id is {} bytes, above the {MAX_COLLAPSE_ID}-byte limit",
                     id.len()
                 ),
+            )
+            .field(names.collapse_id));
+        }
+        // APNs sends it as a header value; one rule for both providers.
+        if !id.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+            return Err(ApiError::new(
+                Code::InvalidArgument,
+                "collapse id must be visible ascii characters",
             )
             .field(names.collapse_id));
         }
@@ -126,7 +137,70 @@ pub(crate) fn check_common(spec: &Spec, names: &Names) -> Result<(), ApiError> {
             .field(names.priority));
         }
     }
+    if let Some(ttl) = spec.ttl {
+        if ttl > MAX_TTL_SECONDS {
+            return Err(ApiError::new(
+                Code::InvalidArgument,
+                format!("ttl is {ttl} s, above the 28-day maximum of {MAX_TTL_SECONDS} s"),
+            )
+            .field(names.ttl));
+        }
+    }
+    if let Some(name) = &spec.push_type {
+        if name.parse::<PushType>().is_err() {
+            return Err(unknown_push_type(names));
+        }
+    }
+    if let Some(topic) = &spec.apns_topic {
+        let visible = |b: u8| b.is_ascii_graphic();
+        if topic.is_empty() || topic.len() > 255 || !topic.bytes().all(visible) {
+            return Err(ApiError::new(
+                Code::InvalidArgument,
+                "the apns topic must be 1 to 255 visible ascii characters (a bundle id, with \
+                 the push type's suffix when it needs one)",
+            )
+            .field(names.apns_topic));
+        }
+    }
+    if let Some(id) = &spec.apns_id {
+        if id.parse::<uuid::Uuid>().is_err() {
+            return Err(ApiError::new(
+                Code::InvalidArgument,
+                "apns_id must be a uuid (8-4-4-4-12 hex digits)",
+            )
+            .field(names.apns_id));
+        }
+    }
+    if let Some(aps) = spec.apns_raw.as_ref().and_then(|raw| raw.get("aps")) {
+        if !aps.is_object() {
+            return Err(
+                ApiError::new(Code::InvalidArgument, "aps must be a json object")
+                    .field(format!("{}.aps", names.apns_raw)),
+            );
+        }
+    }
+    if let Some(message) = &spec.fcm_raw {
+        let target = ["token", "topic", "condition"]
+            .into_iter()
+            .find(|key| message.extra.contains_key(*key));
+        let checked = match target {
+            Some(key) => Err(volley_fcm::MessageError::HasTarget(key)),
+            None => message.validate(),
+        };
+        checked.map_err(|error| {
+            ApiError::new(Code::InvalidArgument, format!("fcm: {error}")).field(names.fcm_raw)
+        })?;
+    }
     Ok(())
+}
+
+fn unknown_push_type(names: &Names) -> ApiError {
+    ApiError::new(
+        Code::InvalidArgument,
+        "push_type must be one of alert, background, voip, liveactivity, complication, \
+         fileprovider, mdm, location, pushtotalk, controls, widgets",
+    )
+    .field(names.push_type)
 }
 
 fn apns_priority(spec: &Spec, push_type: PushType) -> u8 {
@@ -149,14 +223,9 @@ pub(crate) fn render_apns(spec: &Spec, topic: &str, names: &Names) -> Result<Apn
         || spec.badge.is_some()
         || spec.sound.is_some();
     let push_type = match &spec.push_type {
-        Some(name) => name.parse::<PushType>().map_err(|_| {
-            ApiError::new(
-                Code::InvalidArgument,
-                "push_type must be one of alert, background, voip, liveactivity, complication, \
-                 fileprovider, mdm, location, pushtotalk, controls, widgets",
-            )
-            .field(names.push_type)
-        })?,
+        Some(name) => name
+            .parse::<PushType>()
+            .map_err(|_| unknown_push_type(names))?,
         // A silent content-available push is a background push; Apple drops it as an alert.
         None if spec.content_available && !has_visible => PushType::Background,
         None => PushType::Alert,
@@ -273,26 +342,6 @@ pub(crate) fn render_apns(spec: &Spec, topic: &str, names: &Names) -> Result<Apn
         };
         ApiError::new(code, format!("apns: {error}")).field(field)
     })?;
-    if let Some(topic) = &spec.apns_topic {
-        let visible = |b: u8| b.is_ascii_graphic();
-        if topic.is_empty() || topic.len() > 255 || !topic.bytes().all(visible) {
-            return Err(ApiError::new(
-                Code::InvalidArgument,
-                "the apns topic must be 1 to 255 visible ascii characters (a bundle id, with \
-                 the push type's suffix when it needs one)",
-            )
-            .field(names.apns_topic));
-        }
-    }
-    if let Some(id) = &spec.apns_id {
-        if id.parse::<uuid::Uuid>().is_err() {
-            return Err(ApiError::new(
-                Code::InvalidArgument,
-                "apns_id must be a uuid (8-4-4-4-12 hex digits)",
-            )
-            .field(names.apns_id));
-        }
-    }
     Ok(ApnsRender {
         payload: prepared.body().clone(),
         push_type: push_type.as_str().to_owned(),
@@ -357,7 +406,8 @@ pub(crate) fn render_fcm(spec: &Spec, names: &Names) -> Result<FcmRender, ApiErr
     });
     let ttl = match (spec.ttl, spec.expiration) {
         (Some(ttl), _) => Some(ttl),
-        (None, Some(at)) => Some(at.saturating_sub(now_secs())),
+        // FCM keeps a message 28 days at most: a later expiration means "as long as it can".
+        (None, Some(at)) => Some(at.saturating_sub(now_secs()).min(MAX_TTL_SECONDS)),
         (None, None) => None,
     };
     let sound = match (&spec.sound, spec.fcm_data_only) {
