@@ -369,19 +369,27 @@ mod ttl {
         #[serde(untagged)]
         enum Ttl {
             Seconds(u64),
+            // JSON does not tell 60 from 60.0; clients that keep numbers as floats send the
+            // second.
+            Float(f64),
             Text(String),
         }
+        let whole = || {
+            <D::Error as serde::de::Error>::custom("ttl must be whole seconds, as 60 or \"60s\"")
+        };
         match Option::<Ttl>::deserialize(d)? {
             None => Ok(None),
             Some(Ttl::Seconds(secs)) => Ok(Some(secs)),
+            Some(Ttl::Float(secs)) if secs.fract() == 0.0 && (0.0..1.8e19).contains(&secs) => {
+                Ok(Some(secs as u64))
+            }
+            Some(Ttl::Float(_)) => Err(whole()),
             Some(Ttl::Text(text)) => text
                 .strip_suffix('s')
                 .unwrap_or(&text)
                 .parse()
                 .map(Some)
-                .map_err(|_| {
-                    serde::de::Error::custom("ttl must be whole seconds, as 60 or \"60s\"")
-                }),
+                .map_err(|_| whole()),
         }
     }
 }

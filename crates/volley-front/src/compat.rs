@@ -253,6 +253,7 @@ struct GorushNotification {
     /// One more token; for Android, `/topics/name` sends to that topic.
     to: Option<String>,
     /// 1 = iOS (APNs), 2 = Android (FCM).
+    #[serde(deserialize_with = "crate::whole::exact")]
     platform: i64,
     /// The alert's body.
     message: Option<String>,
@@ -273,6 +274,7 @@ struct GorushNotification {
     /// gorush resends failed tokens this many times; Volley's retry policy retries transient
     /// failures itself, so it is accepted and needs nothing more.
     #[serde(rename = "retry")]
+    #[serde(default, deserialize_with = "crate::whole::option")]
     _retry: Option<u32>,
     /// iOS: the `apns-topic`, verbatim. Android: an FCM topic.
     topic: Option<String>,
@@ -285,6 +287,7 @@ struct GorushNotification {
     #[serde(rename = "delay_while_idle")]
     _delay_while_idle: Option<bool>,
     #[schema(value_type = Option<crate::openapi::Ttl>)]
+    #[serde(default, deserialize_with = "crate::whole::option")]
     time_to_live: Option<u64>,
     restricted_package_name: Option<String>,
     #[serde(default)]
@@ -310,6 +313,7 @@ struct GorushNotification {
     bi_tag: Option<Value>,
     fast_app_target: Option<Value>,
     // iOS
+    #[serde(default, deserialize_with = "crate::whole::option")]
     expiration: Option<u64>,
     #[schema(format = Uuid)]
     apns_id: Option<String>,
@@ -321,6 +325,7 @@ struct GorushNotification {
     development: bool,
     #[serde(default)]
     production: bool,
+    #[serde(default, deserialize_with = "crate::whole::option")]
     badge: Option<u32>,
     category: Option<String>,
     #[serde(rename = "thread-id", alias = "thread_id")]
@@ -340,10 +345,13 @@ struct GorushNotification {
     #[schema(value_type = Option<Object>)]
     content_state: Option<Map<String, Value>>,
     #[serde(rename = "stale-date")]
+    #[serde(default, deserialize_with = "crate::whole::option")]
     stale_date: Option<i64>,
     #[serde(rename = "dismissal-date")]
+    #[serde(default, deserialize_with = "crate::whole::option")]
     dismissal_date: Option<i64>,
     event: Option<String>,
+    #[serde(default, deserialize_with = "crate::whole::option")]
     timestamp: Option<i64>,
     #[serde(rename = "attributes-type")]
     attributes_type: Option<String>,
@@ -797,10 +805,12 @@ struct GaurunNotification {
     #[schema(value_type = crate::openapi::CompatTokens)]
     token: Tokens<NoRule>,
     /// 1 = iOS (APNs), 2 = Android (FCM).
+    #[serde(deserialize_with = "crate::whole::exact")]
     platform: i64,
     message: Option<String>,
     title: Option<String>,
     subtitle: Option<String>,
+    #[serde(default, deserialize_with = "crate::whole::option")]
     badge: Option<u32>,
     category: Option<String>,
     sound: Option<String>,
@@ -810,6 +820,7 @@ struct GaurunNotification {
     mutable_content: bool,
     /// iOS: seconds from now until APNs stops trying (0: not set).
     #[schema(value_type = Option<crate::openapi::Ttl>)]
+    #[serde(default, deserialize_with = "crate::whole::option")]
     expiry: Option<u64>,
     /// Android: `android.collapse_key`.
     collapse_key: Option<String>,
@@ -818,11 +829,13 @@ struct GaurunNotification {
     _delay_while_idle: Option<bool>,
     /// Android: `android.ttl` (0: not set).
     #[schema(value_type = Option<crate::openapi::Ttl>)]
+    #[serde(default, deserialize_with = "crate::whole::option")]
     time_to_live: Option<u64>,
     #[schema(value_type = Option<crate::openapi::PriorityText>)]
     priority: Option<String>,
     /// gaurun resends a failed push this many times; Volley's retry policy does that.
     #[serde(rename = "retry")]
+    #[serde(default, deserialize_with = "crate::whole::option")]
     _retry: Option<u32>,
     /// gaurun's sequence ids, used only in its own logs.
     #[serde(rename = "seq_id")]
@@ -1106,8 +1119,17 @@ pub(crate) fn document_requests(schemas: &mut Map<String, Value>) {
             "type": "object", "required": ["key", "val"], "additionalProperties": false,
             "properties": {"key": key, "val": {"type": "string"}}}})
     };
+    // Each platform ignores the other's fields, so only its own are checked.
+    let ignored = json!({"type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX});
     let gaurun_entry = |platform: i64, token: &Value, key: Value, title: &str| {
         let mut properties = base.clone();
+        if platform == IOS {
+            properties.insert("time_to_live".into(), ignored.clone());
+            properties.insert("collapse_key".into(), json!({"type": ["string", "null"]}));
+        } else {
+            properties.insert("expiry".into(), ignored.clone());
+            properties.insert("collapse_key".into(), nullable("CollapseId"));
+        }
         properties.insert("platform".into(), json!({"type": "integer", "const": platform}));
         properties.insert("token".into(), tokens_of(token));
         properties.insert("extend".into(), extend(key));

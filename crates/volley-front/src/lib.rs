@@ -33,6 +33,7 @@ pub mod ops;
 mod render;
 mod serve;
 mod tokens;
+mod whole;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -59,11 +59,11 @@ struct NativeRequest {
     #[serde(default)]
     #[schema(value_type = crate::openapi::Targets)]
     targets: Targets,
-    /// Flat spelling of `targets.apns`; not both with well-formed tokens.
+    /// Flat spelling of `targets.apns`; not with it.
     #[serde(default)]
     #[schema(value_type = crate::openapi::ApnsTokens)]
     apns_tokens: Tokens<ApnsRule>,
-    /// Flat spelling of `targets.fcm`; not both with well-formed tokens.
+    /// Flat spelling of `targets.fcm`; not with it.
     #[serde(default)]
     #[schema(value_type = crate::openapi::FcmTokens)]
     fcm_tokens: Tokens<FcmRule>,
@@ -74,6 +74,7 @@ struct NativeRequest {
     /// APNs `aps.alert.subtitle`.
     subtitle: Option<String>,
     /// APNs `aps.badge`.
+    #[serde(default, deserialize_with = "crate::whole::option")]
     badge: Option<u32>,
     /// APNs `aps.sound`; FCM `android.notification.sound`.
     sound: Option<String>,
@@ -90,10 +91,12 @@ struct NativeRequest {
     collapse_id: Option<String>,
     /// APNs `apns-expiration` (epoch seconds); FCM `android.ttl` = the seconds until then (at
     /// most 28 days), when `ttl` is absent.
+    #[serde(default, deserialize_with = "crate::whole::option")]
     expiration: Option<u64>,
     /// Seconds a provider keeps the notification for an offline device (at most 28 days; 0 =
     /// try once): APNs `apns-expiration` = now + ttl, FCM `android.ttl`.
     #[schema(value_type = Option<crate::openapi::Ttl>)]
+    #[serde(default, deserialize_with = "crate::whole::option")]
     ttl: Option<u64>,
     /// APNs `apns-push-type` (default `alert`; `background` for a `content_available` push
     /// with no alert, badge or sound).
@@ -345,18 +348,20 @@ fn native_job(
         fcm_tokens,
         ..
     } = request;
-    let pick = |nested: TokenList, flat: TokenList, nested_name: &str, flat_name: &str| match (
-        nested.is_empty(),
-        flat.is_empty(),
-    ) {
-        (_, true) => Ok(nested),
-        (true, false) => Ok(flat),
-        (false, false) => Err(ApiError::new(
-            Code::InvalidArgument,
-            format!("give tokens either in {nested_name} or in {flat_name}, not both"),
-        )
-        .field(flat_name.to_owned())),
-    };
+    // One spelling per platform, whatever its tokens: with both, which list was meant?
+    for (nested, flat, nested_name, flat_name) in [
+        (&targets.apns.given(), &apns_tokens.given(), "targets.apns", "apns_tokens"),
+        (&targets.fcm.given(), &fcm_tokens.given(), "targets.fcm", "fcm_tokens"),
+    ] {
+        if *nested && *flat {
+            return Err(ApiError::new(
+                Code::InvalidArgument,
+                format!("give tokens either in {nested_name} or in {flat_name}, not both"),
+            )
+            .field(flat_name));
+        }
+    }
+    let pick = |nested: TokenList, flat: TokenList| if nested.is_empty() { flat } else { nested };
     // Malformed tokens: reported per token, or the whole request refused in strict mode.
     let mut rejected = Rejected::default();
     for (platform, field, rejections) in [
@@ -376,18 +381,8 @@ fn native_job(
         reject_all(&mut rejected, platform, field, rejections);
     }
     let fcm_rejected = targets.fcm.rejected.len() + fcm_tokens.rejected.len();
-    let apns = pick(
-        targets.apns.list,
-        apns_tokens.list,
-        "targets.apns",
-        "apns_tokens",
-    )?;
-    let mut fcm = pick(
-        targets.fcm.list,
-        fcm_tokens.list,
-        "targets.fcm",
-        "fcm_tokens",
-    )?;
+    let apns = pick(targets.apns.list, apns_tokens.list);
+    let mut fcm = pick(targets.fcm.list, fcm_tokens.list);
     let fcm_target = fcm_destination(request.topic, request.condition, "topic", "condition")?;
     let fcm_target = match fcm_target {
         Some(_) if !fcm.is_empty() || fcm_rejected > 0 => {

@@ -264,9 +264,10 @@ fn fcm_topic_pattern() -> String {
 }
 
 /// `volley_fcm::validate_condition` for conditions without parentheses (the parser takes those
-/// too, to a depth of 16).
+/// too).
 fn fcm_condition_pattern() -> String {
-    let term = "(! *)*'[A-Za-z0-9_.~%-]+' *in +topics";
+    // The parser allows 16 levels of `!` and parentheses.
+    let term = "(! *){0,16}'[A-Za-z0-9_.~%-]+' *in +topics";
     format!(
         "^ *{term}( *(&&|\\|\\|) *{term}){{0,{}}} *$",
         volley_fcm::message::MAX_CONDITION_TOPICS - 1
@@ -286,6 +287,11 @@ fn string_map() -> Value {
     json!({"type": "object", "additionalProperties": {"type": "string"}})
 }
 
+/// A string or null (an `Option<String>` field).
+fn optional_string() -> Value {
+    json!({"type": ["string", "null"]})
+}
+
 /// The JSON of the schemas declared with [`component!`].
 fn custom_schemas() -> Vec<(&'static str, Value)> {
     let max_ttl = volley_fcm::message::MAX_TTL_SECONDS;
@@ -295,9 +301,11 @@ fn custom_schemas() -> Vec<(&'static str, Value)> {
         .collect();
     let apns_token = json!({"$ref": "#/components/schemas/ApnsToken"});
     let fcm_token = json!({"$ref": "#/components/schemas/FcmToken"});
-    let android_priority = json!({"type": "string", "enum": ["HIGH", "NORMAL", "high", "normal"]});
+    let android_priority =
+        json!({"type": ["string", "null"], "enum": ["HIGH", "NORMAL", "high", "normal", null]});
     let ttl_any = json!({
         "oneOf": [
+            {"type": "null"},
             {"type": "integer", "minimum": 0, "maximum": max_ttl},
             {"type": "string", "pattern": ttl_text_pattern()},
         ],
@@ -409,42 +417,42 @@ fn custom_schemas() -> Vec<(&'static str, Value)> {
                 "type": "object",
                 "properties": {
                     "notification": {
-                        "type": "object",
+                        "type": ["object", "null"],
                         "properties": {
-                            "title": {"type": "string"},
-                            "body": {"type": "string"},
-                            "image": {"type": "string"},
+                            "title": optional_string(),
+                            "body": optional_string(),
+                            "image": optional_string(),
                         },
                     },
                     "data": string_map(),
                     "android": {
-                        "type": "object",
+                        "type": ["object", "null"],
                         "properties": {
                             "priority": android_priority,
                             "ttl": ttl_any,
-                            "collapse_key": {"type": "string"},
+                            "collapse_key": optional_string(),
                             "notification": {
-                                "type": "object",
+                                "type": ["object", "null"],
                                 "properties": {
-                                    "title": {"type": "string"},
-                                    "body": {"type": "string"},
-                                    "icon": {"type": "string"},
-                                    "color": {"type": "string"},
-                                    "sound": {"type": "string"},
-                                    "tag": {"type": "string"},
-                                    "click_action": {"type": "string"},
-                                    "channel_id": {"type": "string"},
-                                    "image": {"type": "string"},
+                                    "title": optional_string(),
+                                    "body": optional_string(),
+                                    "icon": optional_string(),
+                                    "color": optional_string(),
+                                    "sound": optional_string(),
+                                    "tag": optional_string(),
+                                    "click_action": optional_string(),
+                                    "channel_id": optional_string(),
+                                    "image": optional_string(),
                                 },
                             },
                         },
                     },
                     "apns": {
-                        "type": "object",
+                        "type": ["object", "null"],
                         "properties": {"headers": string_map(), "payload": {}},
                     },
                     "webpush": {
-                        "type": "object",
+                        "type": ["object", "null"],
                         "properties": {"headers": string_map(), "data": string_map()},
                     },
                 },
@@ -647,11 +655,9 @@ fn finish(document: &mut Value) {
     });
 }
 
-/// The native request: at least one well-formed token (or a topic or condition), not both a
-/// topic and a condition nor either with FCM tokens, every token well-formed under `strict`.
-/// "One spelling per platform" (`targets.apns` or `apns_tokens`, not both with well-formed
-/// tokens) is left to the description: with it the schema is beyond what schemathesis can
-/// generate from.
+/// The native request: at least one well-formed token (or a topic or condition), one spelling
+/// per platform, not both a topic and a condition nor either with FCM tokens, every token
+/// well-formed under `strict`.
 fn native_request(schemas: &mut Map<String, Value>) {
     let apns = json!({"$ref": "#/components/schemas/ApnsToken"});
     let fcm = json!({"$ref": "#/components/schemas/FcmToken"});
@@ -662,6 +668,12 @@ fn native_request(schemas: &mut Map<String, Value>) {
     let flat = |field: &str, token: &Value| {
         json!({"required": [field], "properties": {field: {"contains": token}}})
     };
+    let some = |platform: &str| {
+        json!({"required": ["targets"], "properties": {"targets": {"required": [platform],
+            "properties": {platform: {"minItems": 1}}}}})
+    };
+    let flat_some =
+        |field: &str| json!({"required": [field], "properties": {field: {"minItems": 1}}});
     let some_fcm_token = json!({"anyOf": [
         {"required": ["targets"], "properties": {"targets": {"required": ["fcm"],
             "properties": {"fcm": {"minItems": 1}}}}},
@@ -685,6 +697,8 @@ fn native_request(schemas: &mut Map<String, Value>) {
                 present("topic"),
                 present("condition"),
             ]},
+            {"not": {"allOf": [some("apns"), flat_some("apns_tokens")]}},
+            {"not": {"allOf": [some("fcm"), flat_some("fcm_tokens")]}},
             {"not": {"allOf": [present("topic"), present("condition")]}},
             {"not": {"allOf": [
                 {"anyOf": [present("topic"), present("condition")]},

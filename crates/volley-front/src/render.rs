@@ -29,7 +29,7 @@ pub(crate) enum PriorityInput {
     /// `high` or `normal`.
     Text(String),
     /// 10, 5 or 1.
-    Number(u8),
+    Number(#[serde(deserialize_with = "crate::whole::exact")] u8),
 }
 
 /// What a notification says and how it should be delivered, before rendering.

@@ -66,6 +66,13 @@ pub(crate) struct Tokens<R> {
     rule: PhantomData<R>,
 }
 
+impl<R> Tokens<R> {
+    /// Whether the array had any element, well-formed or not.
+    pub fn given(&self) -> bool {
+        !self.list.is_empty() || !self.rejected.is_empty()
+    }
+}
+
 impl<R> Default for Tokens<R> {
     fn default() -> Self {
         Tokens {
