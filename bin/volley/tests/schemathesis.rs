@@ -86,7 +86,12 @@ fn the_http_api_answers_as_its_openapi_document_says() {
         .args(["--max-time", &setting("SCHEMATHESIS_SECONDS", SECONDS)])
         .args(["--seed", &setting("SCHEMATHESIS_SEED", SEED)])
         .args(["--workers", "1", "--request-timeout", "30"])
-        .args(["--generation-database", "none", "--suppress-health-check", "too_slow"])
+        .args([
+            "--generation-database",
+            "none",
+            "--suppress-health-check",
+            "too_slow",
+        ])
         .current_dir(cluster.dir.path())
         .output()
         .unwrap_or_else(|error| {

@@ -23,6 +23,7 @@ use crate::error::{ApiError, Code};
 use crate::native::{
     build_job, fcm_destination, record_accepted, reject_all, render_job, Prepared,
 };
+use crate::openapi::{not_background, not_high_priority};
 use crate::render::{Names, PriorityInput, Spec};
 use crate::tokens::{validate, NoRule, Tokens};
 use crate::{cpu, parse_json, FrontState};
@@ -299,8 +300,8 @@ struct GorushNotification {
     android: Option<Value>,
     #[schema(value_type = Option<crate::openapi::FcmPart>)]
     webpush: Option<Value>,
-    #[schema(value_type = Option<crate::openapi::FcmPart>)]
-    fcm_options: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    fcm_options: Option<Map<String, Value>>,
     /// iOS: raw APNs payload keys; Android: the FCM `apns` block.
     #[schema(value_type = Option<crate::openapi::FcmPart>)]
     apns: Option<Map<String, Value>>,
@@ -603,7 +604,7 @@ fn gorush_spec(n: GorushNotification, index: usize) -> Result<Entry, ApiError> {
                 ("android", n.android),
                 ("webpush", n.webpush),
                 ("apns", n.apns.map(Value::Object)),
-                ("fcm_options", n.fcm_options),
+                ("fcm_options", n.fcm_options.map(Value::Object)),
             ] {
                 if let Some(value) = value.filter(|v| !v.is_null()) {
                     raw.insert(key.into(), value);
@@ -1032,8 +1033,10 @@ pub(crate) fn document_requests(schemas: &mut Map<String, Value>) {
         json!({"type": "array", "items": {"anyOf": [token, {"type": "string"}]},
             "description": "Device tokens of the entry's platform; a malformed one is left out and reported in the answer"})
     };
-    let present = |field: &str| json!({"required": [field], "properties": {field: {"type": "string"}}});
-    let some_tokens = |field: &str| json!({"required": [field], "properties": {field: {"minItems": 1}}});
+    let present =
+        |field: &str| json!({"required": [field], "properties": {field: {"type": "string"}}});
+    let some_tokens =
+        |field: &str| json!({"required": [field], "properties": {field: {"minItems": 1}}});
     let to_topic = json!({"required": ["to"], "properties": {"to": {"type": "string", "pattern": "^/topics/"}}});
     let to_device = json!({"required": ["to"], "properties": {"to": {"type": "string", "not": {"pattern": "^/topics/"}}}});
 
@@ -1049,30 +1052,45 @@ pub(crate) fn document_requests(schemas: &mut Map<String, Value>) {
             .filter(|(name, _)| !GORUSH_REFUSED.contains(&name.as_str()))
             .map(|(name, schema)| (name.clone(), schema.clone()))
             .collect();
-        properties.insert("platform".into(), json!({"type": "integer", "const": platform}));
+        properties.insert(
+            "platform".into(),
+            json!({"type": "integer", "const": platform}),
+        );
         properties
     };
     let mut ios = variant(IOS, GORUSH_ANDROID_ONLY);
     ios.insert("tokens".into(), tokens_of(&apns_token));
     ios.insert("topic".into(), nullable("ApnsTopic"));
-    ios.insert("apns".into(), json!({"type": ["object", "null"],
+    ios.insert(
+        "apns".into(),
+        json!({"type": ["object", "null"],
         "properties": {"aps": {"type": "object"}},
-        "description": "Raw payload keys beside `aps`; an `aps` inside adds to `aps`"}));
-    ios.insert("data".into(), json!({"type": ["object", "null"],
+        "description": "Raw payload keys beside `aps`; an `aps` inside adds to `aps`"}),
+    );
+    ios.insert(
+        "data".into(),
+        json!({"type": ["object", "null"],
         "propertyNames": {"not": {"const": "aps"}},
-        "description": "Keys beside `aps`"}));
+        "description": "Keys beside `aps`"}),
+    );
     let mut android = variant(ANDROID, GORUSH_IOS_ONLY);
     android.insert("tokens".into(), tokens_of(&fcm_token));
     android.insert("topic".into(), nullable("FcmTopic"));
     android.insert("condition".into(), nullable("FcmCondition"));
-    android.insert("to".into(), json!({"type": ["string", "null"], "anyOf": [
+    android.insert(
+        "to".into(),
+        json!({"type": ["string", "null"], "anyOf": [
         {"type": "null"},
         {"type": "string", "not": {"pattern": "^/topics/"}},
         {"$ref": "#/components/schemas/FcmTopic"},
-    ], "description": "One more token, or `/topics/<name>` for a topic"}));
-    android.insert("data".into(), json!({"type": ["object", "null"],
+    ], "description": "One more token, or `/topics/<name>` for a topic"}),
+    );
+    android.insert(
+        "data".into(),
+        json!({"type": ["object", "null"],
         "propertyNames": {"not": fcm_reserved_key()},
-        "description": "FCM `data` (non-strings JSON-encoded); not a key FCM reserves"}));
+        "description": "FCM `data` (non-strings JSON-encoded); not a key FCM reserves"}),
+    );
     for name in ["notification", "android", "webpush", "apns"] {
         android.insert(name.into(), part(name));
     }
@@ -1091,7 +1109,13 @@ pub(crate) fn document_requests(schemas: &mut Map<String, Value>) {
     let gorush_ios = entry(
         ios,
         "iOS",
-        json!([{"anyOf": [some_tokens("tokens"), present("to")]}]),
+        json!([
+            {"anyOf": [some_tokens("tokens"), present("to")]},
+            {"anyOf": [
+                not_background(&["title", "message", "alert", "badge", "sound", "name", "volume"]),
+                not_high_priority(),
+            ]},
+        ]),
     );
     let target = json!({"anyOf": [present("topic"), present("condition"), to_topic]});
     let gorush_android = entry(
@@ -1130,16 +1154,26 @@ pub(crate) fn document_requests(schemas: &mut Map<String, Value>) {
             properties.insert("expiry".into(), ignored.clone());
             properties.insert("collapse_key".into(), nullable("CollapseId"));
         }
-        properties.insert("platform".into(), json!({"type": "integer", "const": platform}));
+        properties.insert(
+            "platform".into(),
+            json!({"type": "integer", "const": platform}),
+        );
         properties.insert("token".into(), tokens_of(token));
         properties.insert("extend".into(), extend(key));
+        let mut rules = vec![json!({"anyOf": [some_tokens("token")]})];
+        if platform == IOS {
+            // gaurun always sends a badge, so only `push_type: background` is a background push.
+            let not_background =
+                json!({"properties": {"push_type": {"not": {"const": "background"}}}});
+            rules.push(json!({"anyOf": [not_background, not_high_priority()]}));
+        }
         json!({
             "type": "object",
             "title": title,
             "required": ["platform"],
             "additionalProperties": false,
             "properties": properties,
-            "anyOf": [some_tokens("token")],
+            "allOf": rules,
         })
     };
     let gaurun_ios = gaurun_entry(

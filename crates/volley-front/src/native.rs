@@ -348,10 +348,24 @@ fn native_job(
         fcm_tokens,
         ..
     } = request;
+    let (apns_named, fcm_named) = (
+        targets.apns.given() || apns_tokens.given(),
+        targets.fcm.given() || fcm_tokens.given(),
+    );
     // One spelling per platform, whatever its tokens: with both, which list was meant?
     for (nested, flat, nested_name, flat_name) in [
-        (&targets.apns.given(), &apns_tokens.given(), "targets.apns", "apns_tokens"),
-        (&targets.fcm.given(), &fcm_tokens.given(), "targets.fcm", "fcm_tokens"),
+        (
+            &targets.apns.given(),
+            &apns_tokens.given(),
+            "targets.apns",
+            "apns_tokens",
+        ),
+        (
+            &targets.fcm.given(),
+            &fcm_tokens.given(),
+            "targets.fcm",
+            "fcm_tokens",
+        ),
     ] {
         if *nested && *flat {
             return Err(ApiError::new(
@@ -444,6 +458,13 @@ fn native_job(
     };
     let idempotency_key = idempotency_key
         .map(|key| IdempotencyKey::new(key, fingerprint(&state.inner.apps[app].name, body)));
+    // A platform the request names is checked even when every token of it was malformed: a
+    // field is refused or not whatever the tokens.
+    let (apns_unchecked, fcm_unchecked) =
+        (apns_named && apns.is_empty(), fcm_named && fcm.is_empty());
+    if apns_unchecked || fcm_unchecked {
+        render_job(state, app, &spec, apns_unchecked, fcm_unchecked, &NAMES)?;
+    }
     let mut prepared = build_job(state, app, &spec, apns, fcm, &NAMES, idempotency_key)?;
     prepared.job.rejected = rejected;
     Ok(prepared)

@@ -252,7 +252,10 @@ fn apns_token_pattern() -> String {
 
 /// The FCM registration-token rule of `volley_fcm::validate_token`.
 fn fcm_token_pattern() -> String {
-    format!("^[A-Za-z0-9_:.-]{{1,{}}}$", volley_fcm::message::MAX_TOKEN_LEN)
+    format!(
+        "^[A-Za-z0-9_:.-]{{1,{}}}$",
+        volley_fcm::message::MAX_TOKEN_LEN
+    )
 }
 
 /// `volley_fcm::validate_topic`, after an optional `/topics/`.
@@ -401,7 +404,10 @@ fn custom_schemas() -> Vec<(&'static str, Value)> {
                 "description": "Seconds, at most 28 days (FCM's longest).",
             }),
         ),
-        ("PushTypeName", json!({"type": "string", "enum": push_types})),
+        (
+            "PushTypeName",
+            json!({"type": "string", "enum": push_types}),
+        ),
         (
             "ApnsPayload",
             json!({
@@ -501,7 +507,10 @@ fn custom_schemas() -> Vec<(&'static str, Value)> {
                 "description": "Up to 256 visible ASCII characters.",
             }),
         ),
-        ("PlatformName", json!({"type": "string", "enum": ["apns", "fcm"]})),
+        (
+            "PlatformName",
+            json!({"type": "string", "enum": ["apns", "fcm"]}),
+        ),
         (
             "JobState",
             json!({"type": "string", "enum": ["queued", "running", "done", "cancelled"]}),
@@ -557,8 +566,10 @@ fn status_description(status: u16) -> &'static str {
         422 => "A well-formed value with an unacceptable meaning; `error.field` names it",
         429 => "A limit of the caller's: retry after `Retry-After` seconds",
         500 => "A bug",
-        503 => "The controller is full, unreachable or slow, or this front is draining: nothing \
-                was queued; retry after `Retry-After` seconds",
+        503 => {
+            "The controller is full, unreachable or slow, or this front is draining: nothing \
+                was queued; retry after `Retry-After` seconds"
+        }
         _ => "An error",
     }
 }
@@ -637,9 +648,7 @@ fn finish(document: &mut Value) {
                 .find(|(op, _)| *op == id)
                 .unwrap_or_else(|| panic!("openapi::ERRORS has no entry for {id}"));
             let compat = matches!(id.as_str(), "gorush" | "gaurun");
-            let responses = operation["responses"]
-                .as_object_mut()
-                .expect("responses");
+            let responses = operation["responses"].as_object_mut().expect("responses");
             responses.extend(error_responses(codes, compat));
         }
     }
@@ -656,8 +665,11 @@ fn finish(document: &mut Value) {
 }
 
 /// The native request: at least one well-formed token (or a topic or condition), one spelling
-/// per platform, not both a topic and a condition nor either with FCM tokens, every token
-/// well-formed under `strict`.
+/// per platform, not both a topic and a condition nor either with FCM tokens, no high priority
+/// for a background push to APNs, every token well-formed under `strict`.
+///
+/// Most "not both" rules are written as "one of them absent": schemathesis cannot generate
+/// from several `not`s over the same properties (it was found by trying which it takes).
 fn native_request(schemas: &mut Map<String, Value>) {
     let apns = json!({"$ref": "#/components/schemas/ApnsToken"});
     let fcm = json!({"$ref": "#/components/schemas/FcmToken"});
@@ -665,23 +677,12 @@ fn native_request(schemas: &mut Map<String, Value>) {
         json!({"required": ["targets"], "properties": {"targets": {
             "required": [platform], "properties": {platform: {"contains": token}}}}})
     };
-    let flat = |field: &str, token: &Value| {
-        json!({"required": [field], "properties": {field: {"contains": token}}})
-    };
-    let some = |platform: &str| {
-        json!({"required": ["targets"], "properties": {"targets": {"required": [platform],
-            "properties": {platform: {"minItems": 1}}}}})
-    };
-    let flat_some =
-        |field: &str| json!({"required": [field], "properties": {field: {"minItems": 1}}});
-    let some_fcm_token = json!({"anyOf": [
-        {"required": ["targets"], "properties": {"targets": {"required": ["fcm"],
-            "properties": {"fcm": {"minItems": 1}}}}},
-        {"required": ["fcm_tokens"], "properties": {"fcm_tokens": {"minItems": 1}}},
-    ]});
-    let present = |field: &str| {
-        json!({"required": [field], "properties": {field: {"type": "string"}}})
-    };
+    let flat = |field: &str, token: &Value| json!({"required": [field], "properties": {field: {"contains": token}}});
+    let present =
+        |field: &str| json!({"required": [field], "properties": {field: {"type": "string"}}});
+    let absent = |field: &str| json!({"properties": {field: {"type": "null"}}});
+    let no_nested = |platform: &str| json!({"properties": {"targets": {"properties": {platform: {"maxItems": 0}}}}});
+    let no_flat = |field: &str| json!({"properties": {field: {"maxItems": 0}}});
     let request = schemas
         .get_mut("NotificationRequest")
         .and_then(Value::as_object_mut)
@@ -697,13 +698,22 @@ fn native_request(schemas: &mut Map<String, Value>) {
                 present("topic"),
                 present("condition"),
             ]},
-            {"not": {"allOf": [some("apns"), flat_some("apns_tokens")]}},
-            {"not": {"allOf": [some("fcm"), flat_some("fcm_tokens")]}},
-            {"not": {"allOf": [present("topic"), present("condition")]}},
+            {"anyOf": [no_nested("apns"), no_flat("apns_tokens")]},
+            {"anyOf": [no_nested("fcm"), no_flat("fcm_tokens")]},
+            {"anyOf": [absent("topic"), absent("condition")]},
             {"not": {"allOf": [
                 {"anyOf": [present("topic"), present("condition")]},
-                some_fcm_token,
+                {"anyOf": [
+                    {"required": ["targets"], "properties": {"targets": {"required": ["fcm"],
+                        "properties": {"fcm": {"minItems": 1}}}}},
+                    {"required": ["fcm_tokens"], "properties": {"fcm_tokens": {"minItems": 1}}},
+                ]},
             ]}},
+            {"anyOf": [
+                not_background(&["title", "subtitle", "body", "badge", "sound"]),
+                not_high_priority(),
+                {"allOf": [no_nested("apns"), no_flat("apns_tokens")]},
+            ]},
             {
                 "if": {"required": ["strict"], "properties": {"strict": {"const": true}}},
                 "then": {"properties": {
@@ -719,8 +729,35 @@ fn native_request(schemas: &mut Map<String, Value>) {
     );
 }
 
-/// Gives unsigned integers their upper bound (utoipa writes only `minimum: 0`), so that a
-/// generated value fits the Rust type that reads it.
+/// Not a background push (for which Apple requires priority 5 or 1): a push type other than
+/// `background`, or no push type and either no `content_available` or one of `visible` (what
+/// makes an alert, badge or sound).
+pub(crate) fn not_background(visible: &[&str]) -> Value {
+    let mut shown = vec![
+        json!({"required": ["push_type"], "properties": {"push_type": {"type": "string"}}}),
+        json!({"properties": {"content_available": {"const": false}}}),
+    ];
+    for field in visible {
+        let given = match *field {
+            // gorush: an empty `alert` dictionary shows nothing.
+            "alert" => json!({"type": "object", "minProperties": 1}),
+            _ => json!({"not": {"type": "null"}}),
+        };
+        shown.push(json!({"required": [field], "properties": {*field: given}}));
+    }
+    json!({
+        "properties": {"push_type": {"not": {"const": "background"}}},
+        "anyOf": shown,
+    })
+}
+
+/// `priority` other than high (10), or none.
+pub(crate) fn not_high_priority() -> Value {
+    json!({"properties": {"priority": {"not": {"enum": ["high", 10]}}}})
+}
+
+/// Gives unsigned integers their upper bound (utoipa writes only `minimum: 0`) and format, so
+/// that a generated value fits the Rust type that reads it.
 fn bound_integers(value: &mut Value) {
     match value {
         Value::Object(map) => {
@@ -731,10 +768,12 @@ fn bound_integers(value: &mut Value) {
             };
             let unsigned = map.get("minimum").and_then(Value::as_u64) == Some(0);
             if integer && unsigned && !map.contains_key("maximum") {
-                let maximum = match map.get("format").and_then(Value::as_str) {
-                    Some("int32") => u64::from(u32::MAX),
-                    _ => u64::MAX,
+                // `int32` and `int64` would bound them to the signed ranges.
+                let (format, maximum) = match map.get("format").and_then(Value::as_str) {
+                    Some("int32") => ("uint32", u64::from(u32::MAX)),
+                    _ => ("uint64", u64::MAX),
                 };
+                map.insert("format".into(), format.into());
                 map.insert("maximum".into(), maximum.into());
             }
             for child in map.values_mut() {

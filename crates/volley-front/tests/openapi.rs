@@ -44,7 +44,10 @@ async fn the_front_serves_the_document_without_a_key() {
     let front = Front::start(config("")).await;
     let reply = front.get("/openapi.json", None).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    assert_eq!(reply.text().as_bytes(), volley_front::openapi::document().as_ref());
+    assert_eq!(
+        reply.text().as_bytes(),
+        volley_front::openapi::document().as_ref()
+    );
     let document = reply.json();
     assert_eq!(document["openapi"], "3.1.0");
 }
