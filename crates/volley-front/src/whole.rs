@@ -37,17 +37,19 @@ impl<'de, T: TryFrom<u64> + TryFrom<i64>> Visitor<'de> for WholeVisitor<T> {
     }
 
     fn visit_f64<E: de::Error>(self, value: f64) -> Result<T, E> {
-        // 2^64: the first f64 above u64's range.
-        const U64_END: f64 = 18_446_744_073_709_551_616.0;
+        // Above 2^53 a float no longer tells neighbouring integers apart, and serde_json reads
+        // integers out of i64 and u64 range as floats: such a value is out of range, not whole.
+        const EXACT: f64 = 9_007_199_254_740_992.0;
         if value.fract() != 0.0 || !value.is_finite() {
             return Err(E::invalid_type(Unexpected::Float(value), &self));
         }
-        if (0.0..U64_END).contains(&value) {
+        if value.abs() > EXACT {
+            return Err(E::invalid_value(Unexpected::Float(value), &self));
+        }
+        if value >= 0.0 {
             self.visit_u64(value as u64)
-        } else if value >= i64::MIN as f64 && value < 0.0 {
-            self.visit_i64(value as i64)
         } else {
-            Err(E::invalid_value(Unexpected::Float(value), &self))
+            self.visit_i64(value as i64)
         }
     }
 }
@@ -88,6 +90,8 @@ mod tests {
         assert!(read::<u64>("-1").is_err());
         assert!(read::<u32>("4294967296.0").is_err());
         assert!(read::<u64>("1e30").is_err());
+        assert!(read::<i64>("-9223372036854775809").is_err());
+        assert_eq!(read::<u64>("18446744073709551615").unwrap(), u64::MAX);
         assert!(read::<u8>("\"5\"").is_err());
     }
 }
