@@ -33,6 +33,27 @@ const CONFIG: &str = r#"
 "path.app" = "shop"
 "#;
 
+/// A schemathesis hook (`SCHEMATHESIS_HOOKS`) for the one rule JSON Schema cannot say: the
+/// notification as rendered for the provider must fit its limit (4096 bytes; 5120 for VoIP),
+/// and its size depends on the encoding of every field together, so a schema-valid request
+/// can be refused with 422 `payload_too_large`. Only that refusal is let through: any other
+/// refusal of valid data still fails the run.
+const HOOKS: &str = r#"
+import json
+import schemathesis
+
+
+@schemathesis.hook
+def filter_failure(context, failure, case, response):
+    if type(failure).__name__ != "RejectedPositiveData" or response.status_code != 422:
+        return True
+    try:
+        code = json.loads(response.content)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return True
+    return code != "payload_too_large"
+"#;
+
 /// Checks that do not apply to this API, each with why.
 ///
 /// `use_after_free`: DELETE /v1/jobs/{id} cancels a job; it does not delete it. The job's
@@ -70,6 +91,8 @@ fn the_http_api_answers_as_its_openapi_document_says() {
     let cluster = ProcCluster::standalone(BIN, &[]);
     let config = cluster.dir.path().join("schemathesis.toml");
     std::fs::write(&config, CONFIG).unwrap();
+    let hooks = cluster.dir.path().join("schemathesis_hooks.py");
+    std::fs::write(&hooks, HOOKS).unwrap();
     let schema = format!("{}/openapi.json", cluster.front_url);
     let started = Instant::now();
     let output = Command::new(&st)
@@ -92,6 +115,7 @@ fn the_http_api_answers_as_its_openapi_document_says() {
             "--suppress-health-check",
             "too_slow",
         ])
+        .env("SCHEMATHESIS_HOOKS", &hooks)
         .current_dir(cluster.dir.path())
         .output()
         .unwrap_or_else(|error| {

@@ -179,8 +179,6 @@ pub struct ApiError {
     pub message: String,
     /// The JSON path of the offending field (`targets.apns[17]`), when there is one.
     pub field: Option<String>,
-    /// The status, when it differs from the code's (a controller error keeps its own).
-    status: Option<StatusCode>,
     /// Seconds for `Retry-After`.
     retry_after: Option<u32>,
     /// Compatible endpoints also put the message at the top level (`{"message": ...}`),
@@ -197,7 +195,6 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
-            status: None,
             retry_after: None,
             compat: false,
             job_ids: Vec::new(),
@@ -241,9 +238,10 @@ impl ApiError {
         self
     }
 
-    /// The status the error answers with.
+    /// The status the error answers with: always its code's, so that one code means one
+    /// status on every endpoint.
     pub fn status(&self) -> StatusCode {
-        self.status.unwrap_or_else(|| self.code.status())
+        self.code.status()
     }
 
     /// The front is draining: come back later.
@@ -264,7 +262,9 @@ impl ApiError {
         ApiError::new(Code::Unavailable, message).retry_after(5)
     }
 
-    /// A wire error from the controller, with the status its code maps to.
+    /// A wire error from the controller, as the front's code for it (whose status it answers
+    /// with: the controller's `invalid_argument`, e.g. a job above
+    /// `controller.max_pending_notifications` by itself, is a 422 like the front's).
     pub fn from_wire(error: WireError) -> Self {
         let code = match error.code {
             WireCode::InvalidArgument => Code::InvalidArgument,
@@ -279,7 +279,6 @@ impl ApiError {
             WireCode::IdempotencyKeyReused => Code::IdempotencyKeyReused,
             WireCode::IdempotencyKeyInUse => Code::IdempotencyKeyInUse,
         };
-        let status = StatusCode::from_u16(error.code.http_status()).ok();
         let retry_after = match error.code {
             WireCode::Unavailable => Some(5),
             // Pending work drains continuously: room comes back soon.
@@ -289,7 +288,6 @@ impl ApiError {
             _ => None,
         };
         let mut api = ApiError::new(code, error.message);
-        api.status = status;
         api.retry_after = retry_after;
         api
     }
@@ -480,6 +478,20 @@ pub(crate) fn scrub_strings(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_controller_error_answers_with_its_codes_status() {
+        for (wire, code) in [
+            (WireCode::InvalidArgument, Code::InvalidArgument),
+            (WireCode::LeaseLost, Code::Internal),
+            (WireCode::Overloaded, Code::Overloaded),
+            (WireCode::NoCredentials, Code::NoCredentials),
+        ] {
+            let error = ApiError::from_wire(WireError::new(wire, "x"));
+            assert_eq!(error.code, code);
+            assert_eq!(error.status(), code.status(), "{wire:?}");
+        }
+    }
 
     #[test]
     fn strings_are_scrubbed_from_serde_messages() {

@@ -26,11 +26,12 @@ pub(crate) enum Route {
     Healthz,
     Readyz,
     Metrics,
+    OpenApi,
     Other,
 }
 
 impl Route {
-    const ALL: [Route; 16] = [
+    const ALL: [Route; 17] = [
         Route::Notifications,
         Route::JobStatus,
         Route::JobCancel,
@@ -46,6 +47,7 @@ impl Route {
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
+        Route::OpenApi,
         Route::Other,
     ];
 
@@ -66,6 +68,7 @@ impl Route {
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::Metrics => "metrics",
+            Route::OpenApi => "openapi",
             Route::Other => "other",
         }
     }
@@ -88,6 +91,7 @@ impl Route {
             (Some("/healthz"), _) => Route::Healthz,
             (Some("/readyz"), _) => Route::Readyz,
             (Some("/metrics"), _) => Route::Metrics,
+            (Some("/openapi.json"), _) => Route::OpenApi,
             _ => Route::Other,
         }
     }
