@@ -51,3 +51,54 @@ async fn the_front_serves_the_document_without_a_key() {
     let document = reply.json();
     assert_eq!(document["openapi"], "3.1.0");
 }
+
+/// Every word `docs/api.md` must have for the document: each operation (`METHOD path`), each
+/// error code, and each field of a request body, so that the two say the same.
+#[test]
+fn docs_api_md_covers_the_document() {
+    let api_md = std::fs::read_to_string(checked_in().with_file_name("api.md")).unwrap();
+    let document: serde_json::Value =
+        serde_json::from_slice(volley_front::openapi::document()).unwrap();
+    let mut missing = Vec::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            let operation = format!("{} {path}", method.to_uppercase());
+            if !api_md.contains(&operation) {
+                missing.push(operation);
+            }
+        }
+    }
+    for code in volley_front::Code::ALL {
+        if !api_md.contains(&format!("`{}`", code.as_str())) {
+            missing.push(format!("error code `{}`", code.as_str()));
+        }
+    }
+    let schemas = &document["components"]["schemas"];
+    let mut fields = Vec::new();
+    collect_properties(&schemas["NotificationRequest"], &mut fields);
+    collect_properties(&schemas["GorushNotification"], &mut fields);
+    collect_properties(&schemas["GaurunNotification"], &mut fields);
+    for field in fields {
+        if !api_md.contains(&format!("`{field}`")) && !missing.contains(&field) {
+            missing.push(format!("request field `{field}`"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/api.md does not mention what docs/openapi.json has: {missing:?}"
+    );
+}
+
+/// The property names of `schema` and of the variants it is one of.
+fn collect_properties(schema: &serde_json::Value, into: &mut Vec<String>) {
+    if let Some(properties) = schema["properties"].as_object() {
+        for name in properties.keys() {
+            if !into.contains(name) {
+                into.push(name.clone());
+            }
+        }
+    }
+    for variant in schema["oneOf"].as_array().into_iter().flatten() {
+        collect_properties(variant, into);
+    }
+}
