@@ -576,7 +576,10 @@ pub(crate) fn record_accepted(state: &FrontState, app: usize, prepared: (&str, u
     ),
     request_body(content = NativeRequest, content_type = "application/json"),
     responses((status = 202, description = "The job is queued: every accepted notification \
-        will reach a final outcome", body = Accepted)),
+        will reach a final outcome", body = Accepted,
+        headers(("Idempotent-Replayed" = String,
+            description = "`true` when this answers a repeat of an earlier request with its \
+                `Idempotency-Key`")))),
     security(("api_key" = []))
 )]
 pub async fn submit(
@@ -639,7 +642,8 @@ pub struct JobView {
     #[schema(format = Uuid)]
     id: String,
     app: String,
-    /// `queued`, `running`, `done` (every notification has a final outcome) or `cancelled`.
+    /// `queued`, `running`, `done` (every notification has a final outcome), `cancelling`
+    /// (chunks already out with agents finishing) or `cancelled`.
     #[schema(value_type = crate::openapi::JobState)]
     state: &'static str,
     /// Notifications in the job.

@@ -114,25 +114,28 @@ pub(crate) const ERRORS: &[(&str, &[Code])] = &[
     ("gaurun", COMPAT_ERRORS),
     ("stat_app", CONTROLLER_READ),
     ("gorush_stat_app", CONTROLLER_READ),
-    ("readyz", &[Code::Unavailable]),
-    // Probes: the drain gate lets them through.
-    ("healthz", &[]),
-    ("metrics", &[]),
-    // The drain gate's answer.
-    ("stat_runtime", &[Code::Unavailable]),
-    ("stat_go", &[Code::Unavailable]),
-    ("gorush_stat_go", &[Code::Unavailable]),
-    ("sys_stats", &[Code::Unavailable]),
-    ("config_app", &[Code::Unavailable]),
-    ("gorush_config", &[Code::Unavailable]),
-    ("openapi", &[Code::Unavailable]),
+    ("readyz", CONTROLLER_READ),
+    // Probes: the drain gate lets them through; only a front at `front.max_connections`
+    // refuses them.
+    ("healthz", &[Code::Busy]),
+    ("metrics", &[Code::Busy]),
+    // The drain gate's answer, and the connection cap's.
+    ("stat_runtime", OPS_ERRORS),
+    ("stat_go", OPS_ERRORS),
+    ("gorush_stat_go", OPS_ERRORS),
+    ("sys_stats", OPS_ERRORS),
+    ("config_app", OPS_ERRORS),
+    ("gorush_config", OPS_ERRORS),
+    ("openapi", OPS_ERRORS),
 ];
 
 const SUBMIT_ERRORS: &[Code] = &[
     Code::BadRequest,
     Code::Unauthorized,
     Code::Forbidden,
+    Code::RequestTimeout,
     Code::NoCredentials,
+    Code::IdempotencyKeyInUse,
     Code::BodyTooLarge,
     Code::InvalidToken,
     Code::UnknownPlatform,
@@ -140,10 +143,12 @@ const SUBMIT_ERRORS: &[Code] = &[
     Code::PayloadTooLarge,
     Code::TooManyTokens,
     Code::NoTokens,
+    Code::IdempotencyKeyReused,
     Code::InvalidArgument,
     Code::RateLimited,
     Code::ResourceExhausted,
     Code::Internal,
+    Code::Busy,
     Code::Overloaded,
     Code::Unavailable,
 ];
@@ -153,6 +158,7 @@ const COMPAT_ERRORS: &[Code] = &[
     Code::Unauthorized,
     Code::Forbidden,
     Code::NotFound,
+    Code::RequestTimeout,
     Code::NoCredentials,
     Code::BodyTooLarge,
     Code::InvalidToken,
@@ -165,6 +171,7 @@ const COMPAT_ERRORS: &[Code] = &[
     Code::RateLimited,
     Code::ResourceExhausted,
     Code::Internal,
+    Code::Busy,
     Code::Overloaded,
     Code::Unavailable,
 ];
@@ -175,10 +182,13 @@ const JOB_ERRORS: &[Code] = &[
     Code::NotFound,
     Code::RateLimited,
     Code::Internal,
+    Code::Busy,
     Code::Unavailable,
 ];
 
-const CONTROLLER_READ: &[Code] = &[Code::Unavailable];
+const CONTROLLER_READ: &[Code] = &[Code::Busy, Code::Unavailable];
+
+const OPS_ERRORS: &[Code] = &[Code::Busy, Code::Unavailable];
 
 /// Declares a component schema whose JSON is written in [`custom_schemas`]; utoipa only needs
 /// its name to reference it.
@@ -503,8 +513,8 @@ fn custom_schemas() -> Vec<(&'static str, Value)> {
             "IdempotencyKey",
             json!({
                 "type": "string",
-                "pattern": "^[\\x21-\\x7e]([\\t\\x20-\\x7e]{0,254}[\\x21-\\x7e])?$",
-                "description": "Up to 256 visible ASCII characters.",
+                "pattern": "^[\\x21-\\x7e]{1,255}$",
+                "description": "1 to 255 visible ASCII characters (no spaces), given once.",
             }),
         ),
         (
@@ -513,7 +523,8 @@ fn custom_schemas() -> Vec<(&'static str, Value)> {
         ),
         (
             "JobState",
-            json!({"type": "string", "enum": ["queued", "running", "done", "cancelled"]}),
+            json!({"type": "string",
+                "enum": ["queued", "running", "done", "cancelling", "cancelled"]}),
         ),
         ("Error", error_schema(&Code::ALL, true)),
     ]
@@ -561,14 +572,21 @@ fn status_description(status: u16) -> &'static str {
         401 => "No API key, not `Bearer <key>`, or an unknown key",
         403 => "The key belongs to another app",
         404 => "No such job (or another app's), or no `front.default_app`",
-        409 => "No agent has ever declared credentials for the app on one of the job's platforms",
+        408 => {
+            "The body came in too slowly (`front.body_read_timeout`, \
+                `front.body_min_bytes_per_second`)"
+        }
+        409 => {
+            "No agent has ever declared credentials for the app on one of the job's \
+                platforms, or a request with the same `Idempotency-Key` is still being queued"
+        }
         413 => "The body is above `front.max_body_bytes`",
         422 => "A well-formed value with an unacceptable meaning; `error.field` names it",
         429 => "A limit of the caller's: retry after `Retry-After` seconds",
         500 => "A bug",
         503 => {
-            "The controller is full, unreachable or slow, or this front is draining: nothing \
-                was queued; retry after `Retry-After` seconds"
+            "The controller is full, unreachable or slow, or this front is draining or at one \
+                of its own limits: nothing was queued; retry after `Retry-After` seconds"
         }
         _ => "An error",
     }
@@ -596,6 +614,12 @@ fn error_responses(codes: &[Code], compat: bool) -> Map<String, Value> {
                 response["headers"] = json!({"Retry-After": {
                     "description": "Seconds to wait before retrying",
                     "required": true,
+                    "schema": {"type": "integer", "minimum": 1},
+                }});
+            }
+            409 if codes.contains(&Code::IdempotencyKeyInUse) => {
+                response["headers"] = json!({"Retry-After": {
+                    "description": "With `idempotency_key_in_use`: seconds to wait before retrying",
                     "schema": {"type": "integer", "minimum": 1},
                 }});
             }

@@ -24,8 +24,13 @@ struct WholeVisitor<T>(PhantomData<T>);
 impl<'de, T: TryFrom<u64> + TryFrom<i64>> Visitor<'de> for WholeVisitor<T> {
     type Value = T;
 
+    // In JSON's words, as `error::json_words` says serde's integer types.
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "a whole number that fits {}", std::any::type_name::<T>())
+        if std::any::type_name::<T>().starts_with('u') {
+            f.write_str("a whole number, 0 or more")
+        } else {
+            f.write_str("a whole number")
+        }
     }
 
     fn visit_u64<E: de::Error>(self, value: u64) -> Result<T, E> {
