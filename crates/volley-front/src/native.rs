@@ -861,15 +861,19 @@ fn page_params(query: Option<&str>) -> Result<(u32, u64), ApiError> {
                 .field("page_size")
             })?,
     };
+    // A cursor is what `next_cursor` gave: digits (19 at most, so any fits a u64).
     let cursor = match query_value(query, "cursor") {
         None | Some("") => 0,
-        Some(text) => text.parse::<u64>().map_err(|_| {
-            ApiError::new(
-                Code::BadRequest,
-                "cursor must be a next_cursor value from a previous page",
-            )
-            .field("cursor")
-        })?,
+        Some(text) => Some(text)
+            .filter(|text| text.len() <= 19 && text.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|text| text.parse::<u64>().ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    Code::BadRequest,
+                    "cursor must be a next_cursor value from a previous page",
+                )
+                .field("cursor")
+            })?,
     };
     Ok((page_size, cursor))
 }
@@ -886,8 +890,8 @@ fn page_params(query: Option<&str>) -> Result<(u32, u64), ApiError> {
         ("id" = uuid::Uuid, Path, description = "The job's id"),
         ("page_size" = Option<u32>, Query, minimum = 1, maximum = 10000,
             description = "Tokens per page (default 1000)"),
-        ("cursor" = Option<u64>, Query,
-            description = "The `next_cursor` of the previous page (default: the start)"),
+        ("cursor" = Option<String>, Query, pattern = "^[0-9]{0,19}$",
+            description = "The `next_cursor` of the previous page; empty or absent: the start"),
     ),
     responses((status = 200, description = "One page of the job's invalid tokens", body = InvalidTokensView)),
     security(("api_key" = []))
