@@ -14,7 +14,9 @@
 //! The native API lives in [`native`], the gorush- and gaurun-compatible endpoints in
 //! [`compat`], and the unauthenticated operations endpoints (`/healthz`, `/metrics`...) in
 //! [`ops`]. The controller connection is dialled again when it is lost (`link`).
-//! `docs/api.md` describes the API for its users.
+//! `docs/api.md` describes the API for its users; [`openapi`] generates its OpenAPI 3.1
+//! document from the handlers' annotations and types (served at `/openapi.json`, kept in
+//! `docs/openapi.json`), and every route is registered through it, so none goes undocumented.
 //!
 //! [`TokenList`]: volley_contracts::TokenList
 
