@@ -90,14 +90,17 @@ pub struct Config {
 
 /// The links between nodes: mutual TLS with a certificate per node (`volley certs`), unless
 /// `insecure`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// The cluster CA's certificate (PEM), which signs every node's certificate.
+    #[schema(value_type = Option<String>)]
     pub ca_file: Option<PathBuf>,
     /// This node's certificate (PEM), issued for its role by `volley certs issue`.
+    #[schema(value_type = Option<String>)]
     pub cert_file: Option<PathBuf>,
     /// This node's private key (PEM).
+    #[schema(value_type = Option<String>)]
     pub key_file: Option<PathBuf>,
     /// Plain TCP between nodes: anyone who can reach a node's port is trusted as any role.
     /// Only for a network nobody else reaches (`--insecure-links` does the same).
