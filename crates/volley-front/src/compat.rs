@@ -1195,3 +1195,56 @@ pub(crate) fn document_requests(schemas: &mut Map<String, Value>) {
     );
     schemas.remove("Extend");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lists the document is split by name fields `GorushNotification` has (a renamed
+    /// field would otherwise silently stay in both platforms' shapes).
+    #[test]
+    fn the_platform_lists_name_gorush_fields() {
+        let schema =
+            serde_json::to_value(<GorushNotification as utoipa::PartialSchema>::schema()).unwrap();
+        for name in GORUSH_IOS_ONLY
+            .iter()
+            .chain(GORUSH_ANDROID_ONLY)
+            .chain(GORUSH_REFUSED)
+        {
+            assert!(
+                schema["properties"].get(*name).is_some(),
+                "{name} is not a gorush field"
+            );
+        }
+    }
+
+    /// Each iOS-only field is refused on Android and each Android-only field on iOS, as the
+    /// document's two shapes say.
+    #[test]
+    fn the_platform_lists_match_the_refusals() {
+        for (platform, names) in [(ANDROID, GORUSH_IOS_ONLY), (IOS, GORUSH_ANDROID_ONLY)] {
+            for name in *names {
+                let value = match *name {
+                    "url-args" => json!(["a"]),
+                    "alert" | "content-state" | "attributes" | "notification" | "android"
+                    | "webpush" | "fcm_options" => json!({}),
+                    "volume" => json!(1.0),
+                    "expiration" | "badge" | "stale-date" | "dismissal-date" | "timestamp"
+                    | "time_to_live" => json!(1),
+                    _ => json!("x"),
+                };
+                let entry = json!({"platform": platform, "tokens": ["t"], *name: value});
+                let entry: GorushNotification = serde_json::from_value(entry).unwrap();
+                let error = gorush_spec(entry, 0).err().unwrap_or_else(|| {
+                    panic!("{name} on platform {platform} is accepted")
+                });
+                assert_eq!(
+                    error.field.as_deref(),
+                    Some(format!("notifications[0].{name}").as_str()),
+                    "{name} on platform {platform}: {}",
+                    error.message
+                );
+            }
+        }
+    }
+}
