@@ -1235,9 +1235,9 @@ mod tests {
                 };
                 let entry = json!({"platform": platform, "tokens": ["t"], *name: value});
                 let entry: GorushNotification = serde_json::from_value(entry).unwrap();
-                let error = gorush_spec(entry, 0).err().unwrap_or_else(|| {
-                    panic!("{name} on platform {platform} is accepted")
-                });
+                let error = gorush_spec(entry, 0)
+                    .err()
+                    .unwrap_or_else(|| panic!("{name} on platform {platform} is accepted"));
                 assert_eq!(
                     error.field.as_deref(),
                     Some(format!("notifications[0].{name}").as_str()),
