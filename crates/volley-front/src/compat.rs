@@ -1223,7 +1223,7 @@ mod tests {
     #[test]
     fn the_platform_lists_match_the_refusals() {
         for (platform, names) in [(ANDROID, GORUSH_IOS_ONLY), (IOS, GORUSH_ANDROID_ONLY)] {
-            for name in *names {
+            for name in names {
                 let value = match *name {
                     "url-args" => json!(["a"]),
                     "alert" | "content-state" | "attributes" | "notification" | "android"
