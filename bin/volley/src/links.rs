@@ -1,9 +1,11 @@
 //! How a role's links to the other nodes are secured, from its configuration.
 
 use anyhow::bail;
+use std::time::Duration;
 use volley_config::ClusterConfig;
-use volley_contracts::tls::{NodeIdentity, NodeRole};
-use volley_contracts::Links;
+
+use volley_contracts::tls::{IdentityFiles, NodeRole};
+use volley_contracts::{Links, Reload};
 
 /// Mutual TLS with the certificate `cluster.*` names, which must be a `role` certificate; or
 /// plain TCP when `cluster.insecure` (or `--insecure-links`) says so, with a warning. A role
@@ -28,7 +30,12 @@ pub fn for_role(cluster: &ClusterConfig, role: NodeRole, insecure: bool) -> anyh
              (cluster.insecure = true)"
         );
     };
-    let identity = NodeIdentity::from_files(ca, cert, key)?;
+    let files = IdentityFiles {
+        ca: ca.clone(),
+        cert: cert.clone(),
+        key: key.clone(),
+    };
+    let identity = files.load()?;
     if identity.role() != role {
         bail!(
             "cluster.cert_file = {} is a {} certificate; this node is a {role} (issue one with \
@@ -42,7 +49,79 @@ pub fn for_role(cluster: &ClusterConfig, role: NodeRole, insecure: bool) -> anyh
     if days < 30 {
         tracing::warn!(%role, expires_in_days = days, "this node's certificate expires soon");
     }
-    Ok(Links::tls(identity)?)
+    Ok(Links::tls_from_files(files)?)
+}
+
+/// How often a node looks at its certificate files for a change (a renewal by cert-manager,
+/// certbot or a configuration-management run), besides each SIGHUP.
+pub const RELOAD_POLL: Duration = Duration::from_secs(10);
+
+/// Reloads the node's certificate, key and CA on SIGHUP and whenever their files change
+/// (looked at every [`RELOAD_POLL`]): new links use the new certificate, links already open
+/// keep theirs, so nothing in flight is dropped. Files that do not make a valid identity
+/// (half-written, a key that is not the certificate's, another role) leave the current one
+/// in place, with an error in the log naming the file. Nothing to do on insecure links.
+pub fn watch(links: Links) {
+    if links.identity().is_none() {
+        return;
+    }
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(signal) => Some(signal),
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGHUP; certificates are still reloaded when their files change");
+                None
+            }
+        };
+        let mut poll = tokio::time::interval(RELOAD_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll.tick().await;
+        // A failure the poll already logged is not logged again every RELOAD_POLL.
+        let mut last_failure: Option<String> = None;
+        loop {
+            #[cfg(unix)]
+            let signalled = tokio::select! {
+                _ = poll.tick() => false,
+                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            };
+            #[cfg(not(unix))]
+            let signalled = {
+                poll.tick().await;
+                false
+            };
+            match links.reload() {
+                Ok(Reload::Reloaded {
+                    name,
+                    previous_not_after,
+                    not_after,
+                }) => {
+                    last_failure = None;
+                    tracing::info!(
+                        name,
+                        previous_expires_in_days = (previous_not_after - now()) / 86_400,
+                        expires_in_days = (not_after - now()) / 86_400,
+                        on = if signalled { "SIGHUP" } else { "file change" },
+                        "link certificate reloaded; new links use it"
+                    );
+                }
+                Ok(Reload::Unchanged) => {
+                    last_failure = None;
+                    if signalled {
+                        tracing::info!("SIGHUP: the link certificate files are unchanged");
+                    }
+                }
+                Err(error) => {
+                    let error = error.to_string();
+                    if signalled || last_failure.as_ref() != Some(&error) {
+                        tracing::error!(%error, "link certificate not reloaded; the node keeps its current one");
+                    }
+                    last_failure = Some(error);
+                }
+            }
+        }
+    });
 }
 
 fn now() -> i64 {

@@ -264,6 +264,7 @@ fn init_logging(format: LogFormat, level: &str, flag: Option<&str>) {
 }
 
 async fn run_front(config: Config, links: Links) -> anyhow::Result<()> {
+    volley::links::watch(links.clone());
     let listener = tokio::net::TcpListener::bind(config.front.listen)
         .await
         .with_context(|| format!("cannot listen on front.listen = {}", config.front.listen))?;
@@ -280,6 +281,7 @@ async fn run_front(config: Config, links: Links) -> anyhow::Result<()> {
 }
 
 async fn run_controller(config: Config, links: Links) -> anyhow::Result<()> {
+    volley::links::watch(links.clone());
     let listener = tokio::net::TcpListener::bind(config.controller.listen)
         .await
         .with_context(|| {
@@ -293,6 +295,7 @@ async fn run_controller(config: Config, links: Links) -> anyhow::Result<()> {
 }
 
 async fn run_agent(config: Config, links: Links) -> anyhow::Result<()> {
+    volley::links::watch(links.clone());
     let listener = tokio::net::TcpListener::bind(config.agent.listen)
         .await
         .with_context(|| format!("cannot listen on agent.listen = {}", config.agent.listen))?;

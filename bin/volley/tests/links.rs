@@ -117,7 +117,7 @@ async fn only_the_clusters_nodes_link_and_each_makes_only_its_own_calls() {
     );
 
     // Counted where operators look.
-    let text = reqwest_free_get(&cluster.front_url, "/metrics").await;
+    let text = cluster.client().get_text("/metrics").await.unwrap();
     let value = |name: &str| -> u64 {
         text.lines()
             .find_map(|line| line.strip_prefix(&format!("{name} ")))
@@ -151,17 +151,6 @@ async fn only_the_clusters_nodes_link_and_each_makes_only_its_own_calls() {
         .unwrap();
     assert_eq!(response.status.as_u16(), 202, "{}", response.body);
     cluster.stop();
-}
-
-/// A plain GET returning the body as text (the metrics are not JSON).
-async fn reqwest_free_get(base: &str, path: &str) -> String {
-    let addr = base.trim_start_matches("http://");
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).await.unwrap();
-    response
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

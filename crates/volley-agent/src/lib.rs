@@ -700,7 +700,10 @@ async fn keep_registered(
             // A heartbeat that takes longer than the interval is as good as lost.
             let mut context = tarpc::context::current();
             context.deadline = std::time::Instant::now() + interval.max(Duration::from_millis(500));
-            match client.heartbeat(context, id, server.held()).await {
+            match client
+                .heartbeat(context, id, server.held(), links.not_after())
+                .await
+            {
                 Ok(Ok(revoked)) => {
                     last_renewal = tokio::time::Instant::now();
                     if !revoked.is_empty() {

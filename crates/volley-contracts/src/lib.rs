@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use tokens::{TokenList, TokenListBuilder};
 pub use transport::{
     connect_agent, connect_controller, frame_limit, listen, LinkStream, LinkTls, Links, Peer,
-    ServerTransport, HANDSHAKE_TIMEOUT, MAX_FRAME_BYTES, MAX_LINKS, NODE_FRAME_BYTES,
+    Reload, ServerTransport, HANDSHAKE_TIMEOUT, MAX_FRAME_BYTES, MAX_LINKS, NODE_FRAME_BYTES,
 };
 
 /// Identifies a job across the cluster.
@@ -516,6 +516,9 @@ pub struct AgentStat {
     pub in_flight: u32,
     /// Chunks it has completed.
     pub chunks_done: u64,
+    /// When its link certificate expires, seconds since the epoch, as its last heartbeat
+    /// said (`None` on insecure links).
+    pub certificate_expires_at: Option<i64>,
 }
 
 /// Delivery counters of one app and provider.
@@ -649,6 +652,11 @@ pub struct ClusterStats {
     pub links_refused: u64,
     /// Calls refused because the caller's role may not make them.
     pub calls_denied: u64,
+    /// When the controller's link certificate expires, seconds since the epoch (`None` on
+    /// insecure links).
+    pub certificate_expires_at: Option<i64>,
+    /// Reloads of the controller's certificate files that failed (it kept its certificate).
+    pub certificate_reload_failures: u64,
 }
 
 /// One of the controller's scheduler queues: an app's chunks for one platform.
@@ -797,8 +805,13 @@ pub trait Controller {
     async fn register(agent: AgentInfo) -> Result<Registration, WireError>;
     /// An agent says it is alive and renews the leases of the chunks it holds; the answer
     /// lists the held chunks whose lease is gone (stop sending them). An error means the
-    /// controller forgot the agent: register again.
-    async fn heartbeat(agent: AgentId, held: Vec<Held>) -> Result<Vec<ChunkId>, WireError>;
+    /// controller forgot the agent: register again. It also says when the agent's link
+    /// certificate expires (it may have been reloaded since it registered).
+    async fn heartbeat(
+        agent: AgentId,
+        held: Vec<Held>,
+        certificate_expires_at: Option<i64>,
+    ) -> Result<Vec<ChunkId>, WireError>;
 }
 
 /// The agent's service, called by the controller's dispatchers.

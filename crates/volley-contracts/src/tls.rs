@@ -9,7 +9,7 @@
 //! the handshake; a server reads its client's role from the verified certificate
 //! ([`peer_role`]) and authorises each RPC by it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -244,6 +244,25 @@ impl ClusterCa {
     }
 }
 
+/// Where a node reads its CA certificate, certificate and key (`cluster.ca_file`,
+/// `cluster.cert_file`, `cluster.key_file`), and reads them again to reload them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityFiles {
+    /// The cluster CA's certificate.
+    pub ca: PathBuf,
+    /// The node's certificate.
+    pub cert: PathBuf,
+    /// The node's private key.
+    pub key: PathBuf,
+}
+
+impl IdentityFiles {
+    /// Reads and checks the three files ([`NodeIdentity::from_files`]).
+    pub fn load(&self) -> Result<NodeIdentity, TlsError> {
+        NodeIdentity::from_files(&self.ca, &self.cert, &self.key)
+    }
+}
+
 /// A node's certificate, its key and the cluster CA it trusts.
 #[derive(Clone)]
 pub struct NodeIdentity {
@@ -326,7 +345,8 @@ pub fn peer_name(cert: &CertificateDer<'_>) -> Option<String> {
         })
 }
 
-fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+/// When `cert` expires, seconds since the epoch.
+pub fn certificate_not_after(cert: &CertificateDer<'_>) -> Option<i64> {
     use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
     Some(parsed.validity().not_after.timestamp())
@@ -342,7 +362,15 @@ impl NodeIdentity {
         let ca_what = ca.display().to_string();
         let cert_what = cert.display().to_string();
         let chain = certs(&cert_pem, &cert_what)?;
-        private_key(&key_pem, &key.display().to_string())?;
+        let key_what = key.display().to_string();
+        // The key must be the certificate's: a node half-way through a rotation (new
+        // certificate, old key) would otherwise fail every handshake it makes.
+        rustls::sign::CertifiedKey::from_der(
+            chain.clone(),
+            private_key(&key_pem, &key_what)?,
+            &provider(),
+        )
+        .map_err(|e| TlsError::Invalid(format!("{key_what} is not {cert_what}'s key: {e}")))?;
         let roots = roots(&ca_pem, &ca_what)?;
         let leaf = &chain[0];
         let role = peer_role(leaf).ok_or_else(|| {
@@ -352,7 +380,7 @@ impl NodeIdentity {
             ))
         })?;
         let name = peer_name(leaf).unwrap_or_default();
-        let not_after = not_after(leaf).unwrap_or(0);
+        let not_after = certificate_not_after(leaf).unwrap_or(0);
         // The same check a peer makes, so that a mismatched CA or an expired certificate is
         // a startup error naming the files rather than refused links later.
         let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
@@ -384,6 +412,13 @@ impl NodeIdentity {
         write_file(&cert, &self.cert_pem, false)?;
         write_file(&key, &self.key_pem, true)?;
         Ok((cert, key))
+    }
+
+    /// Whether `other` holds the same CA, certificate and key.
+    pub fn same_as(&self, other: &NodeIdentity) -> bool {
+        self.ca_pem == other.ca_pem
+            && self.cert_pem == other.cert_pem
+            && self.key_pem == other.key_pem
     }
 
     /// The node's role.

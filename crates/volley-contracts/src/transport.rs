@@ -10,10 +10,12 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use futures::{Stream, StreamExt};
 use rustls::pki_types::ServerName;
 use tarpc::serde_transport::Transport;
@@ -24,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::tls::{peer_name, peer_role, NodeIdentity, NodeRole, TlsError};
+use crate::tls::{peer_name, peer_role, IdentityFiles, NodeIdentity, NodeRole, TlsError};
 use crate::{AgentClient, ControllerClient};
 
 /// The largest frame a front may send: a submission carries every token of a job in one
@@ -50,37 +52,150 @@ pub enum Links {
     Insecure,
 }
 
-/// A node's TLS configurations, both ways.
+/// A node's TLS configurations, both ways, reloadable from the files they came from.
+///
+/// A reload swaps the configurations new links use; links already open keep the session they
+/// have, so nothing in flight is dropped.
 pub struct LinkTls {
+    current: ArcSwap<TlsState>,
+    files: Option<IdentityFiles>,
+    reloads: AtomicU64,
+    reload_failures: AtomicU64,
+}
+
+/// One identity and the rustls configurations made from it.
+struct TlsState {
     identity: NodeIdentity,
     acceptor: TlsAcceptor,
     connector: TlsConnector,
 }
 
+impl TlsState {
+    fn new(identity: NodeIdentity) -> Result<TlsState, TlsError> {
+        Ok(TlsState {
+            acceptor: TlsAcceptor::from(identity.server_config()?),
+            connector: TlsConnector::from(identity.client_config()?),
+            identity,
+        })
+    }
+}
+
 impl std::fmt::Debug for LinkTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LinkTls")
-            .field("identity", &self.identity)
+            .field("identity", &self.current.load().identity)
+            .field("files", &self.files)
             .finish_non_exhaustive()
     }
 }
 
+/// What [`Links::reload`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reload {
+    /// The files hold what the node already uses (or it has no files: insecure links, or an
+    /// identity made in memory).
+    Unchanged,
+    /// New links use the certificate the files hold now.
+    Reloaded {
+        /// The node's name in the new certificate.
+        name: String,
+        /// The previous certificate's end of validity, seconds since the epoch.
+        previous_not_after: i64,
+        /// The new certificate's.
+        not_after: i64,
+    },
+}
+
 impl Links {
-    /// Mutual TLS with `identity`.
+    /// Mutual TLS with `identity`, made in memory (no files to reload).
     pub fn tls(identity: NodeIdentity) -> Result<Links, TlsError> {
+        Links::secured(identity, None)
+    }
+
+    /// Mutual TLS with the identity `files` hold; [`Links::reload`] reads them again.
+    pub fn tls_from_files(files: IdentityFiles) -> Result<Links, TlsError> {
+        Links::secured(files.load()?, Some(files))
+    }
+
+    fn secured(identity: NodeIdentity, files: Option<IdentityFiles>) -> Result<Links, TlsError> {
         Ok(Links::Tls(Arc::new(LinkTls {
-            acceptor: TlsAcceptor::from(identity.server_config()?),
-            connector: TlsConnector::from(identity.client_config()?),
-            identity,
+            current: ArcSwap::from_pointee(TlsState::new(identity)?),
+            files,
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
         })))
     }
 
-    /// This node's identity, when links are secured.
-    pub fn identity(&self) -> Option<&NodeIdentity> {
+    /// This node's current identity, when links are secured.
+    pub fn identity(&self) -> Option<NodeIdentity> {
         match self {
-            Links::Tls(tls) => Some(&tls.identity),
+            Links::Tls(tls) => Some(tls.current.load().identity.clone()),
             Links::Insecure => None,
         }
+    }
+
+    /// When this node's current certificate expires, seconds since the epoch (`None` on
+    /// insecure links).
+    pub fn not_after(&self) -> Option<i64> {
+        match self {
+            Links::Tls(tls) => Some(tls.current.load().identity.not_after()),
+            Links::Insecure => None,
+        }
+    }
+
+    /// Certificate reloads that took effect and that failed (the node kept its certificate).
+    pub fn reload_counts(&self) -> (u64, u64) {
+        match self {
+            Links::Tls(tls) => (
+                tls.reloads.load(Ordering::Relaxed),
+                tls.reload_failures.load(Ordering::Relaxed),
+            ),
+            Links::Insecure => (0, 0),
+        }
+    }
+
+    /// Reads the identity's files again and, if they changed, makes new links use them.
+    /// Files that do not make a valid identity of this node's role leave the current one in
+    /// place and return the error (naming the file).
+    pub fn reload(&self) -> Result<Reload, TlsError> {
+        let Links::Tls(tls) = self else {
+            return Ok(Reload::Unchanged);
+        };
+        let Some(files) = &tls.files else {
+            return Ok(Reload::Unchanged);
+        };
+        let result = tls.reload_from(files);
+        match &result {
+            Ok(Reload::Reloaded { .. }) => tls.reloads.fetch_add(1, Ordering::Relaxed),
+            Ok(Reload::Unchanged) => 0,
+            Err(_) => tls.reload_failures.fetch_add(1, Ordering::Relaxed),
+        };
+        result
+    }
+}
+
+impl LinkTls {
+    fn reload_from(&self, files: &IdentityFiles) -> Result<Reload, TlsError> {
+        let identity = files.load()?;
+        let current = self.current.load();
+        if identity.same_as(&current.identity) {
+            return Ok(Reload::Unchanged);
+        }
+        if identity.role() != current.identity.role() {
+            return Err(TlsError::Invalid(format!(
+                "{} is now a {} certificate; this node is a {} and keeps its certificate",
+                files.cert.display(),
+                identity.role(),
+                current.identity.role()
+            )));
+        }
+        let reload = Reload::Reloaded {
+            name: identity.name().to_owned(),
+            previous_not_after: current.identity.not_after(),
+            not_after: identity.not_after(),
+        };
+        self.current.store(Arc::new(TlsState::new(identity)?));
+        Ok(reload)
     }
 }
 
@@ -235,7 +350,7 @@ where
         Links::Tls(tls) => {
             let name = ServerName::try_from(server.dns_name())
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-            let handshake = tls.connector.connect(name, tcp);
+            let handshake = tls.current.load().connector.connect(name, tcp);
             let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
                 .await
                 .map_err(|_| {
@@ -357,7 +472,8 @@ async fn accept(tcp: TcpStream, addr: SocketAddr, links: &Links) -> io::Result<(
             LinkStream::new(Io::Plain(tcp)),
         )),
         Links::Tls(tls) => {
-            let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(tcp))
+            let acceptor = tls.current.load().acceptor.clone();
+            let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
                 .await
                 .map_err(|_| {
                     io::Error::new(io::ErrorKind::TimedOut, "tls handshake timed out")

@@ -337,9 +337,10 @@ impl Controller for ControllerServer {
         _: Context,
         agent: AgentId,
         held: Vec<Held>,
+        certificate_expires_at: Option<i64>,
     ) -> Result<Vec<ChunkId>, WireError> {
         self.allow(NodeRole::Agent, "heartbeat")?;
-        if !self.core.registry.touch(agent) {
+        if !self.core.registry.touch(agent, certificate_expires_at) {
             return Err(WireError::new(
                 ErrorCode::NotFound,
                 format!("{agent} is not registered"),
@@ -724,6 +725,8 @@ impl Core {
             queues: self.scheduler.stats(),
             links_refused: self.links_refused.load(Ordering::Relaxed),
             calls_denied: self.calls_denied.load(Ordering::Relaxed),
+            certificate_expires_at: self.links.not_after(),
+            certificate_reload_failures: self.links.reload_counts().1,
         }
     }
 }

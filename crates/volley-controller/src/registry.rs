@@ -16,6 +16,8 @@ use volley_contracts::{AgentId, AgentInfo, AgentStat, Platform};
 pub(crate) struct AgentEntry {
     pub(crate) info: AgentInfo,
     last_seen: Instant,
+    /// When its link certificate expires, as its last heartbeat said.
+    certificate_expires_at: Option<i64>,
     counters: AgentCounters,
     /// Cancelled when it is dropped: its dispatcher's workers stop.
     pub(crate) stop: CancellationToken,
@@ -73,6 +75,7 @@ impl Registry {
             AgentEntry {
                 info,
                 last_seen: Instant::now(),
+                certificate_expires_at: None,
                 counters: counters.clone(),
                 stop,
             },
@@ -88,10 +91,11 @@ impl Registry {
     }
 
     /// Notes a heartbeat; false when the agent is not registered.
-    pub(crate) fn touch(&self, id: AgentId) -> bool {
+    pub(crate) fn touch(&self, id: AgentId, certificate_expires_at: Option<i64>) -> bool {
         match self.agents.lock().get_mut(&id) {
             Some(entry) => {
                 entry.last_seen = Instant::now();
+                entry.certificate_expires_at = certificate_expires_at;
                 true
             }
             None => false,
@@ -134,6 +138,7 @@ impl Registry {
                 addr: entry.info.addr.clone(),
                 in_flight: entry.counters.in_flight.load(Ordering::Relaxed) as u32,
                 chunks_done: entry.counters.chunks_done.load(Ordering::Relaxed),
+                certificate_expires_at: entry.certificate_expires_at,
             })
             .collect();
         agents.sort_by_key(|agent| agent.id.0);

@@ -250,6 +250,11 @@ impl FrontState {
         self.inner.controller.certificate_not_after()
     }
 
+    /// Reloads of this front's certificate files that failed.
+    pub(crate) fn certificate_reload_failures(&self) -> u64 {
+        self.inner.controller.certificate_reload_failures()
+    }
+
     /// The controller client to call now.
     pub(crate) fn controller(&self) -> Arc<ControllerClient> {
         self.inner.controller.client()

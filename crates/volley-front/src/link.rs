@@ -38,7 +38,12 @@ impl ControllerLink {
     /// When this front's link certificate expires, seconds since the epoch (`None` on
     /// insecure links).
     pub(crate) fn certificate_not_after(&self) -> Option<i64> {
-        self.links.identity().map(|identity| identity.not_after())
+        self.links.not_after()
+    }
+
+    /// Reloads of this front's certificate files that failed.
+    pub(crate) fn certificate_reload_failures(&self) -> u64 {
+        self.links.reload_counts().1
     }
 
     /// The client to call now.

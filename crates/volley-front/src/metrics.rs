@@ -294,10 +294,36 @@ fn render_cluster(out: &mut String, stats: &ClusterStats) {
             "Calls to the controller refused because the caller's certificate names another role.",
             stats.calls_denied,
         ),
+        (
+            "volley_controller_certificate_reload_failures_total",
+            "Reloads of the controller's certificate files that failed (it kept its certificate).",
+            stats.certificate_reload_failures,
+        ),
     ];
     for (name, help, value) in counters {
         header(out, name, "counter", help);
         let _ = writeln!(out, "{name} {value}");
+    }
+    let expiries = stats
+        .certificate_expires_at
+        .map(|at| ("controller", "", at))
+        .into_iter()
+        .chain(stats.agents.iter().filter_map(|agent| {
+            Some(("agent", agent.name.as_str(), agent.certificate_expires_at?))
+        }));
+    header(
+        out,
+        "volley_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "When the link certificate of the controller and of each registered agent expires \
+         (the front's own: volley_front_certificate_expiry_timestamp_seconds).",
+    );
+    for (role, name, at) in expiries {
+        let _ = writeln!(
+            out,
+            "volley_certificate_expiry_timestamp_seconds{{role=\"{role}\",name=\"{}\"}} {at}",
+            escape(name)
+        );
     }
     let per_queue: [(&str, &str, QueueGauge); 4] = [
         (
@@ -480,7 +506,14 @@ mod tests {
             queue_usage: 3,
             pending_notifications: 1000,
             active_jobs: 1,
-            agents: Vec::new(),
+            agents: vec![volley_contracts::AgentStat {
+                id: volley_contracts::AgentId(4),
+                name: "a1".into(),
+                addr: "10.0.0.4:7000".into(),
+                in_flight: 1,
+                chunks_done: 9,
+                certificate_expires_at: Some(1_900_000_000),
+            }],
             apps: Vec::new(),
             chunks_redispatched: 0,
             max_pending_notifications: 5000,
@@ -515,11 +548,16 @@ mod tests {
             }],
             links_refused: 3,
             calls_denied: 1,
+            certificate_expires_at: Some(1_900_000_100),
+            certificate_reload_failures: 2,
         };
         let text = metrics.render(Some(&stats));
         for line in [
             "volley_controller_links_refused_total 3",
             "volley_controller_calls_denied_total 1",
+            "volley_controller_certificate_reload_failures_total 2",
+            "volley_certificate_expiry_timestamp_seconds{role=\"controller\",name=\"\"} 1900000100",
+            "volley_certificate_expiry_timestamp_seconds{role=\"agent\",name=\"a1\"} 1900000000",
             "volley_controller_rejected_total{reason=\"overloaded\"} 4",
             "volley_notifications_total{app=\"shop\",platform=\"apns\",outcome=\"invalid\",class=\"\",reason=\"Unregistered\"} 2",
             "volley_job_latency_seconds_bucket{app=\"shop\",le=\"0.005\"} 0",

@@ -136,6 +136,8 @@ pub struct AgentView {
     in_flight: u32,
     /// Chunks it has completed.
     chunks_done: u64,
+    /// When its link certificate expires, in Unix seconds (`null` on insecure links).
+    certificate_expires_at: Option<i64>,
 }
 
 /// Delivery counters of one app and platform.
@@ -192,6 +194,9 @@ pub struct StatApp {
     /// Registered agents.
     workers: u64,
     agents: Vec<AgentView>,
+    /// When the controller's link certificate expires, in Unix seconds (`null` on insecure
+    /// links).
+    controller_certificate_expires_at: Option<i64>,
     apps: Vec<AppView>,
 }
 
@@ -272,6 +277,7 @@ pub async fn stat_app(State(state): State<FrontState>) -> Result<Json<StatApp>, 
         active_jobs: stats.active_jobs,
         chunks_redispatched: stats.chunks_redispatched,
         workers: stats.agents.len() as u64,
+        controller_certificate_expires_at: stats.certificate_expires_at,
         agents: stats
             .agents
             .iter()
@@ -281,6 +287,7 @@ pub async fn stat_app(State(state): State<FrontState>) -> Result<Json<StatApp>, 
                 addr: a.addr.clone(),
                 in_flight: a.in_flight,
                 chunks_done: a.chunks_done,
+                certificate_expires_at: a.certificate_expires_at,
             })
             .collect(),
         apps: stats
@@ -685,11 +692,15 @@ pub async fn metrics(State(state): State<FrontState>) -> Response {
             let mut text = state.inner.metrics.render(stats.as_ref());
             if let Some(not_after) = state.certificate_not_after() {
                 use std::fmt::Write as _;
+                let failures = state.certificate_reload_failures();
                 let _ = write!(
                     text,
                     "# HELP volley_front_certificate_expiry_timestamp_seconds When this front's link certificate expires.\n\
                      # TYPE volley_front_certificate_expiry_timestamp_seconds gauge\n\
-                     volley_front_certificate_expiry_timestamp_seconds {not_after}\n"
+                     volley_front_certificate_expiry_timestamp_seconds {not_after}\n\
+                     # HELP volley_front_certificate_reload_failures_total Reloads of this front's certificate files that failed (it kept its certificate).\n\
+                     # TYPE volley_front_certificate_reload_failures_total counter\n\
+                     volley_front_certificate_reload_failures_total {failures}\n"
                 );
             }
             text

@@ -86,6 +86,22 @@ impl FrontClient {
         self.request(Method::GET, path, None).await
     }
 
+    /// `GET path`, the body as text (`/metrics`).
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let mut request = Request::builder().uri(format!("{}{path}", self.base));
+        if let Some(key) = &self.api_key {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
+        }
+        let response = self.client.request(request.body(Full::default())?).await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
+        let bytes = response.into_body().collect().await?.to_bytes();
+        Ok(String::from_utf8(bytes.to_vec())?)
+    }
+
     /// `POST path` with a JSON body.
     pub async fn post(&self, path: &str, body: impl Into<Bytes>) -> anyhow::Result<JsonResponse> {
         self.request(Method::POST, path, Some(body.into())).await

@@ -393,6 +393,11 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
         self.proc(name).signal("-STOP");
     }
 
+    /// SIGHUP: a node reloads its certificate files.
+    pub fn sighup(&self, name: &str) {
+        self.proc(name).signal("-HUP");
+    }
+
     /// SIGCONT: a paused process goes on.
     pub fn sigcont(&self, name: &str) {
         self.proc(name).signal("-CONT");

@@ -199,6 +199,7 @@ impl Controller for FakeController {
                 addr: "127.0.0.1:1".into(),
                 in_flight: 2,
                 chunks_done: 10,
+                certificate_expires_at: Some(1_900_000_000),
             }],
             apps: vec![
                 AppCounters {
@@ -236,6 +237,8 @@ impl Controller for FakeController {
             }],
             links_refused: 0,
             calls_denied: 0,
+            certificate_expires_at: Some(1_900_000_100),
+            certificate_reload_failures: 0,
         })
     }
 
@@ -248,6 +251,7 @@ impl Controller for FakeController {
         _: Context,
         _: AgentId,
         _: Vec<Held>,
+        _: Option<i64>,
     ) -> Result<Vec<ChunkId>, WireError> {
         Err(WireError::new(ErrorCode::Internal, "not in this test"))
     }
