@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use volley_contracts::tls::{ClusterCa, NodeRole, NODE_VALIDITY};
-use volley_contracts::{ErrorCode, Links, Platform, ServedApp};
-use volley_testkit::procs::{spawn_with, ProcCluster};
+use volley_contracts::{ErrorCode, Links, Platform, ServedApp, MAX_LINKS_PER_PEER};
+use volley_testkit::procs::{spawn_with, ProcCluster, WAIT};
+use volley_testkit::wait::wait_until;
 
 const BIN: &str = env!("CARGO_BIN_EXE_volley");
 
@@ -154,7 +155,7 @@ async fn only_the_clusters_nodes_link_and_each_makes_only_its_own_calls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversize_frame_is_refused_before_it_is_buffered() {
+async fn a_peer_is_bounded_before_it_is_trusted() {
     let cluster = ProcCluster::start(BIN, 0, &[]);
     let ca = ca(&cluster);
     let identity = ca.issue(NodeRole::Agent, "big", NODE_VALIDITY).unwrap();
@@ -176,6 +177,45 @@ async fn an_oversize_frame_is_refused_before_it_is_buffered() {
         .await
         .expect("the controller closes the link");
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+
+    // One address holds at most MAX_LINKS_PER_PEER links, handshakes included: past that the
+    // controller closes each new one at accept (the front's link from 127.0.0.1 counts too).
+    let mut idle = Vec::new();
+    for _ in 0..MAX_LINKS_PER_PEER + 8 {
+        idle.push(
+            tokio::net::TcpStream::connect(cluster.controller_addr.as_str())
+                .await
+                .unwrap(),
+        );
+    }
+    // Read the last 16 at once: a link closed at accept reads its end at once, a held one
+    // reads nothing until the timeout.
+    let reads = idle[MAX_LINKS_PER_PEER - 8..]
+        .iter_mut()
+        .map(|tcp| async move {
+            let mut byte = [0u8; 1];
+            tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut byte)).await
+        });
+    let closed_at_accept = futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .filter(|read| matches!(read, Ok(Ok(0) | Err(_))))
+        .count();
+    assert!(
+        (8..=16).contains(&closed_at_accept),
+        "{closed_at_accept} of the last 16 links closed at accept"
+    );
+    // Gone, they give their places back: a node from the same address links again.
+    drop(idle);
+    let front = links(&ca, NodeRole::Front, "after");
+    wait_until(WAIT, "a link once the idle ones are gone", || async {
+        match volley_contracts::connect_controller(cluster.controller_addr.as_str(), &front).await {
+            Ok(client) => client.stats(context()).await.is_ok_and(|r| r.is_ok()),
+            Err(_) => false,
+        }
+    })
+    .await
+    .unwrap();
     cluster.stop();
 }
 

@@ -7,8 +7,9 @@
 //! smaller. Handshakes run concurrently, at most [`MAX_LINKS`] links are open at once, and a
 //! peer that goes away takes its buffers with it.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,6 +43,50 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The most links a server keeps open at once; more wait at accept.
 pub const MAX_LINKS: usize = 4096;
+
+/// The most links one address may hold open (or in its handshake) with a server at once; more
+/// are closed at accept and counted as refused. A node opens a handful (a front one, an
+/// agent one, the controller one per agent), so this only stops one host from taking every
+/// slot of [`MAX_LINKS`] with handshakes it never finishes.
+pub const MAX_LINKS_PER_PEER: usize = 256;
+
+/// Links open per peer address.
+#[derive(Debug, Default)]
+struct PeerCounts(std::sync::Mutex<HashMap<IpAddr, usize>>);
+
+/// One link's place in its peer's count, given back when the link is dropped.
+#[derive(Debug)]
+struct PeerSlot {
+    counts: Arc<PeerCounts>,
+    ip: IpAddr,
+}
+
+impl PeerCounts {
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<PeerSlot> {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let open = counts.entry(ip).or_default();
+        if *open >= MAX_LINKS_PER_PEER {
+            return None;
+        }
+        *open += 1;
+        Some(PeerSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = counts.get_mut(&self.ip) {
+            *open -= 1;
+            if *open == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// How a node's links are secured.
 #[derive(Clone, Debug)]
@@ -227,11 +272,11 @@ impl std::fmt::Display for Peer {
 }
 
 /// A link's byte stream (plain TCP or TLS, either side), holding its server's connection
-/// slot while it lives.
+/// slots (of all links and of its peer's) while it lives.
 #[derive(Debug)]
 pub struct LinkStream {
     io: Io,
-    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    _slots: Option<(tokio::sync::OwnedSemaphorePermit, PeerSlot)>,
 }
 
 #[derive(Debug)]
@@ -243,7 +288,7 @@ enum Io {
 
 impl LinkStream {
     fn new(io: Io) -> LinkStream {
-        LinkStream { io, _slot: None }
+        LinkStream { io, _slots: None }
     }
 }
 
@@ -411,6 +456,7 @@ where
 {
     let (ready, incoming) = tokio::sync::mpsc::channel(64);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_LINKS));
+    let per_peer = Arc::new(PeerCounts::default());
     tokio::spawn(async move {
         loop {
             let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -428,6 +474,11 @@ where
             if ready.is_closed() {
                 return;
             }
+            let Some(peer_slot) = per_peer.take(addr.ip()) else {
+                refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(peer = %addr, limit = MAX_LINKS_PER_PEER, "link refused: too many links from this address");
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let links = links.clone();
             let ready = ready.clone();
@@ -441,8 +492,8 @@ where
                         return;
                     }
                 };
-                // The slot is free again when the link's stream is dropped.
-                stream._slot = Some(slot);
+                // The slots are free again when the link's stream is dropped.
+                stream._slots = Some((slot, peer_slot));
                 let transport = tarpc::serde_transport::new(
                     framed(stream, frame_limit(peer.role)),
                     Bincode::default(),
