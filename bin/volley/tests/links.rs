@@ -85,6 +85,22 @@ async fn only_the_clusters_nodes_link_and_each_makes_only_its_own_calls() {
     let denied = agent.submit(context(), job).await.unwrap().unwrap_err();
     assert_eq!(denied.code, ErrorCode::PermissionDenied, "{denied:?}");
     assert!(agent.stats(context()).await.unwrap().is_err());
+    // An agent serves only apps of the controller's configuration.
+    let stranger_app = volley_contracts::AgentInfo {
+        name: "a9".into(),
+        apps: vec![ServedApp {
+            app: "bank".into(),
+            platforms: Platform::ALL.to_vec(),
+        }],
+        ..info.clone()
+    };
+    let denied = agent
+        .register(context(), stranger_app)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(denied.code, ErrorCode::PermissionDenied, "{denied:?}");
+    assert!(denied.message.contains("bank"), "{denied:?}");
 
     // Only the controller may have an agent deliver: a front's certificate gets nothing sent.
     let to_agent =

@@ -6,7 +6,9 @@
 //! unless `controller.accept_unserved`). An idempotent repeat is answered with its job, and
 //! a submission's key is claimed before anything else can refuse it (`jobs.rs`).
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use volley_config::ControllerConfig;
 use volley_contracts::{ErrorCode, JobAccepted, JobId, Platform, SubmitJob, WireError};
@@ -76,14 +78,17 @@ pub(crate) struct Admissions {
     chunk_size: u32,
     idempotency_window_ms: u64,
     accept_unserved: bool,
+    /// The apps of the controller's configuration; `None` when it lists none (any app).
+    apps: Option<Arc<HashSet<String>>>,
     pending: AtomicU64,
     /// Submissions refused, indexed like [`Rejection::ALL`].
     rejections: [AtomicU64; Rejection::ALL.len()],
 }
 
 impl Admissions {
-    pub(crate) fn new(config: &ControllerConfig) -> Admissions {
+    pub(crate) fn new(config: &ControllerConfig, apps: Option<Arc<HashSet<String>>>) -> Admissions {
         Admissions {
+            apps,
             max_pending: config.max_pending_notifications,
             chunk_size: config.chunk_size as u32,
             idempotency_window_ms: config.idempotency_window.as_millis() as u64,
@@ -145,6 +150,18 @@ impl Admissions {
         now: u64,
         registry: &Registry,
     ) -> Result<Admission, WireError> {
+        if let Some(apps) = &self.apps {
+            if !apps.contains(&submit.app) {
+                return Err(self.reject(
+                    Rejection::NoCredentials,
+                    ErrorCode::NoCredentials,
+                    format!(
+                        "app {:?} is not in the controller's configuration ([[apps]]): add it there, or to no role",
+                        submit.app
+                    ),
+                ));
+            }
+        }
         if !self.accept_unserved {
             let platforms = [
                 (Platform::Apns, submit.apns_tokens.len()),

@@ -38,6 +38,7 @@ mod store;
 mod tally;
 mod webhook;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,8 +53,8 @@ use volley_config::{Config, ControllerConfig};
 use volley_contracts::tls::NodeRole;
 use volley_contracts::{
     AgentId, AgentInfo, ChunkFailure, ChunkId, ChunkReport, ClusterStats, Controller, ErrorCode,
-    Held, InvalidTokenPage, JobAccepted, JobId, JobStatus, Links, Peer, Registration, SubmitJob,
-    WireError,
+    Held, InvalidTokenPage, JobAccepted, JobId, JobStatus, Links, Peer, Registration, ServedApp,
+    SubmitJob, WireError,
 };
 
 use crate::admission::{Admission, Admissions, Admitted, Rejection};
@@ -110,6 +111,8 @@ pub(crate) struct Core {
     links_refused: Arc<AtomicU64>,
     /// Calls refused for the caller's role.
     calls_denied: AtomicU64,
+    /// The apps of the configuration, which bound what agents may declare; `None`: any.
+    apps: Option<Arc<HashSet<String>>>,
 }
 
 /// Runs a controller on `listener` until `shutdown` resolves.
@@ -167,11 +170,15 @@ fn start(
         .filter_map(|app| Some((app.name.clone(), app.webhook.clone()?)))
         .collect();
     let outbox = webhook::Outbox::new(webhooks).map_err(ControllerError::Webhook)?;
+    // The apps agents may serve and jobs may be for; none listed: any.
+    let apps: Option<Arc<HashSet<String>>> = (!config.apps.is_empty())
+        .then(|| Arc::new(config.apps.iter().map(|app| app.name.clone()).collect()));
     let config = config.controller;
     let (store, recovered) = Store::open(&config.data_dir, config.fsync)?;
     let shutdown = CancellationToken::new();
     let core = Arc::new(Core {
-        admissions: Admissions::new(&config),
+        admissions: Admissions::new(&config, apps.clone()),
+        apps,
         jobs: JobTable::new(recovered.keys, config.max_finished_jobs),
         scheduler: Scheduler::new(config.chunk_size),
         registry: Registry::new(recovered.declared),
@@ -565,6 +572,26 @@ impl Core {
         if info.window > max_window {
             tracing::warn!(name = %info.name, declared = info.window, max_window, "agent window capped (controller.max_agent_window)");
             info.window = max_window;
+        }
+        if let Some(apps) = &self.apps {
+            let (known, unknown): (Vec<ServedApp>, Vec<ServedApp>) = std::mem::take(&mut info.apps)
+                .into_iter()
+                .partition(|served| apps.contains(&served.app));
+            if !unknown.is_empty() {
+                let unknown: Vec<&str> = unknown.iter().map(|served| served.app.as_str()).collect();
+                if known.is_empty() {
+                    return Err(WireError::new(
+                        ErrorCode::PermissionDenied,
+                        format!(
+                            "none of the apps agent {} declares ({}) is in the controller's configuration ([[apps]])",
+                            info.name,
+                            unknown.join(", ")
+                        ),
+                    ));
+                }
+                tracing::warn!(name = %info.name, apps = ?unknown, "agent declares apps the controller's configuration does not list; none of their chunks go to it");
+            }
+            info.apps = known;
         }
         let client = volley_contracts::connect_agent(info.addr.as_str(), &self.links)
             .await

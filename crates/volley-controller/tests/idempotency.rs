@@ -14,7 +14,13 @@ fn tokens(range: std::ops::Range<usize>) -> Vec<String> {
 /// A controller that queues jobs of any app without an agent: what is checked here happens
 /// before any chunk goes out.
 async fn start(dir: &std::path::Path) -> Running {
-    start_controller_with(dir, |config| config.controller.accept_unserved = true).await
+    start_controller_with(dir, |config| {
+        config.controller.accept_unserved = true;
+        let mut news = config.apps[0].clone();
+        news.name = "news".into();
+        config.apps.push(news);
+    })
+    .await
 }
 
 /// `job(...)` for app `app`.

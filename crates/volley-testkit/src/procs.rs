@@ -120,6 +120,14 @@ pub fn spawn_with(
     Proc { child, lines }
 }
 
+/// The address in a process's "front listening" line.
+fn front_addr(proc: &Proc) -> String {
+    let line = proc.line_with("front listening", 0);
+    let marker = "\"addr\":\"";
+    let start = line.find(marker).expect("the front's line names its addr") + marker.len();
+    line[start..].split('"').next().unwrap_or_default().to_owned()
+}
+
 /// Fakes, a controller, agents and fronts as processes.
 pub struct ProcCluster {
     /// Key files, CA certificates, the configuration and the controller's store.
@@ -171,8 +179,8 @@ impl ProcCluster {
         let proc = cluster.spawn_role(&["standalone"]);
         cluster.controller_addr = proc.wait_for("\"listen\":\"");
         proc.wait_for("registered with the controller");
-        let addr = proc.wait_for("\"addr\":\"");
-        cluster.front_url = format!("http://{addr}");
+        // Its front's line: the controller's "agent registered" carries an `addr` too.
+        cluster.front_url = format!("http://{}", front_addr(&proc));
         cluster.procs.insert("standalone".to_owned(), proc);
         cluster
     }
@@ -328,8 +336,7 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
         let name = format!("front-{}", self.next_front);
         self.next_front += 1;
         let proc = self.spawn_role(&["front", "--controller", &self.controller_addr]);
-        let addr = proc.wait_for("\"addr\":\"");
-        self.front_url = format!("http://{addr}");
+        self.front_url = format!("http://{}", front_addr(&proc));
         self.procs.insert(name.clone(), proc);
         name
     }
