@@ -125,7 +125,11 @@ fn front_addr(proc: &Proc) -> String {
     let line = proc.line_with("front listening", 0);
     let marker = "\"addr\":\"";
     let start = line.find(marker).expect("the front's line names its addr") + marker.len();
-    line[start..].split('"').next().unwrap_or_default().to_owned()
+    line[start..]
+        .split('"')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Fakes, a controller, agents and fronts as processes.
