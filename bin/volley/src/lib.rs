@@ -7,5 +7,6 @@ pub mod certs;
 pub mod demo;
 pub mod links;
 pub mod logging;
+pub mod memory;
 pub mod push;
 pub mod signal;

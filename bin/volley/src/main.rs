@@ -265,6 +265,7 @@ fn init_logging(format: LogFormat, level: &str, flag: Option<&str>) {
 
 async fn run_front(config: Config, links: Links) -> anyhow::Result<()> {
     volley::links::watch(links.clone());
+    volley::memory::return_freed_memory();
     let listener = tokio::net::TcpListener::bind(config.front.listen)
         .await
         .with_context(|| format!("cannot listen on front.listen = {}", config.front.listen))?;
@@ -282,6 +283,7 @@ async fn run_front(config: Config, links: Links) -> anyhow::Result<()> {
 
 async fn run_controller(config: Config, links: Links) -> anyhow::Result<()> {
     volley::links::watch(links.clone());
+    volley::memory::return_freed_memory();
     let listener = tokio::net::TcpListener::bind(config.controller.listen)
         .await
         .with_context(|| {
@@ -296,6 +298,7 @@ async fn run_controller(config: Config, links: Links) -> anyhow::Result<()> {
 
 async fn run_agent(config: Config, links: Links) -> anyhow::Result<()> {
     volley::links::watch(links.clone());
+    volley::memory::return_freed_memory();
     let listener = tokio::net::TcpListener::bind(config.agent.listen)
         .await
         .with_context(|| format!("cannot listen on agent.listen = {}", config.agent.listen))?;

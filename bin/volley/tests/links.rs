@@ -174,25 +174,64 @@ async fn only_the_clusters_nodes_link_and_each_makes_only_its_own_calls() {
 async fn a_peer_is_bounded_before_it_is_trusted() {
     let cluster = ProcCluster::start(BIN, 0, &[]);
     let ca = ca(&cluster);
-    let identity = ca.issue(NodeRole::Agent, "big", NODE_VALIDITY).unwrap();
-    let connector = tokio_rustls::TlsConnector::from(identity.client_config().unwrap());
-    let tcp = tokio::net::TcpStream::connect(cluster.controller_addr.as_str())
-        .await
-        .unwrap();
-    let name = rustls::pki_types::ServerName::try_from(NodeRole::Controller.dns_name()).unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
-    // An agent's frames are bounded well below this declared 200 MiB: the controller closes
-    // the link at the length, without reading (or reserving) the rest.
-    tls.write_all(&(200u32 * 1024 * 1024).to_be_bytes())
-        .await
-        .unwrap();
-    tls.write_all(&[0u8; 1024]).await.unwrap();
+    let controller_pid = cluster.proc("controller").child.id();
+    let before = rss_bytes(controller_pid);
+    let dial = |role: NodeRole| {
+        let identity = ca.issue(role, "big", NODE_VALIDITY).unwrap();
+        let addr = cluster.controller_addr.clone();
+        async move {
+            let connector = tokio_rustls::TlsConnector::from(identity.client_config().unwrap());
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name =
+                rustls::pki_types::ServerName::try_from(NodeRole::Controller.dns_name()).unwrap();
+            connector.connect(name, tcp).await.unwrap()
+        }
+    };
+    // An agent's frames are bounded well below this declared 200 MiB, a front's below this
+    // declared 600 MiB: the controller closes the link at the length, without reading (or
+    // reserving) the rest.
+    for (role, declared) in [
+        (NodeRole::Agent, 200u32 << 20),
+        (NodeRole::Front, 600 << 20),
+    ] {
+        let mut tls = dial(role).await;
+        tls.write_all(&declared.to_be_bytes()).await.unwrap();
+        tls.write_all(&[0u8; 1024]).await.unwrap();
+        tls.flush().await.unwrap();
+        let mut buffer = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buffer))
+            .await
+            .unwrap_or_else(|_| panic!("the controller closes a {role}'s oversize frame"));
+        assert!(matches!(closed, Ok(0) | Err(_)), "{role}: {closed:?}");
+    }
+    // A front's frame within its bound, cut off after 96 MiB: the controller buffered it, and
+    // gives the memory back once the peer is gone.
+    let mut tls = dial(NodeRole::Front).await;
+    tls.write_all(&(160u32 << 20).to_be_bytes()).await.unwrap();
+    let block = vec![0u8; 1 << 20];
+    for _ in 0..96 {
+        tls.write_all(&block).await.unwrap();
+    }
     tls.flush().await.unwrap();
-    let mut buffer = [0u8; 64];
-    let closed = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buffer))
-        .await
-        .expect("the controller closes the link");
-    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    wait_until(WAIT, "the controller to buffer the frame", || async {
+        rss_bytes(controller_pid) > before + (64 << 20)
+    })
+    .await
+    .unwrap();
+    drop(tls);
+    wait_until(
+        WAIT,
+        "the controller's memory back after the peer left",
+        || async { rss_bytes(controller_pid) < before + (24 << 20) },
+    )
+    .await
+    .unwrap_or_else(|error| {
+        panic!(
+            "{error}: RSS {} MiB, {} MiB before",
+            rss_bytes(controller_pid) >> 20,
+            before >> 20
+        )
+    });
 
     // One address holds at most MAX_LINKS_PER_PEER links, handshakes included: past that the
     // controller closes each new one at accept (the front's link from 127.0.0.1 counts too).
@@ -282,4 +321,15 @@ fn a_role_without_certificates_refuses_to_start_unless_told_links_are_insecure()
     let _ = proc.child.kill();
     let _ = proc.child.wait();
     cluster.stop();
+}
+
+/// A process's resident memory, from `/proc`.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib * 1024
 }
