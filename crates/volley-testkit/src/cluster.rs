@@ -34,6 +34,8 @@ pub struct ClusterOptions {
     pub fake_fcm: FakeConfig,
     /// Applied to the configuration before anything starts.
     pub tweak: fn(&mut Config),
+    /// Plain TCP between the roles instead of mutual TLS (to measure what TLS costs).
+    pub insecure_links: bool,
 }
 
 impl Default for ClusterOptions {
@@ -43,6 +45,7 @@ impl Default for ClusterOptions {
             fake_apns: FakeConfig::apns(),
             fake_fcm: FakeConfig::fcm(),
             tweak: |_| {},
+            insecure_links: false,
         }
     }
 }
@@ -64,6 +67,8 @@ pub struct Cluster {
     pub fake_fcm: FakeServer,
     /// The cluster's CA and its nodes' certificates, made for this cluster in memory.
     pub certs: EphemeralCluster,
+    /// The roles' links are plain TCP ([`ClusterOptions::insecure_links`]).
+    insecure_links: bool,
     front: Option<RoleHandle>,
     controller: Option<RoleHandle>,
     agents: Vec<Option<RoleHandle>>,
@@ -153,13 +158,15 @@ impl Cluster {
         config.validate()?;
 
         let certs = EphemeralCluster::generate()?;
-        let controller = spawn_controller(
-            config.clone(),
-            controller_listener,
-            certs.links(NodeRole::Controller)?,
-        )?;
+        let controller_links = if options.insecure_links {
+            Links::Insecure
+        } else {
+            certs.links(NodeRole::Controller)?
+        };
+        let controller = spawn_controller(config.clone(), controller_listener, controller_links)?;
         let mut cluster = Cluster {
             certs,
+            insecure_links: options.insecure_links,
             config,
             api_key,
             front_url: format!("http://{front_addr}"),
@@ -222,6 +229,9 @@ impl Cluster {
     /// Links secured with the cluster's certificate for `role`: how a test speaks tarpc to
     /// the controller (as a front) or serves it (as an agent).
     pub fn links(&self, role: NodeRole) -> anyhow::Result<Links> {
+        if self.insecure_links {
+            return Ok(Links::Insecure);
+        }
         Ok(self.certs.links(role)?)
     }
 

@@ -108,6 +108,9 @@ pub struct BenchArgs {
     /// Hide the progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// Plain TCP between the roles instead of mutual TLS, to measure what TLS costs.
+    #[arg(long)]
+    pub insecure_links: bool,
 }
 
 impl Workload {
@@ -240,8 +243,8 @@ async fn run_once(
     }
 
     let system = match args.topology {
-        Topology::Standalone => System::standalone(args.agents).await?,
-        Topology::Processes => System::processes(binary, args.agents).await?,
+        Topology::Standalone => System::standalone(args.agents, args.insecure_links).await?,
+        Topology::Processes => System::processes(binary, args.agents, args.insecure_links).await?,
     };
     let measured = async {
         match args.workload {

@@ -94,9 +94,10 @@ pub enum System {
 
 impl System {
     /// Starts a cluster in this process.
-    pub async fn standalone(agents: usize) -> anyhow::Result<System> {
+    pub async fn standalone(agents: usize, insecure_links: bool) -> anyhow::Result<System> {
         let cluster = Cluster::start(ClusterOptions {
             agents,
+            insecure_links,
             ..ClusterOptions::default()
         })
         .await?;
@@ -104,9 +105,13 @@ impl System {
     }
 
     /// Starts fakes, a controller, `agents` agents and a front as processes of `binary`.
-    pub async fn processes(binary: &Path, agents: usize) -> anyhow::Result<System> {
+    pub async fn processes(
+        binary: &Path,
+        agents: usize,
+        insecure_links: bool,
+    ) -> anyhow::Result<System> {
         Ok(System::Processes(Box::new(
-            Processes::start(binary, agents).await?,
+            Processes::start(binary, agents, insecure_links).await?,
         )))
     }
 
@@ -198,7 +203,11 @@ pub struct Processes {
 }
 
 impl Processes {
-    async fn start(binary: &Path, agents: usize) -> anyhow::Result<Processes> {
+    async fn start(
+        binary: &Path,
+        agents: usize,
+        insecure_links: bool,
+    ) -> anyhow::Result<Processes> {
         let dir = tempfile::tempdir()?;
         let dir_path = dir.path().to_path_buf();
         let mut processes = Processes {
@@ -272,7 +281,8 @@ impl Processes {
             path("service-account.json"),
             volley_fake::keys::test_service_account(&format!("{fcm_endpoint}/token"), PROJECT),
         )?;
-        // The links are mutual TLS, as in production: a CA and one certificate per role.
+        // The links are mutual TLS, as in production: a CA and one certificate per role
+        // (unless --insecure-links, which measures what TLS costs).
         let ca = ClusterCa::generate()?;
         std::fs::write(path("ca.pem"), ca.cert_pem())?;
         let mut role_env = std::collections::HashMap::new();
@@ -286,11 +296,13 @@ impl Processes {
                     ("VOLLEY_CLUSTER__KEY_FILE", key.display().to_string()),
                 ],
             );
-            if role == NodeRole::Front {
+            if role == NodeRole::Front && !insecure_links {
                 processes.target.links = Links::tls(identity)?;
             }
         }
-        processes.role_env = role_env;
+        if !insecure_links {
+            processes.role_env = role_env;
+        }
         let config = dir_path.join("volley.toml");
         std::fs::write(
             &config,
@@ -301,6 +313,7 @@ format = "json"
 
 [cluster]
 ca_file = "{ca_file}"
+insecure = {insecure_links}
 
 [front]
 listen = "127.0.0.1:0"
