@@ -137,7 +137,9 @@ async fn unserved_apps_and_platforms_neither_stall_others_nor_spin_the_controlle
     // With controller.accept_unserved, such jobs wait, with a reason, and cost nothing.
     let agent_lines = cluster.proc("agent-apns").line_count();
     cluster.kill9("controller");
-    let accepting = base.replacen(
+    // The controller now knows app "other" too (an agent may serve only apps of the
+    // controller's configuration), and accepts jobs no agent serves yet.
+    let accepting = with_other_app(&base).replacen(
         "[controller]\n",
         "[controller]\naccept_unserved = true\n",
         1,
