@@ -204,8 +204,27 @@ async fn a_peer_is_bounded_before_it_is_trusted() {
             .unwrap_or_else(|_| panic!("the controller closes a {role}'s oversize frame"));
         assert!(matches!(closed, Ok(0) | Err(_)), "{role}: {closed:?}");
     }
-    // A front's frame within its bound, cut off after 96 MiB: the controller buffered it, and
-    // gives the memory back once the peer is gone.
+    // A front's frames may be large for a submission only: a `stats` call declared at 100 MiB
+    // is refused as soon as its first bytes name it.
+    let mut tls = dial(NodeRole::Front).await;
+    let stats = tarpc::ClientMessage::Request(tarpc::Request {
+        context: context(),
+        id: 1,
+        message: volley_contracts::ControllerRequest::Stats {},
+    });
+    let stats = bincode::Options::serialize(bincode::DefaultOptions::new(), &stats).unwrap();
+    tls.write_all(&(100u32 << 20).to_be_bytes()).await.unwrap();
+    tls.write_all(&stats).await.unwrap();
+    let _ = tls.write_all(&[0u8; 64 << 10]).await;
+    let _ = tls.flush().await;
+    let mut buffer = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buffer))
+        .await
+        .expect("the controller closes a large stats call");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+
+    // A front's frame within its bound (zeros read as a `submit`), cut off after 96 MiB: the
+    // controller buffered it, and gives the memory back once the peer is gone.
     let mut tls = dial(NodeRole::Front).await;
     tls.write_all(&(160u32 << 20).to_be_bytes()).await.unwrap();
     let block = vec![0u8; 1 << 20];

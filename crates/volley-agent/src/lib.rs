@@ -582,7 +582,7 @@ pub async fn run(
         let links = links.clone();
         tokio::spawn(async move {
             let refused = Arc::default();
-            let serve = volley_contracts::listen(listener, links, refused).for_each(
+            let serve = volley_contracts::listen(listener, links, refused, &[]).for_each(
                 move |(peer, transport)| {
                     let server = AgentServer {
                         peer: Some(Arc::new(peer)),

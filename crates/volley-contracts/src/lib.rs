@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 pub use tokens::{TokenList, TokenListBuilder};
 pub use transport::{
     connect_agent, connect_controller, frame_limit, listen, LinkStream, LinkTls, Links, Peer,
-    Reload, ServerTransport, HANDSHAKE_TIMEOUT, MAX_FRAME_BYTES, MAX_LINKS, MAX_LINKS_PER_PEER,
-    NODE_FRAME_BYTES,
+    Reload, ServerTransport, CONTROLLER_LARGE_CALLS, HANDSHAKE_TIMEOUT, MAX_FRAME_BYTES, MAX_LINKS,
+    MAX_LINKS_PER_PEER, NODE_FRAME_BYTES, SMALL_FRAME_BYTES,
 };
 
 /// Identifies a job across the cluster.

@@ -38,6 +38,15 @@ pub const MAX_FRAME_BYTES: usize = 512 * 1024 * 1024;
 /// `controller.chunk_size` ≤ 100,000 tokens each) or a report of one.
 pub const NODE_FRAME_BYTES: usize = 64 * 1024 * 1024;
 
+/// The largest frame a front may send for any call but a submission (`status`, `cancel`,
+/// `stats`, ... carry a job id or nothing).
+pub const SMALL_FRAME_BYTES: usize = 1024 * 1024;
+
+/// The calls of the controller's service a front may send in frames above
+/// [`SMALL_FRAME_BYTES`]: `submit` and `submit_many`, by their place in `ControllerRequest`
+/// (a unit test checks it against the generated type).
+pub const CONTROLLER_LARGE_CALLS: &[u32] = &[0, 1];
+
 /// How long a peer has to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -277,6 +286,8 @@ impl std::fmt::Display for Peer {
 pub struct LinkStream {
     io: Io,
     _slots: Option<(tokio::sync::OwnedSemaphorePermit, PeerSlot)>,
+    /// On a server's link from a front: which calls may come in large frames.
+    guard: Option<FrameGuard>,
 }
 
 #[derive(Debug)]
@@ -288,7 +299,11 @@ enum Io {
 
 impl LinkStream {
     fn new(io: Io) -> LinkStream {
-        LinkStream { io, _slots: None }
+        LinkStream {
+            io,
+            _slots: None,
+            guard: None,
+        }
     }
 }
 
@@ -318,13 +333,20 @@ impl AsyncRead for LinkStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match delegate!(self, s => s.poll_read(cx, buf)) {
+        let before = buf.filled().len();
+        let this = self.get_mut();
+        let read = Pin::new(&mut *this);
+        match delegate!(read, s => s.poll_read(cx, buf)) {
             // A peer that drops its link closes TCP without TLS's close_notify (tarpc never
             // shuts a transport down). The length-delimited framing already tells a cut-off
             // frame from a clean end, so that is an end, not an error to log.
             Poll::Ready(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => {
                 Poll::Ready(Ok(()))
             }
+            Poll::Ready(Ok(())) => match &mut this.guard {
+                Some(guard) => Poll::Ready(guard.observe(&buf.filled()[before..])),
+                None => Poll::Ready(Ok(())),
+            },
             other => other,
         }
     }
@@ -362,6 +384,149 @@ impl AsyncWrite for LinkStream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         delegate!(self, s => s.poll_shutdown(cx))
     }
+}
+
+/// Follows the frames of a link as its bytes are read and refuses, as soon as its first bytes
+/// name the call, a frame above [`SMALL_FRAME_BYTES`] for a call not in `large_calls`: a front
+/// may send a million tokens in a submission, not in a `stats` call. At most one read's bytes
+/// of such a frame are buffered before the link is closed.
+#[derive(Debug)]
+struct FrameGuard {
+    large_calls: &'static [u32],
+    state: FrameState,
+}
+
+#[derive(Debug)]
+enum FrameState {
+    /// Reading a frame's 4-byte length.
+    Length { read: usize, bytes: [u8; 4] },
+    /// In a frame that is small enough whatever its call: `left` bytes to pass.
+    Body { left: usize },
+    /// In a large frame whose call is not known yet: its first bytes so far.
+    Head { left: usize, head: Vec<u8> },
+}
+
+/// Bytes of a frame within which its call is named (the message kind, the request's context
+/// and id, then the call's index; about 50 bytes with bincode's variable-length integers).
+const HEAD_BYTES: usize = 128;
+
+impl FrameGuard {
+    fn new(large_calls: &'static [u32]) -> FrameGuard {
+        FrameGuard {
+            large_calls,
+            state: FrameState::Length {
+                read: 0,
+                bytes: [0; 4],
+            },
+        }
+    }
+
+    fn observe(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            match &mut self.state {
+                FrameState::Length {
+                    read,
+                    bytes: length,
+                } => {
+                    length[*read] = bytes[0];
+                    *read += 1;
+                    bytes = &bytes[1..];
+                    if *read == 4 {
+                        let len = u32::from_be_bytes(*length) as usize;
+                        self.state = if len > SMALL_FRAME_BYTES {
+                            FrameState::Head {
+                                left: len,
+                                head: Vec::with_capacity(HEAD_BYTES),
+                            }
+                        } else {
+                            FrameState::Body { left: len }
+                        };
+                    }
+                }
+                FrameState::Body { left } => {
+                    let take = (*left).min(bytes.len());
+                    *left -= take;
+                    bytes = &bytes[take..];
+                }
+                FrameState::Head { left, head } => {
+                    let take = (HEAD_BYTES - head.len()).min(bytes.len());
+                    head.extend_from_slice(&bytes[..take]);
+                    *left -= take;
+                    bytes = &bytes[take..];
+                    match call_index(head) {
+                        Some(call) if self.large_calls.contains(&call) => {
+                            self.state = FrameState::Body { left: *left };
+                        }
+                        Some(call) => return Err(too_large(call)),
+                        None if head.len() == HEAD_BYTES => return Err(too_large(u32::MAX)),
+                        None => {}
+                    }
+                }
+            }
+            if let FrameState::Body { left: 0 } = self.state {
+                self.state = FrameState::Length {
+                    read: 0,
+                    bytes: [0; 4],
+                };
+            }
+        }
+        Ok(())
+    }
+}
+
+fn too_large(call: u32) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "a frame above {SMALL_FRAME_BYTES} bytes for call #{call}, which may not be that large"
+        ),
+    )
+}
+
+/// The index of the call a request frame starts with, once `head` holds enough of it; `None`
+/// while it does not (or for a frame that is not a request).
+fn call_index(head: &[u8]) -> Option<u32> {
+    use bincode::Options as _;
+    use serde::de::{Deserializer, EnumAccess, Visitor};
+
+    /// A request as far as its call's index.
+    #[derive(serde::Deserialize)]
+    struct RequestHead {
+        _context: tarpc::context::Context,
+        _id: u64,
+        call: CallIndex,
+    }
+
+    struct CallIndex(u32);
+
+    impl<'de> serde::Deserialize<'de> for CallIndex {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Index;
+            impl<'de> Visitor<'de> for Index {
+                type Value = CallIndex;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a call")
+                }
+                fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<CallIndex, A::Error> {
+                    // The call's arguments are not read: only which call it is.
+                    let (index, _) = data.variant::<u32>()?;
+                    Ok(CallIndex(index))
+                }
+            }
+            deserializer.deserialize_enum("call", &[], Index)
+        }
+    }
+
+    // `ClientMessage::Request` is variant 0; a cancel is never large.
+    let (&kind, rest) = head.split_first()?;
+    if kind != 0 {
+        return Some(u32::MAX);
+    }
+    bincode::DefaultOptions::new()
+        .allow_trailing_bytes()
+        .deserialize::<RequestHead>(rest)
+        .ok()
+        .map(|request| request.call.0)
 }
 
 type ClientTransport<Req, Resp> = Transport<
@@ -444,11 +609,14 @@ pub fn frame_limit(role: Option<NodeRole>) -> usize {
 
 /// Accepts tarpc links on a bound listener: each completes its TLS handshake on its own task
 /// (bounded by [`HANDSHAKE_TIMEOUT`]) before it is yielded, with frames bounded by the peer's
-/// role. A refused handshake is logged and counted in `refused`.
+/// role, and a front's frames above [`SMALL_FRAME_BYTES`] allowed only for `large_calls` (the
+/// indexes of the service's calls, such as [`CONTROLLER_LARGE_CALLS`]). A refused handshake is
+/// logged and counted in `refused`.
 pub fn listen<Req, Resp>(
     listener: tokio::net::TcpListener,
     links: Links,
     refused: Arc<std::sync::atomic::AtomicU64>,
+    large_calls: &'static [u32],
 ) -> impl Stream<Item = (Peer, ServerTransport<Req, Resp>)>
 where
     Req: for<'de> serde::Deserialize<'de> + Send + 'static,
@@ -494,6 +662,9 @@ where
                 };
                 // The slots are free again when the link's stream is dropped.
                 stream._slots = Some((slot, peer_slot));
+                if peer.role == Some(NodeRole::Front) {
+                    stream.guard = Some(FrameGuard::new(large_calls));
+                }
                 let transport = tarpc::serde_transport::new(
                     framed(stream, frame_limit(peer.role)),
                     Bincode::default(),
@@ -548,5 +719,109 @@ async fn accept(tcp: TcpStream, addr: SocketAddr, links: &Links) -> io::Result<(
             };
             Ok((peer, LinkStream::new(Io::Server(Box::new(stream)))))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bincode::Options as _;
+
+    use super::*;
+    use crate::{ControllerRequest, SubmitJob};
+
+    /// A frame as tarpc's bincode transport writes it: length, then the message.
+    fn frame(message: ClientMessage<ControllerRequest>, declared: Option<usize>) -> Vec<u8> {
+        let body = bincode::DefaultOptions::new().serialize(&message).unwrap();
+        let len = declared.unwrap_or(body.len()) as u32;
+        let mut frame = len.to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        frame
+    }
+
+    fn request(message: ControllerRequest) -> ClientMessage<ControllerRequest> {
+        ClientMessage::Request(tarpc::Request {
+            context: tarpc::context::current(),
+            id: u64::MAX,
+            message,
+        })
+    }
+
+    fn job() -> SubmitJob {
+        SubmitJob {
+            app: "shop".into(),
+            apns: None,
+            fcm: None,
+            apns_tokens: Default::default(),
+            fcm_tokens: Default::default(),
+            idempotency_key: None,
+            rejected: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_large_calls_are_the_controllers_submissions() {
+        let index = |message| {
+            let frame = frame(request(message), None);
+            call_index(&frame[4..]).unwrap()
+        };
+        assert_eq!(index(ControllerRequest::Submit { job: job() }), 0);
+        assert_eq!(
+            index(ControllerRequest::SubmitMany { jobs: vec![job()] }),
+            1
+        );
+        assert_eq!(CONTROLLER_LARGE_CALLS, &[0, 1]);
+        assert!(!CONTROLLER_LARGE_CALLS.contains(&index(ControllerRequest::Stats {})));
+        let head = frame(request(ControllerRequest::Stats {}), None);
+        assert!(
+            head.len() - 4 < HEAD_BYTES,
+            "a call is named within HEAD_BYTES"
+        );
+    }
+
+    /// Feeds `bytes` to a guard in reads of `step` bytes.
+    fn feed(guard: &mut FrameGuard, bytes: &[u8], step: usize) -> io::Result<()> {
+        bytes.chunks(step).try_for_each(|read| guard.observe(read))
+    }
+
+    #[test]
+    fn a_front_sends_large_frames_only_for_submissions() {
+        let large = SMALL_FRAME_BYTES + 1;
+        for step in [1, 7, 4096] {
+            let mut guard = FrameGuard::new(CONTROLLER_LARGE_CALLS);
+            // A submission declared large, its bytes up to the declared length, then small
+            // calls: all pass.
+            let mut submission = frame(
+                request(ControllerRequest::Submit { job: job() }),
+                Some(large),
+            );
+            submission.resize(4 + large, 0);
+            feed(&mut guard, &submission, step.max(1)).unwrap();
+            let stats = frame(request(ControllerRequest::Stats {}), None);
+            feed(&mut guard, &stats, step).unwrap();
+            let cancel = frame(
+                ClientMessage::Cancel {
+                    trace_context: Default::default(),
+                    request_id: 1,
+                },
+                None,
+            );
+            feed(&mut guard, &cancel, step).unwrap();
+            // `stats` declared large: refused once its head names it.
+            let stats = frame(request(ControllerRequest::Stats {}), Some(large));
+            let error = feed(&mut guard, &stats, step).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+        }
+        // A large frame that names no call within HEAD_BYTES: refused.
+        let mut guard = FrameGuard::new(CONTROLLER_LARGE_CALLS);
+        let mut garbage = ((SMALL_FRAME_BYTES + 1) as u32).to_be_bytes().to_vec();
+        garbage.extend_from_slice(&[0xff; HEAD_BYTES]);
+        assert!(feed(&mut guard, &garbage, 16).is_err());
+        // On an agent's server nothing from a front may be large.
+        let mut guard = FrameGuard::new(&[]);
+        let submission = frame(
+            request(ControllerRequest::Submit { job: job() }),
+            Some(SMALL_FRAME_BYTES + 1),
+        );
+        assert!(feed(&mut guard, &submission, 4096).is_err());
     }
 }

@@ -207,7 +207,12 @@ fn start(
     let refused = core.links_refused.clone();
     let served = core.clone();
     let serving = async move {
-        let incoming = volley_contracts::listen(listener, links, refused);
+        let incoming = volley_contracts::listen(
+            listener,
+            links,
+            refused,
+            volley_contracts::CONTROLLER_LARGE_CALLS,
+        );
         let serve = incoming.for_each(move |(peer, transport)| {
             let server = ControllerServer {
                 core: served.clone(),

@@ -79,7 +79,7 @@ pub async fn serve_agent(agent: TestAgent) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move {
-        let mut incoming = volley_contracts::listen(listener, Links::Insecure, Arc::default());
+        let mut incoming = volley_contracts::listen(listener, Links::Insecure, Arc::default(), &[]);
         while let Some((_, transport)) = incoming.next().await {
             tokio::spawn(
                 BaseChannel::with_defaults(transport)

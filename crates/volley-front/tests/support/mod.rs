@@ -270,7 +270,7 @@ pub async fn serve_controller_on(listener: TcpListener, controller: FakeControll
     let mut connections = tokio::task::JoinSet::new();
     // The front's own tests use plain links to a fake controller; mutual TLS has tests of
     // its own (crates/volley-contracts, bin/volley/tests/links.rs).
-    let mut incoming = volley_contracts::listen(listener, Links::Insecure, Default::default());
+    let mut incoming = volley_contracts::listen(listener, Links::Insecure, Default::default(), &[]);
     while let Some((_, transport)) = incoming.next().await {
         let server = controller.clone();
         connections.spawn(
