@@ -60,25 +60,27 @@ pub const RELOAD_POLL: Duration = Duration::from_secs(10);
 /// (looked at every [`RELOAD_POLL`]): new links use the new certificate, links already open
 /// keep theirs, so nothing in flight is dropped. Files that do not make a valid identity
 /// (half-written, a key that is not the certificate's, another role) leave the current one
-/// in place, with an error in the log naming the file. Nothing to do on insecure links.
+/// in place, with an error in the log naming the file, logged and counted once per failure
+/// (and again on each SIGHUP). Nothing to do on insecure links.
+///
+/// Call it first thing on the role's runtime: SIGHUP ends a process that has not asked for
+/// it, so the handler is installed here, before the role starts its work.
 pub fn watch(links: Links) {
     if links.identity().is_none() {
         return;
     }
+    #[cfg(unix)]
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; certificates are still reloaded when their files change");
+            None
+        }
+    };
     tokio::spawn(async move {
-        #[cfg(unix)]
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            Ok(signal) => Some(signal),
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGHUP; certificates are still reloaded when their files change");
-                None
-            }
-        };
         let mut poll = tokio::time::interval(RELOAD_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         poll.tick().await;
-        // A failure the poll already logged is not logged again every RELOAD_POLL.
         let mut last_failure: Option<String> = None;
         loop {
             #[cfg(unix)]
@@ -91,7 +93,17 @@ pub fn watch(links: Links) {
                 poll.tick().await;
                 false
             };
-            match links.reload() {
+            // File reads and a signature check: off the role's one runtime thread, in case
+            // the files sit on a slow mount.
+            let reloading = links.clone();
+            let result = match tokio::task::spawn_blocking(move || reloading.reload()).await {
+                Ok(result) => result,
+                Err(error) => {
+                    tracing::error!(%error, "link certificate reload panicked");
+                    continue;
+                }
+            };
+            match result {
                 Ok(Reload::Reloaded {
                     name,
                     previous_not_after,
@@ -115,6 +127,7 @@ pub fn watch(links: Links) {
                 Err(error) => {
                     let error = error.to_string();
                     if signalled || last_failure.as_ref() != Some(&error) {
+                        links.count_reload_failure();
                         tracing::error!(%error, "link certificate not reloaded; the node keeps its current one");
                     }
                     last_failure = Some(error);

@@ -11,8 +11,10 @@ use std::time::Duration;
 /// How often freed memory is handed back.
 const COLLECT_EVERY: Duration = Duration::from_secs(1);
 
-/// Starts the task that returns freed memory, on the current Tokio runtime. The purge it
-/// triggers covers every thread's freed segments; one per process is enough.
+/// Starts the task that returns freed memory, on the current Tokio runtime. It collects this
+/// thread's heap and purges, process-wide, the freed segments whose delay has passed (large
+/// buffers such as frames end up there whichever thread freed them); one per process is
+/// enough.
 pub fn return_freed_memory() {
     tokio::spawn(async {
         let mut tick = tokio::time::interval(COLLECT_EVERY);

@@ -210,7 +210,8 @@ impl Links {
 
     /// Reads the identity's files again and, if they changed, makes new links use them.
     /// Files that do not make a valid identity of this node's role leave the current one in
-    /// place and return the error (naming the file).
+    /// place and return the error (naming the file); the caller counts it
+    /// ([`Links::count_reload_failure`]) once per failure, not once per look.
     pub fn reload(&self) -> Result<Reload, TlsError> {
         let Links::Tls(tls) = self else {
             return Ok(Reload::Unchanged);
@@ -219,12 +220,17 @@ impl Links {
             return Ok(Reload::Unchanged);
         };
         let result = tls.reload_from(files);
-        match &result {
-            Ok(Reload::Reloaded { .. }) => tls.reloads.fetch_add(1, Ordering::Relaxed),
-            Ok(Reload::Unchanged) => 0,
-            Err(_) => tls.reload_failures.fetch_add(1, Ordering::Relaxed),
-        };
+        if let Ok(Reload::Reloaded { .. }) = &result {
+            tls.reloads.fetch_add(1, Ordering::Relaxed);
+        }
         result
+    }
+
+    /// Counts a reload that failed (in [`Links::reload_counts`]).
+    pub fn count_reload_failure(&self) {
+        if let Links::Tls(tls) = self {
+            tls.reload_failures.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -626,6 +632,9 @@ where
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_LINKS));
     let per_peer = Arc::new(PeerCounts::default());
     tokio::spawn(async move {
+        // Refusals at the cap are logged at most once a second, with how many were not.
+        let mut last_warning: Option<tokio::time::Instant> = None;
+        let mut unlogged = 0u64;
         loop {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
@@ -644,7 +653,13 @@ where
             }
             let Some(peer_slot) = per_peer.take(addr.ip()) else {
                 refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(peer = %addr, limit = MAX_LINKS_PER_PEER, "link refused: too many links from this address");
+                if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(peer = %addr, limit = MAX_LINKS_PER_PEER, also_refused = unlogged, "link refused: too many links from this address");
+                    last_warning = Some(tokio::time::Instant::now());
+                    unlogged = 0;
+                } else {
+                    unlogged += 1;
+                }
                 continue;
             };
             let _ = tcp.set_nodelay(true);
