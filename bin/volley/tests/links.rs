@@ -101,6 +101,14 @@ async fn only_the_clusters_nodes_link_and_each_makes_only_its_own_calls() {
         .unwrap_err();
     assert_eq!(denied.code, ErrorCode::PermissionDenied, "{denied:?}");
     assert!(denied.message.contains("bank"), "{denied:?}");
+    // Nor renew another agent's leases: a heartbeat counts only from the certificate its
+    // agent registered with.
+    let stolen = agent
+        .heartbeat(context(), stats.agents[0].id, Vec::new(), None)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(stolen.code, ErrorCode::PermissionDenied, "{stolen:?}");
 
     // Only the controller may have an agent deliver: a front's certificate gets nothing sent.
     let to_agent =

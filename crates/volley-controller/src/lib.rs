@@ -63,7 +63,7 @@ use crate::dispatcher::Dispatcher;
 use crate::job::Job;
 use crate::jobs::{Forgotten, JobTable};
 use crate::leases::Leases;
-use crate::registry::Registry;
+use crate::registry::{Registry, Touch};
 use crate::scheduler::{Scheduler, Work};
 use crate::store::{KeyRecord, Store, Write};
 use crate::tally::{ChunkTally, Tallies};
@@ -337,7 +337,8 @@ impl Controller for ControllerServer {
 
     async fn register(self, _: Context, agent: AgentInfo) -> Result<Registration, WireError> {
         self.allow(NodeRole::Agent, "register")?;
-        let id = self.core.register(agent).await?;
+        let peer_name = self.peer.role.map(|_| self.peer.name.clone());
+        let id = self.core.register(agent, peer_name).await?;
         Ok(Registration {
             id,
             lease_ms: self.core.config.lease_time.as_millis() as u64,
@@ -352,11 +353,27 @@ impl Controller for ControllerServer {
         certificate_expires_at: Option<i64>,
     ) -> Result<Vec<ChunkId>, WireError> {
         self.allow(NodeRole::Agent, "heartbeat")?;
-        if !self.core.registry.touch(agent, certificate_expires_at) {
-            return Err(WireError::new(
-                ErrorCode::NotFound,
-                format!("{agent} is not registered"),
-            ));
+        let peer_name = self.peer.role.map(|_| self.peer.name.as_str());
+        match self
+            .core
+            .registry
+            .touch(agent, peer_name, certificate_expires_at)
+        {
+            Touch::Renewed => {}
+            Touch::Unknown => {
+                return Err(WireError::new(
+                    ErrorCode::NotFound,
+                    format!("{agent} is not registered"),
+                ))
+            }
+            Touch::OtherPeer => {
+                self.core.calls_denied.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = %self.peer, %agent, "heartbeat refused: the agent registered with another certificate");
+                return Err(WireError::new(
+                    ErrorCode::PermissionDenied,
+                    format!("{agent} registered with another certificate"),
+                ));
+            }
         }
         Ok(self.core.leases.renew(agent, &held))
     }
@@ -570,7 +587,11 @@ impl Core {
     }
 
     /// Registers an agent: records what it declared, starts its dispatcher.
-    async fn register(self: &Arc<Self>, mut info: AgentInfo) -> Result<AgentId, WireError> {
+    async fn register(
+        self: &Arc<Self>,
+        mut info: AgentInfo,
+        peer_name: Option<String>,
+    ) -> Result<AgentId, WireError> {
         // An agent's window decides how many calls the controller keeps out with it: bounded
         // by this configuration, whatever the agent declares.
         let max_window = self.config.max_agent_window.max(1);
@@ -608,7 +629,7 @@ impl Core {
             })?;
         let stop = self.shutdown.child_token();
         let window = info.window.max(1);
-        let (id, counters, fresh) = self.registry.insert(info.clone(), stop.clone());
+        let (id, counters, fresh) = self.registry.insert(info.clone(), peer_name, stop.clone());
         let served: Vec<String> = info.apps.iter().map(ToString::to_string).collect();
         tracing::info!(agent = %id, name = %info.name, addr = %info.addr, window, apps = ?served, "agent registered");
         // Known to the scheduler as soon as to admission: a job accepted for what it declared

@@ -18,6 +18,9 @@ pub(crate) struct AgentEntry {
     last_seen: Instant,
     /// When its link certificate expires, as its last heartbeat said.
     certificate_expires_at: Option<i64>,
+    /// The certificate name of the link it registered on (`None` on insecure links): only a
+    /// link of that name may heartbeat for it.
+    peer_name: Option<String>,
     counters: AgentCounters,
     /// Cancelled when it is dropped: its dispatcher's workers stop.
     pub(crate) stop: CancellationToken,
@@ -52,6 +55,7 @@ impl Registry {
     pub(crate) fn insert(
         &self,
         info: AgentInfo,
+        peer_name: Option<String>,
         stop: CancellationToken,
     ) -> (AgentId, AgentCounters, Vec<(String, Platform)>) {
         // What it declares is known before its id is taken: admission reads a taken id as
@@ -76,6 +80,7 @@ impl Registry {
                 info,
                 last_seen: Instant::now(),
                 certificate_expires_at: None,
+                peer_name,
                 counters: counters.clone(),
                 stop,
             },
@@ -90,15 +95,23 @@ impl Registry {
         Some(entry)
     }
 
-    /// Notes a heartbeat; false when the agent is not registered.
-    pub(crate) fn touch(&self, id: AgentId, certificate_expires_at: Option<i64>) -> bool {
+    /// Notes a heartbeat from a link whose certificate names `peer_name`.
+    pub(crate) fn touch(
+        &self,
+        id: AgentId,
+        peer_name: Option<&str>,
+        certificate_expires_at: Option<i64>,
+    ) -> Touch {
         match self.agents.lock().get_mut(&id) {
+            Some(entry) if entry.peer_name.is_some() && entry.peer_name.as_deref() != peer_name => {
+                Touch::OtherPeer
+            }
             Some(entry) => {
                 entry.last_seen = Instant::now();
                 entry.certificate_expires_at = certificate_expires_at;
-                true
+                Touch::Renewed
             }
-            None => false,
+            None => Touch::Unknown,
         }
     }
 
@@ -146,6 +159,17 @@ impl Registry {
     }
 }
 
+/// What a heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Touch {
+    /// The agent is registered; its heartbeat is noted.
+    Renewed,
+    /// No agent has this id (any more).
+    Unknown,
+    /// The agent registered on a link of another certificate name.
+    OtherPeer,
+}
+
 /// The counters a registered agent's dispatcher updates and the stats read.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct AgentCounters {
@@ -175,7 +199,7 @@ mod tests {
             }],
             window: 4,
         };
-        let (id, _, fresh) = registry.insert(info.clone(), CancellationToken::new());
+        let (id, _, fresh) = registry.insert(info.clone(), None, CancellationToken::new());
         assert_eq!(fresh, [("shop".to_owned(), Platform::Apns)]);
         assert!(registry.may_be_served("shop", Platform::Apns));
         assert!(!registry.may_be_served("shop", Platform::Fcm));
@@ -185,9 +209,27 @@ mod tests {
         );
         assert!(!registry.may_be_served("other", Platform::Apns));
         // A second agent with the same apps declares nothing new; declarations outlive agents.
-        let (_, _, fresh) = registry.insert(info, CancellationToken::new());
+        let (_, _, fresh) = registry.insert(info, None, CancellationToken::new());
         assert!(fresh.is_empty());
         registry.remove(id);
         assert!(registry.may_be_served("shop", Platform::Apns));
+    }
+
+    #[test]
+    fn only_the_certificate_an_agent_registered_with_renews_it() {
+        let registry = Registry::new([]);
+        let info = AgentInfo {
+            name: "a1".into(),
+            addr: "x".into(),
+            apps: Vec::new(),
+            window: 1,
+        };
+        let (id, _, _) = registry.insert(info, Some("a1".into()), CancellationToken::new());
+        assert_eq!(registry.touch(id, Some("a2"), None), Touch::OtherPeer);
+        assert_eq!(registry.touch(id, None, None), Touch::OtherPeer);
+        assert_eq!(registry.touch(id, Some("a1"), Some(7)), Touch::Renewed);
+        assert_eq!(registry.stats()[0].certificate_expires_at, Some(7));
+        registry.remove(id);
+        assert_eq!(registry.touch(id, Some("a1"), None), Touch::Unknown);
     }
 }
