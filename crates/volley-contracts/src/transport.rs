@@ -498,9 +498,25 @@ fn call_index(head: &[u8]) -> Option<u32> {
     /// A request as far as its call's index.
     #[derive(serde::Deserialize)]
     struct RequestHead {
-        _context: tarpc::context::Context,
+        _context: ContextHead,
         _id: u64,
         call: CallIndex,
+    }
+
+    /// `tarpc::context::Context` as it is encoded, read as plain values: tarpc's own type
+    /// adds the deadline to `Instant::now()`, which panics on a peer's absurd deadline.
+    #[derive(serde::Deserialize)]
+    struct ContextHead {
+        _deadline: std::time::Duration,
+        _trace_id: [u8; 16],
+        _span_id: u64,
+        _sampling: Sampling,
+    }
+
+    #[derive(serde::Deserialize)]
+    enum Sampling {
+        _Sampled,
+        _Unsampled,
     }
 
     struct CallIndex(u32);
@@ -791,6 +807,14 @@ mod tests {
             head.len() - 4 < HEAD_BYTES,
             "a call is named within HEAD_BYTES"
         );
+        // A deadline no clock can hold is read, not added to the time (which panics).
+        let mut absurd = vec![0u8];
+        absurd.extend(
+            bincode::DefaultOptions::new()
+                .serialize(&(u64::MAX, 999_999_999u32, [0u8; 16], 0u64, 0u32, 0u64, 5u32))
+                .unwrap(),
+        );
+        assert_eq!(call_index(&absurd), Some(5));
     }
 
     /// Feeds `bytes` to a guard in reads of `step` bytes.
