@@ -275,6 +275,12 @@ impl FrontState {
 
 /// Parses a JSON body, naming the path of the first problem.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(
+            Code::BadRequest,
+            "the body is empty: send a json object",
+        ));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value: T =
         serde_path_to_error::deserialize(&mut deserializer).map_err(ApiError::from_json)?;

@@ -25,6 +25,9 @@ async fn wrong_shapes_are_named_in_json_words() {
     let native = "/v1/apps/shop/notifications";
     for (path, body, expected) in [
         (native, "[]", "invalid type: array, expected a json object"),
+        (native, "", "the body is empty: send a json object"),
+        (native, " \n", "the body is empty: send a json object"),
+        ("/api/push", "", "the body is empty: send a json object"),
         // serde reads an array into a struct by position: the first element is `targets`.
         (native, "[1, 2]", "expected an object"),
         (
