@@ -61,12 +61,13 @@ pub const RELOAD_POLL: Duration = Duration::from_secs(10);
 /// keep theirs, so nothing in flight is dropped. Files that do not make a valid identity
 /// (half-written, a key that is not the certificate's, another role) leave the current one
 /// in place, with an error in the log naming the file, logged and counted once per failure
-/// (and again on each SIGHUP). Nothing to do on insecure links.
+/// (and again on each SIGHUP). Nothing to do on insecure links or an identity made in memory
+/// (`volley standalone`, `demo`).
 ///
 /// Call it first thing on the role's runtime: SIGHUP ends a process that has not asked for
 /// it, so the handler is installed here, before the role starts its work.
 pub fn watch(links: Links) {
-    if links.identity().is_none() {
+    if !links.reloadable() {
         return;
     }
     #[cfg(unix)]

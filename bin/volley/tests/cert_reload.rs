@@ -10,18 +10,13 @@ use std::time::Duration;
 use serde_json::Value;
 use volley_contracts::tls::{certificate_not_after, ClusterCa, NodeIdentity, NodeRole};
 use volley_testkit::jobs::{broadcast, check_no_loss, delivered_at_least, finished, wait_job};
-use volley_testkit::procs::{ProcCluster, WAIT};
+use volley_testkit::procs::{metric_value, tls_connect, ProcCluster, WAIT};
 use volley_testkit::wait::wait_until;
 
 const BIN: &str = env!("CARGO_BIN_EXE_volley");
 
 /// Tokens per platform.
 const N: u64 = 20_000;
-
-fn ca(cluster: &ProcCluster) -> ClusterCa {
-    let key = std::fs::read_to_string(cluster.dir.path().join("certs/ca-key.pem")).unwrap();
-    ClusterCa::from_key_pem(&key).unwrap()
-}
 
 /// Issues `role` a new certificate valid for `days` and moves it over the node's files, as
 /// cert-manager or certbot do (write aside, then rename); returns the new identity.
@@ -41,10 +36,7 @@ fn renew(cluster: &ProcCluster, ca: &ClusterCa, role: NodeRole, days: u64) -> No
 
 /// The certificate a node presents to a new link now, and when it expires.
 async fn presented_not_after(addr: &str, client: &NodeIdentity, server: NodeRole) -> i64 {
-    let connector = tokio_rustls::TlsConnector::from(client.client_config().unwrap());
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from(server.dns_name()).unwrap();
-    let tls = connector.connect(name, tcp).await.unwrap();
+    let tls = tls_connect(addr, client, server).await.unwrap();
     let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
     certificate_not_after(&leaf).unwrap()
 }
@@ -56,7 +48,7 @@ async fn get(cluster: &ProcCluster, path: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewed_certificates_are_used_without_dropping_work_and_bad_ones_are_refused() {
     let cluster = ProcCluster::start(BIN, 1, &["--latency", "20ms"]);
-    let ca = ca(&cluster);
+    let ca = cluster.ca();
     let before = get(&cluster, "/stat/runtime").await["certificate_expires_at"]
         .as_i64()
         .expect("the front reports its certificate's expiry");
@@ -168,11 +160,8 @@ async fn renewed_certificates_are_used_without_dropping_work_and_bad_ones_are_re
         "{line}"
     );
     let metrics = cluster.client().get_text("/metrics").await.unwrap();
-    let failures = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("volley_front_certificate_reload_failures_total "))
-        .and_then(|value| value.trim().parse::<u64>().ok());
-    assert!(failures.is_some_and(|n| n >= 1), "{metrics}");
+    let failures = metric_value(&metrics, "volley_front_certificate_reload_failures_total");
+    assert!(failures.is_some_and(|n| n >= 1.0), "{metrics}");
     assert_eq!(
         get(&cluster, "/stat/runtime").await["certificate_expires_at"].as_i64(),
         Some(front.not_after())

@@ -8,15 +8,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use volley_contracts::tls::{ClusterCa, NodeRole, NODE_VALIDITY};
 use volley_contracts::{ErrorCode, Links, Platform, ServedApp, MAX_LINKS_PER_PEER};
-use volley_testkit::procs::{spawn_with, ProcCluster, WAIT};
+use volley_testkit::procs::{metric_value, spawn_with, tls_connect, ProcCluster, WAIT};
 use volley_testkit::wait::wait_until;
 
 const BIN: &str = env!("CARGO_BIN_EXE_volley");
-
-fn ca(cluster: &ProcCluster) -> ClusterCa {
-    let key = std::fs::read_to_string(cluster.dir.path().join("certs/ca-key.pem")).unwrap();
-    ClusterCa::from_key_pem(&key).unwrap()
-}
 
 fn links(ca: &ClusterCa, role: NodeRole, name: &str) -> Links {
     Links::tls(ca.issue(role, name, NODE_VALIDITY).unwrap()).unwrap()
@@ -31,7 +26,7 @@ fn context() -> tarpc::context::Context {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_clusters_nodes_link_and_each_makes_only_its_own_calls() {
     let cluster = ProcCluster::start(BIN, 1, &[]);
-    let ca = ca(&cluster);
+    let ca = cluster.ca();
     let addr = cluster.controller_addr.clone();
 
     // No certificate: the TLS handshake fails, no call gets through.
@@ -144,10 +139,7 @@ async fn only_the_clusters_nodes_link_and_each_makes_only_its_own_calls() {
     // Counted where operators look.
     let text = cluster.client().get_text("/metrics").await.unwrap();
     let value = |name: &str| -> u64 {
-        text.lines()
-            .find_map(|line| line.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} in {text}"))
+        metric_value(&text, name).unwrap_or_else(|| panic!("{name} in {text}")) as u64
     };
     assert!(
         value("volley_controller_links_refused_total") >= 2,
@@ -181,18 +173,16 @@ async fn only_the_clusters_nodes_link_and_each_makes_only_its_own_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_is_bounded_before_it_is_trusted() {
     let cluster = ProcCluster::start(BIN, 0, &[]);
-    let ca = ca(&cluster);
+    let ca = cluster.ca();
     let controller_pid = cluster.proc("controller").child.id();
     let before = rss_bytes(controller_pid);
     let dial = |role: NodeRole| {
         let identity = ca.issue(role, "big", NODE_VALIDITY).unwrap();
         let addr = cluster.controller_addr.clone();
         async move {
-            let connector = tokio_rustls::TlsConnector::from(identity.client_config().unwrap());
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let name =
-                rustls::pki_types::ServerName::try_from(NodeRole::Controller.dns_name()).unwrap();
-            connector.connect(name, tcp).await.unwrap()
+            tls_connect(&addr, &identity, NodeRole::Controller)
+                .await
+                .unwrap()
         }
     };
     // An agent's frames are bounded well below this declared 200 MiB, a front's below this

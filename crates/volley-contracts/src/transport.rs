@@ -113,7 +113,6 @@ pub enum Links {
 pub struct LinkTls {
     current: ArcSwap<TlsState>,
     files: Option<IdentityFiles>,
-    reloads: AtomicU64,
     reload_failures: AtomicU64,
 }
 
@@ -175,17 +174,14 @@ impl Links {
         Ok(Links::Tls(Arc::new(LinkTls {
             current: ArcSwap::from_pointee(TlsState::new(identity)?),
             files,
-            reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
         })))
     }
 
-    /// This node's current identity, when links are secured.
-    pub fn identity(&self) -> Option<NodeIdentity> {
-        match self {
-            Links::Tls(tls) => Some(tls.current.load().identity.clone()),
-            Links::Insecure => None,
-        }
+    /// Whether the identity came from files that [`Links::reload`] can read again (not on
+    /// insecure links, nor for an identity made in memory).
+    pub fn reloadable(&self) -> bool {
+        matches!(self, Links::Tls(tls) if tls.files.is_some())
     }
 
     /// When this node's current certificate expires, seconds since the epoch (`None` on
@@ -197,14 +193,11 @@ impl Links {
         }
     }
 
-    /// Certificate reloads that took effect and that failed (the node kept its certificate).
-    pub fn reload_counts(&self) -> (u64, u64) {
+    /// Certificate reloads that failed (the node kept its certificate).
+    pub fn reload_failures(&self) -> u64 {
         match self {
-            Links::Tls(tls) => (
-                tls.reloads.load(Ordering::Relaxed),
-                tls.reload_failures.load(Ordering::Relaxed),
-            ),
-            Links::Insecure => (0, 0),
+            Links::Tls(tls) => tls.reload_failures.load(Ordering::Relaxed),
+            Links::Insecure => 0,
         }
     }
 
@@ -219,14 +212,10 @@ impl Links {
         let Some(files) = &tls.files else {
             return Ok(Reload::Unchanged);
         };
-        let result = tls.reload_from(files);
-        if let Ok(Reload::Reloaded { .. }) = &result {
-            tls.reloads.fetch_add(1, Ordering::Relaxed);
-        }
-        result
+        tls.reload_from(files)
     }
 
-    /// Counts a reload that failed (in [`Links::reload_counts`]).
+    /// Counts a reload that failed (in [`Links::reload_failures`]).
     pub fn count_reload_failure(&self) {
         if let Links::Tls(tls) = self {
             tls.reload_failures.fetch_add(1, Ordering::Relaxed);

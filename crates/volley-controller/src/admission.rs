@@ -8,7 +8,6 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use volley_config::ControllerConfig;
 use volley_contracts::{ErrorCode, JobAccepted, JobId, Platform, SubmitJob, WireError};
@@ -79,14 +78,14 @@ pub(crate) struct Admissions {
     idempotency_window_ms: u64,
     accept_unserved: bool,
     /// The apps of the controller's configuration; `None` when it lists none (any app).
-    apps: Option<Arc<HashSet<String>>>,
+    apps: Option<HashSet<String>>,
     pending: AtomicU64,
     /// Submissions refused, indexed like [`Rejection::ALL`].
     rejections: [AtomicU64; Rejection::ALL.len()],
 }
 
 impl Admissions {
-    pub(crate) fn new(config: &ControllerConfig, apps: Option<Arc<HashSet<String>>>) -> Admissions {
+    pub(crate) fn new(config: &ControllerConfig, apps: Option<HashSet<String>>) -> Admissions {
         Admissions {
             apps,
             max_pending: config.max_pending_notifications,
@@ -96,6 +95,12 @@ impl Admissions {
             pending: AtomicU64::new(0),
             rejections: std::array::from_fn(|_| AtomicU64::new(0)),
         }
+    }
+
+    /// The apps of the controller's configuration, which bound what agents may serve and
+    /// what jobs are for; `None` when it lists none (any app).
+    pub(crate) fn known_apps(&self) -> Option<&HashSet<String>> {
+        self.apps.as_ref()
     }
 
     /// Checks a submission and takes room for it, or answers it at once: refused, or an

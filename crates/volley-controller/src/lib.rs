@@ -111,8 +111,6 @@ pub(crate) struct Core {
     links_refused: Arc<AtomicU64>,
     /// Calls refused for the caller's role.
     calls_denied: AtomicU64,
-    /// The apps of the configuration, which bound what agents may declare; `None`: any.
-    apps: Option<Arc<HashSet<String>>>,
 }
 
 /// Runs a controller on `listener` until `shutdown` resolves.
@@ -171,14 +169,13 @@ fn start(
         .collect();
     let outbox = webhook::Outbox::new(webhooks).map_err(ControllerError::Webhook)?;
     // The apps agents may serve and jobs may be for; none listed: any.
-    let apps: Option<Arc<HashSet<String>>> = (!config.apps.is_empty())
-        .then(|| Arc::new(config.apps.iter().map(|app| app.name.clone()).collect()));
+    let apps: Option<HashSet<String>> =
+        (!config.apps.is_empty()).then(|| config.apps.iter().map(|app| app.name.clone()).collect());
     let config = config.controller;
     let (store, recovered) = Store::open(&config.data_dir, config.fsync)?;
     let shutdown = CancellationToken::new();
     let core = Arc::new(Core {
-        admissions: Admissions::new(&config, apps.clone()),
-        apps,
+        admissions: Admissions::new(&config, apps),
         jobs: JobTable::new(recovered.keys, config.max_finished_jobs),
         scheduler: Scheduler::new(config.chunk_size),
         registry: Registry::new(recovered.declared),
@@ -599,7 +596,7 @@ impl Core {
             tracing::warn!(name = %info.name, declared = info.window, max_window, "agent window capped (controller.max_agent_window)");
             info.window = max_window;
         }
-        if let Some(apps) = &self.apps {
+        if let Some(apps) = self.admissions.known_apps() {
             let (known, unknown): (Vec<ServedApp>, Vec<ServedApp>) = std::mem::take(&mut info.apps)
                 .into_iter()
                 .partition(|served| apps.contains(&served.app));
@@ -779,7 +776,7 @@ impl Core {
             links_refused: self.links_refused.load(Ordering::Relaxed),
             calls_denied: self.calls_denied.load(Ordering::Relaxed),
             certificate_expires_at: self.links.not_after(),
-            certificate_reload_failures: self.links.reload_counts().1,
+            certificate_reload_failures: self.links.reload_failures(),
         }
     }
 }

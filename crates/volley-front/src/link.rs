@@ -43,7 +43,7 @@ impl ControllerLink {
 
     /// Reloads of this front's certificate files that failed.
     pub(crate) fn certificate_reload_failures(&self) -> u64 {
-        self.links.reload_counts().1
+        self.links.reload_failures()
     }
 
     /// The client to call now.

@@ -120,6 +120,31 @@ pub fn spawn_with(
     Proc { child, lines }
 }
 
+/// A TLS link to the node of `server`'s role at `addr`, presenting `client`: what a node (or
+/// an impostor with a certificate of the cluster) sends on the wire, without tarpc.
+pub async fn tls_connect(
+    addr: &str,
+    client: &volley_contracts::tls::NodeIdentity,
+    server: NodeRole,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let config = client
+        .client_config()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(server.dns_name())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+}
+
+/// The value of the series `series` (its name and labels as written) in a Prometheus text.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
 /// The address in a process's "front listening" line.
 fn front_addr(proc: &Proc) -> String {
     let line = proc.line_with("front listening", 0);
@@ -371,6 +396,14 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
             None => Vec::new(),
         };
         spawn_with(&self.bin, args, Some(config), &self.log_filter, &envs)
+    }
+
+    /// The cluster's CA, read back from its key, to issue more certificates (another name, an
+    /// expired one, a renewal).
+    pub fn ca(&self) -> ClusterCa {
+        let key = std::fs::read_to_string(self.dir.path().join("certs/ca-key.pem"))
+            .expect("the cluster keeps its CA key");
+        ClusterCa::from_key_pem(&key).expect("the CA key reads back")
     }
 
     /// The certificate and key files of the cluster's node of `role`.
