@@ -269,7 +269,8 @@ async fn run_front(config: Config, links: Links) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.front.listen)
         .await
         .with_context(|| format!("cannot listen on front.listen = {}", config.front.listen))?;
-    let controller = volley_contracts::connect_controller(config.front.controller.as_str(), &links)
+    let addrs = volley_contracts::controller_addresses(&config.front.controller);
+    let (controller, _) = volley_contracts::connect_first_controller(&addrs, 0, &links)
         .await
         .with_context(|| {
             format!(

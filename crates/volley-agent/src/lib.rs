@@ -644,8 +644,10 @@ pub async fn run(
 }
 
 /// Registers with the controller and heartbeats, renewing the leases of the chunks being sent;
-/// re-registers whenever the controller forgets this agent or the link breaks. When heartbeats
-/// have failed for a whole lease time, the chunks held are someone else's: stop sending them.
+/// re-registers whenever the controller forgets this agent or the link breaks. With several
+/// controller addresses (a leader and standbys) it registers with the leader: a standby's
+/// "not leader" names it. When heartbeats have failed for a whole lease time, the chunks held
+/// are someone else's: stop sending them.
 async fn keep_registered(
     info: AgentInfo,
     controller: String,
@@ -654,27 +656,60 @@ async fn keep_registered(
     server: AgentServer,
     stop: CancellationToken,
 ) {
+    let addrs = volley_contracts::controller_addresses(&controller);
     let mut backoff = Duration::from_millis(100);
     let mut last_renewal = tokio::time::Instant::now();
     let mut lease = Duration::from_secs(15);
+    // Where to look first: the controller reached last, or the leader a standby named.
+    let mut from = 0usize;
+    let mut leader_hint: Option<String> = None;
     loop {
         let attempt = async {
-            let client = volley_contracts::connect_controller(controller.as_str(), &links)
-                .await
-                .map_err(|error| error.to_string())?;
+            let (client, index) = match leader_hint.take() {
+                Some(leader) => {
+                    match volley_contracts::connect_controller(leader.as_str(), &links).await {
+                        Ok(client) => (
+                            client,
+                            addrs
+                                .iter()
+                                .position(|addr| *addr == leader)
+                                .unwrap_or(from),
+                        ),
+                        Err(_) => volley_contracts::connect_first_controller(&addrs, from, &links)
+                            .await
+                            .map_err(|error| (error.to_string(), None))?,
+                    }
+                }
+                None => volley_contracts::connect_first_controller(&addrs, from, &links)
+                    .await
+                    .map_err(|error| (error.to_string(), None))?,
+            };
             let registration = client
                 .register(tarpc::context::current(), info.clone())
                 .await
-                .map_err(|error| error.to_string())?
-                .map_err(|error| error.to_string())?;
-            Ok::<_, String>((client, registration))
+                .map_err(|error| (error.to_string(), None))?
+                .map_err(|error| {
+                    let standby =
+                        (error.code == ErrorCode::NotLeader).then(|| (index, error.leader.clone()));
+                    (error.to_string(), standby)
+                })?;
+            Ok::<_, (String, Option<(usize, Option<String>)>)>((client, registration, index))
         };
-        let (client, registration) = tokio::select! {
+        let (client, registration, index) = tokio::select! {
             () = stop.cancelled() => return,
             result = attempt => match result {
                 Ok(registered) => registered,
-                Err(error) => {
-                    tracing::warn!(%controller, %error, retry_in = ?backoff, "cannot register with the controller");
+                Err((error, standby)) => {
+                    if let Some((index, leader)) = standby {
+                        // A standby: the leader next, or the next address, without waiting long.
+                        tracing::info!(%error, "a standby answered; looking for the leader");
+                        from = index + 1;
+                        leader_hint = leader;
+                        backoff = Duration::from_millis(100);
+                    } else {
+                        tracing::warn!(%controller, %error, retry_in = ?backoff, "cannot register with the controller");
+                        from += 1;
+                    }
                     if last_renewal.elapsed() > lease {
                         server.revoke(None);
                     }
@@ -687,9 +722,11 @@ async fn keep_registered(
                 }
             },
         };
+        from = index;
         let id = registration.id;
         lease = Duration::from_millis(registration.lease_ms);
         backoff = Duration::from_millis(100);
+        let controller = &addrs[index % addrs.len()];
         tracing::info!(agent = %id, %controller, "registered with the controller");
         let mut tick = tokio::time::interval(interval);
         loop {
@@ -710,6 +747,13 @@ async fn keep_registered(
                         server.revoke(Some(&revoked));
                     }
                 }
+                Ok(Err(error)) if error.code == ErrorCode::NotLeader => {
+                    // It stepped down: the chunks held are the new leader's to renew.
+                    tracing::warn!(agent = %id, %error, "the controller is a standby now; registering with the leader");
+                    leader_hint = error.leader;
+                    from = index + 1;
+                    break;
+                }
                 Ok(Err(error)) => {
                     tracing::warn!(agent = %id, %error, "controller forgot this agent; registering again");
                     server.revoke(None);
@@ -719,6 +763,11 @@ async fn keep_registered(
                     tracing::warn!(agent = %id, %error, "heartbeat failed");
                     if last_renewal.elapsed() > lease {
                         server.revoke(None);
+                        break;
+                    }
+                    if addrs.len() > 1 && last_renewal.elapsed() > lease / 4 {
+                        // A silent leader: another controller may lead by now.
+                        from = index + 1;
                         break;
                     }
                 }

@@ -143,7 +143,8 @@ pub struct FrontConfig {
     /// Where the HTTP API listens.
     #[schema(value_type = String)]
     pub listen: SocketAddr,
-    /// The controller's tarpc address.
+    /// The controller's tarpc address; several, separated by commas, for a leader and its
+    /// standbys (`store = "postgres"`): the one that leads is found and followed.
     pub controller: String,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
@@ -278,6 +279,41 @@ pub struct ControllerConfig {
     /// The most chunks the controller keeps out with one agent at once, whatever window the
     /// agent declares.
     pub max_agent_window: u32,
+    /// Where the controller keeps its state: `redb` (the default: an embedded database in
+    /// `data_dir`, one controller) or `postgres` (`postgres_url`: several controllers, one
+    /// leader and standbys, see docs/operations.md).
+    pub store: StoreKind,
+    /// The PostgreSQL database of `store = "postgres"`, as a URL
+    /// (`postgres://volley@db.internal:5432/volley?sslmode=verify-full`). A password is better
+    /// given by `postgres_password_file` or the `PGPASSWORD` environment variable than in the
+    /// URL; it is never logged either way.
+    pub postgres_url: Option<String>,
+    /// A file holding the database password (its first line).
+    #[schema(value_type = Option<String>)]
+    pub postgres_password_file: Option<PathBuf>,
+    /// CA certificates (PEM) that sign the database server's certificate, for
+    /// `sslmode=require` or `verify-full`; without it, the public web PKI roots.
+    #[schema(value_type = Option<String>)]
+    pub postgres_ca_file: Option<PathBuf>,
+    /// With `store = "postgres"`: how long a leader that stopped renewing its leadership (its
+    /// host died, paused, or lost the database) keeps it before a standby takes over.
+    #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
+    pub failover_timeout: Duration,
+    /// The address fronts and agents should dial this controller at, named by standbys to
+    /// whoever calls them (defaults to the bound listen address).
+    pub advertise: Option<String>,
+}
+
+/// Where the controller keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// redb, embedded, in `controller.data_dir`.
+    #[default]
+    Redb,
+    /// PostgreSQL at `controller.postgres_url`.
+    Postgres,
 }
 
 impl Default for ControllerConfig {
@@ -298,6 +334,12 @@ impl Default for ControllerConfig {
             idempotency_window: Duration::from_secs(24 * 3600),
             shutdown_grace: Duration::from_secs(30),
             collapse_duplicates: true,
+            store: StoreKind::Redb,
+            postgres_url: None,
+            postgres_password_file: None,
+            postgres_ca_file: None,
+            failover_timeout: Duration::from_secs(5),
+            advertise: None,
             max_agent_window: 64,
         }
     }
@@ -312,7 +354,8 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     /// The address the controller should dial (defaults to the bound listen address).
     pub advertise: Option<String>,
-    /// The controller's tarpc address.
+    /// The controller's tarpc address; several, separated by commas, for a leader and its
+    /// standbys (`store = "postgres"`): the one that leads is found and followed.
     pub controller: String,
     /// A name for logs and stats (defaults to the host name).
     pub name: Option<String>,
@@ -894,6 +937,18 @@ impl ControllerConfig {
             return Err(ConfigError::invalid(
                 "controller.lease_time",
                 "must be at least 100ms",
+            ));
+        }
+        if self.store == StoreKind::Postgres && self.postgres_url.is_none() {
+            return Err(ConfigError::invalid(
+                "controller.postgres_url",
+                "is required with controller.store = \"postgres\"",
+            ));
+        }
+        if self.failover_timeout < Duration::from_millis(500) {
+            return Err(ConfigError::invalid(
+                "controller.failover_timeout",
+                "must be at least 500ms",
             ));
         }
         Ok(())

@@ -17,9 +17,10 @@ use serde::{Deserialize, Serialize};
 
 pub use tokens::{TokenList, TokenListBuilder};
 pub use transport::{
-    connect_agent, connect_controller, frame_limit, listen, LinkStream, LinkTls, Links, Peer,
-    Reload, ServerTransport, CONTROLLER_LARGE_CALLS, HANDSHAKE_TIMEOUT, MAX_FRAME_BYTES, MAX_LINKS,
-    MAX_LINKS_PER_PEER, NODE_FRAME_BYTES, SMALL_FRAME_BYTES,
+    connect_agent, connect_controller, connect_first_controller, controller_addresses, frame_limit,
+    listen, LinkStream, LinkTls, Links, Peer, Reload, ServerTransport, CONTROLLER_LARGE_CALLS,
+    HANDSHAKE_TIMEOUT, MAX_FRAME_BYTES, MAX_LINKS, MAX_LINKS_PER_PEER, NODE_FRAME_BYTES,
+    SMALL_FRAME_BYTES,
 };
 
 /// Identifies a job across the cluster.
@@ -722,6 +723,9 @@ pub enum ErrorCode {
     IdempotencyKeyInUse,
     /// The caller's certificate does not name a role allowed to make this call.
     PermissionDenied,
+    /// This controller is a standby (or stepped down): nothing was done. The error's `leader`
+    /// names the leader's address when known; call it there (503 if it reached an API caller).
+    NotLeader,
 }
 
 impl ErrorCode {
@@ -740,6 +744,7 @@ impl ErrorCode {
             ErrorCode::IdempotencyKeyInUse => 409,
             // A node with the wrong certificate is a deployment error, not the caller's.
             ErrorCode::PermissionDenied => 500,
+            ErrorCode::NotLeader => 503,
         }
     }
 }
@@ -755,6 +760,8 @@ pub struct WireError {
     /// How long the caller should wait before trying the same thing there again, in
     /// milliseconds: an agent refusing a chunk while its app's circuit is open says until when.
     pub retry_after_ms: Option<u64>,
+    /// With [`ErrorCode::NotLeader`]: the leader's address, when the standby knows it.
+    pub leader: Option<String>,
 }
 
 impl WireError {
@@ -764,6 +771,20 @@ impl WireError {
             code,
             message: message.into(),
             retry_after_ms: None,
+            leader: None,
+        }
+    }
+
+    /// A standby's answer: nothing was done; the leader is at `leader`, when known.
+    pub fn not_leader(leader: Option<String>) -> Self {
+        let message = match &leader {
+            Some(leader) => format!("this controller is a standby; the leader is at {leader}"),
+            None => "this controller is a standby; no leader is known yet".to_owned(),
+        };
+        WireError {
+            leader,
+            ..WireError::new(ErrorCode::NotLeader, message)
+                .retry_after(std::time::Duration::from_secs(1))
         }
     }
 
@@ -857,6 +878,7 @@ mod tests {
             (ErrorCode::LeaseLost, 409),
             (ErrorCode::IdempotencyKeyReused, 422),
             (ErrorCode::IdempotencyKeyInUse, 409),
+            (ErrorCode::NotLeader, 503),
         ];
         for (code, status) in codes {
             assert_eq!(code.http_status(), status, "{code:?}");

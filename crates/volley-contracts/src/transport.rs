@@ -596,6 +596,35 @@ pub async fn connect_controller(
     Ok(ControllerClient::new(client::Config::default(), transport).spawn())
 }
 
+/// The addresses of `front.controller` or `agent.controller`: one, or several separated by
+/// commas (a leader and its standbys).
+pub fn controller_addresses(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|addr| !addr.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Connects to the first of `addrs` that answers, starting at `from`; returns the client and
+/// the index of the address it reached. A standby answers too: its calls say where the leader
+/// is ([`crate::ErrorCode::NotLeader`]).
+pub async fn connect_first_controller(
+    addrs: &[String],
+    from: usize,
+    links: &Links,
+) -> io::Result<(ControllerClient, usize)> {
+    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no controller address given");
+    for offset in 0..addrs.len() {
+        let index = (from + offset) % addrs.len();
+        match connect_controller(addrs[index].as_str(), links).await {
+            Ok(client) => return Ok((client, index)),
+            Err(error) => last = io::Error::new(error.kind(), format!("{}: {error}", addrs[index])),
+        }
+    }
+    Err(last)
+}
+
 /// Connects to an agent's tarpc server.
 pub async fn connect_agent(addr: impl ToSocketAddrs, links: &Links) -> io::Result<AgentClient> {
     let transport = dial(addr, links, NodeRole::Agent).await?;

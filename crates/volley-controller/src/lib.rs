@@ -32,6 +32,7 @@ mod dispatcher;
 mod job;
 mod jobs;
 mod leases;
+mod postgres;
 mod registry;
 mod scheduler;
 mod store;
@@ -45,11 +46,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use futures::StreamExt;
 use tarpc::context::Context;
 use tarpc::server::{BaseChannel, Channel};
 use tokio_util::sync::CancellationToken;
-use volley_config::{Config, ControllerConfig};
+use volley_config::{Config, ControllerConfig, StoreKind};
 use volley_contracts::tls::NodeRole;
 use volley_contracts::{
     AgentId, AgentInfo, ChunkFailure, ChunkId, ChunkReport, ClusterStats, Controller, ErrorCode,
@@ -65,7 +67,7 @@ use crate::jobs::{Forgotten, JobTable};
 use crate::leases::Leases;
 use crate::registry::{Registry, Touch};
 use crate::scheduler::{Scheduler, Work};
-use crate::store::{KeyRecord, Store, Write};
+use crate::store::{KeyRecord, Recovered, Store, Write};
 use crate::tally::{ChunkTally, Tallies};
 
 pub use crate::store::StoreError;
@@ -107,112 +109,99 @@ pub(crate) struct Core {
     shutdown: CancellationToken,
     /// How links to agents are secured.
     links: Links,
-    /// Links refused at the handshake.
+    /// Links refused at the handshake (shared with [`Serving`]: it outlives a leadership).
     links_refused: Arc<AtomicU64>,
-    /// Calls refused for the caller's role.
-    calls_denied: AtomicU64,
+    /// Calls refused for the caller's role (likewise).
+    calls_denied: Arc<AtomicU64>,
+}
+
+/// What serves the controller's port whatever its role: the leader's parts while this
+/// controller leads (always, with the embedded store), and the counters that outlive a
+/// leadership. A standby answers every call with [`ErrorCode::NotLeader`], naming the leader.
+#[derive(Default)]
+struct Serving {
+    current: ArcSwapOption<Core>,
+    /// The leader's address, as this standby last read it.
+    leader: ArcSwapOption<String>,
+    links_refused: Arc<AtomicU64>,
+    calls_denied: Arc<AtomicU64>,
 }
 
 /// Runs a controller on `listener` until `shutdown` resolves.
 ///
 /// It reads `config.controller` and, from `config.apps`, each app's invalid-token webhook.
+/// With the embedded store it leads from the start; with `store = "postgres"` it waits as a
+/// standby until it can lead, leads until it stops or another controller takes over, and then
+/// waits again.
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
     links: Links,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
-    let (core, serving) = start(config, listener, links)?;
-    let serving = tokio::spawn(serving);
-    shutdown.await;
-    // Drain: take no new job, hand out no new chunk, wait for the chunks out with agents to
-    // report or their leases to expire. Whatever is unfinished is in the store.
-    tracing::info!("controller draining");
-    core.draining.cancel();
-    let grace = core.config.shutdown_grace;
-    let waited = tokio::time::timeout(grace, async {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        while core.out.load(Ordering::Relaxed) > 0 {
-            tick.tick().await;
+    let local: SocketAddr = listener.local_addr()?;
+    let stopping = CancellationToken::new();
+    tokio::spawn({
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            stopping.cancel();
         }
-    })
-    .await;
-    if waited.is_err() {
-        tracing::warn!(
-            chunks = core.out.load(Ordering::Relaxed),
-            "grace period over with chunks still out; they resume after restart"
-        );
-    }
-    // Chunk reports recorded during the drain are committed before the process may exit,
-    // and the store is closed (its directory free for the next controller) when this returns.
-    if let Err(error) = core.store.write(Write::Close).await {
-        tracing::error!(%error, "store flush failed");
-    }
-    core.shutdown.cancel();
-    let _ = serving.await;
+    });
+    let serving = Arc::new(Serving::default());
+    let result = match config.controller.store {
+        StoreKind::Redb => {
+            let (store, recovered) =
+                Store::open(&config.controller.data_dir, config.controller.fsync)?;
+            let core = Core::start(&config, store, recovered, links.clone(), &serving)?;
+            serving.current.store(Some(core.clone()));
+            let serve = tokio::spawn(serve(listener, links, serving.clone(), local));
+            stopping.cancelled().await;
+            core.drain().await;
+            serving.current.store(None);
+            serve.abort();
+            Ok(())
+        }
+        StoreKind::Postgres => {
+            let db = postgres::Database::from_config(&config.controller)?;
+            let address = config
+                .controller
+                .advertise
+                .clone()
+                .unwrap_or_else(|| local.to_string());
+            let leadership =
+                postgres::Leadership::open(db.clone(), address, config.controller.failover_timeout)
+                    .await?;
+            tracing::info!(database = %db, "controller store: PostgreSQL");
+            let serve = tokio::spawn(serve(listener, links.clone(), serving.clone(), local));
+            let result =
+                lead_or_stand_by(&config, db, leadership, links, &serving, &stopping).await;
+            serve.abort();
+            result
+        }
+    };
     tracing::info!("controller stopped");
-    Ok(())
+    result
 }
-
-/// Builds the controller's parts, restores what the store holds, starts the background
-/// tasks; returns the parts and the future that serves connections.
-fn start(
-    config: Config,
+/// Serves tarpc links on `listener`: each call goes to the leader's parts, or is answered
+/// "not leader".
+async fn serve(
     listener: tokio::net::TcpListener,
     links: Links,
-) -> Result<(Arc<Core>, impl Future<Output = ()> + Send), ControllerError> {
-    let local: SocketAddr = listener.local_addr()?;
-    let webhooks = config
-        .apps
-        .iter()
-        .filter_map(|app| Some((app.name.clone(), app.webhook.clone()?)))
-        .collect();
-    let outbox = webhook::Outbox::new(webhooks).map_err(ControllerError::Webhook)?;
-    // The apps agents may serve and jobs may be for; none listed: any.
-    let apps: Option<HashSet<String>> =
-        (!config.apps.is_empty()).then(|| config.apps.iter().map(|app| app.name.clone()).collect());
-    let config = config.controller;
-    let (store, recovered) = Store::open(&config.data_dir, config.fsync)?;
-    let shutdown = CancellationToken::new();
-    let core = Arc::new(Core {
-        admissions: Admissions::new(&config, apps),
-        jobs: JobTable::new(recovered.keys, config.max_finished_jobs),
-        scheduler: Scheduler::new(config.chunk_size),
-        registry: Registry::new(recovered.declared),
-        leases: Leases::new(config.lease_time),
-        tallies: Tallies::default(),
-        outbox,
-        store,
-        out: AtomicU64::new(0),
-        redispatched: AtomicU64::new(0),
-        draining: shutdown.child_token(),
-        shutdown,
-        config,
-        links: links.clone(),
-        links_refused: Arc::default(),
-        calls_denied: AtomicU64::new(0),
-    });
-    core.restore(recovered.jobs);
-    core.outbox.restore(&core.store, recovered.webhook);
-    core.outbox
-        .spawn_senders(core.store.clone(), core.shutdown.clone());
-    tokio::spawn(watch_agents(core.clone()));
-    tokio::spawn(watch_leases(core.clone()));
-    tokio::spawn(expire_jobs(core.clone()));
+    serving: Arc<Serving>,
+    local: SocketAddr,
+) {
     tracing::info!(listen = %local, "controller listening");
-    let stop = core.shutdown.clone();
-    let refused = core.links_refused.clone();
-    let served = core.clone();
-    let serving = async move {
-        let incoming = volley_contracts::listen(
-            listener,
-            links,
-            refused,
-            volley_contracts::CONTROLLER_LARGE_CALLS,
-        );
-        let serve = incoming.for_each(move |(peer, transport)| {
+    let incoming = volley_contracts::listen(
+        listener,
+        links,
+        serving.links_refused.clone(),
+        volley_contracts::CONTROLLER_LARGE_CALLS,
+    );
+    incoming
+        .for_each(move |(peer, transport)| {
             let server = ControllerServer {
-                core: served.clone(),
+                serving: serving.clone(),
                 peer: Arc::new(peer),
             };
             async move {
@@ -226,29 +215,149 @@ fn start(
                         }),
                 );
             }
-        });
-        tokio::select! {
-            () = serve => {}
-            () = stop.cancelled() => {}
+        })
+        .await;
+}
+
+/// The PostgreSQL store's life: a standby until this controller can take the leadership,
+/// the leader until it stops (then it drains and resigns, and a standby takes over at once)
+/// or finds another controller leads (fenced, or displaced while it could not renew: it
+/// steps down, drops everything it held in memory and waits again).
+async fn lead_or_stand_by(
+    config: &Config,
+    db: postgres::Database,
+    mut leadership: postgres::Leadership,
+    links: Links,
+    serving: &Serving,
+    stopping: &CancellationToken,
+) -> Result<(), ControllerError> {
+    let mut shown_leader: Option<String> = None;
+    let mut unreachable_since: Option<std::time::Instant> = None;
+    loop {
+        let term = loop {
+            match leadership.try_lead().await {
+                Ok(Some(term)) => break term,
+                Ok(None) => {
+                    unreachable_since = None;
+                    let leader = leadership.leader().await.ok().flatten();
+                    if leader != shown_leader {
+                        tracing::info!(
+                            leader = leader.as_deref().unwrap_or("none"),
+                            "standby: another controller leads"
+                        );
+                        shown_leader = leader.clone();
+                    }
+                    serving.leader.store(leader.map(Arc::new));
+                }
+                Err(error) => {
+                    if unreachable_since.is_none() {
+                        tracing::warn!(%error, "standby: cannot reach the database; trying again");
+                        unreachable_since = Some(std::time::Instant::now());
+                    }
+                }
+            }
+            tokio::select! {
+                () = stopping.cancelled() => return Ok(()),
+                () = tokio::time::sleep(leadership.poll_every()) => {}
+            }
+        };
+        tracing::info!(term, "this controller leads now; loading the store");
+        let fenced = CancellationToken::new();
+        let opened = {
+            let (db, fenced, fsync) = (db.clone(), fenced.clone(), config.controller.fsync);
+            tokio::task::spawn_blocking(move || postgres::open(db, term, fsync, fenced)).await
+        };
+        let (store, recovered) = match opened {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(error)) => {
+                tracing::error!(%error, term, "cannot load the store; giving the leadership up");
+                let _ = leadership.resign(term).await;
+                tokio::select! {
+                    () = stopping.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(leadership.renew_every()) => {}
+                }
+                continue;
+            }
+            Err(error) => {
+                return Err(ControllerError::Store(store::StoreError::Db(
+                    error.to_string(),
+                )))
+            }
+        };
+        let core = Core::start(config, store, recovered, links.clone(), serving)?;
+        serving.leader.store(None);
+        serving.current.store(Some(core.clone()));
+        shown_leader = None;
+        let mut renew = tokio::time::interval(leadership.renew_every());
+        let mut draining = false;
+        let drained = CancellationToken::new();
+        let why = loop {
+            tokio::select! {
+                () = stopping.cancelled(), if !draining => {
+                    // Drained while the leadership is renewed: the chunks out report here.
+                    draining = true;
+                    let (core, drained) = (core.clone(), drained.clone());
+                    tokio::spawn(async move {
+                        core.drain().await;
+                        drained.cancel();
+                    });
+                }
+                () = drained.cancelled() => break None,
+                () = fenced.cancelled() => break Some("a commit found another controller's term"),
+                _ = renew.tick() => match leadership.renew(term).await {
+                    Ok(true) => {}
+                    Ok(false) => break Some("another controller took the leadership"),
+                    Err(error) => {
+                        tracing::warn!(%error, term, "cannot renew the leadership; if another controller takes it, this one's writes are refused");
+                    }
+                },
+            }
+        };
+        serving.current.store(None);
+        let Some(why) = why else {
+            if let Err(error) = leadership.resign(term).await {
+                tracing::warn!(%error, "could not resign the leadership; a standby takes over when it ends");
+            }
+            return Ok(());
+        };
+        tracing::warn!(
+            term,
+            why,
+            "stepping down: this controller is a standby again"
+        );
+        core.abandon().await;
+        if stopping.is_cancelled() {
+            return Ok(());
         }
-    };
-    Ok((core, serving))
+    }
 }
 
 /// The tarpc service implementation, one per link: it knows who is calling.
 #[derive(Clone)]
 struct ControllerServer {
-    core: Arc<Core>,
+    serving: Arc<Serving>,
     peer: Arc<Peer>,
 }
 
 impl ControllerServer {
+    /// The leader's parts; "not leader", naming the leader, on a standby.
+    fn core(&self) -> Result<Arc<Core>, WireError> {
+        self.serving.current.load_full().ok_or_else(|| {
+            WireError::not_leader(
+                self.serving
+                    .leader
+                    .load_full()
+                    .map(|leader| (*leader).clone()),
+            )
+        })
+    }
+
     /// Refuses `call` unless the caller's certificate says it is a `role`.
     fn allow(&self, role: NodeRole, call: &str) -> Result<(), WireError> {
         if self.peer.is(role) {
             return Ok(());
         }
-        self.core.calls_denied.fetch_add(1, Ordering::Relaxed);
+        self.serving.calls_denied.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(peer = %self.peer, call, "call refused: only a {role} may make it");
         Err(WireError::new(
             ErrorCode::PermissionDenied,
@@ -275,7 +384,7 @@ async fn to_the_end<T: Send + 'static>(
 impl Controller for ControllerServer {
     async fn submit(self, _: Context, job: SubmitJob) -> Result<JobAccepted, WireError> {
         self.allow(NodeRole::Front, "submit")?;
-        let core = self.core.clone();
+        let core = self.core()?;
         let mut answers = to_the_end(async move { core.submit_many(vec![job]).await }).await?;
         answers.pop().unwrap_or_else(|| {
             Err(WireError::new(
@@ -294,7 +403,10 @@ impl Controller for ControllerServer {
         if let Err(denied) = self.allow(NodeRole::Front, "submit_many") {
             return vec![Err(denied); count];
         }
-        let core = self.core.clone();
+        let core = match self.core() {
+            Ok(core) => core,
+            Err(standby) => return vec![Err(standby); count],
+        };
         to_the_end(async move { core.submit_many(jobs).await })
             .await
             .unwrap_or_else(|error| vec![Err(error); count])
@@ -307,7 +419,7 @@ impl Controller for ControllerServer {
         invalid_limit: u32,
     ) -> Result<JobStatus, WireError> {
         self.allow(NodeRole::Front, "status")?;
-        self.core.status(id, invalid_limit)
+        self.core()?.status(id, invalid_limit)
     }
 
     async fn invalid_tokens(
@@ -318,27 +430,28 @@ impl Controller for ControllerServer {
         limit: u32,
     ) -> Result<InvalidTokenPage, WireError> {
         self.allow(NodeRole::Front, "invalid_tokens")?;
-        Ok(self.core.jobs.get(id)?.invalid_page(offset, limit))
+        Ok(self.core()?.jobs.get(id)?.invalid_page(offset, limit))
     }
 
     async fn cancel(self, _: Context, id: JobId) -> Result<JobStatus, WireError> {
         self.allow(NodeRole::Front, "cancel")?;
-        let core = self.core.clone();
+        let core = self.core()?;
         to_the_end(async move { core.cancel(id).await }).await?
     }
 
     async fn stats(self, _: Context) -> Result<ClusterStats, WireError> {
         self.allow(NodeRole::Front, "stats")?;
-        Ok(self.core.stats())
+        Ok(self.core()?.stats())
     }
 
     async fn register(self, _: Context, agent: AgentInfo) -> Result<Registration, WireError> {
         self.allow(NodeRole::Agent, "register")?;
         let peer_name = self.peer.role.map(|_| self.peer.name.clone());
-        let id = self.core.register(agent, peer_name).await?;
+        let core = self.core()?;
+        let id = core.register(agent, peer_name).await?;
         Ok(Registration {
             id,
-            lease_ms: self.core.config.lease_time.as_millis() as u64,
+            lease_ms: core.config.lease_time.as_millis() as u64,
         })
     }
 
@@ -351,8 +464,8 @@ impl Controller for ControllerServer {
     ) -> Result<Vec<ChunkId>, WireError> {
         self.allow(NodeRole::Agent, "heartbeat")?;
         let peer_name = self.peer.role.map(|_| self.peer.name.as_str());
-        match self
-            .core
+        let core = self.core()?;
+        match core
             .registry
             .touch(agent, peer_name, certificate_expires_at)
         {
@@ -364,7 +477,7 @@ impl Controller for ControllerServer {
                 ))
             }
             Touch::OtherPeer => {
-                self.core.calls_denied.fetch_add(1, Ordering::Relaxed);
+                self.serving.calls_denied.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(peer = %self.peer, %agent, "heartbeat refused: the agent registered with another certificate");
                 return Err(WireError::new(
                     ErrorCode::PermissionDenied,
@@ -372,11 +485,95 @@ impl Controller for ControllerServer {
                 ));
             }
         }
-        Ok(self.core.leases.renew(agent, &held))
+        Ok(core.leases.renew(agent, &held))
     }
 }
 
 impl Core {
+    /// Builds the controller's parts on an open store, restores what it holds, starts the
+    /// background tasks.
+    fn start(
+        config: &Config,
+        store: Store,
+        recovered: Recovered,
+        links: Links,
+        serving: &Serving,
+    ) -> Result<Arc<Core>, ControllerError> {
+        let webhooks = config
+            .apps
+            .iter()
+            .filter_map(|app| Some((app.name.clone(), app.webhook.clone()?)))
+            .collect();
+        let outbox = webhook::Outbox::new(webhooks).map_err(ControllerError::Webhook)?;
+        // The apps agents may serve and jobs may be for; none listed: any.
+        let apps: Option<HashSet<String>> = (!config.apps.is_empty())
+            .then(|| config.apps.iter().map(|app| app.name.clone()).collect());
+        let config = config.controller.clone();
+        let shutdown = CancellationToken::new();
+        let core = Arc::new(Core {
+            admissions: Admissions::new(&config, apps),
+            jobs: JobTable::new(recovered.keys, config.max_finished_jobs),
+            scheduler: Scheduler::new(config.chunk_size),
+            registry: Registry::new(recovered.declared),
+            leases: Leases::new(config.lease_time),
+            tallies: Tallies::default(),
+            outbox,
+            store,
+            out: AtomicU64::new(0),
+            redispatched: AtomicU64::new(0),
+            draining: shutdown.child_token(),
+            shutdown,
+            config,
+            links,
+            links_refused: serving.links_refused.clone(),
+            calls_denied: serving.calls_denied.clone(),
+        });
+        core.restore(recovered.jobs);
+        core.outbox.restore(&core.store, recovered.webhook);
+        core.outbox
+            .spawn_senders(core.store.clone(), core.shutdown.clone());
+        tokio::spawn(watch_agents(core.clone()));
+        tokio::spawn(watch_leases(core.clone()));
+        tokio::spawn(expire_jobs(core.clone()));
+        Ok(core)
+    }
+
+    /// Drains: takes no new job, hands out no new chunk, waits for the chunks out with agents
+    /// to report or their leases to expire (whatever is unfinished is in the store), commits
+    /// what was recorded meanwhile and closes the store.
+    async fn drain(&self) {
+        tracing::info!("controller draining");
+        self.draining.cancel();
+        let grace = self.config.shutdown_grace;
+        let waited = tokio::time::timeout(grace, async {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            while self.out.load(Ordering::Relaxed) > 0 {
+                tick.tick().await;
+            }
+        })
+        .await;
+        if waited.is_err() {
+            tracing::warn!(
+                chunks = self.out.load(Ordering::Relaxed),
+                "grace period over with chunks still out; they resume after restart"
+            );
+        }
+        // Chunk reports recorded during the drain are committed before the process may exit,
+        // and the store is closed (its directory free for the next controller) when this
+        // returns.
+        if let Err(error) = self.store.write(Write::Close).await {
+            tracing::error!(%error, "store flush failed");
+        }
+        self.shutdown.cancel();
+    }
+
+    /// Drops everything at once: another controller leads. Calls out with agents are
+    /// abandoned; what they report goes to the new leader.
+    async fn abandon(&self) {
+        self.shutdown.cancel();
+        let _ = self.store.write(Write::Close).await;
+    }
+
     /// Accepts a batch of submissions with one store commit; answers each in order. A job
     /// is answered `Ok` only once it is on disk.
     async fn submit_many(

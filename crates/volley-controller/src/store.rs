@@ -79,16 +79,20 @@ pub enum StoreError {
     /// The writer thread is gone.
     #[error("store writer stopped")]
     Stopped,
+    /// Another controller became the leader (PostgreSQL store): this one may write nothing
+    /// more and steps down.
+    #[error("store: another controller is the leader now (this one's term {0} is over)")]
+    Fenced(i64),
 }
 
-fn db_error(error: impl std::fmt::Display) -> StoreError {
+pub(crate) fn db_error(error: impl std::fmt::Display) -> StoreError {
     StoreError::Db(error.to_string())
 }
 
 /// A chunk's state as [`CHUNKS`] holds it: a tag byte, then the epoch (u32, little endian),
 /// or the time it was done (u64, little endian) and its [`ChunkReport`] (bincode).
 #[derive(Debug)]
-enum ChunkState {
+pub(crate) enum ChunkState {
     Leased { epoch: u32 },
     Done { at_ms: u64, report: ChunkReport },
 }
@@ -96,14 +100,14 @@ enum ChunkState {
 const LEASED_TAG: u8 = 0;
 const DONE_TAG: u8 = 1;
 
-fn leased_value(epoch: u32) -> [u8; 5] {
+pub(crate) fn leased_value(epoch: u32) -> [u8; 5] {
     let mut value = [LEASED_TAG; 5];
     value[1..].copy_from_slice(&epoch.to_le_bytes());
     value
 }
 
 /// `report` is the report's bincode encoding.
-fn done_value(at_ms: u64, report: &[u8]) -> Vec<u8> {
+pub(crate) fn done_value(at_ms: u64, report: &[u8]) -> Vec<u8> {
     let mut value = Vec::with_capacity(9 + report.len());
     value.push(DONE_TAG);
     value.extend_from_slice(&at_ms.to_le_bytes());
@@ -112,7 +116,7 @@ fn done_value(at_ms: u64, report: &[u8]) -> Vec<u8> {
 }
 
 impl ChunkState {
-    fn decode(value: &[u8]) -> Result<ChunkState, StoreError> {
+    pub(crate) fn decode(value: &[u8]) -> Result<ChunkState, StoreError> {
         let bad = || StoreError::Db("a chunk record is malformed".into());
         match value.split_first() {
             Some((&LEASED_TAG, rest)) => Ok(ChunkState::Leased {
@@ -345,8 +349,9 @@ mod legacy {
 /// A job ready for the store: its header serialised, its token buffers shared, not copied.
 #[derive(Debug)]
 pub(crate) struct NewJob {
-    header: Vec<u8>,
-    tokens: [bytes::Bytes; 2],
+    pub(crate) header: Vec<u8>,
+    /// APNs, then FCM; empty when inline in `header`.
+    pub(crate) tokens: [bytes::Bytes; 2],
 }
 
 impl NewJob {
@@ -502,8 +507,8 @@ impl Write {
     }
 }
 
-struct Request {
-    write: Write,
+pub(crate) struct Request {
+    pub(crate) write: Write,
     done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
@@ -514,7 +519,7 @@ pub(crate) struct Store {
 }
 
 /// `mpsc::Sender` needs `Debug` on its item for the derive above.
-struct RequestBox(Request);
+pub(crate) struct RequestBox(Request);
 
 impl std::fmt::Debug for RequestBox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -523,6 +528,16 @@ impl std::fmt::Debug for RequestBox {
 }
 
 impl Store {
+    /// Starts the writer thread over `backend`.
+    pub(crate) fn spawn(backend: impl Backend + Send + 'static) -> Result<Store, StoreError> {
+        let (tx, rx) = mpsc::channel::<RequestBox>();
+        std::thread::Builder::new()
+            .name("volley-store".into())
+            .spawn(move || run_writer(rx, backend))
+            .map_err(db_error)?;
+        Ok(Store { tx })
+    }
+
     /// Applies `write` durably; resolves after its commit.
     pub(crate) async fn write(&self, write: Write) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
@@ -571,84 +586,112 @@ fn load(db: &Database) -> Result<Vec<StoredJob>, StoreError> {
     for entry in jobs.iter().map_err(db_error)? {
         let (key, value) = entry.map_err(db_error)?;
         let id = key.value();
-        let mut rest = value.value();
-        let header = decode_header(&mut rest)?;
-        // Whatever follows the header is a small job's token buffers, APNs then FCM.
-        let apns_len = header.apns_ends.last().copied().unwrap_or(0) as usize;
-        let (apns_inline, fcm_inline) = rest.split_at(apns_len.min(rest.len()));
-        let token_list = |platform: u8, ends: Vec<u32>| -> Result<TokenList, StoreError> {
-            let inline = if platform == 0 {
-                apns_inline
-            } else {
-                fcm_inline
-            };
-            let data = if !rest.is_empty() {
-                bytes::Bytes::copy_from_slice(inline)
-            } else {
-                match tokens.get((id, platform)).map_err(db_error)? {
-                    Some(data) => bytes::Bytes::copy_from_slice(data.value()),
-                    None => bytes::Bytes::new(),
-                }
-            };
-            TokenList::from_raw_parts(data, ends).ok_or_else(|| {
-                StoreError::Db(format!(
-                    "job {id:x}: token buffer does not match its offsets"
-                ))
-            })
+        let cancelled = if cancels.get(id).map_err(db_error)?.is_some() {
+            CancelMark::Cancelled
+        } else if legacy_cancels.get(id).map_err(db_error)?.is_some() {
+            CancelMark::Legacy
+        } else {
+            CancelMark::None
         };
-        let record = JobRecord {
-            submit: SubmitJob {
-                apns_tokens: token_list(0, header.apns_ends)?,
-                fcm_tokens: token_list(1, header.fcm_ends)?,
-                app: header.app,
-                apns: header.apns,
-                fcm: header.fcm,
-                // The fingerprint lives with the key (`KEYS`); the job needs the key alone.
-                idempotency_key: header.idempotency_key.map(|key| {
-                    volley_contracts::IdempotencyKey {
-                        key,
-                        fingerprint: None,
-                    }
-                }),
-                rejected: header.rejected,
-            },
-            chunk_size: header.chunk_size,
-            created_ms: header.created_ms,
-        };
-        let mut job = StoredJob {
-            id: JobId(uuid::Uuid::from_u128(id)),
-            record,
-            done: Vec::new(),
-            leased: HashMap::new(),
-            last_done_ms: None,
-            cancelled: if cancels.get(id).map_err(db_error)?.is_some() {
-                CancelMark::Cancelled
-            } else if legacy_cancels.get(id).map_err(db_error)?.is_some() {
-                CancelMark::Legacy
-            } else {
-                CancelMark::None
-            },
-            possible_duplicates: duplicates
-                .get(id)
-                .map_err(db_error)?
-                .map_or(0, |v| v.value()),
-        };
+        let possible_duplicates = duplicates
+            .get(id)
+            .map_err(db_error)?
+            .map_or(0, |v| v.value());
+        let mut states = Vec::new();
         for entry in chunks.range((id, 0)..=(id, u32::MAX)).map_err(db_error)? {
             let (key, value) = entry.map_err(db_error)?;
-            let index = key.value().1;
-            match ChunkState::decode(value.value())? {
-                ChunkState::Leased { epoch } => {
-                    job.leased.insert(index, epoch);
-                }
-                ChunkState::Done { at_ms, report } => {
-                    job.done.push((index, report));
-                    job.last_done_ms = job.last_done_ms.max(Some(at_ms));
-                }
-            }
+            states.push((key.value().1, ChunkState::decode(value.value())?));
         }
-        out.push(job);
+        out.push(stored_job(
+            id,
+            value.value(),
+            |platform| {
+                Ok(tokens
+                    .get((id, platform))
+                    .map_err(db_error)?
+                    .map(|data| bytes::Bytes::copy_from_slice(data.value())))
+            },
+            states,
+            cancelled,
+            possible_duplicates,
+        )?);
     }
     Ok(out)
+}
+
+/// A job as read back from either store: its `JOBS` value (the header, and a small job's
+/// token buffers after it), its token buffers kept apart (`tokens(platform)`: 0 APNs, 1 FCM),
+/// and its chunks' states.
+pub(crate) fn stored_job(
+    id: u128,
+    value: &[u8],
+    mut tokens: impl FnMut(u8) -> Result<Option<bytes::Bytes>, StoreError>,
+    chunks: Vec<(u32, ChunkState)>,
+    cancelled: CancelMark,
+    possible_duplicates: u64,
+) -> Result<StoredJob, StoreError> {
+    let mut rest = value;
+    let header = decode_header(&mut rest)?;
+    // Whatever follows the header is a small job's token buffers, APNs then FCM.
+    let apns_len = header.apns_ends.last().copied().unwrap_or(0) as usize;
+    let (apns_inline, fcm_inline) = rest.split_at(apns_len.min(rest.len()));
+    let mut token_list = |platform: u8, ends: Vec<u32>| -> Result<TokenList, StoreError> {
+        let inline = if platform == 0 {
+            apns_inline
+        } else {
+            fcm_inline
+        };
+        let data = if !rest.is_empty() {
+            bytes::Bytes::copy_from_slice(inline)
+        } else {
+            tokens(platform)?.unwrap_or_default()
+        };
+        TokenList::from_raw_parts(data, ends).ok_or_else(|| {
+            StoreError::Db(format!(
+                "job {id:x}: token buffer does not match its offsets"
+            ))
+        })
+    };
+    let record = JobRecord {
+        submit: SubmitJob {
+            apns_tokens: token_list(0, header.apns_ends)?,
+            fcm_tokens: token_list(1, header.fcm_ends)?,
+            app: header.app,
+            apns: header.apns,
+            fcm: header.fcm,
+            // The fingerprint lives with the key (`KEYS`); the job needs the key alone.
+            idempotency_key: header
+                .idempotency_key
+                .map(|key| volley_contracts::IdempotencyKey {
+                    key,
+                    fingerprint: None,
+                }),
+            rejected: header.rejected,
+        },
+        chunk_size: header.chunk_size,
+        created_ms: header.created_ms,
+    };
+    let mut job = StoredJob {
+        id: JobId(uuid::Uuid::from_u128(id)),
+        record,
+        done: Vec::new(),
+        leased: HashMap::new(),
+        last_done_ms: None,
+        cancelled,
+        possible_duplicates,
+    };
+    for (index, state) in chunks {
+        match state {
+            ChunkState::Leased { epoch } => {
+                job.leased.insert(index, epoch);
+            }
+            ChunkState::Done { at_ms, report } => {
+                job.done.push((index, report));
+                job.last_done_ms = job.last_done_ms.max(Some(at_ms));
+            }
+        }
+    }
+    Ok(job)
 }
 
 /// Least time between two compactions of the store.
@@ -659,10 +702,22 @@ const COMPACT_EVERY: Duration = Duration::from_secs(600);
 /// within this time do they get a commit, and an fsync, of their own.
 const LATER_WITHIN: Duration = Duration::from_millis(100);
 
-fn writer(mut db: Database, rx: mpsc::Receiver<RequestBox>, durability: Durability) {
-    let mut forgotten_since_compaction = 0usize;
-    // The first compaction waits as long as the others: none during a start-up burst.
-    let mut last_compaction = Instant::now();
+/// How long a writer waits before trying again writes whose commit failed (nobody waits for
+/// them: chunk progress; the database is back soon, or the controller steps down).
+const RETRY_FAILED: Duration = Duration::from_millis(200);
+
+/// What a store's writer thread commits to: redb here, PostgreSQL in `postgres.rs`.
+pub(crate) trait Backend {
+    /// Applies `batch` in one transaction and commits it; returns how many jobs it forgot.
+    fn commit(&mut self, batch: &[Request]) -> Result<usize, StoreError>;
+
+    /// Between commits, with how many jobs the last one forgot: housekeeping.
+    fn tidy(&mut self, _forgot: usize) {}
+}
+
+/// The writer thread: takes every write waiting in `rx` and commits them together (group
+/// commit), until the handles are gone, a [`Write::Close`] comes, or the backend is fenced.
+pub(crate) fn run_writer(rx: mpsc::Receiver<RequestBox>, mut backend: impl Backend) {
     // Writes queued since the last commit, when the first came, and whether someone waits
     // for one of them (then they are committed at once).
     let mut later: Vec<Request> = Vec::new();
@@ -712,37 +767,81 @@ fn writer(mut db: Database, rx: mpsc::Receiver<RequestBox>, durability: Durabili
             None => (Vec::new(), None),
         };
         let mut result = Ok(());
+        let mut fenced = false;
         if !batch.is_empty() {
-            let mut forgot = 0;
-            result = apply(&db, &batch, &mut forgot, durability).map_err(|error| error.to_string());
+            let outcome = backend.commit(&batch);
+            let forgot = *outcome.as_ref().unwrap_or(&0);
+            fenced = matches!(outcome, Err(StoreError::Fenced(_)));
+            result = outcome.map(|_| ()).map_err(|error| error.to_string());
             if let Err(error) = &result {
                 tracing::error!(%error, writes = batch.len(), "store commit failed");
             }
-            for done in batch.into_iter().filter_map(|request| request.done) {
-                let _ = done.send(result.clone());
+            let mut kept = Vec::new();
+            for request in batch {
+                match request.done {
+                    Some(done) => {
+                        let _ = done.send(result.clone());
+                    }
+                    // Nobody waits for it: tried again with the next commit, unless this
+                    // controller may write no more.
+                    None if result.is_err() && !fenced && close.is_none() => kept.push(request),
+                    None => {}
+                }
             }
-            forgotten_since_compaction += forgot;
+            if !kept.is_empty() {
+                later = kept;
+                later_since = Instant::now();
+                std::thread::sleep(RETRY_FAILED);
+            }
+            backend.tidy(forgot);
         }
-        if close.is_some() {
-            drop(db);
+        if close.is_some() || fenced {
+            drop(backend);
             if let Some(done) = closing {
                 let _ = done.send(result);
             }
-            for done in refused.into_iter().filter_map(|request| request.done) {
+            let refused = refused.into_iter().chain(later);
+            for done in refused.filter_map(|request| request.done) {
                 let _ = done.send(Err(StoreError::Stopped.to_string()));
+            }
+            if fenced {
+                // Whatever comes from now on is refused: the handles see a closed channel.
+                drop(rx);
             }
             return;
         }
         if closed {
             return;
         }
-        // Deleting frees pages for reuse; compacting now and then gives space back to the disk.
-        // Not more often than every COMPACT_EVERY: it holds up every commit while it runs, and
-        // jobs forgotten at the rate single-notification jobs finish would compact non-stop.
-        if forgotten_since_compaction >= 64 && last_compaction.elapsed() >= COMPACT_EVERY {
-            forgotten_since_compaction = 0;
-            last_compaction = Instant::now();
-            if let Err(error) = db.compact() {
+    }
+}
+
+/// The embedded store: redb in `controller.data_dir`.
+struct Redb {
+    db: Database,
+    durability: Durability,
+    forgotten_since_compaction: usize,
+    last_compaction: Instant,
+}
+
+impl Backend for Redb {
+    fn commit(&mut self, batch: &[Request]) -> Result<usize, StoreError> {
+        let mut forgot = 0;
+        apply(&self.db, batch, &mut forgot, self.durability)?;
+        Ok(forgot)
+    }
+
+    fn tidy(&mut self, forgot: usize) {
+        self.forgotten_since_compaction += forgot;
+        // Deleting frees pages for reuse; compacting now and then gives space back to the
+        // disk. Not more often than every COMPACT_EVERY: it holds up every commit while it
+        // runs, and jobs forgotten at the rate single-notification jobs finish would compact
+        // non-stop.
+        if self.forgotten_since_compaction >= 64 && self.last_compaction.elapsed() >= COMPACT_EVERY
+        {
+            self.forgotten_since_compaction = 0;
+            self.last_compaction = Instant::now();
+            if let Err(error) = self.db.compact() {
                 tracing::warn!(%error, "store compaction failed");
             }
         }
@@ -1007,12 +1106,14 @@ impl Store {
             webhook: read_webhook(&db)?,
             declared: read_declared(&db)?,
         };
-        let (tx, rx) = mpsc::channel::<RequestBox>();
-        std::thread::Builder::new()
-            .name("volley-store".into())
-            .spawn(move || writer(db, rx, durability))
-            .map_err(db_error)?;
-        Ok((Store { tx }, recovered))
+        let backend = Redb {
+            db,
+            durability,
+            forgotten_since_compaction: 0,
+            // The first compaction waits as long as the others: none during a start-up burst.
+            last_compaction: Instant::now(),
+        };
+        Ok((Store::spawn(backend)?, recovered))
     }
 }
 

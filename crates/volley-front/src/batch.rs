@@ -11,10 +11,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use volley_contracts::{JobAccepted, SubmitJob};
+use volley_contracts::{ErrorCode, JobAccepted, SubmitJob};
 
 use crate::error::ApiError;
-use crate::link::ControllerLink;
+use crate::link::{ControllerLink, FAILOVER_WAIT};
 
 /// Jobs with fewer notifications than this are batched; larger ones (a broadcast's tens of
 /// megabytes) go in a call of their own.
@@ -85,40 +85,96 @@ async fn run(link: Arc<ControllerLink>, deadline: Duration, mut queue: mpsc::Rec
     }
 }
 
-/// One `submit_many` call; every waiter gets its answer.
+/// One `submit_many` call; every waiter gets its answer. With several controllers, jobs
+/// are sent again to the new leader when that is safe: those a standby refused ("not leader":
+/// nothing was done), and, after a lost link, those with an idempotency key (a repeat finds
+/// the first if it was stored).
 async fn call(link: &Arc<ControllerLink>, deadline: Duration, batch: Vec<Pending>) {
-    let (jobs, answers): (Vec<SubmitJob>, Vec<oneshot::Sender<Answer>>) = batch
+    let (mut jobs, mut answers): (Vec<SubmitJob>, Vec<oneshot::Sender<Answer>>) = batch
         .into_iter()
         .map(|pending| (pending.job, pending.answer))
         .unzip();
-    let count = jobs.len();
-    let mut context = tarpc::context::current();
-    context.deadline = Instant::now() + deadline;
-    match link.client().submit_many(context, jobs).await {
-        Ok(results) if results.len() == count => {
-            for (answer, result) in answers.into_iter().zip(results) {
-                let _ = answer.send(result.map_err(ApiError::from_wire));
+    let give_up = tokio::time::Instant::now() + FAILOVER_WAIT;
+    loop {
+        let count = jobs.len();
+        // Kept only where there is another controller to send them to.
+        let kept = link.follows_leader().then(|| jobs.clone());
+        let client = link.client();
+        let mut context = tarpc::context::current();
+        context.deadline = Instant::now() + deadline;
+        let mut again = Vec::new();
+        match client.submit_many(context, jobs).await {
+            Ok(results) if results.len() == count => {
+                for ((answer, result), job) in answers.into_iter().zip(results).zip(
+                    kept.into_iter()
+                        .flatten()
+                        .map(Some)
+                        .chain(std::iter::repeat_with(|| None)),
+                ) {
+                    match (result, job) {
+                        (Err(wire), Some(job)) if wire.code == ErrorCode::NotLeader => {
+                            link.answered(&wire);
+                            again.push((job, answer, ApiError::from_wire(wire)));
+                        }
+                        (result, _) => {
+                            if let Err(wire) = &result {
+                                link.answered(wire);
+                            }
+                            let _ = answer.send(result.map_err(ApiError::from_wire));
+                        }
+                    }
+                }
+            }
+            Ok(results) => {
+                tracing::error!(
+                    jobs = count,
+                    answers = results.len(),
+                    "the controller answered a batch with the wrong number of results"
+                );
+                for answer in answers {
+                    let _ = answer.send(Err(ApiError::new(
+                        crate::error::Code::Internal,
+                        "the controller's answer was malformed",
+                    )));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, jobs = count, "controller submit failed");
+                let unreachable = link.unreachable(&error);
+                let kept = kept
+                    .into_iter()
+                    .flatten()
+                    .map(Some)
+                    .chain(std::iter::repeat_with(|| None));
+                for (answer, job) in answers.into_iter().zip(kept) {
+                    match job {
+                        Some(job) if job.idempotency_key.is_some() => {
+                            again.push((job, answer, unreachable.clone()));
+                        }
+                        _ => {
+                            let _ = answer.send(Err(unreachable.clone()));
+                        }
+                    }
+                }
             }
         }
-        Ok(results) => {
-            tracing::error!(
-                jobs = count,
-                answers = results.len(),
-                "the controller answered a batch with the wrong number of results"
-            );
-            for answer in answers {
-                let _ = answer.send(Err(ApiError::new(
-                    crate::error::Code::Internal,
-                    "the controller's answer was malformed",
-                )));
-            }
+        if again.is_empty() {
+            return;
         }
-        Err(error) => {
-            tracing::warn!(%error, jobs = count, "controller submit failed");
-            let unreachable = link.unreachable(&error);
-            for answer in answers {
-                let _ = answer.send(Err(unreachable.clone()));
+        let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+        if link.switched(&client, left).await.is_none() {
+            for (_, answer, error) in again {
+                let _ = answer.send(Err(error));
             }
+            return;
         }
+        tracing::info!(
+            jobs = again.len(),
+            "sending submissions again to the new leader"
+        );
+        (jobs, answers) = again
+            .into_iter()
+            .map(|(job, answer, _)| (job, answer))
+            .unzip();
     }
 }

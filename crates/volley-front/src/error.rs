@@ -269,7 +269,8 @@ impl ApiError {
         let code = match error.code {
             WireCode::InvalidArgument => Code::InvalidArgument,
             WireCode::NotFound => Code::NotFound,
-            WireCode::Unavailable => Code::Unavailable,
+            // A standby answered: the leader is being found; nothing was done.
+            WireCode::Unavailable | WireCode::NotLeader => Code::Unavailable,
             WireCode::ResourceExhausted => Code::ResourceExhausted,
             WireCode::NoCredentials => Code::NoCredentials,
             // A lease error is between agents and the controller; a front never sees one. A
@@ -281,6 +282,7 @@ impl ApiError {
         };
         let retry_after = match error.code {
             WireCode::Unavailable => Some(5),
+            WireCode::NotLeader => Some(1),
             // Pending work drains continuously: room comes back soon.
             WireCode::Overloaded | WireCode::ResourceExhausted => Some(OVERLOADED_RETRY_AFTER),
             // The first request with the key is being stored: its answer is a moment away.

@@ -138,8 +138,13 @@ impl FrontState {
             })?),
         };
         let metrics = metrics::Metrics::new(apps.iter().map(|a| a.name.clone()).collect());
-        let controller =
-            link::ControllerLink::new(controller, config.front.controller.clone(), links);
+        let controller = link::ControllerLink::new(
+            controller,
+            volley_contracts::controller_addresses(&config.front.controller),
+            // Where a reconnection starts looking; the caller dialled the first that answered.
+            0,
+            links,
+        );
         let batcher = batch::Batcher::new(controller.clone(), SUBMIT_DEADLINE);
         Ok(FrontState {
             inner: Arc::new(Inner {
@@ -231,17 +236,42 @@ impl FrontState {
         Box::pin(self.submit_alone(job)).await
     }
 
-    /// A large job in a call of its own.
+    /// A large job in a call of its own; sent again to a new leader when that is safe (as
+    /// the batcher does: refused by a standby, or with an idempotency key after a lost link).
     async fn submit_alone(&self, job: SubmitJob) -> Result<JobAccepted, ApiError> {
-        let mut context = tarpc::context::current();
-        context.deadline = Instant::now() + SUBMIT_DEADLINE;
-        match self.controller().submit(context, job).await {
-            Ok(Ok(accepted)) => Ok(accepted),
-            Ok(Err(wire)) => Err(ApiError::from_wire(wire)),
-            Err(rpc) => {
-                tracing::warn!(error = %rpc, "controller submit failed");
-                Err(self.rpc_failed(&rpc))
+        let link = &self.inner.controller;
+        let give_up = tokio::time::Instant::now() + link::FAILOVER_WAIT;
+        let mut job = job;
+        loop {
+            // Its token buffers are shared, not copied.
+            let kept = link.follows_leader().then(|| job.clone());
+            let client = link.client();
+            let mut context = tarpc::context::current();
+            context.deadline = Instant::now() + SUBMIT_DEADLINE;
+            let error = match client.submit(context, job).await {
+                Ok(Ok(accepted)) => return Ok(accepted),
+                Ok(Err(wire)) => {
+                    link.answered(&wire);
+                    let again = wire.code == volley_contracts::ErrorCode::NotLeader;
+                    (ApiError::from_wire(wire), again)
+                }
+                Err(rpc) => {
+                    tracing::warn!(error = %rpc, "controller submit failed");
+                    let again = kept
+                        .as_ref()
+                        .is_some_and(|job| job.idempotency_key.is_some());
+                    (self.rpc_failed(&rpc), again)
+                }
+            };
+            let (error, again) = error;
+            let Some(next) = kept.filter(|_| again) else {
+                return Err(error);
+            };
+            let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+            if link.switched(&client, left).await.is_none() {
+                return Err(error);
             }
+            job = next;
         }
     }
 
@@ -263,6 +293,12 @@ impl FrontState {
     /// The answer to a failed controller call; reconnects when the connection is gone.
     pub(crate) fn rpc_failed(&self, error: &tarpc::client::RpcError) -> ApiError {
         self.inner.controller.unreachable(error)
+    }
+
+    /// The answer to a controller's refusal; a standby's moves the link to the leader.
+    pub(crate) fn wire_failed(&self, error: volley_contracts::WireError) -> ApiError {
+        self.inner.controller.answered(&error);
+        ApiError::from_wire(error)
     }
 
     /// A tarpc context for a quick query.

@@ -796,7 +796,7 @@ async fn owned_status(
         .await
     {
         Ok(Ok(status)) => status,
-        Ok(Err(wire)) => return Err(ApiError::from_wire(wire)),
+        Ok(Err(wire)) => return Err(state.wire_failed(wire)),
         Err(rpc) => return Err(state.rpc_failed(&rpc)),
     };
     // Another app's job answers exactly like a missing one, so ids reveal nothing.
@@ -911,7 +911,7 @@ pub async fn invalid_tokens(
         .await
     {
         Ok(Ok(page)) => page,
-        Ok(Err(wire)) => return Err(ApiError::from_wire(wire)),
+        Ok(Err(wire)) => return Err(state.wire_failed(wire)),
         Err(rpc) => return Err(state.rpc_failed(&rpc)),
     };
     // Another app's job answers exactly like a missing one, so ids reveal nothing.
@@ -956,7 +956,7 @@ pub async fn job_cancel(
         .await
     {
         Ok(Ok(status)) => status,
-        Ok(Err(wire)) => return Err(ApiError::from_wire(wire)),
+        Ok(Err(wire)) => return Err(state.wire_failed(wire)),
         Err(rpc) => return Err(state.rpc_failed(&rpc)),
     };
     tracing::info!(app = %status.app, job = %id, state = status.state.as_str(), "job cancelled");

@@ -32,7 +32,7 @@ async fn stats(state: &FrontState) -> Result<ClusterStats, ApiError> {
         .stats(context)
         .await
         .map_err(|rpc| state.rpc_failed(&rpc))?
-        .map_err(ApiError::from_wire)
+        .map_err(|wire| state.wire_failed(wire))
 }
 
 /// `GET /healthz`: 200 whenever the process serves HTTP (a liveness probe).

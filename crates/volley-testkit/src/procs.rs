@@ -175,6 +175,11 @@ pub struct ProcCluster {
     next_front: usize,
     /// `RUST_LOG` of the roles started from now on.
     log_filter: String,
+    /// `VOLLEY_*` overrides every role gets (the PostgreSQL store's).
+    envs: Vec<(String, String)>,
+    /// The listen addresses of the controllers started by name (`controller-a`, ...), in the
+    /// order they were started: `controller_addr` lists them all.
+    controllers: Vec<(String, String)>,
 }
 
 impl ProcCluster {
@@ -337,7 +342,66 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
             fcm_stats,
             next_front: 0,
             log_filter: "info".to_owned(),
+            envs: Vec::new(),
+            controllers: Vec::new(),
         }
+    }
+
+    /// Fakes, `controllers` controllers sharing the PostgreSQL database at `postgres_url`
+    /// (named `controller-0`, `controller-1`, ...: the first leads once it has started),
+    /// `agents` agents and one front, each told every controller's address.
+    pub fn start_postgres(
+        bin: impl AsRef<Path>,
+        postgres_url: &str,
+        controllers: usize,
+        agents: usize,
+        fake_args: &[&str],
+    ) -> ProcCluster {
+        let mut cluster = ProcCluster::fakes(bin.as_ref(), fake_args);
+        cluster.use_postgres(postgres_url);
+        for i in 0..controllers {
+            cluster.start_named_controller(&format!("controller-{i}"));
+            if i == 0 {
+                cluster.proc("controller-0").wait_for("this controller leads now");
+            }
+        }
+        for i in 0..agents {
+            cluster.start_agent(&format!("agent-{i}"));
+        }
+        cluster.start_front();
+        cluster
+    }
+
+    /// Every controller started from now on keeps its state in the PostgreSQL database at
+    /// `url` (`controller.store = "postgres"`).
+    pub fn use_postgres(&mut self, url: &str) {
+        self.envs.extend([
+            ("VOLLEY_CONTROLLER__STORE".to_owned(), "postgres".to_owned()),
+            ("VOLLEY_CONTROLLER__POSTGRES_URL".to_owned(), url.to_owned()),
+        ]);
+    }
+
+    /// Starts (or restarts, on the address it had) the controller named `name`, one of
+    /// several on the PostgreSQL store; `controller_addr` lists every controller's address.
+    pub fn start_named_controller(&mut self, name: &str) {
+        let known = self
+            .controllers
+            .iter()
+            .find(|(known, _)| known == name)
+            .map(|(_, addr)| addr.clone());
+        let listen = known.clone().unwrap_or_else(|| "127.0.0.1:0".to_owned());
+        let proc = self.spawn_role(&["controller", "--listen", &listen]);
+        let addr = proc.wait_for("\"listen\":\"");
+        if known.is_none() {
+            self.controllers.push((name.to_owned(), addr));
+        }
+        self.controller_addr = self
+            .controllers
+            .iter()
+            .map(|(_, addr)| addr.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        self.procs.insert(name.to_owned(), proc);
     }
 
     /// Starts (or restarts) the controller on the cluster's data directory. A restart binds the
@@ -395,6 +459,7 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
             }
             None => Vec::new(),
         };
+        let envs: Vec<(String, String)> = envs.into_iter().chain(self.envs.clone()).collect();
         spawn_with(&self.bin, args, Some(config), &self.log_filter, &envs)
     }
 
@@ -492,7 +557,7 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
         names.sort_by_key(|name| match name.as_str() {
             n if n.starts_with("front") => 0,
             n if n.starts_with("agent") => 1,
-            "controller" => 2,
+            n if n.starts_with("controller") => 2,
             _ => 3,
         });
         for name in names {
