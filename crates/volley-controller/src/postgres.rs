@@ -835,3 +835,253 @@ async fn load(client: &Client) -> Result<Recovered, StoreError> {
         webhook,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! Against the throwaway server `scripts/test` starts (`POSTGRES_TEST_URL`), each test in a
+    //! database of its own.
+
+    use super::*;
+    use crate::store::NewJob;
+    use volley_contracts::{ChunkReport, TokenList};
+
+    /// A new database on the test server; its URL.
+    async fn fresh_database() -> String {
+        let url = std::env::var("POSTGRES_TEST_URL").expect(
+            "POSTGRES_TEST_URL is not set: run the tests with scripts/test, which starts a \
+             throwaway PostgreSQL",
+        );
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("the test server answers");
+        tokio::spawn(connection);
+        let name = format!("store_{}", &Uuid::new_v4().simple().to_string()[..12]);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let mut config: tokio_postgres::Config = url.parse().unwrap();
+        config.dbname(&name);
+        let host = match &config.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(host) => host.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        };
+        let password = config
+            .get_password()
+            .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+            .unwrap_or_default();
+        format!(
+            "postgres://{}{password}@{host}:{}/{name}",
+            config.get_user().unwrap_or("postgres"),
+            config.get_ports().first().copied().unwrap_or(5432)
+        )
+    }
+
+    fn controller_config(url: String) -> ControllerConfig {
+        ControllerConfig {
+            store: volley_config::StoreKind::Postgres,
+            postgres_url: Some(url),
+            ..ControllerConfig::default()
+        }
+    }
+
+    /// Takes the leadership at once (the previous lease ended): the new term.
+    async fn lead(db: &Database) -> (Leadership, i64) {
+        let mut leadership = Leadership::open(db.clone(), "here".into(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        leadership
+            .client()
+            .await
+            .unwrap()
+            .execute("UPDATE volley_leader SET expires_at = '-infinity'", &[])
+            .await
+            .unwrap();
+        let term = leadership
+            .try_lead()
+            .await
+            .unwrap()
+            .expect("the lease ended");
+        (leadership, term)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_is_written_reads_back_and_a_displaced_leader_is_fenced() {
+        let db = Database::from_config(&controller_config(fresh_database().await)).unwrap();
+        let (_first, term) = lead(&db).await;
+        let fenced = CancellationToken::new();
+        let (store, recovered) = {
+            let (db, fenced) = (db.clone(), fenced.clone());
+            tokio::task::spawn_blocking(move || open(db, term, true, fenced))
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        assert!(recovered.jobs.is_empty());
+
+        // A small job (tokens inline), a large one (tokens by COPY), a key, chunk states, a
+        // webhook entry, a cancel, duplicates and a declared pair.
+        let small = JobId::new();
+        let large = JobId::new();
+        let mut submit = store::tests::record_submit();
+        let job = NewJob::new(&submit, 2, 7).unwrap();
+        let key = StoredKey {
+            app: "shop".into(),
+            key: "key-1".into(),
+            record: KeyRecord {
+                job: small,
+                at_ms: 7,
+                accepted: 3,
+                fingerprint: Some(Fingerprint([7; 32])),
+            },
+        };
+        let tokens: Vec<String> = (0..2000).map(|i| format!("{i:064x}")).collect();
+        submit.apns_tokens = tokens.iter().map(String::as_str).collect::<TokenList>();
+        submit.idempotency_key = None;
+        let big = NewJob::new(&submit, 1000, 8).unwrap();
+        assert!(!big.tokens[0].is_empty(), "a large job's tokens are apart");
+        let report = bincode::serialize(&ChunkReport {
+            delivered: 1000,
+            ..ChunkReport::default()
+        })
+        .unwrap();
+        let entry = bincode::serialize(&StoredEntry {
+            app: "shop".into(),
+            tokens: Vec::new(),
+        })
+        .unwrap();
+        store
+            .write(Write::Many(vec![
+                Write::Job {
+                    id: small,
+                    job,
+                    key: Some(key.clone()),
+                },
+                Write::Job {
+                    id: large,
+                    job: big,
+                    key: None,
+                },
+                Write::Leased {
+                    id: large,
+                    index: 0,
+                    epoch: 1,
+                },
+                Write::Leased {
+                    id: large,
+                    index: 1,
+                    epoch: 3,
+                },
+                Write::Done {
+                    id: large,
+                    index: 0,
+                    at_ms: 99,
+                    report,
+                    webhook: vec![((large.0.as_u128(), 0, 0), entry)],
+                },
+                Write::Cancelled {
+                    id: small,
+                    at_ms: 5,
+                },
+                Write::Duplicates {
+                    id: large,
+                    count: 4,
+                },
+                Write::Duplicates {
+                    id: large,
+                    count: 2,
+                },
+                Write::Declared {
+                    app: "shop".into(),
+                    platform: Platform::Apns,
+                },
+            ]))
+            .await
+            .unwrap();
+
+        // Another controller takes over: this one's next commit is refused, and it knows.
+        let (_second, second_term) = lead(&db).await;
+        assert_eq!(second_term, term + 1);
+        let refused = store
+            .write(Write::Cancelled {
+                id: large,
+                at_ms: 6,
+            })
+            .await;
+        assert!(refused.is_err(), "a fenced leader's write is refused");
+        assert!(fenced.is_cancelled());
+        assert!(store
+            .write(Write::Declared {
+                app: "other".into(),
+                platform: Platform::Fcm,
+            })
+            .await
+            .is_err());
+
+        // The new leader reads back the first one's writes, and nothing after the fence.
+        let (_, recovered) = tokio::task::spawn_blocking({
+            let db = db.clone();
+            move || open(db, second_term, true, CancellationToken::new())
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(recovered.jobs.len(), 2);
+        let read = |id: JobId| recovered.jobs.iter().find(|job| job.id == id).unwrap();
+        let small_read = read(small);
+        assert_eq!(small_read.cancelled, CancelMark::Cancelled);
+        assert_eq!(small_read.record.submit.apns_tokens.len(), 3);
+        let large_read = read(large);
+        assert_eq!(large_read.cancelled, CancelMark::None, "the fenced cancel");
+        assert_eq!(large_read.record.submit.apns_tokens.len(), 2000);
+        assert_eq!(
+            large_read.record.submit.apns_tokens.get(1999),
+            Some(tokens[1999].as_str())
+        );
+        assert_eq!(large_read.possible_duplicates, 6);
+        assert_eq!(large_read.leased.get(&1), Some(&3));
+        assert_eq!(large_read.done.len(), 1);
+        assert_eq!(large_read.last_done_ms, Some(99));
+        assert_eq!(recovered.keys, vec![key]);
+        assert_eq!(recovered.webhook.len(), 1);
+        assert_eq!(
+            recovered.declared,
+            vec![("shop".to_owned(), Platform::Apns)]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_standby_waits_for_the_lease_and_a_resigned_leader_hands_over_at_once() {
+        let db = Database::from_config(&controller_config(fresh_database().await)).unwrap();
+        let (mut leader, term) = lead(&db).await;
+        let mut standby = Leadership::open(db.clone(), "there".into(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(standby.try_lead().await.unwrap(), None, "the lease holds");
+        assert_eq!(standby.leader().await.unwrap().as_deref(), Some("here"));
+        assert!(leader.renew(term).await.unwrap());
+        leader.resign(term).await.unwrap();
+        assert_eq!(standby.try_lead().await.unwrap(), Some(term + 1));
+        assert!(!leader.renew(term).await.unwrap(), "displaced");
+        // Migrations are applied once: opening again changes nothing.
+        Leadership::open(db, "again".into(), Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn the_password_never_shows() {
+        let db = Database::from_config(&controller_config(
+            "postgres://volley:s3cret-pw@db.internal:5433/volley".into(),
+        ))
+        .unwrap();
+        assert_eq!(db.to_string(), "volley@db.internal:5433/volley");
+        assert!(!format!("{db:?}").contains("s3cret"));
+        let error = Database::from_config(&controller_config(
+            "postgres://volley:s3cret-pw@db/volley?sslmode=bogus".into(),
+        ))
+        .err()
+        .unwrap();
+        assert!(!error.to_string().contains("s3cret"), "{error}");
+    }
+}

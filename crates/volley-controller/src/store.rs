@@ -1118,7 +1118,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use volley_contracts::{ApnsRender, TokenList};
 
@@ -1271,7 +1271,7 @@ mod tests {
         assert_eq!(migrate_keys_v1(&db).unwrap(), 0);
     }
 
-    fn record_submit() -> SubmitJob {
+    pub(crate) fn record_submit() -> SubmitJob {
         SubmitJob {
             app: "shop".into(),
             apns: Some(ApnsRender {

@@ -196,8 +196,24 @@ impl ProcCluster {
         fake_args: &[&str],
         filter: &str,
     ) -> ProcCluster {
+        ProcCluster::start_on(bin, None, agents, fake_args, filter)
+    }
+
+    /// Like [`ProcCluster::start_logging`], the controller's state in the PostgreSQL
+    /// database at `postgres_url` when given (`controller.store = "postgres"`), else in its
+    /// embedded store.
+    pub fn start_on(
+        bin: impl AsRef<Path>,
+        postgres_url: Option<&str>,
+        agents: usize,
+        fake_args: &[&str],
+        filter: &str,
+    ) -> ProcCluster {
         let mut cluster = ProcCluster::fakes(bin.as_ref(), fake_args);
         cluster.log_filter = filter.to_owned();
+        if let Some(url) = postgres_url {
+            cluster.use_postgres(url);
+        }
         cluster.start_controller();
         for i in 0..agents {
             cluster.start_agent(&format!("agent-{i}"));
@@ -362,7 +378,9 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
         for i in 0..controllers {
             cluster.start_named_controller(&format!("controller-{i}"));
             if i == 0 {
-                cluster.proc("controller-0").wait_for("this controller leads now");
+                cluster
+                    .proc("controller-0")
+                    .wait_for("this controller leads now");
             }
         }
         for i in 0..agents {
