@@ -2,10 +2,15 @@
 //! one process killed, paused or stopped in mid-broadcast. Each checks, from the fakes'
 //! counters and the job status, that every accepted token was delivered at least once, that
 //! the counts balance, and that the fakes saw no more duplicates than the job counted.
+//!
+//! Each runs twice: with the controller's embedded store, and with its state in PostgreSQL
+//! (the throwaway server `scripts/test` starts; `tests/failover.rs` has the faults only a
+//! leader and standby meet).
 
 use serde_json::Value;
 use volley_testkit::http::FrontClient;
 use volley_testkit::jobs::{broadcast, check_no_loss, delivered_at_least, finished, wait_job};
+use volley_testkit::pg::fresh_database;
 use volley_testkit::procs::{ProcCluster, API_KEY};
 
 const BIN: &str = env!("CARGO_BIN_EXE_volley");
@@ -37,10 +42,46 @@ fn assert_mid_job(status: &Value) {
     );
 }
 
+/// Where the controller keeps its state in a test.
+#[derive(Clone, Copy, Debug)]
+enum Store {
+    Redb,
+    Postgres,
+}
+
+/// Starts a cluster on `store`, with `agents` agents, RUST_LOG `filter`.
+async fn cluster(store: Store, agents: usize, filter: &str) -> ProcCluster {
+    let url = match store {
+        Store::Redb => None,
+        Store::Postgres => Some(fresh_database("faults").await),
+    };
+    ProcCluster::start_on(BIN, url.as_deref(), agents, SLOW_FAKES, filter)
+}
+
+/// Each fault test, on either store.
+macro_rules! on_both_stores {
+    ($body:ident: $redb:ident, $postgres:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $redb() {
+            $body(Store::Redb).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $postgres() {
+            $body(Store::Postgres).await;
+        }
+    };
+}
+
 /// Starts a cluster with `agents` agents, submits the broadcast tagged `tag` and returns once
 /// `delivered` notifications are delivered and the job is still running.
-async fn mid_broadcast(agents: usize, tag: &str, delivered: u64) -> (ProcCluster, String) {
-    let cluster = ProcCluster::start(BIN, agents, SLOW_FAKES);
+async fn mid_broadcast(
+    store: Store,
+    agents: usize,
+    tag: &str,
+    delivered: u64,
+) -> (ProcCluster, String) {
+    let cluster = cluster(store, agents, "info").await;
     let id = submit(&cluster, tag).await;
     let status = wait_job(
         &cluster,
@@ -66,18 +107,28 @@ async fn finish(cluster: ProcCluster, id: &str, fault: &str) -> u64 {
     duplicates
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_one_of_three_agents_mid_broadcast() {
+on_both_stores!(kill_9_one_of_three_agents_mid_broadcast_with: kill_9_one_of_three_agents_mid_broadcast, kill_9_one_of_three_agents_mid_broadcast_on_postgres);
+
+async fn kill_9_one_of_three_agents_mid_broadcast_with(store: Store) {
     let _serial = SERIAL.lock().await;
-    let (mut cluster, id) = mid_broadcast(3, "0a0a0a0a", 2 * N / 5).await;
+    let tag = match store {
+        Store::Redb => "0a0a0a0a",
+        Store::Postgres => "4a4a4a4a",
+    };
+    let (mut cluster, id) = mid_broadcast(store, 3, tag, 2 * N / 5).await;
     cluster.kill9("agent-1");
     finish(cluster, &id, "kill -9 agent").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigstop_an_agent_past_its_lease_then_sigcont() {
+on_both_stores!(sigstop_an_agent_past_its_lease_then_sigcont_with: sigstop_an_agent_past_its_lease_then_sigcont, sigstop_an_agent_past_its_lease_then_sigcont_on_postgres);
+
+async fn sigstop_an_agent_past_its_lease_then_sigcont_with(store: Store) {
     let _serial = SERIAL.lock().await;
-    let (cluster, id) = mid_broadcast(3, "0b0b0b0b", N / 5).await;
+    let tag = match store {
+        Store::Redb => "0b0b0b0b",
+        Store::Postgres => "4b4b4b4b",
+    };
+    let (cluster, id) = mid_broadcast(store, 3, tag, N / 5).await;
     let lines_before = cluster.proc("controller").line_count();
     cluster.sigstop("agent-0");
     // The controller notices: the paused agent's leases expire and it is dropped.
@@ -97,10 +148,15 @@ async fn sigstop_an_agent_past_its_lease_then_sigcont() {
     finish(cluster, &id, "SIGSTOP agent").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_the_controller_mid_broadcast_and_restart_it() {
+on_both_stores!(kill_9_the_controller_mid_broadcast_and_restart_it_with: kill_9_the_controller_mid_broadcast_and_restart_it, kill_9_the_controller_mid_broadcast_and_restart_it_on_postgres);
+
+async fn kill_9_the_controller_mid_broadcast_and_restart_it_with(store: Store) {
     let _serial = SERIAL.lock().await;
-    let (mut cluster, id) = mid_broadcast(2, "0c0c0c0c", 2 * N / 5).await;
+    let tag = match store {
+        Store::Redb => "0c0c0c0c",
+        Store::Postgres => "4c4c4c4c",
+    };
+    let (mut cluster, id) = mid_broadcast(store, 2, tag, 2 * N / 5).await;
     cluster.kill9("controller");
     cluster.start_controller();
     let line = cluster.proc("controller").line_with("resuming job", 0);
@@ -108,14 +164,20 @@ async fn kill_9_the_controller_mid_broadcast_and_restart_it() {
     finish(cluster, &id, "kill -9 controller").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_a_front_between_accepting_and_answering() {
+on_both_stores!(kill_9_a_front_between_accepting_and_answering_with: kill_9_a_front_between_accepting_and_answering, kill_9_a_front_between_accepting_and_answering_on_postgres);
+
+async fn kill_9_a_front_between_accepting_and_answering_with(store: Store) {
     let _serial = SERIAL.lock().await;
+    let tag = match store {
+        Store::Redb => "0d0d0d0d",
+        Store::Postgres => "4d4d4d4d",
+    };
     // The controller logs each accepted job at debug: the moment to kill the front.
-    let mut cluster =
-        ProcCluster::start_logging(BIN, 2, SLOW_FAKES, "info,volley_controller=debug");
-    let body = broadcast("0d0d0d0d", N as usize);
-    let key = [("idempotency-key", "order-0d0d0d0d")];
+    let mut cluster = cluster(store, 2, "info,volley_controller=debug").await;
+    let body = broadcast(tag, N as usize);
+    // Leaked: the request's task needs it for good ('static).
+    let key_value: &'static str = format!("order-{tag}").leak();
+    let key = [("idempotency-key", key_value)];
     let first_front = cluster.client();
     let lines_before = cluster.proc("controller").line_count();
     let request = {
@@ -164,10 +226,15 @@ async fn kill_9_a_front_between_accepting_and_answering() {
     assert_eq!(finish(cluster, &job, "kill -9 front").await, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_every_node_in_turn_under_load() {
+on_both_stores!(sigterm_every_node_in_turn_under_load_with: sigterm_every_node_in_turn_under_load, sigterm_every_node_in_turn_under_load_on_postgres);
+
+async fn sigterm_every_node_in_turn_under_load_with(store: Store) {
     let _serial = SERIAL.lock().await;
-    let (mut cluster, id) = mid_broadcast(2, "0e0e0e0e", N / 5).await;
+    let tag = match store {
+        Store::Redb => "0e0e0e0e",
+        Store::Postgres => "4e4e4e4e",
+    };
+    let (mut cluster, id) = mid_broadcast(store, 2, tag, N / 5).await;
     cluster.sigterm("front-0");
     cluster.start_front();
     cluster.sigterm("agent-0");

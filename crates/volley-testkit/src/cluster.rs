@@ -36,6 +36,8 @@ pub struct ClusterOptions {
     pub tweak: fn(&mut Config),
     /// Plain TCP between the roles instead of mutual TLS (to measure what TLS costs).
     pub insecure_links: bool,
+    /// The controller's state in this PostgreSQL database instead of its embedded store.
+    pub postgres_url: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -46,6 +48,7 @@ impl Default for ClusterOptions {
             fake_fcm: FakeConfig::fcm(),
             tweak: |_| {},
             insecure_links: false,
+            postgres_url: None,
         }
     }
 }
@@ -127,6 +130,10 @@ impl Cluster {
         config.controller.heartbeat_timeout = Duration::from_secs(2);
         config.controller.lease_time = Duration::from_secs(2);
         config.controller.data_dir = dir.path().join("controller-data");
+        if let Some(url) = &options.postgres_url {
+            config.controller.store = volley_config::StoreKind::Postgres;
+            config.controller.postgres_url = Some(url.clone());
+        }
         config.apps.push(AppConfig {
             name: APP.into(),
             api_keys: vec![Secret::new(api_key.clone())],

@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod controller;
 pub mod http;
 pub mod jobs;
+pub mod pg;
 pub mod procs;
 pub mod role;
 pub mod tokens;

@@ -15,6 +15,7 @@ pub mod load;
 pub mod plot;
 pub mod procfs;
 pub mod report;
+pub mod scratch;
 pub mod system;
 pub mod workload;
 
@@ -111,6 +112,11 @@ pub struct BenchArgs {
     /// Plain TCP between the roles instead of mutual TLS, to measure what TLS costs.
     #[arg(long)]
     pub insecure_links: bool,
+    /// Keep the controller's state in PostgreSQL (`controller.store = "postgres"`) on the
+    /// server at this URL, in a scratch database created for each run and dropped after it
+    /// (the URL's user needs CREATEDB). Without it, the embedded store.
+    #[arg(long, value_name = "URL")]
+    pub postgres_url: Option<String>,
 }
 
 impl Workload {
@@ -242,9 +248,18 @@ async fn run_once(
         return Ok(result);
     }
 
+    let scratch = match &args.postgres_url {
+        Some(server) => Some(scratch::Database::create(server).await?),
+        None => None,
+    };
+    let postgres_url = scratch.as_ref().map(|database| database.url.clone());
     let system = match args.topology {
-        Topology::Standalone => System::standalone(args.agents, args.insecure_links).await?,
-        Topology::Processes => System::processes(binary, args.agents, args.insecure_links).await?,
+        Topology::Standalone => {
+            System::standalone(args.agents, args.insecure_links, postgres_url).await?
+        }
+        Topology::Processes => {
+            System::processes(binary, args.agents, args.insecure_links, postgres_url).await?
+        }
     };
     let measured = async {
         match args.workload {
@@ -300,6 +315,9 @@ async fn run_once(
     }
     .await;
     let stopped = tokio::task::spawn_blocking(move || system.shutdown()).await?;
+    if let Some(scratch) = scratch {
+        scratch.drop_database().await?;
+    }
     measured?;
     stopped?;
     if let (Some(broadcast), Some(ceiling)) = (&result.broadcast, &result.ceiling) {

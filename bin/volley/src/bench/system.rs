@@ -94,10 +94,15 @@ pub enum System {
 
 impl System {
     /// Starts a cluster in this process.
-    pub async fn standalone(agents: usize, insecure_links: bool) -> anyhow::Result<System> {
+    pub async fn standalone(
+        agents: usize,
+        insecure_links: bool,
+        postgres_url: Option<String>,
+    ) -> anyhow::Result<System> {
         let cluster = Cluster::start(ClusterOptions {
             agents,
             insecure_links,
+            postgres_url,
             ..ClusterOptions::default()
         })
         .await?;
@@ -109,9 +114,10 @@ impl System {
         binary: &Path,
         agents: usize,
         insecure_links: bool,
+        postgres_url: Option<String>,
     ) -> anyhow::Result<System> {
         Ok(System::Processes(Box::new(
-            Processes::start(binary, agents, insecure_links).await?,
+            Processes::start(binary, agents, insecure_links, postgres_url).await?,
         )))
     }
 
@@ -207,6 +213,7 @@ impl Processes {
         binary: &Path,
         agents: usize,
         insecure_links: bool,
+        postgres_url: Option<String>,
     ) -> anyhow::Result<Processes> {
         let dir = tempfile::tempdir()?;
         let dir_path = dir.path().to_path_buf();
@@ -322,6 +329,7 @@ default_app = "{APP}"
 [controller]
 listen = "127.0.0.1:0"
 data_dir = "{data_dir}"
+{store}
 
 [agent]
 listen = "127.0.0.1:0"
@@ -346,6 +354,9 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
 "#,
                 api_key = processes.target.api_key,
                 data_dir = path("controller-data"),
+                store = postgres_url
+                    .map(|url| format!("store = \"postgres\"\npostgres_url = \"{url}\""))
+                    .unwrap_or_default(),
                 key_file = path("AuthKey.p8"),
                 apns_ca = path("apns-ca.pem"),
                 service_account = path("service-account.json"),

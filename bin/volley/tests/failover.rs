@@ -1,0 +1,129 @@
+//! Controllers on PostgreSQL (`controller.store = "postgres"`), as real processes against the
+//! throwaway server `scripts/test` starts: a leader and a standby, the leader killed or paused
+//! in mid-broadcast, and the database itself restarted. Each checks, from the fakes' record
+//! and the job status, that every accepted token was delivered at least once, that the counts
+//! balance, and that the fakes saw no more duplicates than the job counted.
+
+use std::time::Instant;
+
+use volley_testkit::jobs::{broadcast, check_no_loss, delivered_at_least, finished, wait_job};
+use volley_testkit::pg::{fresh_database, restart_postgres};
+use volley_testkit::procs::ProcCluster;
+
+const BIN: &str = env!("CARGO_BIN_EXE_volley");
+
+/// Tokens per platform: 100,000 in all per test.
+const N: u64 = 50_000;
+
+/// One cluster at a time: on two cores several would starve heartbeats and leases.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Fakes answer in 20 ms so that a 100,000-token broadcast lasts long enough to interrupt.
+const SLOW_FAKES: &[&str] = &["--latency", "20ms"];
+
+/// Starts `controllers` controllers on a fresh database, two agents and a front, submits the
+/// broadcast tagged `tag` and returns once a fifth of it is delivered.
+async fn mid_broadcast(controllers: usize, tag: &str) -> (ProcCluster, String) {
+    let url = fresh_database("failover").await;
+    let cluster = ProcCluster::start_postgres(BIN, &url, controllers, 2, SLOW_FAKES);
+    let response = cluster
+        .client()
+        .post("/v1/apps/shop/notifications", broadcast(tag, N as usize))
+        .await
+        .unwrap();
+    assert_eq!(response.status.as_u16(), 202, "{}", response.body);
+    let id = response.body["id"].as_str().unwrap().to_owned();
+    let status = wait_job(
+        &cluster,
+        &id,
+        "the broadcast under way",
+        delivered_at_least(2 * N / 5),
+    )
+    .await;
+    assert!(
+        !finished(&status),
+        "the job finished before the fault: {status}"
+    );
+    (cluster, id)
+}
+
+/// Waits for the job to finish, checks that nothing was lost and reports the duplicates.
+async fn finish(cluster: ProcCluster, id: &str, fault: &str) {
+    let status = wait_job(&cluster, id, "the job to finish", finished).await;
+    let duplicates = check_no_loss(&cluster, &status, N).await;
+    eprintln!(
+        "{fault}: {duplicates} duplicates at the fakes (counted possible: {})",
+        status["possible_duplicates"]
+    );
+    cluster.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_the_leader_mid_broadcast_and_the_standby_takes_over() {
+    let _serial = SERIAL.lock().await;
+    let (mut cluster, id) = mid_broadcast(2, "1a1a1a1a").await;
+    let standby = cluster.proc("controller-1");
+    assert!(
+        standby
+            .line_with("standby", 0)
+            .contains("another controller leads"),
+        "the second controller waits as a standby"
+    );
+    let lines = standby.line_count();
+    let killed = Instant::now();
+    cluster.kill9("controller-0");
+    let line = cluster
+        .proc("controller-1")
+        .line_with("this controller leads now", lines);
+    eprintln!(
+        "failover: the standby leads {:?} after kill -9",
+        killed.elapsed()
+    );
+    assert!(line.contains("term"), "{line}");
+    let line = cluster
+        .proc("controller-1")
+        .line_with("resuming job", lines);
+    assert!(line.contains(&id), "{line}");
+    finish(cluster, &id, "kill -9 leader").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_is_fenced_and_steps_down_when_it_wakes() {
+    let _serial = SERIAL.lock().await;
+    let (cluster, id) = mid_broadcast(2, "1b1b1b1b").await;
+    let lines = cluster.proc("controller-1").line_count();
+    let old_lines = cluster.proc("controller-0").line_count();
+    cluster.sigstop("controller-0");
+    // Past the failover timeout (5 s by default) the standby takes over and the broadcast goes
+    // on without the paused leader.
+    cluster
+        .proc("controller-1")
+        .line_with("this controller leads now", lines);
+    let before = wait_job(&cluster, &id, "the new leader to answer", |_| true).await;
+    let delivered = before["delivered"].as_u64().unwrap_or(0);
+    wait_job(
+        &cluster,
+        &id,
+        "progress under the new leader",
+        delivered_at_least(delivered + 1000),
+    )
+    .await;
+    cluster.sigcont("controller-0");
+    // Woken, the old leader finds its term over: its writes are refused and it steps down.
+    let line = cluster
+        .proc("controller-0")
+        .line_with("stepping down", old_lines);
+    assert!(
+        line.contains("another controller"),
+        "the old leader learns another leads: {line}"
+    );
+    finish(cluster, &id, "SIGSTOP leader").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_postgres_mid_broadcast_pauses_and_resumes() {
+    let _serial = SERIAL.lock().await;
+    let (cluster, id) = mid_broadcast(1, "1c1c1c1c").await;
+    restart_postgres();
+    finish(cluster, &id, "PostgreSQL restart").await;
+}
