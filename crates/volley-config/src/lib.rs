@@ -70,6 +70,50 @@ impl Serialize for Secret {
     }
 }
 
+/// A database URL whose password, if it holds one, never shows: `Debug` and serialisation
+/// (`volley config check`, `/stat/config`) replace it with `redacted`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Wraps a URL.
+    pub fn new(value: impl Into<String>) -> Self {
+        DatabaseUrl(value.into())
+    }
+
+    /// The URL itself, password included, for the code that connects.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with its password replaced; a value that is not a URL (libpq's `key=value`
+    /// form) is hidden whole.
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut url) => {
+                if url.password().is_some() {
+                    let _ = url.set_password(Some("redacted"));
+                }
+                url.to_string()
+            }
+            Err(_) => "<redacted>".to_owned(),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for DatabaseUrl {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.redacted())
+    }
+}
+
 /// The whole configuration; each role reads its own section and the apps.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
@@ -287,7 +331,8 @@ pub struct ControllerConfig {
     /// (`postgres://volley@db.internal:5432/volley?sslmode=verify-full`). A password is better
     /// given by `postgres_password_file` or the `PGPASSWORD` environment variable than in the
     /// URL; it is never logged either way.
-    pub postgres_url: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub postgres_url: Option<DatabaseUrl>,
     /// A file holding the database password (its first line).
     #[schema(value_type = Option<String>)]
     pub postgres_password_file: Option<PathBuf>,
@@ -1299,5 +1344,28 @@ mod tests {
             assert_eq!(config.controller.chunk_size, 250);
             Ok(())
         });
+    }
+
+    #[test]
+    fn a_database_password_never_shows() {
+        let config = Config::from_toml(
+            "[controller]\nstore = \"postgres\"\npostgres_url = \"postgres://volley:s3cret@db:5432/volley\"",
+        )
+        .unwrap();
+        let url = config.controller.postgres_url.as_ref().unwrap();
+        assert_eq!(url.expose(), "postgres://volley:s3cret@db:5432/volley");
+        let shown = serde_json::to_string(&config).unwrap() + &format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("postgres://volley:redacted@db:5432/volley"));
+        assert_eq!(
+            DatabaseUrl::new("host=db password=s3cret").redacted(),
+            "<redacted>"
+        );
+        let missing = Config::from_toml("[controller]\nstore = \"postgres\"").unwrap();
+        let error = missing
+            .validate_for(Role::Controller)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("controller.postgres_url"), "{error}");
     }
 }

@@ -116,9 +116,15 @@ impl Database {
     /// The database of `controller.postgres_url`, its password from
     /// `controller.postgres_password_file` or `PGPASSWORD` when the URL has none.
     pub(crate) fn from_config(config: &ControllerConfig) -> Result<Database, StoreError> {
-        let url = config.postgres_url.as_deref().ok_or_else(|| {
-            StoreError::Db("controller.postgres_url is required with store = \"postgres\"".into())
-        })?;
+        let url = config
+            .postgres_url
+            .as_ref()
+            .map(|url| url.expose())
+            .ok_or_else(|| {
+                StoreError::Db(
+                    "controller.postgres_url is required with store = \"postgres\"".into(),
+                )
+            })?;
         // The parser's errors name an option, never the URL's text (its password).
         let mut settings: tokio_postgres::Config = url.parse().map_err(|error| {
             StoreError::Db(format!(
@@ -880,7 +886,7 @@ mod tests {
     fn controller_config(url: String) -> ControllerConfig {
         ControllerConfig {
             store: volley_config::StoreKind::Postgres,
-            postgres_url: Some(url),
+            postgres_url: Some(volley_config::DatabaseUrl::new(url)),
             ..ControllerConfig::default()
         }
     }

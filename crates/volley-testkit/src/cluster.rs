@@ -132,7 +132,7 @@ impl Cluster {
         config.controller.data_dir = dir.path().join("controller-data");
         if let Some(url) = &options.postgres_url {
             config.controller.store = volley_config::StoreKind::Postgres;
-            config.controller.postgres_url = Some(url.clone());
+            config.controller.postgres_url = Some(volley_config::DatabaseUrl::new(url.clone()));
         }
         config.apps.push(AppConfig {
             name: APP.into(),
