@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use volley_config::ControllerConfig;
@@ -45,6 +45,17 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         expires_at timestamptz NOT NULL
     );
     INSERT INTO volley_leader VALUES (1, 0, '', '', '-infinity');
+    -- The fence every write transaction starts with: it fails the transaction (and so turns
+    -- its COMMIT into a rollback) unless the writer's term is the leader row's. FOR SHARE: a
+    -- takeover, which updates the row, waits for the transactions under way.
+    CREATE FUNCTION volley_fence(writer_term bigint) RETURNS void LANGUAGE plpgsql AS $fence$
+    BEGIN
+        IF (SELECT term FROM volley_leader WHERE id = 1 FOR SHARE) <> writer_term THEN
+            RAISE EXCEPTION 'another controller leads: term % is over', writer_term
+                USING ERRCODE = 'VL001';
+        END IF;
+    END
+    $fence$;
     -- A job without its token buffers (a small job's tokens follow the header).
     CREATE TABLE volley_jobs (
         id uuid PRIMARY KEY,
@@ -395,15 +406,15 @@ pub(crate) fn open(
         .enable_all()
         .build()
         .map_err(db_error)?;
-    let (client, recovered) = runtime.block_on(async {
-        let client = connect_writer(&db, fsync).await?;
-        let recovered = load(&client).await?;
-        Ok::<_, StoreError>((client, recovered))
+    let (session, recovered) = runtime.block_on(async {
+        let session = connect_writer(&db, fsync).await?;
+        let recovered = load(&session.client).await?;
+        Ok::<_, StoreError>((session, recovered))
     })?;
     let backend = Postgres {
         runtime,
         db,
-        client: Some(client),
+        session: Some(session),
         term,
         fsync,
         fenced,
@@ -411,16 +422,106 @@ pub(crate) fn open(
     Ok((Store::spawn(backend)?, recovered))
 }
 
+/// The statements of a commit, prepared once per session.
+struct Statements {
+    fence: Statement,
+    jobs: Statement,
+    keys: Statement,
+    chunks: Statement,
+    webhook_added: Statement,
+    webhook_acked: Statement,
+    cancels: Statement,
+    duplicates: Statement,
+    declared: Statement,
+    forget_chunks: Statement,
+    forget_tokens: Statement,
+    forget_jobs: Statement,
+    forget_keys: Statement,
+}
+
+/// The writer's session and its statements.
+struct Session {
+    client: Client,
+    statements: Statements,
+}
+
+/// The SQLSTATE `volley_fence` raises.
+const FENCED: &str = "VL001";
+
 /// The writer's session: each commit waits for the WAL flush (and the synchronous standbys
 /// the server is configured with) unless `fsync` is off, which only measures what that costs.
-async fn connect_writer(db: &Database, fsync: bool) -> Result<Client, StoreError> {
+async fn connect_writer(db: &Database, fsync: bool) -> Result<Session, StoreError> {
     let client = db.connect().await?;
     let commit = if fsync { "on" } else { "off" };
     client
         .batch_execute(&format!("SET synchronous_commit = {commit}"))
         .await
         .map_err(db_error)?;
-    Ok(client)
+    let prepare = |sql: &'static str| {
+        let client = &client;
+        async move { client.prepare(sql).await.map_err(db_error) }
+    };
+    let statements = Statements {
+        fence: prepare("SELECT volley_fence($1)").await?,
+        jobs: prepare(
+            "INSERT INTO volley_jobs (id, header) SELECT * FROM unnest($1::uuid[], $2::bytea[])",
+        )
+        .await?,
+        keys: prepare(
+            "INSERT INTO volley_keys (app, key, job, at_ms, accepted, fingerprint)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::int8[], $5::int8[],
+                                  $6::bytea[])
+             ON CONFLICT (app, key) DO UPDATE SET job = excluded.job, at_ms = excluded.at_ms,
+                 accepted = excluded.accepted, fingerprint = excluded.fingerprint",
+        )
+        .await?,
+        chunks: prepare(
+            "INSERT INTO volley_chunks (job, index, state)
+             SELECT * FROM unnest($1::uuid[], $2::int4[], $3::bytea[])
+             ON CONFLICT (job, index) DO UPDATE SET state = excluded.state",
+        )
+        .await?,
+        webhook_added: prepare(
+            "INSERT INTO volley_webhook (job, chunk, part, entry)
+             SELECT * FROM unnest($1::uuid[], $2::int4[], $3::int4[], $4::bytea[])
+             ON CONFLICT DO NOTHING",
+        )
+        .await?,
+        webhook_acked: prepare(
+            "DELETE FROM volley_webhook w
+             USING unnest($1::uuid[], $2::int4[], $3::int4[]) AS a(job, chunk, part)
+             WHERE w.job = a.job AND w.chunk = a.chunk AND w.part = a.part",
+        )
+        .await?,
+        cancels: prepare(
+            "UPDATE volley_jobs j SET cancelled_ms = c.at
+             FROM unnest($1::uuid[], $2::int8[]) AS c(id, at) WHERE j.id = c.id",
+        )
+        .await?,
+        duplicates: prepare(
+            "UPDATE volley_jobs j SET duplicates = j.duplicates + d.n
+             FROM unnest($1::uuid[], $2::int8[]) AS d(id, n) WHERE j.id = d.id",
+        )
+        .await?,
+        declared: prepare(
+            "INSERT INTO volley_declared (app, platform, at_ms)
+             SELECT a, p, (extract(epoch FROM now()) * 1000)::int8
+             FROM unnest($1::text[], $2::int2[]) AS d(a, p)
+             ON CONFLICT DO NOTHING",
+        )
+        .await?,
+        forget_chunks: prepare("DELETE FROM volley_chunks WHERE job = ANY($1)").await?,
+        forget_tokens: prepare("DELETE FROM volley_tokens WHERE job = ANY($1)").await?,
+        forget_jobs: prepare("DELETE FROM volley_jobs WHERE id = ANY($1)").await?,
+        // Only while the key still names a forgotten job: a key claimed again since, in the
+        // same batch, stays.
+        forget_keys: prepare(
+            "DELETE FROM volley_keys k USING unnest($1::text[], $2::text[]) AS f(app, key)
+             WHERE k.app = f.app AND k.key = f.key AND k.job = ANY($3)",
+        )
+        .await?,
+    };
+    Ok(Session { client, statements })
 }
 
 /// The PostgreSQL backend of the writer thread.
@@ -428,7 +529,7 @@ struct Postgres {
     runtime: tokio::runtime::Runtime,
     db: Database,
     /// `None` after the session was lost: connected again at the next commit.
-    client: Option<Client>,
+    session: Option<Session>,
     term: i64,
     fsync: bool,
     fenced: CancellationToken,
@@ -439,21 +540,21 @@ impl Backend for Postgres {
         let Postgres {
             runtime,
             db,
-            client,
+            session,
             term,
             fsync,
             fenced,
         } = self;
         runtime.block_on(async {
-            if client.as_ref().is_none_or(Client::is_closed) {
-                *client = None;
-                *client = Some(connect_writer(db, *fsync).await?);
+            if session.as_ref().is_none_or(|s| s.client.is_closed()) {
+                *session = None;
+                *session = Some(connect_writer(db, *fsync).await?);
             }
-            let session = client.as_mut().expect("connected above");
-            let result = commit(session, *term, batch).await;
+            let live = session.as_mut().expect("connected above");
+            let result = commit(live, *term, batch).await;
             match &result {
                 Err(StoreError::Fenced(_)) => fenced.cancel(),
-                Err(_) if session.is_closed() => *client = None,
+                Err(_) if live.client.is_closed() => *session = None,
                 _ => {}
             }
             result
@@ -550,173 +651,221 @@ impl<'a> Plan<'a> {
     }
 }
 
+/// One statement of a pipelined commit.
+type Step<'a> = futures::future::BoxFuture<'a, Result<u64, tokio_postgres::Error>>;
+
 /// Applies a batch in one transaction, fenced by `term`; returns how many jobs it forgot.
-async fn commit(client: &mut Client, term: i64, batch: &[Request]) -> Result<usize, StoreError> {
+///
+/// The statements are pipelined: `BEGIN`, the fence, one statement per kind of write and
+/// `COMMIT` go out together and cost one round trip. If the fence fails (another controller
+/// leads) the transaction is aborted and its `COMMIT` rolls it back. A batch with large token
+/// buffers first streams them with binary `COPY` inside the transaction.
+async fn commit(session: &mut Session, term: i64, batch: &[Request]) -> Result<usize, StoreError> {
     let mut plan = Plan::default();
     for request in batch {
         plan.add(&request.write);
     }
-    let txn = client.transaction().await.map_err(db_error)?;
-    // The fence: a takeover (which updates this row) waits for this transaction, and this
-    // one sees a takeover that came first.
-    let current: i64 = txn
-        .query_one("SELECT term FROM volley_leader WHERE id = 1 FOR SHARE", &[])
-        .await
-        .map_err(db_error)?
-        .get(0);
-    if current != term {
-        return Err(StoreError::Fenced(term));
+    let Session { client, statements } = session;
+    let client = &*client;
+    let st = &*statements;
+    let fenced = |error: tokio_postgres::Error| match error.code() {
+        Some(code) if code.code() == FENCED => StoreError::Fenced(term),
+        _ => db_error(error),
+    };
+    // The arrays each statement takes, built before the futures that borrow them.
+    let keys = KeyColumns::of(&plan.keys);
+    let mut chunk_jobs = Vec::with_capacity(plan.chunks.len());
+    let mut chunk_indexes = Vec::with_capacity(plan.chunks.len());
+    let mut chunk_states = Vec::with_capacity(plan.chunks.len());
+    for ((job, index), state) in &plan.chunks {
+        chunk_jobs.push(*job);
+        chunk_indexes.push(*index);
+        chunk_states.push(state.as_slice());
+    }
+    let (added_jobs, added_chunks, added_parts, added_entries) = unzip4(&plan.webhook_added);
+    let acked_jobs: Vec<Uuid> = plan.webhook_acked.iter().map(|k| k.0).collect();
+    let acked_chunks: Vec<i32> = plan.webhook_acked.iter().map(|k| k.1).collect();
+    let acked_parts: Vec<i32> = plan.webhook_acked.iter().map(|k| k.2).collect();
+    let cancel_ids: Vec<Uuid> = plan.cancels.iter().map(|c| c.0).collect();
+    let cancel_at: Vec<i64> = plan.cancels.iter().map(|c| c.1).collect();
+    let (duplicate_ids, duplicate_counts): (Vec<Uuid>, Vec<i64>) =
+        plan.duplicates.iter().map(|(id, n)| (*id, *n)).unzip();
+    let declared_apps: Vec<&str> = plan.declared.iter().map(|d| d.0).collect();
+    let declared_platforms: Vec<i16> = plan.declared.iter().map(|d| d.1).collect();
+    let forget_apps: Vec<&str> = plan.forget_keys.iter().map(|k| k.0).collect();
+    let forget_keys: Vec<&str> = plan.forget_keys.iter().map(|k| k.1).collect();
+    let forget_ids = &plan.forget_ids;
+    // Borrowed by the statements' futures (owned arrays move into theirs).
+    let (plan, keys) = (&plan, &keys);
+    let mut steps: Vec<Step<'_>> = Vec::new();
+    if plan.tokens.is_empty() {
+        steps.push(Box::pin(async {
+            client.batch_execute("BEGIN").await.map(|()| 0)
+        }));
+        steps.push(Box::pin(async move {
+            client.execute(&st.fence, &[&term]).await
+        }));
+    } else {
+        client.batch_execute("BEGIN").await.map_err(db_error)?;
+        let copied = async {
+            client.execute(&st.fence, &[&term]).await.map_err(fenced)?;
+            copy_tokens(client, &plan.tokens).await.map_err(db_error)
+        }
+        .await;
+        if let Err(error) = copied {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(error);
+        }
     }
     if !plan.job_ids.is_empty() {
-        txn.execute(
-            "INSERT INTO volley_jobs (id, header) SELECT * FROM unnest($1::uuid[], $2::bytea[])",
-            &[&plan.job_ids, &plan.job_headers],
-        )
-        .await
-        .map_err(db_error)?;
-    }
-    if !plan.tokens.is_empty() {
-        // Binary COPY: a million tokens are one 64 MB value streamed as it is.
-        let sink = txn
-            .copy_in("COPY volley_tokens (job, platform, data) FROM STDIN BINARY")
-            .await
-            .map_err(db_error)?;
-        let writer = BinaryCopyInWriter::new(sink, &[Type::UUID, Type::INT2, Type::BYTEA]);
-        futures::pin_mut!(writer);
-        for (job, platform, data) in &plan.tokens {
-            let data: &[u8] = data;
-            writer
-                .as_mut()
-                .write(&[job as &(dyn ToSql + Sync), platform, &data])
+        steps.push(Box::pin(async move {
+            client
+                .execute(&st.jobs, &[&plan.job_ids, &plan.job_headers])
                 .await
-                .map_err(db_error)?;
-        }
-        writer.finish().await.map_err(db_error)?;
+        }));
     }
     if !plan.keys.is_empty() {
-        let apps: Vec<&str> = plan.keys.iter().map(|k| k.app.as_str()).collect();
-        let keys: Vec<&str> = plan.keys.iter().map(|k| k.key.as_str()).collect();
-        let jobs: Vec<Uuid> = plan.keys.iter().map(|k| k.record.job.0).collect();
-        let at: Vec<i64> = plan.keys.iter().map(|k| k.record.at_ms as i64).collect();
-        let accepted: Vec<i64> = plan.keys.iter().map(|k| k.record.accepted as i64).collect();
-        let fingerprints: Vec<Option<&[u8]>> = plan
-            .keys
-            .iter()
-            .map(|k| k.record.fingerprint.as_ref().map(|f| &f.0[..]))
-            .collect();
-        txn.execute(
-            "INSERT INTO volley_keys (app, key, job, at_ms, accepted, fingerprint)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::int8[], $5::int8[], $6::bytea[])
-             ON CONFLICT (app, key) DO UPDATE SET job = excluded.job, at_ms = excluded.at_ms,
-                 accepted = excluded.accepted, fingerprint = excluded.fingerprint",
-            &[&apps, &keys, &jobs, &at, &accepted, &fingerprints],
-        )
-        .await
-        .map_err(db_error)?;
+        steps.push(Box::pin(async move {
+            client
+                .execute(
+                    &st.keys,
+                    &[
+                        &keys.apps,
+                        &keys.keys,
+                        &keys.jobs,
+                        &keys.at,
+                        &keys.accepted,
+                        &keys.fingerprints,
+                    ],
+                )
+                .await
+        }));
     }
-    if !plan.chunks.is_empty() {
-        // The leases of one `deliver` call, and chunk reports: one statement.
-        let mut jobs = Vec::with_capacity(plan.chunks.len());
-        let mut indexes = Vec::with_capacity(plan.chunks.len());
-        let mut states = Vec::with_capacity(plan.chunks.len());
-        for ((job, index), state) in &plan.chunks {
-            jobs.push(*job);
-            indexes.push(*index);
-            states.push(state.as_slice());
-        }
-        txn.execute(
-            "INSERT INTO volley_chunks (job, index, state)
-             SELECT * FROM unnest($1::uuid[], $2::int4[], $3::bytea[])
-             ON CONFLICT (job, index) DO UPDATE SET state = excluded.state",
-            &[&jobs, &indexes, &states],
-        )
-        .await
-        .map_err(db_error)?;
+    if !chunk_jobs.is_empty() {
+        // The leases of one `deliver` call, and the chunk reports: one statement.
+        steps.push(Box::pin(async move {
+            client
+                .execute(&st.chunks, &[&chunk_jobs, &chunk_indexes, &chunk_states])
+                .await
+        }));
     }
-    if !plan.webhook_added.is_empty() {
-        let (jobs, chunks, parts, entries) = unzip4(&plan.webhook_added);
-        txn.execute(
-            "INSERT INTO volley_webhook (job, chunk, part, entry)
-             SELECT * FROM unnest($1::uuid[], $2::int4[], $3::int4[], $4::bytea[])
-             ON CONFLICT DO NOTHING",
-            &[&jobs, &chunks, &parts, &entries],
-        )
-        .await
-        .map_err(db_error)?;
+    if !added_jobs.is_empty() {
+        steps.push(Box::pin(async move {
+            client
+                .execute(
+                    &st.webhook_added,
+                    &[&added_jobs, &added_chunks, &added_parts, &added_entries],
+                )
+                .await
+        }));
     }
-    if !plan.webhook_acked.is_empty() {
-        let jobs: Vec<Uuid> = plan.webhook_acked.iter().map(|k| k.0).collect();
-        let chunks: Vec<i32> = plan.webhook_acked.iter().map(|k| k.1).collect();
-        let parts: Vec<i32> = plan.webhook_acked.iter().map(|k| k.2).collect();
-        txn.execute(
-            "DELETE FROM volley_webhook w USING unnest($1::uuid[], $2::int4[], $3::int4[]) AS a(job, chunk, part)
-             WHERE w.job = a.job AND w.chunk = a.chunk AND w.part = a.part",
-            &[&jobs, &chunks, &parts],
-        )
-        .await
-        .map_err(db_error)?;
+    if !acked_jobs.is_empty() {
+        steps.push(Box::pin(async move {
+            client
+                .execute(
+                    &st.webhook_acked,
+                    &[&acked_jobs, &acked_chunks, &acked_parts],
+                )
+                .await
+        }));
     }
-    if !plan.cancels.is_empty() {
-        let ids: Vec<Uuid> = plan.cancels.iter().map(|c| c.0).collect();
-        let at: Vec<i64> = plan.cancels.iter().map(|c| c.1).collect();
-        txn.execute(
-            "UPDATE volley_jobs j SET cancelled_ms = c.at
-             FROM unnest($1::uuid[], $2::int8[]) AS c(id, at) WHERE j.id = c.id",
-            &[&ids, &at],
-        )
-        .await
-        .map_err(db_error)?;
+    if !cancel_ids.is_empty() {
+        steps.push(Box::pin(async move {
+            client
+                .execute(&st.cancels, &[&cancel_ids, &cancel_at])
+                .await
+        }));
     }
-    if !plan.duplicates.is_empty() {
-        let (ids, counts): (Vec<Uuid>, Vec<i64>) =
-            plan.duplicates.iter().map(|(k, v)| (*k, *v)).unzip();
-        txn.execute(
-            "UPDATE volley_jobs j SET duplicates = j.duplicates + d.n
-             FROM unnest($1::uuid[], $2::int8[]) AS d(id, n) WHERE j.id = d.id",
-            &[&ids, &counts],
-        )
-        .await
-        .map_err(db_error)?;
+    if !duplicate_ids.is_empty() {
+        steps.push(Box::pin(async move {
+            client
+                .execute(&st.duplicates, &[&duplicate_ids, &duplicate_counts])
+                .await
+        }));
     }
-    if !plan.declared.is_empty() {
-        let apps: Vec<&str> = plan.declared.iter().map(|d| d.0).collect();
-        let platforms: Vec<i16> = plan.declared.iter().map(|d| d.1).collect();
-        txn.execute(
-            "INSERT INTO volley_declared (app, platform, at_ms)
-             SELECT a, p, (extract(epoch FROM now()) * 1000)::int8
-             FROM unnest($1::text[], $2::int2[]) AS d(a, p)
-             ON CONFLICT DO NOTHING",
-            &[&apps, &platforms],
-        )
-        .await
-        .map_err(db_error)?;
+    if !declared_apps.is_empty() {
+        steps.push(Box::pin(async move {
+            client
+                .execute(&st.declared, &[&declared_apps, &declared_platforms])
+                .await
+        }));
     }
-    let forgot = plan.forget_ids.len();
-    if forgot > 0 {
-        let ids = &plan.forget_ids;
-        for sql in [
-            "DELETE FROM volley_chunks WHERE job = ANY($1)",
-            "DELETE FROM volley_tokens WHERE job = ANY($1)",
-            "DELETE FROM volley_jobs WHERE id = ANY($1)",
-        ] {
-            txn.execute(sql, &[ids]).await.map_err(db_error)?;
-        }
-        if !plan.forget_keys.is_empty() {
-            let apps: Vec<&str> = plan.forget_keys.iter().map(|k| k.0).collect();
-            let keys: Vec<&str> = plan.forget_keys.iter().map(|k| k.1).collect();
-            // Only while the key still names a forgotten job: a key claimed again since, in
-            // the same batch, stays.
-            txn.execute(
-                "DELETE FROM volley_keys k USING unnest($1::text[], $2::text[]) AS f(app, key)
-                 WHERE k.app = f.app AND k.key = f.key AND k.job = ANY($3)",
-                &[&apps, &keys, ids],
-            )
-            .await
-            .map_err(db_error)?;
+    if !forget_ids.is_empty() {
+        steps.push(Box::pin(async move {
+            client.execute(&st.forget_chunks, &[forget_ids]).await
+        }));
+        steps.push(Box::pin(async move {
+            client.execute(&st.forget_tokens, &[forget_ids]).await
+        }));
+        steps.push(Box::pin(async move {
+            client.execute(&st.forget_jobs, &[forget_ids]).await
+        }));
+        if !forget_apps.is_empty() {
+            steps.push(Box::pin(async move {
+                client
+                    .execute(&st.forget_keys, &[&forget_apps, &forget_keys, forget_ids])
+                    .await
+            }));
         }
     }
-    txn.commit().await.map_err(db_error)?;
-    Ok(forgot)
+    steps.push(Box::pin(async {
+        client.batch_execute("COMMIT").await.map(|()| 0)
+    }));
+    // Polled in order: sent in order, in one pipeline.
+    let results = futures::future::join_all(steps).await;
+    // The first failure says why (the statements after it fail as "transaction aborted").
+    if let Some(error) = results.into_iter().find_map(Result::err) {
+        return Err(fenced(error));
+    }
+    Ok(forget_ids.len())
+}
+
+/// The key columns of a batch, as arrays.
+struct KeyColumns<'a> {
+    apps: Vec<&'a str>,
+    keys: Vec<&'a str>,
+    jobs: Vec<Uuid>,
+    at: Vec<i64>,
+    accepted: Vec<i64>,
+    fingerprints: Vec<Option<&'a [u8]>>,
+}
+
+impl<'a> KeyColumns<'a> {
+    fn of(keys: &[&'a StoredKey]) -> KeyColumns<'a> {
+        KeyColumns {
+            apps: keys.iter().map(|k| k.app.as_str()).collect(),
+            keys: keys.iter().map(|k| k.key.as_str()).collect(),
+            jobs: keys.iter().map(|k| k.record.job.0).collect(),
+            at: keys.iter().map(|k| k.record.at_ms as i64).collect(),
+            accepted: keys.iter().map(|k| k.record.accepted as i64).collect(),
+            fingerprints: keys
+                .iter()
+                .map(|k| k.record.fingerprint.as_ref().map(|f| &f.0[..]))
+                .collect(),
+        }
+    }
+}
+
+/// Streams large jobs' token buffers with binary COPY: a million tokens are one 64 MB value
+/// sent as it is.
+async fn copy_tokens(
+    client: &Client,
+    tokens: &[(Uuid, i16, &Bytes)],
+) -> Result<(), tokio_postgres::Error> {
+    let sink = client
+        .copy_in("COPY volley_tokens (job, platform, data) FROM STDIN BINARY")
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &[Type::UUID, Type::INT2, Type::BYTEA]);
+    futures::pin_mut!(writer);
+    for (job, platform, data) in tokens {
+        let data: &[u8] = data;
+        writer
+            .as_mut()
+            .write(&[job as &(dyn ToSql + Sync), platform, &data])
+            .await?;
+    }
+    writer.finish().await?;
+    Ok(())
 }
 
 #[allow(clippy::type_complexity)]
