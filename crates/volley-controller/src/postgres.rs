@@ -217,8 +217,13 @@ impl Database {
                 .connect(self.tls.clone())
                 .await
                 .map_err(|error| {
+                    // The cause (refused, timed out, authentication) is the error's source.
+                    let cause = std::error::Error::source(&error)
+                        .map(|source| format!(": {source}"))
+                        .unwrap_or_default();
                     StoreError::Db(format!(
-                        "cannot connect to PostgreSQL at {}: {error}",
+                        "cannot connect to PostgreSQL at {} (controller.postgres_url): \
+                         {error}{cause}",
                         self.shown
                     ))
                 })?;
