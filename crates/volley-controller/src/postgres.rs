@@ -1041,8 +1041,47 @@ mod tests {
         ControllerConfig {
             store: volley_config::StoreKind::Postgres,
             postgres_url: Some(volley_config::DatabaseUrl::new(url)),
+            // The test server's TLS certificate is signed by a CA of its own.
+            postgres_ca_file: std::env::var("POSTGRES_TEST_CA").ok().map(Into::into),
             ..ControllerConfig::default()
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_to_the_database_is_verified() {
+        let ca = std::env::var("POSTGRES_TEST_CA").expect(
+            "POSTGRES_TEST_CA is not set: run the tests with scripts/test, whose PostgreSQL \
+             speaks TLS",
+        );
+        let url = fresh_database().await + "?sslmode=require";
+        let db = Database::from_config(&ControllerConfig {
+            postgres_ca_file: Some(ca.into()),
+            ..controller_config(url.clone())
+        })
+        .unwrap();
+        let client = db.connect().await.unwrap();
+        let tls: bool = client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(tls, "the session is encrypted");
+        // Without the CA, the web PKI roots do not know the server's certificate: refused.
+        let unknown = Database::from_config(&ControllerConfig {
+            postgres_ca_file: None,
+            ..controller_config(url)
+        })
+        .unwrap();
+        let Err(error) = unknown.connect().await else {
+            panic!("a server certificate of an unknown CA is accepted");
+        };
+        assert!(
+            error.to_string().to_lowercase().contains("certificate"),
+            "{error}"
+        );
     }
 
     /// Takes the leadership at once (the previous lease ended): the new term.

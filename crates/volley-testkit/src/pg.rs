@@ -35,6 +35,17 @@ pub const CTL_VAR: &str = "POSTGRES_TEST_CTL";
 /// restarting it).
 const UNREACHABLE_LIMIT: Duration = Duration::from_secs(60);
 
+/// The variable holding the CA certificate that signs the test server's TLS certificate.
+pub const CA_VAR: &str = "POSTGRES_TEST_CA";
+
+/// The CA certificate file of the test server's TLS certificate (`POSTGRES_TEST_CA`), when the
+/// server speaks TLS (`scripts/test` makes it so).
+pub fn postgres_ca() -> Option<String> {
+    std::env::var(CA_VAR)
+        .ok()
+        .filter(|ca| !ca.trim().is_empty())
+}
+
 /// The URL of the test server, from `POSTGRES_TEST_URL`.
 ///
 /// # Panics

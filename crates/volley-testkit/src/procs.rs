@@ -397,6 +397,11 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
             ("VOLLEY_CONTROLLER__STORE".to_owned(), "postgres".to_owned()),
             ("VOLLEY_CONTROLLER__POSTGRES_URL".to_owned(), url.to_owned()),
         ]);
+        // The test server speaks TLS with a certificate of its own CA: the controllers verify it.
+        if let Some(ca) = crate::pg::postgres_ca() {
+            self.envs
+                .push(("VOLLEY_CONTROLLER__POSTGRES_CA_FILE".to_owned(), ca));
+        }
     }
 
     /// Starts (or restarts, on the address it had) the controller named `name`, one of
