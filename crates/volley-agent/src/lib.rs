@@ -15,19 +15,25 @@
 //! `agent.breaker.max_wait`, chunks are taken again and their notifications fail at once as
 //! `CircuitOpen` (unless a probe closes the breaker): an outage ends jobs, it does not park
 //! them forever.
+//!
+//! Each chunk is delivered on a task of its own and held (`holdings.rs`) until the controller
+//! lets it go: a controller that stops mid-chunk leaves the chunk running here, and the
+//! controller that follows claims it and gets its report, instead of sending it again.
 
 mod breaker;
 mod deliver;
+mod holdings;
 mod limit;
 mod retry;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use deliver::{Lane, Limits};
+use holdings::Holdings;
 
 use futures::StreamExt;
 use parking_lot::Mutex;
@@ -37,8 +43,8 @@ use tokio_util::sync::CancellationToken;
 use volley_config::{AppConfig, Config};
 use volley_contracts::tls::NodeRole;
 use volley_contracts::{
-    Agent, AgentInfo, Chunk, ChunkId, ChunkReport, ErrorCode, Held, Links, Peer, Platform, Render,
-    ServedApp, WireError,
+    Agent, AgentId, AgentInfo, Chunk, ChunkReport, ControllerClient, ErrorCode, Links, Peer,
+    Platform, Render, ServedApp, WireError, NODE_FRAME_BYTES,
 };
 use volley_provider::tls::{ClientIdentity, TlsOptions};
 
@@ -222,8 +228,9 @@ struct AgentServer {
     retry: RetryPolicy,
     request_timeout: Duration,
     draining: Arc<AtomicBool>,
-    in_flight: Arc<AtomicUsize>,
-    held: Arc<Mutex<HashMap<ChunkId, (u32, CancellationToken)>>>,
+    /// The chunks this agent holds, from their `deliver` call until the controller releases
+    /// them.
+    holdings: Arc<Holdings>,
     /// Who is calling, on the copy that serves one link (`None` on the agent's own copies).
     peer: Option<Arc<Peer>>,
     /// Calls refused for the caller's role.
@@ -253,20 +260,49 @@ impl Agent for AgentServer {
                 .map(|_| Err(WireError::new(ErrorCode::Unavailable, "agent is draining")))
                 .collect();
         }
-        // Every chunk of the call is held (its lease renewed by the heartbeats) from now until
-        // the call ends, also those still waiting for their turn or already done: the
-        // controller's leases of one call expire together. Dropped with the call, also when
-        // the controller abandons it and tarpc cancels this handler.
-        let hold = Hold::new(&self, &chunks);
+        // The chunks are delivered on a task of their own, which this call only waits for:
+        // tarpc drops the call when the controller's link breaks (the controller was killed or
+        // failed over) or its deadline passes, and the chunks must not stop with it. The
+        // controller that follows claims them from the heartbeats (holdings.rs).
+        let server = self.clone();
         let deadline = context.deadline;
+        let count = chunks.len();
+        match tokio::spawn(async move { server.deliver_all(chunks, deadline).await }).await {
+            Ok(answers) => answers,
+            Err(_) => {
+                let failed = WireError::new(ErrorCode::Internal, "the chunks' task failed");
+                vec![Err(failed); count]
+            }
+        }
+    }
+}
+
+impl AgentServer {
+    /// Holds and delivers the chunks of one call; answers one outcome per chunk, in order.
+    async fn deliver_all(
+        self,
+        chunks: Vec<Chunk>,
+        deadline: std::time::Instant,
+    ) -> Vec<Result<ChunkReport, WireError>> {
+        // Every chunk of the call is held (its lease renewed by the heartbeats) from now until
+        // the controller releases it, also those still waiting for their turn or already done.
+        let leases: Vec<CancellationToken> = chunks
+            .iter()
+            .map(|chunk| self.holdings.hold(chunk.id, chunk.epoch))
+            .collect();
         // The chunks of a call run at once, as many at a time as one chunk runs streams: a
         // broadcast's call is one chunk, a call of single-notification chunks is a stream or
         // a few per chunk.
         let server = &self;
         let mut answers: Vec<(usize, Result<ChunkReport, WireError>)> =
-            futures::stream::iter(chunks.into_iter().zip(hold.leases()).enumerate())
+            futures::stream::iter(chunks.into_iter().zip(leases).enumerate())
                 .map(|(slot, (chunk, lease))| async move {
-                    (slot, server.deliver_held(chunk, lease, deadline).await)
+                    let (id, epoch) = (chunk.id, chunk.epoch);
+                    let answer = server.deliver_held(chunk, lease, deadline).await;
+                    // Kept until the controller has it on disk, whether or not the call is
+                    // still there to answer.
+                    server.holdings.finish(id, epoch, &answer);
+                    (slot, answer)
                 })
                 .buffer_unordered(self.per_chunk_concurrency)
                 .collect()
@@ -274,55 +310,8 @@ impl Agent for AgentServer {
         answers.sort_unstable_by_key(|(slot, _)| *slot);
         answers.into_iter().map(|(_, answer)| answer).collect()
     }
-}
 
-/// The chunks of one `deliver` call in the agent's held set (and its in-flight count) for as
-/// long as the call lives.
-struct Hold<'a> {
-    server: &'a AgentServer,
-    chunks: Vec<(ChunkId, CancellationToken)>,
-}
-
-impl<'a> Hold<'a> {
-    fn new(server: &'a AgentServer, chunks: &[Chunk]) -> Hold<'a> {
-        let held: Vec<(ChunkId, CancellationToken)> = chunks
-            .iter()
-            .map(|chunk| (chunk.id, CancellationToken::new()))
-            .collect();
-        {
-            let mut map = server.held.lock();
-            for (chunk, (id, lease)) in chunks.iter().zip(&held) {
-                map.insert(*id, (chunk.epoch, lease.clone()));
-            }
-        }
-        server.in_flight.fetch_add(held.len(), Ordering::Relaxed);
-        Hold {
-            server,
-            chunks: held,
-        }
-    }
-
-    /// Each chunk's lease token, cancelled if the controller revokes the lease.
-    fn leases(&self) -> Vec<CancellationToken> {
-        self.chunks.iter().map(|(_, lease)| lease.clone()).collect()
-    }
-}
-
-impl Drop for Hold<'_> {
-    fn drop(&mut self) {
-        let mut map = self.server.held.lock();
-        for (id, _) in &self.chunks {
-            map.remove(id);
-        }
-        drop(map);
-        self.server
-            .in_flight
-            .fetch_sub(self.chunks.len(), Ordering::Relaxed);
-    }
-}
-
-impl AgentServer {
-    /// Delivers one chunk of a held call; a revocation of its lease stops the sends.
+    /// Delivers one held chunk; a revocation of its lease stops the sends.
     async fn deliver_held(
         &self,
         chunk: Chunk,
@@ -337,30 +326,6 @@ impl AgentServer {
             () = lease.cancelled() => {
                 tracing::warn!(chunk = %id, "lease lost; stopped sending the chunk");
                 Err(WireError::new(ErrorCode::LeaseLost, "lease lost"))
-            }
-        }
-    }
-}
-
-impl AgentServer {
-    /// The chunks this agent is sending, for the heartbeat that renews their leases.
-    fn held(&self) -> Vec<Held> {
-        self.held
-            .lock()
-            .iter()
-            .map(|(chunk, (epoch, _))| Held {
-                chunk: *chunk,
-                epoch: *epoch,
-            })
-            .collect()
-    }
-
-    /// Stops sending the chunks in `revoked` (or every chunk, with `None`).
-    fn revoke(&self, revoked: Option<&[ChunkId]>) {
-        let held = self.held.lock();
-        for (chunk, (_, lease)) in held.iter() {
-            if revoked.is_none_or(|revoked| revoked.contains(chunk)) {
-                lease.cancel();
             }
         }
     }
@@ -568,8 +533,7 @@ pub async fn run(
         },
         request_timeout: agent.request_timeout,
         draining: Arc::new(AtomicBool::new(false)),
-        in_flight: Arc::new(AtomicUsize::new(0)),
-        held: Arc::default(),
+        holdings: Arc::default(),
         peer: None,
         denied: Arc::default(),
     };
@@ -623,16 +587,20 @@ pub async fn run(
     tracing::info!("agent draining");
     server.draining.store(true, Ordering::Relaxed);
     let grace = agent.shutdown_grace;
+    // Until every chunk held is released: those being sent finish, and the reports of those
+    // finished reach the controller's disk (the next heartbeat says so), so that nothing this
+    // agent sent is sent again if the controller stops too. The heartbeats go on meanwhile.
     let drained = tokio::time::timeout(grace, async {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
-        while server.in_flight.load(Ordering::Relaxed) > 0 {
+        while server.holdings.len() > 0 {
             tick.tick().await;
         }
     })
     .await;
     if drained.is_err() {
         tracing::warn!(
-            chunks = server.in_flight.load(Ordering::Relaxed),
+            chunks = server.holdings.sending(),
+            held = server.holdings.len(),
             "grace period over; unfinished chunks go back to the controller"
         );
     }
@@ -643,9 +611,20 @@ pub async fn run(
     Ok(())
 }
 
-/// Registers with the controller and heartbeats, renewing the leases of the chunks being sent;
+/// The most bytes of reports one `report` call carries (a quarter of a node's frame).
+const REPORT_BYTES: usize = NODE_FRAME_BYTES / 4;
+
+/// Registers with the controller and heartbeats, renewing the leases of the chunks held;
 /// re-registers whenever the controller forgets this agent or the link breaks. When heartbeats
-/// have failed for a whole lease time, the chunks held are someone else's: stop sending them.
+/// have failed for a whole lease time, the chunks being sent are someone else's: stop sending
+/// them.
+///
+/// A broken link (the controller was killed, restarted or failed over) does not stop the
+/// chunks: the agent registers again at once and names them in its heartbeats, and the
+/// controller it reaches claims those it finds leased in its store, which this loop then
+/// reports with `report`. A controller that stopped hands a chunk out again only once its
+/// successor has waited a whole lease time for a claim, and by then this agent has stopped
+/// what it could not renew.
 async fn keep_registered(
     info: AgentInfo,
     controller: String,
@@ -654,9 +633,16 @@ async fn keep_registered(
     server: AgentServer,
     stop: CancellationToken,
 ) {
+    let holdings = server.holdings.clone();
     let mut backoff = Duration::from_millis(100);
     let mut last_renewal = tokio::time::Instant::now();
     let mut lease = Duration::from_secs(15);
+    let lapse = |why: &str| {
+        let stopped = holdings.lapse();
+        if stopped > 0 {
+            tracing::warn!(chunks = stopped, why, "stopped sending the chunks held");
+        }
+    };
     loop {
         let attempt = async {
             let client = volley_contracts::connect_controller(controller.as_str(), &links)
@@ -676,13 +662,15 @@ async fn keep_registered(
                 Err(error) => {
                     tracing::warn!(%controller, %error, retry_in = ?backoff, "cannot register with the controller");
                     if last_renewal.elapsed() > lease {
-                        server.revoke(None);
+                        lapse("no controller renewed their leases for a lease time");
                     }
                     tokio::select! {
                         () = stop.cancelled() => return,
                         () = tokio::time::sleep(backoff) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    // Retried well within a lease time: a restarted controller waits that long
+                    // for the chunks' claims, and this agent stops them after it.
+                    backoff = (backoff * 2).min((lease / 8).clamp(Duration::from_millis(100), Duration::from_secs(2)));
                     continue;
                 }
             },
@@ -690,39 +678,109 @@ async fn keep_registered(
         let id = registration.id;
         lease = Duration::from_millis(registration.lease_ms);
         backoff = Duration::from_millis(100);
-        tracing::info!(agent = %id, %controller, "registered with the controller");
+        // Claims were the previous controller's: this one claims afresh.
+        holdings.unclaim_all();
+        tracing::info!(agent = %id, %controller, held = holdings.len(), "registered with the controller");
         let mut tick = tokio::time::interval(interval);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {}
+                () = holdings.report_due() => {
+                    match send_reports(&client, id, &holdings, lease).await {
+                        Ok(()) => continue,
+                        Err(Lost::Forgotten(error)) => {
+                            tracing::warn!(agent = %id, %error, "controller forgot this agent; registering again");
+                            lapse("the controller forgot this agent");
+                            break;
+                        }
+                        Err(Lost::Link(error)) => {
+                            // Tried again after the next heartbeat.
+                            tracing::warn!(agent = %id, %error, "cannot report the chunks claimed");
+                            continue;
+                        }
+                    }
+                }
             }
             // A heartbeat that takes longer than the interval is as good as lost.
             let mut context = tarpc::context::current();
             context.deadline = std::time::Instant::now() + interval.max(Duration::from_millis(500));
             match client
-                .heartbeat(context, id, server.held(), links.not_after())
+                .heartbeat(context, id, holdings.held(), links.not_after())
                 .await
             {
-                Ok(Ok(revoked)) => {
+                Ok(Ok(renewal)) => {
                     last_renewal = tokio::time::Instant::now();
-                    if !revoked.is_empty() {
-                        server.revoke(Some(&revoked));
+                    holdings.renewed(&renewal);
+                    if !renewal.claimed.is_empty() {
+                        tracing::info!(agent = %id, chunks = renewal.claimed.len(), "the controller claimed chunks held since an earlier controller");
                     }
                 }
                 Ok(Err(error)) => {
                     tracing::warn!(agent = %id, %error, "controller forgot this agent; registering again");
-                    server.revoke(None);
+                    lapse("the controller forgot this agent");
+                    break;
+                }
+                Err(
+                    error @ (tarpc::client::RpcError::Shutdown
+                    | tarpc::client::RpcError::Channel(_)),
+                ) => {
+                    // The controller's end of the link is gone: it stopped, or a standby takes
+                    // over. Whoever answers next may claim the chunks held; they go on meanwhile.
+                    tracing::warn!(agent = %id, %error, held = holdings.len(), "link to the controller lost; registering again");
+                    if last_renewal.elapsed() > lease {
+                        lapse("no controller renewed their leases for a lease time");
+                    }
                     break;
                 }
                 Err(error) => {
                     tracing::warn!(agent = %id, %error, "heartbeat failed");
                     if last_renewal.elapsed() > lease {
-                        server.revoke(None);
+                        lapse("no controller renewed their leases for a lease time");
                         break;
                     }
                 }
             }
+        }
+    }
+}
+
+/// Why a `report` call failed.
+enum Lost {
+    /// The controller does not know this agent (any more): register again.
+    Forgotten(WireError),
+    /// The call did not get through, or the controller could not take the reports now.
+    Link(String),
+}
+
+/// Reports the outcomes of the chunks the controller claimed, in calls of at most
+/// [`REPORT_BYTES`]; each answered call drops its outcomes (they are on the controller's disk,
+/// or the chunks are someone else's).
+async fn send_reports(
+    client: &ControllerClient,
+    agent: AgentId,
+    holdings: &Holdings,
+    lease: Duration,
+) -> Result<(), Lost> {
+    loop {
+        let reports = holdings.due(REPORT_BYTES);
+        if reports.is_empty() {
+            return Ok(());
+        }
+        // Heartbeats wait meanwhile: the call must not hold them for a lease time.
+        let mut context = tarpc::context::current();
+        context.deadline = std::time::Instant::now() + (lease / 2).max(Duration::from_millis(500));
+        let count = reports.len();
+        match client.report(context, agent, reports.clone()).await {
+            Ok(Ok(())) => {
+                holdings.reported(&reports);
+                tracing::info!(%agent, chunks = count, "reported chunks claimed by the controller");
+            }
+            Ok(Err(error)) if error.code == ErrorCode::NotFound => {
+                return Err(Lost::Forgotten(error))
+            }
+            Ok(Err(error)) => return Err(Lost::Link(error.to_string())),
+            Err(error) => return Err(Lost::Link(error.to_string())),
         }
     }
 }
