@@ -121,6 +121,25 @@ impl Holdings {
         stopped
     }
 
+    /// The controller gave up on the call that brought these hand-outs, on a link still open:
+    /// those still being sent are someone else's now and stop. Returns how many stopped.
+    pub(crate) fn abandon(&self, hand_outs: &[(ChunkId, u32)]) -> usize {
+        let mut chunks = self.chunks.lock();
+        let mut stopped = 0;
+        for (chunk, epoch) in hand_outs {
+            let sending = chunks
+                .get(chunk)
+                .is_some_and(|holding| holding.epoch == *epoch && holding.outcome.is_none());
+            if sending {
+                if let Some(holding) = chunks.remove(chunk) {
+                    holding.lease.cancel();
+                    stopped += 1;
+                }
+            }
+        }
+        stopped
+    }
+
     /// The agent's leases lapsed (its heartbeats failed for a lease time) or its controller
     /// forgot it: the chunks being sent are someone else's now and stop. Finished chunks keep
     /// their outcomes: a controller that restarted may still claim them. Returns how many
@@ -301,6 +320,23 @@ mod tests {
         });
         holdings.unclaim_all();
         assert!(holdings.due(1 << 20).is_empty());
+    }
+
+    #[test]
+    fn an_abandoned_call_stops_what_it_still_sends() {
+        let holdings = Holdings::default();
+        let sending = holdings.hold(chunk(0), 2);
+        let finished = holdings.hold(chunk(1), 2);
+        holdings.finish(chunk(1), 2, &delivered(1));
+        let other = holdings.hold(chunk(2), 5);
+        assert_eq!(
+            holdings.abandon(&[(chunk(0), 2), (chunk(1), 2), (chunk(2), 4)]),
+            1
+        );
+        assert!(sending.is_cancelled());
+        assert!(!finished.is_cancelled());
+        assert!(!other.is_cancelled(), "another hand-out of the chunk");
+        assert_eq!(holdings.len(), 2);
     }
 
     #[test]

@@ -233,6 +233,8 @@ struct AgentServer {
     holdings: Arc<Holdings>,
     /// Who is calling, on the copy that serves one link (`None` on the agent's own copies).
     peer: Option<Arc<Peer>>,
+    /// Cancelled when the link this copy serves is gone (never, on the agent's own copies).
+    link_closed: CancellationToken,
     /// Calls refused for the caller's role.
     denied: Arc<AtomicU64>,
 }
@@ -267,12 +269,44 @@ impl Agent for AgentServer {
         let server = self.clone();
         let deadline = context.deadline;
         let count = chunks.len();
-        match tokio::spawn(async move { server.deliver_all(chunks, deadline).await }).await {
-            Ok(answers) => answers,
-            Err(_) => {
-                let failed = WireError::new(ErrorCode::Internal, "the chunks' task failed");
-                vec![Err(failed); count]
-            }
+        let mut abandoned = Abandoned {
+            server: &self,
+            chunks: chunks.iter().map(|chunk| (chunk.id, chunk.epoch)).collect(),
+        };
+        let answers =
+            match tokio::spawn(async move { server.deliver_all(chunks, deadline).await }).await {
+                Ok(answers) => answers,
+                Err(_) => {
+                    let failed = WireError::new(ErrorCode::Internal, "the chunks' task failed");
+                    vec![Err(failed); count]
+                }
+            };
+        abandoned.chunks.clear();
+        answers
+    }
+}
+
+/// The chunks of a `deliver` call while it waits for them. Dropped before they are all
+/// answered, the call was aborted: by the link's end (the controller stopped: the chunks go
+/// on), or, on a link still open, by the controller giving up on the call (their leases are
+/// lost, they go to another agent) or by its deadline. Then the chunks still being sent stop
+/// at once, as they did when they ran inside the call.
+struct Abandoned<'a> {
+    server: &'a AgentServer,
+    chunks: Vec<(volley_contracts::ChunkId, u32)>,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.chunks.is_empty() || self.server.link_closed.is_cancelled() {
+            return;
+        }
+        let stopped = self.server.holdings.abandon(&self.chunks);
+        if stopped > 0 {
+            tracing::warn!(
+                chunks = stopped,
+                "the controller gave up on a call; stopped sending its chunks"
+            );
         }
     }
 }
@@ -535,6 +569,7 @@ pub async fn run(
         draining: Arc::new(AtomicBool::new(false)),
         holdings: Arc::default(),
         peer: None,
+        link_closed: CancellationToken::new(),
         denied: Arc::default(),
     };
     let stop = CancellationToken::new();
@@ -548,17 +583,25 @@ pub async fn run(
             let refused = Arc::default();
             let serve = volley_contracts::listen(listener, links, refused, &[]).for_each(
                 move |(peer, transport)| {
+                    let link_closed = CancellationToken::new();
                     let server = AgentServer {
                         peer: Some(Arc::new(peer)),
+                        link_closed: link_closed.clone(),
                         ..server.clone()
                     };
                     async move {
                         let channel = BaseChannel::with_defaults(transport);
-                        tokio::spawn(channel.execute(server.serve()).for_each(
-                            |response| async move {
+                        tokio::spawn(async move {
+                            let requests = channel.execute(server.serve());
+                            futures::pin_mut!(requests);
+                            while let Some(response) = requests.next().await {
                                 tokio::spawn(response);
-                            },
-                        ));
+                            }
+                            // Marked before the channel is dropped, which aborts the calls
+                            // still running: they then know that the link is gone, not that
+                            // the controller gave up on them.
+                            link_closed.cancel();
+                        });
                     }
                 },
             );
