@@ -32,6 +32,8 @@ pub(crate) struct Holdings {
     chunks: Mutex<HashMap<ChunkId, Holding>>,
     /// Notified when a claimed chunk has an outcome to report.
     due: Notify,
+    /// Notified when a heartbeat is wanted before the next tick.
+    beat: Notify,
 }
 
 /// One held chunk.
@@ -167,6 +169,16 @@ impl Holdings {
     /// Waits until a claimed chunk may have an outcome to report.
     pub(crate) async fn report_due(&self) {
         self.due.notified().await;
+    }
+
+    /// Asks for a heartbeat now (a draining agent wants its releases).
+    pub(crate) fn ask_beat(&self) {
+        self.beat.notify_one();
+    }
+
+    /// Waits until a heartbeat is asked for.
+    pub(crate) async fn beat_asked(&self) {
+        self.beat.notified().await;
     }
 
     /// Outcomes of claimed chunks, as many as fit in about `budget` bytes on the wire (at

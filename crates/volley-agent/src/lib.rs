@@ -630,13 +630,26 @@ pub async fn run(
     tracing::info!("agent draining");
     server.draining.store(true, Ordering::Relaxed);
     let grace = agent.shutdown_grace;
-    // Until every chunk held is released: those being sent finish, and the reports of those
-    // finished reach the controller's disk (the next heartbeat says so), so that nothing this
-    // agent sent is sent again if the controller stops too. The heartbeats go on meanwhile.
+    let started = tokio::time::Instant::now();
+    // First the chunks being sent finish (their calls answer them; the heartbeats go on).
     let drained = tokio::time::timeout(grace, async {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
-        while server.holdings.len() > 0 {
+        while server.holdings.sending() > 0 {
             tick.tick().await;
+        }
+    })
+    .await;
+    // Then the reports of those finished reach the controller's disk (a heartbeat, asked for
+    // at once, releases them), so that nothing this agent sent is sent again if the controller
+    // stops too. Not longer than two heartbeats: a controller that does not answer may never
+    // release them, and holding the agent's exit for them would be holding it for nothing.
+    let release = (2 * agent.heartbeat_interval)
+        .max(Duration::from_millis(500))
+        .min(grace.saturating_sub(started.elapsed()));
+    let _ = tokio::time::timeout(release, async {
+        while server.holdings.len() > 0 {
+            server.holdings.ask_beat();
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await;
@@ -729,6 +742,8 @@ async fn keep_registered(
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {}
+                // A draining agent asks for its releases without waiting for the tick.
+                () = holdings.beat_asked() => {}
                 () = holdings.report_due() => {
                     match send_reports(&client, id, &holdings, lease).await {
                         Ok(()) => continue,
