@@ -711,21 +711,30 @@ async fn keep_registered(
                 .map_err(|error| error.to_string())?;
             Ok::<_, String>((client, registration))
         };
+        // While no controller renews them, the chunks being sent stop once a lease time has
+        // passed since the last renewal, to the moment: a restarted controller sends those it
+        // finds unclaimed a lease time after its start, and this agent must have stopped them.
+        let lapse_at = last_renewal + lease;
+        let lapses = async {
+            tokio::time::sleep_until(lapse_at).await;
+            lapse("no controller renewed their leases for a lease time");
+            std::future::pending::<()>().await
+        };
+        tokio::pin!(lapses);
         let (client, registration) = tokio::select! {
             () = stop.cancelled() => return,
+            () = &mut lapses => unreachable!("never ends"),
             result = attempt => match result {
                 Ok(registered) => registered,
                 Err(error) => {
                     tracing::warn!(%controller, %error, retry_in = ?backoff, "cannot register with the controller");
-                    if last_renewal.elapsed() > lease {
-                        lapse("no controller renewed their leases for a lease time");
-                    }
                     tokio::select! {
                         () = stop.cancelled() => return,
+                        () = &mut lapses => unreachable!("never ends"),
                         () = tokio::time::sleep(backoff) => {}
                     }
                     // Retried well within a lease time: a restarted controller waits that long
-                    // for the chunks' claims, and this agent stops them after it.
+                    // for the chunks' claims.
                     backoff = (backoff * 2).min((lease / 8).clamp(Duration::from_millis(100), Duration::from_secs(2)));
                     continue;
                 }
