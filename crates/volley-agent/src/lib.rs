@@ -15,19 +15,25 @@
 //! `agent.breaker.max_wait`, chunks are taken again and their notifications fail at once as
 //! `CircuitOpen` (unless a probe closes the breaker): an outage ends jobs, it does not park
 //! them forever.
+//!
+//! Each chunk is delivered on a task of its own and held (`holdings.rs`) until the controller
+//! lets it go: a controller that stops mid-chunk leaves the chunk running here, and the
+//! controller that follows claims it and gets its report, instead of sending it again.
 
 mod breaker;
 mod deliver;
+mod holdings;
 mod limit;
 mod retry;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use deliver::{Lane, Limits};
+use holdings::Holdings;
 
 use futures::StreamExt;
 use parking_lot::Mutex;
@@ -37,8 +43,8 @@ use tokio_util::sync::CancellationToken;
 use volley_config::{AppConfig, Config};
 use volley_contracts::tls::NodeRole;
 use volley_contracts::{
-    Agent, AgentInfo, Chunk, ChunkId, ChunkReport, ErrorCode, Held, Links, Peer, Platform, Render,
-    ServedApp, WireError,
+    Agent, AgentId, AgentInfo, Chunk, ChunkReport, ControllerClient, ErrorCode, Links, Peer,
+    Platform, Render, ServedApp, WireError, NODE_FRAME_BYTES,
 };
 use volley_provider::tls::{ClientIdentity, TlsOptions};
 
@@ -222,10 +228,13 @@ struct AgentServer {
     retry: RetryPolicy,
     request_timeout: Duration,
     draining: Arc<AtomicBool>,
-    in_flight: Arc<AtomicUsize>,
-    held: Arc<Mutex<HashMap<ChunkId, (u32, CancellationToken)>>>,
+    /// The chunks this agent holds, from their `deliver` call until the controller releases
+    /// them.
+    holdings: Arc<Holdings>,
     /// Who is calling, on the copy that serves one link (`None` on the agent's own copies).
     peer: Option<Arc<Peer>>,
+    /// Cancelled when the link this copy serves is gone (never, on the agent's own copies).
+    link_closed: CancellationToken,
     /// Calls refused for the caller's role.
     denied: Arc<AtomicU64>,
 }
@@ -253,20 +262,81 @@ impl Agent for AgentServer {
                 .map(|_| Err(WireError::new(ErrorCode::Unavailable, "agent is draining")))
                 .collect();
         }
-        // Every chunk of the call is held (its lease renewed by the heartbeats) from now until
-        // the call ends, also those still waiting for their turn or already done: the
-        // controller's leases of one call expire together. Dropped with the call, also when
-        // the controller abandons it and tarpc cancels this handler.
-        let hold = Hold::new(&self, &chunks);
+        // The chunks are delivered on a task of their own, which this call only waits for:
+        // tarpc drops the call when the controller's link breaks (the controller was killed or
+        // failed over) or its deadline passes, and the chunks must not stop with it. The
+        // controller that follows claims them from the heartbeats (holdings.rs).
+        let server = self.clone();
         let deadline = context.deadline;
+        let count = chunks.len();
+        let mut abandoned = Abandoned {
+            server: &self,
+            chunks: chunks.iter().map(|chunk| (chunk.id, chunk.epoch)).collect(),
+        };
+        let answers =
+            match tokio::spawn(async move { server.deliver_all(chunks, deadline).await }).await {
+                Ok(answers) => answers,
+                Err(_) => {
+                    let failed = WireError::new(ErrorCode::Internal, "the chunks' task failed");
+                    vec![Err(failed); count]
+                }
+            };
+        abandoned.chunks.clear();
+        answers
+    }
+}
+
+/// The chunks of a `deliver` call while it waits for them. Dropped before they are all
+/// answered, the call was aborted: by the link's end (the controller stopped: the chunks go
+/// on), or, on a link still open, by the controller giving up on the call (their leases are
+/// lost, they go to another agent) or by its deadline. Then the chunks still being sent stop
+/// at once, as they did when they ran inside the call.
+struct Abandoned<'a> {
+    server: &'a AgentServer,
+    chunks: Vec<(volley_contracts::ChunkId, u32)>,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.chunks.is_empty() || self.server.link_closed.is_cancelled() {
+            return;
+        }
+        let stopped = self.server.holdings.abandon(&self.chunks);
+        if stopped > 0 {
+            tracing::warn!(
+                chunks = stopped,
+                "the controller gave up on a call; stopped sending its chunks"
+            );
+        }
+    }
+}
+
+impl AgentServer {
+    /// Holds and delivers the chunks of one call; answers one outcome per chunk, in order.
+    async fn deliver_all(
+        self,
+        chunks: Vec<Chunk>,
+        deadline: std::time::Instant,
+    ) -> Vec<Result<ChunkReport, WireError>> {
+        // Every chunk of the call is held (its lease renewed by the heartbeats) from now until
+        // the controller releases it, also those still waiting for their turn or already done.
+        let leases: Vec<CancellationToken> = chunks
+            .iter()
+            .map(|chunk| self.holdings.hold(chunk.id, chunk.epoch))
+            .collect();
         // The chunks of a call run at once, as many at a time as one chunk runs streams: a
         // broadcast's call is one chunk, a call of single-notification chunks is a stream or
         // a few per chunk.
         let server = &self;
         let mut answers: Vec<(usize, Result<ChunkReport, WireError>)> =
-            futures::stream::iter(chunks.into_iter().zip(hold.leases()).enumerate())
+            futures::stream::iter(chunks.into_iter().zip(leases).enumerate())
                 .map(|(slot, (chunk, lease))| async move {
-                    (slot, server.deliver_held(chunk, lease, deadline).await)
+                    let (id, epoch) = (chunk.id, chunk.epoch);
+                    let answer = server.deliver_held(chunk, lease, deadline).await;
+                    // Kept until the controller has it on disk, whether or not the call is
+                    // still there to answer.
+                    server.holdings.finish(id, epoch, &answer);
+                    (slot, answer)
                 })
                 .buffer_unordered(self.per_chunk_concurrency)
                 .collect()
@@ -274,55 +344,8 @@ impl Agent for AgentServer {
         answers.sort_unstable_by_key(|(slot, _)| *slot);
         answers.into_iter().map(|(_, answer)| answer).collect()
     }
-}
 
-/// The chunks of one `deliver` call in the agent's held set (and its in-flight count) for as
-/// long as the call lives.
-struct Hold<'a> {
-    server: &'a AgentServer,
-    chunks: Vec<(ChunkId, CancellationToken)>,
-}
-
-impl<'a> Hold<'a> {
-    fn new(server: &'a AgentServer, chunks: &[Chunk]) -> Hold<'a> {
-        let held: Vec<(ChunkId, CancellationToken)> = chunks
-            .iter()
-            .map(|chunk| (chunk.id, CancellationToken::new()))
-            .collect();
-        {
-            let mut map = server.held.lock();
-            for (chunk, (id, lease)) in chunks.iter().zip(&held) {
-                map.insert(*id, (chunk.epoch, lease.clone()));
-            }
-        }
-        server.in_flight.fetch_add(held.len(), Ordering::Relaxed);
-        Hold {
-            server,
-            chunks: held,
-        }
-    }
-
-    /// Each chunk's lease token, cancelled if the controller revokes the lease.
-    fn leases(&self) -> Vec<CancellationToken> {
-        self.chunks.iter().map(|(_, lease)| lease.clone()).collect()
-    }
-}
-
-impl Drop for Hold<'_> {
-    fn drop(&mut self) {
-        let mut map = self.server.held.lock();
-        for (id, _) in &self.chunks {
-            map.remove(id);
-        }
-        drop(map);
-        self.server
-            .in_flight
-            .fetch_sub(self.chunks.len(), Ordering::Relaxed);
-    }
-}
-
-impl AgentServer {
-    /// Delivers one chunk of a held call; a revocation of its lease stops the sends.
+    /// Delivers one held chunk; a revocation of its lease stops the sends.
     async fn deliver_held(
         &self,
         chunk: Chunk,
@@ -337,30 +360,6 @@ impl AgentServer {
             () = lease.cancelled() => {
                 tracing::warn!(chunk = %id, "lease lost; stopped sending the chunk");
                 Err(WireError::new(ErrorCode::LeaseLost, "lease lost"))
-            }
-        }
-    }
-}
-
-impl AgentServer {
-    /// The chunks this agent is sending, for the heartbeat that renews their leases.
-    fn held(&self) -> Vec<Held> {
-        self.held
-            .lock()
-            .iter()
-            .map(|(chunk, (epoch, _))| Held {
-                chunk: *chunk,
-                epoch: *epoch,
-            })
-            .collect()
-    }
-
-    /// Stops sending the chunks in `revoked` (or every chunk, with `None`).
-    fn revoke(&self, revoked: Option<&[ChunkId]>) {
-        let held = self.held.lock();
-        for (chunk, (_, lease)) in held.iter() {
-            if revoked.is_none_or(|revoked| revoked.contains(chunk)) {
-                lease.cancel();
             }
         }
     }
@@ -568,9 +567,9 @@ pub async fn run(
         },
         request_timeout: agent.request_timeout,
         draining: Arc::new(AtomicBool::new(false)),
-        in_flight: Arc::new(AtomicUsize::new(0)),
-        held: Arc::default(),
+        holdings: Arc::default(),
         peer: None,
+        link_closed: CancellationToken::new(),
         denied: Arc::default(),
     };
     let stop = CancellationToken::new();
@@ -584,17 +583,25 @@ pub async fn run(
             let refused = Arc::default();
             let serve = volley_contracts::listen(listener, links, refused, &[]).for_each(
                 move |(peer, transport)| {
+                    let link_closed = CancellationToken::new();
                     let server = AgentServer {
                         peer: Some(Arc::new(peer)),
+                        link_closed: link_closed.clone(),
                         ..server.clone()
                     };
                     async move {
                         let channel = BaseChannel::with_defaults(transport);
-                        tokio::spawn(channel.execute(server.serve()).for_each(
-                            |response| async move {
+                        tokio::spawn(async move {
+                            let requests = channel.execute(server.serve());
+                            futures::pin_mut!(requests);
+                            while let Some(response) = requests.next().await {
                                 tokio::spawn(response);
-                            },
-                        ));
+                            }
+                            // Marked before the channel is dropped, which aborts the calls
+                            // still running: they then know that the link is gone, not that
+                            // the controller gave up on them.
+                            link_closed.cancel();
+                        });
                     }
                 },
             );
@@ -623,16 +630,33 @@ pub async fn run(
     tracing::info!("agent draining");
     server.draining.store(true, Ordering::Relaxed);
     let grace = agent.shutdown_grace;
+    let started = tokio::time::Instant::now();
+    // First the chunks being sent finish (their calls answer them; the heartbeats go on).
     let drained = tokio::time::timeout(grace, async {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
-        while server.in_flight.load(Ordering::Relaxed) > 0 {
+        while server.holdings.sending() > 0 {
             tick.tick().await;
+        }
+    })
+    .await;
+    // Then the reports of those finished reach the controller's disk (a heartbeat, asked for
+    // at once, releases them), so that nothing this agent sent is sent again if the controller
+    // stops too. Not longer than two heartbeats: a controller that does not answer may never
+    // release them, and holding the agent's exit for them would be holding it for nothing.
+    let release = (2 * agent.heartbeat_interval)
+        .max(Duration::from_millis(500))
+        .min(grace.saturating_sub(started.elapsed()));
+    let _ = tokio::time::timeout(release, async {
+        while server.holdings.len() > 0 {
+            server.holdings.ask_beat();
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await;
     if drained.is_err() {
         tracing::warn!(
-            chunks = server.in_flight.load(Ordering::Relaxed),
+            chunks = server.holdings.sending(),
+            held = server.holdings.len(),
             "grace period over; unfinished chunks go back to the controller"
         );
     }
@@ -643,11 +667,21 @@ pub async fn run(
     Ok(())
 }
 
-/// Registers with the controller and heartbeats, renewing the leases of the chunks being sent;
+/// The most bytes of reports one `report` call carries (a quarter of a node's frame).
+const REPORT_BYTES: usize = NODE_FRAME_BYTES / 4;
+
+/// Registers with the controller and heartbeats, renewing the leases of the chunks held;
 /// re-registers whenever the controller forgets this agent or the link breaks. With several
 /// controller addresses (a leader and standbys) it registers with the leader: a standby's
-/// "not leader" names it. When heartbeats have failed for a whole lease time, the chunks held
-/// are someone else's: stop sending them.
+/// "not leader" names it. When heartbeats have failed for a whole lease time, the chunks being
+/// sent are someone else's: stop sending them.
+///
+/// A broken link (the controller was killed, restarted or failed over) does not stop the
+/// chunks: the agent registers again at once and names them in its heartbeats, and the
+/// controller it reaches claims those it finds leased in its store, which this loop then
+/// reports with `report`. A controller that stopped hands a chunk out again only once its
+/// successor has waited a whole lease time for a claim, and by then this agent has stopped
+/// what it could not renew.
 async fn keep_registered(
     info: AgentInfo,
     controller: String,
@@ -657,12 +691,19 @@ async fn keep_registered(
     stop: CancellationToken,
 ) {
     let addrs = volley_contracts::controller_addresses(&controller);
-    let mut backoff = Duration::from_millis(100);
-    let mut last_renewal = tokio::time::Instant::now();
-    let mut lease = Duration::from_secs(15);
     // Where to look first: the controller reached last, or the leader a standby named.
     let mut from = 0usize;
     let mut leader_hint: Option<String> = None;
+    let holdings = server.holdings.clone();
+    let mut backoff = Duration::from_millis(100);
+    let mut last_renewal = tokio::time::Instant::now();
+    let mut lease = Duration::from_secs(15);
+    let lapse = |why: &str| {
+        let stopped = holdings.lapse();
+        if stopped > 0 {
+            tracing::warn!(chunks = stopped, why, "stopped sending the chunks held");
+        }
+    };
     loop {
         let attempt = async {
             let (client, index) = match leader_hint.take() {
@@ -695,8 +736,19 @@ async fn keep_registered(
                 })?;
             Ok::<_, (String, Option<(usize, Option<String>)>)>((client, registration, index))
         };
+        // While no controller renews them, the chunks being sent stop once a lease time has
+        // passed since the last renewal, to the moment: a restarted controller sends those it
+        // finds unclaimed a lease time after its start, and this agent must have stopped them.
+        let lapse_at = last_renewal + lease;
+        let lapses = async {
+            tokio::time::sleep_until(lapse_at).await;
+            lapse("no controller renewed their leases for a lease time");
+            std::future::pending::<()>().await
+        };
+        tokio::pin!(lapses);
         let (client, registration, index) = tokio::select! {
             () = stop.cancelled() => return,
+            () = &mut lapses => unreachable!("never ends"),
             result = attempt => match result {
                 Ok(registered) => registered,
                 Err((error, standby)) => {
@@ -710,14 +762,14 @@ async fn keep_registered(
                         tracing::warn!(%controller, %error, retry_in = ?backoff, "cannot register with the controller");
                         from += 1;
                     }
-                    if last_renewal.elapsed() > lease {
-                        server.revoke(None);
-                    }
                     tokio::select! {
                         () = stop.cancelled() => return,
+                        () = &mut lapses => unreachable!("never ends"),
                         () = tokio::time::sleep(backoff) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    // Retried well within a lease time: a restarted controller waits that long
+                    // for the chunks' claims.
+                    backoff = (backoff * 2).min((lease / 8).clamp(Duration::from_millis(100), Duration::from_secs(2)));
                     continue;
                 }
             },
@@ -726,25 +778,45 @@ async fn keep_registered(
         let id = registration.id;
         lease = Duration::from_millis(registration.lease_ms);
         backoff = Duration::from_millis(100);
+        // Claims were the previous controller's: this one claims afresh.
+        holdings.unclaim_all();
         let controller = &addrs[index % addrs.len()];
-        tracing::info!(agent = %id, %controller, "registered with the controller");
+        tracing::info!(agent = %id, %controller, held = holdings.len(), "registered with the controller");
         let mut tick = tokio::time::interval(interval);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {}
+                // A draining agent asks for its releases without waiting for the tick.
+                () = holdings.beat_asked() => {}
+                () = holdings.report_due() => {
+                    match send_reports(&client, id, &holdings, lease).await {
+                        Ok(()) => continue,
+                        Err(Lost::Forgotten(error)) => {
+                            tracing::warn!(agent = %id, %error, "controller forgot this agent; registering again");
+                            lapse("the controller forgot this agent");
+                            break;
+                        }
+                        Err(Lost::Link(error)) => {
+                            // Tried again after the next heartbeat.
+                            tracing::warn!(agent = %id, %error, "cannot report the chunks claimed");
+                            continue;
+                        }
+                    }
+                }
             }
             // A heartbeat that takes longer than the interval is as good as lost.
             let mut context = tarpc::context::current();
             context.deadline = std::time::Instant::now() + interval.max(Duration::from_millis(500));
             match client
-                .heartbeat(context, id, server.held(), links.not_after())
+                .heartbeat(context, id, holdings.held(), links.not_after())
                 .await
             {
-                Ok(Ok(revoked)) => {
+                Ok(Ok(renewal)) => {
                     last_renewal = tokio::time::Instant::now();
-                    if !revoked.is_empty() {
-                        server.revoke(Some(&revoked));
+                    holdings.renewed(&renewal);
+                    if !renewal.claimed.is_empty() {
+                        tracing::info!(agent = %id, chunks = renewal.claimed.len(), "the controller claimed chunks held since an earlier controller");
                     }
                 }
                 Ok(Err(error)) if error.code == ErrorCode::NotLeader => {
@@ -756,13 +828,25 @@ async fn keep_registered(
                 }
                 Ok(Err(error)) => {
                     tracing::warn!(agent = %id, %error, "controller forgot this agent; registering again");
-                    server.revoke(None);
+                    lapse("the controller forgot this agent");
+                    break;
+                }
+                Err(
+                    error @ (tarpc::client::RpcError::Shutdown
+                    | tarpc::client::RpcError::Channel(_)),
+                ) => {
+                    // The controller's end of the link is gone: it stopped, or a standby takes
+                    // over. Whoever answers next may claim the chunks held; they go on meanwhile.
+                    tracing::warn!(agent = %id, %error, held = holdings.len(), "link to the controller lost; registering again");
+                    if last_renewal.elapsed() > lease {
+                        lapse("no controller renewed their leases for a lease time");
+                    }
                     break;
                 }
                 Err(error) => {
                     tracing::warn!(agent = %id, %error, "heartbeat failed");
                     if last_renewal.elapsed() > lease {
-                        server.revoke(None);
+                        lapse("no controller renewed their leases for a lease time");
                         break;
                     }
                     if addrs.len() > 1 && last_renewal.elapsed() > lease / 4 {
@@ -772,6 +856,46 @@ async fn keep_registered(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Why a `report` call failed.
+enum Lost {
+    /// The controller does not know this agent (any more): register again.
+    Forgotten(WireError),
+    /// The call did not get through, or the controller could not take the reports now.
+    Link(String),
+}
+
+/// Reports the outcomes of the chunks the controller claimed, in calls of at most
+/// [`REPORT_BYTES`]; each answered call drops its outcomes (they are on the controller's disk,
+/// or the chunks are someone else's).
+async fn send_reports(
+    client: &ControllerClient,
+    agent: AgentId,
+    holdings: &Holdings,
+    lease: Duration,
+) -> Result<(), Lost> {
+    loop {
+        let reports = holdings.due(REPORT_BYTES);
+        if reports.is_empty() {
+            return Ok(());
+        }
+        // Heartbeats wait meanwhile: the call must not hold them for a lease time.
+        let mut context = tarpc::context::current();
+        context.deadline = std::time::Instant::now() + (lease / 2).max(Duration::from_millis(500));
+        let count = reports.len();
+        match client.report(context, agent, reports.clone()).await {
+            Ok(Ok(())) => {
+                holdings.reported(&reports);
+                tracing::info!(%agent, chunks = count, "reported chunks claimed by the controller");
+            }
+            Ok(Err(error)) if error.code == ErrorCode::NotFound => {
+                return Err(Lost::Forgotten(error))
+            }
+            Ok(Err(error)) => return Err(Lost::Link(error.to_string())),
+            Err(error) => return Err(Lost::Link(error.to_string())),
         }
     }
 }

@@ -505,6 +505,31 @@ pub struct Held {
     pub epoch: u32,
 }
 
+/// The controller's answer to a heartbeat: what becomes of the chunks the agent said it holds
+/// (those not named are renewed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Renewal {
+    /// Held chunks that are not, or no longer, this agent's with the epoch it gave: their lease
+    /// expired or went to another agent (stop sending them at once), or their report is on
+    /// the controller's disk. Forget them and their reports.
+    pub released: Vec<ChunkId>,
+    /// Held chunks the controller found leased in its store when it started (the controller
+    /// that handed them out stopped) and now leases to this agent with the same epoch: finish
+    /// them and send their outcomes with `report`, since no `deliver` call waits for them.
+    pub claimed: Vec<ChunkId>,
+}
+
+/// What became of a chunk whose `deliver` call is gone, as the agent reports it with `report`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkOutcome {
+    /// The chunk.
+    pub chunk: ChunkId,
+    /// The epoch it was handed out with.
+    pub epoch: u32,
+    /// Its report, or why it was not sent: what the `deliver` call would have answered.
+    pub outcome: Result<ChunkReport, WireError>,
+}
+
 /// One agent as the controller sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentStat {
@@ -825,15 +850,24 @@ pub trait Controller {
     async fn stats() -> Result<ClusterStats, WireError>;
     /// An agent joins the cluster.
     async fn register(agent: AgentInfo) -> Result<Registration, WireError>;
-    /// An agent says it is alive and renews the leases of the chunks it holds; the answer
-    /// lists the held chunks whose lease is gone (stop sending them). An error means the
-    /// controller forgot the agent: register again. It also says when the agent's link
-    /// certificate expires (it may have been reloaded since it registered).
+    /// An agent says it is alive and renews the leases of the chunks it holds (those it is
+    /// sending, and those it has finished whose reports the controller has not confirmed); the
+    /// answer releases the held chunks that are not its own any more or whose reports are on
+    /// disk, and claims those a restarted controller takes over. An error means the controller
+    /// forgot the agent: register again. It also says when the agent's link certificate
+    /// expires (it may have been reloaded since it registered).
     async fn heartbeat(
         agent: AgentId,
         held: Vec<Held>,
         certificate_expires_at: Option<i64>,
-    ) -> Result<Vec<ChunkId>, WireError>;
+    ) -> Result<Renewal, WireError>;
+    /// An agent reports chunks the controller claimed in a heartbeat answer (their `deliver`
+    /// call died with the controller that made it). Answers once the reports taken are on
+    /// disk; a report for a chunk that is not leased to this agent with that epoch is
+    /// ignored (the chunk is someone else's). Appended last: the calls' places in the request
+    /// enum are on the wire, and `CONTROLLER_LARGE_CALLS` names submit and submit_many by
+    /// theirs.
+    async fn report(agent: AgentId, reports: Vec<ChunkOutcome>) -> Result<(), WireError>;
 }
 
 /// The agent's service, called by the controller's dispatchers.

@@ -820,6 +820,12 @@ mod tests {
         );
         assert_eq!(CONTROLLER_LARGE_CALLS, &[0, 1]);
         assert!(!CONTROLLER_LARGE_CALLS.contains(&index(ControllerRequest::Stats {})));
+        // An agent's `report` came last: the calls before it kept their places.
+        let report = ControllerRequest::Report {
+            agent: crate::AgentId(1),
+            reports: Vec::new(),
+        };
+        assert_eq!(index(report), 8);
         let head = frame(request(ControllerRequest::Stats {}), None);
         assert!(
             head.len() - 4 < HEAD_BYTES,

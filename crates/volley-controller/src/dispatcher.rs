@@ -65,7 +65,7 @@ impl HandBack {
     }
 
     /// What an agent's refusal of one chunk means.
-    fn of(error: &WireError) -> HandBack {
+    pub(crate) fn of(error: &WireError) -> HandBack {
         match error.code {
             ErrorCode::Unavailable => HandBack::Draining,
             ErrorCode::ResourceExhausted => HandBack::Paused {
@@ -232,14 +232,21 @@ impl Dispatcher {
                 }
             },
         };
-        self.counters.in_flight.fetch_sub(count, Ordering::Relaxed);
-        core.out.fetch_sub(count, Ordering::Relaxed);
-        core.leases.release(&works);
         let took = sent.elapsed().as_millis() as u64;
+        let leased: Vec<_> = works
+            .iter()
+            .map(|work| (work.chunk_id(), work.epoch))
+            .collect();
         let mut keep_going = true;
         for (work, result) in works.into_iter().zip(results) {
-            keep_going &= self.settle(work, result, took);
+            keep_going &= core.settle(self.agent, &self.counters, work, result, Some(took));
         }
+        // The leases end after the settling: a heartbeat that finds a chunk unleased finds
+        // its report queued for the store (and commits it before releasing the agent's copy),
+        // and a draining controller closes its store only after these reports.
+        core.leases.release_chunks(&leased);
+        self.counters.in_flight.fetch_sub(count, Ordering::Relaxed);
+        core.out.fetch_sub(count, Ordering::Relaxed);
         // After the settling: a pause an answer set is in place before the slot frees.
         core.scheduler.done(self.agent, &queues);
         keep_going
@@ -253,21 +260,30 @@ impl Dispatcher {
         }
         why
     }
+}
 
-    /// Records a chunk's report, or hands it back to its queue; false when this worker must
-    /// stop.
+impl Core {
+    /// Records a chunk's report, or hands it back to its queue; false when the agent's
+    /// dispatcher must stop. For the chunks of a `deliver` call, and for those adopted after a
+    /// restart, whose outcomes come in `report` calls.
     ///
-    /// A report always counts: this worker holds the chunk's only hand-out (a chunk goes out
-    /// again only through the worker that gave up on it), so even a report that won the race
-    /// with its lease's expiry is for the live epoch, and dropping it would leave the chunk
-    /// unfinished with nobody to send it.
-    fn settle(&self, work: Work, result: Result<ChunkReport, HandBack>, took_ms: u64) -> bool {
-        let core = &self.core;
-        let agent = self.agent;
+    /// A report always counts: whoever settles holds the chunk's only hand-out (a chunk goes
+    /// out again only through the worker that gave up on it, or the adoption's watcher), so
+    /// even a report that won the race with its lease's expiry is for the live epoch, and
+    /// dropping it would leave the chunk unfinished with nobody to send it.
+    pub(crate) fn settle(
+        &self,
+        agent: AgentId,
+        counters: &AgentCounters,
+        work: Work,
+        result: Result<ChunkReport, HandBack>,
+        took_ms: Option<u64>,
+    ) -> bool {
+        let core = self;
         let why = match result {
             Ok(report) => {
-                self.counters.chunks_done.fetch_add(1, Ordering::Relaxed);
-                core.record(&work, &report, Some(took_ms));
+                counters.chunks_done.fetch_add(1, Ordering::Relaxed);
+                core.record(&work, &report, took_ms);
                 return true;
             }
             Err(why) => why,

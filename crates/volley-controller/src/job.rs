@@ -78,6 +78,32 @@ struct Progress {
     unfinished: [u64; 2],
 }
 
+/// A restored job's chunks without a report, as the store left them.
+#[derive(Debug, Default)]
+pub(crate) struct Unfinished {
+    /// Never handed out (epoch 0), or handed back in memory only: they go to their queue.
+    pub(crate) queued: Vec<(ChunkSpec, u32)>,
+    /// Leased when the controller stopped, with that lease's epoch: they may still be out
+    /// with the agent that held them, which may claim them.
+    pub(crate) leased: Vec<(ChunkSpec, u32)>,
+}
+
+impl Unfinished {
+    /// How many notifications they hold.
+    pub(crate) fn tokens(&self) -> u64 {
+        self.queued
+            .iter()
+            .chain(&self.leased)
+            .map(|(spec, _)| spec.len() as u64)
+            .sum()
+    }
+
+    /// Every unfinished chunk, queued or leased.
+    pub(crate) fn all(self) -> impl Iterator<Item = (ChunkSpec, u32)> {
+        self.queued.into_iter().chain(self.leased)
+    }
+}
+
 /// What a chunk's report added to the app's counters.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ChunkTotals {
@@ -137,9 +163,9 @@ impl Job {
         (job, specs)
     }
 
-    /// Rebuilds a job read back from the store; returns it with the chunks still to send and
-    /// the epoch each is to go out with.
-    pub(crate) fn restore(stored: StoredJob) -> (Job, Vec<(ChunkSpec, u32)>) {
+    /// Rebuilds a job read back from the store; returns it with its chunks still unfinished:
+    /// those to queue, and those that were leased when the controller stopped.
+    pub(crate) fn restore(stored: StoredJob) -> (Job, Unfinished) {
         let StoredJob {
             id,
             record,
@@ -172,34 +198,27 @@ impl Job {
             // stays so.
             job.cancelled.store(false, Ordering::SeqCst);
         }
-        let resent = !job.is_cancelled();
         progress.possible_duplicates += possible_duplicates;
         progress.dispatched = !done.is_empty() || !leased.is_empty();
         if progress.finished_ms.is_some() {
             // Every chunk is done: the job ended with its last chunk, not now.
             progress.finished_ms = last_done_ms.or(progress.finished_ms);
         }
-        let mut pending = Vec::new();
+        let mut unfinished = Unfinished::default();
         for spec in specs {
             if progress.done[spec.index as usize] {
                 continue;
             }
-            let epoch = match leased.get(&spec.index) {
-                Some(epoch) => {
-                    // It was out with an agent when the controller stopped: it may have been
-                    // sent, in part or whole, and goes out again (unless the job is cancelled:
-                    // then it is counted cancelled, not resent).
-                    if resent {
-                        progress.possible_duplicates += spec.len() as u64;
-                    }
-                    epoch + 1
-                }
-                None => 0,
-            };
-            pending.push((spec, epoch));
+            match leased.get(&spec.index) {
+                // It was out with an agent when the controller stopped: that agent may still
+                // be sending it, and claim it. Counted a possible duplicate only if it goes
+                // out again, unclaimed.
+                Some(epoch) => unfinished.leased.push((spec, *epoch)),
+                None => unfinished.queued.push((spec, 0)),
+            }
         }
         drop(progress);
-        (job, pending)
+        (job, unfinished)
     }
 
     fn tokens(&self, platform: Platform) -> &TokenList {
@@ -549,14 +568,14 @@ mod tests {
             possible_duplicates: 0,
         };
         let (half, pending) = Job::restore(stored(&[0]));
-        assert_eq!(pending.len(), 1);
+        assert_eq!(pending.queued.len(), 1);
         assert_eq!(
             half.finished_ms(),
             None,
             "one chunk of two is not the job's end"
         );
         let (whole, pending) = Job::restore(stored(&[0, 1]));
-        assert!(pending.is_empty());
+        assert_eq!(pending.tokens(), 0);
         assert_eq!(whole.finished_ms(), Some(5));
         assert_eq!(whole.status(0).state, JobState::Done);
     }
@@ -631,12 +650,18 @@ mod tests {
         // not resent, so not a possible duplicate.
         for mark in [CancelMark::Legacy, CancelMark::Cancelled] {
             let (job, pending) = Job::restore(stored(&both_done[..1], &[1], mark));
-            assert_eq!(pending.len(), 1);
+            assert_eq!(pending.leased.len(), 1);
             let status = job.status(0);
             assert_eq!(status.state, JobState::Cancelling);
             assert_eq!(status.possible_duplicates, 0);
         }
-        let (job, _) = Job::restore(stored(&both_done[..1], &[1], CancelMark::None));
-        assert_eq!(job.status(0).possible_duplicates, 2);
+        // Not cancelled: the chunk out at the restart waits for its agent's claim with the
+        // epoch it was leased with; it is not a possible duplicate unless it goes out again.
+        let (job, pending) = Job::restore(stored(&both_done[..1], &[1], CancelMark::None));
+        assert_eq!(pending.leased.len(), 1);
+        assert_eq!(pending.leased[0].1, 0);
+        let status = job.status(0);
+        assert_eq!((status.state, status.pending), (JobState::Running, 2));
+        assert_eq!(status.possible_duplicates, 0);
     }
 }

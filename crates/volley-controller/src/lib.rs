@@ -17,7 +17,9 @@
 //! - **dispatchers** (`dispatcher.rs`): `window` workers per agent that pull, lease, call
 //!   `deliver` and settle each chunk (recorded, or handed back to its own queue);
 //! - **leases** (`leases.rs`), **tallies** (`tally.rs`), the durable **store** (`store.rs`, a
-//!   leaf) and the invalid-token **webhooks** (`webhook.rs`).
+//!   leaf) and the invalid-token **webhooks** (`webhook.rs`);
+//! - **orphans** (`orphans.rs`): chunks found leased in the store at start-up wait a lease time
+//!   for the agents still sending them to claim them, instead of going out again.
 //!
 //! ```text
 //! submit ──> admission ──> store ──> job table ──> scheduler: queue per (app, platform)
@@ -32,6 +34,7 @@ mod dispatcher;
 mod job;
 mod jobs;
 mod leases;
+mod orphans;
 mod postgres;
 mod registry;
 mod scheduler;
@@ -54,9 +57,9 @@ use tokio_util::sync::CancellationToken;
 use volley_config::{Config, ControllerConfig, StoreKind};
 use volley_contracts::tls::NodeRole;
 use volley_contracts::{
-    AgentId, AgentInfo, ChunkFailure, ChunkId, ChunkReport, ClusterStats, Controller, ErrorCode,
-    Held, InvalidTokenPage, JobAccepted, JobId, JobStatus, Links, Peer, Registration, ServedApp,
-    SubmitJob, WireError,
+    AgentId, AgentInfo, ChunkFailure, ChunkOutcome, ChunkReport, ClusterStats, Controller,
+    ErrorCode, Held, InvalidTokenPage, JobAccepted, JobId, JobStatus, Links, Peer, Registration,
+    Renewal, ServedApp, SubmitJob, WireError,
 };
 
 use crate::admission::{Admission, Admissions, Admitted, Rejection};
@@ -105,8 +108,17 @@ pub(crate) struct Core {
     pub(crate) redispatched: AtomicU64,
     /// Cancelled on the first shutdown signal: no new job, no new hand-out.
     pub(crate) draining: CancellationToken,
-    /// Cancelled when the controller stops.
+    /// Cancelled when the controller stops: its background tasks end.
     shutdown: CancellationToken,
+    /// Cancelled when the calls out with agents are to be abandoned (a drained stop). Not when
+    /// the controller steps down: agents stop a chunk whose call is cancelled on a live link,
+    /// so those calls run to their end, and the new leader claims the chunks meanwhile.
+    calls: CancellationToken,
+    /// Until when this controller surely leads (PostgreSQL store: its last renewal plus the
+    /// leadership's lease); `None`: always (the embedded store). Past it, leases are not
+    /// expired: a controller that was paused must not cancel calls whose chunks a new leader
+    /// may have claimed since.
+    leading_until: parking_lot::Mutex<Option<std::time::Instant>>,
     /// How links to agents are secured.
     links: Links,
     /// Links refused at the handshake (shared with [`Serving`]: it outlives a leadership).
@@ -285,6 +297,7 @@ async fn lead_or_stand_by(
             }
         };
         let core = Core::start(config, store, recovered, links.clone(), serving)?;
+        *core.leading_until.lock() = Some(std::time::Instant::now() + leadership.lease());
         serving.leader.store(None);
         serving.current.store(Some(core.clone()));
         shown_leader = None;
@@ -304,8 +317,11 @@ async fn lead_or_stand_by(
                 }
                 () = drained.cancelled() => break None,
                 () = fenced.cancelled() => break Some("a commit found another controller's term"),
-                _ = renew.tick() => match leadership.renew(term).await {
-                    Ok(true) => {}
+                renewing = renew.tick() => match leadership.renew(term).await {
+                    Ok(true) => {
+                        // Counted from before the renewal was sent: on the safe side.
+                        *core.leading_until.lock() = Some(renewing.into_std() + leadership.lease());
+                    }
                     Ok(false) => break Some("another controller took the leadership"),
                     Err(error) => {
                         tracing::warn!(%error, term, "cannot renew the leadership; if another controller takes it, this one's writes are refused");
@@ -461,31 +477,59 @@ impl Controller for ControllerServer {
         agent: AgentId,
         held: Vec<Held>,
         certificate_expires_at: Option<i64>,
-    ) -> Result<Vec<ChunkId>, WireError> {
+    ) -> Result<Renewal, WireError> {
         self.allow(NodeRole::Agent, "heartbeat")?;
         let peer_name = self.peer.role.map(|_| self.peer.name.as_str());
         let core = self.core()?;
-        match core
+        let touch = core
             .registry
-            .touch(agent, peer_name, certificate_expires_at)
-        {
-            Touch::Renewed => {}
-            Touch::Unknown => {
-                return Err(WireError::new(
-                    ErrorCode::NotFound,
-                    format!("{agent} is not registered"),
-                ))
-            }
+            .touch(agent, peer_name, certificate_expires_at);
+        self.speaks_for(agent, touch, "heartbeat")?;
+        let renewed = core.leases.renew(agent, &held);
+        let renewal = Renewal {
+            released: Vec::new(),
+            claimed: renewed.adopted,
+        };
+        Ok(core.answer_held(agent, renewed.unleased, renewal).await)
+    }
+
+    async fn report(
+        self,
+        _: Context,
+        agent: AgentId,
+        reports: Vec<ChunkOutcome>,
+    ) -> Result<(), WireError> {
+        self.allow(NodeRole::Agent, "report")?;
+        let peer_name = self.peer.role.map(|_| self.peer.name.as_str());
+        let core = self.core()?;
+        let touch = core.registry.check(agent, peer_name);
+        self.speaks_for(agent, touch, "report")?;
+        // Settled on a task of its own: a report taken from the leases and then dropped with
+        // the call would leave its chunk with nobody to settle it.
+        to_the_end(async move { core.take_reports(agent, reports).await }).await?
+    }
+}
+
+impl ControllerServer {
+    /// Refuses an agent's call unless the agent is registered and this link's certificate is
+    /// the one it registered with (another agent's certificate could renew its leases, or
+    /// settle its chunks).
+    fn speaks_for(&self, agent: AgentId, touch: Touch, call: &str) -> Result<(), WireError> {
+        match touch {
+            Touch::Renewed => Ok(()),
+            Touch::Unknown => Err(WireError::new(
+                ErrorCode::NotFound,
+                format!("{agent} is not registered"),
+            )),
             Touch::OtherPeer => {
                 self.serving.calls_denied.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(peer = %self.peer, %agent, "heartbeat refused: the agent registered with another certificate");
-                return Err(WireError::new(
+                tracing::warn!(peer = %self.peer, %agent, call, "call refused: the agent registered with another certificate");
+                Err(WireError::new(
                     ErrorCode::PermissionDenied,
                     format!("{agent} registered with another certificate"),
-                ));
+                ))
             }
         }
-        Ok(core.leases.renew(agent, &held))
     }
 }
 
@@ -523,6 +567,8 @@ impl Core {
             redispatched: AtomicU64::new(0),
             draining: shutdown.child_token(),
             shutdown,
+            calls: CancellationToken::new(),
+            leading_until: parking_lot::Mutex::new(None),
             config,
             links,
             links_refused: serving.links_refused.clone(),
@@ -565,10 +611,14 @@ impl Core {
             tracing::error!(%error, "store flush failed");
         }
         self.shutdown.cancel();
+        self.calls.cancel();
     }
 
-    /// Drops everything at once: another controller leads. Calls out with agents are
-    /// abandoned; what they report goes to the new leader.
+    /// Steps down at once: another controller leads. Nothing new goes out, the background
+    /// tasks end and the store (fenced already, or about to be) is closed. The calls out with
+    /// agents are left to end by themselves: their agents keep sending and report to the new
+    /// leader, which claims the chunks (cancelling the calls on their live links would stop
+    /// them).
     async fn abandon(&self) {
         self.shutdown.cancel();
         let _ = self.store.write(Write::Close).await;
@@ -686,26 +736,29 @@ impl Core {
             .push_job(&job, specs.into_iter().map(|spec| (spec, 0)).collect());
     }
 
-    /// Takes back the jobs found in the store at start-up.
-    fn restore(&self, jobs: Vec<store::StoredJob>) {
+    /// Takes back the jobs found in the store at start-up. Chunks that were leased wait for
+    /// their agents' claims (`orphans.rs`); the others are queued.
+    fn restore(self: &Arc<Self>, jobs: Vec<store::StoredJob>) {
         let mut resumed = 0;
         let mut finished = Vec::new();
+        let mut orphans = Vec::new();
         for stored in jobs {
-            let (job, chunks) = Job::restore(stored);
+            let (job, unfinished) = Job::restore(stored);
             if let Some(at) = job.finished_ms() {
                 finished.push((job.id, at));
             }
-            let pending: u64 = chunks.iter().map(|(spec, _)| spec.len() as u64).sum();
-            self.admissions.restore(pending);
-            if !chunks.is_empty() {
+            self.admissions.restore(unfinished.tokens());
+            let (queued, leased) = (unfinished.queued.len(), unfinished.leased.len());
+            if queued + leased > 0 {
                 resumed += 1;
-                tracing::info!(job = %job.id, app = %job.app, chunks = chunks.len(), "resuming job");
+                tracing::info!(job = %job.id, app = %job.app, chunks = queued + leased, leased, "resuming job");
             }
             let job = Arc::new(job);
             self.jobs.insert(job.clone());
             if job.is_cancelled() {
-                // Cancelled before the restart: what was not done is cancelled now.
-                for (spec, epoch) in chunks {
+                // Cancelled before the restart: what was not done is cancelled now, what was
+                // out too (its agent is told to drop it at its next heartbeat).
+                for (spec, epoch) in unfinished.all() {
                     self.skip_cancelled(&Work {
                         job: job.clone(),
                         spec,
@@ -714,11 +767,17 @@ impl Core {
                 }
                 continue;
             }
-            self.scheduler.push_job(&job, chunks);
+            self.scheduler.push_job(&job, unfinished.queued);
+            orphans.extend(unfinished.leased.into_iter().map(|(spec, epoch)| Work {
+                job: job.clone(),
+                spec,
+                epoch,
+            }));
         }
         if resumed > 0 {
             tracing::info!(jobs = resumed, "unfinished jobs resumed from the store");
         }
+        self.await_claims(orphans);
         let forgotten = self.jobs.restore_finished(finished);
         self.forget(forgotten);
     }
@@ -747,6 +806,12 @@ impl Core {
             return self.status(id, 0);
         }
         for work in self.scheduler.remove_job(id) {
+            self.skip_cancelled(&work);
+        }
+        // Chunks out at a restart and not claimed yet are not sent by this controller: they
+        // are cancelled like queued ones (an agent still sending one drops it at its next
+        // heartbeat). Adopted ones are out, and finish as they report.
+        for work in self.leases.unclaimed_of(id) {
             self.skip_cancelled(&work);
         }
         // The chunks' records ride on this commit: after a restart the job is cancelled and
@@ -821,7 +886,7 @@ impl Core {
                     format!("cannot reach agent at {}: {error}", info.addr),
                 )
             })?;
-        let stop = self.shutdown.child_token();
+        let stop = self.calls.child_token();
         let window = info.window.max(1);
         let (id, counters, fresh) = self.registry.insert(info.clone(), peer_name, stop.clone());
         let served: Vec<String> = info.apps.iter().map(ToString::to_string).collect();
@@ -986,7 +1051,13 @@ async fn watch_leases(core: Arc<Core>) {
             () = core.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        core.leases.expire(std::time::Instant::now());
+        let now = std::time::Instant::now();
+        if core.leading_until.lock().is_some_and(|until| now > until) {
+            // Maybe not the leader any more (paused, or cut off from the database): leave
+            // the leases to whoever leads; a renewal or a fence settles which.
+            continue;
+        }
+        core.leases.expire(now);
     }
 }
 

@@ -315,6 +315,11 @@ impl Leadership {
         })
     }
 
+    /// How long a leadership lasts from a renewal.
+    pub(crate) fn lease(&self) -> Duration {
+        self.lease
+    }
+
     /// How often the leader renews, and a standby looks.
     pub(crate) fn renew_every(&self) -> Duration {
         self.lease / 3

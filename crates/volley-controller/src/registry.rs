@@ -115,6 +115,26 @@ impl Registry {
         }
     }
 
+    /// Whether a call from a link whose certificate names `peer_name` may speak for agent
+    /// `id` (as for a heartbeat, without counting as one).
+    pub(crate) fn check(&self, id: AgentId, peer_name: Option<&str>) -> Touch {
+        match self.agents.lock().get(&id) {
+            Some(entry) if entry.peer_name.is_some() && entry.peer_name.as_deref() != peer_name => {
+                Touch::OtherPeer
+            }
+            Some(_) => Touch::Renewed,
+            None => Touch::Unknown,
+        }
+    }
+
+    /// A registered agent's counters, and the token cancelled when it is dropped.
+    pub(crate) fn handle(&self, id: AgentId) -> Option<(AgentCounters, CancellationToken)> {
+        self.agents
+            .lock()
+            .get(&id)
+            .map(|entry| (entry.counters.clone(), entry.stop.clone()))
+    }
+
     /// Agents not heard from for longer than `timeout`.
     pub(crate) fn silent(&self, timeout: Duration) -> Vec<AgentId> {
         self.agents
@@ -228,8 +248,11 @@ mod tests {
         assert_eq!(registry.touch(id, Some("a2"), None), Touch::OtherPeer);
         assert_eq!(registry.touch(id, None, None), Touch::OtherPeer);
         assert_eq!(registry.touch(id, Some("a1"), Some(7)), Touch::Renewed);
+        assert_eq!(registry.check(id, Some("a2")), Touch::OtherPeer);
+        assert_eq!(registry.check(id, Some("a1")), Touch::Renewed);
         assert_eq!(registry.stats()[0].certificate_expires_at, Some(7));
         registry.remove(id);
         assert_eq!(registry.touch(id, Some("a1"), None), Touch::Unknown);
+        assert_eq!(registry.check(id, Some("a1")), Touch::Unknown);
     }
 }

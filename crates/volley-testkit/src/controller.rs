@@ -11,7 +11,7 @@ use tarpc::server::{BaseChannel, Channel};
 use tokio::sync::Semaphore;
 use volley_config::Config;
 use volley_contracts::{
-    Agent, AgentInfo, ApnsRender, Chunk, ChunkReport, ControllerClient, Fingerprint,
+    Agent, AgentInfo, ApnsRender, Chunk, ChunkReport, ControllerClient, Fingerprint, Held,
     IdempotencyKey, JobAccepted, Links, SubmitJob, TokenList, WireError,
 };
 
@@ -33,6 +33,8 @@ pub struct TestAgent {
     pub call_times: Arc<Mutex<Vec<std::time::Instant>>>,
     /// Answers for the next chunks, one each, before any is delivered.
     pub refusals: Arc<Mutex<std::collections::VecDeque<WireError>>>,
+    /// Every chunk handed to it, with the epoch it came with, in order.
+    pub received: Arc<Mutex<Vec<Held>>>,
 }
 
 impl Agent for TestAgent {
@@ -46,6 +48,13 @@ impl Agent for TestAgent {
             .lock()
             .unwrap()
             .push(std::time::Instant::now());
+        self.received
+            .lock()
+            .unwrap()
+            .extend(chunks.iter().map(|chunk| Held {
+                chunk: chunk.id,
+                epoch: chunk.epoch,
+            }));
         if let Some(gate) = self.gate.as_ref().filter(|_| first) {
             let _ = gate.acquire().await.unwrap();
         }

@@ -375,6 +375,20 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
     ) -> ProcCluster {
         let mut cluster = ProcCluster::fakes(bin.as_ref(), fake_args);
         cluster.use_postgres(postgres_url);
+        // A failover is tried with the defaults a new user has: the kit's short leases (for
+        // quick agent faults) are shorter than the failover timeout, and agents would stop
+        // their chunks before a standby could claim them.
+        let defaults = volley_config::ControllerConfig::default();
+        cluster.envs.extend([
+            (
+                "VOLLEY_CONTROLLER__LEASE_TIME".to_owned(),
+                format!("{}ms", defaults.lease_time.as_millis()),
+            ),
+            (
+                "VOLLEY_CONTROLLER__HEARTBEAT_TIMEOUT".to_owned(),
+                format!("{}ms", defaults.heartbeat_timeout.as_millis()),
+            ),
+        ]);
         for i in 0..controllers {
             cluster.start_named_controller(&format!("controller-{i}"));
             if i == 0 {

@@ -18,9 +18,9 @@ use tarpc::server::{BaseChannel, Channel};
 use tokio::net::{TcpListener, TcpStream};
 use volley_config::Config;
 use volley_contracts::{
-    AgentId, AgentInfo, AgentStat, AppCounters, ChunkId, ClusterStats, Controller, ErrorCode, Held,
-    InvalidTokenPage, JobAccepted, JobId, JobState, JobStatus, Links, Platform, Registration,
-    RejectionCount, SubmitJob, WireError,
+    AgentId, AgentInfo, AgentStat, AppCounters, ChunkOutcome, ClusterStats, Controller, ErrorCode,
+    Held, InvalidTokenPage, JobAccepted, JobId, JobState, JobStatus, Links, Platform, Registration,
+    RejectionCount, Renewal, SubmitJob, WireError,
 };
 
 pub const SHOP_KEY: &str = "shop-key-0123456789abcdef";
@@ -252,7 +252,11 @@ impl Controller for FakeController {
         _: AgentId,
         _: Vec<Held>,
         _: Option<i64>,
-    ) -> Result<Vec<ChunkId>, WireError> {
+    ) -> Result<Renewal, WireError> {
+        Err(WireError::new(ErrorCode::Internal, "not in this test"))
+    }
+
+    async fn report(self, _: Context, _: AgentId, _: Vec<ChunkOutcome>) -> Result<(), WireError> {
         Err(WireError::new(ErrorCode::Internal, "not in this test"))
     }
 }
