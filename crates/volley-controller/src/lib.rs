@@ -275,9 +275,23 @@ async fn lead_or_stand_by(
         };
         tracing::info!(term, "this controller leads now; loading the store");
         let fenced = CancellationToken::new();
-        let opened = {
+        let opening = {
             let (db, fenced, fsync) = (db.clone(), fenced.clone(), config.controller.fsync);
-            tokio::task::spawn_blocking(move || postgres::open(db, term, fsync, fenced)).await
+            tokio::task::spawn_blocking(move || postgres::open(db, term, fsync, fenced))
+        };
+        // Loading a large store takes longer than a lease: renewed meanwhile (a loss shows
+        // at the first renewal after, or as a fenced commit).
+        tokio::pin!(opening);
+        let mut renew = tokio::time::interval(leadership.renew_every());
+        let opened = loop {
+            tokio::select! {
+                opened = &mut opening => break opened,
+                _ = renew.tick() => {
+                    if let Err(error) = leadership.renew(term).await {
+                        tracing::warn!(%error, term, "cannot renew the leadership while loading");
+                    }
+                }
+            }
         };
         let (store, recovered) = match opened {
             Ok(Ok(opened)) => opened,
