@@ -70,13 +70,23 @@ async fn kill_9_the_leader_mid_broadcast_and_the_standby_takes_over() {
         "the second controller waits as a standby"
     );
     let lines = standby.line_count();
+    let before = wait_job(&cluster, &id, "the job's progress", |_| true).await;
+    let delivered = before["delivered"].as_u64().unwrap_or(0);
     let killed = Instant::now();
     cluster.kill9("controller-0");
     let line = cluster
         .proc("controller-1")
         .line_with("this controller leads now", lines);
+    let leads = killed.elapsed();
+    wait_job(
+        &cluster,
+        &id,
+        "the job to move under the new leader",
+        delivered_at_least(delivered + 2000),
+    )
+    .await;
     eprintln!(
-        "failover: the standby leads {:?} after kill -9",
+        "failover: the standby leads {leads:?} after kill -9; the job moves again {:?} after it",
         killed.elapsed()
     );
     assert!(line.contains("term"), "{line}");
@@ -126,4 +136,62 @@ async fn restarting_postgres_mid_broadcast_pauses_and_resumes() {
     let (cluster, id) = mid_broadcast(1, "1c1c1c1c").await;
     restart_postgres();
     finish(cluster, &id, "PostgreSQL restart").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_submissions_sent_during_a_failover_are_accepted_once() {
+    let _serial = SERIAL.lock().await;
+    let url = fresh_database("failover").await;
+    let mut cluster = ProcCluster::start_postgres(BIN, &url, 2, 1, &[]);
+    let lines = cluster.proc("controller-1").line_count();
+    cluster.kill9("controller-0");
+    // Sent at once, while no controller leads: the front holds each keyed submission until the
+    // standby takes over and sends it there, so each caller gets its 202.
+    let client = cluster.client();
+    let submissions = (0..5).map(|i| {
+        let client = client.clone();
+        async move {
+            let token = volley_testkit::tokens::apns_tokens("1d1d1d1d", 5)[i].clone();
+            let body = serde_json::json!({
+                "title": "during a failover",
+                "targets": {"apns": [token]},
+            })
+            .to_string();
+            let key = format!("failover-{i}");
+            let headers = [("idempotency-key", key.as_str())];
+            let response = client
+                .request_with(
+                    http::Method::POST,
+                    "/v1/apps/shop/notifications",
+                    Some(body.clone().into()),
+                    &headers,
+                )
+                .await
+                .unwrap();
+            assert_eq!(response.status.as_u16(), 202, "{}", response.body);
+            // The same request again names the same job: one job per key.
+            let again = client
+                .request_with(
+                    http::Method::POST,
+                    "/v1/apps/shop/notifications",
+                    Some(body.into()),
+                    &headers,
+                )
+                .await
+                .unwrap();
+            assert_eq!(again.body["id"], response.body["id"], "{}", again.body);
+            response.body["id"].as_str().unwrap().to_owned()
+        }
+    });
+    let ids = futures::future::join_all(submissions).await;
+    cluster
+        .proc("controller-1")
+        .line_with("this controller leads now", lines);
+    for id in &ids {
+        let status = wait_job(&cluster, id, "the job to finish", finished).await;
+        assert_eq!(status["delivered"], 1, "{status}");
+    }
+    let (apns, _) = cluster.fake_stats().await;
+    assert_eq!(apns["duplicate_tokens"].as_u64(), Some(0), "{apns}");
+    cluster.stop();
 }
