@@ -70,6 +70,21 @@ impl Serialize for Secret {
     }
 }
 
+/// Reads an address, or a list of them, as one comma-separated string (`"a:7070"`,
+/// `"a:7070,b:7070"` or `["a:7070", "b:7070"]`).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "an address (host:port), or a list of them")]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(one) => one,
+        OneOrMany::Many(many) => many.join(","),
+    })
+}
+
 /// A database URL whose password, if it holds one, never shows: `Debug` and serialisation
 /// (`volley config check`, `/stat/config`) replace it with `redacted`.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -187,8 +202,10 @@ pub struct FrontConfig {
     /// Where the HTTP API listens.
     #[schema(value_type = String)]
     pub listen: SocketAddr,
-    /// The controller's tarpc address; several, separated by commas, for a leader and its
-    /// standbys (`store = "postgres"`): the one that leads is found and followed.
+    /// The controller's tarpc address; several, as a list or separated by commas, for a
+    /// leader and its standbys (`store = "postgres"`): the one that leads is found and
+    /// followed.
+    #[serde(deserialize_with = "one_or_many")]
     pub controller: String,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
@@ -399,8 +416,10 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     /// The address the controller should dial (defaults to the bound listen address).
     pub advertise: Option<String>,
-    /// The controller's tarpc address; several, separated by commas, for a leader and its
-    /// standbys (`store = "postgres"`): the one that leads is found and followed.
+    /// The controller's tarpc address; several, as a list or separated by commas, for a
+    /// leader and its standbys (`store = "postgres"`): the one that leads is found and
+    /// followed.
+    #[serde(deserialize_with = "one_or_many")]
     pub controller: String,
     /// A name for logs and stats (defaults to the host name).
     pub name: Option<String>,
@@ -1367,5 +1386,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("controller.postgres_url"), "{error}");
+    }
+
+    #[test]
+    fn several_controllers_as_a_list_or_with_commas() {
+        let config = Config::from_toml(
+            "[front]\ncontroller = [\"a:7070\", \"b:7070\"]\n[agent]\ncontroller = \"a:7070,b:7070\"",
+        )
+        .unwrap();
+        assert_eq!(config.front.controller, "a:7070,b:7070");
+        assert_eq!(config.agent.controller, "a:7070,b:7070");
+        let error = Config::from_toml("[front]\ncontroller = 7070").unwrap_err();
+        assert!(error.to_string().contains("front.controller"), "{error}");
     }
 }

@@ -170,7 +170,6 @@ pub async fn run(
             let serve = tokio::spawn(serve(listener, links, serving.clone(), local));
             stopping.cancelled().await;
             core.drain().await;
-            serving.current.store(None);
             serve.abort();
             Ok(())
         }

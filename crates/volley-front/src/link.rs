@@ -108,7 +108,7 @@ impl ControllerLink {
             return;
         }
         let addr = &self.addrs[self.current.load(Ordering::Relaxed) % self.addrs.len()];
-        tracing::warn!(%addr, %why, "lost the controller's leader; reconnecting");
+        tracing::warn!(%addr, %why, "lost the controller; reconnecting");
         let link = self.clone();
         tokio::spawn(async move { link.reconnect().await });
     }
