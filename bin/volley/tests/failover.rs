@@ -70,6 +70,11 @@ async fn kill_9_the_leader_mid_broadcast_and_the_standby_takes_over() {
         "the second controller waits as a standby"
     );
     let lines = standby.line_count();
+    // The front shows which controller answers: the first, in the first term.
+    let leader = cluster.client().get("/stat/app").await.unwrap().body["controller"].clone();
+    assert_eq!(leader["store"], "postgres", "{leader}");
+    assert_eq!(leader["term"], 1, "{leader}");
+    let first_addr = leader["address"].as_str().unwrap().to_owned();
     let before = wait_job(&cluster, &id, "the job's progress", |_| true).await;
     let delivered = before["delivered"].as_u64().unwrap_or(0);
     let killed = Instant::now();
@@ -94,6 +99,19 @@ async fn kill_9_the_leader_mid_broadcast_and_the_standby_takes_over() {
         .proc("controller-1")
         .line_with("resuming job", lines);
     assert!(line.contains(&id), "{line}");
+    // Now the standby, in the next term; the term is a metric, to alert on takeovers.
+    let leader = cluster.client().get("/stat/app").await.unwrap().body["controller"].clone();
+    assert_eq!(leader["term"], 2, "{leader}");
+    assert_ne!(
+        leader["address"].as_str(),
+        Some(first_addr.as_str()),
+        "{leader}"
+    );
+    let metrics = cluster.client().get_text("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("\nvolley_controller_leader_term 2\n"),
+        "{metrics}"
+    );
     finish(cluster, &id, "kill -9 leader").await;
 }
 

@@ -684,6 +684,20 @@ pub struct ClusterStats {
     pub certificate_expires_at: Option<i64>,
     /// Reloads of the controller's certificate files that failed (it kept its certificate).
     pub certificate_reload_failures: u64,
+    /// The controller that answered: where its state is, its address and, on PostgreSQL,
+    /// its leadership's term.
+    pub controller: ControllerStat,
+}
+
+/// The controller that answers (the leader, with the PostgreSQL store).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerStat {
+    /// `redb` or `postgres`.
+    pub store: String,
+    /// Its address, as standbys name it (`controller.advertise`, or the bound address).
+    pub address: String,
+    /// Its leadership's term (PostgreSQL store): it grows by one at each takeover.
+    pub term: Option<i64>,
 }
 
 /// One of the controller's scheduler queues: an app's chunks for one platform.

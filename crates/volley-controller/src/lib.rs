@@ -121,6 +121,8 @@ pub(crate) struct Core {
     leading_until: parking_lot::Mutex<Option<std::time::Instant>>,
     /// How links to agents are secured.
     links: Links,
+    /// What `stats` says of this controller: its store, address and term.
+    identity: volley_contracts::ControllerStat,
     /// Links refused at the handshake (shared with [`Serving`]: it outlives a leadership).
     links_refused: Arc<AtomicU64>,
     /// Calls refused for the caller's role (likewise).
@@ -165,7 +167,16 @@ pub async fn run(
         StoreKind::Redb => {
             let (store, recovered) =
                 Store::open(&config.controller.data_dir, config.controller.fsync)?;
-            let core = Core::start(&config, store, recovered, links.clone(), &serving)?;
+            let identity = volley_contracts::ControllerStat {
+                store: "redb".into(),
+                address: config
+                    .controller
+                    .advertise
+                    .clone()
+                    .unwrap_or_else(|| local.to_string()),
+                term: None,
+            };
+            let core = Core::start(&config, store, recovered, links.clone(), &serving, identity)?;
             serving.current.store(Some(core.clone()));
             let serve = tokio::spawn(serve(listener, links, serving.clone(), local));
             stopping.cancelled().await;
@@ -309,7 +320,12 @@ async fn lead_or_stand_by(
                 )))
             }
         };
-        let core = Core::start(config, store, recovered, links.clone(), serving)?;
+        let identity = volley_contracts::ControllerStat {
+            store: "postgres".into(),
+            address: leadership.address().to_owned(),
+            term: Some(term),
+        };
+        let core = Core::start(config, store, recovered, links.clone(), serving, identity)?;
         *core.leading_until.lock() = Some(std::time::Instant::now() + leadership.lease());
         serving.leader.store(None);
         serving.current.store(Some(core.clone()));
@@ -555,6 +571,7 @@ impl Core {
         recovered: Recovered,
         links: Links,
         serving: &Serving,
+        identity: volley_contracts::ControllerStat,
     ) -> Result<Arc<Core>, ControllerError> {
         let webhooks = config
             .apps
@@ -584,6 +601,7 @@ impl Core {
             leading_until: parking_lot::Mutex::new(None),
             config,
             links,
+            identity,
             links_refused: serving.links_refused.clone(),
             calls_denied: serving.calls_denied.clone(),
         });
@@ -1052,6 +1070,7 @@ impl Core {
             calls_denied: self.calls_denied.load(Ordering::Relaxed),
             certificate_expires_at: self.links.not_after(),
             certificate_reload_failures: self.links.reload_failures(),
+            controller: self.identity.clone(),
         }
     }
 }

@@ -315,6 +315,11 @@ impl Leadership {
         })
     }
 
+    /// Where fronts and agents reach this controller.
+    pub(crate) fn address(&self) -> &str {
+        &self.address
+    }
+
     /// How long a leadership lasts from a renewal.
     pub(crate) fn lease(&self) -> Duration {
         self.lease

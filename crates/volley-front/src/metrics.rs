@@ -304,6 +304,15 @@ fn render_cluster(out: &mut String, stats: &ClusterStats) {
         header(out, name, "counter", help);
         let _ = writeln!(out, "{name} {value}");
     }
+    if let Some(term) = stats.controller.term {
+        header(
+            out,
+            "volley_controller_leader_term",
+            "gauge",
+            "The leading controller's term (PostgreSQL store): it grows by one at each takeover.",
+        );
+        let _ = writeln!(out, "volley_controller_leader_term {term}");
+    }
     let expiries = stats
         .certificate_expires_at
         .map(|at| ("controller", "", at))
@@ -550,6 +559,7 @@ mod tests {
             calls_denied: 1,
             certificate_expires_at: Some(1_900_000_100),
             certificate_reload_failures: 2,
+            controller: Default::default(),
         };
         let text = metrics.render(Some(&stats));
         for line in [

@@ -197,7 +197,21 @@ pub struct StatApp {
     /// When the controller's link certificate expires, in Unix seconds (`null` on insecure
     /// links).
     controller_certificate_expires_at: Option<i64>,
+    /// The controller that answered: with the PostgreSQL store, the leader.
+    controller: ControllerView,
     apps: Vec<AppView>,
+}
+
+/// The controller that answered `/stat/app`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ControllerView {
+    /// Where it keeps its state: `redb` (embedded) or `postgres`.
+    store: String,
+    /// Its address, as standbys name it to fronts and agents.
+    address: String,
+    /// Its leadership's term (`postgres` store; `null` with `redb`): it grows by one at each
+    /// takeover.
+    term: Option<i64>,
 }
 
 /// `GET /stat/app` (gaurun): the statistics of gaurun and gorush in one answer, filled from
@@ -278,6 +292,11 @@ pub async fn stat_app(State(state): State<FrontState>) -> Result<Json<StatApp>, 
         chunks_redispatched: stats.chunks_redispatched,
         workers: stats.agents.len() as u64,
         controller_certificate_expires_at: stats.certificate_expires_at,
+        controller: ControllerView {
+            store: stats.controller.store.clone(),
+            address: stats.controller.address.clone(),
+            term: stats.controller.term,
+        },
         agents: stats
             .agents
             .iter()

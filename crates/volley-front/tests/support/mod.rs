@@ -239,6 +239,7 @@ impl Controller for FakeController {
             calls_denied: 0,
             certificate_expires_at: Some(1_900_000_100),
             certificate_reload_failures: 0,
+            controller: Default::default(),
         })
     }
 
