@@ -1279,6 +1279,30 @@ mod tests {
     }
 
     #[test]
+    fn the_password_comes_from_its_file_and_a_missing_file_names_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "from-the-file\nignored\n").unwrap();
+        let db = Database::from_config(&ControllerConfig {
+            postgres_password_file: Some(file.clone()),
+            ..controller_config("postgres://volley:from-the-url@db/volley".into())
+        })
+        .unwrap();
+        assert_eq!(db.config.get_password(), Some(&b"from-the-file"[..]));
+        let error = Database::from_config(&ControllerConfig {
+            postgres_password_file: Some(dir.path().join("absent")),
+            ..controller_config("postgres://volley@db/volley".into())
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            error.contains("controller.postgres_password_file"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn the_password_never_shows() {
         let db = Database::from_config(&controller_config(
             "postgres://volley:s3cret-pw@db.internal:5433/volley".into(),
