@@ -6,7 +6,9 @@
 
 use std::time::Instant;
 
-use volley_testkit::jobs::{broadcast, check_no_loss, delivered_at_least, finished, wait_job};
+use volley_testkit::jobs::{
+    delivered_at_least, finish_broadcast, finished, start_broadcast, wait_job,
+};
 use volley_testkit::pg::{fresh_database, restart_postgres};
 use volley_testkit::procs::ProcCluster;
 
@@ -26,36 +28,8 @@ const SLOW_FAKES: &[&str] = &["--latency", "20ms"];
 async fn mid_broadcast(controllers: usize, tag: &str) -> (ProcCluster, String) {
     let url = fresh_database("failover").await;
     let cluster = ProcCluster::start_postgres(BIN, &url, controllers, 2, SLOW_FAKES);
-    let response = cluster
-        .client()
-        .post("/v1/apps/shop/notifications", broadcast(tag, N as usize))
-        .await
-        .unwrap();
-    assert_eq!(response.status.as_u16(), 202, "{}", response.body);
-    let id = response.body["id"].as_str().unwrap().to_owned();
-    let status = wait_job(
-        &cluster,
-        &id,
-        "the broadcast under way",
-        delivered_at_least(2 * N / 5),
-    )
-    .await;
-    assert!(
-        !finished(&status),
-        "the job finished before the fault: {status}"
-    );
+    let id = start_broadcast(&cluster, tag, N, 2 * N / 5).await;
     (cluster, id)
-}
-
-/// Waits for the job to finish, checks that nothing was lost and reports the duplicates.
-async fn finish(cluster: ProcCluster, id: &str, fault: &str) {
-    let status = wait_job(&cluster, id, "the job to finish", finished).await;
-    let duplicates = check_no_loss(&cluster, &status, N).await;
-    eprintln!(
-        "{fault}: {duplicates} duplicates at the fakes (counted possible: {})",
-        status["possible_duplicates"]
-    );
-    cluster.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +86,7 @@ async fn kill_9_the_leader_mid_broadcast_and_the_standby_takes_over() {
         metrics.contains("\nvolley_controller_leader_term 2\n"),
         "{metrics}"
     );
-    finish(cluster, &id, "kill -9 leader").await;
+    finish_broadcast(cluster, &id, N, "kill -9 leader").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +119,7 @@ async fn a_paused_leader_is_fenced_and_steps_down_when_it_wakes() {
         line.contains("another controller"),
         "the old leader learns another leads: {line}"
     );
-    finish(cluster, &id, "SIGSTOP leader").await;
+    finish_broadcast(cluster, &id, N, "SIGSTOP leader").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,7 +127,7 @@ async fn restarting_postgres_mid_broadcast_pauses_and_resumes() {
     let _serial = SERIAL.lock().await;
     let (cluster, id) = mid_broadcast(1, "1c1c1c1c").await;
     restart_postgres();
-    finish(cluster, &id, "PostgreSQL restart").await;
+    finish_broadcast(cluster, &id, N, "PostgreSQL restart").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

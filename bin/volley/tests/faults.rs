@@ -9,7 +9,9 @@
 
 use serde_json::Value;
 use volley_testkit::http::FrontClient;
-use volley_testkit::jobs::{broadcast, check_no_loss, delivered_at_least, finished, wait_job};
+use volley_testkit::jobs::{
+    broadcast, check_no_loss, finish_broadcast, finished, start_broadcast, wait_job,
+};
 use volley_testkit::pg::fresh_database;
 use volley_testkit::procs::{ProcCluster, API_KEY};
 
@@ -24,23 +26,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Fakes answer in 20 ms so that a 100,000-token broadcast lasts long enough to interrupt.
 const SLOW_FAKES: &[&str] = &["--latency", "20ms"];
-
-async fn submit(cluster: &ProcCluster, tag: &str) -> String {
-    let response = cluster
-        .client()
-        .post("/v1/apps/shop/notifications", broadcast(tag, N as usize))
-        .await
-        .unwrap();
-    assert_eq!(response.status.as_u16(), 202, "{}", response.body);
-    response.body["id"].as_str().unwrap().to_owned()
-}
-
-fn assert_mid_job(status: &Value) {
-    assert!(
-        !finished(status),
-        "the job finished before the fault was injected: {status}"
-    );
-}
 
 /// Where the controller keeps its state in a test.
 #[derive(Clone, Copy, Debug)]
@@ -73,8 +58,8 @@ macro_rules! on_both_stores {
     };
 }
 
-/// Starts a cluster with `agents` agents, submits the broadcast tagged `tag` and returns once
-/// `delivered` notifications are delivered and the job is still running.
+/// Starts a cluster on `store` with `agents` agents, submits the broadcast tagged `tag` and
+/// returns once `delivered` notifications are delivered and the job is still running.
 async fn mid_broadcast(
     store: Store,
     agents: usize,
@@ -82,39 +67,20 @@ async fn mid_broadcast(
     delivered: u64,
 ) -> (ProcCluster, String) {
     let cluster = cluster(store, agents, "info").await;
-    let id = submit(&cluster, tag).await;
-    let status = wait_job(
-        &cluster,
-        &id,
-        "the broadcast under way",
-        delivered_at_least(delivered),
-    )
-    .await;
-    assert_mid_job(&status);
+    let id = start_broadcast(&cluster, tag, N, delivered).await;
     (cluster, id)
 }
 
-/// Waits for the job to finish, checks that nothing was lost, reports the duplicates the
-/// fault caused and stops the cluster; returns the duplicates.
+/// Waits for the job to finish, checks that nothing was lost, reports the duplicates.
 async fn finish(cluster: ProcCluster, id: &str, fault: &str) -> u64 {
-    let status = wait_job(&cluster, id, "the job to finish", finished).await;
-    let duplicates = check_no_loss(&cluster, &status, N).await;
-    eprintln!(
-        "{fault}: {duplicates} duplicates (counted possible: {})",
-        status["possible_duplicates"]
-    );
-    cluster.stop();
-    duplicates
+    finish_broadcast(cluster, id, N, fault).await
 }
 
 on_both_stores!(kill_9_one_of_three_agents_mid_broadcast_with: kill_9_one_of_three_agents_mid_broadcast, kill_9_one_of_three_agents_mid_broadcast_on_postgres);
 
 async fn kill_9_one_of_three_agents_mid_broadcast_with(store: Store) {
     let _serial = SERIAL.lock().await;
-    let tag = match store {
-        Store::Redb => "0a0a0a0a",
-        Store::Postgres => "4a4a4a4a",
-    };
+    let tag = "0a0a0a0a";
     let (mut cluster, id) = mid_broadcast(store, 3, tag, 2 * N / 5).await;
     cluster.kill9("agent-1");
     finish(cluster, &id, "kill -9 agent").await;
@@ -124,10 +90,7 @@ on_both_stores!(sigstop_an_agent_past_its_lease_then_sigcont_with: sigstop_an_ag
 
 async fn sigstop_an_agent_past_its_lease_then_sigcont_with(store: Store) {
     let _serial = SERIAL.lock().await;
-    let tag = match store {
-        Store::Redb => "0b0b0b0b",
-        Store::Postgres => "4b4b4b4b",
-    };
+    let tag = "0b0b0b0b";
     let (cluster, id) = mid_broadcast(store, 3, tag, N / 5).await;
     let lines_before = cluster.proc("controller").line_count();
     cluster.sigstop("agent-0");
@@ -152,10 +115,7 @@ on_both_stores!(kill_9_the_controller_mid_broadcast_and_restart_it_with: kill_9_
 
 async fn kill_9_the_controller_mid_broadcast_and_restart_it_with(store: Store) {
     let _serial = SERIAL.lock().await;
-    let tag = match store {
-        Store::Redb => "0c0c0c0c",
-        Store::Postgres => "4c4c4c4c",
-    };
+    let tag = "0c0c0c0c";
     let (mut cluster, id) = mid_broadcast(store, 2, tag, 2 * N / 5).await;
     cluster.kill9("controller");
     cluster.start_controller();
@@ -179,29 +139,8 @@ on_both_stores!(kill_9_the_controller_while_agents_live_sends_nothing_twice_with
 
 async fn kill_9_the_controller_while_agents_live_sends_nothing_twice_with(store: Store) {
     let _serial = SERIAL.lock().await;
-    let tag = match store {
-        Store::Redb => "0f0f0f0f",
-        Store::Postgres => "4f4f4f4f",
-    };
     let mut cluster = cluster(store, 2, "info").await;
-    let response = cluster
-        .client()
-        .post(
-            "/v1/apps/shop/notifications",
-            broadcast(tag, CHANGE_N as usize),
-        )
-        .await
-        .unwrap();
-    assert_eq!(response.status.as_u16(), 202, "{}", response.body);
-    let id = response.body["id"].as_str().unwrap().to_owned();
-    let status = wait_job(
-        &cluster,
-        &id,
-        "the broadcast under way",
-        delivered_at_least(2 * CHANGE_N / 5),
-    )
-    .await;
-    assert_mid_job(&status);
+    let id = start_broadcast(&cluster, "0f0f0f0f", CHANGE_N, 2 * CHANGE_N / 5).await;
     let agent_lines: Vec<usize> = ["agent-0", "agent-1"]
         .iter()
         .map(|agent| cluster.proc(agent).line_count())
@@ -260,10 +199,7 @@ on_both_stores!(kill_9_a_front_between_accepting_and_answering_with: kill_9_a_fr
 
 async fn kill_9_a_front_between_accepting_and_answering_with(store: Store) {
     let _serial = SERIAL.lock().await;
-    let tag = match store {
-        Store::Redb => "0d0d0d0d",
-        Store::Postgres => "4d4d4d4d",
-    };
+    let tag = "0d0d0d0d";
     // The controller logs each accepted job at debug: the moment to kill the front.
     let mut cluster = cluster(store, 2, "info,volley_controller=debug").await;
     let body = broadcast(tag, N as usize);
@@ -322,10 +258,7 @@ on_both_stores!(sigterm_every_node_in_turn_under_load_with: sigterm_every_node_i
 
 async fn sigterm_every_node_in_turn_under_load_with(store: Store) {
     let _serial = SERIAL.lock().await;
-    let tag = match store {
-        Store::Redb => "0e0e0e0e",
-        Store::Postgres => "4e4e4e4e",
-    };
+    let tag = "0e0e0e0e";
     let (mut cluster, id) = mid_broadcast(store, 2, tag, N / 5).await;
     cluster.sigterm("front-0");
     cluster.start_front();

@@ -8,22 +8,11 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use volley_contracts::{ControllerClient, JobId, JobState, JobStatus};
 use volley_testkit::controller::{
-    register, serve_agent, start_controller_with, submit, Running, TestAgent, WAIT,
+    job_status, register, serve_agent, start_controller_with, submit, wait_final, Running,
+    TestAgent, WAIT,
 };
-use volley_testkit::tokens::apns_token;
+use volley_testkit::tokens::apns_tokens;
 use volley_testkit::wait::wait_until;
-
-fn tokens(n: usize) -> Vec<String> {
-    (0..n).map(|i| apns_token("", i)).collect()
-}
-
-async fn status(controller: &ControllerClient, id: JobId) -> JobStatus {
-    controller
-        .status(tarpc::context::current(), id, 0)
-        .await
-        .unwrap()
-        .unwrap()
-}
 
 async fn cancel(controller: &ControllerClient, id: JobId) -> JobStatus {
     controller
@@ -39,18 +28,6 @@ fn assert_balanced(status: &JobStatus) {
         status.delivered + status.invalid + status.failed + status.cancelled + status.pending,
         "{status:?}"
     );
-}
-
-async fn wait_final(controller: &ControllerClient, id: JobId) -> JobStatus {
-    wait_until(WAIT, "the job to be final", || async move {
-        status(controller, id).await.finished_ms.is_some()
-    })
-    .await
-    .unwrap();
-    let status = status(controller, id).await;
-    assert_balanced(&status);
-    assert_eq!(status.pending, 0, "{status:?}");
-    status
 }
 
 /// Chunks of two tokens; a short drain, since the held chunk never reports.
@@ -88,9 +65,12 @@ async fn a_running_job_is_cancelling_until_its_chunk_out_reports_and_no_chunk_st
     let controller = &running.client;
     let (agent, gate) = held_agent(controller).await;
     // Five chunks; the agent holds the first.
-    let job = submit(controller, &tokens(10)).await;
+    let job = submit(controller, &apns_tokens("", 10)).await;
     wait_for_calls(&agent, 1).await;
-    assert_eq!(status(controller, job.id).await.state, JobState::Running);
+    assert_eq!(
+        job_status(controller, job.id).await.state,
+        JobState::Running
+    );
 
     let answer = cancel(controller, job.id).await;
     assert_eq!(answer.state, JobState::Cancelling, "{answer:?}");
@@ -126,14 +106,14 @@ async fn a_queued_job_is_cancelled_at_once_and_a_finished_one_stays_done() {
     .await;
     let controller = &running.client;
     // No agent: every chunk is queued.
-    let queued = submit(controller, &tokens(5)).await;
+    let queued = submit(controller, &apns_tokens("", 5)).await;
     let answer = cancel(controller, queued.id).await;
     assert_eq!(answer.state, JobState::Cancelled, "{answer:?}");
     assert_eq!((answer.cancelled, answer.pending), (5, 0));
     assert!(answer.finished_ms.is_some());
 
     register(controller, serve_agent(TestAgent::default()).await, 1).await;
-    let done = submit(controller, &tokens(3)).await;
+    let done = submit(controller, &apns_tokens("", 3)).await;
     let finished = wait_final(controller, done.id).await;
     assert_eq!(finished.state, JobState::Done);
     let answer = cancel(controller, done.id).await;
@@ -149,7 +129,7 @@ async fn a_cancel_outlives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let running = start(dir.path()).await;
     let (agent, _gate) = held_agent(&running.client).await;
-    let job = submit(&running.client, &tokens(6)).await;
+    let job = submit(&running.client, &apns_tokens("", 6)).await;
     wait_for_calls(&agent, 1).await;
     let answer = cancel(&running.client, job.id).await;
     assert_eq!((answer.state, answer.pending), (JobState::Cancelling, 2));

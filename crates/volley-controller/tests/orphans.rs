@@ -10,40 +10,14 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use volley_contracts::{
     AgentId, AgentInfo, ChunkOutcome, ChunkReport, ControllerClient, Held, JobId, JobState,
-    JobStatus, Platform, Renewal, ServedApp,
+    Platform, Renewal, ServedApp,
 };
 use volley_testkit::controller::{
-    register, serve_agent, start_controller_with, submit, Running, TestAgent, WAIT,
+    job_status, register, serve_agent, start_controller_with, submit, wait_final, Running,
+    TestAgent, WAIT,
 };
-use volley_testkit::tokens::apns_token;
+use volley_testkit::tokens::apns_tokens;
 use volley_testkit::wait::wait_until;
-
-fn tokens(n: usize) -> Vec<String> {
-    (0..n).map(|i| apns_token("", i)).collect()
-}
-
-async fn status(controller: &ControllerClient, id: JobId) -> JobStatus {
-    controller
-        .status(tarpc::context::current(), id, 0)
-        .await
-        .unwrap()
-        .unwrap()
-}
-
-async fn wait_final(controller: &ControllerClient, id: JobId) -> JobStatus {
-    wait_until(WAIT, "the job to be final", || async move {
-        status(controller, id).await.finished_ms.is_some()
-    })
-    .await
-    .unwrap();
-    let status = status(controller, id).await;
-    assert_eq!(
-        status.accepted,
-        status.delivered + status.invalid + status.failed + status.cancelled,
-        "{status:?}"
-    );
-    status
-}
 
 /// Chunks of two tokens, a short drain (the held chunks never report) and `lease_time`, which
 /// is also how long a restarted controller waits for claims.
@@ -69,7 +43,7 @@ async fn stopped_with_chunks_out(dir: &std::path::Path, agents: usize) -> (JobId
         register(&running.client, serve_agent(agent.clone()).await, 1).await;
         held.push(agent);
     }
-    let job = submit(&running.client, &tokens(2 * agents)).await;
+    let job = submit(&running.client, &apns_tokens("", 2 * agents)).await;
     wait_until(WAIT, "every agent's chunk", || async {
         held.iter()
             .all(|agent| !agent.received.lock().unwrap().is_empty())
@@ -139,7 +113,7 @@ async fn a_chunk_out_at_a_restart_is_claimed_by_its_agent_and_not_sent_again() {
     let running = start(dir.path(), Duration::from_secs(30)).await;
     let client = &running.client;
     // Waiting for its claim: pending, and not a possible duplicate.
-    let waiting = status(client, job).await;
+    let waiting = job_status(client, job).await;
     assert_eq!(
         (waiting.state, waiting.pending, waiting.possible_duplicates),
         (JobState::Running, 2, 0)
@@ -170,7 +144,7 @@ async fn a_chunk_out_at_a_restart_is_claimed_by_its_agent_and_not_sent_again() {
     report(client, agent, stale, 2).await;
     let stranger = register_as_agent(client, serve_agent(TestAgent::default()).await).await;
     report(client, stranger, held, 2).await;
-    assert_eq!(status(client, job).await.pending, 2);
+    assert_eq!(job_status(client, job).await.pending, 2);
 
     report(client, agent, held, 2).await;
     let last = wait_final(client, job).await;

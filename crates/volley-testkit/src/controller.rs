@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use volley_config::Config;
 use volley_contracts::{
     Agent, AgentInfo, ApnsRender, Chunk, ChunkReport, ControllerClient, Fingerprint, Held,
-    IdempotencyKey, JobAccepted, Links, SubmitJob, TokenList, WireError,
+    IdempotencyKey, JobAccepted, JobId, JobStatus, Links, SubmitJob, TokenList, WireError,
 };
 
 use crate::role::{spawn_controller, RoleHandle};
@@ -241,4 +241,31 @@ pub async fn submit(controller: &ControllerClient, tokens: &[String]) -> JobAcce
         .await
         .unwrap()
         .unwrap()
+}
+
+/// A job's status, straight from the controller.
+pub async fn job_status(controller: &ControllerClient, id: JobId) -> JobStatus {
+    controller
+        .status(tarpc::context::current(), id, 0)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Waits until the job is final (within [`WAIT`]) and returns its status, checked balanced:
+/// `accepted = delivered + invalid + failed + cancelled`, nothing pending.
+pub async fn wait_final(controller: &ControllerClient, id: JobId) -> JobStatus {
+    crate::wait::wait_until(WAIT, "the job to be final", || async move {
+        job_status(controller, id).await.finished_ms.is_some()
+    })
+    .await
+    .unwrap();
+    let status = job_status(controller, id).await;
+    assert_eq!(
+        status.accepted,
+        status.delivered + status.invalid + status.failed + status.cancelled,
+        "{status:?}"
+    );
+    assert_eq!(status.pending, 0, "{status:?}");
+    status
 }

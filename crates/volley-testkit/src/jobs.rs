@@ -145,3 +145,54 @@ pub async fn check_no_loss(cluster: &ProcCluster, status: &Value, per_platform: 
     );
     duplicates
 }
+
+/// Submits a broadcast of `per_platform` APNs and as many FCM tokens tagged `tag` through the
+/// cluster's front, waits until `delivered` are delivered, checks the job is still running
+/// (a fault injected now lands mid-broadcast) and returns its id.
+pub async fn start_broadcast(
+    cluster: &ProcCluster,
+    tag: &str,
+    per_platform: u64,
+    delivered: u64,
+) -> String {
+    let response = cluster
+        .client()
+        .post(
+            "/v1/apps/shop/notifications",
+            broadcast(tag, per_platform as usize),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status.as_u16(), 202, "{}", response.body);
+    let id = response.body["id"].as_str().unwrap().to_owned();
+    let status = wait_job(
+        cluster,
+        &id,
+        "the broadcast under way",
+        delivered_at_least(delivered),
+    )
+    .await;
+    assert!(
+        !finished(&status),
+        "the job finished before the fault was injected: {status}"
+    );
+    id
+}
+
+/// Waits for the broadcast to finish, checks that nothing was lost ([`check_no_loss`]),
+/// prints the duplicates the fault caused and stops the cluster; returns the duplicates.
+pub async fn finish_broadcast(
+    cluster: ProcCluster,
+    id: &str,
+    per_platform: u64,
+    fault: &str,
+) -> u64 {
+    let status = wait_job(&cluster, id, "the job to finish", finished).await;
+    let duplicates = check_no_loss(&cluster, &status, per_platform).await;
+    eprintln!(
+        "{fault}: {duplicates} duplicates at the fakes (counted possible: {})",
+        status["possible_duplicates"]
+    );
+    cluster.stop();
+    duplicates
+}
