@@ -126,7 +126,12 @@ async fn a_paused_leader_is_fenced_and_steps_down_when_it_wakes() {
 async fn restarting_postgres_mid_broadcast_pauses_and_resumes() {
     let _serial = SERIAL.lock().await;
     let (cluster, id) = mid_broadcast(1, "1c1c1c1c").await;
+    let lines = cluster.proc("controller-0").line_count();
     restart_postgres();
+    // The restart reached the controller: its sessions were cut, and it went on.
+    cluster
+        .proc("controller-0")
+        .line_with("PostgreSQL session ended", lines);
     finish_broadcast(cluster, &id, N, "PostgreSQL restart").await;
 }
 

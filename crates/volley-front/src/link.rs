@@ -37,6 +37,8 @@ pub(crate) struct ControllerLink {
     leader_hint: Mutex<Option<String>>,
     links: Links,
     reconnecting: AtomicBool,
+    /// Woken when a new client is swapped in.
+    swapped: tokio::sync::Notify,
 }
 
 impl ControllerLink {
@@ -54,6 +56,7 @@ impl ControllerLink {
             leader_hint: Mutex::new(None),
             links,
             reconnecting: AtomicBool::new(false),
+            swapped: tokio::sync::Notify::new(),
         })
     }
 
@@ -128,14 +131,15 @@ impl ControllerLink {
     ) -> Option<Arc<ControllerClient>> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
+            // Registered before the check, so a swap in between is not missed.
+            let swapped = self.swapped.notified();
+            tokio::pin!(swapped);
+            swapped.as_mut().enable();
             let now = self.client();
             if !Arc::ptr_eq(&now, old) {
                 return Some(now);
             }
-            if tokio::time::Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::timeout_at(deadline, swapped).await.ok()?;
         }
     }
 
@@ -154,6 +158,7 @@ impl ControllerLink {
                         self.current.store(index, Ordering::Relaxed);
                     }
                     self.client.store(Arc::new(client));
+                    self.swapped.notify_waiters();
                     tracing::info!(addr = %leader, "connected to the controller's leader");
                     break;
                 }
@@ -163,6 +168,7 @@ impl ControllerLink {
                 Ok((client, index)) => {
                     self.current.store(index, Ordering::Relaxed);
                     self.client.store(Arc::new(client));
+                    self.swapped.notify_waiters();
                     tracing::info!(addr = %self.addrs[index], "reconnected to the controller");
                     break;
                 }

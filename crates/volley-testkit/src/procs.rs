@@ -375,18 +375,22 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
     ) -> ProcCluster {
         let mut cluster = ProcCluster::fakes(bin.as_ref(), fake_args);
         cluster.use_postgres(postgres_url);
-        // A failover is tried with the defaults a new user has: the kit's short leases (for
-        // quick agent faults) are shorter than the failover timeout, and agents would stop
-        // their chunks before a standby could claim them.
-        let defaults = volley_config::ControllerConfig::default();
+        // A failover is tried with the defaults a new user has (lease, heartbeat timeout and
+        // interval): the kit's short leases (for quick agent faults) are shorter than the
+        // failover timeout, and agents would stop their chunks before a standby claimed them.
+        let defaults = volley_config::Config::default();
         cluster.envs.extend([
             (
                 "VOLLEY_CONTROLLER__LEASE_TIME".to_owned(),
-                format!("{}ms", defaults.lease_time.as_millis()),
+                format!("{}ms", defaults.controller.lease_time.as_millis()),
             ),
             (
                 "VOLLEY_CONTROLLER__HEARTBEAT_TIMEOUT".to_owned(),
-                format!("{}ms", defaults.heartbeat_timeout.as_millis()),
+                format!("{}ms", defaults.controller.heartbeat_timeout.as_millis()),
+            ),
+            (
+                "VOLLEY_AGENT__HEARTBEAT_INTERVAL".to_owned(),
+                format!("{}ms", defaults.agent.heartbeat_interval.as_millis()),
             ),
         ]);
         for i in 0..controllers {
