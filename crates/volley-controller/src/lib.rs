@@ -254,13 +254,14 @@ async fn lead_or_stand_by(
     stopping: &CancellationToken,
 ) -> Result<(), ControllerError> {
     let mut shown_leader: Option<String> = None;
-    let mut unreachable_since: Option<std::time::Instant> = None;
+    // The database's absence is logged once per outage.
+    let mut unreachable = false;
     loop {
         let term = loop {
             match leadership.try_lead().await {
                 Ok(Some(term)) => break term,
                 Ok(None) => {
-                    unreachable_since = None;
+                    unreachable = false;
                     let leader = leadership.leader().await.ok().flatten();
                     if leader != shown_leader {
                         tracing::info!(
@@ -272,9 +273,9 @@ async fn lead_or_stand_by(
                     serving.leader.store(leader.map(Arc::new));
                 }
                 Err(error) => {
-                    if unreachable_since.is_none() {
+                    if !unreachable {
                         tracing::warn!(%error, "standby: cannot reach the database; trying again");
-                        unreachable_since = Some(std::time::Instant::now());
+                        unreachable = true;
                     }
                 }
             }
