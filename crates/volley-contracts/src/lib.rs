@@ -5,6 +5,7 @@
 //! concatenated in one buffer plus their end offsets), and a chunk carries its notification
 //! rendered once for its provider, never once per token.
 
+mod frames;
 pub mod tls;
 mod tokens;
 mod transport;

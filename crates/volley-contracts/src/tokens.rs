@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 /// Device tokens, concatenated, with the end offset of each.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenList {
+    /// Shared with a link's frame rather than copied (`crate::frames`).
+    #[serde(
+        serialize_with = "crate::frames::serialize_shared",
+        deserialize_with = "crate::frames::shared_bytes"
+    )]
     data: Bytes,
     ends: Vec<u32>,
 }

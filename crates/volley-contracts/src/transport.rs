@@ -19,14 +19,12 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures::{Stream, StreamExt};
 use rustls::pki_types::ServerName;
-use tarpc::serde_transport::Transport;
-use tarpc::tokio_serde::formats::Bincode;
-use tarpc::tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tarpc::{client, ClientMessage, Response};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use crate::frames::LinkTransport;
 use crate::tls::{peer_name, peer_role, IdentityFiles, NodeIdentity, NodeRole, TlsError};
 use crate::{AgentClient, ControllerClient};
 
@@ -293,6 +291,12 @@ enum Io {
 }
 
 impl LinkStream {
+    /// A plain TCP link, for tests of what runs over links.
+    #[cfg(test)]
+    pub(crate) fn plain(tcp: TcpStream) -> LinkStream {
+        LinkStream::new(Io::Plain(tcp))
+    }
+
     fn new(io: Io) -> LinkStream {
         LinkStream {
             io,
@@ -540,19 +544,7 @@ fn call_index(head: &[u8]) -> Option<u32> {
         .map(|request| request.call.0)
 }
 
-type ClientTransport<Req, Resp> = Transport<
-    LinkStream,
-    Response<Resp>,
-    ClientMessage<Req>,
-    Bincode<Response<Resp>, ClientMessage<Req>>,
->;
-
-fn framed(stream: LinkStream, max_frame: usize) -> Framed<LinkStream, LengthDelimitedCodec> {
-    let codec = LengthDelimitedCodec::builder()
-        .max_frame_length(max_frame)
-        .new_codec();
-    Framed::new(stream, codec)
-}
+type ClientTransport<Req, Resp> = LinkTransport<Response<Resp>, ClientMessage<Req>>;
 
 /// Dials `addr` and, on secured links, checks that a node of role `server` answers.
 async fn dial<Req, Resp>(
@@ -581,10 +573,7 @@ where
         }
     };
     // What comes back is bounded by what this side asked for; the server bounds the rest.
-    Ok(tarpc::serde_transport::new(
-        framed(stream, MAX_FRAME_BYTES),
-        Bincode::default(),
-    ))
+    Ok(LinkTransport::new(stream, MAX_FRAME_BYTES))
 }
 
 /// Connects to a controller's tarpc server.
@@ -632,12 +621,7 @@ pub async fn connect_agent(addr: impl ToSocketAddrs, links: &Links) -> io::Resul
 }
 
 /// The server side of one tarpc connection.
-pub type ServerTransport<Req, Resp> = Transport<
-    LinkStream,
-    ClientMessage<Req>,
-    Response<Resp>,
-    Bincode<ClientMessage<Req>, Response<Resp>>,
->;
+pub type ServerTransport<Req, Resp> = LinkTransport<ClientMessage<Req>, Response<Resp>>;
 
 /// The largest frame a peer of `role` may send (`None`: an insecure link, any role).
 pub fn frame_limit(role: Option<NodeRole>) -> usize {
@@ -714,10 +698,7 @@ where
                 if peer.role == Some(NodeRole::Front) {
                     stream.guard = Some(FrameGuard::new(large_calls));
                 }
-                let transport = tarpc::serde_transport::new(
-                    framed(stream, frame_limit(peer.role)),
-                    Bincode::default(),
-                );
+                let transport = LinkTransport::new(stream, frame_limit(peer.role));
                 let _ = ready.send((peer, transport)).await;
             });
         }

@@ -74,8 +74,11 @@ const QUERY_DEADLINE: Duration = Duration::from_secs(5);
 /// stall the other requests of a runtime worker.
 const INLINE_PARSE_BYTES: usize = 256 * 1024;
 
-/// Most bytes reserved for a body before it arrives.
-const PREALLOCATE_BODY_BYTES: u64 = 16 * 1024 * 1024;
+/// Most bytes reserved for a body before it arrives: a million-token request (67 MB) and
+/// more fit without growing the buffer (growing copies it, and holds both copies for a
+/// moment). Reserved is not resident: a client that declares more than it sends costs
+/// address space, not memory.
+const PREALLOCATE_BODY_BYTES: usize = 128 * 1024 * 1024;
 
 /// One app as the front sees it.
 #[derive(Debug)]
@@ -189,6 +192,11 @@ impl FrontState {
 
     /// Reads the body up to `front.max_body_bytes`.
     pub(crate) async fn read_body(&self, body: Body) -> Result<Bytes, ApiError> {
+        self.read_body_mut(body).await.map(BytesMut::freeze)
+    }
+
+    /// [`FrontState::read_body`], in a buffer the caller may rewrite (`tokens::settle`).
+    pub(crate) async fn read_body_mut(&self, body: Body) -> Result<BytesMut, ApiError> {
         let limit = self.inner.config.front.max_body_bytes;
         let too_large = || {
             ApiError::new(
@@ -202,13 +210,19 @@ impl FrontState {
             return Err(too_large());
         }
         // One buffer, sized from Content-Length up to a cap (a client may declare more than it
-        // sends), frozen without a final copy.
-        let mut buffer = BytesMut::with_capacity(declared.min(PREALLOCATE_BODY_BYTES) as usize);
+        // sends). Past the cap it grows once, to the declared length, rather than doubling: a
+        // 67 MB body grown by doubling would be copied from a 64 MiB buffer into a 128 MiB one,
+        // and both would be held at once.
+        let declared = declared as usize;
+        let mut buffer = BytesMut::with_capacity(declared.min(PREALLOCATE_BODY_BYTES));
         let mut body = Limited::new(body, limit);
         while let Some(frame) = body.frame().await {
             match frame {
                 Ok(frame) => {
                     if let Some(data) = frame.data_ref() {
+                        if buffer.capacity() - buffer.len() < data.len() {
+                            buffer.reserve(declared.saturating_sub(buffer.len()).max(data.len()));
+                        }
                         buffer.extend_from_slice(data);
                     }
                 }
@@ -221,7 +235,7 @@ impl FrontState {
                 }
             }
         }
-        Ok(buffer.freeze())
+        Ok(buffer)
     }
 
     /// Hands a job to the controller; returns once it is queued. Small jobs share a call
