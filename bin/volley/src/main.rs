@@ -106,6 +106,7 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
+    volley::memory::prefer_small_pages();
     let cli = Cli::parse();
     volley_provider::tls::install_crypto_provider();
     match cli.command {
