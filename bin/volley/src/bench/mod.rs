@@ -117,6 +117,10 @@ pub struct BenchArgs {
     /// (the URL's user needs CREATEDB). Without it, the embedded store.
     #[arg(long, value_name = "URL")]
     pub postgres_url: Option<String>,
+    /// An experiment, not a configuration to run: the controller's store commits without
+    /// fsync (`controller.fsync = false`), to measure what durability costs. Standalone only.
+    #[arg(long)]
+    pub no_fsync: bool,
 }
 
 impl Workload {
@@ -255,7 +259,16 @@ async fn run_once(
     let postgres_url = scratch.as_ref().map(|database| database.url.clone());
     let system = match args.topology {
         Topology::Standalone => {
-            System::standalone(args.agents, args.insecure_links, postgres_url).await?
+            System::standalone(
+                args.agents,
+                args.insecure_links,
+                postgres_url,
+                args.no_fsync,
+            )
+            .await?
+        }
+        Topology::Processes if args.no_fsync => {
+            anyhow::bail!("--no-fsync is for --topology standalone")
         }
         Topology::Processes => {
             System::processes(binary, args.agents, args.insecure_links, postgres_url).await?

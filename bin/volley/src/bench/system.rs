@@ -98,12 +98,22 @@ impl System {
         agents: usize,
         insecure_links: bool,
         postgres_url: Option<String>,
+        no_fsync: bool,
     ) -> anyhow::Result<System> {
+        fn without_fsync(config: &mut volley_config::Config) {
+            config.controller.fsync = false;
+        }
+        let defaults = ClusterOptions::default();
         let cluster = Cluster::start(ClusterOptions {
             agents,
             insecure_links,
             postgres_url,
-            ..ClusterOptions::default()
+            tweak: if no_fsync {
+                without_fsync
+            } else {
+                defaults.tweak
+            },
+            ..defaults
         })
         .await?;
         Ok(System::Standalone(Box::new(cluster)))
