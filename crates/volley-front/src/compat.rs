@@ -25,8 +25,8 @@ use crate::native::{
 };
 use crate::openapi::{not_background, not_high_priority};
 use crate::render::{Names, PriorityInput, Spec};
-use crate::tokens::{validate, NoRule, Tokens};
-use crate::{cpu, parse_json, FrontState};
+use crate::tokens::{self, validate, InPlace, NoRule, Tokens};
+use crate::{cpu, FrontState};
 
 /// gorush and gaurun number platforms: 1 is iOS, 2 is Android.
 const IOS: i64 = 1;
@@ -718,6 +718,7 @@ async fn accept<R, N>(
     body: Body,
     tokens_field: &'static str,
     entries: fn(R) -> Vec<N>,
+    arrays: tokens::Arrays<R>,
     to_spec: fn(N, usize) -> Result<Entry, ApiError>,
 ) -> Result<Submitted, ApiError>
 where
@@ -729,7 +730,8 @@ where
     let jobs = {
         let state = state.clone();
         cpu(bytes.len(), move || {
-            let request: R = parse_json(&bytes)?;
+            // A large body's token arrays become its own buffer (`tokens::parse_body`).
+            let request: R = tokens::parse_body(bytes, arrays)?;
             build_jobs(&state, app, entries(request), tokens_field, to_spec)
         })
         .await??
@@ -772,6 +774,10 @@ pub async fn gorush(
             body,
             "tokens",
             |request: GorushRequest| request.notifications,
+            |request| {
+                let arrays = request.notifications.iter_mut();
+                arrays.map(|n| &mut n.tokens as &mut dyn InPlace).collect()
+            },
             gorush_spec,
         )
         .await?;
@@ -938,6 +944,10 @@ pub async fn gaurun(
             body,
             "token",
             |request: GaurunRequest| request.notifications,
+            |request| {
+                let arrays = request.notifications.iter_mut();
+                arrays.map(|n| &mut n.token as &mut dyn InPlace).collect()
+            },
             gaurun_spec,
         )
         .await?;

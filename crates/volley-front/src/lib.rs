@@ -47,7 +47,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use volley_config::Config;
@@ -190,13 +190,9 @@ impl FrontState {
         Ok(app)
     }
 
-    /// Reads the body up to `front.max_body_bytes`.
-    pub(crate) async fn read_body(&self, body: Body) -> Result<Bytes, ApiError> {
-        self.read_body_mut(body).await.map(BytesMut::freeze)
-    }
-
-    /// [`FrontState::read_body`], in a buffer the caller may rewrite (`tokens::settle`).
-    pub(crate) async fn read_body_mut(&self, body: Body) -> Result<BytesMut, ApiError> {
+    /// Reads the body up to `front.max_body_bytes`, into a buffer its parse may rewrite
+    /// (`tokens::settle`).
+    pub(crate) async fn read_body(&self, body: Body) -> Result<BytesMut, ApiError> {
         let limit = self.inner.config.front.max_body_bytes;
         let too_large = || {
             ApiError::new(

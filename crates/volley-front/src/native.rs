@@ -20,7 +20,7 @@ use volley_fcm::FcmMessage;
 use crate::error::{unprocessable, ApiError, Code};
 use crate::render::{self, Names, PriorityInput, Spec};
 use crate::tokens::{self, refusal, ApnsRule, FcmRule, Rejection, Tokens};
-use crate::{cpu, parse_json, FrontState};
+use crate::{cpu, FrontState};
 
 /// Default and largest number of invalid tokens a job status lists.
 const DEFAULT_INVALID_LIMIT: u32 = 1000;
@@ -335,9 +335,6 @@ pub(crate) fn render_job(
     Ok((apns_render, fcm_render))
 }
 
-/// Bodies from this size on have their tokens settled within the body ([`tokens::settle`]).
-const IN_PLACE_BYTES: usize = 64 * 1024;
-
 /// The checks that need the whole request: both spellings of a target, the token limit.
 fn native_job(
     state: &FrontState,
@@ -345,34 +342,23 @@ fn native_job(
     body: BytesMut,
     idempotency_key: Option<String>,
 ) -> Result<Prepared, ApiError> {
-    // A large body's token arrays are read as spans of it, and then moved within it: the
-    // job's token lists are the body's buffer. A small one's are copied (cheaper than the
-    // bookkeeping, and nothing to save).
-    let in_place = body.len() >= IN_PLACE_BYTES;
-    let request: NativeRequest = if in_place {
-        tokens::in_place(&body, parse_json)?
-    } else {
-        parse_json(&body)?
-    };
+    // The fingerprint is of the body as sent, before a large body's tokens move within it.
     let idempotency_key = idempotency_key
         .map(|key| IdempotencyKey::new(key, fingerprint(&state.inner.apps[app].name, &body)));
+    let request = tokens::parse_body(body, |request: &mut NativeRequest| {
+        vec![
+            &mut request.targets.apns,
+            &mut request.apns_tokens,
+            &mut request.targets.fcm,
+            &mut request.fcm_tokens,
+        ]
+    })?;
     let NativeRequest {
-        mut targets,
-        mut apns_tokens,
-        mut fcm_tokens,
+        targets,
+        apns_tokens,
+        fcm_tokens,
         ..
     } = request;
-    if in_place {
-        tokens::settle(
-            body,
-            [
-                &mut targets.apns,
-                &mut apns_tokens,
-                &mut targets.fcm,
-                &mut fcm_tokens,
-            ],
-        );
-    }
     let (apns_named, fcm_named) = (
         targets.apns.given() || apns_tokens.given(),
         targets.fcm.given() || fcm_tokens.given(),
@@ -619,7 +605,7 @@ pub async fn submit(
         ));
     }
     let idempotency_key = idempotency_key(&headers)?;
-    let bytes = state.read_body_mut(body).await?;
+    let bytes = state.read_body(body).await?;
     let prepared = {
         let state = state.clone();
         cpu(bytes.len(), move || {
@@ -1085,7 +1071,7 @@ mod tests {
         let _guard = runtime.enter();
         let state = shop_state();
         let (a, b) = ("a".repeat(64), "b".repeat(64));
-        let padding = " ".repeat(IN_PLACE_BYTES);
+        let padding = " ".repeat(tokens::IN_PLACE_BYTES);
         let sent = format!(r#"{{"title":"hi","targets":{{"apns":["{a}","x","{b}"]}}}}{padding}"#);
         let body = BytesMut::from(sent.as_str());
         let range = body.as_ptr() as usize..body.as_ptr() as usize + body.len();

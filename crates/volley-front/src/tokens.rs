@@ -15,11 +15,12 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use bytes::BytesMut;
+use serde::de::DeserializeOwned;
 use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use volley_contracts::{Platform, TokenList, TokenListBuilder};
 
-use crate::error::Code;
+use crate::error::{ApiError, Code};
 
 /// How a token array checks its elements.
 pub(crate) trait TokenRule {
@@ -143,8 +144,7 @@ impl<R> Default for Tokens<R> {
 /// tokens before it), so nothing is overwritten before it is read, and the buffer holds the
 /// tokens and no copy of them. An array with escaped tokens (which read shorter than they
 /// are written) is the exception: then every list is copied out.
-pub(crate) fn settle<const N: usize>(mut body: BytesMut, arrays: [&mut dyn InPlace; N]) {
-    let mut arrays: Vec<&mut dyn InPlace> = arrays.into_iter().collect();
+pub(crate) fn settle(mut body: BytesMut, mut arrays: Vec<&mut dyn InPlace>) {
     let escaped = arrays.iter_mut().any(|array| !array.parts().2.is_empty());
     if escaped {
         for array in arrays {
@@ -186,6 +186,28 @@ pub(crate) fn settle<const N: usize>(mut body: BytesMut, arrays: [&mut dyn InPla
         *array.parts().1 = TokenList::from_raw_parts(data.slice(begin..end), ends)
             .expect("the ends of settled tokens fit their buffer");
     }
+}
+
+/// Bodies from this size on have their token arrays settled within the body.
+pub(crate) const IN_PLACE_BYTES: usize = 64 * 1024;
+
+/// Names a request's token arrays, for [`parse_body`].
+pub(crate) type Arrays<T> = fn(&mut T) -> Vec<&mut dyn InPlace>;
+
+/// Parses a request body (`parse_json`). From [`IN_PLACE_BYTES`] on, the token arrays that
+/// `arrays` names are read in place and settled within the body's buffer; below that they
+/// are copied (for a few tokens the spans cost more than the copy, and there is nothing to
+/// save).
+pub(crate) fn parse_body<T: DeserializeOwned>(
+    body: BytesMut,
+    arrays: Arrays<T>,
+) -> Result<T, ApiError> {
+    if body.len() < IN_PLACE_BYTES {
+        return crate::parse_json(&body);
+    }
+    let mut parsed: T = in_place(&body, crate::parse_json)?;
+    settle(body, arrays(&mut parsed));
+    Ok(parsed)
 }
 
 /// A token array as [`settle`] sees it: its spans, its list, its unescaped tokens.
@@ -339,8 +361,8 @@ pub(crate) fn validate(list: TokenList, platform: Platform) -> (TokenList, Vec<R
 
 /// The error for a list whose tokens were all refused, or for the first refused one in
 /// strict mode: `field[index]` and its reason.
-pub(crate) fn refusal(field: &str, rejection: &Rejection) -> crate::error::ApiError {
-    crate::error::ApiError::new(Code::InvalidToken, rejection.1.clone())
+pub(crate) fn refusal(field: &str, rejection: &Rejection) -> ApiError {
+    ApiError::new(Code::InvalidToken, rejection.1.clone())
         .field(format!("{field}[{}]", rejection.0))
 }
 
@@ -435,7 +457,7 @@ mod tests {
         let body = BytesMut::from(json);
         let range = body.as_ptr() as usize..body.as_ptr() as usize + body.len();
         let mut parsed: Body = in_place(&body, |body| serde_json::from_slice(body)).unwrap();
-        settle(body, [&mut parsed.apns, &mut parsed.fcm]);
+        settle(body, vec![&mut parsed.apns, &mut parsed.fcm]);
         let shared = [&parsed.apns.list, &parsed.fcm.list]
             .iter()
             .filter(|list| !list.is_empty())

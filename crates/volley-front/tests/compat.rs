@@ -292,6 +292,49 @@ async fn malformed_tokens_are_reported_and_the_others_sent() {
     );
 }
 
+/// Above 64 KiB a body's token arrays are read in place and settled within the body's
+/// buffer (`tokens::parse_body`); the jobs must not tell the difference.
+#[tokio::test]
+async fn large_compatible_requests_keep_every_token_in_order() {
+    let front = Front::start(config("")).await;
+    let apns: Vec<String> = (0..1_200).map(apns_token).collect();
+    let fcm: Vec<String> = (0..1_200).map(fcm_token).collect();
+    let mut ios = apns.clone();
+    ios.insert(7, "secret bad".into());
+    let body = json!({"notifications": [
+        {"tokens": fcm, "platform": 2, "message": "android"},
+        {"tokens": [], "to": apns_token(5_000), "platform": 1, "message": "one"},
+        {"tokens": ios, "platform": 1, "message": "ios"},
+    ]});
+    assert!(body.to_string().len() > 64 * 1024);
+    let reply = front.post("/api/push", Some(SHOP_KEY), &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["counts"], 2_401);
+    let jobs = front.submitted();
+    assert_eq!(jobs.len(), 3);
+    assert_eq!(jobs[0].fcm_tokens.iter().collect::<Vec<_>>(), fcm);
+    assert_eq!(
+        jobs[1].apns_tokens.iter().collect::<Vec<_>>(),
+        [apns_token(5_000)]
+    );
+    assert_eq!(jobs[2].apns_tokens.iter().collect::<Vec<_>>(), apns);
+    assert_eq!(
+        jobs[2].rejected.tokens[0].field,
+        "notifications[2].tokens[7]"
+    );
+
+    let body = json!({"notifications": [
+        {"token": apns.clone(), "platform": 1, "message": "ios"},
+        {"token": fcm.clone(), "platform": 2, "message": "android"},
+    ]});
+    let reply = front.post("/push", Some(SHOP_KEY), &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let jobs = front.submitted();
+    assert_eq!(jobs.len(), 5);
+    assert_eq!(jobs[3].apns_tokens.iter().collect::<Vec<_>>(), apns);
+    assert_eq!(jobs[4].fcm_tokens.iter().collect::<Vec<_>>(), fcm);
+}
+
 #[tokio::test]
 async fn fcm_topics_and_conditions_are_one_target_jobs() {
     let front = Front::start(config("")).await;
