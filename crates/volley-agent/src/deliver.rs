@@ -174,6 +174,14 @@ where
 {
     let send = &send;
     let progress = &Progress::default();
+    let mut report = ChunkReport::default();
+    // A single-notification job's chunk (most of an ingest) needs no stream of sends.
+    if tokens.len() == 1 {
+        let token = tokens.get(0).unwrap_or_default();
+        let (outcome, state) = deliver_one(token, retry, lane, limits, progress, send).await?;
+        record(&mut report, 0, outcome, state.possible_duplicates);
+        return Ok(report);
+    }
     // Indices, not `(index, &str)` items: a borrowed item type defeats the `Send` proof of
     // the tarpc handler future (higher-ranked lifetime inference).
     let mut outcomes = futures::stream::iter(0..tokens.len())
@@ -185,28 +193,32 @@ where
             }
         })
         .buffer_unordered(concurrency);
-    let mut report = ChunkReport::default();
     while let Some(ending) = outcomes.next().await {
         // Dropping the other sends is safe: none is in flight, and none starts once
         // `handing_back` is set.
         let (index, outcome, duplicates) = ending?;
-        report.possible_duplicates += duplicates;
-        match outcome {
-            Outcome::Delivered => report.delivered += 1,
-            Outcome::InvalidToken {
-                reason,
-                timestamp_ms,
-            } => report
-                .invalid
-                .push((index, reason.to_string(), timestamp_ms)),
-            failed => report.failed.push(ChunkFailure {
-                index,
-                class: failed.class().to_owned(),
-                reason: failed.reason().map(ToString::to_string).unwrap_or_default(),
-            }),
-        }
+        record(&mut report, index, outcome, duplicates);
     }
     Ok(report)
+}
+
+/// Adds one notification's final outcome to its chunk's report.
+fn record(report: &mut ChunkReport, index: u32, outcome: Outcome, duplicates: u32) {
+    report.possible_duplicates += duplicates;
+    match outcome {
+        Outcome::Delivered => report.delivered += 1,
+        Outcome::InvalidToken {
+            reason,
+            timestamp_ms,
+        } => report
+            .invalid
+            .push((index, reason.to_string(), timestamp_ms)),
+        failed => report.failed.push(ChunkFailure {
+            index,
+            class: failed.class().to_owned(),
+            reason: failed.reason().map(ToString::to_string).unwrap_or_default(),
+        }),
+    }
 }
 
 /// A report in which every token failed because the notification had expired.
@@ -312,6 +324,12 @@ where
         if open && limits.hand_back && in_flight == 0 && !progress.touched.load(Ordering::Relaxed) {
             progress.handing_back.store(true, Ordering::Relaxed);
             return Err(HandedBack);
+        }
+        if let Outcome::Delivered | Outcome::InvalidToken { .. } | Outcome::BadRequest { .. } =
+            outcome
+        {
+            // Final whatever the policy (`retry::decide`): no jitter to draw.
+            return Ok((outcome, state));
         }
         latest = limits.retry_deadline();
         let jitter = rand::thread_rng().gen::<f64>();
