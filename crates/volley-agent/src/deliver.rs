@@ -325,14 +325,8 @@ where
             progress.handing_back.store(true, Ordering::Relaxed);
             return Err(HandedBack);
         }
-        if let Outcome::Delivered | Outcome::InvalidToken { .. } | Outcome::BadRequest { .. } =
-            outcome
-        {
-            // Final whatever the policy (`retry::decide`): no jitter to draw.
-            return Ok((outcome, state));
-        }
         latest = limits.retry_deadline();
-        let jitter = rand::thread_rng().gen::<f64>();
+        let jitter = || rand::thread_rng().gen::<f64>();
         match decide(&retry, &mut state, &outcome, now, latest, jitter) {
             Decision::Final => return Ok((outcome, state)),
             // Waiting here holds no stream: the request is already answered.

@@ -65,14 +65,15 @@ pub(crate) enum Decision {
 /// Delivered, invalid-token and bad-request answers are final at once. A transient failure
 /// is retried until `max_attempts` sends, after `RetryPolicy::delay`; a credential error is
 /// retried the same way without counting as an attempt (the breaker pauses the sends). A
-/// retry that could not start before the deadline is not made.
+/// retry that could not start before the deadline is not made. `jitter` is drawn (in `0..=1`)
+/// only for a retry's delay: a final answer, nearly every one, costs no random number.
 pub(crate) fn decide(
     policy: &RetryPolicy,
     state: &mut RetryState,
     outcome: &Outcome,
     now: Instant,
     deadline: Instant,
-    jitter: f64,
+    jitter: impl FnOnce() -> f64,
 ) -> Decision {
     let (failures, retry_after, maybe_delivered) = match outcome {
         Outcome::Transient {
@@ -94,7 +95,7 @@ pub(crate) fn decide(
     if failures >= policy.max_attempts {
         return Decision::Final;
     }
-    let delay = policy.delay(failures, retry_after, jitter);
+    let delay = policy.delay(failures, retry_after, jitter());
     if now + delay >= deadline {
         return Decision::Final;
     }
@@ -163,7 +164,7 @@ mod tests {
         for outcome in final_at_once {
             let mut state = RetryState::default();
             assert_eq!(
-                decide(&POLICY, &mut state, &outcome, now, far, 1.0),
+                decide(&POLICY, &mut state, &outcome, now, far, || 1.0),
                 Decision::Final
             );
             assert_eq!(state, RetryState::default());
@@ -172,7 +173,14 @@ mod tests {
         let mut state = RetryState::default();
         let soon = now + Duration::from_millis(500);
         assert_eq!(
-            decide(&POLICY, &mut state, &transient(Some(500)), now, soon, 0.0),
+            decide(
+                &POLICY,
+                &mut state,
+                &transient(Some(500)),
+                now,
+                soon,
+                || 0.0
+            ),
             Decision::Final
         );
         // Credential errors do not use up transient attempts.
@@ -181,7 +189,7 @@ mod tests {
             reason: Reason::known("InvalidProviderToken"),
         };
         assert!(matches!(
-            decide(&POLICY, &mut state, &credential, now, far, 1.0),
+            decide(&POLICY, &mut state, &credential, now, far, || 1.0),
             Decision::Retry(_)
         ));
         assert_eq!(state.transient, 0);
@@ -230,7 +238,7 @@ mod tests {
                 sends += 1;
                 transient_sends += u32::from(matches!(outcome, Outcome::Transient { .. }));
                 now += Duration::from_millis(latencies[sends % latencies.len()]);
-                match decide(&policy, &mut state, outcome, now, deadline, jitters[sends % jitters.len()]) {
+                match decide(&policy, &mut state, outcome, now, deadline, || jitters[sends % jitters.len()]) {
                     Decision::Final => break,
                     Decision::Retry(delay) => {
                         prop_assert!(!matches!(

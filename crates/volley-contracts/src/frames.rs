@@ -377,6 +377,11 @@ mod tests {
         &message.1
     }
 
+    /// A link over plain TCP carrying test messages.
+    fn link(tcp: TcpStream, max_frame: usize) -> LinkTransport<Message, Message> {
+        LinkTransport::new(LinkStream::plain(tcp), max_frame)
+    }
+
     /// Compares two byte strings without printing them.
     fn same(left: &[u8], right: &[u8]) {
         let first = left.iter().zip(right).position(|(l, r)| l != r);
@@ -447,9 +452,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let sender = tokio::spawn(async move {
-            let tcp = TcpStream::connect(addr).await.unwrap();
-            let mut link =
-                LinkTransport::<Message, Message>::new(LinkStream::plain(tcp), usize::MAX);
+            let mut link = link(TcpStream::connect(addr).await.unwrap(), usize::MAX);
             for n in [2, 20_000, 1, 3_000] {
                 link.feed(submit(tokens(n))).await.unwrap();
             }
@@ -467,7 +470,7 @@ mod tests {
         tcp.read_exact(&mut wire).await.unwrap();
         same(&wire, &expected);
         // An answer over the same link, read by the sender's transport.
-        let mut link = LinkTransport::<Message, Message>::new(LinkStream::plain(tcp), usize::MAX);
+        let mut link = link(tcp, usize::MAX);
         link.send(submit(tokens(20_000))).await.unwrap();
         sender.await.unwrap();
     }
@@ -477,15 +480,13 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let sender = tokio::spawn(async move {
-            let tcp = TcpStream::connect(addr).await.unwrap();
-            let mut link =
-                LinkTransport::<Message, Message>::new(LinkStream::plain(tcp), usize::MAX);
+            let mut link = link(TcpStream::connect(addr).await.unwrap(), usize::MAX);
             link.send(submit(tokens(3))).await.unwrap();
             link.send(submit(tokens(1_000))).await.unwrap();
             link
         });
         let (tcp, _) = listener.accept().await.unwrap();
-        let mut link = LinkTransport::<Message, Message>::new(LinkStream::plain(tcp), 1024);
+        let mut link = link(tcp, 1024);
         assert_eq!(list_of(&link.next().await.unwrap().unwrap()).len(), 3);
         let error = link.next().await.unwrap().unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);

@@ -732,97 +732,65 @@ async fn commit(session: &mut Session, term: i64, batch: &[Request]) -> Result<u
             return Err(error);
         }
     }
-    if !plan.job_ids.is_empty() {
-        steps.push(Box::pin(async move {
-            client
-                .execute(&st.jobs, &[&plan.job_ids, &plan.job_headers])
-                .await
-        }));
+    // One statement per kind of write the batch has; its arrays move into the statement's
+    // future.
+    macro_rules! statement {
+        ($rows:expr, $statement:expr, [$($param:expr),+ $(,)?]) => {
+            if !$rows.is_empty() {
+                steps.push(Box::pin(async move {
+                    client.execute($statement, &[$($param),+]).await
+                }));
+            }
+        };
     }
-    if !plan.keys.is_empty() {
-        steps.push(Box::pin(async move {
-            client
-                .execute(
-                    &st.keys,
-                    &[
-                        &keys.apps,
-                        &keys.keys,
-                        &keys.jobs,
-                        &keys.at,
-                        &keys.accepted,
-                        &keys.fingerprints,
-                    ],
-                )
-                .await
-        }));
-    }
-    if !chunk_jobs.is_empty() {
-        // The leases of one `deliver` call, and the chunk reports: one statement.
-        steps.push(Box::pin(async move {
-            client
-                .execute(&st.chunks, &[&chunk_jobs, &chunk_indexes, &chunk_states])
-                .await
-        }));
-    }
-    if !added_jobs.is_empty() {
-        steps.push(Box::pin(async move {
-            client
-                .execute(
-                    &st.webhook_added,
-                    &[&added_jobs, &added_chunks, &added_parts, &added_entries],
-                )
-                .await
-        }));
-    }
-    if !acked_jobs.is_empty() {
-        steps.push(Box::pin(async move {
-            client
-                .execute(
-                    &st.webhook_acked,
-                    &[&acked_jobs, &acked_chunks, &acked_parts],
-                )
-                .await
-        }));
-    }
-    if !cancel_ids.is_empty() {
-        steps.push(Box::pin(async move {
-            client
-                .execute(&st.cancels, &[&cancel_ids, &cancel_at])
-                .await
-        }));
-    }
-    if !duplicate_ids.is_empty() {
-        steps.push(Box::pin(async move {
-            client
-                .execute(&st.duplicates, &[&duplicate_ids, &duplicate_counts])
-                .await
-        }));
-    }
-    if !declared_apps.is_empty() {
-        steps.push(Box::pin(async move {
-            client
-                .execute(&st.declared, &[&declared_apps, &declared_platforms])
-                .await
-        }));
-    }
-    if !forget_ids.is_empty() {
-        steps.push(Box::pin(async move {
-            client.execute(&st.forget_chunks, &[forget_ids]).await
-        }));
-        steps.push(Box::pin(async move {
-            client.execute(&st.forget_tokens, &[forget_ids]).await
-        }));
-        steps.push(Box::pin(async move {
-            client.execute(&st.forget_jobs, &[forget_ids]).await
-        }));
-        if !forget_apps.is_empty() {
-            steps.push(Box::pin(async move {
-                client
-                    .execute(&st.forget_keys, &[&forget_apps, &forget_keys, forget_ids])
-                    .await
-            }));
-        }
-    }
+    statement!(plan.job_ids, &st.jobs, [&plan.job_ids, &plan.job_headers]);
+    statement!(
+        plan.keys,
+        &st.keys,
+        [
+            &keys.apps,
+            &keys.keys,
+            &keys.jobs,
+            &keys.at,
+            &keys.accepted,
+            &keys.fingerprints,
+        ]
+    );
+    // The leases of one `deliver` call, and the chunk reports: one statement.
+    statement!(
+        chunk_jobs,
+        &st.chunks,
+        [&chunk_jobs, &chunk_indexes, &chunk_states]
+    );
+    statement!(
+        added_jobs,
+        &st.webhook_added,
+        [&added_jobs, &added_chunks, &added_parts, &added_entries]
+    );
+    statement!(
+        acked_jobs,
+        &st.webhook_acked,
+        [&acked_jobs, &acked_chunks, &acked_parts]
+    );
+    statement!(cancel_ids, &st.cancels, [&cancel_ids, &cancel_at]);
+    statement!(
+        duplicate_ids,
+        &st.duplicates,
+        [&duplicate_ids, &duplicate_counts]
+    );
+    statement!(
+        declared_apps,
+        &st.declared,
+        [&declared_apps, &declared_platforms]
+    );
+    statement!(forget_ids, &st.forget_chunks, [forget_ids]);
+    statement!(forget_ids, &st.forget_tokens, [forget_ids]);
+    statement!(forget_ids, &st.forget_jobs, [forget_ids]);
+    statement!(
+        forget_apps,
+        &st.forget_keys,
+        [&forget_apps, &forget_keys, forget_ids]
+    );
     steps.push(Box::pin(async {
         client.batch_execute("COMMIT").await.map(|()| 0)
     }));
