@@ -7,13 +7,18 @@
 //! - [`ece`]: the payload encryption, one record per message, a fresh ECDH key per message.
 //! - [`vapid`]: VAPID keys, the per-origin signed `Authorization` header, and its verifier
 //!   (for the fake push service).
+//! - [`guard`]: the SSRF guard: which endpoint hosts and addresses may be contacted.
+//! - [`classify()`]: a push service's status to Volley's [`Outcome`].
 //!
 //! See `docs/webpush.md` for subscriptions, VAPID keys and the SSRF rules.
 
 #![forbid(unsafe_code)]
 
+pub mod classify;
 pub mod ece;
+pub mod guard;
 pub mod subscription;
 pub mod vapid;
 
+pub use classify::classify;
 pub use volley_provider::{Outcome, Reason};
