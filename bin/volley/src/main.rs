@@ -75,6 +75,8 @@ enum Command {
     FakeApns(volley_fake::cli::FakeApnsArgs),
     /// Run a fake FCM server (with its OAuth token endpoint).
     FakeFcm(volley_fake::cli::FakeFcmArgs),
+    /// Run a fake Web Push service (browsers' push subscriptions).
+    FakeWebpush(volley_fake::cli::FakeWebPushArgs),
     /// Send a notification through a front and follow the job.
     Push(volley::push::PushArgs),
     /// Start a whole cluster in this process against the fakes and broadcast to it.
@@ -117,6 +119,10 @@ fn main() -> ExitCode {
         Command::FakeFcm(args) => {
             init_logging(LogFormat::Text, "info", cli.log_format.as_deref());
             return report(volley_fake::cli::run_fcm(args).map_err(Into::into));
+        }
+        Command::FakeWebpush(args) => {
+            init_logging(LogFormat::Text, "info", cli.log_format.as_deref());
+            return report(volley_fake::cli::run_webpush(args).map_err(Into::into));
         }
         Command::Push(args) => {
             init_logging(LogFormat::Text, "warn", cli.log_format.as_deref());
@@ -219,6 +225,7 @@ fn main() -> ExitCode {
         Command::Standalone => run_standalone(config),
         Command::FakeApns(_)
         | Command::FakeFcm(_)
+        | Command::FakeWebpush(_)
         | Command::Push(_)
         | Command::Demo(_)
         | Command::Certs { .. }

@@ -1,4 +1,5 @@
-//! Command-line arguments and entry points for `volley fake-apns` and `volley fake-fcm`.
+//! Command-line arguments and entry points for `volley fake-apns`, `volley fake-fcm` and
+//! `volley fake-webpush`.
 //!
 //! Scripted failures by device-token prefix (both fakes; APNs tokens are hex, so are the prefixes):
 //!
@@ -11,12 +12,24 @@
 //! | `5000` | 500 `InternalServerError` | 500 INTERNAL |
 //! | `5020` | 502 with an HTML body | 502 with an HTML body |
 //! | `5030` | 503 `ServiceUnavailable`, `retry-after: 1` | 503 UNAVAILABLE, `retry-after: 1` |
+//!
+//! The fake Web Push service scripts by subscription-id prefix instead:
+//!
+//! | prefix | fake Web Push |
+//! |---|---|
+//! | `dead` | 410 Gone |
+//! | `4040` | 404 Not Found |
+//! | `4130` | 413 Payload Too Large |
+//! | `4290` | 429 Too Many Requests, `retry-after: 1` |
+//! | `5000` | 500 Internal Server Error |
+//! | `5030` | 503 Service Unavailable, `retry-after: 1` |
+//! | `ext` | 201, not decrypted: a subscription whose keys live elsewhere; the body is captured as it came |
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{FakeConfig, FakeError, FakeServer, Latency};
+use crate::{FakeConfig, FakeError, FakeServer, FakeWebPush, FakeWebPushConfig, Latency};
 
 const SCRIPTED_HELP: &str = "\
 Scripted failures by device-token prefix (case-insensitive):
@@ -52,6 +65,112 @@ RS256 assertion (iss, aud = this server's /token, scope including
 https://www.googleapis.com/auth/firebase.messaging, exp) answers an access token; a bad assertion
 gets 400 {\"error\":\"invalid_grant\"}. Sends without a valid, unexpired access token get 401
 UNAUTHENTICATED; a project other than --project gets 404.";
+
+const WEBPUSH_AFTER_HELP: &str = "\
+Subscriptions: POST /subscribe (optional body {\"id\": \"...\"}, else a random id) answers 201 with
+{\"endpoint\": \"https://HOST:PORT/push/{id}\", \"keys\": {\"p256dh\": ..., \"auth\": ...}}, the same for the
+same id while the fake runs. Ids are 1 to 256 characters of A-Z a-z 0-9 - . _ ~.
+
+POST /push/{id} is checked in this order:
+  401 without `Authorization: vapid t=JWT, k=KEY`, or when the JWT is malformed or its
+      signature does not verify against k
+  403 when it verifies but its claims do not hold: expired, exp over 24 h ahead, aud other
+      than https://HOST:PORT, no sub
+  400 without TTL, or a TTL that is not a number of seconds
+  415 when Content-Encoding is not aes128gcm (a push without body needs none)
+  400 for an Urgency other than very-low, low, normal, high; a Topic over 32 characters or
+      outside the URL-safe base64 alphabet
+  413 for a body over 4096 bytes
+  then the scripted prefixes below, then --transient-error-rate (503, retry-after: 1), then
+  400 when the body does not decrypt with the subscription's keys (counted: decrypt_failures)
+  201 Created with Location: /message/{uuid} and TTL (capped at 2419200 s).
+
+Scripted failures by subscription-id prefix (case-insensitive):
+
+  prefix  answer
+  dead    410 Gone
+  4040    404 Not Found
+  4130    413 Payload Too Large
+  4290    429 Too Many Requests, retry-after: 1
+  5000    500 Internal Server Error
+  5030    503 Service Unavailable, retry-after: 1
+  ext     201 without decrypting: a subscription whose keys the fake does not hold (a real
+          browser's, a test's own); with --capture the body is kept as it came
+
+Errors have a JSON body {\"code\": N, \"error\": \"reason\", \"message\": \"...\"}.
+
+Stats (JSON) at GET /stats, captured requests at GET /requests (both on the main port, over
+HTTP/2 or HTTP/1.1); the final stats are printed as JSON on stdout when the fake stops (Ctrl-C
+or SIGTERM).";
+
+/// `volley fake-webpush`: a fake Web Push service (RFC 8030, 8291, 8292).
+#[derive(clap::Args, Debug, Clone)]
+#[command(after_long_help = WEBPUSH_AFTER_HELP)]
+pub struct FakeWebPushArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8443", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Write the generated CA certificate (PEM) here; a temporary file otherwise.
+    #[arg(long, value_name = "FILE")]
+    pub ca_out: Option<PathBuf>,
+    /// Offer only HTTP/1.1 (ALPN http/1.1), to test clients' fallback from HTTP/2.
+    #[arg(long)]
+    pub http1_only: bool,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS advertised to HTTP/2 clients.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub max_concurrent_streams: u32,
+    /// Delay before answering each push: a duration ("5ms") or a uniform range ("1ms..20ms").
+    /// Units: us, ms, s.
+    #[arg(long, value_parser = parse_latency, value_name = "DURATION[..DURATION]")]
+    pub latency: Option<Latency>,
+    /// Fraction (0..=1) of pushes answered with a transient 503, retry-after: 1.
+    #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
+    pub transient_error_rate: f64,
+    /// Keep the first N push requests (headers with credentials cut to their scheme, the
+    /// decrypted payload, or the body as it came for ext ids, the status) at GET /requests.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub capture: usize,
+    /// Worker threads; more than 1 spreads decryption over several cores.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub threads: usize,
+}
+
+/// Runs the fake Web Push service until Ctrl-C or SIGTERM, then prints the final stats as JSON
+/// on stdout.
+pub fn run_webpush(args: FakeWebPushArgs) -> Result<(), FakeError> {
+    let config = FakeWebPushConfig {
+        http1_only: args.http1_only,
+        max_concurrent_streams: args.max_concurrent_streams,
+        latency: args.latency.unwrap_or(Latency::None),
+        transient_error_rate: args.transient_error_rate,
+        capture: args.capture,
+        ca_out: args.ca_out,
+        threads: args.threads,
+    };
+    let listener = std::net::TcpListener::bind(args.listen)?;
+    let server = FakeWebPush::start(config, listener)?;
+    let protocols = if args.http1_only {
+        "HTTP/1.1 only"
+    } else {
+        "HTTP/2 and HTTP/1.1"
+    };
+    eprintln!(
+        "fake Web Push listening on {} ({protocols})",
+        server.origin()
+    );
+    eprintln!("CA certificate: {}", server.ca_pem_path().display());
+    eprintln!(
+        "example subscription (POST /subscribe for more): {}",
+        serde_json::to_string(&server.subscription("example")).unwrap_or_default()
+    );
+    eprintln!(
+        "stats: {0}/stats; captured requests: {0}/requests (see --capture)",
+        server.origin()
+    );
+    wait_for_signal()?;
+    let stats = server.shutdown();
+    print_stats(&stats)
+}
 
 /// Options both fakes share.
 #[derive(clap::Args, Debug, Clone)]
@@ -194,7 +313,12 @@ fn serve(
     }
     wait_for_signal()?;
     let stats = server.shutdown();
-    let json = serde_json::to_string_pretty(&stats)
+    print_stats(&stats)
+}
+
+/// Prints a fake's final stats as pretty JSON on stdout.
+fn print_stats(stats: &impl serde::Serialize) -> Result<(), FakeError> {
+    let json = serde_json::to_string_pretty(stats)
         .map_err(|e| FakeError::Config(format!("stats serialisation failed: {e}")))?;
     println!("{json}");
     Ok(())
@@ -272,6 +396,7 @@ mod tests {
     enum Cli {
         FakeApns(FakeApnsArgs),
         FakeFcm(FakeFcmArgs),
+        FakeWebpush(FakeWebPushArgs),
     }
 
     #[test]
@@ -334,6 +459,46 @@ mod tests {
             .to_string();
         for needle in [
             "badd", "dead", "4030", "4290", "5000", "5020", "5030", "--record",
+        ] {
+            assert!(help.contains(needle), "help lacks {needle}");
+        }
+
+        let Cli::FakeWebpush(args) = Cli::parse_from([
+            "volley",
+            "fake-webpush",
+            "--listen",
+            "127.0.0.1:0",
+            "--ca-out",
+            "ca.pem",
+            "--http1-only",
+            "--capture",
+            "5",
+            "--latency",
+            "2ms",
+        ]) else {
+            panic!("expected fake-webpush");
+        };
+        assert!(args.http1_only);
+        assert_eq!(args.capture, 5);
+        assert_eq!(args.ca_out.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert_eq!(args.latency, Some(Latency::Fixed(Duration::from_millis(2))));
+        let help = command
+            .find_subcommand_mut("fake-webpush")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for needle in [
+            "dead",
+            "4040",
+            "4130",
+            "4290",
+            "5000",
+            "5030",
+            "ext",
+            "401",
+            "403",
+            "415",
+            "--http1-only",
         ] {
             assert!(help.contains(needle), "help lacks {needle}");
         }

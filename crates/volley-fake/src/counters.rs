@@ -19,7 +19,37 @@ pub(crate) struct Counters {
     pub(crate) connections: AtomicU64,
     pub(crate) max_open_streams_seen: AtomicU64,
     pub(crate) max_open_streams_before_auth: AtomicU64,
-    by_status: Box<[AtomicU64]>,
+    by_status: StatusCounts,
+}
+
+/// Answers counted by HTTP status, without a map or a lock.
+pub(crate) struct StatusCounts(Box<[AtomicU64]>);
+
+impl Default for StatusCounts {
+    fn default() -> Self {
+        StatusCounts((0..STATUS_SLOTS).map(|_| AtomicU64::new(0)).collect())
+    }
+}
+
+impl StatusCounts {
+    /// Counts one answer with `status`.
+    pub(crate) fn bump(&self, status: u16) {
+        if let Some(slot) = self.0.get(usize::from(status)) {
+            slot.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The statuses answered at least once, with their counts.
+    pub(crate) fn snapshot(&self) -> BTreeMap<u16, u64> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter_map(|(status, n)| {
+                let n = n.load(Relaxed);
+                (n > 0).then(|| (u16::try_from(status).unwrap_or(u16::MAX), n))
+            })
+            .collect()
+    }
 }
 
 impl Counters {
@@ -34,7 +64,7 @@ impl Counters {
             connections: AtomicU64::new(0),
             max_open_streams_seen: AtomicU64::new(0),
             max_open_streams_before_auth: AtomicU64::new(0),
-            by_status: (0..STATUS_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            by_status: StatusCounts::default(),
         }
     }
 
@@ -49,27 +79,16 @@ impl Counters {
     /// Counts one answered notification request.
     pub(crate) fn answered(&self, status: u16) {
         self.requests.fetch_add(1, Relaxed);
-        if let Some(slot) = self.by_status.get(usize::from(status)) {
-            slot.fetch_add(1, Relaxed);
-        }
+        self.by_status.bump(status);
         if status == 200 {
             self.delivered.fetch_add(1, Relaxed);
         }
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
-        let by_status: BTreeMap<u16, u64> = self
-            .by_status
-            .iter()
-            .enumerate()
-            .filter_map(|(status, n)| {
-                let n = n.load(Relaxed);
-                (n > 0).then(|| (u16::try_from(status).unwrap_or(u16::MAX), n))
-            })
-            .collect();
         Stats {
             requests: self.requests.load(Relaxed),
-            by_status,
+            by_status: self.by_status.snapshot(),
             delivered: self.delivered.load(Relaxed),
             distinct_tokens: self.distinct_tokens.load(Relaxed),
             duplicate_tokens: self.duplicate_tokens.load(Relaxed),

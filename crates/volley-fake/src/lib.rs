@@ -1,4 +1,4 @@
-//! Fake APNs and FCM servers, real enough for independent clients.
+//! Fake APNs, FCM and Web Push servers, real enough for independent clients.
 //!
 //! A [`FakeServer`] speaks real HTTP/2 over TLS (or h2c) on a listener the caller bound, on its own
 //! OS thread with a current-thread tokio runtime, so it never competes with the caller's runtime.
@@ -10,6 +10,9 @@
 //! frames on the wire where `h2` offers no knob (the single-stream-until-auth dance and
 //! GOAWAY's last-stream-id); `tls` mints the CA and server
 //! certificate at start-up; `keys` gives tests credentials the fake accepts.
+//!
+//! [`FakeWebPush`] (module [`webpush`]) is a push service for browsers' subscriptions (RFC 8030):
+//! a hyper server speaking HTTP/2 and HTTP/1.1, which verifies VAPID and decrypts every payload.
 
 #![forbid(unsafe_code)]
 
@@ -21,6 +24,7 @@ pub mod keys;
 mod server;
 mod shim;
 mod tls;
+pub mod webpush;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,6 +33,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use server::FakeServer;
+pub use webpush::{
+    CapturedPush, FakeWebPush, FakeWebPushConfig, SubscriptionInfo, SubscriptionKeys, WebPushStats,
+};
 
 /// Which service the fake imitates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +60,20 @@ pub enum Latency {
         /// Longest delay.
         max: Duration,
     },
+}
+
+impl Latency {
+    /// Waits the injected delay, if any.
+    pub(crate) async fn wait(&self) {
+        match self {
+            Latency::None => {}
+            Latency::Fixed(d) => tokio::time::sleep(*d).await,
+            Latency::Uniform { min, max } => {
+                let d = rand::Rng::gen_range(&mut rand::thread_rng(), *min..=*max);
+                tokio::time::sleep(d).await;
+            }
+        }
+    }
 }
 
 /// How a [`FakeServer`] behaves; start from [`FakeConfig::apns`] or [`FakeConfig::fcm`].

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufWriter, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -90,21 +90,7 @@ impl FakeServer {
             })
             .transpose()?;
         let minted = tls::mint()?;
-        let (ca_path, ca_temp) = match &config.ca_out {
-            Some(path) => {
-                std::fs::write(path, &minted.ca_pem)?;
-                (path.clone(), None)
-            }
-            None => {
-                let mut file = tempfile::Builder::new()
-                    .prefix("volley-fake-ca-")
-                    .suffix(".pem")
-                    .tempfile()?;
-                file.write_all(minted.ca_pem.as_bytes())?;
-                let path = file.into_temp_path();
-                (path.to_path_buf(), Some(path))
-            }
-        };
+        let (ca_path, ca_temp) = tls::write_ca(&minted.ca_pem, config.ca_out.as_deref())?;
         let record = config
             .record_path
             .as_deref()
@@ -187,17 +173,7 @@ impl FakeServer {
 
     /// `https://127.0.0.1:PORT` (or `http://…` for h2c); an unspecified bind address becomes loopback.
     pub fn endpoint(&self) -> String {
-        let port = self.addr.port();
-        match self.addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => {
-                format!("{}://{}:{port}", self.scheme, Ipv4Addr::LOCALHOST)
-            }
-            IpAddr::V4(ip) => format!("{}://{ip}:{port}", self.scheme),
-            IpAddr::V6(ip) if ip.is_unspecified() => {
-                format!("{}://[{}]:{port}", self.scheme, Ipv6Addr::LOCALHOST)
-            }
-            IpAddr::V6(ip) => format!("{}://[{ip}]:{port}", self.scheme),
-        }
+        origin(self.scheme, self.addr)
     }
 
     /// The fake OAuth token endpoint (FCM): [`FakeServer::endpoint`] + `/token`.
@@ -267,11 +243,7 @@ impl std::fmt::Debug for FakeServer {
 }
 
 fn validate(config: &FakeConfig) -> Result<(), FakeError> {
-    if !(0.0..=1.0).contains(&config.transient_error_rate) {
-        return Err(FakeError::Config(
-            "transient_error_rate must be within 0..=1".into(),
-        ));
-    }
+    validate_injection(&config.latency, config.transient_error_rate)?;
     if config.max_concurrent_streams == 0 {
         return Err(FakeError::Config(
             "max_concurrent_streams must be at least 1".into(),
@@ -280,7 +252,20 @@ fn validate(config: &FakeConfig) -> Result<(), FakeError> {
     if config.goaway_after == Some(0) {
         return Err(FakeError::Config("goaway_after must be at least 1".into()));
     }
-    if let Latency::Uniform { min, max } = config.latency {
+    Ok(())
+}
+
+/// Checks the injected latency and transient error rate, which every fake shares.
+pub(crate) fn validate_injection(
+    latency: &Latency,
+    transient_error_rate: f64,
+) -> Result<(), FakeError> {
+    if !(0.0..=1.0).contains(&transient_error_rate) {
+        return Err(FakeError::Config(
+            "transient_error_rate must be within 0..=1".into(),
+        ));
+    }
+    if let Latency::Uniform { min, max } = latency {
         if min > max {
             return Err(FakeError::Config("latency min exceeds max".into()));
         }
@@ -359,27 +344,7 @@ impl Ctx {
         if captured.len() >= self.config.capture {
             return;
         }
-        let mut headers = std::collections::BTreeMap::<String, String>::new();
-        for (name, value) in &parts.headers {
-            let value = String::from_utf8_lossy(value.as_bytes());
-            let value = if name == http::header::AUTHORIZATION {
-                // The scheme only: a capture never holds a credential.
-                value
-                    .split(' ')
-                    .next()
-                    .unwrap_or_default()
-                    .to_ascii_lowercase()
-            } else {
-                value.into_owned()
-            };
-            headers
-                .entry(name.as_str().to_owned())
-                .and_modify(|joined| {
-                    joined.push_str(", ");
-                    joined.push_str(&value);
-                })
-                .or_insert(value);
-        }
+        let headers = capture_headers(&parts.headers);
         let body = serde_json::from_slice(body).unwrap_or_else(|_| {
             serde_json::Value::String(String::from_utf8_lossy(body).into_owned())
         });
@@ -504,6 +469,47 @@ pub(crate) fn bad_gateway() -> (Response<()>, Bytes) {
           <body><h1>502 Bad Gateway</h1><p>The server encountered a temporary error.</p></body></html>\n",
     );
     (response, body)
+}
+
+/// `scheme://host:port` for a bound address; an unspecified address becomes loopback.
+pub(crate) fn origin(scheme: &str, addr: SocketAddr) -> String {
+    let port = addr.port();
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            format!("{scheme}://{}:{port}", Ipv4Addr::LOCALHOST)
+        }
+        IpAddr::V4(ip) => format!("{scheme}://{ip}:{port}"),
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            format!("{scheme}://[{}]:{port}", Ipv6Addr::LOCALHOST)
+        }
+        IpAddr::V6(ip) => format!("{scheme}://[{ip}]:{port}"),
+    }
+}
+
+/// Every header of a captured request, names lowercase, a repeated header's values joined
+/// with `, `, and `authorization` cut to its scheme so that a capture never holds a credential.
+pub(crate) fn capture_headers(headers: &http::HeaderMap) -> BTreeMap<String, String> {
+    let mut captured = BTreeMap::<String, String>::new();
+    for (name, value) in headers {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        let value = if name == http::header::AUTHORIZATION {
+            value
+                .split(' ')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase()
+        } else {
+            value.into_owned()
+        };
+        captured
+            .entry(name.as_str().to_owned())
+            .and_modify(|joined| {
+                joined.push_str(", ");
+                joined.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    captured
 }
 
 /// Seconds since the Unix epoch by the fake's real clock.
@@ -797,14 +803,7 @@ async fn serve_stream(
     let Ok(bytes) = read_body(&mut body, first).await else {
         return;
     };
-    match &ctx.config.latency {
-        Latency::None => {}
-        Latency::Fixed(d) => tokio::time::sleep(*d).await,
-        Latency::Uniform { min, max } => {
-            let d = rand::thread_rng().gen_range(*min..=*max);
-            tokio::time::sleep(d).await;
-        }
-    }
+    ctx.config.latency.wait().await;
     answer(&ctx, &open.0, &parts, &bytes, respond);
 }
 

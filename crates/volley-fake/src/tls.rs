@@ -1,5 +1,7 @@
 //! The CA and server certificate minted at start-up, and the rustls server configuration.
 
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
@@ -15,6 +17,38 @@ use crate::FakeError;
 pub(crate) struct Minted {
     pub(crate) ca_pem: String,
     pub(crate) server_config: Arc<ServerConfig>,
+}
+
+impl Minted {
+    /// The same certificate offered with other ALPN protocols, in order of preference.
+    pub(crate) fn with_alpn(&self, protocols: &[&[u8]]) -> Arc<ServerConfig> {
+        let mut config = ServerConfig::clone(&self.server_config);
+        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
+/// Writes the CA certificate to `ca_out`, or to a temporary file that lives (and is removed
+/// with) the returned handle, and says where it is.
+pub(crate) fn write_ca(
+    ca_pem: &str,
+    ca_out: Option<&Path>,
+) -> Result<(PathBuf, Option<tempfile::TempPath>), FakeError> {
+    match ca_out {
+        Some(path) => {
+            std::fs::write(path, ca_pem)?;
+            Ok((path.to_path_buf(), None))
+        }
+        None => {
+            let mut file = tempfile::Builder::new()
+                .prefix("volley-fake-ca-")
+                .suffix(".pem")
+                .tempfile()?;
+            file.write_all(ca_pem.as_bytes())?;
+            let path = file.into_temp_path();
+            Ok((path.to_path_buf(), Some(path)))
+        }
+    }
 }
 
 /// Mints a CA and a server certificate for `localhost`, 127.0.0.1 and ::1, and a rustls
