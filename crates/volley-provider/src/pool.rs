@@ -722,8 +722,10 @@ impl Connector {
     }
 }
 
-/// Connects to the first address that accepts, in the resolver's order.
-async fn connect_any(addresses: &[SocketAddr]) -> Result<TcpStream, String> {
+/// Connects to the first address that accepts, in the resolver's order; the error is a
+/// message for [`SendError::Connect`]. Public for clients that open connections of their own
+/// to resolver-checked addresses (Web Push over HTTP/1.1).
+pub async fn connect_any(addresses: &[SocketAddr]) -> Result<TcpStream, String> {
     let mut last_error = None;
     for address in addresses {
         match TcpStream::connect(address).await {
@@ -734,7 +736,9 @@ async fn connect_any(addresses: &[SocketAddr]) -> Result<TcpStream, String> {
     Err(last_error.unwrap_or_else(|| "the resolver returned no address".to_string()))
 }
 
-fn describe_tls_error(e: std::io::Error) -> String {
+/// A TLS handshake failure as a message for [`SendError::Connect`], saying when the server's
+/// certificate is not trusted and how to trust it.
+pub fn describe_tls_error(e: std::io::Error) -> String {
     let untrusted = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
