@@ -20,6 +20,10 @@ pub struct DemoArgs {
     /// Share of the tokens that are APNs tokens (the rest are FCM).
     #[arg(long, default_value_t = 0.5)]
     pub apns_share: f64,
+    /// Web Push subscriptions in the broadcast besides the tokens (each message encrypted for
+    /// its subscription, and decrypted by the fake push service).
+    #[arg(long, default_value_t = 10_000)]
+    pub webpush: usize,
     /// Agents in the cluster (on 2 cores, more agents cost more CPU per notification: see
     /// docs/performance.md).
     #[arg(long, default_value_t = 2)]
@@ -44,12 +48,36 @@ pub struct DemoReport {
     pub total_time: Duration,
     /// The fakes' final counters (APNs, FCM).
     pub fakes: (volley_fake::Stats, volley_fake::Stats),
+    /// The fake push service's final counters.
+    pub webpush: volley_fake::WebPushStats,
+}
+
+/// Web Push subscriptions of `fake` for a broadcast: one in `invalid_every` (0 = none) is one
+/// the fake answers 410 Gone.
+pub fn webpush_subscriptions(
+    fake: &volley_fake::FakeWebPush,
+    n: usize,
+    invalid_every: usize,
+) -> Vec<volley_fake::SubscriptionInfo> {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    (0..n)
+        .map(|i| {
+            let dead = invalid_every > 0 && i % invalid_every == invalid_every - 1;
+            let prefix = if dead { "dead" } else { &run[..8] };
+            fake.subscription(&format!("{prefix}-{i}"))
+        })
+        .collect()
 }
 
 /// Builds the broadcast's JSON body without an intermediate `Value` tree.
-pub fn broadcast_body(apns: usize, fcm: usize, invalid_every: usize) -> String {
+pub fn broadcast_body(
+    apns: usize,
+    fcm: usize,
+    webpush: &[volley_fake::SubscriptionInfo],
+    invalid_every: usize,
+) -> String {
     let run = uuid::Uuid::new_v4().simple().to_string();
-    let mut body = String::with_capacity(apns * 67 + fcm * 70 + 256);
+    let mut body = String::with_capacity(apns * 67 + fcm * 70 + webpush.len() * 200 + 256);
     body.push_str(r#"{"title":"Volley demo","body":"Hello from Volley","badge":1,"sound":"default","data":{"campaign":"demo"},"targets":{"apns":["#);
     for i in 0..apns {
         if i > 0 {
@@ -70,6 +98,17 @@ pub fn broadcast_body(apns: usize, fcm: usize, invalid_every: usize) -> String {
         let prefix = if dead { "deaddead" } else { &run[8..16] };
         let _ = write!(body, "\"{prefix}:APA91b{:054x}\"", i);
     }
+    body.push_str(r#"],"webpush":["#);
+    for (i, subscription) in webpush.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        let _ = write!(
+            body,
+            r#"{{"endpoint":"{}","keys":{{"p256dh":"{}","auth":"{}"}}}}"#,
+            subscription.endpoint, subscription.keys.p256dh, subscription.keys.auth
+        );
+    }
     body.push_str("]}}");
     body
 }
@@ -83,7 +122,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
     let apns = ((args.tokens as f64) * args.apns_share.clamp(0.0, 1.0)).round() as usize;
     let fcm = args.tokens - apns;
     eprintln!(
-        "starting a cluster in this process: fake APNs, fake FCM, a controller, {} agents and a front",
+        "starting a cluster in this process: fake APNs, FCM and Web Push, a controller, {} agents and a front",
         args.agents
     );
     let cluster = Cluster::start(ClusterOptions {
@@ -92,10 +131,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
     })
     .await?;
     let client = cluster.client();
-    let body = broadcast_body(apns, fcm, args.invalid_every);
+    let subscriptions =
+        webpush_subscriptions(&cluster.fake_webpush, args.webpush, args.invalid_every);
+    let body = broadcast_body(apns, fcm, &subscriptions, args.invalid_every);
+    drop(subscriptions);
     eprintln!(
-        "broadcasting one notification to {} tokens ({apns} APNs, {fcm} FCM; {:.1} MB of JSON)",
-        args.tokens,
+        "broadcasting one notification to {} devices ({apns} APNs, {fcm} FCM, {} Web Push; \
+         {:.1} MB of JSON)",
+        args.tokens + args.webpush,
+        args.webpush,
         body.len() as f64 / 1e6
     );
     let started = Instant::now();
@@ -145,12 +189,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
     };
     let total_time = started.elapsed();
     bar.finish_and_clear();
+    let webpush = cluster.fake_webpush.stats();
     let fakes = tokio::task::spawn_blocking(move || cluster.shutdown()).await??;
     let report = DemoReport {
         status,
         accept_time,
         total_time,
         fakes,
+        webpush,
     };
     print_summary(&report);
     check(&report)?;
@@ -173,8 +219,8 @@ fn print_summary(report: &DemoReport) {
         report.accept_time.as_secs_f64()
     );
     println!(
-        "  delivered     {delivered:>10}  (fake APNs {}, fake FCM {})",
-        apns.delivered, fcm.delivered
+        "  delivered     {delivered:>10}  (fake APNs {}, fake FCM {}, fake Web Push {})",
+        apns.delivered, fcm.delivered, report.webpush.delivered
     );
     println!(
         "  invalid       {:>10}  (tokens the providers called dead)",
@@ -183,7 +229,7 @@ fn print_summary(report: &DemoReport) {
     println!("  failed        {:>10}", count(status, "failed"));
     println!(
         "  duplicates    {:>10}  (possible: {})",
-        apns.duplicate_tokens + fcm.duplicate_tokens,
+        apns.duplicate_tokens + fcm.duplicate_tokens + report.webpush.duplicate_ids,
         count(status, "possible_duplicates")
     );
     println!("  time          {seconds:>10.2} s");
@@ -220,11 +266,19 @@ fn check(report: &DemoReport) -> anyhow::Result<()> {
     if outcomes != accepted {
         bail!("counts do not balance: accepted {accepted}, outcomes {outcomes}");
     }
-    let fake_delivered = apns.distinct_tokens + fcm.distinct_tokens;
+    let fake_delivered = apns.distinct_tokens + fcm.distinct_tokens + report.webpush.distinct_ids;
     if fake_delivered != count(status, "delivered") {
         bail!(
-            "the job reports {} delivered but the fakes received {fake_delivered} distinct tokens",
+            "the job reports {} delivered but the fakes received {fake_delivered} distinct tokens \
+             and subscriptions",
             count(status, "delivered")
+        );
+    }
+    if report.webpush.decrypt_failures > 0 || report.webpush.vapid_failures > 0 {
+        bail!(
+            "the fake push service could not decrypt {} messages and refused {} VAPID signatures",
+            report.webpush.decrypt_failures,
+            report.webpush.vapid_failures
         );
     }
     println!("  check         ok: accepted = delivered + invalid + failed, and the fakes agree");

@@ -10,3 +10,4 @@ pub mod logging;
 pub mod memory;
 pub mod push;
 pub mod signal;
+pub mod vapid;

@@ -88,6 +88,11 @@ enum Command {
         #[command(subcommand)]
         command: volley::certs::CertsCommand,
     },
+    /// Web Push tools: `volley vapid generate` makes an app's VAPID key pair.
+    Vapid {
+        #[command(subcommand)]
+        command: volley::vapid::VapidCommand,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -133,6 +138,7 @@ fn main() -> ExitCode {
             return report(runtime().and_then(|rt| rt.block_on(volley::demo::run(args)).map(drop)));
         }
         Command::Certs { command } => return report(volley::certs::run(command)),
+        Command::Vapid { command } => return report(volley::vapid::run(command)),
         Command::Bench(args) => {
             init_logging(LogFormat::Text, "warn", cli.log_format.as_deref());
             return report(volley::bench::run(args));
@@ -229,6 +235,7 @@ fn main() -> ExitCode {
         | Command::Push(_)
         | Command::Demo(_)
         | Command::Certs { .. }
+        | Command::Vapid { .. }
         | Command::Bench(_) => {
             unreachable!("handled above")
         }

@@ -32,6 +32,10 @@ pub struct PushArgs {
     /// An FCM registration token (repeatable).
     #[arg(long = "fcm")]
     pub fcm_tokens: Vec<String>,
+    /// A Web Push subscription, as the browser's `PushSubscription.toJSON()` gives it
+    /// (`{"endpoint": …, "keys": {…}}`), or `@FILE` holding one (repeatable).
+    #[arg(long = "webpush")]
+    pub webpush: Vec<String>,
     /// A file of tokens, one per line, each `apns:<token>` or `fcm:<token>`.
     #[arg(long)]
     pub tokens_file: Option<PathBuf>,
@@ -69,14 +73,26 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
             }
         }
     }
-    if apns.is_empty() && fcm.is_empty() {
-        bail!("no token given: use --apns, --fcm or --tokens-file");
+    let mut webpush = Vec::new();
+    for given in &args.webpush {
+        let text = match given.strip_prefix('@') {
+            Some(file) => {
+                std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?
+            }
+            None => given.clone(),
+        };
+        let subscription: serde_json::Value = serde_json::from_str(&text)
+            .context("--webpush takes a subscription's JSON (or @FILE)")?;
+        webpush.push(subscription);
+    }
+    if apns.is_empty() && fcm.is_empty() && webpush.is_empty() {
+        bail!("no token given: use --apns, --fcm, --webpush or --tokens-file");
     }
     let client = FrontClient::new(args.front.clone(), Some(args.api_key.clone()));
     let request = json!({
         "title": args.title,
         "body": args.body,
-        "targets": {"apns": apns, "fcm": fcm},
+        "targets": {"apns": apns, "fcm": fcm, "webpush": webpush},
     });
     let response = client
         .post(

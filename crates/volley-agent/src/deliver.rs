@@ -10,7 +10,8 @@ use parking_lot::Mutex;
 use rand::Rng;
 use tokio::time::Instant;
 use volley_contracts::{
-    ApnsRender, ChunkFailure, ChunkReport, ErrorCode, FcmRender, TokenList, WireError,
+    ApnsRender, ChunkFailure, ChunkReport, ErrorCode, FcmRender, TokenList, WebPushRender,
+    WireError,
 };
 use volley_provider::{Outcome, Reason};
 
@@ -154,6 +155,28 @@ pub(crate) fn prepare_apns(
 pub(crate) fn prepare_fcm(render: &FcmRender) -> Result<volley_fcm::PreparedMessage, WireError> {
     volley_fcm::PreparedMessage::from_parts(&render.prefix, render.suffix.clone())
         .map_err(|error| WireError::new(ErrorCode::InvalidArgument, error.to_string()))
+}
+
+/// The chunk's Web Push rendering as the client's prepared notification (the message is
+/// encrypted per subscription as it is sent).
+pub(crate) fn prepare_webpush(
+    render: &WebPushRender,
+) -> Result<volley_webpush::Prepared, WireError> {
+    let urgency = match render.urgency.as_deref() {
+        None => None,
+        Some(text) => Some(text.parse().map_err(|_| {
+            WireError::new(
+                ErrorCode::InvalidArgument,
+                format!("unknown web push urgency {text:?}"),
+            )
+        })?),
+    };
+    Ok(volley_webpush::Prepared {
+        payload: render.payload.clone(),
+        ttl: render.ttl,
+        urgency,
+        topic: render.topic.clone(),
+    })
 }
 
 /// Sends one notification per token, `concurrency` at a time, and reports the outcomes.

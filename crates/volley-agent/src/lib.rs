@@ -70,7 +70,7 @@ pub enum AgentError {
         message: String,
     },
     /// The agent has no app to serve.
-    #[error("the agent has no app with credentials: add [[apps]] with [apps.apns] or [apps.fcm]")]
+    #[error("the agent has no app with credentials: add [[apps]] with [apps.apns], [apps.fcm] or [apps.webpush]")]
     NoApps,
     /// The listener failed.
     #[error("agent listener: {0}")]
@@ -83,6 +83,7 @@ struct AppClients {
     topic: Option<String>,
     apns: Option<(volley_apns::ApnsClient, Arc<Lane>)>,
     fcm: Option<(volley_fcm::FcmClient, Arc<Lane>)>,
+    webpush: Option<(volley_webpush::WebPushClient, Arc<Lane>)>,
 }
 
 /// A breaker and a rate limit for one app's provider.
@@ -213,10 +214,60 @@ fn app_clients(config: &Config, index: usize, app: &AppConfig) -> Result<AppClie
             ))
         }
     };
+    let webpush = match &app.webpush {
+        None => None,
+        Some(webpush) => {
+            let key = match (&webpush.vapid_private_key, &webpush.vapid_private_key_file) {
+                (Some(key), _) => volley_webpush::vapid::VapidKey::from_base64url(key.expose())
+                    .map_err(|error| invalid("webpush.vapid_private_key", error.to_string()))?,
+                (None, Some(path)) => {
+                    let field = "webpush.vapid_private_key_file";
+                    let text = read(format!("{prefix}.{field}"), path)?;
+                    let text = text.trim();
+                    let key = if text.starts_with("-----BEGIN") {
+                        volley_webpush::vapid::VapidKey::from_pem(text)
+                    } else {
+                        volley_webpush::vapid::VapidKey::from_base64url(text)
+                    };
+                    key.map_err(|error| invalid(field, error.to_string()))?
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        "webpush.vapid_private_key",
+                        "required on an agent (or vapid_private_key_file)".into(),
+                    ))
+                }
+            };
+            let guard = volley_webpush::guard::Guard::new(
+                webpush.allowed_hosts.clone(),
+                webpush.allow_private.clone(),
+            )
+            .map_err(|error| invalid("webpush.allow_private", error.to_string()))?;
+            let mut client_config =
+                volley_webpush::WebPushConfig::new(key, webpush.subject.clone());
+            client_config.guard = guard;
+            client_config.connections_per_origin = agent.connections;
+            client_config.request_timeout = agent.request_timeout;
+            client_config.tls = TlsOptions {
+                extra_ca_pem: webpush.ca_file.clone(),
+                ..TlsOptions::default()
+            };
+            Some((
+                volley_webpush::WebPushClient::new(client_config)
+                    .map_err(|error| invalid("webpush", error.to_string()))?,
+                lane(
+                    format!("{}/WebPush", app.name),
+                    agent,
+                    webpush.rate_limit_per_second,
+                ),
+            ))
+        }
+    };
     Ok(AppClients {
         topic: app.apns.as_ref().map(|apns| apns.topic.clone()),
         apns,
         fcm,
+        webpush,
     })
 }
 
@@ -442,6 +493,20 @@ impl AgentServer {
                 })
                 .await?
             }
+            Render::WebPush(render) => {
+                let (client, webpush_lane) = app
+                    .webpush
+                    .as_ref()
+                    .ok_or_else(|| no_credentials("Web Push"))?;
+                lane = webpush_lane;
+                let expiry = Some(received + Duration::from_secs(u64::from(render.ttl)));
+                let prepared = deliver::prepare_webpush(render)?;
+                provider = "Web Push";
+                self.send_chunk(&chunk, provider, lane, deadline, expiry, |token| {
+                    client.send(token, &prepared)
+                })
+                .await?
+            }
         };
         let Ok(report) = delivered else {
             tracing::info!(chunk = %chunk.id, app = %chunk.app, provider, "circuit opened before anything was delivered; chunk handed back");
@@ -549,6 +614,7 @@ pub async fn run(
             platforms: [
                 clients.apns.as_ref().map(|_| Platform::Apns),
                 clients.fcm.as_ref().map(|_| Platform::Fcm),
+                clients.webpush.as_ref().map(|_| Platform::WebPush),
             ]
             .into_iter()
             .flatten()

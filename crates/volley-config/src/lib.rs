@@ -543,6 +543,8 @@ pub struct AppConfig {
     pub apns: Option<ApnsAppConfig>,
     /// FCM credentials, when the app sends through Firebase.
     pub fcm: Option<FcmAppConfig>,
+    /// Web Push settings (VAPID key, SSRF rules), when the app sends to browsers.
+    pub webpush: Option<WebPushAppConfig>,
     /// Requests per second allowed per API key of this app (overrides
     /// `front.key_requests_per_second`).
     #[serde(default)]
@@ -656,6 +658,40 @@ fn default_fcm_endpoint() -> String {
     "https://fcm.googleapis.com".into()
 }
 
+/// An app's Web Push settings: the VAPID key that identifies it to push services, and which
+/// endpoints its agents may be sent to (subscriptions come from browsers, that is from users:
+/// see `docs/webpush.md`).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebPushAppConfig {
+    /// The VAPID private key: 32 bytes, URL-safe base64 (what `volley vapid generate` and
+    /// the web-push tools print). Agents need it (or `vapid_private_key_file`).
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub vapid_private_key: Option<Secret>,
+    /// A file holding the VAPID private key: the base64 form, or a PEM EC key.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub vapid_private_key_file: Option<PathBuf>,
+    /// The VAPID `sub` claim: how a push service reaches the sender, `mailto:` or `https:`.
+    pub subject: String,
+    /// Host suffixes the endpoints must be under (`fcm.googleapis.com`,
+    /// `push.services.mozilla.com`, `push.apple.com`, `notify.windows.com`); empty: any
+    /// host with a public address.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Address ranges (CIDR, or one address) endpoints may resolve to although they are not
+    /// public: loopback, private, link-local. None by default.
+    #[serde(default)]
+    pub allow_private: Vec<String>,
+    /// Extra CA certificates to trust (a fake push service's CA).
+    #[schema(value_type = Option<String>)]
+    pub ca_file: Option<PathBuf>,
+    /// Most Web Push requests per second for this app from each agent (none by default).
+    #[serde(default)]
+    pub rate_limit_per_second: Option<u32>,
+}
+
 /// The key an app is known by in error messages (`apps[2]`, or `apps.<name>`).
 fn app_key(index: usize) -> String {
     format!("apps[{index}]")
@@ -734,11 +770,24 @@ impl Config {
                     format!("app {:?} is declared twice", app.name),
                 ));
             }
-            if app.apns.is_none() && app.fcm.is_none() {
+            if app.apns.is_none() && app.fcm.is_none() && app.webpush.is_none() {
                 return Err(ConfigError::invalid(
                     key.clone(),
-                    "an app needs an [apps.apns] or [apps.fcm] section",
+                    "an app needs an [apps.apns], [apps.fcm] or [apps.webpush] section",
                 ));
+            }
+            if let Some(webpush) = &app.webpush {
+                let subject = webpush.subject.as_str();
+                let scheme_ok = subject
+                    .strip_prefix("mailto:")
+                    .or_else(|| subject.strip_prefix("https://"))
+                    .is_some_and(|rest| !rest.is_empty());
+                if !scheme_ok {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.webpush.subject"),
+                        "must be a mailto: or https: URL (the VAPID contact push services use)",
+                    ));
+                }
             }
             if let Some(apns) = &app.apns {
                 if apns.topic.is_empty() {
@@ -873,6 +922,10 @@ impl AppConfig {
                 "fcm",
                 self.fcm.as_ref().and_then(|f| f.rate_limit_per_second),
             ),
+            (
+                "webpush",
+                self.webpush.as_ref().and_then(|w| w.rate_limit_per_second),
+            ),
         ] {
             if limit == Some(0) {
                 return Err(ConfigError::invalid(
@@ -924,6 +977,24 @@ impl AppConfig {
                     format!("{key}.fcm.service_account_file"),
                     "required on an agent: FCM requests are authorised with it",
                 ));
+            }
+        }
+        if let Some(webpush) = &self.webpush {
+            match (&webpush.vapid_private_key, &webpush.vapid_private_key_file) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.webpush.vapid_private_key"),
+                        "set vapid_private_key or vapid_private_key_file, not both",
+                    ))
+                }
+                (None, None) => {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.webpush.vapid_private_key"),
+                        "required on an agent (or vapid_private_key_file): push services \
+                         identify the sender by it; `volley vapid generate` makes one",
+                    ))
+                }
+                _ => {}
             }
         }
         Ok(())

@@ -91,17 +91,30 @@ pub enum Platform {
     Apns,
     /// Firebase Cloud Messaging HTTP v1.
     Fcm,
+    /// Web Push (RFC 8030) to browsers' push services; a token is a whole subscription.
+    WebPush,
 }
 
 impl Platform {
-    /// Both platforms, in a fixed order (used to index per-platform counters).
-    pub const ALL: [Platform; 2] = [Platform::Apns, Platform::Fcm];
+    /// Every platform, in a fixed order (used to index per-platform counters).
+    pub const ALL: [Platform; 3] = [Platform::Apns, Platform::Fcm, Platform::WebPush];
 
     /// The platform's lowercase name.
     pub fn as_str(self) -> &'static str {
         match self {
             Platform::Apns => "apns",
             Platform::Fcm => "fcm",
+            Platform::WebPush => "webpush",
+        }
+    }
+
+    /// How a token of this platform is named in job statuses and webhooks: the token, but
+    /// for a Web Push subscription (`endpoint p256dh auth`) only its endpoint, which names
+    /// it while its keys stay out of every report.
+    pub fn reported_token(self, token: &str) -> &str {
+        match self {
+            Platform::WebPush => token.split(' ').next().unwrap_or_default(),
+            Platform::Apns | Platform::Fcm => token,
         }
     }
 
@@ -110,6 +123,7 @@ impl Platform {
         match self {
             Platform::Apns => 0,
             Platform::Fcm => 1,
+            Platform::WebPush => 2,
         }
     }
 }
@@ -151,6 +165,22 @@ pub struct FcmRender {
     pub suffix: Bytes,
 }
 
+/// A notification rendered for Web Push once per job: the plaintext every subscription gets
+/// (encrypted per subscription by the agent) and the request's header values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebPushRender {
+    /// The message before encryption, at most 3993 bytes (one 4096-byte `aes128gcm` record).
+    pub payload: Bytes,
+    /// `TTL`: seconds the push service keeps the message for an offline browser (0 = now or
+    /// never).
+    pub ttl: u32,
+    /// `Urgency`: `very-low`, `low`, `normal` or `high`; `None` sends no header (normal).
+    pub urgency: Option<String>,
+    /// `Topic`: a newer message with the same topic replaces one still waiting (at most 32
+    /// URL-safe base64 characters).
+    pub topic: Option<String>,
+}
+
 /// The rendered notification a chunk carries for its provider.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Render {
@@ -158,6 +188,8 @@ pub enum Render {
     Apns(ApnsRender),
     /// For FCM tokens.
     Fcm(FcmRender),
+    /// For Web Push subscriptions.
+    WebPush(WebPushRender),
 }
 
 impl Render {
@@ -166,6 +198,7 @@ impl Render {
         match self {
             Render::Apns(_) => Platform::Apns,
             Render::Fcm(_) => Platform::Fcm,
+            Render::WebPush(_) => Platform::WebPush,
         }
     }
 }
@@ -183,6 +216,10 @@ pub struct SubmitJob {
     pub apns_tokens: TokenList,
     /// FCM registration tokens.
     pub fcm_tokens: TokenList,
+    /// The notification rendered for Web Push, when there are subscriptions.
+    pub webpush: Option<WebPushRender>,
+    /// Web Push subscriptions, each one token: `endpoint p256dh auth` (see `volley-webpush`).
+    pub webpush_tokens: TokenList,
     /// A caller's key that makes a repeated submission return the same job, scoped to `app`.
     pub idempotency_key: Option<IdempotencyKey>,
     /// Tokens of the request the front refused as malformed (not part of the job's tokens):
@@ -280,7 +317,16 @@ pub struct RejectedToken {
 impl SubmitJob {
     /// How many notifications the job holds.
     pub fn len(&self) -> usize {
-        self.apns_tokens.len() + self.fcm_tokens.len()
+        self.apns_tokens.len() + self.fcm_tokens.len() + self.webpush_tokens.len()
+    }
+
+    /// The job's tokens for `platform`.
+    pub fn tokens(&self, platform: Platform) -> &TokenList {
+        match platform {
+            Platform::Apns => &self.apns_tokens,
+            Platform::Fcm => &self.fcm_tokens,
+            Platform::WebPush => &self.webpush_tokens,
+        }
     }
 
     /// True when the job has no token at all.

@@ -783,6 +783,8 @@ mod tests {
             fcm: None,
             apns_tokens: Default::default(),
             fcm_tokens: Default::default(),
+            webpush: None,
+            webpush_tokens: Default::default(),
             idempotency_key: None,
             rejected: Default::default(),
         }

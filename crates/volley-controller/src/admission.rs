@@ -168,12 +168,10 @@ impl Admissions {
             }
         }
         if !self.accept_unserved {
-            let platforms = [
-                (Platform::Apns, submit.apns_tokens.len()),
-                (Platform::Fcm, submit.fcm_tokens.len()),
-            ];
-            for (platform, tokens) in platforms {
-                if tokens > 0 && !registry.may_be_served(&submit.app, platform) {
+            for platform in Platform::ALL {
+                if !submit.tokens(platform).is_empty()
+                    && !registry.may_be_served(&submit.app, platform)
+                {
                     return Err(self.reject(
                         Rejection::NoCredentials,
                         ErrorCode::NoCredentials,

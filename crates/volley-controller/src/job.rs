@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use volley_contracts::{
     ApnsRender, Chunk, ChunkId, ChunkReport, FailureCount, FcmRender, InvalidToken,
     InvalidTokenPage, JobId, JobState, JobStatus, Platform, Render, SubmitJob, TokenList,
+    WebPushRender,
 };
 
 /// One chunk's place in its job: which tokens of which platform.
@@ -39,8 +40,10 @@ pub(crate) struct Job {
     rejected: volley_contracts::Rejected,
     apns: Option<ApnsRender>,
     fcm: Option<FcmRender>,
+    webpush: Option<WebPushRender>,
     apns_tokens: TokenList,
     fcm_tokens: TokenList,
+    webpush_tokens: TokenList,
     pub(crate) chunks_total: u32,
     /// Set (under the progress lock, while the job is unfinished) by a cancel; read without
     /// the lock by the dispatchers before a chunk goes out.
@@ -75,7 +78,7 @@ struct Progress {
     failures: HashMap<(Platform, String, String), u64>,
     finished_ms: Option<u64>,
     /// Notifications without a final outcome, per platform.
-    unfinished: [u64; 2],
+    unfinished: [u64; Platform::ALL.len()],
 }
 
 /// A restored job's chunks without a report, as the store left them.
@@ -122,10 +125,8 @@ impl Job {
         created_ms: u64,
     ) -> (Job, Vec<ChunkSpec>) {
         let mut specs = Vec::new();
-        for (platform, tokens) in [
-            (Platform::Apns, &submit.apns_tokens),
-            (Platform::Fcm, &submit.fcm_tokens),
-        ] {
+        for platform in Platform::ALL {
+            let tokens = submit.tokens(platform);
             let mut start = 0;
             while start < tokens.len() {
                 let end = (start + chunk_size).min(tokens.len());
@@ -137,21 +138,21 @@ impl Job {
                 start = end;
             }
         }
-        let unfinished = [
-            submit.apns_tokens.len() as u64,
-            submit.fcm_tokens.len() as u64,
-        ];
+        let unfinished = Platform::ALL.map(|platform| submit.tokens(platform).len() as u64);
+        let accepted = submit.len() as u64;
         let job = Job {
             id,
             app: submit.app,
             created_ms,
-            accepted: (submit.apns_tokens.len() + submit.fcm_tokens.len()) as u64,
+            accepted,
             idempotency_key: submit.idempotency_key.map(|key| key.key),
             rejected: submit.rejected,
             apns: submit.apns,
             fcm: submit.fcm,
+            webpush: submit.webpush,
             apns_tokens: submit.apns_tokens,
             fcm_tokens: submit.fcm_tokens,
+            webpush_tokens: submit.webpush_tokens,
             chunks_total: specs.len() as u32,
             cancelled: AtomicBool::new(false),
             progress: Mutex::new(Progress {
@@ -225,6 +226,7 @@ impl Job {
         match platform {
             Platform::Apns => &self.apns_tokens,
             Platform::Fcm => &self.fcm_tokens,
+            Platform::WebPush => &self.webpush_tokens,
         }
     }
 
@@ -236,6 +238,7 @@ impl Job {
         let render = match spec.platform {
             Platform::Apns => Render::Apns(self.apns.clone()?),
             Platform::Fcm => Render::Fcm(self.fcm.clone()?),
+            Platform::WebPush => Render::WebPush(self.webpush.clone()?),
         };
         Some(Chunk {
             id: ChunkId {
@@ -316,6 +319,7 @@ impl Job {
         for (index, reason, timestamp_ms) in &report.invalid {
             let token = tokens
                 .get(spec.range.start + *index as usize)
+                .map(|token| spec.platform.reported_token(token))
                 .unwrap_or_default()
                 .to_owned();
             progress.invalid_tokens.push(InvalidToken {
@@ -467,6 +471,8 @@ mod tests {
             }),
             apns_tokens: (0..apns).map(|i| format!("{i:064x}")).collect(),
             fcm_tokens: (0..fcm).map(|i| format!("fcm-{i}")).collect(),
+            webpush: None,
+            webpush_tokens: Default::default(),
             idempotency_key: None,
             rejected: Default::default(),
         }

@@ -33,13 +33,13 @@ pub(crate) struct Registry {
     next_id: AtomicU64,
     /// Per app, the platforms (by index) some agent has declared, in this run or an earlier
     /// one. Read by every submission: looked up by the app's name, no key to build.
-    declared: Mutex<HashMap<String, [bool; 2]>>,
+    declared: Mutex<HashMap<String, [bool; Platform::ALL.len()]>>,
 }
 
 impl Registry {
     /// A registry that knows the pairs declared in earlier runs.
     pub(crate) fn new(declared: impl IntoIterator<Item = (String, Platform)>) -> Registry {
-        let mut known: HashMap<String, [bool; 2]> = HashMap::new();
+        let mut known: HashMap<String, [bool; Platform::ALL.len()]> = HashMap::new();
         for (app, platform) in declared {
             known.entry(app).or_default()[platform.index()] = true;
         }

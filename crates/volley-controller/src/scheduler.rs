@@ -117,7 +117,7 @@ impl AgentSlot {
 struct Inner {
     queues: Vec<Queue>,
     /// app → queue index per platform.
-    index: HashMap<String, [Option<usize>; 2]>,
+    index: HashMap<String, [Option<usize>; Platform::ALL.len()]>,
     agents: HashMap<AgentId, AgentSlot>,
     /// Where the next pull starts its walk.
     cursor: usize,
@@ -356,7 +356,8 @@ impl Scheduler {
         }
         {
             let mut inner = self.inner.lock();
-            let mut by_platform: [VecDeque<(ChunkSpec, u32)>; 2] = Default::default();
+            let mut by_platform: [VecDeque<(ChunkSpec, u32)>; Platform::ALL.len()] =
+                Default::default();
             let all = chunks.len();
             for (spec, epoch) in chunks {
                 by_platform[spec.platform.index()].push_back((spec, epoch));
@@ -592,6 +593,8 @@ mod tests {
             fcm: None,
             apns_tokens: (0..apns).map(|i| format!("{i:064x}")).collect(),
             fcm_tokens: (0..fcm).map(|i| format!("f{i}")).collect(),
+            webpush: None,
+            webpush_tokens: Default::default(),
             idempotency_key: None,
             rejected: Default::default(),
         };

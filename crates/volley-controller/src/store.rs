@@ -34,12 +34,13 @@ pub(crate) struct StoredEntry {
 const STORE_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// job id → [`RecordHeader`] (bincode): the job without its token buffers; a small job's
-/// token buffers follow the header in the same value (APNs, then FCM: see [`INLINE_TOKENS`]).
+/// token buffers follow the header in the same value (APNs, FCM, then Web Push: see
+/// [`INLINE_TOKENS`]).
 const JOBS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("jobs");
 /// Token buffers up to this size (together) are kept in the job's `JOBS` value rather than in
 /// `TOKENS`: a single-notification job is then one record, not two.
 const INLINE_TOKENS: usize = 4096;
-/// (job id, platform: 0 APNs, 1 FCM) → the job's token buffer, as the front sent it: stored
+/// (job id, platform: 0 APNs, 1 FCM, 2 Web Push) → the job's token buffer, as the front sent it: stored
 /// straight from the submission, so a million tokens are never copied into another format.
 const TOKENS: TableDefinition<'_, (u128, u8), &[u8]> = TableDefinition::new("job_tokens");
 /// (job id, chunk index) → the chunk's state ([`ChunkState`]): out with an agent (its lease
@@ -258,7 +259,8 @@ pub(crate) struct JobRecord {
 }
 
 /// What the `JOBS` table holds of a job: everything but the token buffers. Written after
-/// [`HEADER_MAGIC`] and [`HEADER_VERSION`]; a value without them is [`legacy::RecordHeader`].
+/// [`HEADER_MAGIC`] and [`HEADER_VERSION`]; a value without them is [`legacy::RecordHeader`],
+/// one of version 2 is [`v2::RecordHeader`] (no Web Push).
 #[derive(Debug, Serialize, Deserialize)]
 struct RecordHeader {
     app: String,
@@ -270,13 +272,15 @@ struct RecordHeader {
     chunk_size: u32,
     created_ms: u64,
     rejected: volley_contracts::Rejected,
+    webpush: Option<volley_contracts::WebPushRender>,
+    webpush_ends: Vec<u32>,
 }
 
 /// Starts a job record of the second layout on: the first layout starts with the app name's
 /// length as a u64, which is never `u64::MAX`.
 const HEADER_MAGIC: [u8; 8] = [0xFF; 8];
 /// The layout of [`RecordHeader`] after the magic.
-const HEADER_VERSION: u8 = 2;
+const HEADER_VERSION: u8 = 3;
 
 /// Reads a job record's header, of either layout, leaving `rest` at the inline tokens.
 fn decode_header(rest: &mut &[u8]) -> Result<RecordHeader, StoreError> {
@@ -286,12 +290,53 @@ fn decode_header(rest: &mut &[u8]) -> Result<RecordHeader, StoreError> {
             *rest = tail;
             bincode::deserialize_from(rest).map_err(db_error)
         }
+        Some([2, tail @ ..]) => {
+            *rest = tail;
+            let old: v2::RecordHeader = bincode::deserialize_from(rest).map_err(db_error)?;
+            Ok(old.into())
+        }
         Some(_) => Err(StoreError::Db(
             "a job record of a newer layout than this controller knows".into(),
         )),
         None => {
             let old: legacy::RecordHeader = bincode::deserialize_from(rest).map_err(db_error)?;
             Ok(old.into())
+        }
+    }
+}
+
+/// The second job-record layout: no Web Push.
+mod v2 {
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub(super) struct RecordHeader {
+        app: String,
+        apns: Option<volley_contracts::ApnsRender>,
+        fcm: Option<volley_contracts::FcmRender>,
+        idempotency_key: Option<String>,
+        apns_ends: Vec<u32>,
+        fcm_ends: Vec<u32>,
+        chunk_size: u32,
+        created_ms: u64,
+        rejected: volley_contracts::Rejected,
+    }
+
+    impl From<RecordHeader> for super::RecordHeader {
+        fn from(old: RecordHeader) -> Self {
+            super::RecordHeader {
+                app: old.app,
+                apns: old.apns,
+                fcm: old.fcm,
+                idempotency_key: old.idempotency_key,
+                apns_ends: old.apns_ends,
+                fcm_ends: old.fcm_ends,
+                chunk_size: old.chunk_size,
+                created_ms: old.created_ms,
+                rejected: old.rejected,
+                webpush: None,
+                webpush_ends: Vec::new(),
+            }
         }
     }
 }
@@ -341,6 +386,8 @@ mod legacy {
                 chunk_size: old.chunk_size,
                 created_ms: old.created_ms,
                 rejected: Default::default(),
+                webpush: None,
+                webpush_ends: Vec::new(),
             }
         }
     }
@@ -350,8 +397,8 @@ mod legacy {
 #[derive(Debug)]
 pub(crate) struct NewJob {
     pub(crate) header: Vec<u8>,
-    /// APNs, then FCM; empty when inline in `header`.
-    pub(crate) tokens: [bytes::Bytes; 2],
+    /// APNs, FCM, then Web Push; empty when inline in `header`.
+    pub(crate) tokens: [bytes::Bytes; 3],
 }
 
 impl NewJob {
@@ -373,9 +420,12 @@ impl NewJob {
             chunk_size: u32,
             created_ms: u64,
             rejected: &'a volley_contracts::Rejected,
+            webpush: &'a Option<volley_contracts::WebPushRender>,
+            webpush_ends: &'a [u32],
         }
         let (apns_data, apns_ends) = submit.apns_tokens.raw_parts();
         let (fcm_data, fcm_ends) = submit.fcm_tokens.raw_parts();
+        let (webpush_data, webpush_ends) = submit.webpush_tokens.raw_parts();
         let mut header = HEADER_MAGIC.to_vec();
         header.push(HEADER_VERSION);
         bincode::serialize_into(
@@ -390,13 +440,16 @@ impl NewJob {
                 chunk_size,
                 created_ms,
                 rejected: &submit.rejected,
+                webpush: &submit.webpush,
+                webpush_ends,
             },
         )
         .map_err(|error| error.to_string())?;
-        if apns_data.len() + fcm_data.len() <= INLINE_TOKENS {
+        if apns_data.len() + fcm_data.len() + webpush_data.len() <= INLINE_TOKENS {
             let mut header = header;
             header.extend_from_slice(apns_data);
             header.extend_from_slice(fcm_data);
+            header.extend_from_slice(webpush_data);
             return Ok(NewJob {
                 header,
                 tokens: Default::default(),
@@ -404,7 +457,7 @@ impl NewJob {
         }
         Ok(NewJob {
             header,
-            tokens: [apns_data.clone(), fcm_data.clone()],
+            tokens: [apns_data.clone(), fcm_data.clone(), webpush_data.clone()],
         })
     }
 }
@@ -620,7 +673,8 @@ fn load(db: &Database) -> Result<Vec<StoredJob>, StoreError> {
 }
 
 /// A job as read back from either store: its `JOBS` value (the header, and a small job's
-/// token buffers after it), its token buffers kept apart (`tokens(platform)`: 0 APNs, 1 FCM),
+/// token buffers after it), its token buffers kept apart (`tokens(platform)`: 0 APNs, 1 FCM,
+/// 2 Web Push),
 /// and its chunks' states.
 pub(crate) fn stored_job(
     id: u128,
@@ -632,14 +686,15 @@ pub(crate) fn stored_job(
 ) -> Result<StoredJob, StoreError> {
     let mut rest = value;
     let header = decode_header(&mut rest)?;
-    // Whatever follows the header is a small job's token buffers, APNs then FCM.
-    let apns_len = header.apns_ends.last().copied().unwrap_or(0) as usize;
-    let (apns_inline, fcm_inline) = rest.split_at(apns_len.min(rest.len()));
+    // Whatever follows the header is a small job's token buffers, APNs, FCM, then Web Push.
+    let length = |ends: &[u32]| ends.last().copied().unwrap_or(0) as usize;
+    let (apns_inline, after) = rest.split_at(length(&header.apns_ends).min(rest.len()));
+    let (fcm_inline, webpush_inline) = after.split_at(length(&header.fcm_ends).min(after.len()));
     let mut token_list = |platform: u8, ends: Vec<u32>| -> Result<TokenList, StoreError> {
-        let inline = if platform == 0 {
-            apns_inline
-        } else {
-            fcm_inline
+        let inline = match platform {
+            0 => apns_inline,
+            1 => fcm_inline,
+            _ => webpush_inline,
         };
         let data = if !rest.is_empty() {
             bytes::Bytes::copy_from_slice(inline)
@@ -656,6 +711,8 @@ pub(crate) fn stored_job(
         submit: SubmitJob {
             apns_tokens: token_list(0, header.apns_ends)?,
             fcm_tokens: token_list(1, header.fcm_ends)?,
+            webpush_tokens: token_list(2, header.webpush_ends)?,
+            webpush: header.webpush,
             app: header.app,
             apns: header.apns,
             fcm: header.fcm,
@@ -966,8 +1023,9 @@ impl Tables<'_> {
                 for id in ids {
                     let id = id.0.as_u128();
                     self.jobs.remove(id).map_err(db_error)?;
-                    self.tokens.remove((id, 0)).map_err(db_error)?;
-                    self.tokens.remove((id, 1)).map_err(db_error)?;
+                    for platform in 0..Platform::ALL.len() as u8 {
+                        self.tokens.remove((id, platform)).map_err(db_error)?;
+                    }
                     self.cancels.remove(id).map_err(db_error)?;
                     self.legacy_cancels.remove(id).map_err(db_error)?;
                     self.duplicates.remove(id).map_err(db_error)?;
@@ -1286,6 +1344,8 @@ pub(crate) mod tests {
             fcm: None,
             apns_tokens: ["aa", "bb", "cc"].into_iter().collect::<TokenList>(),
             fcm_tokens: TokenList::default(),
+            webpush: None,
+            webpush_tokens: Default::default(),
             idempotency_key: Some(volley_contracts::IdempotencyKey::new(
                 "key-1",
                 Fingerprint([7; 32]),
@@ -1457,6 +1517,8 @@ pub(crate) mod tests {
         let job = |apns: Vec<String>, fcm: Vec<String>| SubmitJob {
             apns_tokens: apns.into_iter().collect(),
             fcm_tokens: fcm.into_iter().collect(),
+            webpush: None,
+            webpush_tokens: Default::default(),
             ..record_submit()
         };
         let small = job(vec!["ab".repeat(32)], vec!["fcm-token".into()]);

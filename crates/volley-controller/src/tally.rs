@@ -13,13 +13,13 @@ type OutcomeKey = (Platform, &'static str, String, String);
 #[derive(Debug, Default)]
 struct AppTally {
     /// (delivered, failed or invalid) per platform, once the platform had a chunk.
-    counters: [Option<(u64, u64)>; 2],
+    counters: [Option<(u64, u64)>; Platform::ALL.len()],
     /// Final outcomes by provider and reason.
     outcomes: HashMap<OutcomeKey, u64>,
     /// Accepted → finished.
     job_latency: Option<Histogram>,
     /// Handed out → reported, per platform.
-    chunk_latency: [Option<Histogram>; 2],
+    chunk_latency: [Option<Histogram>; Platform::ALL.len()],
 }
 
 /// What one chunk's report adds to its app's tally.

@@ -121,6 +121,7 @@ impl FcmClient {
             connect_timeout: CONNECT_TIMEOUT,
             tls: config.tls.clone(),
             max_resends: MAX_RESENDS,
+            resolver: None,
         })?;
         // The token endpoint gets its own single connection: one request an hour.
         let token_pool = Pool::new(PoolConfig {
@@ -130,6 +131,7 @@ impl FcmClient {
             connect_timeout: CONNECT_TIMEOUT,
             tls: config.tls,
             max_resends: MAX_RESENDS,
+            resolver: None,
         })?;
         let source = OAuthSource {
             signer,

@@ -21,7 +21,7 @@ use volley_fcm::FcmMessage;
 
 use crate::error::{ApiError, Code};
 use crate::native::{
-    build_job, fcm_destination, record_accepted, reject_all, render_job, Prepared,
+    build_job, fcm_destination, record_accepted, reject_all, render_job, Prepared, Wanted,
 };
 use crate::openapi::{not_background, not_high_priority};
 use crate::render::{Names, PriorityInput, Spec};
@@ -52,10 +52,26 @@ fn compat_app(state: &FrontState, headers: &HeaderMap) -> Result<usize, ApiError
     Ok(app)
 }
 
-fn platform_of(platform: i64, index: usize) -> Result<Platform, ApiError> {
+/// The platforms gorush and gaurun know: 1 and 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Ios,
+    Android,
+}
+
+impl Side {
+    fn platform(self) -> Platform {
+        match self {
+            Side::Ios => Platform::Apns,
+            Side::Android => Platform::Fcm,
+        }
+    }
+}
+
+fn platform_of(platform: i64, index: usize) -> Result<Side, ApiError> {
     match platform {
-        IOS => Ok(Platform::Apns),
-        ANDROID => Ok(Platform::Fcm),
+        IOS => Ok(Side::Ios),
+        ANDROID => Ok(Side::Android),
         other => Err(ApiError::new(
             Code::UnknownPlatform,
             format!("unknown platform {other}; use 1 (ios, apns) or 2 (android, fcm)"),
@@ -91,7 +107,7 @@ fn names(
 struct Entry {
     spec: Spec,
     tokens: TokenList,
-    platform: Platform,
+    platform: Side,
     names: Names,
     /// FCM: a topic or condition to send to instead of tokens.
     destination: Option<(volley_fcm::Target, String)>,
@@ -130,9 +146,9 @@ fn build_jobs<N>(
             destination,
         } = to_spec(entry, index)?;
         let field = format!("{prefix}.{tokens_field}");
-        let (mut tokens, rejections) = validate(tokens, platform);
+        let (mut tokens, rejections) = validate(tokens, platform.platform());
         let mut rejected = Rejected::default();
-        reject_all(&mut rejected, platform, &field, &rejections);
+        reject_all(&mut rejected, platform.platform(), &field, &rejections);
         if let Some((target, value)) = destination {
             if !tokens.is_empty() || !rejected.is_empty() {
                 return Err(ApiError::new(
@@ -147,15 +163,12 @@ fn build_jobs<N>(
         if tokens.is_empty() && !rejected.is_empty() {
             // Nothing to send, but its fields are checked like any entry's: a bad field
             // refuses the request whatever its tokens.
-            render_job(
-                state,
-                app,
-                &spec,
-                platform == Platform::Apns,
-                platform == Platform::Fcm,
-                &names,
-            )
-            .map_err(|e| e.within(&prefix))?;
+            let wanted = Wanted {
+                apns: platform == Side::Ios,
+                fcm: platform == Side::Android,
+                webpush: false,
+            };
+            render_job(state, app, &spec, wanted, &names).map_err(|e| e.within(&prefix))?;
             jobs.push(Built {
                 job: None,
                 rejected,
@@ -171,11 +184,20 @@ fn build_jobs<N>(
             .field(format!("{prefix}.{tokens_field}")));
         }
         let (apns, fcm) = match platform {
-            Platform::Apns => (tokens, TokenList::default()),
-            Platform::Fcm => (TokenList::default(), tokens),
+            Side::Ios => (tokens, TokenList::default()),
+            Side::Android => (TokenList::default(), tokens),
         };
-        let mut job =
-            build_job(state, app, &spec, apns, fcm, &names, None).map_err(|e| e.within(&prefix))?;
+        let mut job = build_job(
+            state,
+            app,
+            &spec,
+            apns,
+            fcm,
+            TokenList::default(),
+            &names,
+            None,
+        )
+        .map_err(|e| e.within(&prefix))?;
         job.job.rejected = rejected.clone();
         jobs.push(Built {
             job: Some(job),
@@ -210,11 +232,11 @@ async fn submit_all(
             submitted.ids.push(None);
             continue;
         };
-        let (apns, fcm) = (prepared.apns, prepared.fcm);
+        let counts = [prepared.apns, prepared.fcm, prepared.webpush];
         match state.submit(prepared.job).await {
             Ok(accepted) => {
                 let id = accepted.id.to_string();
-                record_accepted(state, app, (&id, apns, fcm));
+                record_accepted(state, app, &id, counts);
                 submitted.count += accepted.accepted;
                 submitted.ids.push(Some(id));
             }
@@ -497,10 +519,10 @@ fn gorush_spec(n: GorushNotification, index: usize) -> Result<Entry, ApiError> {
     gorush_refusals(&n, index)?;
     let field = |name: &str| format!("notifications[{index}].{name}");
     let misplaced = match platform {
-        Platform::Apns => {
+        Side::Ios => {
             android_only_fields(&n).map(|name| (name, "android (platform 2)", "ios (platform 1)"))
         }
-        Platform::Fcm => {
+        Side::Android => {
             ios_only_fields(&n).map(|name| (name, "ios (platform 1)", "android (platform 2)"))
         }
     };
@@ -515,7 +537,7 @@ fn gorush_spec(n: GorushNotification, index: usize) -> Result<Entry, ApiError> {
     let mut to_topic = None;
     if let Some(to) = n.to {
         match (platform, to.strip_prefix("/topics/")) {
-            (Platform::Fcm, Some(_)) => to_topic = Some(to),
+            (Side::Android, Some(_)) => to_topic = Some(to),
             _ => tokens = tokens.iter().chain(std::iter::once(to.as_str())).collect(),
         }
     }
@@ -532,7 +554,7 @@ fn gorush_spec(n: GorushNotification, index: usize) -> Result<Entry, ApiError> {
     let mut collapse_key_given = false;
     let mut destination = None;
     match platform {
-        Platform::Apns => {
+        Side::Ios => {
             if n.image.is_some() {
                 return Err(ApiError::new(
                     Code::InvalidArgument,
@@ -587,7 +609,7 @@ fn gorush_spec(n: GorushNotification, index: usize) -> Result<Entry, ApiError> {
             put("attributes", n.attributes.map(Value::Object));
             spec.aps_extra = extra;
         }
-        Platform::Fcm => {
+        Side::Android => {
             destination = match (n.topic.or(to_topic), n.condition) {
                 (None, None) => None,
                 (topic, condition) => {
@@ -644,11 +666,11 @@ fn gorush_spec(n: GorushNotification, index: usize) -> Result<Entry, ApiError> {
         }
     }
     let names = match platform {
-        Platform::Apns => names("tokens", "collapse_id", "expiration", "expiration"),
-        Platform::Fcm if spec.collapse_id.is_some() && collapse_key_given => {
+        Side::Ios => names("tokens", "collapse_id", "expiration", "expiration"),
+        Side::Android if spec.collapse_id.is_some() && collapse_key_given => {
             names("tokens", "collapse_key", "time_to_live", "expiration")
         }
-        Platform::Fcm => names("tokens", "collapse_id", "time_to_live", "expiration"),
+        Side::Android => names("tokens", "collapse_id", "time_to_live", "expiration"),
     };
     Ok(Entry {
         spec,
@@ -746,6 +768,7 @@ fn failed_push(token: &RejectedToken) -> FailedPush {
         platform: match token.platform {
             Platform::Apns => "ios",
             Platform::Fcm => "android",
+            Platform::WebPush => "webpush",
         },
         field: token.field.clone(),
         error: token.reason.clone(),
@@ -894,7 +917,7 @@ fn gaurun_spec(n: GaurunNotification, index: usize) -> Result<Entry, ApiError> {
         ..Spec::default()
     };
     match platform {
-        Platform::Apns => {
+        Side::Ios => {
             spec.title = n.title;
             spec.subtitle = n.subtitle;
             // gaurun always writes the badge, 0 when none is given (which clears the icon's).
@@ -906,7 +929,7 @@ fn gaurun_spec(n: GaurunNotification, index: usize) -> Result<Entry, ApiError> {
             // gaurun treats 0 as "not set", not as APNs' "try once".
             spec.ttl = n.expiry.filter(|seconds| *seconds > 0);
         }
-        Platform::Fcm => {
+        Side::Android => {
             // gaurun sends Android pushes as data messages: `message` and `extend` in `data`.
             spec.fcm_data_only = true;
             spec.collapse_id = n.collapse_key;

@@ -35,6 +35,7 @@ pub mod ops;
 mod render;
 mod serve;
 mod tokens;
+mod webpush;
 mod whole;
 
 use std::future::Future;
@@ -88,6 +89,8 @@ pub(crate) struct AppEntry {
     pub apns_topic: Option<String>,
     /// Whether the app has FCM credentials.
     pub fcm: bool,
+    /// The app has an `[apps.webpush]` section.
+    pub webpush: bool,
 }
 
 pub(crate) struct Inner {
@@ -132,6 +135,7 @@ impl FrontState {
                 name: app.name.clone(),
                 apns_topic: app.apns.as_ref().map(|a| a.topic.clone()),
                 fcm: app.fcm.is_some(),
+                webpush: app.webpush.is_some(),
             })
             .collect();
         let default_app = match &config.front.default_app {

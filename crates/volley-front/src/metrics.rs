@@ -117,7 +117,7 @@ pub(crate) struct Metrics {
     requests: [[AtomicU64; STATUS_SLOTS]; ROUTES],
     rejected: [AtomicU64; Code::ALL.len()],
     /// Per app (in configuration order), per platform.
-    accepted: Vec<[AtomicU64; 2]>,
+    accepted: Vec<[AtomicU64; Platform::ALL.len()]>,
     apps: Vec<String>,
     /// Time spent answering every request, in nanoseconds (gorush's `/sys/stats`).
     response_nanos: AtomicU64,

@@ -13,13 +13,14 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use volley_contracts::{
     ApnsRender, FailureCount, FcmRender, Fingerprint, IdempotencyKey, InvalidToken, JobId,
-    JobStatus, Platform, Rejected, RejectedToken, SubmitJob, TokenList,
+    JobStatus, Platform, Rejected, RejectedToken, SubmitJob, TokenList, WebPushRender,
 };
 use volley_fcm::FcmMessage;
 
 use crate::error::{unprocessable, ApiError, Code};
 use crate::render::{self, Names, PriorityInput, Spec};
 use crate::tokens::{self, refusal, ApnsRule, FcmRule, Rejection, Tokens};
+use crate::webpush::{self, Subscriptions, WebPushOptions};
 use crate::{cpu, FrontState};
 
 /// Default and largest number of invalid tokens a job status lists.
@@ -132,6 +133,8 @@ struct NativeRequest {
     /// FCM: send to this topic (`news` or `/topics/news`) instead of tokens.
     #[schema(value_type = Option<crate::openapi::FcmTopic>)]
     topic: Option<String>,
+    /// Web Push: the message, `TTL`, `Urgency` and `Topic` (see `targets.webpush`).
+    webpush: Option<WebPushOptions>,
     /// FCM: send to the devices subscribed to this condition instead of tokens.
     #[schema(value_type = Option<crate::openapi::FcmCondition>)]
     condition: Option<String>,
@@ -146,6 +149,7 @@ struct NativeRequest {
 struct Targets {
     apns: Tokens<ApnsRule>,
     fcm: Tokens<FcmRule>,
+    webpush: Subscriptions,
 }
 
 impl<'de> Deserialize<'de> for Targets {
@@ -160,7 +164,7 @@ impl<'de> Visitor<'de> for TargetsVisitor {
     type Value = Targets;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object with `apns` and/or `fcm` token arrays")
+        f.write_str("an object with `apns`, `fcm` and/or `webpush` arrays")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Targets, A::Error> {
@@ -169,6 +173,7 @@ impl<'de> Visitor<'de> for TargetsVisitor {
             match key.as_str() {
                 "apns" => targets.apns = map.next_value()?,
                 "fcm" => targets.fcm = map.next_value()?,
+                "webpush" => targets.webpush = map.next_value()?,
                 _ => map.next_value_seed(UnknownPlatform(key))?,
             }
         }
@@ -186,7 +191,7 @@ impl<'de> DeserializeSeed<'de> for UnknownPlatform {
         Err(unprocessable::<D::Error>(
             Code::UnknownPlatform,
             format_args!(
-                "unknown platform {:?}; targets takes `apns` and `fcm`",
+                "unknown platform {:?}; targets takes `apns`, `fcm` and `webpush`",
                 self.0
             ),
         ))
@@ -249,6 +254,7 @@ pub(crate) struct Prepared {
     pub job: SubmitJob,
     pub apns: usize,
     pub fcm: usize,
+    pub webpush: usize,
 }
 
 /// Checks one notification's tokens against the app's platforms, renders it, and builds the
@@ -259,12 +265,13 @@ pub(crate) fn build_job(
     spec: &Spec,
     apns_tokens: TokenList,
     fcm_tokens: TokenList,
+    webpush_tokens: TokenList,
     names: &Names,
     idempotency_key: Option<IdempotencyKey>,
 ) -> Result<Prepared, ApiError> {
     let entry = &state.inner.apps[app];
-    let (apns, fcm) = (apns_tokens.len(), fcm_tokens.len());
-    if apns == 0 && fcm == 0 {
+    let (apns, fcm, webpush) = (apns_tokens.len(), fcm_tokens.len(), webpush_tokens.len());
+    if apns == 0 && fcm == 0 && webpush == 0 {
         return Err(
             ApiError::new(Code::NoTokens, "the request has no token").field(
                 names
@@ -274,20 +281,43 @@ pub(crate) fn build_job(
             ),
         );
     }
-    let (apns_render, fcm_render) = render_job(state, app, spec, apns > 0, fcm > 0, names)?;
+    let wanted = Wanted {
+        apns: apns > 0,
+        fcm: fcm > 0,
+        webpush: webpush > 0,
+    };
+    let renders = render_job(state, app, spec, wanted, names)?;
     Ok(Prepared {
         job: SubmitJob {
             app: entry.name.clone(),
-            apns: apns_render,
-            fcm: fcm_render,
+            apns: renders.apns,
+            fcm: renders.fcm,
             apns_tokens,
             fcm_tokens,
+            webpush: renders.webpush,
+            webpush_tokens,
             idempotency_key,
             rejected: Rejected::default(),
         },
         apns,
         fcm,
+        webpush,
     })
+}
+
+/// The platforms a notification is rendered for.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Wanted {
+    pub apns: bool,
+    pub fcm: bool,
+    pub webpush: bool,
+}
+
+/// A notification rendered for the platforms asked for.
+pub(crate) struct Renders {
+    pub apns: Option<ApnsRender>,
+    pub fcm: Option<FcmRender>,
+    pub webpush: Option<WebPushRender>,
 }
 
 /// Checks one notification against the app's platforms and renders it for each platform
@@ -296,13 +326,12 @@ pub(crate) fn render_job(
     state: &FrontState,
     app: usize,
     spec: &Spec,
-    apns: bool,
-    fcm: bool,
+    wanted: Wanted,
     names: &Names,
-) -> Result<(Option<ApnsRender>, Option<FcmRender>), ApiError> {
+) -> Result<Renders, ApiError> {
     let entry = &state.inner.apps[app];
     render::check_common(spec, names)?;
-    let apns_render = if apns {
+    let apns_render = if wanted.apns {
         let Some(topic) = &entry.apns_topic else {
             return Err(ApiError::new(
                 Code::PlatformNotConfigured,
@@ -317,7 +346,7 @@ pub(crate) fn render_job(
     } else {
         None
     };
-    let fcm_render = if fcm {
+    let fcm_render = if wanted.fcm {
         if !entry.fcm {
             return Err(ApiError::new(
                 Code::PlatformNotConfigured,
@@ -332,7 +361,27 @@ pub(crate) fn render_job(
     } else {
         None
     };
-    Ok((apns_render, fcm_render))
+    let webpush_render = if wanted.webpush {
+        if !entry.webpush {
+            return Err(ApiError::new(
+                Code::PlatformNotConfigured,
+                format!(
+                    "app {:?} has no [apps.webpush] section, so it cannot send to web push \
+                     subscriptions",
+                    entry.name
+                ),
+            )
+            .field("targets.webpush"));
+        }
+        Some(webpush::render(spec)?)
+    } else {
+        None
+    };
+    Ok(Renders {
+        apns: apns_render,
+        fcm: fcm_render,
+        webpush: webpush_render,
+    })
 }
 
 /// The checks that need the whole request: both spellings of a target, the token limit.
@@ -359,9 +408,10 @@ fn native_job(
         fcm_tokens,
         ..
     } = request;
-    let (apns_named, fcm_named) = (
+    let (apns_named, fcm_named, webpush_named) = (
         targets.apns.given() || apns_tokens.given(),
         targets.fcm.given() || fcm_tokens.given(),
+        targets.webpush.given(),
     );
     // One spelling per platform, whatever its tokens: with both, which list was meant?
     for (nested, flat, nested_name, flat_name) in [
@@ -394,6 +444,11 @@ fn native_job(
         (Platform::Apns, "apns_tokens", &apns_tokens.rejected),
         (Platform::Fcm, "targets.fcm", &targets.fcm.rejected),
         (Platform::Fcm, "fcm_tokens", &fcm_tokens.rejected),
+        (
+            Platform::WebPush,
+            "targets.webpush",
+            &targets.webpush.rejected,
+        ),
     ] {
         if let (true, Some(first)) = (request.strict, rejections.first()) {
             let mut error = refusal(field, first);
@@ -408,6 +463,7 @@ fn native_job(
     let fcm_rejected = targets.fcm.rejected.len() + fcm_tokens.rejected.len();
     let apns = pick(targets.apns.list, apns_tokens.list);
     let mut fcm = pick(targets.fcm.list, fcm_tokens.list);
+    let webpush = targets.webpush.list;
     let fcm_target = fcm_destination(request.topic, request.condition, "topic", "condition")?;
     let fcm_target = match fcm_target {
         Some(_) if !fcm.is_empty() || fcm_rejected > 0 => {
@@ -423,7 +479,7 @@ fn native_job(
         }
         None => volley_fcm::Target::Token,
     };
-    if apns.is_empty() && fcm.is_empty() {
+    if apns.is_empty() && fcm.is_empty() && webpush.is_empty() {
         if let Some(first) = rejected.tokens.first() {
             return Err(ApiError::new(
                 Code::InvalidToken,
@@ -433,7 +489,7 @@ fn native_job(
         }
     }
     let max = state.inner.config.front.max_tokens_per_request;
-    let total = apns.len() + fcm.len();
+    let total = apns.len() + fcm.len() + webpush.len();
     if total > max {
         return Err(ApiError::new(
             Code::TooManyTokens,
@@ -465,16 +521,29 @@ fn native_job(
         fcm_target,
         apns_topic: request.apns_topic,
         apns_id: request.apns_id,
+        webpush_raw: request.webpush,
         ..Spec::default()
     };
     // A platform the request names is checked even when every token of it was malformed: a
     // field is refused or not whatever the tokens.
-    let (apns_unchecked, fcm_unchecked) =
-        (apns_named && apns.is_empty(), fcm_named && fcm.is_empty());
-    if apns_unchecked || fcm_unchecked {
-        render_job(state, app, &spec, apns_unchecked, fcm_unchecked, &NAMES)?;
+    let unchecked = Wanted {
+        apns: apns_named && apns.is_empty(),
+        fcm: fcm_named && fcm.is_empty(),
+        webpush: webpush_named && webpush.is_empty(),
+    };
+    if unchecked.apns || unchecked.fcm || unchecked.webpush {
+        render_job(state, app, &spec, unchecked, &NAMES)?;
     }
-    let mut prepared = build_job(state, app, &spec, apns, fcm, &NAMES, idempotency_key)?;
+    let mut prepared = build_job(
+        state,
+        app,
+        &spec,
+        apns,
+        fcm,
+        webpush,
+        &NAMES,
+        idempotency_key,
+    )?;
     prepared.job.rejected = rejected;
     Ok(prepared)
 }
@@ -558,15 +627,16 @@ fn fingerprint(app: &str, body: &[u8]) -> Fingerprint {
 }
 
 /// Counts and logs a job the controller accepted.
-pub(crate) fn record_accepted(state: &FrontState, app: usize, prepared: (&str, usize, usize)) {
-    let (job, apns, fcm) = prepared;
-    state.inner.metrics.accepted(app, Platform::Apns, apns);
-    state.inner.metrics.accepted(app, Platform::Fcm, fcm);
+pub(crate) fn record_accepted(state: &FrontState, app: usize, job: &str, counts: [usize; 3]) {
+    let [apns, fcm, webpush] = counts;
+    for (platform, count) in Platform::ALL.into_iter().zip(counts) {
+        state.inner.metrics.accepted(app, platform, count);
+    }
     let app = &state.inner.apps[app].name;
-    if apns + fcm >= volley_contracts::LOG_JOBS_FROM {
-        tracing::info!(%app, job, apns, fcm, "job accepted");
+    if apns + fcm + webpush >= volley_contracts::LOG_JOBS_FROM {
+        tracing::info!(%app, job, apns, fcm, webpush, "job accepted");
     } else {
-        tracing::debug!(%app, job, apns, fcm, "job accepted");
+        tracing::debug!(%app, job, apns, fcm, webpush, "job accepted");
     }
 }
 
@@ -608,12 +678,13 @@ pub async fn submit(
     let bytes = state.read_body(body).await?;
     let prepared = {
         let state = state.clone();
+        // Boxed: the job is large, and the handler's future holds what `cpu` returns.
         cpu(bytes.len(), move || {
-            native_job(&state, key_app, bytes, idempotency_key)
+            native_job(&state, key_app, bytes, idempotency_key).map(Box::new)
         })
         .await??
     };
-    let (apns, fcm) = (prepared.apns, prepared.fcm);
+    let counts = [prepared.apns, prepared.fcm, prepared.webpush];
     let rejected = prepared.job.rejected.clone();
     let accepted = state
         .submit(prepared.job)
@@ -631,7 +702,7 @@ pub async fn submit(
         answer_headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
         tracing::debug!(app = %app, job = %id, "repeated request answered with its job");
     } else {
-        record_accepted(&state, key_app, (&id, apns, fcm));
+        record_accepted(&state, key_app, &id, counts);
     }
     Ok((
         StatusCode::ACCEPTED,

@@ -378,8 +378,37 @@ fn custom_schemas() -> Vec<(&'static str, Value)> {
                 "properties": {
                     "apns": {"$ref": "#/components/schemas/ApnsTokens"},
                     "fcm": {"$ref": "#/components/schemas/FcmTokens"},
+                    "webpush": {"$ref": "#/components/schemas/WebPushSubscriptions"},
                 },
                 "description": "Tokens by platform; another key is a 422 `unknown_platform`.",
+            }),
+        ),
+        (
+            "WebPushSubscriptions",
+            json!({
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["endpoint", "keys"],
+                    "properties": {
+                        "endpoint": {"type": "string", "format": "uri", "pattern": "^https://"},
+                        "keys": {
+                            "type": "object",
+                            "additionalProperties": false,
+                            "required": ["p256dh", "auth"],
+                            "properties": {
+                                "p256dh": {"type": "string"},
+                                "auth": {"type": "string"},
+                            },
+                        },
+                        "expirationTime": {"type": ["integer", "null"]},
+                    },
+                },
+                "description": "Web Push subscriptions as `PushSubscription.toJSON()` gives them: \
+                    an https endpoint, the browser's P-256 key (`p256dh`, 65 bytes) and auth \
+                    secret (16 bytes), URL-safe base64. A malformed subscription is left out \
+                    and reported in `rejected_tokens` (or, with `strict`, refuses the request).",
             }),
         ),
         (

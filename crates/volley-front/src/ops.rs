@@ -185,6 +185,8 @@ pub struct StatApp {
     total_count: u64,
     ios: PushCounts,
     android: PushCounts,
+    /// Web Push (not in gorush or gaurun).
+    webpush: PushCounts,
     /// Notifications accepted and not final yet.
     pending_notifications: u64,
     /// Jobs not final yet.
@@ -228,18 +230,20 @@ pub async fn stat_app(State(state): State<FrontState>) -> Result<Json<StatApp>, 
     let stats = stats(&state).await?;
     let mut ios = PushCounts::default();
     let mut android = PushCounts::default();
+    let mut webpush = PushCounts::default();
     for counters in &stats.apps {
         let side = match counters.platform {
             Platform::Apns => &mut ios,
             Platform::Fcm => &mut android,
+            Platform::WebPush => &mut webpush,
         };
         side.push_success += counters.success;
         side.push_error += counters.error;
     }
     let in_flight: u64 = stats.agents.iter().map(|a| u64::from(a.in_flight)).sum();
     let window = u64::from(state.inner.config.agent.window);
-    let success = ios.push_success + android.push_success;
-    let error = ios.push_error + android.push_error;
+    let success = ios.push_success + android.push_success + webpush.push_success;
+    let error = ios.push_error + android.push_error + webpush.push_error;
     Ok(Json(StatApp {
         version: env!("CARGO_PKG_VERSION"),
         busy_workers: in_flight,
@@ -287,6 +291,7 @@ pub async fn stat_app(State(state): State<FrontState>) -> Result<Json<StatApp>, 
         total_count: success + error,
         ios,
         android,
+        webpush,
         pending_notifications: stats.pending_notifications,
         active_jobs: stats.active_jobs,
         chunks_redispatched: stats.chunks_redispatched,

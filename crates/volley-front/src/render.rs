@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use volley_apns::{Alert, Notification, PayloadError, PushType};
 use volley_contracts::{ApnsRender, FcmRender};
-use volley_fcm::message::MAX_TTL_SECONDS;
+pub(crate) use volley_fcm::message::MAX_TTL_SECONDS;
 use volley_fcm::{
     AndroidConfig, AndroidNotification, AndroidPriority, FcmMessage, PreparedMessage, Target,
 };
@@ -72,6 +72,8 @@ pub(crate) struct Spec {
     pub apns_topic: Option<String>,
     /// APNs: the `apns-id` the caller chose (a UUID).
     pub apns_id: Option<String>,
+    /// Web Push: the request's `webpush` options (payload, TTL, urgency, topic).
+    pub webpush_raw: Option<crate::webpush::WebPushOptions>,
     /// APNs: write an alert that has only a body as a string (`"alert": "Hi"`), as gorush's
     /// and gaurun's libraries do; a dictionary otherwise. Apple shows both alike.
     pub text_alert: bool,
@@ -93,7 +95,7 @@ pub(crate) struct Names {
     pub apns_id: &'static str,
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -338,6 +338,11 @@ pub(crate) fn validate(list: TokenList, platform: Platform) -> (TokenList, Vec<R
     let check: fn(&str) -> Result<(), String> = match platform {
         Platform::Apns => ApnsRule::check,
         Platform::Fcm => FcmRule::check,
+        Platform::WebPush => |token| {
+            volley_webpush::subscription::decode(token)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        },
     };
     let Some(first) = list.iter().position(|token| check(token).is_err()) else {
         return (list, Vec::new());

@@ -1,4 +1,5 @@
-//! A whole Volley cluster in one process, against fake APNs and FCM: front, controller and N
+//! A whole Volley cluster in one process, against fake APNs, FCM and Web Push: front,
+//! controller and N
 //! agents, each role on its own thread and runtime, every listener on `127.0.0.1:0`.
 //!
 //! `volley demo` and `volley bench` run on it, and so do the end-to-end tests.
@@ -7,10 +8,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use volley_config::{ApnsAppConfig, AppConfig, Config, FcmAppConfig, Secret};
+use volley_config::{ApnsAppConfig, AppConfig, Config, FcmAppConfig, Secret, WebPushAppConfig};
 use volley_contracts::tls::{EphemeralCluster, NodeRole};
 use volley_contracts::Links;
-use volley_fake::{FakeConfig, FakeServer};
+use volley_fake::{FakeConfig, FakeServer, FakeWebPush, FakeWebPushConfig};
 
 use crate::http::FrontClient;
 use crate::role::{spawn_controller, spawn_role, RoleHandle};
@@ -22,6 +23,8 @@ pub const APP: &str = "demo";
 pub const TOPIC: &str = "com.example.volley.demo";
 /// Its FCM project.
 pub const PROJECT: &str = "volley-demo";
+/// Its VAPID contact.
+pub const VAPID_SUBJECT: &str = "mailto:ops@volley.example";
 
 /// How to build a cluster.
 #[derive(Debug, Clone)]
@@ -32,6 +35,8 @@ pub struct ClusterOptions {
     pub fake_apns: FakeConfig,
     /// The fake FCM's behaviour.
     pub fake_fcm: FakeConfig,
+    /// The fake push service's behaviour.
+    pub fake_webpush: FakeWebPushConfig,
     /// Applied to the configuration before anything starts.
     pub tweak: fn(&mut Config),
     /// Plain TCP between the roles instead of mutual TLS (to measure what TLS costs).
@@ -46,6 +51,7 @@ impl Default for ClusterOptions {
             agents: 2,
             fake_apns: FakeConfig::apns(),
             fake_fcm: FakeConfig::fcm(),
+            fake_webpush: FakeWebPushConfig::default(),
             tweak: |_| {},
             insecure_links: false,
             postgres_url: None,
@@ -68,6 +74,8 @@ pub struct Cluster {
     pub fake_apns: FakeServer,
     /// Fake FCM.
     pub fake_fcm: FakeServer,
+    /// Fake Web Push service.
+    pub fake_webpush: FakeWebPush,
     /// The cluster's CA and its nodes' certificates, made for this cluster in memory.
     pub certs: EphemeralCluster,
     /// The roles' links are plain TCP ([`ClusterOptions::insecure_links`]).
@@ -105,6 +113,12 @@ impl Cluster {
             Some(volley_fake::keys::TEST_SERVICE_ACCOUNT_PUBLIC_KEY_PEM.into());
         fcm_fake.ca_out = Some(dir.path().join("fake-fcm-ca.pem"));
         let fake_fcm = FakeServer::start(fcm_fake, std::net::TcpListener::bind("127.0.0.1:0")?)?;
+
+        let mut webpush_fake = options.fake_webpush.clone();
+        webpush_fake.ca_out = Some(dir.path().join("fake-webpush-ca.pem"));
+        let fake_webpush =
+            FakeWebPush::start(webpush_fake, std::net::TcpListener::bind("127.0.0.1:0")?)?;
+        let vapid = volley_webpush::vapid::VapidKey::generate();
 
         let key_file = dir.path().join("AuthKey_DEMOKEY123.p8");
         std::fs::write(&key_file, &apns_key.private_pem)?;
@@ -157,6 +171,16 @@ impl Cluster {
                 allowed_token_uris: vec![fake_fcm.token_uri()],
                 rate_limit_per_second: None,
             }),
+            webpush: Some(WebPushAppConfig {
+                vapid_private_key: Some(Secret::new(vapid.private_base64url())),
+                vapid_private_key_file: None,
+                subject: VAPID_SUBJECT.into(),
+                allowed_hosts: Vec::new(),
+                // The fake listens on loopback, which the SSRF guard refuses unless allowed.
+                allow_private: vec!["127.0.0.1/32".into()],
+                ca_file: Some(fake_webpush.ca_pem_path().to_path_buf()),
+                rate_limit_per_second: None,
+            }),
             requests_per_second: None,
             webhook: None,
         });
@@ -180,6 +204,7 @@ impl Cluster {
             controller_addr,
             fake_apns,
             fake_fcm,
+            fake_webpush,
             front: None,
             controller: Some(controller),
             agents: Vec::new(),
@@ -281,6 +306,12 @@ impl Cluster {
             }
         })
         .await
+    }
+
+    /// A Web Push subscription of the fake push service, as the native API takes it
+    /// (`targets.webpush`): its id picks the fake's scripted answer (`dead…` 410, …).
+    pub fn webpush_subscription(&self, id: &str) -> serde_json::Value {
+        serde_json::to_value(self.fake_webpush.subscription(id)).expect("a subscription serialises")
     }
 
     /// Stops every role in order (front, agents, controller) and the fakes; returns the fakes'

@@ -216,6 +216,8 @@ pub fn job(tokens: &[String], idempotency_key: Option<&str>) -> SubmitJob {
         fcm: None,
         apns_tokens: tokens.iter().collect::<TokenList>(),
         fcm_tokens: TokenList::default(),
+        webpush: None,
+        webpush_tokens: Default::default(),
         idempotency_key: idempotency_key.map(|key| IdempotencyKey::new(key, fingerprint(tokens))),
         rejected: Default::default(),
     }

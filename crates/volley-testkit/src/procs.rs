@@ -337,7 +337,11 @@ service_account_file = "{service_account}"
 endpoint = "{fcm_endpoint}"
 ca_file = "{fcm_ca}"
 allowed_token_uris = ["{fcm_endpoint}/token"]
+[apps.webpush]
+vapid_private_key = "{vapid_key}"
+subject = "mailto:ops@shop.example"
 "#,
+                vapid_key = volley_webpush::vapid::VapidKey::generate().private_base64url(),
                 data_dir = dir.path().join("controller-data").display(),
                 ca_file = ca_file.display(),
                 key_file = key_file.display(),

@@ -17,6 +17,7 @@ pub mod procfs;
 pub mod report;
 pub mod scratch;
 pub mod system;
+pub mod webpush;
 pub mod workload;
 
 use std::path::PathBuf;
@@ -67,6 +68,11 @@ pub struct BenchArgs {
     /// Share of APNs tokens (the rest are FCM), for broadcast and ingest.
     #[arg(long, default_value_t = 1.0)]
     pub apns_share: f64,
+    /// Broadcast: share of the tokens that are Web Push subscriptions of the fake push
+    /// service (the rest are split by --apns-share). The ceiling is then Volley's Web Push
+    /// client straight to the fake push service (blended with the APNs ceiling by share).
+    #[arg(long, default_value_t = 0.0)]
+    pub webpush_share: f64,
     /// Broadcast: API requests the tokens are split into, sent at once.
     #[arg(long, default_value_t = 1)]
     pub broadcast_requests: usize,
@@ -218,12 +224,38 @@ async fn run_once(
             args.ceiling_in_flight,
             args.quiet,
         );
-        Some(
-            tokio::task::spawn_blocking(move || {
-                workload::ceiling(tokens, connections, in_flight, quiet)
-            })
-            .await??,
-        )
+        let share = if args.workload == Workload::Broadcast {
+            args.webpush_share.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let apns = if share < 1.0 {
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    workload::ceiling(tokens, connections, in_flight, quiet)
+                })
+                .await??,
+            )
+        } else {
+            None
+        };
+        // A message costs one ECDH on each side: a tenth of the APNs ceiling's tokens
+        // measures it as well, in a tenth of the time.
+        let web = if share > 0.0 {
+            let messages = (tokens / 10).max(1000);
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    webpush::ceiling(messages, connections, in_flight, quiet)
+                })
+                .await??,
+            )
+        } else {
+            None
+        };
+        match (apns, web) {
+            (Some(apns), Some(web)) => Some(webpush::blend(&apns, &web, share)),
+            (apns, web) => apns.or(web),
+        }
     } else {
         None
     };
@@ -282,6 +314,7 @@ async fn run_once(
                     &BroadcastOptions {
                         tokens: args.tokens,
                         apns_share: args.apns_share,
+                        webpush_share: args.webpush_share,
                         requests: args.broadcast_requests,
                         invalid_every: args.invalid_every,
                         poll: match args.topology {

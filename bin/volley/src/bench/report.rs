@@ -59,6 +59,8 @@ pub struct BroadcastResult {
     pub apns_tokens: u64,
     /// Of which FCM tokens.
     pub fcm_tokens: u64,
+    /// Of which Web Push subscriptions.
+    pub webpush_subscriptions: u64,
     /// API requests the tokens were split into (sent at once).
     pub requests: usize,
     /// Bytes of JSON sent.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use volley_contracts::tls::{ClusterCa, NodeRole, NODE_VALIDITY};
 use volley_contracts::Links;
-use volley_fake::Stats;
+use volley_fake::{Stats, WebPushStats};
 use volley_testkit::cluster::{Cluster, ClusterOptions, APP, PROJECT, TOPIC};
 use volley_testkit::http::FrontClient;
 use volley_testkit::wait::wait_until;
@@ -30,6 +30,7 @@ const THREAD_GROUPS: &[(&str, &str)] = &[
     ("volley-store", "controller-store"),
     ("volley-fake-apn", "fake-apns"),
     ("volley-fake-fcm", "fake-fcm"),
+    ("volley-fake-web", "fake-webpush"),
     ("volley-ceiling", "ceiling-client"),
     ("volley-bench", "bench"),
 ];
@@ -147,16 +148,39 @@ impl System {
         }
     }
 
-    /// The fakes' counters (APNs, FCM).
-    pub async fn fake_stats(&self) -> anyhow::Result<(Stats, Stats)> {
+    /// The fakes' counters.
+    pub async fn fake_stats(&self) -> anyhow::Result<FakeCounts> {
         match self {
-            System::Standalone(cluster) => {
-                Ok((cluster.fake_apns.stats(), cluster.fake_fcm.stats()))
-            }
-            System::Processes(processes) => {
-                let apns = get_stats(&processes.apns_stats).await?;
-                let fcm = get_stats(&processes.fcm_stats).await?;
-                Ok((apns, fcm))
+            System::Standalone(cluster) => Ok(FakeCounts {
+                apns: cluster.fake_apns.stats(),
+                fcm: cluster.fake_fcm.stats(),
+                webpush: cluster.fake_webpush.stats(),
+            }),
+            System::Processes(processes) => Ok(FakeCounts {
+                apns: get_stats(&processes.apns_stats).await?,
+                fcm: get_stats(&processes.fcm_stats).await?,
+                // No fake push service runs beside the processes (see `webpush_subscriptions`).
+                webpush: WebPushStats::default(),
+            }),
+        }
+    }
+
+    /// `n` Web Push subscriptions of the fake push service, one in `invalid_every` (0 = none)
+    /// one it answers 410 Gone.
+    pub fn webpush_subscriptions(
+        &self,
+        n: usize,
+        invalid_every: usize,
+    ) -> anyhow::Result<Vec<volley_fake::SubscriptionInfo>> {
+        match self {
+            System::Standalone(cluster) => Ok(crate::demo::webpush_subscriptions(
+                &cluster.fake_webpush,
+                n,
+                invalid_every,
+            )),
+            System::Processes(_) if n == 0 => Ok(Vec::new()),
+            System::Processes(_) => {
+                bail!("--webpush-share is for --topology standalone (the fake push service's keys live in the bench's process)")
             }
         }
     }
@@ -201,7 +225,35 @@ impl System {
     }
 }
 
-async fn get_stats(url: &str) -> anyhow::Result<Stats> {
+/// What the fakes have counted.
+#[derive(Debug, Clone)]
+pub struct FakeCounts {
+    /// Fake APNs.
+    pub apns: Stats,
+    /// Fake FCM.
+    pub fcm: Stats,
+    /// The fake push service.
+    pub webpush: WebPushStats,
+}
+
+impl FakeCounts {
+    /// Notifications delivered, over every fake.
+    pub fn delivered(&self) -> u64 {
+        self.apns.delivered + self.fcm.delivered + self.webpush.delivered
+    }
+
+    /// Distinct tokens and subscriptions delivered to.
+    pub fn distinct(&self) -> u64 {
+        self.apns.distinct_tokens + self.fcm.distinct_tokens + self.webpush.distinct_ids
+    }
+
+    /// Deliveries to a token or subscription delivered to before.
+    pub fn duplicates(&self) -> u64 {
+        self.apns.duplicate_tokens + self.fcm.duplicate_tokens + self.webpush.duplicate_ids
+    }
+}
+
+async fn get_stats<T: serde::de::DeserializeOwned>(url: &str) -> anyhow::Result<T> {
     let base = url.trim_end_matches("/stats").to_owned();
     let response = FrontClient::new(base, None).get("/stats").await?;
     serde_json::from_value(response.body).context("reading a fake's /stats")

@@ -30,7 +30,7 @@ const JOB_LIMIT: Duration = Duration::from_secs(600);
 const TITLE: &str = "Volley bench";
 const BODY: &str = "Hello from Volley";
 
-fn bar(total: u64, quiet: bool, what: &str) -> ProgressBar {
+pub(super) fn bar(total: u64, quiet: bool, what: &str) -> ProgressBar {
     let bar = if quiet {
         ProgressBar::hidden()
     } else {
@@ -286,8 +286,10 @@ fn count(value: &Value, field: &str) -> u64 {
 pub struct BroadcastOptions {
     /// Tokens in all.
     pub tokens: u64,
-    /// Share of APNs tokens.
+    /// Share of APNs tokens (of those that are not Web Push).
     pub apns_share: f64,
+    /// Share of Web Push subscriptions.
+    pub webpush_share: f64,
     /// Requests the tokens are split into.
     pub requests: usize,
     /// One token in this many is dead (0 = none).
@@ -313,23 +315,30 @@ pub async fn broadcast(
 ) -> anyhow::Result<(BroadcastResult, CpuTracker)> {
     let target = system.target();
     let client = FrontClient::new(target.front_url.clone(), Some(target.api_key.clone()));
-    let apns = ((options.tokens as f64) * options.apns_share.clamp(0.0, 1.0)).round() as u64;
-    let fcm = options.tokens - apns;
+    let webpush = ((options.tokens as f64) * options.webpush_share.clamp(0.0, 1.0)).round() as u64;
+    let rest = options.tokens - webpush;
+    let apns = ((rest as f64) * options.apns_share.clamp(0.0, 1.0)).round() as u64;
+    let fcm = rest - apns;
+    let subscriptions = system.webpush_subscriptions(webpush as usize, options.invalid_every)?;
+    let mut subscriptions = subscriptions.as_slice();
     let bodies: Vec<Bytes> = split(apns, options.requests)
         .into_iter()
         .zip(split(fcm, options.requests))
-        .map(|(apns, fcm)| {
+        .zip(split(webpush, options.requests))
+        .map(|((apns, fcm), webpush)| {
+            let (these, others) = subscriptions.split_at(webpush as usize);
+            subscriptions = others;
             Bytes::from(crate::demo::broadcast_body(
                 apns as usize,
                 fcm as usize,
+                these,
                 options.invalid_every,
             ))
         })
         .collect();
     let body_bytes = bodies.iter().map(|b| b.len() as u64).sum();
     let path = format!("/v1/apps/{}/notifications", target.app);
-    let (base_apns, base_fcm) = system.fake_stats().await?;
-    let base = base_apns.delivered + base_fcm.delivered;
+    let base = system.fake_stats().await?.delivered();
 
     let mut cpu = CpuTracker::start(system);
     let mut timeline = Vec::new();
@@ -350,8 +359,7 @@ pub async fn broadcast(
             answers = &mut posting => break answers,
             () = tokio::time::sleep(Duration::from_millis(100)) => {
                 cpu.sample(system);
-                let (apns, fcm) = system.fake_stats().await?;
-                let delivered = (apns.delivered + fcm.delivered).saturating_sub(base);
+                let delivered = system.fake_stats().await?.delivered().saturating_sub(base);
                 timeline.push((started.elapsed().as_secs_f64(), delivered));
             }
         }
@@ -384,9 +392,9 @@ pub async fn broadcast(
     let mut statuses: Vec<Option<Value>> = vec![None; ids.len()];
     let mut last_status_poll = Instant::now() - Duration::from_secs(1);
     let mut last_cpu_sample = Instant::now() - Duration::from_secs(1);
-    let (fake_apns, fake_fcm) = loop {
-        let (apns, fcm) = system.fake_stats().await?;
-        let delivered = (apns.delivered + fcm.delivered).saturating_sub(base);
+    let fakes = loop {
+        let counts = system.fake_stats().await?;
+        let delivered = counts.delivered().saturating_sub(base);
         timeline.push((started.elapsed().as_secs_f64(), delivered));
         bar.set_position(delivered);
         if last_cpu_sample.elapsed() >= Duration::from_millis(100) {
@@ -410,10 +418,10 @@ pub async fn broadcast(
             }
             if statuses.iter().all(Option::is_some) {
                 // One last read, so that the timeline ends on the final count.
-                let (apns, fcm) = system.fake_stats().await?;
-                let delivered = (apns.delivered + fcm.delivered).saturating_sub(base);
+                let counts = system.fake_stats().await?;
+                let delivered = counts.delivered().saturating_sub(base);
                 timeline.push((started.elapsed().as_secs_f64(), delivered));
-                break (apns, fcm);
+                break counts;
             }
         }
         if started.elapsed() > JOB_LIMIT {
@@ -461,6 +469,7 @@ pub async fn broadcast(
             tokens: options.tokens,
             apns_tokens: apns,
             fcm_tokens: fcm,
+            webpush_subscriptions: webpush,
             requests: ids.len(),
             body_bytes,
             accept_s,
@@ -470,9 +479,9 @@ pub async fn broadcast(
             failed,
             cancelled,
             balanced: accepted == delivered + invalid + failed + cancelled,
-            fake_delivered: (fake_apns.delivered + fake_fcm.delivered).saturating_sub(base),
-            fake_distinct: fake_apns.distinct_tokens + fake_fcm.distinct_tokens,
-            fake_duplicates: fake_apns.duplicate_tokens + fake_fcm.duplicate_tokens,
+            fake_delivered: fakes.delivered().saturating_sub(base),
+            fake_distinct: fakes.distinct(),
+            fake_duplicates: fakes.duplicates(),
             first_delivery_s,
             last_delivery_s,
             rate: final_count as f64 / window.max(1e-9),
@@ -541,8 +550,7 @@ pub async fn ingest(
         volley_contracts::connect_controller(target.controller.as_str(), &target.links)
             .await
             .context("connecting to the controller")?;
-    let (base_apns, base_fcm) = system.fake_stats().await?;
-    let base = base_apns.delivered + base_fcm.delivered;
+    let base = system.fake_stats().await?.delivered();
     let sent = Arc::new(AtomicU64::new(0));
     let answered = Arc::new(AtomicU64::new(0));
     let budget = options.requests.unwrap_or(u64::MAX);
@@ -620,7 +628,7 @@ pub async fn ingest(
         .apps
         .iter()
         .fold((0, 0), |(s, e), c| (s + c.success, e + c.error));
-    let (apns, fcm) = system.fake_stats().await?;
+    let fakes = system.fake_stats().await?;
     tally.latencies_us.sort_unstable();
     let latency_ms = [("p50", 0.50), ("p99", 0.99), ("p999", 0.999), ("max", 1.0)]
         .into_iter()
@@ -645,7 +653,7 @@ pub async fn ingest(
             delivered,
             errored,
             balanced: tally.accepted == delivered + errored,
-            fake_delivered: (apns.delivered + fcm.delivered).saturating_sub(base),
+            fake_delivered: fakes.delivered().saturating_sub(base),
             drain_s,
             delivered_rate: tally.accepted as f64 / drain_s.max(1e-9),
             timeline,
