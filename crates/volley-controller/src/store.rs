@@ -1242,6 +1242,38 @@ pub(crate) mod tests {
         );
     }
 
+    #[test]
+    fn second_layout_job_records_read_back_without_web_push() {
+        // Layout 2 is layout 3 without its last two fields.
+        let submit = record_submit();
+        let (_, apns_ends) = submit.apns_tokens.raw_parts();
+        let mut value = HEADER_MAGIC.to_vec();
+        value.push(2);
+        bincode::serialize_into(
+            &mut value,
+            &(
+                &submit.app,
+                &submit.apns,
+                &submit.fcm,
+                Some("k"),
+                apns_ends,
+                Vec::<u32>::new(),
+                500u32,
+                9u64,
+                &submit.rejected,
+            ),
+        )
+        .unwrap();
+        let mut rest = &value[..];
+        let header = decode_header(&mut rest).unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(header.apns, submit.apns);
+        assert_eq!(header.rejected, submit.rejected);
+        assert_eq!((header.chunk_size, header.created_ms), (500, 9));
+        assert_eq!(header.webpush, None);
+        assert!(header.webpush_ends.is_empty());
+    }
+
     fn record() -> NewJob {
         NewJob::new(&record_submit(), 2, 7).unwrap()
     }
@@ -1514,15 +1546,29 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn small_jobs_keep_their_tokens_in_the_job_record_and_large_ones_apart() {
         let dir = tempfile::tempdir().unwrap();
-        let job = |apns: Vec<String>, fcm: Vec<String>| SubmitJob {
+        let job = |apns: Vec<String>, fcm: Vec<String>, webpush: Vec<String>| SubmitJob {
             apns_tokens: apns.into_iter().collect(),
             fcm_tokens: fcm.into_iter().collect(),
-            webpush: None,
-            webpush_tokens: Default::default(),
+            webpush: Some(volley_contracts::WebPushRender {
+                payload: bytes::Bytes::from_static(b"{\"title\":\"hi\"}"),
+                ttl: 60,
+                urgency: Some("high".into()),
+                topic: None,
+            }),
+            webpush_tokens: webpush.into_iter().collect(),
             ..record_submit()
         };
-        let small = job(vec!["ab".repeat(32)], vec!["fcm-token".into()]);
-        let large = job((0..100).map(|i| format!("{i:064x}")).collect(), Vec::new());
+        let subscription = |i: usize| format!("https://push.example/{i} BKey{i} auth{i}");
+        let small = job(
+            vec!["ab".repeat(32)],
+            vec!["fcm-token".into()],
+            vec![subscription(0)],
+        );
+        let large = job(
+            (0..100).map(|i| format!("{i:064x}")).collect(),
+            Vec::new(),
+            (0..100).map(subscription).collect(),
+        );
         let (small_id, large_id) = (JobId::new(), JobId::new());
         {
             let (store, _) = Store::open(dir.path(), true).unwrap();
@@ -1549,7 +1595,7 @@ pub(crate) mod tests {
                 .collect();
             assert_eq!(
                 keys,
-                [(large_id.0.as_u128(), 0)],
+                [(large_id.0.as_u128(), 0), (large_id.0.as_u128(), 2)],
                 "only the large job is apart"
             );
         }
@@ -1559,6 +1605,11 @@ pub(crate) mod tests {
             let got = &job.record.submit;
             assert!(got.apns_tokens.iter().eq(submit.apns_tokens.iter()), "{id}");
             assert!(got.fcm_tokens.iter().eq(submit.fcm_tokens.iter()), "{id}");
+            assert!(
+                got.webpush_tokens.iter().eq(submit.webpush_tokens.iter()),
+                "{id}"
+            );
+            assert_eq!(got.webpush, submit.webpush);
             assert_eq!(got.app, submit.app);
         }
     }
