@@ -12,4 +12,4 @@ pub mod pool;
 pub mod tls;
 
 pub use outcome::{Outcome, Reason};
-pub use pool::{Endpoint, Pool, PoolConfig, Response, SendError};
+pub use pool::{Endpoint, Pool, PoolConfig, Resolve, Response, SendError};

@@ -19,6 +19,9 @@
 //! reported as [`SendError::MaybeSent`].
 
 use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -174,8 +177,23 @@ impl fmt::Display for Endpoint {
     }
 }
 
+/// Turns a host into the addresses a pool connects to, in the order to try them.
+///
+/// The default is the system resolver. A resolver that vets addresses (Web Push's SSRF
+/// guard) makes the pool connect only to addresses it checked, so that DNS cannot answer
+/// differently between the check and the connect. The error is a message for
+/// [`SendError::Connect`].
+pub trait Resolve: Send + Sync {
+    /// The addresses of `host`, each with `port`.
+    fn resolve<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<SocketAddr>, String>> + Send + 'a>>;
+}
+
 /// How a pool connects and sends.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PoolConfig {
     /// The provider endpoint.
     pub endpoint: Endpoint,
@@ -190,6 +208,22 @@ pub struct PoolConfig {
     pub tls: TlsOptions,
     /// How many times a request the server never processed is resent before giving up.
     pub max_resends: u32,
+    /// Where connections go: `None` resolves the endpoint's host with the system resolver.
+    pub resolver: Option<Arc<dyn Resolve>>,
+}
+
+impl fmt::Debug for PoolConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolConfig")
+            .field("endpoint", &self.endpoint)
+            .field("connections", &self.connections)
+            .field("request_timeout", &self.request_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
+            .field("max_resends", &self.max_resends)
+            .field("resolver", &self.resolver.as_ref().map(|_| "custom"))
+            .finish()
+    }
 }
 
 impl PoolConfig {
@@ -203,6 +237,7 @@ impl PoolConfig {
             connect_timeout: Duration::from_secs(5),
             tls: TlsOptions::default(),
             max_resends: 3,
+            resolver: None,
         }
     }
 }
@@ -297,6 +332,7 @@ struct Connector {
     endpoint: Endpoint,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     connect_timeout: Duration,
+    resolver: Option<Arc<dyn Resolve>>,
 }
 
 #[derive(Default)]
@@ -366,6 +402,7 @@ impl Pool {
                     endpoint,
                     tls,
                     connect_timeout: config.connect_timeout,
+                    resolver: config.resolver,
                 }),
                 slots,
                 next: AtomicUsize::new(0),
@@ -653,9 +690,15 @@ impl Connector {
     /// Opens TCP, TLS and HTTP/2; the error is a message for [`SendError::Connect`].
     async fn connect(&self, on_close: CloseHook) -> Result<SendRequest<Bytes>, String> {
         let endpoint = &self.endpoint;
-        let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
-            .await
-            .map_err(|e| format!("tcp connect failed: {e}"))?;
+        let tcp = match &self.resolver {
+            None => TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+                .await
+                .map_err(|e| format!("tcp connect failed: {e}"))?,
+            Some(resolver) => {
+                let addresses = resolver.resolve(&endpoint.host, endpoint.port).await?;
+                connect_any(&addresses).await?
+            }
+        };
         // Requests are small and latency-bound; never let Nagle hold a HEADERS frame back.
         let _ = tcp.set_nodelay(true);
         match &self.tls {
@@ -679,7 +722,23 @@ impl Connector {
     }
 }
 
-fn describe_tls_error(e: std::io::Error) -> String {
+/// Connects to the first address that accepts, in the resolver's order; the error is a
+/// message for [`SendError::Connect`]. Public for clients that open connections of their own
+/// to resolver-checked addresses (Web Push over HTTP/1.1).
+pub async fn connect_any(addresses: &[SocketAddr]) -> Result<TcpStream, String> {
+    let mut last_error = None;
+    for address in addresses {
+        match TcpStream::connect(address).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last_error = Some(format!("tcp connect to {address} failed: {e}")),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| "the resolver returned no address".to_string()))
+}
+
+/// A TLS handshake failure as a message for [`SendError::Connect`], saying when the server's
+/// certificate is not trusted and how to trust it.
+pub fn describe_tls_error(e: std::io::Error) -> String {
     let untrusted = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())

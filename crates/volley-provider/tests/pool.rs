@@ -396,3 +396,80 @@ async fn a_server_that_drops_every_connection_does_not_cause_a_reconnect_storm()
         "{connections} connections for 50 requests"
     );
 }
+
+/// Answers every lookup with fixed addresses (or an error) and counts the lookups.
+struct FixedResolver {
+    answer: Result<Vec<std::net::SocketAddr>, String>,
+    lookups: std::sync::atomic::AtomicU64,
+    hosts: std::sync::Mutex<Vec<(String, u16)>>,
+}
+
+impl volley_provider::Resolve for FixedResolver {
+    fn resolve<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<Vec<std::net::SocketAddr>, String>> + Send + 'a,
+        >,
+    > {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        self.hosts.lock().unwrap().push((host.to_string(), port));
+        Box::pin(async move { self.answer.clone() })
+    }
+}
+
+#[tokio::test]
+async fn a_resolver_decides_where_connections_go_and_addresses_are_tried_in_order() {
+    let server = TestServer::start(None, Behaviour::Echo, None).await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let resolver = std::sync::Arc::new(FixedResolver {
+        answer: Ok(vec![closed, server.addr]),
+        lookups: Default::default(),
+        hosts: Default::default(),
+    });
+    // A name that no DNS resolves: only the resolver can lead the pool to the server.
+    let mut config = PoolConfig::new(
+        format!("http://push.invalid:{}", server.addr.port())
+            .parse()
+            .unwrap(),
+    );
+    config.resolver = Some(resolver.clone());
+    assert!(format!("{config:?}").contains("resolver: Some(\"custom\")"));
+    let pool = Pool::new(config).unwrap();
+
+    let response = pool.send(post(1), Bytes::from_static(b"x")).await.unwrap();
+
+    assert_eq!(response.status, 200);
+    assert_eq!(server.requests(), 1);
+    assert_eq!(resolver.lookups.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        resolver.hosts.lock().unwrap().as_slice(),
+        &[("push.invalid".to_string(), server.addr.port())]
+    );
+}
+
+#[tokio::test]
+async fn a_resolver_refusal_is_a_connect_error_carrying_its_message() {
+    let server = TestServer::start(None, Behaviour::Echo, None).await;
+    let resolver = std::sync::Arc::new(FixedResolver {
+        answer: Err("endpoint host is 127.0.0.1, a loopback address".into()),
+        lookups: Default::default(),
+        hosts: Default::default(),
+    });
+    let mut config = PoolConfig::new(server.endpoint());
+    config.resolver = Some(resolver);
+    let pool = Pool::new(config).unwrap();
+
+    let error = pool.send(post(1), Bytes::new()).await.unwrap_err();
+
+    let SendError::Connect { message, .. } = &error else {
+        panic!("{error}");
+    };
+    assert_eq!(message, "endpoint host is 127.0.0.1, a loopback address");
+    assert_eq!(server.connections(), 0);
+}

@@ -188,6 +188,7 @@ pub struct VapidSigner {
     key: SigningKey,
     /// `, k=<public key>`, the constant tail of every header.
     key_suffix: String,
+    public: String,
     subject: String,
     cache: RwLock<HashMap<Box<str>, Cached>>,
     signatures: AtomicU64,
@@ -210,6 +211,7 @@ impl VapidSigner {
         Ok(VapidSigner {
             key: SigningKey::from(&key.secret),
             key_suffix: format!(", k={}", key.public_base64url()),
+            public: key.public_base64url(),
             subject,
             cache: RwLock::new(HashMap::new()),
             signatures: AtomicU64::new(0),
@@ -254,6 +256,11 @@ impl VapidSigner {
             },
         );
         value
+    }
+
+    /// The public key, unpadded base64url (`k`, the browser's `applicationServerKey`).
+    pub fn public_base64url(&self) -> &str {
+        &self.public
     }
 
     /// How many tokens this signer has signed.
