@@ -298,10 +298,16 @@ impl Guard {
                 found
             }
         };
-        for address in &addresses {
-            self.check_address(host, address.ip())?;
-        }
+        self.check_addresses(host, &addresses)?;
         Ok(addresses)
+    }
+
+    /// Checks every address a host resolved to: one non-public address refuses the host,
+    /// even among public ones (the shape of a DNS-rebinding attack).
+    pub fn check_addresses(&self, host: &str, addresses: &[SocketAddr]) -> Result<(), Refusal> {
+        addresses
+            .iter()
+            .try_for_each(|address| self.check_address(host, address.ip()))
     }
 }
 
@@ -634,6 +640,26 @@ mod tests {
             refusal.to_string(),
             "endpoint host 127.0.0.1 is not in the app's webpush.allowed_hosts"
         );
+    }
+
+    #[test]
+    fn a_name_with_public_and_private_addresses_is_refused() {
+        let guard = open();
+        let addresses: Vec<SocketAddr> = ["8.8.8.8:443", "10.0.0.7:443", "1.1.1.1:443"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let refusal = guard
+            .check_addresses("rebind.example", &addresses)
+            .unwrap_err();
+        assert_eq!(
+            refusal.to_string(),
+            "endpoint host rebind.example resolves to 10.0.0.7, a private address: only public \
+             addresses are allowed unless the app's webpush.allow_private lists it"
+        );
+        guard
+            .check_addresses("public.example", &[addresses[0], addresses[2]])
+            .unwrap();
     }
 
     #[tokio::test]
