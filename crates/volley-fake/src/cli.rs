@@ -392,6 +392,8 @@ mod tests {
     use super::*;
     use clap::{CommandFactory, Parser};
 
+    // Named as `volley`'s subcommands are, so that clap derives the same names.
+    #[allow(clippy::enum_variant_names)]
     #[derive(Parser)]
     enum Cli {
         FakeApns(FakeApnsArgs),

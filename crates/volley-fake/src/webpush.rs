@@ -693,3 +693,25 @@ mod base64url {
             .transpose()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exp_of_a_signed_header_is_read_for_the_cache() {
+        let signer = volley_webpush::vapid::VapidSigner::new(
+            volley_webpush::vapid::VapidKey::generate(),
+            "mailto:ops@example.com".into(),
+        )
+        .unwrap();
+        let header = signer.header_at("https://127.0.0.1:1", 1_000_000);
+        let exp = vapid_exp(header.to_str().unwrap());
+        assert_eq!(
+            exp,
+            Some(1_000_000 + volley_webpush::vapid::TOKEN_LIFETIME_SECS)
+        );
+        assert_eq!(vapid_exp("vapid t=a.b.c, k=x"), None);
+        assert_eq!(vapid_exp("vapid k=x"), None);
+    }
+}

@@ -173,7 +173,7 @@ async fn a_payload_encrypted_and_signed_like_an_application_server_is_decrypted_
     // needs no Content-Encoding.
     let request = Request::post(&subscription.endpoint)
         .header("ttl", "0")
-        .header("authorization", signer.header(&server.origin().to_string()))
+        .header("authorization", signer.header(server.origin()))
         .body(Full::default())
         .unwrap();
     assert_eq!(client.send(request).await.status, StatusCode::CREATED);
@@ -505,4 +505,62 @@ async fn the_default_server_speaks_http1_to_a_client_that_offers_only_http1() {
     let stats = server.shutdown();
     assert_eq!(stats.http1_requests, 3);
     assert_eq!(stats.delivered, 3);
+}
+
+/// Volley's own client, end to end: HTTP/2 where offered, HTTP/1.1 where not, and the fake
+/// decrypts what it encrypted either way.
+#[tokio::test]
+async fn volleys_client_delivers_over_h2_and_over_http1_and_the_fake_decrypts_it() {
+    for http1_only in [false, true] {
+        let server = start(FakeWebPushConfig {
+            http1_only,
+            capture: 10,
+            ..FakeWebPushConfig::default()
+        });
+        let mut config = volley_webpush::WebPushConfig::new(
+            vapid::VapidKey::generate(),
+            "mailto:ops@example.com".into(),
+        );
+        config.guard =
+            volley_webpush::guard::Guard::new(vec![], vec!["127.0.0.0/8".into()]).unwrap();
+        config.tls = volley_provider::tls::TlsOptions {
+            extra_ca_pem: Some(server.ca_pem_path().to_path_buf()),
+            only_extra_ca: true,
+            client_identity: None,
+        };
+        let client = volley_webpush::WebPushClient::new(config).unwrap();
+        let subscription = server.subscription("grace");
+        let token = volley_webpush::subscription::encode(
+            &subscription.endpoint,
+            &subscription.keys.p256dh,
+            &subscription.keys.auth,
+        )
+        .unwrap();
+        let prepared = volley_webpush::Prepared {
+            payload: Bytes::from_static(b"{\"title\":\"from volley\"}"),
+            ttl: 30,
+            urgency: Some(volley_webpush::Urgency::Low),
+            topic: Some("status".into()),
+        };
+        for _ in 0..2 {
+            let outcome = client.send(&token, &prepared).await;
+            assert_eq!(
+                outcome,
+                volley_webpush::Outcome::Delivered,
+                "http1_only {http1_only}"
+            );
+        }
+        let captured = server.captured_for("grace").unwrap();
+        assert_eq!(captured.plaintext.as_deref(), Some(&prepared.payload[..]));
+        assert_eq!(captured.headers["topic"], "status");
+        assert_eq!(captured.headers["urgency"], "low");
+        let stats = server.shutdown();
+        assert_eq!(stats.delivered, 2);
+        assert_eq!(stats.duplicate_ids, 1);
+        if http1_only {
+            assert_eq!((stats.http1_requests, stats.http2_requests), (2, 0));
+        } else {
+            assert_eq!((stats.http1_requests, stats.http2_requests), (0, 2));
+        }
+    }
 }
