@@ -148,7 +148,54 @@ pub fn encrypt_with(
 
 /// Decrypts an `aes128gcm` body as the user agent does (the fake push service uses it), after
 /// checking the header: record size, a 65-byte key id, a single record, delimiter 0x02.
+///
+/// Works out the public key from `ua_private` each time; a receiver of many messages keeps a
+/// [`Receiver`] instead.
 pub fn decrypt(body: &[u8], ua_private: &[u8; 32], auth: &[u8; 16]) -> Result<Vec<u8>, EceError> {
+    Receiver::new(ua_private)?.decrypt(body, auth)
+}
+
+/// A user agent's key pair, ready to decrypt many messages: the public key, which every
+/// message's key derivation needs, is worked out once (a scalar multiplication, as costly as
+/// the ECDH itself).
+pub struct Receiver {
+    secret: p256::SecretKey,
+    public: [u8; PUBLIC_KEY_LEN],
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver").finish_non_exhaustive()
+    }
+}
+
+impl Receiver {
+    /// The key pair of `ua_private`.
+    pub fn new(ua_private: &[u8; 32]) -> Result<Self, EceError> {
+        let secret =
+            p256::SecretKey::from_slice(ua_private).map_err(|_| EceError::InvalidPrivateKey)?;
+        let public = uncompressed(&secret.public_key());
+        Ok(Receiver { secret, public })
+    }
+
+    /// The public key, uncompressed (`p256dh`).
+    pub fn public_key(&self) -> &[u8; PUBLIC_KEY_LEN] {
+        &self.public
+    }
+
+    /// Decrypts one message sent to this key pair with the subscription's `auth` secret; see
+    /// [`decrypt`].
+    pub fn decrypt(&self, body: &[u8], auth: &[u8; 16]) -> Result<Vec<u8>, EceError> {
+        open(body, &self.secret, &self.public, auth)
+    }
+}
+
+fn open(
+    body: &[u8],
+    secret: &p256::SecretKey,
+    ua_public: &[u8; PUBLIC_KEY_LEN],
+    auth: &[u8; 16],
+) -> Result<Vec<u8>, EceError> {
     if body.len() < HEADER_LEN + TAG_LEN + 1 {
         // Read what there is of the header first, so that a wrong key id length is named
         // as such rather than as a short body.
@@ -174,11 +221,8 @@ pub fn decrypt(body: &[u8], ua_private: &[u8; 32], auth: &[u8; 16]) -> Result<Ve
             rs,
         });
     }
-    let secret =
-        p256::SecretKey::from_slice(ua_private).map_err(|_| EceError::InvalidPrivateKey)?;
-    let ua_public = uncompressed(&secret.public_key());
-    let shared = static_ecdh(&secret, as_public).ok_or(EceError::InvalidSenderKey)?;
-    let keys = derive(&shared, &ua_public, as_public, auth, salt);
+    let shared = static_ecdh(secret, as_public).ok_or(EceError::InvalidSenderKey)?;
+    let keys = derive(&shared, ua_public, as_public, auth, salt);
 
     let mut record = ciphertext.to_vec();
     let opened = keys

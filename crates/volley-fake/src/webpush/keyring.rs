@@ -15,15 +15,16 @@ const KEY_PAIRS: usize = 8;
 
 /// One user-agent key pair (RFC 8291's `ua_private` / `ua_public`).
 struct KeyPair {
-    private: [u8; 32],
+    /// The private key, with its public key worked out once.
+    receiver: volley_webpush::ece::Receiver,
     /// The public key, uncompressed, base64url without padding, as `p256dh` carries it.
     public_b64: String,
 }
 
 /// The keys of one subscription id.
 pub(crate) struct SubscriptionKeys<'a> {
-    /// The user agent's private key.
-    pub(crate) private: &'a [u8; 32],
+    /// The user agent's key pair.
+    pub(crate) receiver: &'a volley_webpush::ece::Receiver,
     /// `p256dh`: the public key, base64url unpadded.
     pub(crate) public_b64: &'a str,
     /// The auth secret.
@@ -45,7 +46,8 @@ impl Keyring {
             .map(|_| {
                 let (private, public) = volley_webpush::ece::generate_keypair();
                 KeyPair {
-                    private,
+                    receiver: volley_webpush::ece::Receiver::new(&private)
+                        .expect("a generated private key is valid"),
                     public_b64: URL_SAFE_NO_PAD.encode(public),
                 }
             })
@@ -65,7 +67,7 @@ impl Keyring {
         let pick = usize::from(u16::from_be_bytes([tag[16], tag[17]])) % self.pairs.len();
         let pair = &self.pairs[pick];
         SubscriptionKeys {
-            private: &pair.private,
+            receiver: &pair.receiver,
             public_b64: &pair.public_b64,
             auth,
         }

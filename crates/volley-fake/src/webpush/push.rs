@@ -164,7 +164,7 @@ pub(crate) fn decide(state: &State, id: &str, headers: &HeaderMap, body: &[u8]) 
         return delivered(Some(Vec::new()), false);
     }
     let keys = state.keyring.keys(id);
-    match volley_webpush::ece::decrypt(body, keys.private, &keys.auth) {
+    match keys.receiver.decrypt(body, &keys.auth) {
         Ok(plaintext) => delivered(Some(plaintext), false),
         Err(_) => {
             state.counters.bump_decrypt_failure();
