@@ -14,14 +14,15 @@ use volley_testkit::cluster::{Cluster, ClusterOptions, APP};
 /// Options of `volley demo`.
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    /// Tokens in the broadcast, split between APNs and FCM.
+    /// Devices in the broadcast: `--webpush` browser subscriptions, the rest APNs and FCM
+    /// tokens.
     #[arg(long, default_value_t = 1_000_000)]
     pub tokens: usize,
     /// Share of the tokens that are APNs tokens (the rest are FCM).
     #[arg(long, default_value_t = 0.5)]
     pub apns_share: f64,
-    /// Web Push subscriptions in the broadcast besides the tokens (each message encrypted for
-    /// its subscription, and decrypted by the fake push service).
+    /// Web Push subscriptions among them (each message encrypted for its subscription, and
+    /// decrypted by the fake push service).
     #[arg(long, default_value_t = 10_000)]
     pub webpush: usize,
     /// Agents in the cluster (on 2 cores, more agents cost more CPU per notification: see
@@ -119,8 +120,10 @@ fn count(status: &Value, field: &str) -> u64 {
 
 /// Runs the demo and prints its summary; fails when the job and the fakes disagree.
 pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
-    let apns = ((args.tokens as f64) * args.apns_share.clamp(0.0, 1.0)).round() as usize;
-    let fcm = args.tokens - apns;
+    let webpush = args.webpush.min(args.tokens);
+    let rest = args.tokens - webpush;
+    let apns = ((rest as f64) * args.apns_share.clamp(0.0, 1.0)).round() as usize;
+    let fcm = rest - apns;
     eprintln!(
         "starting a cluster in this process: fake APNs, FCM and Web Push, a controller, {} agents and a front",
         args.agents
@@ -131,15 +134,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
     })
     .await?;
     let client = cluster.client();
-    let subscriptions =
-        webpush_subscriptions(&cluster.fake_webpush, args.webpush, args.invalid_every);
+    let subscriptions = webpush_subscriptions(&cluster.fake_webpush, webpush, args.invalid_every);
     let body = broadcast_body(apns, fcm, &subscriptions, args.invalid_every);
     drop(subscriptions);
     eprintln!(
         "broadcasting one notification to {} devices ({apns} APNs, {fcm} FCM, {} Web Push; \
          {:.1} MB of JSON)",
-        args.tokens + args.webpush,
-        args.webpush,
+        args.tokens,
+        webpush,
         body.len() as f64 / 1e6
     );
     let started = Instant::now();
