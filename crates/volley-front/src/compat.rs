@@ -21,7 +21,8 @@ use volley_fcm::FcmMessage;
 
 use crate::error::{ApiError, Code};
 use crate::native::{
-    build_job, fcm_destination, record_accepted, reject_all, render_job, Prepared, Wanted,
+    build_job, fcm_destination, record_accepted, reject_all, render_job, JobTokens, Prepared,
+    Wanted,
 };
 use crate::openapi::{not_background, not_high_priority};
 use crate::render::{Names, PriorityInput, Spec};
@@ -183,21 +184,18 @@ fn build_jobs<N>(
             )
             .field(format!("{prefix}.{tokens_field}")));
         }
-        let (apns, fcm) = match platform {
-            Side::Ios => (tokens, TokenList::default()),
-            Side::Android => (TokenList::default(), tokens),
+        let tokens = match platform {
+            Side::Ios => JobTokens {
+                apns: tokens,
+                ..JobTokens::default()
+            },
+            Side::Android => JobTokens {
+                fcm: tokens,
+                ..JobTokens::default()
+            },
         };
-        let mut job = build_job(
-            state,
-            app,
-            &spec,
-            apns,
-            fcm,
-            TokenList::default(),
-            &names,
-            None,
-        )
-        .map_err(|e| e.within(&prefix))?;
+        let mut job =
+            build_job(state, app, &spec, tokens, &names, None).map_err(|e| e.within(&prefix))?;
         job.job.rejected = rejected.clone();
         jobs.push(Built {
             job: Some(job),

@@ -257,18 +257,29 @@ pub(crate) struct Prepared {
     pub webpush: usize,
 }
 
+/// A job's tokens, by platform.
+#[derive(Default)]
+pub(crate) struct JobTokens {
+    pub apns: TokenList,
+    pub fcm: TokenList,
+    pub webpush: TokenList,
+}
+
 /// Checks one notification's tokens against the app's platforms, renders it, and builds the
 /// job; `names` says what the API calls each field, for errors.
 pub(crate) fn build_job(
     state: &FrontState,
     app: usize,
     spec: &Spec,
-    apns_tokens: TokenList,
-    fcm_tokens: TokenList,
-    webpush_tokens: TokenList,
+    tokens: JobTokens,
     names: &Names,
     idempotency_key: Option<IdempotencyKey>,
 ) -> Result<Prepared, ApiError> {
+    let JobTokens {
+        apns: apns_tokens,
+        fcm: fcm_tokens,
+        webpush: webpush_tokens,
+    } = tokens;
     let entry = &state.inner.apps[app];
     let (apns, fcm, webpush) = (apns_tokens.len(), fcm_tokens.len(), webpush_tokens.len());
     if apns == 0 && fcm == 0 && webpush == 0 {
@@ -534,16 +545,8 @@ fn native_job(
     if unchecked.apns || unchecked.fcm || unchecked.webpush {
         render_job(state, app, &spec, unchecked, &NAMES)?;
     }
-    let mut prepared = build_job(
-        state,
-        app,
-        &spec,
-        apns,
-        fcm,
-        webpush,
-        &NAMES,
-        idempotency_key,
-    )?;
+    let tokens = JobTokens { apns, fcm, webpush };
+    let mut prepared = build_job(state, app, &spec, tokens, &NAMES, idempotency_key)?;
     prepared.job.rejected = rejected;
     Ok(prepared)
 }
