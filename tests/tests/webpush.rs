@@ -66,6 +66,13 @@ async fn a_web_push_broadcast_is_encrypted_delivered_and_balanced() {
     for id in ["dead-1", "dead-2", "dead-3", "4040-1", "4040-2", "4130-1"] {
         subscriptions.push(cluster.webpush_subscription(id));
     }
+    // A key of the right shape that is no point of the curve: the agent's ECDH refuses it,
+    // and the subscription is reported invalid.
+    let mut off_curve = cluster.webpush_subscription("off-curve");
+    let key = off_curve["keys"]["p256dh"].as_str().unwrap().to_owned();
+    let flipped = if key.ends_with('A') { 'Q' } else { 'A' };
+    off_curve["keys"]["p256dh"] = json!(format!("{}{flipped}", &key[..key.len() - 1]));
+    subscriptions.push(off_curve);
     let id = submit(
         &client,
         json!({
@@ -82,9 +89,9 @@ async fn a_web_push_broadcast_is_encrypted_delivered_and_balanced() {
     .unwrap();
     let status = wait_for_job(&client, &id, LIMIT).await.unwrap();
     assert_balanced(&status);
-    assert_eq!(count(&status, "accepted"), 211, "{status}");
+    assert_eq!(count(&status, "accepted"), 212, "{status}");
     assert_eq!(count(&status, "delivered"), 205, "{status}");
-    assert_eq!(count(&status, "invalid"), 5, "{status}");
+    assert_eq!(count(&status, "invalid"), 6, "{status}");
     assert_eq!(count(&status, "failed"), 1, "{status}");
     assert_eq!(
         failures(&status),
@@ -94,7 +101,7 @@ async fn a_web_push_broadcast_is_encrypted_delivered_and_balanced() {
 
     // Invalid subscriptions are named by their endpoint alone: the keys stay out of reports.
     let invalid = status["invalid_tokens"].as_array().unwrap();
-    assert_eq!(invalid.len(), 5, "{status}");
+    assert_eq!(invalid.len(), 6, "{status}");
     for entry in invalid {
         assert_eq!(entry["platform"], "webpush", "{entry}");
         let token = entry["token"].as_str().unwrap();
@@ -103,7 +110,10 @@ async fn a_web_push_broadcast_is_encrypted_delivered_and_balanced() {
             "{token}"
         );
         let reason = entry["reason"].as_str().unwrap();
-        assert!(reason == "Gone" || reason == "NotFound", "{entry}");
+        assert!(
+            ["Gone", "NotFound", "InvalidKey"].contains(&reason),
+            "{entry}"
+        );
     }
 
     // The fake decrypted every message with the subscription's keys: each got the one

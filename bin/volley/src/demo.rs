@@ -64,8 +64,10 @@ pub fn webpush_subscriptions(
     (0..n)
         .map(|i| {
             let dead = invalid_every > 0 && i % invalid_every == invalid_every - 1;
+            // `ok`: a random hex prefix could start with one the fake scripts (`dead`, `4040`...).
             let prefix = if dead { "dead" } else { &run[..8] };
-            fake.subscription(&format!("{prefix}-{i}"))
+            let ok = if dead { "" } else { "ok" };
+            fake.subscription(&format!("{ok}{prefix}-{i}"))
         })
         .collect()
 }

@@ -242,7 +242,13 @@ fn app_clients(config: &Config, index: usize, app: &AppConfig) -> Result<AppClie
                 webpush.allowed_hosts.clone(),
                 webpush.allow_private.clone(),
             )
-            .map_err(|error| invalid("webpush.allow_private", error.to_string()))?;
+            .map_err(|error| {
+                let key = match error {
+                    volley_webpush::guard::GuardError::Host(_) => "webpush.allowed_hosts",
+                    volley_webpush::guard::GuardError::Cidr { .. } => "webpush.allow_private",
+                };
+                invalid(key, error.to_string())
+            })?;
             let mut client_config =
                 volley_webpush::WebPushConfig::new(key, webpush.subject.clone());
             client_config.guard = guard;
@@ -253,8 +259,14 @@ fn app_clients(config: &Config, index: usize, app: &AppConfig) -> Result<AppClie
                 ..TlsOptions::default()
             };
             Some((
-                volley_webpush::WebPushClient::new(client_config)
-                    .map_err(|error| invalid("webpush", error.to_string()))?,
+                volley_webpush::WebPushClient::new(client_config).map_err(|error| {
+                    let key = match error {
+                        volley_webpush::WebPushError::Vapid(_) => "webpush.subject",
+                        volley_webpush::WebPushError::Tls(_) => "webpush.ca_file",
+                        _ => "webpush",
+                    };
+                    invalid(key, error.to_string())
+                })?,
                 lane(
                     format!("{}/WebPush", app.name),
                     agent,

@@ -778,11 +778,16 @@ impl Config {
             }
             if let Some(webpush) = &app.webpush {
                 let subject = webpush.subject.as_str();
-                let scheme_ok = subject
-                    .strip_prefix("mailto:")
-                    .or_else(|| subject.strip_prefix("https://"))
-                    .is_some_and(|rest| !rest.is_empty());
-                if !scheme_ok {
+                let plain = !subject.chars().any(|c| c.is_control() || c.is_whitespace());
+                let scheme_ok = match (
+                    subject.strip_prefix("mailto:"),
+                    subject.strip_prefix("https://"),
+                ) {
+                    (Some(address), _) => address.len() > 2 && address.contains('@'),
+                    (None, Some(rest)) => !rest.is_empty(),
+                    (None, None) => false,
+                };
+                if !(plain && scheme_ok) {
                     return Err(ConfigError::invalid(
                         format!("{key}.webpush.subject"),
                         "must be a mailto: or https: URL (the VAPID contact push services use)",

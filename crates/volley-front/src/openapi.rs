@@ -217,6 +217,12 @@ component!(
     ApnsTokens,
     /// An array of FCM registration tokens.
     FcmTokens,
+    /// A Web Push message: a JSON object or a string.
+    WebPushPayload,
+    /// A Web Push `Urgency`.
+    WebPushUrgency,
+    /// A Web Push `Topic`.
+    WebPushTopic,
     /// An array of device tokens of the entry's platform (gorush, gaurun).
     CompatTokens,
     /// `"high"`, `"normal"`, 10, 5 or 1.
@@ -384,6 +390,52 @@ fn custom_schemas() -> Vec<(&'static str, Value)> {
             }),
         ),
         (
+            "WebPushPayload",
+            json!({
+                "oneOf": [{"type": "object"}, {"type": "string"}],
+                "description": "What the service worker receives: a JSON object the typed \
+                    fields are written over, or a string sent as it is.",
+            }),
+        ),
+        (
+            "WebPushUrgency",
+            json!({"type": "string", "enum": ["very-low", "low", "normal", "high"]}),
+        ),
+        (
+            "WebPushTopic",
+            json!({"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$"}),
+        ),
+        (
+            "WebPushSubscription",
+            json!({
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["endpoint", "keys"],
+                "properties": {
+                    "endpoint": {
+                        "type": "string",
+                        "maxLength": 2048,
+                        "pattern": "^https://([a-z0-9]+[.])*[a-z]+(:[1-9][0-9]{0,3})?(/[A-Za-z0-9_~-]*)*$",
+                    },
+                    "keys": {
+                        "type": "object",
+                        "additionalProperties": false,
+                        "required": ["p256dh", "auth"],
+                        "properties": {
+                            "p256dh": {"type": "string", "pattern": "^B[A-P][A-Za-z0-9_-]{85}$"},
+                            "auth": {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$"},
+                        },
+                    },
+                    "expirationTime": {"type": ["number", "null"]},
+                },
+                "description": "A well-formed subscription: an https endpoint, `p256dh` a \
+                    65-byte uncompressed P-256 point (0x04 first) and `auth` 16 bytes, URL-safe \
+                    base64 (padded or standard base64 are taken too). Whether the point is on \
+                    the curve is found by the agent: a subscription whose key is not is \
+                    reported invalid (`InvalidKey`).",
+            }),
+        ),
+        (
             "WebPushSubscriptions",
             json!({
                 "type": "array",
@@ -392,7 +444,7 @@ fn custom_schemas() -> Vec<(&'static str, Value)> {
                     "additionalProperties": false,
                     "required": ["endpoint", "keys"],
                     "properties": {
-                        "endpoint": {"type": "string", "format": "uri", "pattern": "^https://"},
+                        "endpoint": {"type": "string"},
                         "keys": {
                             "type": "object",
                             "additionalProperties": false,
@@ -402,7 +454,7 @@ fn custom_schemas() -> Vec<(&'static str, Value)> {
                                 "auth": {"type": "string"},
                             },
                         },
-                        "expirationTime": {"type": ["integer", "null"]},
+                        "expirationTime": {"type": ["number", "null"]},
                     },
                 },
                 "description": "Web Push subscriptions as `PushSubscription.toJSON()` gives them: \
@@ -548,7 +600,7 @@ fn custom_schemas() -> Vec<(&'static str, Value)> {
         ),
         (
             "PlatformName",
-            json!({"type": "string", "enum": ["apns", "fcm"]}),
+            json!({"type": "string", "enum": ["apns", "fcm", "webpush"]}),
         ),
         (
             "JobState",
@@ -726,6 +778,7 @@ fn finish(document: &mut Value) {
 fn native_request(schemas: &mut Map<String, Value>) {
     let apns = json!({"$ref": "#/components/schemas/ApnsToken"});
     let fcm = json!({"$ref": "#/components/schemas/FcmToken"});
+    let webpush = json!({"$ref": "#/components/schemas/WebPushSubscription"});
     let nested = |platform: &str, token: &Value| {
         json!({"required": ["targets"], "properties": {"targets": {
             "required": [platform], "properties": {platform: {"contains": token}}}}})
@@ -746,6 +799,7 @@ fn native_request(schemas: &mut Map<String, Value>) {
             {"anyOf": [
                 nested("apns", &apns),
                 nested("fcm", &fcm),
+                nested("webpush", &webpush),
                 flat("apns_tokens", &apns),
                 flat("fcm_tokens", &fcm),
                 present("topic"),
@@ -773,6 +827,7 @@ fn native_request(schemas: &mut Map<String, Value>) {
                     "targets": {"properties": {
                         "apns": {"items": apns},
                         "fcm": {"items": fcm},
+                        "webpush": {"items": webpush},
                     }},
                     "apns_tokens": {"items": apns},
                     "fcm_tokens": {"items": fcm},

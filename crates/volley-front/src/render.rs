@@ -181,6 +181,7 @@ pub(crate) fn check_common(spec: &Spec, names: &Names) -> Result<(), ApiError> {
             );
         }
     }
+    crate::webpush::check(spec)?;
     if let Some(message) = &spec.fcm_raw {
         let target = ["token", "topic", "condition"]
             .into_iter()

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use bytes::Bytes;
-use serde::de::{IgnoredAny, SeqAccess, Visitor};
+use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -33,11 +33,11 @@ pub(crate) struct SubscriptionJson {
     endpoint: String,
     /// The browser's keys for this subscription.
     keys: KeysJson,
-    /// When the browser says the subscription expires; read and not used.
+    /// When the browser says the subscription expires (ms since the epoch, or null); read
+    /// and not used.
     #[serde(default)]
-    #[schema(value_type = Option<i64>)]
     #[allow(dead_code)]
-    expiration_time: Option<IgnoredAny>,
+    expiration_time: Option<f64>,
 }
 
 /// A subscription's keys (URL-safe base64).
@@ -113,35 +113,81 @@ pub(crate) struct WebPushOptions {
     /// What the browser's service worker receives (`event.data`): a JSON object that the
     /// typed fields are written over (`title`, `body`, `image`, `data`, and `collapse_id` as
     /// `tag`), or a string sent as it is. At most 3993 bytes.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<crate::openapi::WebPushPayload>)]
     payload: Option<Value>,
     /// `TTL`: seconds the push service keeps the message for an offline browser (default:
     /// the request's `ttl`, else until `expiration`, else 28 days; at most 28 days).
     #[serde(default, deserialize_with = "crate::whole::option")]
+    #[schema(value_type = Option<crate::openapi::Ttl>)]
     ttl: Option<u64>,
     /// `Urgency`: `very-low`, `low`, `normal` or `high` (default: from `priority`).
+    #[schema(value_type = Option<crate::openapi::WebPushUrgency>)]
     urgency: Option<String>,
     /// `Topic`: a later message with the same topic replaces this one while it waits; 1 to
     /// 32 characters of URL-safe base64 (default: `collapse_id` when it is such).
+    #[schema(value_type = Option<crate::openapi::WebPushTopic>)]
     topic: Option<String>,
+}
+
+/// Checks the `webpush` options, whether or not the job has subscriptions: a field is refused
+/// or not whatever the request's targets.
+pub(crate) fn check(spec: &Spec) -> Result<(), ApiError> {
+    let Some(options) = &spec.webpush_raw else {
+        return Ok(());
+    };
+    if !matches!(
+        options.payload,
+        None | Some(Value::String(_) | Value::Object(_))
+    ) {
+        return Err(ApiError::new(
+            Code::InvalidArgument,
+            "webpush.payload must be a json object or a string",
+        )
+        .field("webpush.payload"));
+    }
+    if let Some(ttl) = options.ttl.filter(|ttl| *ttl > MAX_TTL_SECONDS) {
+        return Err(ApiError::new(
+            Code::InvalidArgument,
+            format!("webpush.ttl is {ttl} s, above the 28-day maximum of {MAX_TTL_SECONDS} s"),
+        )
+        .field("webpush.ttl"));
+    }
+    if let Some(urgency) = &options.urgency {
+        if !matches!(urgency.as_str(), "very-low" | "low" | "normal" | "high") {
+            return Err(ApiError::new(
+                Code::InvalidArgument,
+                "webpush.urgency must be very-low, low, normal or high",
+            )
+            .field("webpush.urgency"));
+        }
+    }
+    if options
+        .topic
+        .as_deref()
+        .is_some_and(|topic| !is_topic(topic))
+    {
+        return Err(ApiError::new(
+            Code::InvalidArgument,
+            format!(
+                "webpush.topic must be 1 to {MAX_TOPIC} characters of URL-safe base64 \
+                 (A-Z, a-z, 0-9, - and _)"
+            ),
+        )
+        .field("webpush.topic"));
+    }
+    Ok(())
 }
 
 /// Renders the notification for Web Push once: the message and its header values.
 pub(crate) fn render(spec: &Spec) -> Result<WebPushRender, ApiError> {
+    check(spec)?;
     let options = spec.webpush_raw.as_ref();
     let default = WebPushOptions::default();
     let options = options.unwrap_or(&default);
     let payload = match &options.payload {
         Some(Value::String(text)) => Bytes::from(text.clone()),
         Some(Value::Object(map)) => message(spec, map.clone()),
-        None => message(spec, Map::new()),
-        Some(_) => {
-            return Err(ApiError::new(
-                Code::InvalidArgument,
-                "webpush.payload must be a json object or a string",
-            )
-            .field("webpush.payload"))
-        }
+        _ => message(spec, Map::new()),
     };
     if payload.len() > MAX_PAYLOAD {
         return Err(ApiError::new(
@@ -159,24 +205,8 @@ pub(crate) fn render(spec: &Spec) -> Result<WebPushRender, ApiError> {
         (None, None, Some(at)) => at.saturating_sub(now_secs()).min(MAX_TTL_SECONDS),
         (None, None, None) => DEFAULT_TTL,
     };
-    if ttl > MAX_TTL_SECONDS {
-        return Err(ApiError::new(
-            Code::InvalidArgument,
-            format!("webpush.ttl is {ttl} s, above the 28-day maximum of {MAX_TTL_SECONDS} s"),
-        )
-        .field("webpush.ttl"));
-    }
     let urgency = match &options.urgency {
-        Some(urgency) => {
-            if !matches!(urgency.as_str(), "very-low" | "low" | "normal" | "high") {
-                return Err(ApiError::new(
-                    Code::InvalidArgument,
-                    "webpush.urgency must be very-low, low, normal or high",
-                )
-                .field("webpush.urgency"));
-            }
-            Some(urgency.clone())
-        }
+        Some(urgency) => Some(urgency.clone()),
         None => spec.priority.as_ref().map(|priority| {
             match priority {
                 PriorityInput::Text(text) if text == "high" => "high",
@@ -188,17 +218,7 @@ pub(crate) fn render(spec: &Spec) -> Result<WebPushRender, ApiError> {
         }),
     };
     let topic = match &options.topic {
-        Some(topic) if is_topic(topic) => Some(topic.clone()),
-        Some(_) => {
-            return Err(ApiError::new(
-                Code::InvalidArgument,
-                format!(
-                    "webpush.topic must be 1 to {MAX_TOPIC} characters of URL-safe base64 \
-                     (A-Z, a-z, 0-9, - and _)"
-                ),
-            )
-            .field("webpush.topic"))
-        }
+        Some(topic) => Some(topic.clone()),
         None => spec.collapse_id.clone().filter(|id| is_topic(id)),
     };
     Ok(WebPushRender {

@@ -42,6 +42,8 @@ use crate::tls::{TlsError, TlsOptions};
 
 /// Response bodies beyond this are cut off: provider bodies are small JSON documents.
 pub const MAX_RESPONSE_BODY: usize = 64 * 1024;
+/// The most response header bytes (as HTTP/2 counts them) a connection takes per response.
+const MAX_HEADER_LIST: u32 = 64 * 1024;
 
 /// Consecutive requests one connection takes before the next takes its turn. A burst of a
 /// few dozen requests (the single-notification chunks of one `deliver` call) then shares one
@@ -772,6 +774,9 @@ where
 {
     let (send, mut connection) = h2::client::Builder::new()
         .enable_push(false)
+        // Providers answer with a few small headers; h2's default allows 16 MiB of them per
+        // response, which a Web Push endpoint (a user's choice of server) could send.
+        .max_header_list_size(MAX_HEADER_LIST)
         .handshake::<_, Bytes>(io)
         .await
         .map_err(|e| format!("http/2 handshake failed: {e}"))?;

@@ -391,6 +391,14 @@ impl WebPushClient {
         };
         let body = match ece::encrypt(&prepared.payload, &decoded.ua_public, &decoded.auth) {
             Ok(body) => body,
+            // A key that is not a point of the curve: the subscription can never be sent to,
+            // like one the push service calls gone.
+            Err(ece::EceError::InvalidUaPublicKey) => {
+                return Outcome::InvalidToken {
+                    reason: Reason::known("InvalidKey"),
+                    timestamp_ms: None,
+                }
+            }
             Err(error) => {
                 return Outcome::BadRequest {
                     reason: Reason::raw(format!("InvalidSubscription: {error}")),
@@ -426,7 +434,7 @@ impl WebPushClient {
                 match pool.send(make, body).await {
                     Ok(response) => {
                         let body = &response.body[..response.body.len().min(MAX_RESPONSE_BODY)];
-                        classify(response.status, &response.headers, body)
+                        answered(&origin, response.status, &response.headers, body)
                     }
                     Err(error) => self.inner.transport_failure(&origin, error),
                 }
@@ -444,7 +452,7 @@ impl WebPushClient {
                 let limit = self.inner.request_timeout;
                 match tokio::time::timeout(limit, pool.send(make)).await {
                     Ok(Ok(response)) => {
-                        classify(response.status, &response.headers, &response.body)
+                        answered(&origin, response.status, &response.headers, &response.body)
                     }
                     Ok(Err(H1Error::Refused(refusal))) => refused(&origin, &refusal),
                     Ok(Err(H1Error::Send(error))) => self.inner.transport_failure(&origin, error),
@@ -505,8 +513,27 @@ fn invalid_subscription(error: &subscription::SubscriptionError) -> Outcome {
 /// A guard refusal as the outcome reported for the message: `EndpointNotPublic: endpoint
 /// host is 127.0.0.1, a loopback address: …`. A name that does not resolve may be a DNS
 /// outage rather than a bad endpoint, so it is retried like a connect failure.
+/// The outcome of a push service's answer; what the body says of a failure goes to the log
+/// (at debug: an endpoint's server writes what it likes), never into the reason.
+fn answered(
+    origin: &Origin,
+    status: http::StatusCode,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Outcome {
+    let outcome = classify(status, headers);
+    if outcome != Outcome::Delivered {
+        if let Some(detail) = crate::classify::detail(body) {
+            tracing::debug!(origin = %origin.origin, status = status.as_u16(), %detail, "push service refused a message");
+        }
+    }
+    outcome
+}
+
 fn refusal_outcome(refusal: &Refusal) -> Outcome {
-    let reason = Reason::raw(format!("{}: {refusal}", refusal.code()));
+    // A code and the kind of address, not the host or the address: reasons are counted by
+    // their text, and hosts are whatever users sent (the log line in `refused` has them).
+    let reason = Reason::raw(refusal.summary());
     match refusal {
         Refusal::Unresolvable { .. } => Outcome::Transient {
             reason,

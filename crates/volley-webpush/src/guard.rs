@@ -125,6 +125,13 @@ pub enum Refusal {
         /// What kind of address it is (`loopback`, `private`, `link-local`, ...).
         class: &'static str,
     },
+    /// The port is not 443 and the address is not in the app's `allow_private`.
+    PortNotAllowed {
+        /// The endpoint's host.
+        host: String,
+        /// The endpoint's port.
+        port: u16,
+    },
     /// The host name does not resolve.
     Unresolvable {
         /// The endpoint's host.
@@ -159,20 +166,18 @@ impl fmt::Display for Refusal {
                 } else {
                     write!(f, "endpoint host {host} resolves to {address}")?;
                 }
-                // By sound: "an unspecified", "a unique local".
-                let article = if class.starts_with(['a', 'e', 'i', 'o'])
-                    || (class.starts_with("un") && !class.starts_with("uni"))
-                {
-                    "an"
-                } else {
-                    "a"
-                };
                 write!(
                     f,
-                    ", {article} {class} address: only public addresses are allowed unless the \
-                     app's webpush.allow_private lists it"
+                    ", {} {class} address: only public addresses are allowed unless the app's \
+                     webpush.allow_private lists it",
+                    article(class)
                 )
             }
+            Refusal::PortNotAllowed { host, port } => write!(
+                f,
+                "endpoint {host}:{port}: only port 443 is allowed unless the app's \
+                 webpush.allow_private lists the address"
+            ),
             Refusal::Unresolvable { host, error } => {
                 write!(f, "endpoint host {host} does not resolve: {error}")
             }
@@ -187,8 +192,44 @@ impl Refusal {
             Refusal::NotHttps { .. } => "EndpointNotHttps",
             Refusal::HostNotAllowed { .. } => "EndpointHostNotAllowed",
             Refusal::NotPublic { .. } => "EndpointNotPublic",
+            Refusal::PortNotAllowed { .. } => "EndpointPortNotAllowed",
             Refusal::Unresolvable { .. } => "EndpointUnresolvable",
         }
+    }
+
+    /// The refusal as a job's failure reason: its code and what kind of thing was refused,
+    /// without the host, address or port (those are the user's to choose, so a reason naming
+    /// them would make every refusal a counter of its own, and would tell a caller where an
+    /// internal name points). One of a few dozen texts.
+    pub fn summary(&self) -> String {
+        let code = self.code();
+        match self {
+            Refusal::NotHttps { .. } => format!("{code}: push endpoints must be https"),
+            Refusal::HostNotAllowed { .. } => {
+                format!("{code}: the host is not under the app's webpush.allowed_hosts")
+            }
+            Refusal::NotPublic { class, .. } => format!(
+                "{code}: the host is {} {class} address; only public addresses are allowed \
+                 unless the app's webpush.allow_private lists it",
+                article(class)
+            ),
+            Refusal::PortNotAllowed { .. } => format!(
+                "{code}: only port 443 is allowed unless the app's webpush.allow_private lists \
+                 the address"
+            ),
+            Refusal::Unresolvable { .. } => format!("{code}: the host does not resolve"),
+        }
+    }
+}
+
+/// "an" or "a" before a class of address, by sound: "an unspecified", "a unique local".
+fn article(class: &str) -> &'static str {
+    if class.starts_with(['a', 'e', 'i', 'o'])
+        || (class.starts_with("un") && !class.starts_with("uni"))
+    {
+        "an"
+    } else {
+        "a"
     }
 }
 
@@ -255,15 +296,7 @@ impl Guard {
         let Some(class) = non_public_class(address) else {
             return Ok(());
         };
-        let mapped = match address {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
-            IpAddr::V4(_) => None,
-        };
-        let allowed = self
-            .allow_private
-            .iter()
-            .any(|range| range.contains(address) || mapped.is_some_and(|v4| range.contains(v4)));
-        if allowed {
+        if self.allows_private(address) {
             Ok(())
         } else {
             Err(Refusal::NotPublic {
@@ -272,6 +305,18 @@ impl Guard {
                 class,
             })
         }
+    }
+
+    /// Whether `address` (or the IPv4 address an IPv4-mapped one carries) is inside the app's
+    /// `allow_private` ranges.
+    fn allows_private(&self, address: IpAddr) -> bool {
+        let mapped = match address {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
+            IpAddr::V4(_) => None,
+        };
+        self.allow_private
+            .iter()
+            .any(|range| range.contains(address) || mapped.is_some_and(|v4| range.contains(v4)))
     }
 
     /// The addresses of `host` that may be contacted: the host must pass the allow-list, and
@@ -299,6 +344,14 @@ impl Guard {
             }
         };
         self.check_addresses(host, &addresses)?;
+        // Push services listen on 443; another port of a public host is how an endpoint
+        // would have the agents probe a service that is not a push service.
+        if port != 443 && !addresses.iter().all(|a| self.allows_private(a.ip())) {
+            return Err(Refusal::PortNotAllowed {
+                host: host.to_string(),
+                port,
+            });
+        }
         Ok(addresses)
     }
 
@@ -571,6 +624,38 @@ mod tests {
         assert!(
             refusal.to_string().contains("a loopback address"),
             "{refusal}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_public_host_is_reached_on_port_443_only() {
+        let guard = Guard::new(vec![], vec!["127.0.0.0/8".into()]).unwrap();
+        assert_eq!(
+            guard.resolve("93.184.216.34", 443).await.unwrap(),
+            vec!["93.184.216.34:443".parse().unwrap()]
+        );
+        let refusal = guard.resolve("93.184.216.34", 22).await.unwrap_err();
+        assert_eq!(refusal.code(), "EndpointPortNotAllowed");
+        assert!(
+            !refusal.summary().contains("93.184"),
+            "{}",
+            refusal.summary()
+        );
+        // An address the app allows may be reached on any port (an in-house service).
+        assert!(guard.resolve("127.0.0.1", 8443).await.is_ok());
+    }
+
+    #[test]
+    fn a_summary_names_the_kind_of_address_and_never_the_address() {
+        let refusal = Refusal::NotPublic {
+            host: "internal.example".into(),
+            address: "10.2.3.4".parse().unwrap(),
+            class: "private",
+        };
+        assert_eq!(
+            refusal.summary(),
+            "EndpointNotPublic: the host is a private address; only public addresses are \
+             allowed unless the app's webpush.allow_private lists it"
         );
     }
 

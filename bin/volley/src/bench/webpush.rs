@@ -72,7 +72,8 @@ fn on_this_thread(
         // Subscriptions are made before measuring, as the agent gets them in a chunk.
         let run = uuid::Uuid::new_v4().simple().to_string();
         let token = |prefix: &str, i: u64| {
-            let subscription = fake.subscription(&format!("{prefix}-{i}"));
+            // `ok`: a random hex prefix could start with one the fake scripts (`dead`...).
+            let subscription = fake.subscription(&format!("ok{prefix}-{i}"));
             volley_webpush::subscription::encode(
                 &subscription.endpoint,
                 &subscription.keys.p256dh,

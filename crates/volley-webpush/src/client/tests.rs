@@ -393,10 +393,10 @@ async fn the_guard_refuses_loopback_and_nothing_is_contacted() {
         };
         assert_eq!(
             reason.as_str(),
-            "EndpointNotPublic: endpoint host is 127.0.0.1, a loopback address: only public \
-             addresses are allowed unless the app's webpush.allow_private lists it"
+            "EndpointNotPublic: the host is a loopback address; only public addresses are \
+             allowed unless the app's webpush.allow_private lists it"
         );
-        assert!(!reason.as_str().contains("secret-path"));
+        assert!(!reason.as_str().contains("secret-path") && !reason.as_str().contains("127."));
     }
     assert_eq!(service.connections(), 0);
     assert_eq!(protocol_of(&client, &service), "refused");
@@ -416,7 +416,7 @@ async fn a_host_outside_the_allow_list_is_refused_before_any_lookup() {
         outcome,
         Outcome::BadRequest {
             reason: Reason::raw(
-                "EndpointHostNotAllowed: endpoint host 127.0.0.1 is not in the app's webpush.allowed_hosts"
+                "EndpointHostNotAllowed: the host is not under the app's webpush.allowed_hosts"
             )
         }
     );
