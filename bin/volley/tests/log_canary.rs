@@ -1,7 +1,8 @@
 //! The log canary: every role of a real cluster logs at `trace` (tarpc included) while it
-//! takes a job with valid, dead and malformed tokens, a request with a wrong API key and one
-//! with an idempotency key; no device token, API key, provider JWT, OAuth access token,
-//! private-key line or payload text may appear in any role's log.
+//! takes a job with valid, dead and malformed tokens, Web Push subscriptions the agent's SSRF
+//! guard refuses, a request with a wrong API key and one with an idempotency key; no device
+//! token, subscription key or endpoint path, API key, provider JWT, VAPID key, OAuth access
+//! token, private-key line or payload text may appear in any role's log.
 
 use serde_json::json;
 use volley_testkit::http::FrontClient;
@@ -22,6 +23,17 @@ async fn no_secret_token_or_payload_reaches_any_log_at_trace() {
     let valid_fcm = fcm_token("ca7afcm0", 1);
     let dead_fcm = fcm_token("deadfcm0", 2);
     let malformed = ["not-a-hex-token-canary", "has space canary token"];
+    // Subscriptions whose endpoints point inside the network: refused before any connection.
+    let subscription = |endpoint: &str| {
+        let (_, public) = volley_webpush::ece::generate_keypair();
+        let p256dh = base64_url(&public);
+        let auth = base64_url(&rand_bytes());
+        (endpoint.to_owned(), p256dh, auth)
+    };
+    let webpush = [
+        subscription("https://127.0.0.1/push/canary-path-loopback"),
+        subscription("https://10.9.8.7/push/canary-path-private"),
+    ];
 
     let client = cluster.client();
     let body = json!({
@@ -31,6 +43,9 @@ async fn no_secret_token_or_payload_reaches_any_log_at_trace() {
         "targets": {
             "apns": [valid_apns, dead_apns, malformed[0]],
             "fcm": [valid_fcm, dead_fcm, malformed[1]],
+            "webpush": webpush.iter().map(|(endpoint, p256dh, auth)| json!({
+                "endpoint": endpoint, "keys": {"p256dh": p256dh, "auth": auth},
+            })).collect::<Vec<_>>(),
         },
     });
     let response = client
@@ -47,6 +62,10 @@ async fn no_secret_token_or_payload_reaches_any_log_at_trace() {
     let status = wait_job(&cluster, &id, "the job to finish", finished).await;
     assert_eq!(status["delivered"], 2, "{status}");
     assert_eq!(status["invalid"], 2, "{status}");
+    assert_eq!(
+        status["failed"], 2,
+        "the guard refused both endpoints: {status}"
+    );
 
     let intruder = FrontClient::new(cluster.front_url.clone(), Some(WRONG_KEY.to_owned()));
     let refused = intruder
@@ -72,6 +91,18 @@ async fn no_secret_token_or_payload_reaches_any_log_at_trace() {
         "ya29.".to_owned(),
     ];
     secrets.extend(malformed.iter().map(|t| (*t).to_owned()));
+    secrets.push("canary-path".to_owned());
+    for (_, p256dh, auth) in &webpush {
+        secrets.push(p256dh.clone());
+        secrets.push(auth.clone());
+    }
+    let config = std::fs::read_to_string(cluster.dir.path().join("volley.toml")).unwrap();
+    let vapid = config
+        .lines()
+        .find_map(|line| line.strip_prefix("vapid_private_key = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .expect("the cluster's app has a VAPID key");
+    secrets.push(vapid.to_owned());
     let apns_key = std::fs::read_to_string(cluster.dir.path().join("AuthKey.p8")).unwrap();
     let account: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(cluster.dir.path().join("service-account.json")).unwrap(),
@@ -102,4 +133,15 @@ async fn no_secret_token_or_payload_reaches_any_log_at_trace() {
     // At trace the roles said plenty: the canary did look at real logs.
     assert!(total > 100, "only {total} lines at trace");
     cluster.stop();
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn rand_bytes() -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut bytes[..]);
+    bytes
 }
