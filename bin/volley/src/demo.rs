@@ -60,14 +60,13 @@ pub fn webpush_subscriptions(
     n: usize,
     invalid_every: usize,
 ) -> Vec<volley_fake::SubscriptionInfo> {
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    (0..n)
-        .map(|i| {
-            let dead = invalid_every > 0 && i % invalid_every == invalid_every - 1;
-            let prefix = if dead { "dead" } else { &run[..8] };
-            fake.subscription(&format!("{prefix}-{i}"))
-        })
-        .collect()
+    fake.subscriptions(&subscription_prefix(), n, invalid_every)
+}
+
+/// A prefix for one broadcast's subscription ids, fresh each time so that a second broadcast
+/// reaches other subscriptions than the first.
+pub fn subscription_prefix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
 }
 
 /// Builds the broadcast's JSON body without an intermediate `Value` tree.
