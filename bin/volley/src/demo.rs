@@ -60,16 +60,14 @@ pub fn webpush_subscriptions(
     n: usize,
     invalid_every: usize,
 ) -> Vec<volley_fake::SubscriptionInfo> {
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    (0..n)
-        .map(|i| {
-            let dead = invalid_every > 0 && i % invalid_every == invalid_every - 1;
-            // `ok`: a random hex prefix could start with one the fake scripts (`dead`, `4040`...).
-            let prefix = if dead { "dead" } else { &run[..8] };
-            let ok = if dead { "" } else { "ok" };
-            fake.subscription(&format!("{ok}{prefix}-{i}"))
-        })
-        .collect()
+    fake.subscriptions(&subscription_prefix(), n, invalid_every)
+}
+
+/// A prefix for one broadcast's subscription ids, fresh each time so that a second broadcast
+/// reaches other subscriptions than the first. It starts with `ok`: random hex could start
+/// with a prefix the fake scripts (`dead`, `4040`...).
+pub fn subscription_prefix() -> String {
+    format!("ok{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
 /// Builds the broadcast's JSON body without an intermediate `Value` tree.

@@ -80,12 +80,28 @@ fn a_small_broadcast_to_processes_balances() {
         "2",
         "--tokens",
         "2000",
+        "--webpush-share",
+        "0.25",
+        "--invalid-every",
+        "100",
         "--ceiling-tokens",
         "1000",
     ]);
     check_broadcast(&report, 2000);
+    // The subscriptions came from the fake push service's process, which decrypted every
+    // message sent to them; one in a hundred of every platform's devices was dead.
+    let broadcast = &report["runs"][0]["broadcast"];
+    assert_eq!(broadcast["webpush_subscriptions"], 500, "{broadcast}");
+    assert_eq!(broadcast["invalid"], 20, "{broadcast}");
     let usage = report["runs"][0]["usage"].as_array().unwrap();
-    for part in ["front", "controller", "agent-0", "agent-1", "fake-apns"] {
+    for part in [
+        "front",
+        "controller",
+        "agent-0",
+        "agent-1",
+        "fake-apns",
+        "fake-webpush",
+    ] {
         let row = usage.iter().find(|u| u["name"] == part).unwrap();
         assert!(row["peak_rss_bytes"].as_u64().unwrap() > 0, "{row}");
     }

@@ -70,6 +70,9 @@ const WEBPUSH_AFTER_HELP: &str = "\
 Subscriptions: POST /subscribe (optional body {\"id\": \"...\"}, else a random id) answers 201 with
 {\"endpoint\": \"https://HOST:PORT/push/{id}\", \"keys\": {\"p256dh\": ..., \"auth\": ...}}, the same for the
 same id while the fake runs. Ids are 1 to 256 characters of A-Z a-z 0-9 - . _ ~.
+GET /subscriptions?prefix=P&count=N[&dead_every=K] answers 200 with a JSON array of N
+subscriptions at once, ids P-0 to P-(N-1), except that with K > 0 every K-th (i % K = K-1)
+is dead-i, answered 410 Gone; N at most 2000000, P at most 240 characters (400 otherwise).
 
 POST /push/{id} is checked in this order:
   401 without `Authorization: vapid t=JWT, k=KEY`, or when the JWT is malformed or its
@@ -99,9 +102,9 @@ Scripted failures by subscription-id prefix (case-insensitive):
 
 Errors have a JSON body {\"code\": N, \"error\": \"reason\", \"message\": \"...\"}.
 
-Stats (JSON) at GET /stats, captured requests at GET /requests (both on the main port, over
-HTTP/2 or HTTP/1.1); the final stats are printed as JSON on stdout when the fake stops (Ctrl-C
-or SIGTERM).";
+Stats (JSON) at GET /stats, captured requests at GET /requests, and GET /subscriptions, on the
+main port (HTTP/2 or HTTP/1.1 over TLS) and on --stats-listen (plain HTTP/1.1); the final stats
+are printed as JSON on stdout when the fake stops (Ctrl-C or SIGTERM).";
 
 /// `volley fake-webpush`: a fake Web Push service (RFC 8030, 8291, 8292).
 #[derive(clap::Args, Debug, Clone)]
@@ -113,6 +116,9 @@ pub struct FakeWebPushArgs {
     /// Write the generated CA certificate (PEM) here; a temporary file otherwise.
     #[arg(long, value_name = "FILE")]
     pub ca_out: Option<PathBuf>,
+    /// Also serve GET /stats, /requests and /subscriptions over plain HTTP/1.1 on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub stats_listen: Option<SocketAddr>,
     /// Offer only HTTP/1.1 (ALPN http/1.1), to test clients' fallback from HTTP/2.
     #[arg(long)]
     pub http1_only: bool,
@@ -148,7 +154,11 @@ pub fn run_webpush(args: FakeWebPushArgs) -> Result<(), FakeError> {
         threads: args.threads,
     };
     let listener = std::net::TcpListener::bind(args.listen)?;
-    let server = FakeWebPush::start(config, listener)?;
+    let stats_listener = args
+        .stats_listen
+        .map(std::net::TcpListener::bind)
+        .transpose()?;
+    let server = FakeWebPush::start_with_stats(config, listener, stats_listener)?;
     let protocols = if args.http1_only {
         "HTTP/1.1 only"
     } else {
@@ -160,13 +170,13 @@ pub fn run_webpush(args: FakeWebPushArgs) -> Result<(), FakeError> {
     );
     eprintln!("CA certificate: {}", server.ca_pem_path().display());
     eprintln!(
-        "example subscription (POST /subscribe for more): {}",
+        "example subscription (POST /subscribe or GET /subscriptions for more): {}",
         serde_json::to_string(&server.subscription("example")).unwrap_or_default()
     );
-    eprintln!(
-        "stats: {0}/stats; captured requests: {0}/requests (see --capture)",
-        server.origin()
-    );
+    announce_observation(server.stats_addr(), server.origin());
+    if let Some(addr) = server.stats_addr() {
+        eprintln!("subscriptions: http://{addr}/subscriptions?prefix=P&count=N[&dead_every=K]");
+    }
     wait_for_signal()?;
     let stats = server.shutdown();
     print_stats(&stats)
@@ -304,16 +314,24 @@ fn serve(
     let server = FakeServer::start_with_stats(config, listener, stats_listener)?;
     eprintln!("{what} listening on {}", server.endpoint());
     eprintln!("CA certificate: {}", server.ca_pem_path().display());
-    match server.stats_addr() {
+    announce_observation(server.stats_addr(), &server.endpoint());
+    wait_for_signal()?;
+    let stats = server.shutdown();
+    print_stats(&stats)
+}
+
+/// Prints where a fake's stats and captured requests are served (`main` is its origin); a
+/// process that started the fake reads the `stats: ` line.
+fn announce_observation(stats_addr: Option<SocketAddr>, main: &str) {
+    match stats_addr {
         Some(addr) => {
             eprintln!("stats: http://{addr}/stats (and GET /stats on the main port)");
             eprintln!("captured requests: http://{addr}/requests (see --capture)");
         }
-        None => eprintln!("stats: GET /stats on the main port"),
+        None => {
+            eprintln!("stats: {main}/stats; captured requests: {main}/requests (see --capture)")
+        }
     }
-    wait_for_signal()?;
-    let stats = server.shutdown();
-    print_stats(&stats)
 }
 
 /// Prints a fake's final stats as pretty JSON on stdout.
@@ -477,10 +495,13 @@ mod tests {
             "5",
             "--latency",
             "2ms",
+            "--stats-listen",
+            "127.0.0.1:0",
         ]) else {
             panic!("expected fake-webpush");
         };
         assert!(args.http1_only);
+        assert_eq!(args.stats_listen.map(|a| a.port()), Some(0));
         assert_eq!(args.capture, 5);
         assert_eq!(args.ca_out.as_deref(), Some(std::path::Path::new("ca.pem")));
         assert_eq!(args.latency, Some(Latency::Fixed(Duration::from_millis(2))));
@@ -501,6 +522,9 @@ mod tests {
             "403",
             "415",
             "--http1-only",
+            "--stats-listen",
+            "/subscriptions?prefix=P&count=N",
+            "dead_every",
         ] {
             assert!(help.contains(needle), "help lacks {needle}");
         }

@@ -13,6 +13,10 @@
 //!
 //! [`FakeWebPush`] (module [`webpush`]) is a push service for browsers' subscriptions (RFC 8030):
 //! a hyper server speaking HTTP/2 and HTTP/1.1, which verifies VAPID and decrypts every payload.
+//!
+//! Every fake can also serve its counters over plain HTTP/1.1 on a second listener
+//! (`--stats-listen`), for a process that measures the fake from outside; the push service
+//! hands out subscriptions in bulk there too.
 
 #![forbid(unsafe_code)]
 
@@ -34,7 +38,8 @@ use serde::{Deserialize, Serialize};
 
 pub use server::FakeServer;
 pub use webpush::{
-    CapturedPush, FakeWebPush, FakeWebPushConfig, SubscriptionInfo, SubscriptionKeys, WebPushStats,
+    bulk_subscription_id, CapturedPush, FakeWebPush, FakeWebPushConfig, SubscriptionInfo,
+    SubscriptionKeys, WebPushStats, MAX_BULK_SUBSCRIPTIONS,
 };
 
 /// Which service the fake imitates.

@@ -559,8 +559,10 @@ fn run(
                 },
                 accepted = accept_stats(stats_listener.as_ref()) => match accepted {
                     Ok((tcp, _)) => {
-                        let observed = (ctx.counters.clone(), ctx.captured.clone());
-                        spawn_local(serve_stats_http1(observed, tcp));
+                        let (counters, captured) = (ctx.counters.clone(), ctx.captured.clone());
+                        spawn_local(serve_plain_http1(tcp, move |method, uri| {
+                            plain_observation(method, uri, &counters, &captured)
+                        }));
                     }
                     Err(error) => tracing::warn!(%error, "fake stats accept failed"),
                 },
@@ -574,7 +576,10 @@ fn run(
     drop(runtime);
 }
 
-async fn accept_stats(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+/// Accepts on the stats listener, if there is one; never completes otherwise.
+pub(crate) async fn accept_stats(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(TcpStream, SocketAddr)> {
     match listener {
         Some(l) => l.accept().await,
         None => std::future::pending().await,
@@ -590,32 +595,48 @@ fn observation(path: &str, counters: &Counters, captured: &Captures) -> Option<V
     }
 }
 
-async fn serve_stats_http1((counters, captured): (Arc<Counters>, Captures), tcp: TcpStream) {
-    use http_body_util::Full;
+/// A response on the plain HTTP/1.1 stats listener.
+pub(crate) type PlainReply = Response<http_body_util::Full<Bytes>>;
+
+/// Serves one connection of a fake's stats listener (`--stats-listen`): plain HTTP/1.1, every
+/// request answered by `answer` from its method and URI alone (the routes are all `GET`s).
+pub(crate) async fn serve_plain_http1<F>(tcp: TcpStream, answer: F)
+where
+    F: Fn(&Method, &http::Uri) -> PlainReply,
+{
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-        let body = (req.method() == Method::GET)
-            .then(|| observation(req.uri().path(), &counters, &captured))
-            .flatten();
-        async move {
-            let response = if let Some(body) = body {
-                let mut r = Response::new(Full::new(Bytes::from(body)));
-                r.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                r
-            } else {
-                let mut r = Response::new(Full::new(Bytes::from_static(b"not found\n")));
-                *r.status_mut() = StatusCode::NOT_FOUND;
-                r
-            };
-            Ok::<_, std::convert::Infallible>(response)
-        }
+        let response = answer(req.method(), req.uri());
+        async move { Ok::<_, std::convert::Infallible>(response) }
     });
     let io = hyper_util::rt::TokioIo::new(tcp);
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(io, service)
         .await;
+}
+
+/// The stats listener's answer for the APNs and FCM fakes: [`observation`], else 404.
+fn plain_observation(
+    method: &Method,
+    uri: &http::Uri,
+    counters: &Counters,
+    captured: &Captures,
+) -> PlainReply {
+    use http_body_util::Full;
+    let body = (method == Method::GET)
+        .then(|| observation(uri.path(), counters, captured))
+        .flatten();
+    if let Some(body) = body {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    } else {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"not found\n")));
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        r
+    }
 }
 
 async fn serve_connection(ctx: Rc<Ctx>, tcp: TcpStream, acceptor: Option<TlsAcceptor>) {

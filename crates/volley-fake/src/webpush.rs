@@ -16,6 +16,13 @@
 //! can give it more than one worker thread ([`FakeWebPushConfig::threads`]); decryption (one
 //! ECDH per message) is what costs.
 //!
+//! Another process (a benchmark's, with the engine in processes of its own) gets subscriptions
+//! in bulk at `GET /subscriptions?prefix=P&count=N[&dead_every=K]`: ids `P-0` … `P-(N-1)`, every
+//! K-th of them `dead-i` instead ([`bulk_subscription_id`]), at most
+//! [`MAX_BULK_SUBSCRIPTIONS`] at once. It and `GET /stats` are also served over plain HTTP/1.1
+//! on an optional second listener ([`FakeWebPush::start_with_stats`], `--stats-listen`), as the
+//! APNs and FCM fakes serve theirs, so that such a process needs neither TLS nor the fake's CA.
+//!
 //! Status codes for the sender's identity: 401 Unauthorized when `Authorization` is missing,
 //! not `vapid t=…, k=…`, or its JWT is malformed or its signature does not verify against `k`;
 //! 403 Forbidden when the JWT verifies but its claims do not hold (expired, `exp` too far ahead,
@@ -47,7 +54,9 @@ use tokio_rustls::TlsAcceptor;
 use volley_webpush::vapid::VapidError;
 
 use crate::counters::{Counters, StatusCounts};
-use crate::server::{capture_headers, origin, unix_now, validate_injection};
+use crate::server::{
+    accept_stats, capture_headers, origin, serve_plain_http1, unix_now, validate_injection,
+};
 use crate::{tls, FakeError, Latency};
 use keyring::Keyring;
 pub use push::MAX_BODY;
@@ -56,6 +65,21 @@ pub use push::MAX_BODY;
 const READ_LIMIT: usize = 64 * 1024;
 /// Verified VAPID headers remembered (a sender reuses one JWT for many messages).
 const VAPID_CACHE: usize = 1024;
+/// The most subscriptions one `GET /subscriptions` hands out (about 200 bytes of JSON each).
+pub const MAX_BULK_SUBSCRIPTIONS: usize = 2_000_000;
+/// The longest prefix `GET /subscriptions` takes, so that `{prefix}-{i}` stays a valid id.
+const MAX_BULK_PREFIX: usize = 240;
+
+/// The id of the `i`th of a batch of subscriptions: `{prefix}-{i}`, except that when
+/// `dead_every` is K > 0, every K-th (`i % K == K - 1`) is `dead-{i}`, which the fake answers
+/// 410 Gone.
+pub fn bulk_subscription_id(prefix: &str, i: usize, dead_every: usize) -> String {
+    if dead_every > 0 && i % dead_every == dead_every - 1 {
+        format!("dead-{i}")
+    } else {
+        format!("{prefix}-{i}")
+    }
+}
 
 /// How a [`FakeWebPush`] behaves.
 #[derive(Clone, Debug)]
@@ -133,9 +157,9 @@ pub struct WebPushStats {
     pub http1_requests: u64,
     /// Push requests over HTTP/2.
     pub http2_requests: u64,
-    /// Connections accepted.
+    /// Connections accepted (on the main port).
     pub connections: u64,
-    /// Subscriptions handed out by `POST /subscribe`.
+    /// Subscriptions handed out by `POST /subscribe` and `GET /subscriptions`.
     pub subscriptions_issued: u64,
 }
 
@@ -163,6 +187,7 @@ pub struct CapturedPush {
 /// A running fake push service; see the module docs.
 pub struct FakeWebPush {
     addr: SocketAddr,
+    stats_addr: Option<SocketAddr>,
     ca_pem: String,
     ca_path: PathBuf,
     /// Keeps the temporary CA file alive (and removes it) when no `ca_out` was given.
@@ -178,6 +203,16 @@ impl FakeWebPush {
     pub fn start(
         config: FakeWebPushConfig,
         listener: std::net::TcpListener,
+    ) -> Result<Self, FakeError> {
+        Self::start_with_stats(config, listener, None)
+    }
+
+    /// Like [`FakeWebPush::start`], and also answers `GET /stats`, `GET /requests` and
+    /// `GET /subscriptions` over plain HTTP/1.1 on `stats_listener`.
+    pub fn start_with_stats(
+        config: FakeWebPushConfig,
+        listener: std::net::TcpListener,
+        stats_listener: Option<std::net::TcpListener>,
     ) -> Result<Self, FakeError> {
         validate_injection(&config.latency, config.transient_error_rate)?;
         if config.threads == 0 {
@@ -198,7 +233,14 @@ impl FakeWebPush {
         let acceptor = TlsAcceptor::from(minted.with_alpn(alpn));
 
         let addr = listener.local_addr()?;
+        let stats_addr = stats_listener
+            .as_ref()
+            .map(std::net::TcpListener::local_addr)
+            .transpose()?;
         listener.set_nonblocking(true)?;
+        if let Some(l) = &stats_listener {
+            l.set_nonblocking(true)?;
+        }
         let runtime = if config.threads == 1 {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -210,9 +252,12 @@ impl FakeWebPush {
                 .enable_all()
                 .build()?
         };
-        let listener = {
+        let (listener, stats_listener) = {
             let _entered = runtime.enter();
-            TcpListener::from_std(listener)?
+            (
+                TcpListener::from_std(listener)?,
+                stats_listener.map(TcpListener::from_std).transpose()?,
+            )
         };
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -239,9 +284,10 @@ impl FakeWebPush {
         };
         let thread = std::thread::Builder::new()
             .name("volley-fake-webpush".into())
-            .spawn(move || run(runtime, listener, served, stopped))?;
+            .spawn(move || run(runtime, listener, stats_listener, served, stopped))?;
         Ok(FakeWebPush {
             addr,
+            stats_addr,
             ca_pem: minted.ca_pem,
             ca_path,
             _ca_temp: ca_temp,
@@ -254,6 +300,12 @@ impl FakeWebPush {
     /// The address the fake listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The plain HTTP/1.1 address of `/stats` and `/subscriptions`, when a stats listener was
+    /// given.
+    pub fn stats_addr(&self) -> Option<SocketAddr> {
+        self.stats_addr
     }
 
     /// `https://127.0.0.1:PORT`: the origin of every endpoint, and the VAPID audience.
@@ -273,6 +325,22 @@ impl FakeWebPush {
     /// (no key generation). Pushes to it are decrypted, unless its prefix scripts otherwise.
     pub fn subscription(&self, id: &str) -> SubscriptionInfo {
         self.state.subscription(id)
+    }
+
+    /// `count` subscriptions with the ids of [`bulk_subscription_id`], in order: what
+    /// `GET /subscriptions` answers, for a caller in the fake's own process.
+    pub fn subscriptions(
+        &self,
+        prefix: &str,
+        count: usize,
+        dead_every: usize,
+    ) -> Vec<SubscriptionInfo> {
+        (0..count)
+            .map(|i| {
+                self.state
+                    .subscription(&bulk_subscription_id(prefix, i, dead_every))
+            })
+            .collect()
     }
 
     /// The generated CA certificate, PEM.
@@ -504,6 +572,7 @@ struct Served {
 fn run(
     runtime: tokio::runtime::Runtime,
     listener: TcpListener,
+    stats_listener: Option<TcpListener>,
     served: Served,
     mut stopped: oneshot::Receiver<()>,
 ) {
@@ -516,6 +585,16 @@ fn run(
                         tokio::spawn(serve_connection(served.clone(), tcp));
                     }
                     Err(error) => tracing::warn!(%error, "fake web push accept failed"),
+                },
+                accepted = accept_stats(stats_listener.as_ref()) => match accepted {
+                    Ok((tcp, _)) => {
+                        let state = served.state.clone();
+                        tokio::spawn(serve_plain_http1(tcp, move |method, uri| {
+                            observe(&state, method, uri)
+                                .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "no such resource"))
+                        }));
+                    }
+                    Err(error) => tracing::warn!(%error, "fake web push stats accept failed"),
                 },
             }
         }
@@ -549,12 +628,89 @@ async fn route(state: &State, request: Request<hyper::body::Incoming>) -> Reply 
         let id = id.to_owned();
         return push(state, id, request).await;
     }
+    if let Some(reply) = observe(state, request.method(), request.uri()) {
+        return reply;
+    }
     match (request.method(), path) {
-        (&Method::GET, "/stats") => json(StatusCode::OK, &state.counters.snapshot()),
-        (&Method::GET, "/requests") => json(StatusCode::OK, &*state.captured.lock()),
         (&Method::POST, "/subscribe") => subscribe(state, request).await,
         _ => error(StatusCode::NOT_FOUND, "no such resource"),
     }
+}
+
+/// The `GET` routes served on the main port and on the stats listener alike: `/stats`,
+/// `/requests`, `/subscriptions`.
+fn observe(state: &State, method: &Method, uri: &http::Uri) -> Option<Reply> {
+    if method != Method::GET {
+        return None;
+    }
+    Some(match uri.path() {
+        "/stats" => json(StatusCode::OK, &state.counters.snapshot()),
+        "/requests" => json(StatusCode::OK, &*state.captured.lock()),
+        "/subscriptions" => match BulkQuery::parse(uri.query().unwrap_or("")) {
+            Ok(query) => bulk_subscriptions(state, &query),
+            Err(message) => error(StatusCode::BAD_REQUEST, message),
+        },
+        _ => return None,
+    })
+}
+
+/// The query of `GET /subscriptions`: `prefix=P&count=N[&dead_every=K]`.
+#[derive(Debug, PartialEq, Eq)]
+struct BulkQuery {
+    prefix: String,
+    count: usize,
+    dead_every: usize,
+}
+
+impl BulkQuery {
+    fn parse(query: &str) -> Result<BulkQuery, &'static str> {
+        const USAGE: &str = "query must be prefix=P&count=N, optionally &dead_every=K";
+        let (mut prefix, mut count, mut dead_every) = (None, None, 0);
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            let (name, value) = pair.split_once('=').ok_or(USAGE)?;
+            match name {
+                "prefix" => prefix = Some(value),
+                "count" => count = Some(value.parse::<usize>().map_err(|_| USAGE)?),
+                "dead_every" => dead_every = value.parse().map_err(|_| USAGE)?,
+                _ => return Err(USAGE),
+            }
+        }
+        let (Some(prefix), Some(count)) = (prefix, count) else {
+            return Err(USAGE);
+        };
+        // Unreserved characters only, so that no percent-decoding is needed.
+        if prefix.len() > MAX_BULK_PREFIX || !push::valid_id(prefix) {
+            return Err("prefix must be 1 to 240 characters of A-Z a-z 0-9 - . _ ~");
+        }
+        if count > MAX_BULK_SUBSCRIPTIONS {
+            return Err("count must be at most 2000000");
+        }
+        Ok(BulkQuery {
+            prefix: prefix.to_owned(),
+            count,
+            dead_every,
+        })
+    }
+}
+
+/// `GET /subscriptions`: a JSON array of subscriptions, written as they are made.
+fn bulk_subscriptions(state: &State, query: &BulkQuery) -> Reply {
+    let mut body = Vec::with_capacity(query.count.saturating_mul(200));
+    let subscriptions = (0..query.count)
+        .map(|i| state.subscription(&bulk_subscription_id(&query.prefix, i, query.dead_every)));
+    // Into a Vec, serialising a subscription cannot fail.
+    let _ =
+        serde::Serializer::collect_seq(&mut serde_json::Serializer::new(&mut body), subscriptions);
+    state
+        .counters
+        .subscriptions_issued
+        .fetch_add(query.count as u64, Relaxed);
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// `POST /push/{id}`: see [`push::decide`].
@@ -713,5 +869,52 @@ mod tests {
         );
         assert_eq!(vapid_exp("vapid t=a.b.c, k=x"), None);
         assert_eq!(vapid_exp("vapid k=x"), None);
+    }
+
+    #[test]
+    fn every_kth_bulk_id_is_dead_as_the_demo_counts_them() {
+        let ids: Vec<_> = (0..7).map(|i| bulk_subscription_id("run", i, 3)).collect();
+        assert_eq!(
+            ids,
+            ["run-0", "run-1", "dead-2", "run-3", "run-4", "dead-5", "run-6"]
+        );
+        assert_eq!(bulk_subscription_id("run", 0, 1), "dead-0");
+        assert_eq!(bulk_subscription_id("run", 2, 0), "run-2");
+    }
+
+    #[test]
+    fn the_bulk_query_takes_a_prefix_and_a_bounded_count() {
+        assert_eq!(
+            BulkQuery::parse("prefix=ab&count=3&dead_every=2"),
+            Ok(BulkQuery {
+                prefix: "ab".into(),
+                count: 3,
+                dead_every: 2,
+            })
+        );
+        assert_eq!(
+            BulkQuery::parse("count=0&prefix=x.y"),
+            Ok(BulkQuery {
+                prefix: "x.y".into(),
+                count: 0,
+                dead_every: 0,
+            })
+        );
+        let most = format!("prefix=a&count={MAX_BULK_SUBSCRIPTIONS}");
+        assert!(BulkQuery::parse(&most).is_ok());
+        for bad in [
+            "",
+            "prefix=a",
+            "count=1",
+            "prefix=&count=1",
+            "prefix=a%2Fb&count=1",
+            "prefix=a&count=-1",
+            "prefix=a&count=1&dead-every=2",
+            "prefix=a&count",
+            &format!("prefix=a&count={}", MAX_BULK_SUBSCRIPTIONS + 1),
+            &format!("prefix={}&count=1", "a".repeat(MAX_BULK_PREFIX + 1)),
+        ] {
+            assert!(BulkQuery::parse(bad).is_err(), "{bad}");
+        }
     }
 }

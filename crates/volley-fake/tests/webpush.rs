@@ -564,3 +564,101 @@ async fn volleys_client_delivers_over_h2_and_over_http1_and_the_fake_decrypts_it
         }
     }
 }
+
+/// `GET path` over plain HTTP/1.1 (the stats listener), read whole.
+async fn get_plain(addr: std::net::SocketAddr, path: &str) -> Reply {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = Request::get(path)
+        .header("host", addr.to_string())
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let response = send.send_request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    Reply {
+        status: parts.status,
+        version: parts.version,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+#[tokio::test]
+async fn subscriptions_in_bulk_and_stats_are_served_over_plain_http_on_the_stats_listener() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stats_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server =
+        FakeWebPush::start_with_stats(FakeWebPushConfig::default(), listener, Some(stats_listener))
+            .unwrap();
+    let stats_addr = server.stats_addr().unwrap();
+
+    let reply = get_plain(stats_addr, "/subscriptions?prefix=run&count=7&dead_every=3").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.version, Version::HTTP_11);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let bulk: Vec<SubscriptionInfo> = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(bulk, server.subscriptions("run", 7, 3));
+    let ids: Vec<_> = bulk
+        .iter()
+        .map(|s| s.endpoint.rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["run-0", "run-1", "dead-2", "run-3", "run-4", "dead-5", "run-6"]
+    );
+    assert_eq!(bulk[0], server.subscription("run-0"));
+
+    // They are subscriptions like any other: the fake decrypts what is sent to them, and the
+    // dead ones are gone.
+    let signer = new_signer();
+    let mut client = Client::connect(&server, &[b"h2"]).await;
+    for (subscription, status) in [(&bulk[0], 201), (&bulk[2], 410)] {
+        let body = encrypt_for(subscription, b"from a batch");
+        let request = push(&signer, subscription).body(Full::new(body)).unwrap();
+        assert_eq!(client.send(request).await.status.as_u16(), status);
+    }
+    // The main port serves the same batch over TLS.
+    let reply = client
+        .get(&server, "/subscriptions?prefix=run&count=7&dead_every=3")
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_slice::<Vec<SubscriptionInfo>>(&reply.body).unwrap(),
+        bulk
+    );
+    let empty = get_plain(stats_addr, "/subscriptions?prefix=run&count=0").await;
+    assert_eq!(empty.json(), serde_json::json!([]));
+
+    let too_many = format!(
+        "/subscriptions?prefix=run&count={}",
+        volley_fake::MAX_BULK_SUBSCRIPTIONS + 1
+    );
+    for bad in [
+        too_many.as_str(),
+        "/subscriptions?count=3",
+        "/subscriptions?prefix=a/b&count=3",
+        "/subscriptions?prefix=run&count=3&dead-every=2",
+    ] {
+        let reply = get_plain(stats_addr, bad).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(reply.json()["code"], 400, "{bad}");
+    }
+    assert_eq!(
+        get_plain(stats_addr, "/push/run-0").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    let reply = get_plain(stats_addr, "/stats").await;
+    let stats: WebPushStats = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(stats, server.stats());
+    assert_eq!(stats.subscriptions_issued, 14);
+    assert_eq!(stats.delivered, 1);
+    assert_eq!(stats.by_status.get(&410), Some(&1));
+    // The stats listener's connections are not the push service's.
+    assert_eq!(stats.connections, 1);
+    let reply = get_plain(stats_addr, "/requests").await;
+    assert_eq!(reply.json(), serde_json::json!([]));
+}

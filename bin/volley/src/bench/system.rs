@@ -13,7 +13,7 @@ use anyhow::{bail, Context as _};
 use volley_contracts::tls::{ClusterCa, NodeRole, NODE_VALIDITY};
 use volley_contracts::Links;
 use volley_fake::{Stats, WebPushStats};
-use volley_testkit::cluster::{Cluster, ClusterOptions, APP, PROJECT, TOPIC};
+use volley_testkit::cluster::{Cluster, ClusterOptions, APP, PROJECT, TOPIC, VAPID_SUBJECT};
 use volley_testkit::http::FrontClient;
 use volley_testkit::wait::wait_until;
 
@@ -159,15 +159,15 @@ impl System {
             System::Processes(processes) => Ok(FakeCounts {
                 apns: get_stats(&processes.apns_stats).await?,
                 fcm: get_stats(&processes.fcm_stats).await?,
-                // No fake push service runs beside the processes (see `webpush_subscriptions`).
-                webpush: WebPushStats::default(),
+                webpush: get_stats(&processes.webpush_stats).await?,
             }),
         }
     }
 
     /// `n` Web Push subscriptions of the fake push service, one in `invalid_every` (0 = none)
-    /// one it answers 410 Gone.
-    pub fn webpush_subscriptions(
+    /// one it answers 410 Gone: from the fake itself in this process, else from its stats
+    /// listener (only the fake holds the keys it will decrypt with).
+    pub async fn webpush_subscriptions(
         &self,
         n: usize,
         invalid_every: usize,
@@ -179,8 +179,24 @@ impl System {
                 invalid_every,
             )),
             System::Processes(_) if n == 0 => Ok(Vec::new()),
-            System::Processes(_) => {
-                bail!("--webpush-share is for --topology standalone (the fake push service's keys live in the bench's process)")
+            System::Processes(processes) => {
+                let base = processes.webpush_stats.trim_end_matches("/stats");
+                let path = format!(
+                    "/subscriptions?prefix={}&count={n}&dead_every={invalid_every}",
+                    crate::demo::subscription_prefix()
+                );
+                let text = FrontClient::new(base, None)
+                    .get_text(&path)
+                    .await
+                    .context("asking the fake push service for subscriptions")?;
+                let subscriptions: Vec<volley_fake::SubscriptionInfo> = serde_json::from_str(&text)
+                    .context("reading the fake push service's subscriptions")?;
+                anyhow::ensure!(
+                    subscriptions.len() == n,
+                    "the fake push service gave {} subscriptions, not {n}",
+                    subscriptions.len()
+                );
+                Ok(subscriptions)
             }
         }
     }
@@ -264,6 +280,7 @@ pub struct Processes {
     target: Target,
     apns_stats: String,
     fcm_stats: String,
+    webpush_stats: String,
     children: Vec<(String, Child)>,
     /// Per role, the environment that names its certificate.
     role_env: std::collections::HashMap<&'static str, [(&'static str, String); 2]>,
@@ -289,6 +306,7 @@ impl Processes {
             },
             apns_stats: String::new(),
             fcm_stats: String::new(),
+            webpush_stats: String::new(),
             children: Vec::new(),
             role_env: std::collections::HashMap::new(),
             _dir: dir,
@@ -345,6 +363,26 @@ impl Processes {
         let fcm_endpoint = read_after(&lines, "listening on ")?;
         processes.fcm_stats = read_after(&lines, "stats: ")?;
         drain(lines);
+
+        // One worker thread, as in the standalone cluster: more would take CPU from the engine.
+        let lines = processes.spawn(
+            binary,
+            "fake-webpush",
+            &[
+                "fake-webpush",
+                "--listen",
+                "127.0.0.1:0",
+                "--ca-out",
+                &path("webpush-ca.pem"),
+                "--stats-listen",
+                "127.0.0.1:0",
+            ],
+            None,
+        )?;
+        read_after(&lines, "listening on ")?;
+        processes.webpush_stats = read_after(&lines, "stats: ")?;
+        drain(lines);
+        let vapid_key = volley_webpush::vapid::VapidKey::generate().private_base64url();
 
         std::fs::write(
             path("service-account.json"),
@@ -413,6 +451,12 @@ project_id = "{PROJECT}"
 endpoint = "{fcm_endpoint}"
 ca_file = "{fcm_ca}"
 allowed_token_uris = ["{fcm_endpoint}/token"]
+[apps.webpush]
+vapid_private_key = "{vapid_key}"
+subject = "{VAPID_SUBJECT}"
+ca_file = "{webpush_ca}"
+# The fake push service listens on loopback, which the SSRF guard refuses unless allowed.
+allow_private = ["127.0.0.1/32"]
 "#,
                 api_key = processes.target.api_key,
                 data_dir = path("controller-data"),
@@ -423,6 +467,7 @@ allowed_token_uris = ["{fcm_endpoint}/token"]
                 apns_ca = path("apns-ca.pem"),
                 service_account = path("service-account.json"),
                 fcm_ca = path("fcm-ca.pem"),
+                webpush_ca = path("webpush-ca.pem"),
                 ca_file = path("ca.pem"),
             ),
         )?;
@@ -590,6 +635,7 @@ mod tests {
             ("volley-agent-12", Some("agent-12")),
             ("volley-fake-apn", Some("fake-apns")),
             ("volley-fake-fcm", Some("fake-fcm")),
+            ("volley-fake-web", Some("fake-webpush")),
             ("volley-ceiling", Some("ceiling-client")),
             ("volley-bench", Some("bench")),
             ("tokio-runtime-w", None),

@@ -319,7 +319,9 @@ pub async fn broadcast(
     let rest = options.tokens - webpush;
     let apns = ((rest as f64) * options.apns_share.clamp(0.0, 1.0)).round() as u64;
     let fcm = rest - apns;
-    let subscriptions = system.webpush_subscriptions(webpush as usize, options.invalid_every)?;
+    let subscriptions = system
+        .webpush_subscriptions(webpush as usize, options.invalid_every)
+        .await?;
     let mut subscriptions = subscriptions.as_slice();
     let bodies: Vec<Bytes> = split(apns, options.requests)
         .into_iter()
