@@ -4,7 +4,8 @@
 //! Unlike APNs and FCM, Web Push has no single endpoint: each subscription names its push
 //! service (FCM's, Mozilla's, Apple's, Microsoft's, or any other), so the client keeps a map
 //! from origin to connections, created on first use and bounded by `max_origins` (the least
-//! recently used origin goes first). The first message to an origin runs the guard and
+//! recently used origin goes first); an origin idle for five minutes is dropped with its
+//! connections. The first message to an origin runs the guard and
 //! probes the service with ALPN `h2, http/1.1`:
 //!
 //! - HTTP/2: a `volley_provider::Pool` whose resolver is the guard, so every (re)connect
@@ -45,6 +46,11 @@ use crate::guard::{Guard, Refusal};
 use crate::http1::{self, H1Error, H1Pool, MAX_RESPONSE_BODY};
 use crate::subscription;
 use crate::vapid::{VapidError, VapidKey, VapidSigner};
+
+/// An origin no message went to for this long is dropped with its connections.
+const IDLE_ORIGIN_SECS: u64 = 5 * 60;
+/// How often the origins are looked over for idle ones.
+const SWEEP_EVERY_SECS: u64 = 60;
 
 const TTL: HeaderName = HeaderName::from_static("ttl");
 const URGENCY: HeaderName = HeaderName::from_static("urgency");
@@ -267,6 +273,8 @@ struct Inner {
     origins: RwLock<HashMap<Box<str>, Arc<Origin>>>,
     /// Counts origin lookups; an origin's last lookup orders eviction.
     clock: AtomicU64,
+    /// When idle origins were last swept (seconds since the epoch).
+    last_sweep: AtomicU64,
     /// When a connect failure was last logged (seconds since the epoch).
     last_connect_warning: AtomicU64,
 }
@@ -283,6 +291,8 @@ struct Origin {
     server_name: ServerName<'static>,
     resolver: Arc<GuardResolver>,
     last_used: AtomicU64,
+    /// When it was last looked up, in seconds since the epoch (for the idle sweep).
+    used_at: AtomicU64,
     failures: AtomicU32,
     state: Mutex<State>,
 }
@@ -342,6 +352,7 @@ impl WebPushClient {
                 max_origins: config.max_origins,
                 origins: RwLock::new(HashMap::new()),
                 clock: AtomicU64::new(0),
+                last_sweep: AtomicU64::new(now_unix()),
                 last_connect_warning: AtomicU64::new(0),
             }),
         })
@@ -565,8 +576,11 @@ impl Inner {
     /// on the allow-list).
     fn origin(&self, authority: &str, endpoint: &str) -> Result<Arc<Origin>, Outcome> {
         let tick = self.clock.fetch_add(1, Ordering::Relaxed);
+        let now = now_unix();
+        self.sweep(now);
         if let Some(origin) = self.origins.read().get(authority) {
             origin.last_used.store(tick, Ordering::Relaxed);
+            origin.used_at.store(now, Ordering::Relaxed);
             return Ok(origin.clone());
         }
         let origin = Arc::new(self.new_origin(endpoint, tick)?);
@@ -587,6 +601,25 @@ impl Inner {
         }
         origins.insert(authority.into(), origin.clone());
         Ok(origin)
+    }
+
+    /// Drops the origins no message has gone to for [`IDLE_ORIGIN_SECS`] (and none is in
+    /// flight to), with their connections; at most once a minute, by whichever lookup finds
+    /// it due.
+    fn sweep(&self, now: u64) {
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        if now < last + SWEEP_EVERY_SECS
+            || self
+                .last_sweep
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        self.origins.write().retain(|_, origin| {
+            Arc::strong_count(origin) > 1
+                || now < origin.used_at.load(Ordering::Relaxed) + IDLE_ORIGIN_SECS
+        });
     }
 
     fn new_origin(&self, endpoint: &str, tick: u64) -> Result<Origin, Outcome> {
@@ -621,6 +654,7 @@ impl Inner {
             server_name,
             resolver: Arc::new(GuardResolver::new(self.guard.clone())),
             last_used: AtomicU64::new(tick),
+            used_at: AtomicU64::new(now_unix()),
             failures: AtomicU32::new(0),
             state: Mutex::new(State::New),
         })

@@ -590,6 +590,39 @@ async fn origins_beyond_the_limit_evict_the_least_recently_used() {
     assert!(origins.contains_key(services[2].addr.to_string().as_str()));
 }
 
+#[tokio::test]
+async fn an_idle_origin_is_dropped_with_its_connections() {
+    let service = PushService::start(&[b"h2"]).await;
+    let client = WebPushClient::new(config_for(&service)).unwrap();
+    let token = Browser::new().token(&format!("{}/push/x", service.origin()));
+    assert_eq!(
+        client.send(&token, &message(b"x")).await,
+        Outcome::Delivered
+    );
+    assert_eq!(client.origins(), 1);
+
+    // Five minutes later, by the origin's clock, the next lookup's sweep drops it.
+    let inner = &client.inner;
+    let now = super::now_unix();
+    for origin in inner.origins.read().values() {
+        origin
+            .used_at
+            .store(now - super::IDLE_ORIGIN_SECS, Ordering::Relaxed);
+    }
+    inner
+        .last_sweep
+        .store(now - super::SWEEP_EVERY_SECS, Ordering::Relaxed);
+    inner.sweep(now);
+    assert_eq!(client.origins(), 0);
+
+    // A message after that makes it again.
+    assert_eq!(
+        client.send(&token, &message(b"x")).await,
+        Outcome::Delivered
+    );
+    assert_eq!(client.origins(), 1);
+}
+
 #[test]
 fn urgency_parses_and_prints_the_rfc_values() {
     for (text, urgency) in [
