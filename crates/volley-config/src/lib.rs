@@ -1276,6 +1276,60 @@ mod tests {
     }
 
     #[test]
+    fn a_web_push_app_needs_a_contact_everywhere_and_a_vapid_key_on_agents() {
+        let app = |webpush: &str| {
+            format!(
+                r#"
+                [[apps]]
+                name = "shop"
+                api_keys = ["0123456789abcdef-secret"]
+                [apps.webpush]
+                {webpush}
+                "#
+            )
+        };
+        let front_only = Config::from_toml(&app(r#"subject = "mailto:ops@shop.example""#)).unwrap();
+        front_only.validate_for(Role::Front).unwrap();
+        let error = front_only.validate_for(Role::Agent).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("apps[0].webpush.vapid_private_key"),
+            "{error}"
+        );
+        let agent = app(r#"subject = "https://shop.example/contact"
+                vapid_private_key = "x""#);
+        Config::from_toml(&agent)
+            .unwrap()
+            .validate_for(Role::Agent)
+            .unwrap();
+        for subject in [
+            "ops@shop.example",
+            "mailto:ops",
+            "mailto:",
+            "https://",
+            "mailto:a b@c",
+        ] {
+            let error = Config::from_toml(&app(&format!("subject = {subject:?}")))
+                .unwrap()
+                .validate_for(Role::Front)
+                .unwrap_err();
+            assert!(
+                error.to_string().contains("apps[0].webpush.subject"),
+                "{subject}: {error}"
+            );
+        }
+        let both = app(r#"subject = "mailto:ops@shop.example"
+                vapid_private_key = "x"
+                vapid_private_key_file = "/k""#);
+        let error = Config::from_toml(&both)
+            .unwrap()
+            .validate_for(Role::Agent)
+            .unwrap_err();
+        assert!(error.to_string().contains("not both"), "{error}");
+    }
+
+    #[test]
     fn a_front_needs_no_credential_files_and_an_agent_names_the_missing_one() {
         // What a front reads: names, keys, the APNs topic and whether FCM is there.
         let front = r#"
