@@ -297,3 +297,55 @@ async fn malformed_subscriptions_are_refused_by_the_front() {
     );
     cluster.shutdown().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_made_with_another_vapid_key_fail_alone() {
+    let cluster = Cluster::start(ClusterOptions {
+        agents: 1,
+        ..ClusterOptions::default()
+    })
+    .await
+    .unwrap();
+    let client = cluster.client();
+    // Made by a page that subscribed with another app's key (or before a key rotation): the
+    // push service answers 403 to this app's pushes.
+    let other_key = volley_webpush::vapid::VapidKey::generate();
+    let mut subscriptions: Vec<Value> = (0..10)
+        .map(|i| {
+            let made = cluster
+                .fake_webpush
+                .subscription_for_key(&format!("rotated-{i}"), other_key.public_key())
+                .unwrap();
+            serde_json::to_value(made).unwrap()
+        })
+        .collect();
+    subscriptions.extend((0..100).map(|i| cluster.webpush_subscription(&format!("fine-{i}"))));
+    let id = submit(
+        &client,
+        json!({"title": "hi", "targets": {"webpush": subscriptions}}).to_string(),
+    )
+    .await
+    .unwrap();
+    let status = wait_for_job(&client, &id, LIMIT).await.unwrap();
+    assert_balanced(&status);
+    assert_eq!(count(&status, "delivered"), 100, "{status}");
+    assert_eq!(
+        failures(&status),
+        vec![("bad_request".to_owned(), "Http403".to_owned(), 10)],
+        "{status}"
+    );
+
+    // Not a credential failure of the app: its next job goes straight through.
+    let next: Vec<Value> = (0..20)
+        .map(|i| cluster.webpush_subscription(&format!("next-{i}")))
+        .collect();
+    let id = submit(
+        &client,
+        json!({"title": "again", "targets": {"webpush": next}}).to_string(),
+    )
+    .await
+    .unwrap();
+    let status = wait_for_job(&client, &id, LIMIT).await.unwrap();
+    assert_eq!(count(&status, "delivered"), 20, "{status}");
+    cluster.shutdown().unwrap();
+}

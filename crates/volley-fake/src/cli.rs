@@ -69,7 +69,9 @@ UNAUTHENTICATED; a project other than --project gets 404.";
 const WEBPUSH_AFTER_HELP: &str = "\
 Subscriptions: POST /subscribe (optional body {\"id\": \"...\"}, else a random id) answers 201 with
 {\"endpoint\": \"https://HOST:PORT/push/{id}\", \"keys\": {\"p256dh\": ..., \"auth\": ...}}, the same for the
-same id while the fake runs. Ids are 1 to 256 characters of A-Z a-z 0-9 - . _ ~.
+same id while the fake runs. Ids are 1 to 256 characters of A-Z a-z 0-9 - . _ ~. With
+\"applicationServerKey\" (a VAPID public key, base64url) in the body, pushes signed with another
+key are answered 403, as real push services bind a subscription to the key it was made with.
 GET /subscriptions?prefix=P&count=N[&dead_every=K] answers 200 with a JSON array of N
 subscriptions at once, ids P-0 to P-(N-1), except that with K > 0 every K-th (i % K = K-1)
 is dead-i, answered 410 Gone; N at most 2000000, P at most 240 characters (400 otherwise).

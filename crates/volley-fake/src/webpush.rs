@@ -65,6 +65,8 @@ pub use push::MAX_BODY;
 const READ_LIMIT: usize = 64 * 1024;
 /// Verified VAPID headers remembered (a sender reuses one JWT for many messages).
 const VAPID_CACHE: usize = 1024;
+/// Subscriptions bound to a VAPID key at most (`POST /subscribe` with `applicationServerKey`).
+const MAX_BOUND: usize = 1_000_000;
 /// The most subscriptions one `GET /subscriptions` hands out (about 200 bytes of JSON each).
 pub const MAX_BULK_SUBSCRIPTIONS: usize = 2_000_000;
 /// The longest prefix `GET /subscriptions` takes, so that `{prefix}-{i}` stays a valid id.
@@ -274,6 +276,7 @@ impl FakeWebPush {
             seen: Mutex::default(),
             captured: Mutex::default(),
             vapid_cache: Mutex::default(),
+            bound: Mutex::default(),
             config,
         });
         let (stop, stopped) = oneshot::channel();
@@ -325,6 +328,20 @@ impl FakeWebPush {
     /// (no key generation). Pushes to it are decrypted, unless its prefix scripts otherwise.
     pub fn subscription(&self, id: &str) -> SubscriptionInfo {
         self.state.subscription(id)
+    }
+
+    /// The subscription with id `id`, made with the VAPID public key `key` (a browser's
+    /// `applicationServerKey`): pushes signed with another key are answered 403, as real push
+    /// services do. What `POST /subscribe` with `applicationServerKey` does.
+    pub fn subscription_for_key(
+        &self,
+        id: &str,
+        key: &[u8; 65],
+    ) -> Result<SubscriptionInfo, FakeError> {
+        self.state
+            .bind(id, *key)
+            .map_err(|message| FakeError::Config(message.into()))?;
+        Ok(self.state.subscription(id))
     }
 
     /// `count` subscriptions with the ids of [`bulk_subscription_id`], in order: what
@@ -415,8 +432,11 @@ pub(crate) struct State {
     /// Ids delivered to at least once.
     seen: Mutex<HashSet<Box<str>>>,
     captured: Mutex<Vec<CapturedPush>>,
-    /// `Authorization` values that verified, with their JWT's `exp`.
-    vapid_cache: Mutex<HashMap<Box<[u8]>, u64>>,
+    /// `Authorization` values that verified, with their JWT's `exp` and the key (`k`).
+    vapid_cache: Mutex<HashMap<Box<[u8]>, (u64, [u8; 65])>>,
+    /// Subscriptions made with an `applicationServerKey`: only that VAPID key may push to
+    /// them (403 otherwise), as real push services bind them.
+    bound: Mutex<HashMap<Box<str>, [u8; 65]>>,
 }
 
 impl State {
@@ -441,9 +461,35 @@ impl State {
             && rand::Rng::gen::<f64>(&mut rand::thread_rng()) < self.config.transient_error_rate
     }
 
+    /// Binds subscription `id` to the VAPID public key it was made with.
+    fn bind(&self, id: &str, key: [u8; 65]) -> Result<(), &'static str> {
+        let mut bound = self.bound.lock();
+        if bound.len() >= MAX_BOUND && !bound.contains_key(id) {
+            return Err("too many subscriptions bound to a key");
+        }
+        bound.insert(id.into(), key);
+        Ok(())
+    }
+
+    /// Refuses (403) a push signed with another key than the one subscription `id` was made
+    /// with, if it was made with one.
+    pub(crate) fn check_bound(&self, id: &str, key: &[u8; 65]) -> Result<(), push::Decision> {
+        match self.bound.lock().get(id) {
+            Some(bound) if bound != key => {
+                Counters::bump(&self.counters.vapid_failures);
+                Err(push::Decision::refuse(
+                    StatusCode::FORBIDDEN,
+                    "the VAPID key does not match the applicationServerKey the subscription \
+                     was made with",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Checks `Authorization: vapid t=…, k=…` against this origin (see the module docs for
-    /// 401 versus 403).
-    fn check_vapid(&self, authorization: Option<&HeaderValue>) -> Result<(), push::Decision> {
+    /// 401 versus 403); the sender's public key when it holds.
+    fn check_vapid(&self, authorization: Option<&HeaderValue>) -> Result<[u8; 65], push::Decision> {
         let refuse = |status, message| {
             Counters::bump(&self.counters.vapid_failures);
             Err(push::Decision::refuse(status, message))
@@ -452,25 +498,25 @@ impl State {
             return refuse(StatusCode::UNAUTHORIZED, "missing VAPID authorization");
         };
         let now = u64::try_from(unix_now()).unwrap_or(0);
-        if let Some(&exp) = self.vapid_cache.lock().get(authorization.as_bytes()) {
+        if let Some(&(exp, key)) = self.vapid_cache.lock().get(authorization.as_bytes()) {
             if now < exp {
-                return Ok(());
+                return Ok(key);
             }
         }
         let Ok(text) = authorization.to_str() else {
             return refuse(StatusCode::UNAUTHORIZED, "malformed VAPID authorization");
         };
         match volley_webpush::vapid::verify(text, &self.origin, now) {
-            Ok(_) => {
+            Ok(verified) => {
                 // Verification is an ECDSA check; a sender reuses one JWT for hours.
                 if let Some(exp) = vapid_exp(text) {
                     let mut cache = self.vapid_cache.lock();
                     if cache.len() >= VAPID_CACHE {
                         cache.clear();
                     }
-                    cache.insert(authorization.as_bytes().into(), exp);
+                    cache.insert(authorization.as_bytes().into(), (exp, verified.public_key));
                 }
-                Ok(())
+                Ok(verified.public_key)
             }
             Err(error) => {
                 let (status, message) = vapid_refusal(&error);
@@ -776,22 +822,45 @@ async fn push(state: &State, id: String, request: Request<hyper::body::Incoming>
     response
 }
 
-/// `POST /subscribe` with an optional body `{"id": "…"}`: a subscription, 201.
+/// `POST /subscribe` with an optional body `{"id": "…", "applicationServerKey": "…"}`: a
+/// subscription, 201. With the key (the VAPID public key, base64url, as a page passes it to
+/// `pushManager.subscribe`), only pushes signed with it are taken (403 otherwise).
 async fn subscribe(state: &State, request: Request<hyper::body::Incoming>) -> Reply {
     #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
     struct Subscribe {
         id: Option<String>,
+        application_server_key: Option<String>,
     }
     let Ok(body) = Limited::new(request.into_body(), MAX_BODY).collect().await else {
         return error(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
     };
     let body = body.to_bytes();
-    let id = if body.iter().all(u8::is_ascii_whitespace) {
-        None
+    let (id, key) = if body.iter().all(u8::is_ascii_whitespace) {
+        (None, None)
     } else {
         match serde_json::from_slice::<Subscribe>(&body) {
-            Ok(subscribe) => subscribe.id,
-            Err(_) => return error(StatusCode::BAD_REQUEST, "body must be {\"id\": \"…\"}"),
+            Ok(subscribe) => (subscribe.id, subscribe.application_server_key),
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "body must be {\"id\": \"…\", \"applicationServerKey\": \"…\"}",
+                )
+            }
+        }
+    };
+    let key = match key.map(|key| URL_SAFE_NO_PAD.decode(key.trim_end_matches('='))) {
+        None => None,
+        Some(Ok(key)) if key.len() == 65 && key[0] == 0x04 => {
+            let mut bytes = [0u8; 65];
+            bytes.copy_from_slice(&key);
+            Some(bytes)
+        }
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "applicationServerKey must be a 65-byte uncompressed P-256 key, base64url",
+            )
         }
     };
     // A random id starts with a letter no scripted prefix has.
@@ -801,6 +870,11 @@ async fn subscribe(state: &State, request: Request<hyper::body::Incoming>) -> Re
             StatusCode::BAD_REQUEST,
             "id must be 1 to 256 characters of A-Z a-z 0-9 - . _ ~",
         );
+    }
+    if let Some(key) = key {
+        if let Err(message) = state.bind(&id, key) {
+            return error(StatusCode::INSUFFICIENT_STORAGE, message);
+        }
     }
     Counters::bump(&state.counters.subscriptions_issued);
     json(StatusCode::CREATED, &state.subscription(&id))

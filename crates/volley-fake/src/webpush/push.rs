@@ -119,7 +119,11 @@ pub(crate) fn valid_id(id: &str) -> bool {
 
 /// Decides the answer to `POST /push/{id}` with a complete `body`.
 pub(crate) fn decide(state: &State, id: &str, headers: &HeaderMap, body: &[u8]) -> Decision {
-    if let Err(refusal) = state.check_vapid(headers.get(AUTHORIZATION)) {
+    let key = match state.check_vapid(headers.get(AUTHORIZATION)) {
+        Ok(key) => key,
+        Err(refusal) => return refusal,
+    };
+    if let Err(refusal) = state.check_bound(id, &key) {
         return refusal;
     }
     let ttl = match ttl(headers) {
