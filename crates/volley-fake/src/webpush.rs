@@ -422,6 +422,9 @@ impl std::fmt::Debug for FakeWebPush {
     }
 }
 
+/// A VAPID header that verified: its JWT's `exp`, and the sender's public key.
+type Verified = (u64, [u8; 65]);
+
 /// Everything the fake's threads share; every lock is held briefly and never across an await.
 pub(crate) struct State {
     config: FakeWebPushConfig,
@@ -433,7 +436,7 @@ pub(crate) struct State {
     seen: Mutex<HashSet<Box<str>>>,
     captured: Mutex<Vec<CapturedPush>>,
     /// `Authorization` values that verified, with their JWT's `exp` and the key (`k`).
-    vapid_cache: Mutex<HashMap<Box<[u8]>, (u64, [u8; 65])>>,
+    vapid_cache: Mutex<HashMap<Box<[u8]>, Verified>>,
     /// Subscriptions made with an `applicationServerKey`: only that VAPID key may push to
     /// them (403 otherwise), as real push services bind them.
     bound: Mutex<HashMap<Box<str>, [u8; 65]>>,
