@@ -49,8 +49,7 @@ pub struct FakeServer {
     _ca_temp: Option<tempfile::TempPath>,
     counters: Arc<Counters>,
     captured: Captures,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    serving: ServingThread,
 }
 
 impl FakeServer {
@@ -125,7 +124,6 @@ impl FakeServer {
 
         let counters = Arc::new(Counters::new());
         let captured = Captures::default();
-        let (stop, stopped) = oneshot::channel();
         let scheme = if config.tls { "https" } else { "http" };
         let acceptor = config
             .tls
@@ -144,9 +142,9 @@ impl FakeServer {
             port: addr.port(),
             scheme,
         };
-        let thread = std::thread::Builder::new()
-            .name(thread_name.into())
-            .spawn(move || run(runtime, shared, listener, stats_listener, acceptor, stopped))?;
+        let serving = ServingThread::spawn(thread_name, move |stopped| {
+            run(runtime, shared, listener, stats_listener, acceptor, stopped)
+        })?;
         Ok(FakeServer {
             addr,
             stats_addr,
@@ -156,8 +154,7 @@ impl FakeServer {
             _ca_temp: ca_temp,
             counters,
             captured,
-            stop: Some(stop),
-            thread: Some(thread),
+            serving,
         })
     }
 
@@ -213,11 +210,37 @@ impl FakeServer {
 
     /// Stops the server, joins its thread (flushing the record file) and returns the final counters.
     pub fn shutdown(mut self) -> Stats {
-        self.stop_and_join();
+        self.serving.stop();
         self.counters.snapshot()
     }
+}
 
-    fn stop_and_join(&mut self) {
+/// A fake's serving thread and the signal that stops it; stopping, or dropping it, waits for
+/// the thread to end.
+pub(crate) struct ServingThread {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ServingThread {
+    /// Runs `serve` on a thread named `name`; its argument fires when [`ServingThread::stop`]
+    /// is called.
+    pub(crate) fn spawn(
+        name: &str,
+        serve: impl FnOnce(oneshot::Receiver<()>) + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let (stop, stopped) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || serve(stopped))?;
+        Ok(ServingThread {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Signals the thread to stop and waits for it.
+    pub(crate) fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -227,9 +250,9 @@ impl FakeServer {
     }
 }
 
-impl Drop for FakeServer {
+impl Drop for ServingThread {
     fn drop(&mut self) {
-        self.stop_and_join();
+        self.stop();
     }
 }
 

@@ -37,7 +37,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -56,6 +55,7 @@ use volley_webpush::vapid::VapidError;
 use crate::counters::{Counters, StatusCounts};
 use crate::server::{
     accept_stats, capture_headers, origin, serve_plain_http1, unix_now, validate_injection,
+    ServingThread,
 };
 use crate::{tls, FakeError, Latency};
 use keyring::Keyring;
@@ -195,8 +195,7 @@ pub struct FakeWebPush {
     /// Keeps the temporary CA file alive (and removes it) when no `ca_out` was given.
     _ca_temp: Option<tempfile::TempPath>,
     state: Arc<State>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    serving: ServingThread,
 }
 
 impl FakeWebPush {
@@ -279,15 +278,14 @@ impl FakeWebPush {
             bound: Mutex::default(),
             config,
         });
-        let (stop, stopped) = oneshot::channel();
         let served = Served {
             state: state.clone(),
             acceptor,
             builder: Arc::new(builder),
         };
-        let thread = std::thread::Builder::new()
-            .name("volley-fake-webpush".into())
-            .spawn(move || run(runtime, listener, stats_listener, served, stopped))?;
+        let serving = ServingThread::spawn("volley-fake-webpush", move |stopped| {
+            run(runtime, listener, stats_listener, served, stopped)
+        })?;
         Ok(FakeWebPush {
             addr,
             stats_addr,
@@ -295,8 +293,7 @@ impl FakeWebPush {
             ca_path,
             _ca_temp: ca_temp,
             state,
-            stop: Some(stop),
-            thread: Some(thread),
+            serving,
         })
     }
 
@@ -393,23 +390,8 @@ impl FakeWebPush {
 
     /// Stops the fake, joins its thread and returns the final counters.
     pub fn shutdown(mut self) -> WebPushStats {
-        self.stop_and_join();
+        self.serving.stop();
         self.state.counters.snapshot()
-    }
-
-    fn stop_and_join(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for FakeWebPush {
-    fn drop(&mut self) {
-        self.stop_and_join();
     }
 }
 

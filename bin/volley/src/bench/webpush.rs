@@ -2,19 +2,14 @@
 //! nothing between, so that a broadcast's rate can be read against what the client's
 //! per-message work (one ECDH, one AES-GCM) and the fake's decryption allow on this machine.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::bail;
-use futures::stream::{self, StreamExt};
 use volley_fake::{FakeWebPush, FakeWebPushConfig};
 use volley_provider::tls::TlsOptions;
-use volley_webpush::{Outcome, Prepared, WebPushClient, WebPushConfig};
+use volley_webpush::{Prepared, WebPushClient, WebPushConfig};
 
-use super::procfs;
 use super::report::CeilingResult;
-use super::system;
-use super::workload::{bar, usage};
+use super::workload::measure_ceiling;
 
 /// The message the broadcast's front renders for Web Push, as the ceiling sends it.
 const MESSAGE: &str =
@@ -86,62 +81,20 @@ fn on_this_thread(
         let warm_up = (0..(connections * 8) as u64)
             .map(|i| token(&run[8..16], i))
             .collect::<Result<Vec<_>, _>>()?;
-        let warm = stream::iter(warm_up.iter())
-            .map(|token| client.send(token, &prepared))
-            .buffer_unordered(in_flight.max(1))
-            .filter(|o| std::future::ready(*o == Outcome::Delivered))
-            .count()
-            .await;
-        if warm != warm_up.len() {
-            bail!(
-                "the web push ceiling's warm-up delivered {warm} of {}",
-                warm_up.len()
-            );
-        }
-        let bar = bar(messages, quiet, "ceiling");
-        let before = system::self_groups();
-        let (machine_before, process_before) = (procfs::machine_busy(), procfs::self_cpu());
-        let started = Instant::now();
-        let mut delivered = 0u64;
-        let mut answered = 0u64;
-        let mut sends = stream::iter(list.iter())
-            .map(|token| client.send(token, &prepared))
-            .buffer_unordered(in_flight.max(1));
-        while let Some(outcome) = sends.next().await {
-            answered += 1;
-            if outcome == Outcome::Delivered {
-                delivered += 1;
-            }
-            if answered.is_multiple_of(1024) {
-                bar.set_position(answered);
-            }
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        let after = system::self_groups();
-        let others =
-            (procfs::machine_busy() - machine_before) - (procfs::self_cpu() - process_before);
-        bar.finish_and_clear();
-        let cpu: BTreeMap<String, f64> = ["ceiling-client", "fake-webpush"]
-            .into_iter()
-            .map(|name| {
-                let spent = after.get(name).copied().unwrap_or(0.0)
-                    - before.get(name).copied().unwrap_or(0.0);
-                (name.to_owned(), spent.max(0.0))
-            })
-            .collect();
-        let total: f64 = cpu.values().sum();
-        let (usage, _) = usage(&cpu, &BTreeMap::new(), delivered);
-        Ok(CeilingResult {
-            tokens: messages,
+        let warm_up: Vec<&str> = warm_up.iter().map(String::as_str).collect();
+        let list: Vec<&str> = list.iter().map(String::as_str).collect();
+        let send = |token| client.send(token, &prepared);
+        let fake_part = "fake-webpush";
+        measure_ceiling(
+            &warm_up,
+            &list,
+            send,
             connections,
             in_flight,
-            delivered,
-            seconds,
-            rate: delivered as f64 / seconds.max(1e-9),
-            usage,
-            cpu_us_per_notification: total * 1e6 / delivered.max(1) as f64,
-            other_load_cores: (others / seconds.max(1e-9)).max(0.0),
-        })
+            quiet,
+            fake_part,
+        )
+        .await
     });
     drop(runtime);
     fake.shutdown();

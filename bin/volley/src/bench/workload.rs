@@ -30,7 +30,7 @@ const JOB_LIMIT: Duration = Duration::from_secs(600);
 const TITLE: &str = "Volley bench";
 const BODY: &str = "Hello from Volley";
 
-pub(super) fn bar(total: u64, quiet: bool, what: &str) -> ProgressBar {
+fn bar(total: u64, quiet: bool, what: &str) -> ProgressBar {
     let bar = if quiet {
         ProgressBar::hidden()
     } else {
@@ -145,6 +145,81 @@ pub fn ceiling(
         .map_err(|_| anyhow::anyhow!("the ceiling thread panicked"))?
 }
 
+/// The measured part of a ceiling: sends `warm_up` (every one must be delivered), then
+/// `list` through `send`, `in_flight` at a time, and reports the rate and the CPU of the
+/// client's thread and of the fake's part `fake` (a thread group of this process).
+pub(super) async fn measure_ceiling<'a, F, Fut>(
+    warm_up: &[&'a str],
+    list: &[&'a str],
+    send: F,
+    connections: usize,
+    in_flight: usize,
+    quiet: bool,
+    fake: &str,
+) -> anyhow::Result<CeilingResult>
+where
+    F: Fn(&'a str) -> Fut,
+    Fut: std::future::Future<Output = Outcome>,
+{
+    let warm = stream::iter(warm_up.iter().copied())
+        .map(&send)
+        .buffer_unordered(in_flight.max(1))
+        .filter(|o| std::future::ready(*o == Outcome::Delivered))
+        .count()
+        .await;
+    if warm != warm_up.len() {
+        bail!(
+            "the ceiling's warm-up delivered {warm} of {}",
+            warm_up.len()
+        );
+    }
+    let tokens = list.len() as u64;
+    let bar = bar(tokens, quiet, "ceiling");
+    let before = system::self_groups();
+    let (machine_before, process_before) = (procfs::machine_busy(), procfs::self_cpu());
+    let started = Instant::now();
+    let mut delivered = 0u64;
+    let mut answered = 0u64;
+    let mut sends = stream::iter(list.iter().copied())
+        .map(&send)
+        .buffer_unordered(in_flight.max(1));
+    while let Some(outcome) = sends.next().await {
+        answered += 1;
+        if outcome == Outcome::Delivered {
+            delivered += 1;
+        }
+        // The bar takes a lock: update it rarely so that it costs the client nothing.
+        if answered.is_multiple_of(1024) {
+            bar.set_position(answered);
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let after = system::self_groups();
+    let others = (procfs::machine_busy() - machine_before) - (procfs::self_cpu() - process_before);
+    bar.finish_and_clear();
+    let cpu: BTreeMap<String, f64> = ["ceiling-client", fake]
+        .into_iter()
+        .map(|name| {
+            let spent =
+                after.get(name).copied().unwrap_or(0.0) - before.get(name).copied().unwrap_or(0.0);
+            (name.to_owned(), spent.max(0.0))
+        })
+        .collect();
+    let total: f64 = cpu.values().sum();
+    let (usage, _) = usage(&cpu, &BTreeMap::new(), delivered);
+    Ok(CeilingResult {
+        tokens,
+        connections,
+        in_flight,
+        delivered,
+        seconds,
+        rate: delivered as f64 / seconds.max(1e-9),
+        usage,
+        cpu_us_per_notification: total * 1e6 / delivered.max(1) as f64,
+        other_load_cores: (others / seconds.max(1e-9)).max(0.0),
+    })
+}
+
 /// The notification the broadcast's front renders, built directly.
 pub fn ceiling_notification() -> Notification {
     let mut custom = serde_json::Map::new();
@@ -214,63 +289,19 @@ fn ceiling_on_this_thread(
         let warm_up: TokenList = (0..connections * 8)
             .map(|i| format!("{}{i:056x}", &run[8..16]))
             .collect();
-        let warm = stream::iter(warm_up.iter())
-            .map(|token| client.send(token, &notification))
-            .buffer_unordered(in_flight.max(1))
-            .filter(|o| std::future::ready(*o == Outcome::Delivered))
-            .count()
-            .await;
-        if warm != warm_up.len() {
-            bail!(
-                "the ceiling's warm-up delivered {warm} of {}",
-                warm_up.len()
-            );
-        }
-        let bar = bar(tokens, quiet, "ceiling");
-        let before = system::self_groups();
-        let (machine_before, process_before) = (procfs::machine_busy(), procfs::self_cpu());
-        let started = Instant::now();
-        let mut delivered = 0u64;
-        let mut answered = 0u64;
-        let mut sends = stream::iter(list.iter())
-            .map(|token| client.send(token, &notification))
-            .buffer_unordered(in_flight.max(1));
-        while let Some(outcome) = sends.next().await {
-            answered += 1;
-            if outcome == Outcome::Delivered {
-                delivered += 1;
-            }
-            // The bar takes a lock: update it rarely so that it costs the client nothing.
-            if answered.is_multiple_of(4096) {
-                bar.set_position(answered);
-            }
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        let after = system::self_groups();
-        let others =
-            (procfs::machine_busy() - machine_before) - (procfs::self_cpu() - process_before);
-        bar.finish_and_clear();
-        let cpu: BTreeMap<String, f64> = ["ceiling-client", "fake-apns"]
-            .into_iter()
-            .map(|name| {
-                let spent = after.get(name).copied().unwrap_or(0.0)
-                    - before.get(name).copied().unwrap_or(0.0);
-                (name.to_owned(), spent.max(0.0))
-            })
-            .collect();
-        let total: f64 = cpu.values().sum();
-        let (usage, _) = usage(&cpu, &BTreeMap::new(), delivered);
-        Ok(CeilingResult {
-            tokens,
+        let warm_up: Vec<&str> = warm_up.iter().collect();
+        let list: Vec<&str> = list.iter().collect();
+        let send = |token| client.send(token, &notification);
+        measure_ceiling(
+            &warm_up,
+            &list,
+            send,
             connections,
             in_flight,
-            delivered,
-            seconds,
-            rate: delivered as f64 / seconds.max(1e-9),
-            usage,
-            cpu_us_per_notification: total * 1e6 / delivered.max(1) as f64,
-            other_load_cores: (others / seconds.max(1e-9)).max(0.0),
-        })
+            quiet,
+            "fake-apns",
+        )
+        .await
     });
     drop(runtime);
     fake.shutdown();
