@@ -2,6 +2,7 @@
 //! (`PushSubscription.toJSON()`), and the notification rendered once for all of them (the
 //! agent encrypts it per subscription).
 
+use std::borrow::Cow;
 use std::fmt;
 
 use bytes::Bytes;
@@ -25,14 +26,18 @@ const DEFAULT_TTL: u64 = MAX_TTL_SECONDS;
 /// The longest `Topic` (RFC 8030 section 5.4), in URL-safe base64 characters.
 const MAX_TOPIC: usize = 32;
 
-/// One subscription as `PushSubscription.toJSON()` gives it.
-#[derive(Deserialize, ToSchema)]
+/// One subscription as `PushSubscription.toJSON()` gives it (its schema is the document's
+/// `WebPushSubscription`, written out in `crate::openapi`). The strings borrow from the body
+/// unless they hold escapes.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub(crate) struct SubscriptionJson {
+struct SubscriptionJson<'a> {
     /// The push service's URL for this browser (https).
-    endpoint: String,
+    #[serde(borrow)]
+    endpoint: Cow<'a, str>,
     /// The browser's keys for this subscription.
-    keys: KeysJson,
+    #[serde(borrow)]
+    keys: KeysJson<'a>,
     /// When the browser says the subscription expires (ms since the epoch, or null); read
     /// and not used.
     #[serde(default)]
@@ -41,13 +46,15 @@ pub(crate) struct SubscriptionJson {
 }
 
 /// A subscription's keys (URL-safe base64).
-#[derive(Deserialize, ToSchema)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct KeysJson {
+struct KeysJson<'a> {
     /// The browser's P-256 public key: 65 bytes, uncompressed.
-    p256dh: String,
+    #[serde(borrow)]
+    p256dh: Cow<'a, str>,
     /// The authentication secret: 16 bytes.
-    auth: String,
+    #[serde(borrow)]
+    auth: Cow<'a, str>,
 }
 
 /// `targets.webpush`: the subscriptions that pass [`volley_webpush::subscription::encode`],
@@ -89,14 +96,17 @@ impl<'de> Visitor<'de> for SubscriptionsVisitor {
         let mut builder = TokenListBuilder::default();
         let mut subscriptions = Subscriptions::default();
         let mut index = 0;
-        while let Some(given) = seq.next_element::<SubscriptionJson>()? {
+        // One buffer for every subscription's token, copied into the list's.
+        let mut token = String::new();
+        while let Some(given) = seq.next_element::<SubscriptionJson<'de>>()? {
             subscriptions.given = true;
-            match volley_webpush::subscription::encode(
+            match volley_webpush::subscription::encode_into(
+                &mut token,
                 &given.endpoint,
                 &given.keys.p256dh,
                 &given.keys.auth,
             ) {
-                Ok(token) => builder.push(&token),
+                Ok(()) => builder.push(&token),
                 Err(error) => subscriptions.rejected.push((index, error.to_string())),
             }
             index += 1;
@@ -178,9 +188,9 @@ pub(crate) fn check(spec: &Spec) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Renders the notification for Web Push once: the message and its header values.
+/// Renders the notification for Web Push once: the message and its header values. The
+/// options were checked with the other fields ([`check`], from `render::check_common`).
 pub(crate) fn render(spec: &Spec) -> Result<WebPushRender, ApiError> {
-    check(spec)?;
     let options = spec.webpush_raw.as_ref();
     let default = WebPushOptions::default();
     let options = options.unwrap_or(&default);
@@ -333,7 +343,7 @@ mod tests {
                 webpush_raw: Some(options),
                 ..Spec::default()
             };
-            let error = render(&spec).unwrap_err();
+            let error = check(&spec).unwrap_err();
             assert_eq!(error.field.as_deref(), Some(field), "{}", error.message);
         }
     }

@@ -100,29 +100,41 @@ impl std::fmt::Debug for Decoded<'_> {
 /// base64, padded or not; the token holds them as unpadded base64url. The endpoint is kept
 /// as given (trimmed), so that reports of dead subscriptions name it exactly as stored.
 pub fn encode(endpoint: &str, p256dh: &str, auth: &str) -> Result<String, SubscriptionError> {
+    let mut token = String::with_capacity(endpoint.len() + 2 + 87 + 22);
+    encode_into(&mut token, endpoint, p256dh, auth)?;
+    Ok(token)
+}
+
+/// [`encode`] into `token` (cleared first), so that a caller reading many subscriptions
+/// reuses one buffer; on an error `token` holds nothing of use.
+pub fn encode_into(
+    token: &mut String,
+    endpoint: &str,
+    p256dh: &str,
+    auth: &str,
+) -> Result<(), SubscriptionError> {
+    token.clear();
     let endpoint = endpoint.trim();
     validate_endpoint(endpoint)?;
-    let p256dh = decode_any(p256dh.trim()).ok_or(SubscriptionError::P256dhEncoding)?;
-    let ua_public: [u8; 65] = p256dh
-        .as_slice()
-        .try_into()
-        .map_err(|_| SubscriptionError::P256dhLength(p256dh.len()))?;
+    let ua_public = decode_fixed::<65>(p256dh.trim()).map_err(|e| match e {
+        FixedError::Encoding => SubscriptionError::P256dhEncoding,
+        FixedError::Length(n) => SubscriptionError::P256dhLength(n),
+    })?;
     // Whether the point is on the curve is the agent's to find (its ECDH fails, and the
     // subscription is reported invalid): the front checks what a schema can say.
     if ua_public[0] != 0x04 {
         return Err(SubscriptionError::P256dhNotUncompressed(ua_public[0]));
     }
-    let auth = decode_any(auth.trim()).ok_or(SubscriptionError::AuthEncoding)?;
-    if auth.len() != 16 {
-        return Err(SubscriptionError::AuthLength(auth.len()));
-    }
-    let mut token = String::with_capacity(endpoint.len() + 2 + 87 + 22);
+    let auth = decode_fixed::<16>(auth.trim()).map_err(|e| match e {
+        FixedError::Encoding => SubscriptionError::AuthEncoding,
+        FixedError::Length(n) => SubscriptionError::AuthLength(n),
+    })?;
     token.push_str(endpoint);
     token.push(' ');
-    URL_SAFE_NO_PAD.encode_string(ua_public, &mut token);
+    URL_SAFE_NO_PAD.encode_string(ua_public, token);
     token.push(' ');
-    URL_SAFE_NO_PAD.encode_string(auth, &mut token);
-    Ok(token)
+    URL_SAFE_NO_PAD.encode_string(auth, token);
+    Ok(())
 }
 
 /// Splits a token and decodes its keys, without allocating. Checks the shape, the https
@@ -258,10 +270,6 @@ fn engine_for(text: &str) -> &'static GeneralPurpose {
     } else {
         &URL_SAFE_LENIENT
     }
-}
-
-fn decode_any(text: &str) -> Option<Vec<u8>> {
-    engine_for(text).decode(text).ok()
 }
 
 enum FixedError {
