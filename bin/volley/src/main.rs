@@ -293,7 +293,15 @@ async fn run_front(config: Config, links: Links) -> anyhow::Result<()> {
                 config.front.controller
             )
         })?;
-    volley_front::run(config, listener, controller, links, shutdown_signal()).await?;
+    let ops = tokio::net::TcpListener::bind(config.front.ops_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on front.ops_listen = {}",
+                config.front.ops_listen
+            )
+        })?;
+    volley_front::run(config, listener, ops, controller, links, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -308,7 +316,15 @@ async fn run_controller(config: Config, links: Links) -> anyhow::Result<()> {
                 config.controller.listen
             )
         })?;
-    volley_controller::run(config, listener, links, shutdown_signal()).await?;
+    let ops = tokio::net::TcpListener::bind(config.controller.ops_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on controller.ops_listen = {}",
+                config.controller.ops_listen
+            )
+        })?;
+    volley_controller::run(config, listener, ops, links, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -318,7 +334,15 @@ async fn run_agent(config: Config, links: Links) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.agent.listen)
         .await
         .with_context(|| format!("cannot listen on agent.listen = {}", config.agent.listen))?;
-    volley_agent::run(config, listener, links, shutdown_signal()).await?;
+    let ops = tokio::net::TcpListener::bind(config.agent.ops_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on agent.ops_listen = {}",
+                config.agent.ops_listen
+            )
+        })?;
+    volley_agent::run(config, listener, ops, links, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -338,9 +362,18 @@ fn run_standalone(mut config: Config) -> anyhow::Result<()> {
     let controller_addr = controller_listener.local_addr()?;
     config.front.controller = controller_addr.to_string();
     config.agent.controller = controller_addr.to_string();
+    let controller_ops =
+        std::net::TcpListener::bind(config.controller.ops_listen).with_context(|| {
+            format!(
+                "cannot listen on controller.ops_listen = {}",
+                config.controller.ops_listen
+            )
+        })?;
+    controller_ops.set_nonblocking(true)?;
     let controller = spawn_controller(
         config.clone(),
         controller_listener,
+        controller_ops,
         certs.links(NodeRole::Controller)?,
     )?;
     let agent = {
@@ -348,7 +381,15 @@ fn run_standalone(mut config: Config) -> anyhow::Result<()> {
         let links = certs.links(NodeRole::Agent)?;
         spawn_role("agent", move |drain| async move {
             let listener = tokio::net::TcpListener::bind(config.agent.listen).await?;
-            volley_agent::run(config, listener, links, drain).await?;
+            let ops = tokio::net::TcpListener::bind(config.agent.ops_listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on agent.ops_listen = {}",
+                        config.agent.ops_listen
+                    )
+                })?;
+            volley_agent::run(config, listener, ops, links, drain).await?;
             Ok(())
         })?
     };

@@ -63,6 +63,7 @@ async fn only_the_clusters_nodes_link_and_each_makes_only_its_own_calls() {
             platforms: Platform::ALL.to_vec(),
         }],
         window: 1_000_000,
+        ops_addr: String::new(),
     };
     let denied = front
         .register(context(), info.clone())

@@ -24,6 +24,7 @@ mod breaker;
 mod deliver;
 mod holdings;
 mod limit;
+mod ops;
 mod retry;
 
 use std::collections::HashMap;
@@ -604,10 +605,12 @@ fn paused(chunk: &Chunk, provider: &str, left: Duration) -> WireError {
     .retry_after(left.max(MIN_PAUSE))
 }
 
-/// Runs an agent on `listener` until `shutdown` resolves, then drains.
+/// Runs an agent on `listener` until `shutdown` resolves, then drains. Its ops port
+/// (`/metrics`, `/healthz`, `/readyz`) is served on `ops` until it stops.
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
+    ops: tokio::net::TcpListener,
     links: Links,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
@@ -694,7 +697,18 @@ pub async fn run(
         addr: advertise,
         apps: served,
         window: agent.window,
+        ops_addr: ops
+            .local_addr()
+            .map(|addr| addr.to_string())
+            .unwrap_or_default(),
     };
+    let ops_port = ops::ops();
+    let ops_served = tokio::spawn(volley_ops::serve(
+        ops,
+        "agent",
+        ops_port.router(),
+        stop.clone().cancelled_owned(),
+    ));
     let registration = tokio::spawn(keep_registered(
         info,
         agent.controller.clone(),
@@ -741,6 +755,7 @@ pub async fn run(
     stop.cancel();
     let _ = registration.await;
     let _ = serving.await;
+    let _ = ops_served.await;
     tracing::info!("agent stopped");
     Ok(())
 }
@@ -922,11 +937,14 @@ async fn keep_registered(
                     break;
                 }
                 Err(error) => {
-                    tracing::warn!(agent = %id, %error, "heartbeat failed");
                     if last_renewal.elapsed() > lease {
+                        // Paused or cut off past a lease time: whatever the controller says next,
+                        // the chunks held are someone else's by now.
+                        tracing::warn!(agent = %id, %error, "heartbeat failed and no renewal for a lease time; registering again");
                         lapse("no controller renewed their leases for a lease time");
                         break;
                     }
+                    tracing::warn!(agent = %id, %error, "heartbeat failed");
                     if addrs.len() > 1 && last_renewal.elapsed() > lease / 4 {
                         // A silent leader: another controller may lead by now.
                         from = index + 1;

@@ -254,6 +254,16 @@ pub struct FrontConfig {
     /// answered 503 `busy` with `Retry-After`. Each may hold up to `max_body_bytes` and about
     /// as much again once parsed.
     pub max_large_bodies: usize,
+    /// Where this role's ops port listens: `/metrics`, `/healthz`, `/readyz` and the live dashboard `/dashboard`, without a key. The
+    /// default, port 0 on loopback, takes a free port (logged at start, "ops listening"); set
+    /// a fixed address for Prometheus to scrape.
+    #[schema(value_type = String)]
+    pub ops_listen: SocketAddr,
+    /// A key that opens the dashboard on the API listener too (`/dashboard#key=…`, or
+    /// `Authorization: Bearer …` on `/dashboard/state`); without it the dashboard is served on
+    /// `ops_listen` only. At least 16 characters.
+    #[schema(value_type = Option<String>)]
+    pub operator_key: Option<Secret>,
 }
 
 impl Default for FrontConfig {
@@ -275,6 +285,8 @@ impl Default for FrontConfig {
             max_connections: 10_000,
             large_body_bytes: 1024 * 1024,
             max_large_bodies: 4,
+            ops_listen: ([127, 0, 0, 1], 0).into(),
+            operator_key: None,
         }
     }
 }
@@ -365,6 +377,11 @@ pub struct ControllerConfig {
     /// The address fronts and agents should dial this controller at, named by standbys to
     /// whoever calls them (defaults to the bound listen address).
     pub advertise: Option<String>,
+    /// Where this role's ops port listens: `/metrics`, `/healthz`, `/readyz`. The
+    /// default, port 0 on loopback, takes a free port (logged at start, "ops listening"); set
+    /// a fixed address for Prometheus to scrape.
+    #[schema(value_type = String)]
+    pub ops_listen: SocketAddr,
 }
 
 /// Where the controller keeps its state.
@@ -403,6 +420,7 @@ impl Default for ControllerConfig {
             failover_timeout: Duration::from_secs(5),
             advertise: None,
             max_agent_window: 64,
+            ops_listen: ([127, 0, 0, 1], 0).into(),
         }
     }
 }
@@ -454,6 +472,11 @@ pub struct AgentConfig {
     #[serde(with = "humantime_serde")]
     #[schema(value_type = String)]
     pub shutdown_grace: Duration,
+    /// Where this role's ops port listens: `/metrics`, `/healthz`, `/readyz`. The
+    /// default, port 0 on loopback, takes a free port (logged at start, "ops listening"); set
+    /// a fixed address for Prometheus to scrape.
+    #[schema(value_type = String)]
+    pub ops_listen: SocketAddr,
 }
 
 impl Default for AgentConfig {
@@ -473,6 +496,7 @@ impl Default for AgentConfig {
             breaker: BreakerConfig::default(),
             heartbeat_interval: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
+            ops_listen: ([127, 0, 0, 1], 0).into(),
         }
     }
 }
@@ -1047,6 +1071,16 @@ impl FrontConfig {
             if value == 0 {
                 return Err(ConfigError::invalid(key, "must be at least 1"));
             }
+        }
+        if self
+            .operator_key
+            .as_ref()
+            .is_some_and(|key| key.expose().len() < 16)
+        {
+            return Err(ConfigError::invalid(
+                "front.operator_key",
+                "must be at least 16 characters",
+            ));
         }
         Ok(())
     }

@@ -500,6 +500,9 @@ pub struct AgentInfo {
     pub apps: Vec<ServedApp>,
     /// How many chunks the agent wants in flight at once.
     pub window: u32,
+    /// Where the agent's ops port (`/metrics`, `/healthz`, `/readyz`) listens, for operators
+    /// and the dashboard.
+    pub ops_addr: String,
 }
 
 /// One app an agent serves, and for which platforms it holds credentials.
@@ -593,6 +596,50 @@ pub struct AgentStat {
     /// When its link certificate expires, seconds since the epoch, as its last heartbeat
     /// said (`None` on insecure links).
     pub certificate_expires_at: Option<i64>,
+    /// Where its ops port listens (`/metrics`, `/healthz`, `/readyz`).
+    pub ops_addr: String,
+    /// The app and platform queues it paused: its circuit for them is open.
+    pub paused: Vec<PausedQueue>,
+}
+
+/// An app and platform an agent paused (its circuit breaker for them is open there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PausedQueue {
+    /// The app.
+    pub app: String,
+    /// The platform.
+    pub platform: Platform,
+    /// How much longer the controller keeps the app's chunks off the agent, in milliseconds.
+    pub for_ms: u64,
+}
+
+/// What the live dashboard shows, in one answer: the jobs, the rate history and the
+/// cluster's stats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DashboardView {
+    /// The controller's clock when it answered, ms since the epoch.
+    pub now_ms: u64,
+    /// Jobs not final yet, newest first, then jobs finished in the last minutes, newest
+    /// first: up to the number asked for in all. Their invalid tokens are not listed.
+    pub jobs: Vec<JobStatus>,
+    /// Cumulative outcome totals, sampled once a second, oldest first, over the last ten
+    /// minutes at most: the delivery rate is the difference of two samples.
+    pub history: Vec<RateSample>,
+    /// Queues, agents, outcomes: what `stats` answers.
+    pub stats: ClusterStats,
+}
+
+/// Cumulative outcome totals over every app at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateSample {
+    /// When, ms since the epoch.
+    pub at_ms: u64,
+    /// Notifications delivered so far.
+    pub delivered: u64,
+    /// Tokens found invalid so far.
+    pub invalid: u64,
+    /// Notifications failed for good so far.
+    pub failed: u64,
 }
 
 /// Delivery counters of one app and provider.
@@ -929,6 +976,9 @@ pub trait Controller {
     /// enum are on the wire, and `CONTROLLER_LARGE_CALLS` names submit and submit_many by
     /// theirs.
     async fn report(agent: AgentId, reports: Vec<ChunkOutcome>) -> Result<(), WireError>;
+    /// What the live dashboard shows: up to `jobs` jobs (unfinished first), the rate history
+    /// and the stats. Called by fronts.
+    async fn dashboard(jobs: u32) -> Result<DashboardView, WireError>;
 }
 
 /// The agent's service, called by the controller's dispatchers.

@@ -34,6 +34,7 @@ mod dispatcher;
 mod job;
 mod jobs;
 mod leases;
+mod ops;
 mod orphans;
 mod postgres;
 mod registry;
@@ -58,8 +59,8 @@ use volley_config::{Config, ControllerConfig, StoreKind};
 use volley_contracts::tls::NodeRole;
 use volley_contracts::{
     AgentId, AgentInfo, ChunkFailure, ChunkOutcome, ChunkReport, ClusterStats, Controller,
-    ErrorCode, Held, InvalidTokenPage, JobAccepted, JobId, JobStatus, Links, Peer, Registration,
-    Renewal, ServedApp, SubmitJob, WireError,
+    DashboardView, ErrorCode, Held, InvalidTokenPage, JobAccepted, JobId, JobStatus, Links, Peer,
+    Registration, Renewal, ServedApp, SubmitJob, WireError,
 };
 
 use crate::admission::{Admission, Admissions, Admitted, Rejection};
@@ -147,9 +148,12 @@ struct Serving {
 /// With the embedded store it leads from the start; with `store = "postgres"` it waits as a
 /// standby until it can lead, leads until it stops or another controller takes over, and then
 /// waits again.
+///
+/// Its ops port (`/metrics`, `/healthz`, `/readyz`) is served on `ops` until it stops.
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
+    ops: tokio::net::TcpListener,
     links: Links,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
@@ -163,6 +167,13 @@ pub async fn run(
         }
     });
     let serving = Arc::new(Serving::default());
+    let ops_port = ops::ops(serving.clone());
+    tokio::spawn(volley_ops::serve(
+        ops,
+        "controller",
+        ops_port.router(),
+        stopping.clone().cancelled_owned(),
+    ));
     let result = match config.controller.store {
         StoreKind::Redb => {
             let (store, recovered) =
@@ -488,6 +499,11 @@ impl Controller for ControllerServer {
     async fn stats(self, _: Context) -> Result<ClusterStats, WireError> {
         self.allow(NodeRole::Front, "stats")?;
         Ok(self.core()?.stats())
+    }
+
+    async fn dashboard(self, _: Context, jobs: u32) -> Result<DashboardView, WireError> {
+        self.allow(NodeRole::Front, "dashboard")?;
+        Ok(self.core()?.dashboard(jobs as usize))
     }
 
     async fn register(self, _: Context, agent: AgentInfo) -> Result<Registration, WireError> {
@@ -1045,6 +1061,16 @@ impl Core {
     fn forget(&self, (ids, keys): Forgotten) {
         if !ids.is_empty() {
             self.store.write_later(Write::Forget { ids, keys });
+        }
+    }
+
+    /// What the live dashboard shows. (Jobs and history: to be filled in.)
+    fn dashboard(&self, _jobs: usize) -> DashboardView {
+        DashboardView {
+            now_ms: clock::now_ms(),
+            jobs: Vec::new(),
+            history: Vec::new(),
+            stats: self.stats(),
         }
     }
 

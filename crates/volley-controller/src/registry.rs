@@ -172,6 +172,9 @@ impl Registry {
                 in_flight: entry.counters.in_flight.load(Ordering::Relaxed) as u32,
                 chunks_done: entry.counters.chunks_done.load(Ordering::Relaxed),
                 certificate_expires_at: entry.certificate_expires_at,
+                ops_addr: entry.info.ops_addr.clone(),
+                // Filled in by the scheduler, which knows the pauses.
+                paused: Vec::new(),
             })
             .collect();
         agents.sort_by_key(|agent| agent.id.0);
@@ -218,6 +221,7 @@ mod tests {
                 platforms: vec![Platform::Apns],
             }],
             window: 4,
+            ops_addr: String::new(),
         };
         let (id, _, fresh) = registry.insert(info.clone(), None, CancellationToken::new());
         assert_eq!(fresh, [("shop".to_owned(), Platform::Apns)]);
@@ -243,6 +247,7 @@ mod tests {
             addr: "x".into(),
             apps: Vec::new(),
             window: 1,
+            ops_addr: String::new(),
         };
         let (id, _, _) = registry.insert(info, Some("a1".into()), CancellationToken::new());
         assert_eq!(registry.touch(id, Some("a2"), None), Touch::OtherPeer);

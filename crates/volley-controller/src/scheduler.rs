@@ -578,6 +578,7 @@ mod tests {
                 })
                 .collect(),
             window: 4,
+            ops_addr: String::new(),
         }
     }
 

@@ -72,6 +72,7 @@ async fn register_as_agent(controller: &ControllerClient, addr: String) -> Agent
                     platforms: Platform::ALL.to_vec(),
                 }],
                 window: 1,
+                ops_addr: String::new(),
             },
         )
         .await

@@ -109,8 +109,13 @@ async fn unacknowledged_batches_are_sent_after_a_restart() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
-    let node =
-        spawn_controller(config.clone(), listener, volley_contracts::Links::Insecure).unwrap();
+    let node = spawn_controller(
+        config.clone(),
+        listener,
+        volley_testkit::role::ops_listener().unwrap(),
+        volley_contracts::Links::Insecure,
+    )
+    .unwrap();
 
     let tokens: Vec<String> = (0..20)
         .map(|i| {
@@ -191,7 +196,13 @@ async fn unacknowledged_batches_are_sent_after_a_restart() {
             }
         }
     }
-    let node = spawn_controller(config, listener, volley_contracts::Links::Insecure).unwrap();
+    let node = spawn_controller(
+        config,
+        listener,
+        volley_testkit::role::ops_listener().unwrap(),
+        volley_contracts::Links::Insecure,
+    )
+    .unwrap();
     wait_until(WAIT, "the resent batches", || {
         let receiver = receiver.clone();
         let want = dead.len();
@@ -249,7 +260,13 @@ async fn an_https_receiver_gets_the_batches_over_tls() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
-    let node = spawn_controller(config, listener, volley_contracts::Links::Insecure).unwrap();
+    let node = spawn_controller(
+        config,
+        listener,
+        volley_testkit::role::ops_listener().unwrap(),
+        volley_contracts::Links::Insecure,
+    )
+    .unwrap();
     let controller = volley_contracts::connect_controller(addr, &volley_contracts::Links::Insecure)
         .await
         .unwrap();

@@ -32,6 +32,7 @@ mod metrics;
 pub mod native;
 pub mod openapi;
 pub mod ops;
+mod ops_port;
 mod render;
 mod serve;
 mod tokens;
@@ -415,9 +416,13 @@ async fn gate(State(state): State<FrontState>, request: Request, next: Next) -> 
 /// turns false and requests that start afterwards get 503 with `Retry-After: 5`; the listener
 /// closes; idle connections close and busy ones close once answered; requests in flight get
 /// up to `front.shutdown_grace` to finish before the remaining connections are dropped.
+///
+/// Its ops port (`/metrics`, `/healthz`, `/readyz` and the dashboard) is served on `ops`
+/// until the front stops.
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
+    ops: tokio::net::TcpListener,
     controller: ControllerClient,
     links: Links,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -425,6 +430,13 @@ pub async fn run(
     let grace = config.front.shutdown_grace;
     let state = FrontState::new(config, controller, links)?;
     let app = router(state.clone());
+    let ops_stop = tokio_util::sync::CancellationToken::new();
+    let ops_served = tokio::spawn(volley_ops::serve(
+        ops,
+        "front",
+        ops_port::router(state.clone()),
+        ops_stop.clone().cancelled_owned(),
+    ));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, apps = state.inner.apps.len(), "front listening");
     }
@@ -450,6 +462,8 @@ pub async fn run(
             tracing::warn!("shutdown grace period over; dropping the remaining connections");
         }
     }
+    ops_stop.cancel();
+    let _ = ops_served.await;
     tracing::info!("front stopped");
     Ok(())
 }

@@ -522,6 +522,8 @@ mod tests {
                 in_flight: 1,
                 chunks_done: 9,
                 certificate_expires_at: Some(1_900_000_000),
+                ops_addr: "127.0.0.1:2".into(),
+                paused: Vec::new(),
             }],
             apps: Vec::new(),
             chunks_redispatched: 0,

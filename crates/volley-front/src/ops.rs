@@ -24,7 +24,7 @@ use crate::FrontState;
 /// How long `/readyz` waits for the controller.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
-async fn stats(state: &FrontState) -> Result<ClusterStats, ApiError> {
+pub(crate) async fn controller_stats(state: &FrontState) -> Result<ClusterStats, ApiError> {
     let mut context = FrontState::query_context();
     context.deadline = std::time::Instant::now() + READY_TIMEOUT;
     state
@@ -64,7 +64,7 @@ pub async fn readyz(State(state): State<FrontState>) -> Result<Json<Probe>, ApiE
     if state.is_draining() {
         return Err(ApiError::draining());
     }
-    stats(&state).await?;
+    controller_stats(&state).await?;
     Ok(Json(Probe { status: "ready" }))
 }
 
@@ -227,7 +227,7 @@ pub struct ControllerView {
     responses((status = 200, description = "The cluster's statistics", body = StatApp))
 )]
 pub async fn stat_app(State(state): State<FrontState>) -> Result<Json<StatApp>, ApiError> {
-    let stats = stats(&state).await?;
+    let stats = controller_stats(&state).await?;
     let mut ios = PushCounts::default();
     let mut android = PushCounts::default();
     let mut webpush = PushCounts::default();
@@ -705,7 +705,7 @@ pub async fn config_app(State(state): State<FrontState>) -> Json<volley_config::
         content_type = "text/plain", body = String))
 )]
 pub async fn metrics(State(state): State<FrontState>) -> Response {
-    let stats = stats(&state).await.ok();
+    let stats = controller_stats(&state).await.ok();
     (
         StatusCode::OK,
         [(

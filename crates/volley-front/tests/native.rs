@@ -466,6 +466,7 @@ async fn an_unreachable_controller_is_a_503_with_retry_after() {
     tokio::spawn(volley_front::run(
         config(""),
         listener,
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         client,
         Links::Insecure,
         futures::future::pending(),

@@ -284,6 +284,7 @@ async fn the_front_reconnects_after_the_controller_restarts() {
     tokio::spawn(volley_front::run(
         config,
         listener,
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         client,
         Links::Insecure,
         futures::future::pending(),

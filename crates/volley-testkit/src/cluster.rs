@@ -70,6 +70,12 @@ pub struct Cluster {
     pub front_url: String,
     /// The controller's tarpc address.
     pub controller_addr: SocketAddr,
+    /// The front's ops port (`/metrics`, `/healthz`, `/readyz`, `/dashboard`), as a base URL.
+    pub front_ops_url: String,
+    /// The controller's ops port, as a base URL.
+    pub controller_ops_url: String,
+    /// Each agent's ops port, as a base URL, by agent index.
+    pub agent_ops_urls: Vec<String>,
     /// Fake APNs.
     pub fake_apns: FakeServer,
     /// Fake FCM.
@@ -194,7 +200,16 @@ impl Cluster {
         } else {
             certs.links(NodeRole::Controller)?
         };
-        let controller = spawn_controller(config.clone(), controller_listener, controller_links)?;
+        let controller_ops = crate::role::ops_listener()?;
+        let controller_ops_url = format!("http://{}", controller_ops.local_addr()?);
+        let front_ops = crate::role::ops_listener()?;
+        let front_ops_url = format!("http://{}", front_ops.local_addr()?);
+        let controller = spawn_controller(
+            config.clone(),
+            controller_listener,
+            controller_ops,
+            controller_links,
+        )?;
         let mut cluster = Cluster {
             certs,
             insecure_links: options.insecure_links,
@@ -202,6 +217,9 @@ impl Cluster {
             api_key,
             front_url: format!("http://{front_addr}"),
             controller_addr,
+            front_ops_url,
+            controller_ops_url,
+            agent_ops_urls: Vec::new(),
             fake_apns,
             fake_fcm,
             fake_webpush,
@@ -218,11 +236,12 @@ impl Cluster {
             let links = cluster.links(NodeRole::Front)?;
             spawn_role("front", move |drain| async move {
                 let listener = tokio::net::TcpListener::from_std(front_listener)?;
+                let ops = tokio::net::TcpListener::from_std(front_ops)?;
                 let controller =
                     volley_contracts::connect_controller(config.front.controller.as_str(), &links)
                         .await
                         .context("front cannot reach the controller")?;
-                volley_front::run(config, listener, controller, links, drain).await?;
+                volley_front::run(config, listener, ops, controller, links, drain).await?;
                 Ok(())
             })?
         };
@@ -236,6 +255,8 @@ impl Cluster {
     pub fn add_agent(&mut self, tweak: impl FnOnce(&mut Config)) -> anyhow::Result<usize> {
         let index = self.agents.len();
         let listener = bind()?;
+        let ops = bind()?;
+        let ops_url = format!("http://{}", ops.local_addr()?);
         let mut config = self.config.clone();
         config.agent.listen = listener.local_addr()?;
         config.agent.name = Some(format!("agent-{index}"));
@@ -243,10 +264,12 @@ impl Cluster {
         let links = self.links(NodeRole::Agent)?;
         let agent = spawn_role(&format!("agent-{index}"), move |drain| async move {
             let listener = tokio::net::TcpListener::from_std(listener)?;
-            volley_agent::run(config, listener, links, drain).await?;
+            let ops = tokio::net::TcpListener::from_std(ops)?;
+            volley_agent::run(config, listener, ops, links, drain).await?;
             Ok(())
         })?;
         self.agents.push(Some(agent));
+        self.agent_ops_urls.push(ops_url);
         Ok(index)
     }
 

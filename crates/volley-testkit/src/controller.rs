@@ -147,6 +147,7 @@ pub async fn register_serving(
                     platforms: platforms.to_vec(),
                 }],
                 window,
+                ops_addr: String::new(),
             },
         )
         .await
@@ -187,7 +188,13 @@ pub async fn start_controller_with(
     let addr = listener.local_addr().unwrap();
     // Plain links: one test client plays front and agent at once (the roles' checks have
     // their own tests over mutual TLS).
-    let controller = spawn_controller(config, listener, Links::Insecure).unwrap();
+    let controller = spawn_controller(
+        config,
+        listener,
+        crate::role::ops_listener().unwrap(),
+        Links::Insecure,
+    )
+    .unwrap();
     let client = volley_contracts::connect_controller(addr, &Links::Insecure)
         .await
         .unwrap();

@@ -60,15 +60,25 @@ where
     })
 }
 
-/// Starts a controller on `listener` (non-blocking) on a new thread.
+/// A listener on `127.0.0.1:0` (non-blocking) for a role's ops port.
+pub fn ops_listener() -> anyhow::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Starts a controller on `listener`, its ops port on `ops` (both non-blocking), on a new
+/// thread.
 pub fn spawn_controller(
     config: Config,
     listener: std::net::TcpListener,
+    ops: std::net::TcpListener,
     links: volley_contracts::Links,
 ) -> anyhow::Result<RoleHandle> {
     spawn_role("controller", move |drain| async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        volley_controller::run(config, listener, links, drain).await?;
+        let ops = tokio::net::TcpListener::from_std(ops)?;
+        volley_controller::run(config, listener, ops, links, drain).await?;
         Ok(())
     })
 }

@@ -18,9 +18,9 @@ use tarpc::server::{BaseChannel, Channel};
 use tokio::net::{TcpListener, TcpStream};
 use volley_config::Config;
 use volley_contracts::{
-    AgentId, AgentInfo, AgentStat, AppCounters, ChunkOutcome, ClusterStats, Controller, ErrorCode,
-    Held, InvalidTokenPage, JobAccepted, JobId, JobState, JobStatus, Links, Platform, Registration,
-    RejectionCount, Renewal, SubmitJob, WireError,
+    AgentId, AgentInfo, AgentStat, AppCounters, ChunkOutcome, ClusterStats, Controller,
+    DashboardView, ErrorCode, Held, InvalidTokenPage, JobAccepted, JobId, JobState, JobStatus,
+    Links, Platform, Registration, RejectionCount, Renewal, SubmitJob, WireError,
 };
 
 pub const SHOP_KEY: &str = "shop-key-0123456789abcdef";
@@ -188,6 +188,15 @@ impl Controller for FakeController {
         Ok(status.clone())
     }
 
+    async fn dashboard(self, context: Context, _jobs: u32) -> Result<DashboardView, WireError> {
+        Ok(DashboardView {
+            now_ms: 1_900_000_000_000,
+            jobs: Vec::new(),
+            history: Vec::new(),
+            stats: self.stats(context).await?,
+        })
+    }
+
     async fn stats(self, _: Context) -> Result<ClusterStats, WireError> {
         Ok(ClusterStats {
             queue_usage: 3,
@@ -200,6 +209,8 @@ impl Controller for FakeController {
                 in_flight: 2,
                 chunks_done: 10,
                 certificate_expires_at: Some(1_900_000_000),
+                ops_addr: "127.0.0.1:2".into(),
+                paused: Vec::new(),
             }],
             apps: vec![
                 AppCounters {
@@ -311,6 +322,7 @@ impl Front {
         let task = tokio::spawn(volley_front::run(
             config,
             listener,
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
             client,
             Links::Insecure,
             async {
