@@ -101,7 +101,10 @@ pub(crate) struct Inner {
     limiter: limit::Limiter,
     controller: Arc<link::ControllerLink>,
     batcher: batch::Batcher,
-    pub metrics: metrics::Metrics,
+    pub metrics: Arc<metrics::Metrics>,
+    /// The front's `/metrics`, `/healthz` and `/readyz` (its ops port's, and the API
+    /// listener's `/metrics`).
+    pub(crate) ops: volley_ops::Ops,
     draining: AtomicBool,
     pub started: Instant,
     pub default_app: Option<usize>,
@@ -145,7 +148,9 @@ impl FrontState {
                 FrontError::Config(format!("front.default_app: no app named {name:?}"))
             })?),
         };
-        let metrics = metrics::Metrics::new(apps.iter().map(|a| a.name.clone()).collect());
+        let metrics = Arc::new(metrics::Metrics::new(
+            apps.iter().map(|a| a.name.clone()).collect(),
+        ));
         let controller = link::ControllerLink::new(
             controller,
             volley_contracts::controller_addresses(&config.front.controller),
@@ -155,7 +160,8 @@ impl FrontState {
         );
         let batcher = batch::Batcher::new(controller.clone(), SUBMIT_DEADLINE);
         Ok(FrontState {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|weak| Inner {
+                ops: ops_port::ops(weak.clone(), metrics.clone()),
                 config,
                 apps,
                 keys,

@@ -1,10 +1,18 @@
-//! Counters for `/metrics`: fixed arrays of atomics indexed by route, status, app and reason,
-//! so that counting a request takes no lock and no allocation.
+//! The front's metrics: fixed arrays of atomics indexed by route, status, app and reason, so
+//! that counting a request takes no lock and no allocation, exposed through
+//! `prometheus-client` on `/metrics` (the API listener's and the ops port's). The front
+//! exports only what it counts itself: the controller's and the agents' metrics are on their
+//! own ops ports, so that a sum over the fronts counts each request once.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
-use volley_contracts::{ClusterStats, LatencyStat, Platform, LATENCY_BUCKETS_MS};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use volley_contracts::Platform;
+use volley_ops::AtomicHistogram;
 
 use crate::error::Code;
 
@@ -27,11 +35,12 @@ pub(crate) enum Route {
     Readyz,
     Metrics,
     OpenApi,
+    Dashboard,
     Other,
 }
 
 impl Route {
-    const ALL: [Route; 17] = [
+    const ALL: [Route; 18] = [
         Route::Notifications,
         Route::JobStatus,
         Route::JobCancel,
@@ -48,6 +57,7 @@ impl Route {
         Route::Readyz,
         Route::Metrics,
         Route::OpenApi,
+        Route::Dashboard,
         Route::Other,
     ];
 
@@ -69,6 +79,7 @@ impl Route {
             Route::Readyz => "readyz",
             Route::Metrics => "metrics",
             Route::OpenApi => "openapi",
+            Route::Dashboard => "dashboard",
             Route::Other => "other",
         }
     }
@@ -92,6 +103,7 @@ impl Route {
             (Some("/readyz"), _) => Route::Readyz,
             (Some("/metrics"), _) => Route::Metrics,
             (Some("/openapi.json"), _) => Route::OpenApi,
+            (Some(path), _) if path.starts_with("/dashboard") => Route::Dashboard,
             _ => Route::Other,
         }
     }
@@ -109,18 +121,37 @@ fn status_index(status: u16) -> usize {
         .unwrap_or(STATUSES.len())
 }
 
+/// The status labels, by slot: the statuses counted one by one, then `other`.
+const STATUS_LABELS: [&str; STATUS_SLOTS] = [
+    "200", "202", "400", "401", "403", "404", "405", "408", "409", "413", "422", "429", "500",
+    "503", "other",
+];
+
 const ROUTES: usize = Route::ALL.len();
 const STATUS_SLOTS: usize = STATUSES.len() + 1;
 
-/// Every counter of the front.
+/// Every counter of the front. They are plain atomics, indexed by closed sets, so that
+/// counting a request takes no lock and no allocation; the ops port's registry reads them at
+/// scrape time ([`Metrics`] is a [`Collector`]).
+#[derive(Debug)]
 pub(crate) struct Metrics {
     requests: [[AtomicU64; STATUS_SLOTS]; ROUTES],
+    /// Time to answer, per route.
+    latency: [AtomicHistogram; ROUTES],
     rejected: [AtomicU64; Code::ALL.len()],
     /// Per app (in configuration order), per platform.
     accepted: Vec<[AtomicU64; Platform::ALL.len()]>,
     apps: Vec<String>,
     /// Time spent answering every request, in nanoseconds (gorush's `/sys/stats`).
     response_nanos: AtomicU64,
+    /// Connections open on the API listener.
+    pub(crate) connections: AtomicUsize,
+    /// Large bodies being read or parsed (`front.max_large_bodies` caps them).
+    pub(crate) large_bodies: AtomicUsize,
+    /// Request bodies being read.
+    pub(crate) bodies_in_flight: AtomicUsize,
+    /// Connections refused at `front.max_connections`.
+    pub(crate) connections_refused: AtomicU64,
 }
 
 /// Every answer so far: by status, how many, and the time spent on them.
@@ -135,16 +166,22 @@ impl Metrics {
     pub(crate) fn new(apps: Vec<String>) -> Metrics {
         Metrics {
             requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            latency: std::array::from_fn(|_| AtomicHistogram::latency()),
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
             accepted: apps.iter().map(|_| Default::default()).collect(),
             apps,
             response_nanos: AtomicU64::new(0),
+            connections: AtomicUsize::new(0),
+            large_bodies: AtomicUsize::new(0),
+            bodies_in_flight: AtomicUsize::new(0),
+            connections_refused: AtomicU64::new(0),
         }
     }
 
     pub(crate) fn request(&self, route: Route, status: u16, took: std::time::Duration) {
         let route = Route::ALL.iter().position(|r| *r == route).unwrap_or(0);
         self.requests[route][status_index(status)].fetch_add(1, Relaxed);
+        self.latency[route].observe(took);
         let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         self.response_nanos.fetch_add(nanos, Relaxed);
     }
@@ -181,58 +218,6 @@ impl Metrics {
         }
     }
 
-    /// The counters in Prometheus' text format, with the controller's `stats` when it
-    /// answered.
-    pub(crate) fn render(&self, stats: Option<&ClusterStats>) -> String {
-        let mut out = String::with_capacity(8192);
-        out.push_str(
-            "# HELP volley_front_requests_total HTTP requests answered, by route and status.\n",
-        );
-        out.push_str("# TYPE volley_front_requests_total counter\n");
-        for (route, row) in Route::ALL.iter().zip(&self.requests) {
-            for (slot, counter) in row.iter().enumerate() {
-                let value = counter.load(Relaxed);
-                if value == 0 {
-                    continue;
-                }
-                let status = STATUSES
-                    .get(slot)
-                    .map(u16::to_string)
-                    .unwrap_or_else(|| "other".into());
-                let _ = writeln!(
-                    out,
-                    "volley_front_requests_total{{route=\"{}\",status=\"{status}\"}} {value}",
-                    route.as_str()
-                );
-            }
-        }
-        out.push_str("# HELP volley_front_accepted_notifications_total Notifications handed to the controller, by app and platform.\n");
-        out.push_str("# TYPE volley_front_accepted_notifications_total counter\n");
-        for (app, slots) in self.apps.iter().zip(&self.accepted) {
-            for platform in Platform::ALL {
-                let _ = writeln!(
-                    out,
-                    "volley_front_accepted_notifications_total{{app=\"{}\",platform=\"{platform}\"}} {}",
-                    escape(app),
-                    slots[platform.index()].load(Relaxed)
-                );
-            }
-        }
-        out.push_str("# HELP volley_front_rejected_total Requests refused, by reason.\n");
-        out.push_str("# TYPE volley_front_rejected_total counter\n");
-        for code in Code::ALL {
-            let _ = writeln!(
-                out,
-                "volley_front_rejected_total{{reason=\"{code}\"}} {}",
-                self.rejected[code.index()].load(Relaxed)
-            );
-        }
-        if let Some(stats) = stats {
-            render_cluster(&mut out, stats);
-        }
-        out
-    }
-
     /// Requests refused so far, by reason (non-zero ones).
     pub(crate) fn rejections(&self) -> Vec<(&'static str, u64)> {
         Code::ALL
@@ -243,256 +228,163 @@ impl Metrics {
     }
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+/// A counter family written from `(labels, value)` pairs.
+fn counters<'a, L: EncodeLabelSet + 'a>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (L, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in values {
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
-/// Reads one gauge of a scheduler queue.
-type QueueGauge = fn(&volley_contracts::QueueStat) -> u64;
+/// A counter without labels.
+fn counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
 
-/// The controller's gauges, counters and histograms.
-fn render_cluster(out: &mut String, stats: &ClusterStats) {
-    let gauges = [
-        (
-            "volley_queue_depth_chunks",
-            "Chunks waiting in the controller's scheduler queues, over every app.",
-            stats.queue_usage,
-        ),
-        (
-            "volley_pending_notifications",
-            "Notifications accepted and not final yet.",
-            stats.pending_notifications,
-        ),
-        (
-            "volley_max_pending_notifications",
-            "Pending notifications above which submissions are refused with 503.",
-            stats.max_pending_notifications,
-        ),
-        (
-            "volley_active_jobs",
-            "Jobs not final yet.",
-            stats.active_jobs,
-        ),
-        (
-            "volley_agents",
-            "Registered agents.",
-            stats.agents.len() as u64,
-        ),
-    ];
-    for (name, help, value) in gauges {
-        header(out, name, "gauge", help);
-        let _ = writeln!(out, "{name} {value}");
-    }
-    let counters = [
-        (
-            "volley_controller_links_refused_total",
-            "Links to the controller refused at the TLS handshake (no certificate, another CA, expired, too slow).",
-            stats.links_refused,
-        ),
-        (
-            "volley_controller_calls_denied_total",
-            "Calls to the controller refused because the caller's certificate names another role.",
-            stats.calls_denied,
-        ),
-        (
-            "volley_controller_certificate_reload_failures_total",
-            "Reloads of the controller's certificate files that failed (it kept its certificate).",
-            stats.certificate_reload_failures,
-        ),
-    ];
-    for (name, help, value) in counters {
-        header(out, name, "counter", help);
-        let _ = writeln!(out, "{name} {value}");
-    }
-    if let Some(term) = stats.controller.term {
-        header(
-            out,
-            "volley_controller_leader_term",
-            "gauge",
-            "The leading controller's term (PostgreSQL store): it grows by one at each takeover.",
-        );
-        let _ = writeln!(out, "volley_controller_leader_term {term}");
-    }
-    let expiries = stats
-        .certificate_expires_at
-        .map(|at| ("controller", "", at))
-        .into_iter()
-        .chain(stats.agents.iter().filter_map(|agent| {
-            Some(("agent", agent.name.as_str(), agent.certificate_expires_at?))
-        }));
-    header(
-        out,
-        "volley_certificate_expiry_timestamp_seconds",
-        "gauge",
-        "When the link certificate of the controller and of each registered agent expires \
-         (the front's own: volley_front_certificate_expiry_timestamp_seconds).",
-    );
-    for (role, name, at) in expiries {
-        let _ = writeln!(
-            out,
-            "volley_certificate_expiry_timestamp_seconds{{role=\"{role}\",name=\"{}\"}} {at}",
-            escape(name)
-        );
-    }
-    let per_queue: [(&str, &str, QueueGauge); 4] = [
-        (
-            "volley_app_queue_chunks",
-            "Chunks waiting in the scheduler's queue of an app and platform.",
-            |q| q.chunks,
-        ),
-        (
-            "volley_app_queue_notifications",
-            "Notifications in those chunks.",
-            |q| q.notifications,
-        ),
-        (
-            "volley_app_queue_waiting_for_agent",
-            "1 while no registered agent declared the app and platform and its chunks wait.",
-            |q| u64::from(q.waiting_for_agent),
-        ),
-        (
-            "volley_app_queue_paused_agents",
-            "Agents that paused the app and platform (its provider's circuit is open there).",
-            |q| u64::from(q.paused_agents),
-        ),
-    ];
-    for (name, help, value) in per_queue {
-        header(out, name, "gauge", help);
-        for queue in &stats.queues {
-            let _ = writeln!(
-                out,
-                "{name}{{app=\"{}\",platform=\"{}\"}} {}",
-                escape(&queue.app),
-                queue.platform,
-                value(queue)
-            );
+/// A gauge without labels.
+fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn count(value: &AtomicUsize) -> i64 {
+    i64::try_from(value.load(Relaxed)).unwrap_or(i64::MAX)
+}
+
+impl Collector for Metrics {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let metrics = self;
+        counters(
+            &mut encoder,
+            "volley_front_requests",
+            "HTTP requests answered by this front, by route and status",
+            Route::ALL
+                .iter()
+                .zip(&metrics.requests)
+                .flat_map(|(route, row)| {
+                    row.iter().enumerate().filter_map(move |(slot, counter)| {
+                        let value = counter.load(Relaxed);
+                        let status = STATUS_LABELS[slot];
+                        (value > 0)
+                            .then_some(([("route", route.as_str()), ("status", status)], value))
+                    })
+                }),
+        )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "volley_front_request_duration_seconds",
+                "Time from a request's arrival to its answer, by route",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (route, histogram) in Route::ALL.iter().zip(&metrics.latency) {
+                if histogram.count() > 0 {
+                    histogram.encode(family.encode_family(&[("route", route.as_str())])?)?;
+                }
+            }
         }
-    }
-    header(
-        out,
-        "volley_controller_rejected_total",
-        "counter",
-        "Submissions the controller refused, by reason.",
-    );
-    for rejection in &stats.rejections {
-        let _ = writeln!(
-            out,
-            "volley_controller_rejected_total{{reason=\"{}\"}} {}",
-            escape(&rejection.reason),
-            rejection.count
-        );
-    }
-    header(
-        out,
-        "volley_notifications_total",
-        "counter",
-        "Notifications with a final outcome, by app, platform, outcome, class and reason.",
-    );
-    for o in &stats.outcomes {
-        let _ = writeln!(
-            out,
-            "volley_notifications_total{{app=\"{}\",platform=\"{}\",outcome=\"{}\",class=\"{}\",reason=\"{}\"}} {}",
-            escape(&o.app),
-            o.platform,
-            escape(&o.outcome),
-            escape(&o.class),
-            escape(&o.reason),
-            o.count
-        );
-    }
-    histograms(
-        out,
-        "volley_job_latency_seconds",
-        "Time from a job's acceptance to its last final outcome.",
-        &stats.job_latency,
-    );
-    histograms(
-        out,
-        "volley_chunk_latency_seconds",
-        "Time from handing a chunk to an agent to its report.",
-        &stats.chunk_latency,
-    );
-    header(
-        out,
-        "volley_webhook_pending_batches",
-        "gauge",
-        "Invalid-token batches waiting for the app's webhook to acknowledge them.",
-    );
-    for w in &stats.webhooks {
-        let _ = writeln!(
-            out,
-            "volley_webhook_pending_batches{{app=\"{}\"}} {}",
-            escape(&w.app),
-            w.pending_batches
-        );
-    }
-    header(
-        out,
-        "volley_webhook_delivered_batches_total",
-        "counter",
-        "Invalid-token batches the app's webhook acknowledged.",
-    );
-    for w in &stats.webhooks {
-        let _ = writeln!(
-            out,
-            "volley_webhook_delivered_batches_total{{app=\"{}\"}} {}",
-            escape(&w.app),
-            w.delivered_batches
-        );
-    }
-    header(
-        out,
-        "volley_webhook_failed_attempts_total",
-        "counter",
-        "Webhook POSTs that failed and were retried.",
-    );
-    for w in &stats.webhooks {
-        let _ = writeln!(
-            out,
-            "volley_webhook_failed_attempts_total{{app=\"{}\"}} {}",
-            escape(&w.app),
-            w.failed_attempts
-        );
+        counters(
+            &mut encoder,
+            "volley_front_accepted_notifications",
+            "Notifications this front handed to the controller (stored before the answer), by app and platform",
+            metrics.apps.iter().zip(&metrics.accepted).flat_map(|(app, slots)| {
+                Platform::ALL.into_iter().map(move |platform| {
+                    (
+                        [("app", app.as_str()), ("platform", platform.as_str())],
+                        slots[platform.index()].load(Relaxed),
+                    )
+                })
+            }),
+        )?;
+        counters(
+            &mut encoder,
+            "volley_front_rejected",
+            "Requests this front refused, by error code",
+            Code::ALL.iter().map(|code| {
+                (
+                    [("reason", code.as_str())],
+                    metrics.rejected[code.index()].load(Relaxed),
+                )
+            }),
+        )?;
+        gauge(
+            &mut encoder,
+            "volley_front_connections",
+            "Connections open on the API listener",
+            count(&metrics.connections),
+        )?;
+        counter(
+            &mut encoder,
+            "volley_front_connections_refused",
+            "Connections answered 503 and closed at front.max_connections",
+            metrics.connections_refused.load(Relaxed),
+        )?;
+        gauge(
+            &mut encoder,
+            "volley_front_bodies_in_flight",
+            "Request bodies being read",
+            count(&metrics.bodies_in_flight),
+        )?;
+        gauge(
+            &mut encoder,
+            "volley_front_large_bodies",
+            "Large request bodies being read or parsed (front.max_large_bodies caps them)",
+            count(&metrics.large_bodies),
+        )?;
+        Ok(())
     }
 }
 
-/// Prometheus histograms (cumulative `le` buckets in seconds, `_sum`, `_count`).
-fn histograms(out: &mut String, name: &str, help: &str, stats: &[LatencyStat]) {
-    header(out, name, "histogram", help);
-    for stat in stats {
-        let labels = match stat.platform {
-            Some(platform) => format!("app=\"{}\",platform=\"{platform}\"", escape(&stat.app)),
-            None => format!("app=\"{}\"", escape(&stat.app)),
+/// The front's state as gauges: draining, its link certificate. It holds the state weakly:
+/// the state holds the registry that holds it.
+#[derive(Debug)]
+pub(crate) struct StateGauges(pub(crate) std::sync::Weak<crate::Inner>);
+
+impl Collector for StateGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(inner) = self.0.upgrade() else {
+            return Ok(());
         };
-        let mut cumulative = 0;
-        for (i, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
-            cumulative += stat.histogram.buckets.get(i).copied().unwrap_or(0);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels},le=\"{}\"}} {cumulative}",
-                *bound as f64 / 1000.0
-            );
+        let state = crate::FrontState { inner };
+        gauge(
+            &mut encoder,
+            "volley_front_draining",
+            "1 while this front drains (it refuses new work)",
+            i64::from(state.is_draining()),
+        )?;
+        if let Some(not_after) = state.certificate_not_after() {
+            gauge(
+                &mut encoder,
+                "volley_front_certificate_expiry_timestamp_seconds",
+                "When this front's link certificate expires, in seconds since the epoch",
+                not_after,
+            )?;
+            counter(
+                &mut encoder,
+                "volley_front_certificate_reload_failures",
+                "Reloads of this front's certificate files that failed (it kept its certificate)",
+                state.certificate_reload_failures(),
+            )?;
         }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels},le=\"+Inf\"}} {}",
-            stat.histogram.count
-        );
-        let _ = writeln!(
-            out,
-            "{name}_sum{{{labels}}} {}",
-            stat.histogram.sum_ms as f64 / 1000.0
-        );
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", stat.histogram.count);
+        Ok(())
     }
-}
-
-/// Label values escape `\`, `"` and newlines.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -503,90 +395,34 @@ mod tests {
     #[test]
     fn counters_render_as_prometheus_text() {
         let metrics = Metrics::new(vec!["shop".into()]);
-        metrics.request(Route::Notifications, 202, Duration::ZERO);
-        metrics.request(Route::Notifications, 202, Duration::ZERO);
+        metrics.request(Route::Notifications, 202, Duration::from_millis(3));
+        metrics.request(Route::Notifications, 202, Duration::from_millis(30));
         metrics.request(Route::Gorush, 418, Duration::ZERO);
         metrics.rejected(Code::InvalidToken);
         metrics.accepted(0, Platform::Fcm, 7);
-        let mut histogram = volley_contracts::Histogram::default();
-        histogram.observe(7);
-        histogram.observe(2_000);
-        let stats = ClusterStats {
-            queue_usage: 3,
-            pending_notifications: 1000,
-            active_jobs: 1,
-            agents: vec![volley_contracts::AgentStat {
-                id: volley_contracts::AgentId(4),
-                name: "a1".into(),
-                addr: "10.0.0.4:7000".into(),
-                in_flight: 1,
-                chunks_done: 9,
-                certificate_expires_at: Some(1_900_000_000),
-                ops_addr: "127.0.0.1:2".into(),
-                paused: Vec::new(),
-            }],
-            apps: Vec::new(),
-            chunks_redispatched: 0,
-            max_pending_notifications: 5000,
-            rejections: vec![volley_contracts::RejectionCount {
-                reason: "overloaded".into(),
-                count: 4,
-            }],
-            outcomes: vec![volley_contracts::OutcomeCount {
-                app: "shop".into(),
-                platform: Platform::Apns,
-                outcome: "invalid".into(),
-                class: String::new(),
-                reason: "Unregistered".into(),
-                count: 2,
-            }],
-            job_latency: vec![LatencyStat {
-                app: "shop".into(),
-                platform: None,
-                histogram,
-            }],
-            chunk_latency: Vec::new(),
-            webhooks: Vec::new(),
-            queues: vec![volley_contracts::QueueStat {
-                app: "shop".into(),
-                platform: Platform::Fcm,
-                chunks: 2,
-                notifications: 7,
-                in_flight: 0,
-                waiting_for_agent: true,
-                paused_agents: 0,
-                waiting: Some("waiting_for_agent: no agent serves app \"shop\" for fcm".into()),
-            }],
-            links_refused: 3,
-            calls_denied: 1,
-            certificate_expires_at: Some(1_900_000_100),
-            certificate_reload_failures: 2,
-            controller: Default::default(),
-        };
-        let text = metrics.render(Some(&stats));
+        metrics.bodies_in_flight.fetch_add(2, Relaxed);
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(std::sync::Arc::new(metrics)));
+        let ops = volley_ops::Ops::new(
+            "front",
+            registry,
+            std::sync::Arc::new(|| Box::pin(async { Ok(Default::default()) })),
+        );
+        let text = ops.render();
         for line in [
-            "volley_controller_links_refused_total 3",
-            "volley_controller_calls_denied_total 1",
-            "volley_controller_certificate_reload_failures_total 2",
-            "volley_certificate_expiry_timestamp_seconds{role=\"controller\",name=\"\"} 1900000100",
-            "volley_certificate_expiry_timestamp_seconds{role=\"agent\",name=\"a1\"} 1900000000",
-            "volley_controller_rejected_total{reason=\"overloaded\"} 4",
-            "volley_notifications_total{app=\"shop\",platform=\"apns\",outcome=\"invalid\",class=\"\",reason=\"Unregistered\"} 2",
-            "volley_job_latency_seconds_bucket{app=\"shop\",le=\"0.005\"} 0",
-            "volley_job_latency_seconds_bucket{app=\"shop\",le=\"0.01\"} 1",
-            "volley_job_latency_seconds_bucket{app=\"shop\",le=\"2.5\"} 2",
-            "volley_job_latency_seconds_bucket{app=\"shop\",le=\"+Inf\"} 2",
-            "volley_job_latency_seconds_sum{app=\"shop\"} 2.007",
-            "volley_max_pending_notifications 5000",
+            "# TYPE volley_front_requests_total counter",
             "volley_front_requests_total{route=\"notifications\",status=\"202\"} 2",
             "volley_front_requests_total{route=\"gorush_push\",status=\"other\"} 1",
             "volley_front_rejected_total{reason=\"invalid_token\"} 1",
             "volley_front_accepted_notifications_total{app=\"shop\",platform=\"fcm\"} 7",
-            "volley_queue_depth_chunks 3",
-            "volley_app_queue_waiting_for_agent{app=\"shop\",platform=\"fcm\"} 1",
-            "volley_app_queue_chunks{app=\"shop\",platform=\"fcm\"} 2",
+            "volley_front_request_duration_seconds_bucket{route=\"notifications\",le=\"0.005\"} 1",
+            "volley_front_request_duration_seconds_count{route=\"notifications\"} 2",
+            "volley_front_bodies_in_flight 2",
+            "volley_front_connections 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
+        // The controller's metrics are on the controller's port, not re-exported here.
+        assert!(!text.contains("volley_notifications_total"), "{text}");
     }
 }

@@ -694,41 +694,26 @@ pub async fn config_app(State(state): State<FrontState>) -> Json<volley_config::
     Json(state.inner.config.clone())
 }
 
-/// `GET /metrics`: Prometheus text.
+/// `GET /metrics`: this front's own metrics, Prometheus text (the controller's and the
+/// agents' are on their ops ports; see docs/operations.md).
 #[utoipa::path(
     get,
     path = "/metrics",
     operation_id = "metrics",
     tag = "operations",
     security(()),
-    responses((status = 200, description = "Prometheus text exposition format 0.0.4",
+    responses((status = 200, description = "This front's own metrics in the Prometheus text \
+        exposition format 0.0.4 (the controller's and the agents' are on their ops ports)",
         content_type = "text/plain", body = String))
 )]
 pub async fn metrics(State(state): State<FrontState>) -> Response {
-    let stats = controller_stats(&state).await.ok();
     (
         StatusCode::OK,
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        {
-            let mut text = state.inner.metrics.render(stats.as_ref());
-            if let Some(not_after) = state.certificate_not_after() {
-                use std::fmt::Write as _;
-                let failures = state.certificate_reload_failures();
-                let _ = write!(
-                    text,
-                    "# HELP volley_front_certificate_expiry_timestamp_seconds When this front's link certificate expires.\n\
-                     # TYPE volley_front_certificate_expiry_timestamp_seconds gauge\n\
-                     volley_front_certificate_expiry_timestamp_seconds {not_after}\n\
-                     # HELP volley_front_certificate_reload_failures_total Reloads of this front's certificate files that failed (it kept its certificate).\n\
-                     # TYPE volley_front_certificate_reload_failures_total counter\n\
-                     volley_front_certificate_reload_failures_total {failures}\n"
-                );
-            }
-            text
-        },
+        state.inner.ops.render(),
     )
         .into_response()
 }

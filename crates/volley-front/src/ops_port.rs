@@ -1,24 +1,31 @@
 //! The front's ops port: `/metrics`, `/healthz`, `/readyz` without a key, for operators.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use axum::Router;
 use prometheus_client::registry::Registry;
 use serde_json::Map;
 use volley_ops::{Ops, ProcessCollector};
 
-use crate::FrontState;
+use crate::metrics::{Metrics, StateGauges};
+use crate::{FrontState, Inner};
 
-/// The front's ops routes: ready while the controller answers and the front is not draining.
-pub(crate) fn router(state: FrontState) -> Router {
+/// The front's metrics and readiness: ready while the controller answers and the front is
+/// not draining. It holds the front's state weakly: the state holds it.
+pub(crate) fn ops(state: Weak<Inner>, metrics: Arc<Metrics>) -> Ops {
     let mut registry = Registry::default();
+    registry.register_collector(Box::new(metrics));
+    registry.register_collector(Box::new(StateGauges(state.clone())));
     registry.register_collector(Box::new(ProcessCollector::default()));
-    let ops = Ops::new(
+    Ops::new(
         "front",
         registry,
         Arc::new(move || {
-            let state = state.clone();
+            let state = state.upgrade().map(|inner| FrontState { inner });
             Box::pin(async move {
+                let Some(state) = state else {
+                    return Err("stopped".to_owned());
+                };
                 if state.is_draining() {
                     return Err("draining".to_owned());
                 }
@@ -28,6 +35,10 @@ pub(crate) fn router(state: FrontState) -> Router {
                     .map_err(|error| format!("the controller does not answer: {}", error.message))
             })
         }),
-    );
-    ops.router()
+    )
+}
+
+/// The front's ops routes.
+pub(crate) fn router(state: FrontState) -> Router {
+    state.inner.ops.router()
 }

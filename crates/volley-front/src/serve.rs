@@ -100,10 +100,6 @@ struct Shared {
     state: FrontState,
     service: TowerToHyperService<Router>,
     http: http1::Builder,
-    /// Connections open.
-    open: AtomicUsize,
-    /// Large bodies being read or parsed.
-    large: AtomicUsize,
     /// Connections over the cap being answered 503.
     refusing: AtomicUsize,
     /// The whole answer to a connection over the cap.
@@ -143,8 +139,6 @@ pub(crate) async fn serve(
         state,
         service: TowerToHyperService::new(router),
         http,
-        open: AtomicUsize::new(0),
-        large: AtomicUsize::new(0),
         refusing: AtomicUsize::new(0),
     });
     let (signal, drain) = watch::channel(());
@@ -154,8 +148,8 @@ pub(crate) async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    if shared.open.fetch_add(1, Relaxed) >= shared.limits.max_connections {
-                        shared.open.fetch_sub(1, Relaxed);
+                    if shared.state.inner.metrics.connections.fetch_add(1, Relaxed) >= shared.limits.max_connections {
+                        shared.state.inner.metrics.connections.fetch_sub(1, Relaxed);
                         refuse(stream, &shared);
                         continue;
                     }
@@ -302,7 +296,7 @@ struct Open(Arc<Shared>);
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Relaxed);
+        self.0.state.inner.metrics.connections.fetch_sub(1, Relaxed);
     }
 }
 
@@ -474,6 +468,14 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         } else {
             counters.body_open.store(true, Relaxed);
             let route = body_route(parts.uri.path());
+            // Until the body is dropped (`Watched::drop`).
+            self.conn
+                .shared
+                .state
+                .inner
+                .metrics
+                .bodies_in_flight
+                .fetch_add(1, Relaxed);
             let watched = Watched {
                 inner: incoming,
                 conn: self.conn.clone(),
@@ -586,7 +588,13 @@ impl Drop for Answer {
             .read_at_finish
             .store(counters.read.load(Relaxed), Relaxed);
         if counters.holds_large.swap(false, Relaxed) {
-            self.conn.shared.large.fetch_sub(1, Relaxed);
+            self.conn
+                .shared
+                .state
+                .inner
+                .metrics
+                .large_bodies
+                .fetch_sub(1, Relaxed);
         }
     }
 }
@@ -610,7 +618,10 @@ impl Watched {
         let taken = self
             .conn
             .shared
-            .large
+            .state
+            .inner
+            .metrics
+            .large_bodies
             .fetch_update(Relaxed, Relaxed, |n| (n < limit).then_some(n + 1))
             .is_ok();
         if taken {
@@ -671,6 +682,8 @@ impl HttpBody for Watched {
 impl Drop for Watched {
     fn drop(&mut self) {
         self.conn.counters.body_open.store(false, Relaxed);
+        let metrics = &self.conn.shared.state.inner.metrics;
+        metrics.bodies_in_flight.fetch_sub(1, Relaxed);
     }
 }
 
@@ -679,6 +692,7 @@ impl Drop for Watched {
 fn refuse(stream: TcpStream, shared: &Arc<Shared>) {
     let metrics = &shared.state.inner.metrics;
     metrics.rejected(Code::Busy);
+    metrics.connections_refused.fetch_add(1, Relaxed);
     if shared.refusing.fetch_add(1, Relaxed) >= MAX_REFUSING {
         shared.refusing.fetch_sub(1, Relaxed);
         return;

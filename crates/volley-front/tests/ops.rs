@@ -186,10 +186,34 @@ async fn metrics_count_requests_rejections_and_accepted_notifications() {
         "volley_front_requests_total{route=\"notifications\",status=\"422\"} 1",
         "volley_front_rejected_total{reason=\"invalid_token\"} 1",
         "volley_front_accepted_notifications_total{app=\"shop\",platform=\"fcm\"} 2",
-        "volley_queue_depth_chunks 3",
+        "volley_front_request_duration_seconds_count{route=\"notifications\"} 2",
+        "# TYPE process_cpu_seconds_total counter",
     ] {
         assert!(text.contains(line), "{line} missing from\n{text}");
     }
+    // The controller's metrics are on its own ops port: a sum over the fronts would count
+    // them once per front.
+    assert!(!text.contains("volley_queue_depth_chunks"), "{text}");
+
+    // The ops port serves the same metrics, and the probes, without a key.
+    let ops = front.ops_addr;
+    let metrics = send(ops, Method::GET, "/metrics", None, "").await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .text()
+            .contains("volley_front_requests_total{route=\"notifications\",status=\"202\"} 1"),
+        "{}",
+        metrics.text()
+    );
+    let health = send(ops, Method::GET, "/healthz", None, "").await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json()["role"], "front");
+    let ready = send(ops, Method::GET, "/readyz", None, "").await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(ready.json()["status"], "ready");
+    let missing = send(ops, Method::GET, "/v1/apps/shop/notifications", None, "").await;
+    assert_eq!(missing.status, 404);
 }
 
 #[tokio::test]

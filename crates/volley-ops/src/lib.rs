@@ -133,7 +133,7 @@ impl TypedMetric for AtomicHistogram {
 }
 
 impl EncodeMetric for AtomicHistogram {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
         let inner = &*self.inner;
         // Per bucket, not cumulative: the encoder accumulates them.
         let mut total = 0;

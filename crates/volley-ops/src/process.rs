@@ -68,7 +68,7 @@ fn open_fds() -> Option<i64> {
 }
 
 impl Collector for ProcessCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         if let Some((ticks, _)) = stat_ticks() {
             let cpu = ConstCounter::new(ticks as f64 / TICKS_PER_SECOND);
             cpu.encode(encoder.encode_descriptor(

@@ -302,6 +302,8 @@ pub async fn serve_controller_on(listener: TcpListener, controller: FakeControll
 /// A running front with its fake controller.
 pub struct Front {
     pub addr: SocketAddr,
+    /// The front's ops port.
+    pub ops_addr: SocketAddr,
     pub controller: FakeController,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<Result<(), volley_front::FrontError>>,
@@ -319,10 +321,12 @@ impl Front {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ops_addr = ops.local_addr().unwrap();
         let task = tokio::spawn(volley_front::run(
             config,
             listener,
-            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            ops,
             client,
             Links::Insecure,
             async {
@@ -331,6 +335,7 @@ impl Front {
         ));
         Front {
             addr,
+            ops_addr,
             controller,
             shutdown: Some(tx),
             task,
