@@ -138,6 +138,20 @@ pub struct AgentView {
     chunks_done: u64,
     /// When its link certificate expires, in Unix seconds (`null` on insecure links).
     certificate_expires_at: Option<i64>,
+    /// Where its ops port (`/metrics`, `/healthz`, `/readyz`) listens.
+    ops_addr: String,
+    /// The app and platform queues it paused: its circuit breaker for them is open.
+    paused: Vec<PausedView>,
+}
+
+/// An app and platform an agent paused (its circuit breaker for them is open).
+#[derive(Serialize, ToSchema)]
+pub struct PausedView {
+    app: String,
+    #[schema(value_type = crate::openapi::PlatformName)]
+    platform: &'static str,
+    /// How much longer its chunks stay off the agent, in milliseconds.
+    for_ms: u64,
 }
 
 /// Delivery counters of one app and platform.
@@ -312,6 +326,16 @@ pub async fn stat_app(State(state): State<FrontState>) -> Result<Json<StatApp>, 
                 in_flight: a.in_flight,
                 chunks_done: a.chunks_done,
                 certificate_expires_at: a.certificate_expires_at,
+                ops_addr: a.ops_addr.clone(),
+                paused: a
+                    .paused
+                    .iter()
+                    .map(|p| PausedView {
+                        app: p.app.clone(),
+                        platform: p.platform.as_str(),
+                        for_ms: p.for_ms,
+                    })
+                    .collect(),
             })
             .collect(),
         apps: stats
