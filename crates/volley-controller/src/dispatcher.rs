@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use volley_contracts::{AgentClient, AgentId, ChunkFailure, ChunkReport, ErrorCode, WireError};
+use volley_contracts::{
+    AgentClient, AgentId, ChunkFailure, ChunkReport, ErrorCode, JobState, WireError,
+};
 
 use crate::registry::AgentCounters;
 use crate::scheduler::{Batch, Work};
@@ -131,7 +133,10 @@ impl Dispatcher {
         let mut works = Vec::with_capacity(pulled.len());
         let mut chunks = Vec::with_capacity(pulled.len());
         for work in pulled {
-            work.job.mark_dispatched();
+            if work.job.mark_dispatched() {
+                core.jobs
+                    .moved(Some(JobState::Queued), Some(JobState::Running));
+            }
             if work.job.is_cancelled() {
                 core.skip_cancelled(&work);
                 continue;

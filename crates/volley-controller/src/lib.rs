@@ -59,8 +59,8 @@ use volley_config::{Config, ControllerConfig, StoreKind};
 use volley_contracts::tls::NodeRole;
 use volley_contracts::{
     AgentId, AgentInfo, ChunkFailure, ChunkOutcome, ChunkReport, ClusterStats, Controller,
-    DashboardView, ErrorCode, Held, InvalidTokenPage, JobAccepted, JobId, JobStatus, Links, Peer,
-    Registration, Renewal, ServedApp, SubmitJob, WireError,
+    DashboardView, ErrorCode, Held, InvalidTokenPage, JobAccepted, JobId, JobState, JobStatus,
+    Links, Peer, Registration, Renewal, ServedApp, SubmitJob, WireError,
 };
 
 use crate::admission::{Admission, Admissions, Admitted, Rejection};
@@ -72,7 +72,7 @@ use crate::leases::Leases;
 use crate::registry::{Registry, Touch};
 use crate::scheduler::{Scheduler, Work};
 use crate::store::{KeyRecord, Recovered, Store, Write};
-use crate::tally::{ChunkTally, Tallies};
+use crate::tally::{ChunkTally, History, Tallies};
 
 pub use crate::store::StoreError;
 
@@ -101,6 +101,8 @@ pub(crate) struct Core {
     registry: Registry,
     pub(crate) leases: Leases,
     tallies: Tallies,
+    /// The outcome totals of the last ten minutes, a sample a second (the dashboard's rates).
+    history: History,
     /// Invalid-token webhooks.
     outbox: webhook::Outbox,
     /// Chunks out with agents right now (a draining controller waits for them).
@@ -608,6 +610,7 @@ impl Core {
             registry: Registry::new(recovered.declared),
             leases: Leases::new(config.lease_time),
             tallies: Tallies::default(),
+            history: History::default(),
             outbox,
             store,
             out: AtomicU64::new(0),
@@ -629,6 +632,7 @@ impl Core {
         tokio::spawn(watch_agents(core.clone()));
         tokio::spawn(watch_leases(core.clone()));
         tokio::spawn(expire_jobs(core.clone()));
+        tokio::spawn(sample_totals(core.clone()));
         Ok(core)
     }
 
@@ -833,6 +837,11 @@ impl Core {
     /// A job's status, with why it is not moving if it is not.
     fn status(&self, id: JobId, invalid_limit: u32) -> Result<JobStatus, WireError> {
         let job = self.jobs.get(id)?;
+        Ok(self.status_of(&job, invalid_limit))
+    }
+
+    /// [`Core::status`] of a job at hand.
+    fn status_of(&self, job: &Job, invalid_limit: u32) -> JobStatus {
         let mut status = job.status(invalid_limit as usize);
         if status.finished_ms.is_none() {
             status.waiting = job
@@ -840,7 +849,7 @@ impl Core {
                 .into_iter()
                 .find_map(|platform| self.scheduler.waiting_reason(&job.app, platform));
         }
-        Ok(status)
+        status
     }
 
     /// Cancels a job: from now on none of its chunks goes out (the dispatchers check before
@@ -853,6 +862,13 @@ impl Core {
         if job.cancel() != job::Cancel::Now {
             return self.status(id, 0);
         }
+        // Whether a chunk went out cannot change once the job is cancelled.
+        let was = if job.was_dispatched() {
+            JobState::Running
+        } else {
+            JobState::Queued
+        };
+        self.jobs.moved(Some(was), Some(JobState::Cancelling));
         for work in self.scheduler.remove_job(id) {
             self.skip_cancelled(&work);
         }
@@ -1036,7 +1052,7 @@ impl Core {
 
     /// A job's last chunk is recorded: it joins the finished jobs kept, and is logged.
     fn finish_job(&self, job: &Job, finished_ms: u64) {
-        let forgotten = self.jobs.finished(job.id, finished_ms);
+        let forgotten = self.jobs.finished(job.id, finished_ms, job.live_state());
         self.forget(forgotten);
         if job.accepted as usize >= volley_contracts::LOG_JOBS_FROM {
             let status = job.status(0);
@@ -1064,12 +1080,23 @@ impl Core {
         }
     }
 
-    /// What the live dashboard shows. (Jobs and history: to be filled in.)
-    fn dashboard(&self, _jobs: usize) -> DashboardView {
+    /// What the live dashboard shows: the jobs not final yet, newest first, then those
+    /// finished in the last [`DASHBOARD_RECENT`], newest first, `jobs` at most in all (and
+    /// [`DASHBOARD_MAX_JOBS`]); the history of the outcome totals; the stats.
+    fn dashboard(&self, jobs: usize) -> DashboardView {
+        let limit = jobs.min(DASHBOARD_MAX_JOBS);
+        let now = now_ms();
+        let mut listed = self.jobs.newest_unfinished(limit);
+        let since = now.saturating_sub(DASHBOARD_RECENT.as_millis() as u64);
+        listed.extend(
+            self.jobs
+                .recently_finished(since, limit - listed.len())
+                .into_iter(),
+        );
         DashboardView {
-            now_ms: clock::now_ms(),
-            jobs: Vec::new(),
-            history: Vec::new(),
+            now_ms: now,
+            jobs: listed.iter().map(|job| self.status_of(job, 0)).collect(),
+            history: self.history.samples(),
             stats: self.stats(),
         }
     }
@@ -1077,13 +1104,18 @@ impl Core {
     fn stats(&self) -> ClusterStats {
         let tallies = self.tallies.stats();
         let queued = self.scheduler.queued() as u64;
+        let mut agents = self.registry.stats();
+        let mut pauses = self.scheduler.pauses();
+        for agent in &mut agents {
+            agent.paused = pauses.remove(&agent.id).unwrap_or_default();
+        }
         ClusterStats {
             queue_usage: queued,
             pending_notifications: self.admissions.pending(),
             // A counter, not a walk over the jobs: finished jobs are retained for a day, and
             // `/metrics` scrapes call this.
             active_jobs: self.jobs.active(),
-            agents: self.registry.stats(),
+            agents,
             apps: tallies.apps,
             chunks_redispatched: self.redispatched.load(Ordering::Relaxed),
             max_pending_notifications: self.admissions.max_pending(),
@@ -1099,6 +1131,26 @@ impl Core {
             certificate_reload_failures: self.links.reload_failures(),
             controller: self.identity.clone(),
         }
+    }
+}
+
+/// Most jobs a dashboard call lists.
+const DASHBOARD_MAX_JOBS: usize = 200;
+
+/// How long a finished job stays on the dashboard.
+const DASHBOARD_RECENT: Duration = Duration::from_secs(600);
+
+/// Samples the outcome totals once a second for the dashboard's history, while this
+/// controller leads.
+async fn sample_totals(core: Arc<Core>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = core.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        core.history.push(core.tallies.totals(now_ms()));
     }
 }
 
