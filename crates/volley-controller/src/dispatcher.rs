@@ -164,7 +164,10 @@ impl Dispatcher {
         core.out.fetch_add(count, Ordering::Relaxed);
         let leased = core.leases.lease(&core.store, self.agent, &works).await;
         let lost = match leased {
-            Ok(lost) if !core.draining.is_cancelled() => lost,
+            Ok(lost) if !core.draining.is_cancelled() => {
+                core.metrics.chunks_leased.inc_by(count);
+                lost
+            }
             outcome => {
                 // Never sent: without a lease on disk a resend after a crash could not be
                 // counted as a possible duplicate, and a draining controller hands out nothing
@@ -341,7 +344,7 @@ impl Core {
                         id: retry.job.id,
                         count,
                     });
-                    core.redispatched.fetch_add(1, Ordering::Relaxed);
+                    core.metrics.chunks_redispatched.inc();
                 }
                 core.hand_back(retry, None);
                 if why == HandBack::LeaseExpired {

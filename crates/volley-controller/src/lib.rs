@@ -107,8 +107,9 @@ pub(crate) struct Core {
     outbox: webhook::Outbox,
     /// Chunks out with agents right now (a draining controller waits for them).
     pub(crate) out: AtomicU64,
-    /// Chunks handed to another agent after theirs was lost.
-    pub(crate) redispatched: AtomicU64,
+    /// The counters and histograms of the ops port (shared with [`Serving`]: they outlive a
+    /// leadership).
+    pub(crate) metrics: ops::Metrics,
     /// Cancelled on the first shutdown signal: no new job, no new hand-out.
     pub(crate) draining: CancellationToken,
     /// Cancelled when the controller stops: its background tasks end.
@@ -135,13 +136,46 @@ pub(crate) struct Core {
 /// What serves the controller's port whatever its role: the leader's parts while this
 /// controller leads (always, with the embedded store), and the counters that outlive a
 /// leadership. A standby answers every call with [`ErrorCode::NotLeader`], naming the leader.
-#[derive(Default)]
 struct Serving {
     current: ArcSwapOption<Core>,
     /// The leader's address, as this standby last read it.
     leader: ArcSwapOption<String>,
     links_refused: Arc<AtomicU64>,
     calls_denied: Arc<AtomicU64>,
+    /// `redb` or `postgres`.
+    store: &'static str,
+    /// Where this controller stands when it does not lead (for `/readyz`).
+    phase: parking_lot::Mutex<Phase>,
+    metrics: ops::Metrics,
+}
+
+impl Serving {
+    fn new(store: &'static str) -> Serving {
+        Serving {
+            current: ArcSwapOption::empty(),
+            leader: ArcSwapOption::empty(),
+            links_refused: Arc::default(),
+            calls_denied: Arc::default(),
+            store,
+            phase: parking_lot::Mutex::new(Phase::Starting),
+            metrics: ops::Metrics::default(),
+        }
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        *self.phase.lock() = phase;
+    }
+}
+
+/// Where a controller that does not lead (or not yet) stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Its store is not open yet.
+    Starting,
+    /// A standby (PostgreSQL store), and whether it last reached the database.
+    Standby { reachable: bool },
+    /// It took the leadership and loads the store.
+    Loading,
 }
 
 /// Runs a controller on `listener` until `shutdown` resolves.
@@ -168,8 +202,13 @@ pub async fn run(
             stopping.cancel();
         }
     });
-    let serving = Arc::new(Serving::default());
-    let ops_port = ops::ops(serving.clone());
+    let serving = Arc::new(Serving::new(match config.controller.store {
+        StoreKind::Redb => "redb",
+        StoreKind::Postgres => "postgres",
+    }));
+    let apps: Option<HashSet<String>> =
+        (!config.apps.is_empty()).then(|| config.apps.iter().map(|app| app.name.clone()).collect());
+    let ops_port = ops::ops(serving.clone(), links.clone(), apps);
     tokio::spawn(volley_ops::serve(
         ops,
         "controller",
@@ -178,8 +217,11 @@ pub async fn run(
     ));
     let result = match config.controller.store {
         StoreKind::Redb => {
-            let (store, recovered) =
-                Store::open(&config.controller.data_dir, config.controller.fsync)?;
+            let (store, recovered) = Store::open(
+                &config.controller.data_dir,
+                config.controller.fsync,
+                serving.metrics.store.clone(),
+            )?;
             let identity = volley_contracts::ControllerStat {
                 store: "redb".into(),
                 address: config
@@ -275,6 +317,7 @@ async fn lead_or_stand_by(
                 Ok(Some(term)) => break term,
                 Ok(None) => {
                     unreachable = false;
+                    serving.set_phase(Phase::Standby { reachable: true });
                     let leader = leadership.leader().await.ok().flatten();
                     if leader != shown_leader {
                         tracing::info!(
@@ -286,6 +329,7 @@ async fn lead_or_stand_by(
                     serving.leader.store(leader.map(Arc::new));
                 }
                 Err(error) => {
+                    serving.set_phase(Phase::Standby { reachable: false });
                     if !unreachable {
                         tracing::warn!(%error, "standby: cannot reach the database; trying again");
                         unreachable = true;
@@ -298,10 +342,12 @@ async fn lead_or_stand_by(
             }
         };
         tracing::info!(term, "this controller leads now; loading the store");
+        serving.set_phase(Phase::Loading);
         let fenced = CancellationToken::new();
         let opening = {
             let (db, fenced, fsync) = (db.clone(), fenced.clone(), config.controller.fsync);
-            tokio::task::spawn_blocking(move || postgres::open(db, term, fsync, fenced))
+            let metrics = serving.metrics.store.clone();
+            tokio::task::spawn_blocking(move || postgres::open(db, term, fsync, fenced, metrics))
         };
         // Loading a large store takes longer than a lease: renewed meanwhile (a loss shows
         // at the first renewal after, or as a fenced commit).
@@ -373,6 +419,7 @@ async fn lead_or_stand_by(
             }
         };
         serving.current.store(None);
+        serving.set_phase(Phase::Standby { reachable: true });
         let Some(why) = why else {
             if let Err(error) = leadership.resign(term).await {
                 tracing::warn!(%error, "could not resign the leadership; a standby takes over when it ends");
@@ -614,7 +661,7 @@ impl Core {
             outbox,
             store,
             out: AtomicU64::new(0),
-            redispatched: AtomicU64::new(0),
+            metrics: serving.metrics.clone(),
             draining: shutdown.child_token(),
             shutdown,
             calls: CancellationToken::new(),
@@ -901,6 +948,7 @@ impl Core {
             return;
         }
         let job = work.job.clone();
+        self.metrics.chunks_handed_back.inc();
         self.scheduler.hand_back(work, pause);
         if job.is_cancelled() {
             for work in self.scheduler.remove_job(job.id) {
@@ -1088,11 +1136,7 @@ impl Core {
         let now = now_ms();
         let mut listed = self.jobs.newest_unfinished(limit);
         let since = now.saturating_sub(DASHBOARD_RECENT.as_millis() as u64);
-        listed.extend(
-            self.jobs
-                .recently_finished(since, limit - listed.len())
-                .into_iter(),
-        );
+        listed.extend(self.jobs.recently_finished(since, limit - listed.len()));
         DashboardView {
             now_ms: now,
             jobs: listed.iter().map(|job| self.status_of(job, 0)).collect(),
@@ -1117,7 +1161,7 @@ impl Core {
             active_jobs: self.jobs.active(),
             agents,
             apps: tallies.apps,
-            chunks_redispatched: self.redispatched.load(Ordering::Relaxed),
+            chunks_redispatched: self.metrics.chunks_redispatched.get(),
             max_pending_notifications: self.admissions.max_pending(),
             rejections: self.admissions.rejections(),
             outcomes: tallies.outcomes,
@@ -1168,7 +1212,8 @@ async fn watch_leases(core: Arc<Core>) {
             // the leases to whoever leads; a renewal or a fence settles which.
             continue;
         }
-        core.leases.expire(now);
+        let expired = core.leases.expire(now);
+        core.metrics.leases_expired.inc_by(expired);
     }
 }
 
