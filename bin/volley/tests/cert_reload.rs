@@ -101,13 +101,9 @@ async fn renewed_certificates_are_used_without_dropping_work_and_bad_ones_are_re
     })
     .await
     .unwrap();
-    // The front's own expiry on its ops port; the controller's and the agents' on the
-    // controller's.
-    let front_metrics = cluster
-        .ops_client("front-0")
-        .get_text("/metrics")
-        .await
-        .unwrap();
+    // The front's own expiry on its /metrics; the controller's and the agents' on the
+    // controller's ops port.
+    let front_metrics = cluster.client().get_text("/metrics").await.unwrap();
     let line = format!(
         "volley_front_certificate_expiry_timestamp_seconds {}",
         front.not_after()

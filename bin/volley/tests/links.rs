@@ -138,17 +138,13 @@ async fn only_the_clusters_nodes_link_and_each_makes_only_its_own_calls() {
     );
 
     // Counted where operators look: the controller's refusals on its ops port, the front's
-    // certificate on the front's.
+    // certificate on the front's /metrics.
     let text = cluster
         .ops_client("controller")
         .get_text("/metrics")
         .await
         .unwrap();
-    let front_text = cluster
-        .ops_client("front-0")
-        .get_text("/metrics")
-        .await
-        .unwrap();
+    let front_text = cluster.client().get_text("/metrics").await.unwrap();
     let value = |name: &str| -> u64 {
         metric_value(&text, name)
             .or_else(|| metric_value(&front_text, name))
