@@ -1,4 +1,5 @@
-//! The front's ops port: `/metrics`, `/healthz`, `/readyz` without a key, for operators.
+//! The front's ops port: `/metrics`, `/healthz`, `/readyz` and the dashboard (`/dashboard`)
+//! without a key, for operators.
 
 use std::sync::Arc;
 
@@ -7,10 +8,13 @@ use prometheus_client::registry::Registry;
 use serde_json::Map;
 use volley_ops::{Ops, ProcessCollector};
 
+use crate::dashboard::{self, Access};
 use crate::FrontState;
 
-/// The front's ops routes: ready while the controller answers and the front is not draining.
+/// The front's ops routes: ready while the controller answers and the front is not draining;
+/// the dashboard and its data open to whoever reaches the port.
 pub(crate) fn router(state: FrontState) -> Router {
+    let dashboard = dashboard::router(Access::Open).with_state(state.clone());
     let mut registry = Registry::default();
     registry.register_collector(Box::new(ProcessCollector::default()));
     let ops = Ops::new(
@@ -29,5 +33,5 @@ pub(crate) fn router(state: FrontState) -> Router {
             })
         }),
     );
-    ops.router()
+    ops.router().merge(dashboard)
 }
