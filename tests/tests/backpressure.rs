@@ -81,7 +81,8 @@ async fn a_stalled_provider_makes_the_front_answer_503_and_every_2xx_is_delivere
         refused.len()
     );
 
-    // The refusal names when to come back, and the operations endpoints show it.
+    // The refusal names when to come back, and the operations endpoints show it (the
+    // controller's metrics on its own ops port).
     let reply = client
         .post("/v1/apps/demo/notifications", body(REQUESTS))
         .await
@@ -105,7 +106,7 @@ async fn a_stalled_provider_makes_the_front_answer_503_and_every_2xx_is_delivere
         count(&stat, "pending_notifications") <= MAX_PENDING,
         "{stat}"
     );
-    let metrics = raw_get(&cluster.front_url, "/metrics").await;
+    let metrics = raw_get(&cluster.controller_ops_url, "/metrics").await;
     assert!(
         metrics.contains("volley_controller_rejected_total{reason=\"overloaded\"}"),
         "{metrics}"
@@ -148,7 +149,7 @@ async fn a_stalled_provider_makes_the_front_answer_503_and_every_2xx_is_delivere
     wait_for_job(&client, &id, JOB_LIMIT).await.unwrap();
     accepted.push(id);
 
-    let metrics = raw_get(&cluster.front_url, "/metrics").await;
+    let metrics = raw_get(&cluster.controller_ops_url, "/metrics").await;
     assert!(
         metrics.contains("volley_job_latency_seconds_count{app=\"demo\"}"),
         "{metrics}"

@@ -101,19 +101,31 @@ async fn renewed_certificates_are_used_without_dropping_work_and_bad_ones_are_re
     })
     .await
     .unwrap();
-    let metrics = cluster.client().get_text("/metrics").await.unwrap();
-    for line in [
-        format!(
-            "volley_front_certificate_expiry_timestamp_seconds {}",
-            front.not_after()
-        ),
-        format!(
-            "volley_certificate_expiry_timestamp_seconds{{role=\"controller\",name=\"\"}} {}",
-            controller.not_after()
-        ),
-    ] {
-        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
-    }
+    // The front's own expiry on its ops port; the controller's and the agents' on the
+    // controller's.
+    let front_metrics = cluster
+        .ops_client("front-0")
+        .get_text("/metrics")
+        .await
+        .unwrap();
+    let line = format!(
+        "volley_front_certificate_expiry_timestamp_seconds {}",
+        front.not_after()
+    );
+    assert!(
+        front_metrics.contains(&line),
+        "{line} not in\n{front_metrics}"
+    );
+    let metrics = cluster
+        .ops_client("controller")
+        .get_text("/metrics")
+        .await
+        .unwrap();
+    let line = format!(
+        "volley_certificate_expiry_timestamp_seconds{{role=\"controller\",name=\"\"}} {}",
+        controller.not_after()
+    );
+    assert!(metrics.contains(&line), "{line} not in\n{metrics}");
     // An agent is named as it registered (its host name and address by default).
     assert!(
         metrics.lines().any(|line| line.starts_with(

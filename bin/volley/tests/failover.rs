@@ -43,6 +43,18 @@ async fn kill_9_the_leader_mid_broadcast_and_the_standby_takes_over() {
             .contains("another controller leads"),
         "the second controller waits as a standby"
     );
+    // Ready as a standby (the database is reachable), and says so on its ops port.
+    let standby_ops = cluster.ops_client("controller-1");
+    let ready = standby_ops.get("/readyz").await.unwrap();
+    assert_eq!(ready.status.as_u16(), 200, "{}", ready.body);
+    assert_eq!(ready.body["state"], "standby", "{}", ready.body);
+    assert_eq!(ready.body["store"], "postgres", "{}", ready.body);
+    let metrics = standby_ops.get_text("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("\nvolley_controller_leader 0\n")
+            && !metrics.contains("volley_notifications_total"),
+        "{metrics}"
+    );
     let lines = standby.line_count();
     // The front shows which controller answers: the first, in the first term.
     let leader = cluster.client().get("/stat/app").await.unwrap().body["controller"].clone();
@@ -81,9 +93,14 @@ async fn kill_9_the_leader_mid_broadcast_and_the_standby_takes_over() {
         Some(first_addr.as_str()),
         "{leader}"
     );
-    let metrics = cluster.client().get_text("/metrics").await.unwrap();
+    let metrics = cluster
+        .ops_client("controller-1")
+        .get_text("/metrics")
+        .await
+        .unwrap();
     assert!(
-        metrics.contains("\nvolley_controller_leader_term 2\n"),
+        metrics.contains("\nvolley_controller_leader_term 2\n")
+            && metrics.contains("\nvolley_controller_leader 1\n"),
         "{metrics}"
     );
     finish_broadcast(cluster, &id, N, "kill -9 leader").await;

@@ -137,10 +137,22 @@ async fn only_the_clusters_nodes_link_and_each_makes_only_its_own_calls() {
         "nothing was sent"
     );
 
-    // Counted where operators look.
-    let text = cluster.client().get_text("/metrics").await.unwrap();
+    // Counted where operators look: the controller's refusals on its ops port, the front's
+    // certificate on the front's.
+    let text = cluster
+        .ops_client("controller")
+        .get_text("/metrics")
+        .await
+        .unwrap();
+    let front_text = cluster
+        .ops_client("front-0")
+        .get_text("/metrics")
+        .await
+        .unwrap();
     let value = |name: &str| -> u64 {
-        metric_value(&text, name).unwrap_or_else(|| panic!("{name} in {text}")) as u64
+        metric_value(&text, name)
+            .or_else(|| metric_value(&front_text, name))
+            .unwrap_or_else(|| panic!("{name} in {text}\n{front_text}")) as u64
     };
     assert!(
         value("volley_controller_links_refused_total") >= 2,

@@ -192,7 +192,7 @@ async fn unserved_apps_and_platforms_neither_stall_others_nor_spin_the_controlle
         .filter(|queue| queue["waiting_for_agent"] == true)
         .collect();
     assert_eq!(waiting.len(), 2, "{stat}");
-    let metrics = get_text(&cluster.front_url, "/metrics");
+    let metrics = get_text(&cluster.ops_url("controller"), "/metrics");
     assert!(
         metrics.contains("volley_app_queue_waiting_for_agent{app=\"other\",platform=\"apns\"} 1"),
         "{metrics}"

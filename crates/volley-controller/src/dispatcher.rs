@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use volley_contracts::{AgentClient, AgentId, ChunkFailure, ChunkReport, ErrorCode, WireError};
+use volley_contracts::{
+    AgentClient, AgentId, ChunkFailure, ChunkReport, ErrorCode, JobState, WireError,
+};
 
 use crate::registry::AgentCounters;
 use crate::scheduler::{Batch, Work};
@@ -131,7 +133,10 @@ impl Dispatcher {
         let mut works = Vec::with_capacity(pulled.len());
         let mut chunks = Vec::with_capacity(pulled.len());
         for work in pulled {
-            work.job.mark_dispatched();
+            if work.job.mark_dispatched() {
+                core.jobs
+                    .moved(Some(JobState::Queued), Some(JobState::Running));
+            }
             if work.job.is_cancelled() {
                 core.skip_cancelled(&work);
                 continue;
@@ -159,7 +164,10 @@ impl Dispatcher {
         core.out.fetch_add(count, Ordering::Relaxed);
         let leased = core.leases.lease(&core.store, self.agent, &works).await;
         let lost = match leased {
-            Ok(lost) if !core.draining.is_cancelled() => lost,
+            Ok(lost) if !core.draining.is_cancelled() => {
+                core.metrics.chunks_leased.inc_by(count);
+                lost
+            }
             outcome => {
                 // Never sent: without a lease on disk a resend after a crash could not be
                 // counted as a possible duplicate, and a draining controller hands out nothing
@@ -336,7 +344,7 @@ impl Core {
                         id: retry.job.id,
                         count,
                     });
-                    core.redispatched.fetch_add(1, Ordering::Relaxed);
+                    core.metrics.chunks_redispatched.inc();
                 }
                 core.hand_back(retry, None);
                 if why == HandBack::LeaseExpired {

@@ -274,8 +274,33 @@ impl Job {
         Cancel::Now
     }
 
-    pub(crate) fn mark_dispatched(&self) {
-        self.progress.lock().dispatched = true;
+    /// Notes that a chunk of the job goes out; `true` when this moved the job from
+    /// `queued` to `running`.
+    pub(crate) fn mark_dispatched(&self) -> bool {
+        let mut progress = self.progress.lock();
+        // A cancelled job stays `cancelling` whatever goes out: not marked, so that a cancel's
+        // move is counted from the state the job was in.
+        let moved = !progress.dispatched && progress.finished_ms.is_none() && !self.is_cancelled();
+        progress.dispatched |= moved;
+        moved
+    }
+
+    /// Whether a chunk of the job went out before it was cancelled or finished.
+    pub(crate) fn was_dispatched(&self) -> bool {
+        self.progress.lock().dispatched
+    }
+
+    /// The state the job is or was in before it became final: `cancelling`, `running` or
+    /// `queued` (what the job table counts it as while it is not final).
+    pub(crate) fn live_state(&self) -> JobState {
+        let progress = self.progress.lock();
+        if self.is_cancelled() {
+            JobState::Cancelling
+        } else if progress.dispatched {
+            JobState::Running
+        } else {
+            JobState::Queued
+        }
     }
 
     /// The platforms some of whose notifications have no final outcome yet.

@@ -8,11 +8,13 @@
 //! another fingerprint is refused as a reused key (`422`).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use volley_contracts::{ErrorCode, Fingerprint, IdempotencyKey, JobAccepted, JobId, WireError};
+use volley_contracts::{
+    ErrorCode, Fingerprint, IdempotencyKey, JobAccepted, JobId, JobState, WireError,
+};
 
 use crate::clock::now_ms;
 use crate::job::Job;
@@ -44,16 +46,30 @@ pub(crate) enum Claim {
 #[derive(Debug)]
 pub(crate) struct JobTable {
     jobs: Mutex<HashMap<JobId, Arc<Job>>>,
+    /// The jobs not final yet (also in `jobs`): the dashboard lists them without a walk over
+    /// the finished jobs kept.
+    unfinished: Mutex<HashMap<JobId, Arc<Job>>>,
     /// Idempotency keys by app.
     idempotency: Mutex<Keys>,
     /// Finished jobs still kept, oldest first, with when they finished.
     finished: Mutex<VecDeque<(JobId, u64)>>,
     /// Jobs not final yet.
     active: AtomicU64,
+    /// Jobs not final yet by state (`queued`, `running`, `cancelling`), moved as they move.
+    /// Signed: a move may be counted just before the job's arrival in its state is.
+    by_state: [AtomicI64; LIVE_STATES.len()],
     max_finished: usize,
     /// When finished jobs were last forgotten before their retention (for a rate-limited
     /// warning), ms since the epoch.
     early_forget_warned: AtomicU64,
+}
+
+/// The states of a job not final yet, in the order of [`JobTable::by_state`].
+pub(crate) const LIVE_STATES: [JobState; 3] =
+    [JobState::Queued, JobState::Running, JobState::Cancelling];
+
+fn live_slot(state: JobState) -> Option<usize> {
+    LIVE_STATES.iter().position(|live| *live == state)
 }
 
 /// Jobs to forget in the store: their ids and the (app, key) pairs that named them.
@@ -69,9 +85,11 @@ impl JobTable {
         }
         JobTable {
             jobs: Mutex::default(),
+            unfinished: Mutex::default(),
             idempotency: Mutex::new(keys),
             finished: Mutex::default(),
             active: AtomicU64::new(0),
+            by_state: Default::default(),
             max_finished,
             early_forget_warned: AtomicU64::new(0),
         }
@@ -148,8 +166,55 @@ impl JobTable {
     pub(crate) fn insert(&self, job: Arc<Job>) {
         if !job.is_finished() {
             self.active.fetch_add(1, Ordering::Relaxed);
+            self.moved(None, Some(job.live_state()));
+            self.unfinished.lock().insert(job.id, job.clone());
         }
         self.jobs.lock().insert(job.id, job);
+    }
+
+    /// A job not final yet moved from one state to another (`None`: it arrived, or ended).
+    pub(crate) fn moved(&self, from: Option<JobState>, to: Option<JobState>) {
+        if let Some(slot) = from.and_then(live_slot) {
+            self.by_state[slot].fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(slot) = to.and_then(live_slot) {
+            self.by_state[slot].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Jobs not final yet in each of [`LIVE_STATES`].
+    pub(crate) fn by_state(&self) -> [u64; LIVE_STATES.len()] {
+        std::array::from_fn(|slot| self.by_state[slot].load(Ordering::Relaxed).max(0) as u64)
+    }
+
+    /// The jobs not final yet, newest first, at most `limit`.
+    pub(crate) fn newest_unfinished(&self, limit: usize) -> Vec<Arc<Job>> {
+        let mut jobs: Vec<Arc<Job>> = self.unfinished.lock().values().cloned().collect();
+        let newest_first =
+            |a: &Arc<Job>, b: &Arc<Job>| (b.created_ms, b.id).cmp(&(a.created_ms, a.id));
+        if jobs.len() > limit && limit > 0 {
+            jobs.select_nth_unstable_by(limit - 1, newest_first);
+        }
+        jobs.truncate(limit);
+        jobs.sort_unstable_by(newest_first);
+        jobs
+    }
+
+    /// The jobs that finished at or after `since_ms`, newest first, at most `limit`: read
+    /// from the newest end of the finished jobs kept, so a call looks at `limit` of them at
+    /// most, whatever the retention holds.
+    pub(crate) fn recently_finished(&self, since_ms: u64, limit: usize) -> Vec<Arc<Job>> {
+        let ids: Vec<JobId> = self
+            .finished
+            .lock()
+            .iter()
+            .rev()
+            .take_while(|(_, at)| *at >= since_ms)
+            .take(limit)
+            .map(|(id, _)| *id)
+            .collect();
+        let jobs = self.jobs.lock();
+        ids.iter().filter_map(|id| jobs.get(id).cloned()).collect()
     }
 
     /// The job a claimed key was for is stored: from now on the key names it.
@@ -173,8 +238,10 @@ impl JobTable {
     }
 
     /// A job became final: it joins the finished jobs kept. Returns what to forget.
-    pub(crate) fn finished(&self, id: JobId, at_ms: u64) -> Forgotten {
+    pub(crate) fn finished(&self, id: JobId, at_ms: u64, was: JobState) -> Forgotten {
         self.active.fetch_sub(1, Ordering::Relaxed);
+        self.moved(Some(was), None);
+        self.unfinished.lock().remove(&id);
         self.keep_finished(Some((id, at_ms)))
     }
 
@@ -333,6 +400,53 @@ mod tests {
             table.claim_key("shop", &key("k", 2), 1_000 + window, window),
             Ok(Claim::Fresh)
         ));
+    }
+
+    /// A job of three tokens in chunks of one, created at `created_ms`.
+    fn job(created_ms: u64) -> Arc<Job> {
+        let (job, _) = Job::new(
+            JobId::new(),
+            crate::store::tests::record_submit(),
+            1,
+            created_ms,
+        );
+        Arc::new(job)
+    }
+
+    #[test]
+    fn jobs_are_counted_by_state_and_listed_newest_first() {
+        let table = JobTable::new(Vec::new(), 100);
+        let jobs: Vec<Arc<Job>> = (0..5).map(|n| job(1_000 + n)).collect();
+        for job in &jobs {
+            table.insert(job.clone());
+        }
+        assert_eq!(table.by_state(), [5, 0, 0]);
+        assert!(jobs[1].mark_dispatched());
+        table.moved(Some(JobState::Queued), Some(JobState::Running));
+        assert!(!jobs[1].mark_dispatched(), "moved once");
+        assert_eq!(jobs[2].cancel(), crate::job::Cancel::Now);
+        table.moved(Some(JobState::Queued), Some(JobState::Cancelling));
+        assert!(
+            !jobs[2].mark_dispatched(),
+            "a cancelled job stays cancelling"
+        );
+        assert_eq!(table.by_state(), [3, 1, 1]);
+        let newest: Vec<JobId> = table.newest_unfinished(3).iter().map(|j| j.id).collect();
+        assert_eq!(newest, vec![jobs[4].id, jobs[3].id, jobs[2].id]);
+        // Two finish, the older first: listed newest first, and only since the horizon.
+        table.finished(jobs[1].id, 5_000, jobs[1].live_state());
+        table.finished(jobs[2].id, 6_000, jobs[2].live_state());
+        assert_eq!(table.by_state(), [3, 0, 0]);
+        assert_eq!(table.active(), 3);
+        let recent: Vec<JobId> = table
+            .recently_finished(0, 10)
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(recent, vec![jobs[2].id, jobs[1].id]);
+        assert_eq!(table.recently_finished(5_500, 10).len(), 1);
+        assert_eq!(table.recently_finished(0, 1).len(), 1);
+        assert_eq!(table.newest_unfinished(10).len(), 3);
     }
 
     #[test]

@@ -276,17 +276,20 @@ impl Leases {
             .collect()
     }
 
-    /// Expires the leases their agents stopped renewing.
-    pub(crate) fn expire(&self, now: Instant) {
+    /// Expires the leases their agents stopped renewing; returns how many.
+    pub(crate) fn expire(&self, now: Instant) -> u64 {
+        let mut expired = 0;
         self.leases.lock().retain(|chunk, lease| {
             if lease.expires <= now {
                 tracing::warn!(%chunk, agent = %lease.agent, epoch = lease.epoch, "lease expired");
                 lease.lost.cancel();
+                expired += 1;
                 false
             } else {
                 true
             }
         });
+        expired
     }
 
     /// How often [`Leases::expire`] should run.

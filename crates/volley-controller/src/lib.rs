@@ -59,8 +59,8 @@ use volley_config::{Config, ControllerConfig, StoreKind};
 use volley_contracts::tls::NodeRole;
 use volley_contracts::{
     AgentId, AgentInfo, ChunkFailure, ChunkOutcome, ChunkReport, ClusterStats, Controller,
-    DashboardView, ErrorCode, Held, InvalidTokenPage, JobAccepted, JobId, JobStatus, Links, Peer,
-    Registration, Renewal, ServedApp, SubmitJob, WireError,
+    DashboardView, ErrorCode, Held, InvalidTokenPage, JobAccepted, JobId, JobState, JobStatus,
+    Links, Peer, Registration, Renewal, ServedApp, SubmitJob, WireError,
 };
 
 use crate::admission::{Admission, Admissions, Admitted, Rejection};
@@ -72,7 +72,7 @@ use crate::leases::Leases;
 use crate::registry::{Registry, Touch};
 use crate::scheduler::{Scheduler, Work};
 use crate::store::{KeyRecord, Recovered, Store, Write};
-use crate::tally::{ChunkTally, Tallies};
+use crate::tally::{ChunkTally, History, Tallies};
 
 pub use crate::store::StoreError;
 
@@ -101,12 +101,15 @@ pub(crate) struct Core {
     registry: Registry,
     pub(crate) leases: Leases,
     tallies: Tallies,
+    /// The outcome totals of the last ten minutes, a sample a second (the dashboard's rates).
+    history: History,
     /// Invalid-token webhooks.
     outbox: webhook::Outbox,
     /// Chunks out with agents right now (a draining controller waits for them).
     pub(crate) out: AtomicU64,
-    /// Chunks handed to another agent after theirs was lost.
-    pub(crate) redispatched: AtomicU64,
+    /// The counters and histograms of the ops port (shared with [`Serving`]: they outlive a
+    /// leadership).
+    pub(crate) metrics: ops::Metrics,
     /// Cancelled on the first shutdown signal: no new job, no new hand-out.
     pub(crate) draining: CancellationToken,
     /// Cancelled when the controller stops: its background tasks end.
@@ -133,13 +136,46 @@ pub(crate) struct Core {
 /// What serves the controller's port whatever its role: the leader's parts while this
 /// controller leads (always, with the embedded store), and the counters that outlive a
 /// leadership. A standby answers every call with [`ErrorCode::NotLeader`], naming the leader.
-#[derive(Default)]
 struct Serving {
     current: ArcSwapOption<Core>,
     /// The leader's address, as this standby last read it.
     leader: ArcSwapOption<String>,
     links_refused: Arc<AtomicU64>,
     calls_denied: Arc<AtomicU64>,
+    /// `redb` or `postgres`.
+    store: &'static str,
+    /// Where this controller stands when it does not lead (for `/readyz`).
+    phase: parking_lot::Mutex<Phase>,
+    metrics: ops::Metrics,
+}
+
+impl Serving {
+    fn new(store: &'static str) -> Serving {
+        Serving {
+            current: ArcSwapOption::empty(),
+            leader: ArcSwapOption::empty(),
+            links_refused: Arc::default(),
+            calls_denied: Arc::default(),
+            store,
+            phase: parking_lot::Mutex::new(Phase::Starting),
+            metrics: ops::Metrics::default(),
+        }
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        *self.phase.lock() = phase;
+    }
+}
+
+/// Where a controller that does not lead (or not yet) stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Its store is not open yet.
+    Starting,
+    /// A standby (PostgreSQL store), and whether it last reached the database.
+    Standby { reachable: bool },
+    /// It took the leadership and loads the store.
+    Loading,
 }
 
 /// Runs a controller on `listener` until `shutdown` resolves.
@@ -166,8 +202,13 @@ pub async fn run(
             stopping.cancel();
         }
     });
-    let serving = Arc::new(Serving::default());
-    let ops_port = ops::ops(serving.clone());
+    let serving = Arc::new(Serving::new(match config.controller.store {
+        StoreKind::Redb => "redb",
+        StoreKind::Postgres => "postgres",
+    }));
+    let apps: Option<HashSet<String>> =
+        (!config.apps.is_empty()).then(|| config.apps.iter().map(|app| app.name.clone()).collect());
+    let ops_port = ops::ops(serving.clone(), links.clone(), apps);
     tokio::spawn(volley_ops::serve(
         ops,
         "controller",
@@ -176,8 +217,11 @@ pub async fn run(
     ));
     let result = match config.controller.store {
         StoreKind::Redb => {
-            let (store, recovered) =
-                Store::open(&config.controller.data_dir, config.controller.fsync)?;
+            let (store, recovered) = Store::open(
+                &config.controller.data_dir,
+                config.controller.fsync,
+                serving.metrics.store.clone(),
+            )?;
             let identity = volley_contracts::ControllerStat {
                 store: "redb".into(),
                 address: config
@@ -273,6 +317,7 @@ async fn lead_or_stand_by(
                 Ok(Some(term)) => break term,
                 Ok(None) => {
                     unreachable = false;
+                    serving.set_phase(Phase::Standby { reachable: true });
                     let leader = leadership.leader().await.ok().flatten();
                     if leader != shown_leader {
                         tracing::info!(
@@ -284,6 +329,7 @@ async fn lead_or_stand_by(
                     serving.leader.store(leader.map(Arc::new));
                 }
                 Err(error) => {
+                    serving.set_phase(Phase::Standby { reachable: false });
                     if !unreachable {
                         tracing::warn!(%error, "standby: cannot reach the database; trying again");
                         unreachable = true;
@@ -296,10 +342,12 @@ async fn lead_or_stand_by(
             }
         };
         tracing::info!(term, "this controller leads now; loading the store");
+        serving.set_phase(Phase::Loading);
         let fenced = CancellationToken::new();
         let opening = {
             let (db, fenced, fsync) = (db.clone(), fenced.clone(), config.controller.fsync);
-            tokio::task::spawn_blocking(move || postgres::open(db, term, fsync, fenced))
+            let metrics = serving.metrics.store.clone();
+            tokio::task::spawn_blocking(move || postgres::open(db, term, fsync, fenced, metrics))
         };
         // Loading a large store takes longer than a lease: renewed meanwhile (a loss shows
         // at the first renewal after, or as a fenced commit).
@@ -371,6 +419,7 @@ async fn lead_or_stand_by(
             }
         };
         serving.current.store(None);
+        serving.set_phase(Phase::Standby { reachable: true });
         let Some(why) = why else {
             if let Err(error) = leadership.resign(term).await {
                 tracing::warn!(%error, "could not resign the leadership; a standby takes over when it ends");
@@ -608,10 +657,11 @@ impl Core {
             registry: Registry::new(recovered.declared),
             leases: Leases::new(config.lease_time),
             tallies: Tallies::default(),
+            history: History::default(),
             outbox,
             store,
             out: AtomicU64::new(0),
-            redispatched: AtomicU64::new(0),
+            metrics: serving.metrics.clone(),
             draining: shutdown.child_token(),
             shutdown,
             calls: CancellationToken::new(),
@@ -629,6 +679,7 @@ impl Core {
         tokio::spawn(watch_agents(core.clone()));
         tokio::spawn(watch_leases(core.clone()));
         tokio::spawn(expire_jobs(core.clone()));
+        tokio::spawn(sample_totals(core.clone()));
         Ok(core)
     }
 
@@ -833,6 +884,11 @@ impl Core {
     /// A job's status, with why it is not moving if it is not.
     fn status(&self, id: JobId, invalid_limit: u32) -> Result<JobStatus, WireError> {
         let job = self.jobs.get(id)?;
+        Ok(self.status_of(&job, invalid_limit))
+    }
+
+    /// [`Core::status`] of a job at hand.
+    fn status_of(&self, job: &Job, invalid_limit: u32) -> JobStatus {
         let mut status = job.status(invalid_limit as usize);
         if status.finished_ms.is_none() {
             status.waiting = job
@@ -840,7 +896,7 @@ impl Core {
                 .into_iter()
                 .find_map(|platform| self.scheduler.waiting_reason(&job.app, platform));
         }
-        Ok(status)
+        status
     }
 
     /// Cancels a job: from now on none of its chunks goes out (the dispatchers check before
@@ -853,6 +909,13 @@ impl Core {
         if job.cancel() != job::Cancel::Now {
             return self.status(id, 0);
         }
+        // Whether a chunk went out cannot change once the job is cancelled.
+        let was = if job.was_dispatched() {
+            JobState::Running
+        } else {
+            JobState::Queued
+        };
+        self.jobs.moved(Some(was), Some(JobState::Cancelling));
         for work in self.scheduler.remove_job(id) {
             self.skip_cancelled(&work);
         }
@@ -885,6 +948,7 @@ impl Core {
             return;
         }
         let job = work.job.clone();
+        self.metrics.chunks_handed_back.inc();
         self.scheduler.hand_back(work, pause);
         if job.is_cancelled() {
             for work in self.scheduler.remove_job(job.id) {
@@ -1036,7 +1100,7 @@ impl Core {
 
     /// A job's last chunk is recorded: it joins the finished jobs kept, and is logged.
     fn finish_job(&self, job: &Job, finished_ms: u64) {
-        let forgotten = self.jobs.finished(job.id, finished_ms);
+        let forgotten = self.jobs.finished(job.id, finished_ms, job.live_state());
         self.forget(forgotten);
         if job.accepted as usize >= volley_contracts::LOG_JOBS_FROM {
             let status = job.status(0);
@@ -1064,12 +1128,19 @@ impl Core {
         }
     }
 
-    /// What the live dashboard shows. (Jobs and history: to be filled in.)
-    fn dashboard(&self, _jobs: usize) -> DashboardView {
+    /// What the live dashboard shows: the jobs not final yet, newest first, then those
+    /// finished in the last [`DASHBOARD_RECENT`], newest first, `jobs` at most in all (and
+    /// [`DASHBOARD_MAX_JOBS`]); the history of the outcome totals; the stats.
+    fn dashboard(&self, jobs: usize) -> DashboardView {
+        let limit = jobs.min(DASHBOARD_MAX_JOBS);
+        let now = now_ms();
+        let mut listed = self.jobs.newest_unfinished(limit);
+        let since = now.saturating_sub(DASHBOARD_RECENT.as_millis() as u64);
+        listed.extend(self.jobs.recently_finished(since, limit - listed.len()));
         DashboardView {
-            now_ms: clock::now_ms(),
-            jobs: Vec::new(),
-            history: Vec::new(),
+            now_ms: now,
+            jobs: listed.iter().map(|job| self.status_of(job, 0)).collect(),
+            history: self.history.samples(),
             stats: self.stats(),
         }
     }
@@ -1077,15 +1148,20 @@ impl Core {
     fn stats(&self) -> ClusterStats {
         let tallies = self.tallies.stats();
         let queued = self.scheduler.queued() as u64;
+        let mut agents = self.registry.stats();
+        let mut pauses = self.scheduler.pauses();
+        for agent in &mut agents {
+            agent.paused = pauses.remove(&agent.id).unwrap_or_default();
+        }
         ClusterStats {
             queue_usage: queued,
             pending_notifications: self.admissions.pending(),
             // A counter, not a walk over the jobs: finished jobs are retained for a day, and
             // `/metrics` scrapes call this.
             active_jobs: self.jobs.active(),
-            agents: self.registry.stats(),
+            agents,
             apps: tallies.apps,
-            chunks_redispatched: self.redispatched.load(Ordering::Relaxed),
+            chunks_redispatched: self.metrics.chunks_redispatched.get(),
             max_pending_notifications: self.admissions.max_pending(),
             rejections: self.admissions.rejections(),
             outcomes: tallies.outcomes,
@@ -1099,6 +1175,26 @@ impl Core {
             certificate_reload_failures: self.links.reload_failures(),
             controller: self.identity.clone(),
         }
+    }
+}
+
+/// Most jobs a dashboard call lists.
+const DASHBOARD_MAX_JOBS: usize = 200;
+
+/// How long a finished job stays on the dashboard.
+const DASHBOARD_RECENT: Duration = Duration::from_secs(600);
+
+/// Samples the outcome totals once a second for the dashboard's history, while this
+/// controller leads.
+async fn sample_totals(core: Arc<Core>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = core.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        core.history.push(core.tallies.totals(now_ms()));
     }
 }
 
@@ -1116,7 +1212,8 @@ async fn watch_leases(core: Arc<Core>) {
             // the leases to whoever leads; a renewal or a fence settles which.
             continue;
         }
-        core.leases.expire(now);
+        let expired = core.leases.expire(now);
+        core.metrics.leases_expired.inc_by(expired);
     }
 }
 

@@ -73,7 +73,7 @@ impl Core {
                     id: retry.job.id,
                     count: retry.spec.len() as u64,
                 });
-                self.redispatched.fetch_add(1, Ordering::Relaxed);
+                self.metrics.chunks_redispatched.inc();
             }
             self.hand_back(retry, None);
         }

@@ -29,7 +29,7 @@ use volley_contracts::{Fingerprint, JobId, Platform};
 
 use crate::store::{
     self, db_error, done_value, leased_value, Backend, CancelMark, ChunkState, KeyRecord,
-    Recovered, Request, Store, StoreError, StoredEntry, StoredKey, Write,
+    Recovered, Request, Store, StoreError, StoreMetrics, StoredEntry, StoredKey, Write,
 };
 
 /// The schema, one migration per version, applied in order at start under an advisory lock.
@@ -415,6 +415,7 @@ pub(crate) fn open(
     term: i64,
     fsync: bool,
     fenced: CancellationToken,
+    metrics: StoreMetrics,
 ) -> Result<(Store, Recovered), StoreError> {
     // The writer's own runtime: its session lives on the writer thread.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -434,7 +435,7 @@ pub(crate) fn open(
         fsync,
         fenced,
     };
-    Ok((Store::spawn(backend)?, recovered))
+    Ok((Store::spawn(backend, metrics)?, recovered))
 }
 
 /// The statements of a commit, prepared once per session.
@@ -1089,10 +1090,12 @@ mod tests {
         let fenced = CancellationToken::new();
         let (store, recovered) = {
             let (db, fenced) = (db.clone(), fenced.clone());
-            tokio::task::spawn_blocking(move || open(db, term, true, fenced))
-                .await
-                .unwrap()
-                .unwrap()
+            tokio::task::spawn_blocking(move || {
+                open(db, term, true, fenced, StoreMetrics::default())
+            })
+            .await
+            .unwrap()
+            .unwrap()
         };
         assert!(recovered.jobs.is_empty());
 
@@ -1198,7 +1201,15 @@ mod tests {
         // The new leader reads back the first one's writes, and nothing after the fence.
         let (_, recovered) = tokio::task::spawn_blocking({
             let db = db.clone();
-            move || open(db, second_term, true, CancellationToken::new())
+            move || {
+                open(
+                    db,
+                    second_term,
+                    true,
+                    CancellationToken::new(),
+                    StoreMetrics::default(),
+                )
+            }
         })
         .await
         .unwrap()

@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use volley_contracts::{AgentId, AgentInfo, ChunkId, JobId, Platform, QueueStat};
+use volley_contracts::{AgentId, AgentInfo, ChunkId, JobId, PausedQueue, Platform, QueueStat};
 
 use crate::job::{ChunkSpec, Job};
 
@@ -531,6 +531,30 @@ impl Scheduler {
         self.inner.lock().chunks
     }
 
+    /// The app and platform queues each agent has paused now, with the time left.
+    pub(crate) fn pauses(&self) -> HashMap<AgentId, Vec<PausedQueue>> {
+        let inner = self.inner.lock();
+        let now = Instant::now();
+        inner
+            .agents
+            .iter()
+            .filter_map(|(id, slot)| {
+                let paused: Vec<PausedQueue> = (0..slot.paused.len())
+                    .filter_map(|index| {
+                        let until = slot.paused_at(index, now)?;
+                        let queue = &inner.queues[index];
+                        Some(PausedQueue {
+                            app: queue.app.clone(),
+                            platform: queue.platform,
+                            for_ms: until.duration_since(now).as_millis() as u64,
+                        })
+                    })
+                    .collect();
+                (!paused.is_empty()).then_some((*id, paused))
+            })
+            .collect()
+    }
+
     /// The queues with work, calls out or a wait.
     pub(crate) fn stats(&self) -> Vec<QueueStat> {
         let inner = self.inner.lock();
@@ -682,6 +706,18 @@ mod tests {
         scheduler.done(agent, &queues);
         assert!(
             matches!(scheduler.inner.lock().pull(agent, 1000, now), Err(Some(at)) if at == until)
+        );
+        // The agent's stats show the pause, with the time left.
+        let pauses = scheduler.pauses();
+        let paused = &pauses[&agent];
+        assert_eq!(paused.len(), 1);
+        assert_eq!(
+            (paused[0].app.as_str(), paused[0].platform),
+            ("a", Platform::Apns)
+        );
+        assert!(
+            paused[0].for_ms > 0 && paused[0].for_ms <= 2_000,
+            "{paused:?}"
         );
         assert!(scheduler.inner.lock().pull(agent, 1000, until).is_ok());
         let stats = scheduler.stats();

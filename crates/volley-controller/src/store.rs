@@ -582,11 +582,14 @@ impl std::fmt::Debug for RequestBox {
 
 impl Store {
     /// Starts the writer thread over `backend`.
-    pub(crate) fn spawn(backend: impl Backend + Send + 'static) -> Result<Store, StoreError> {
+    pub(crate) fn spawn(
+        backend: impl Backend + Send + 'static,
+        metrics: StoreMetrics,
+    ) -> Result<Store, StoreError> {
         let (tx, rx) = mpsc::channel::<RequestBox>();
         std::thread::Builder::new()
             .name("volley-store".into())
-            .spawn(move || run_writer(rx, backend))
+            .spawn(move || run_writer(rx, backend, metrics))
             .map_err(db_error)?;
         Ok(Store { tx })
     }
@@ -763,6 +766,25 @@ const LATER_WITHIN: Duration = Duration::from_millis(100);
 /// them: chunk progress; the database is back soon, or the controller steps down).
 const RETRY_FAILED: Duration = Duration::from_millis(200);
 
+/// How the writer's commits go, whichever the store: observed on the writer thread with
+/// atomics only, exposed on the controller's ops port.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreMetrics {
+    /// How long each commit took (its transaction and, with `fsync`, its sync).
+    pub(crate) commit: volley_ops::AtomicHistogram,
+    /// Writes per commit (group commit: everything queued meanwhile shares one).
+    pub(crate) writes: volley_ops::AtomicHistogram,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        StoreMetrics {
+            commit: volley_ops::AtomicHistogram::latency(),
+            writes: volley_ops::AtomicHistogram::sizes(),
+        }
+    }
+}
+
 /// What a store's writer thread commits to: redb here, PostgreSQL in `postgres.rs`.
 pub(crate) trait Backend {
     /// Applies `batch` in one transaction and commits it; returns how many jobs it forgot.
@@ -774,7 +796,11 @@ pub(crate) trait Backend {
 
 /// The writer thread: takes every write waiting in `rx` and commits them together (group
 /// commit), until the handles are gone, a [`Write::Close`] comes, or the backend is fenced.
-pub(crate) fn run_writer(rx: mpsc::Receiver<RequestBox>, mut backend: impl Backend) {
+pub(crate) fn run_writer(
+    rx: mpsc::Receiver<RequestBox>,
+    mut backend: impl Backend,
+    metrics: StoreMetrics,
+) {
     // Writes queued since the last commit, when the first came, and whether someone waits
     // for one of them (then they are committed at once).
     let mut later: Vec<Request> = Vec::new();
@@ -826,7 +852,10 @@ pub(crate) fn run_writer(rx: mpsc::Receiver<RequestBox>, mut backend: impl Backe
         let mut result = Ok(());
         let mut fenced = false;
         if !batch.is_empty() {
+            let started = Instant::now();
             let outcome = backend.commit(&batch);
+            metrics.commit.observe(started.elapsed());
+            metrics.writes.observe_units(batch.len() as u64);
             let forgot = *outcome.as_ref().unwrap_or(&0);
             fenced = matches!(outcome, Err(StoreError::Fenced(_)));
             result = outcome.map(|_| ()).map_err(|error| error.to_string());
@@ -1119,7 +1148,11 @@ impl Store {
     /// Opens the store and reads back jobs and idempotency keys. Without `fsync`, commits are
     /// not flushed to disk (a crash of the machine, not only of the process, may lose the
     /// latest jobs): only for measuring what durability costs.
-    pub(crate) fn open(dir: &Path, fsync: bool) -> Result<(Store, Recovered), StoreError> {
+    pub(crate) fn open(
+        dir: &Path,
+        fsync: bool,
+        metrics: StoreMetrics,
+    ) -> Result<(Store, Recovered), StoreError> {
         let durability = if fsync {
             Durability::Immediate
         } else {
@@ -1171,7 +1204,7 @@ impl Store {
             // The first compaction waits as long as the others: none during a start-up burst.
             last_compaction: Instant::now(),
         };
-        Ok((Store::spawn(backend)?, recovered))
+        Ok((Store::spawn(backend, metrics)?, recovered))
     }
 }
 
@@ -1299,7 +1332,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (keyed, gone, late_cancel) = (JobId::new(), JobId::new(), JobId::new());
         {
-            let (store, _) = Store::open(dir.path(), true).unwrap();
+            let (store, _) = Store::open(dir.path(), true, StoreMetrics::default()).unwrap();
             for id in [keyed, late_cancel] {
                 store
                     .write(Write::Job {
@@ -1326,7 +1359,7 @@ pub(crate) mod tests {
             }
             txn.commit().unwrap();
         }
-        let (store, recovered) = Store::open(dir.path(), true).unwrap();
+        let (store, recovered) = Store::open(dir.path(), true, StoreMetrics::default()).unwrap();
         assert_eq!(
             recovered.keys,
             [StoredKey {
@@ -1352,7 +1385,7 @@ pub(crate) mod tests {
             .await
             .unwrap();
         store.write(Write::Close).await.unwrap();
-        let (store, recovered) = Store::open(dir.path(), true).unwrap();
+        let (store, recovered) = Store::open(dir.path(), true, StoreMetrics::default()).unwrap();
         assert!(recovered.keys.is_empty());
         assert_eq!(recovered.jobs.len(), 1);
         store.write(Write::Close).await.unwrap();
@@ -1398,7 +1431,8 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = JobId::new();
         {
-            let (store, recovered) = Store::open(dir.path(), true).unwrap();
+            let (store, recovered) =
+                Store::open(dir.path(), true, StoreMetrics::default()).unwrap();
             assert!(recovered.jobs.is_empty());
             store
                 .write(Write::Job {
@@ -1445,7 +1479,7 @@ pub(crate) mod tests {
                 .unwrap();
             // While it is open, nobody else may open it.
             assert!(matches!(
-                Store::open(dir.path(), true),
+                Store::open(dir.path(), true, StoreMetrics::default()),
                 Err(StoreError::Locked(_))
             ));
             // Closing commits what is queued and frees the directory before it resolves.
@@ -1456,7 +1490,7 @@ pub(crate) mod tests {
                 Err(StoreError::Stopped)
             ));
         }
-        let reopened = Store::open(dir.path(), true).ok();
+        let reopened = Store::open(dir.path(), true, StoreMetrics::default()).ok();
         let (_, recovered) = reopened.expect("the store reopens");
         assert_eq!(recovered.jobs.len(), 1);
         let job = &recovered.jobs[0];
@@ -1490,7 +1524,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (finished_job, running_job) = (JobId::new(), JobId::new());
         {
-            let (store, _) = Store::open(dir.path(), true).unwrap();
+            let (store, _) = Store::open(dir.path(), true, StoreMetrics::default()).unwrap();
             for id in [finished_job, running_job] {
                 store
                     .write(Write::Job {
@@ -1527,7 +1561,7 @@ pub(crate) mod tests {
             }
             txn.commit().unwrap();
         }
-        let (store, recovered) = Store::open(dir.path(), true).unwrap();
+        let (store, recovered) = Store::open(dir.path(), true, StoreMetrics::default()).unwrap();
         let job = |id| recovered.jobs.iter().find(|job| job.id == id).unwrap();
         let finished = job(finished_job);
         assert_eq!(finished.done.len(), 2);
@@ -1571,7 +1605,7 @@ pub(crate) mod tests {
         );
         let (small_id, large_id) = (JobId::new(), JobId::new());
         {
-            let (store, _) = Store::open(dir.path(), true).unwrap();
+            let (store, _) = Store::open(dir.path(), true, StoreMetrics::default()).unwrap();
             for (id, submit) in [(small_id, &small), (large_id, &large)] {
                 store
                     .write(Write::Job {
@@ -1599,7 +1633,7 @@ pub(crate) mod tests {
                 "only the large job is apart"
             );
         }
-        let (_, recovered) = Store::open(dir.path(), true).unwrap();
+        let (_, recovered) = Store::open(dir.path(), true, StoreMetrics::default()).unwrap();
         for (id, submit) in [(small_id, &small), (large_id, &large)] {
             let job = recovered.jobs.iter().find(|job| job.id == id).unwrap();
             let got = &job.record.submit;

@@ -1,9 +1,12 @@
 //! Per-app tallies: counters, final outcomes by reason, job and chunk latencies.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use parking_lot::Mutex;
-use volley_contracts::{AppCounters, ChunkReport, Histogram, LatencyStat, OutcomeCount, Platform};
+use volley_contracts::{
+    AppCounters, ChunkReport, Histogram, LatencyStat, OutcomeCount, Platform, RateSample,
+};
 
 /// (platform, outcome, class, reason) of an app's per-reason counters.
 type OutcomeKey = (Platform, &'static str, String, String);
@@ -50,6 +53,35 @@ pub(crate) struct TallyStats {
 #[derive(Debug, Default)]
 pub(crate) struct Tallies {
     apps: Mutex<HashMap<String, AppTally>>,
+    /// Over every app, for the dashboard's history: read without the lock.
+    delivered: AtomicU64,
+    invalid: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// How many once-a-second samples the dashboard's history keeps: ten minutes.
+pub(crate) const HISTORY_SAMPLES: usize = 600;
+
+/// The outcome totals, sampled once a second, the oldest dropped past [`HISTORY_SAMPLES`].
+#[derive(Debug, Default)]
+pub(crate) struct History {
+    samples: Mutex<VecDeque<RateSample>>,
+}
+
+impl History {
+    /// Adds a sample, dropping the oldest past the ring's size.
+    pub(crate) fn push(&self, sample: RateSample) {
+        let mut samples = self.samples.lock();
+        if samples.len() >= HISTORY_SAMPLES {
+            samples.pop_front();
+        }
+        samples.push_back(sample);
+    }
+
+    /// The samples, oldest first.
+    pub(crate) fn samples(&self) -> Vec<RateSample> {
+        self.samples.lock().iter().copied().collect()
+    }
 }
 
 impl Tallies {
@@ -79,6 +111,10 @@ impl Tallies {
             }
         }
         let platform = chunk.platform;
+        self.delivered
+            .fetch_add(u64::from(report.delivered), Relaxed);
+        self.invalid.fetch_add(report.invalid.len() as u64, Relaxed);
+        self.failed.fetch_add(report.failed.len() as u64, Relaxed);
         let mut apps = self.apps.lock();
         let tally = match apps.get_mut(chunk.app) {
             Some(tally) => tally,
@@ -114,6 +150,16 @@ impl Tallies {
                 .job_latency
                 .get_or_insert_with(Histogram::default)
                 .observe(job_ms);
+        }
+    }
+
+    /// Notifications delivered, found invalid and failed so far, over every app, at `at_ms`.
+    pub(crate) fn totals(&self, at_ms: u64) -> RateSample {
+        RateSample {
+            at_ms,
+            delivered: self.delivered.load(Relaxed),
+            invalid: self.invalid.load(Relaxed),
+            failed: self.failed.load(Relaxed),
         }
     }
 
@@ -168,5 +214,61 @@ impl Tallies {
             .chunk_latency
             .sort_by(|a, b| (&a.app, a.platform).cmp(&(&b.app, b.platform)));
         stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_history_keeps_the_last_ten_minutes_oldest_first() {
+        let history = History::default();
+        for at_ms in 0..(HISTORY_SAMPLES as u64 + 5) {
+            history.push(RateSample {
+                at_ms,
+                delivered: at_ms * 10,
+                invalid: 0,
+                failed: 0,
+            });
+        }
+        let samples = history.samples();
+        assert_eq!(samples.len(), HISTORY_SAMPLES);
+        assert_eq!(samples[0].at_ms, 5);
+        assert_eq!(
+            samples[HISTORY_SAMPLES - 1].at_ms,
+            HISTORY_SAMPLES as u64 + 4
+        );
+    }
+
+    #[test]
+    fn totals_add_every_app() {
+        let tallies = Tallies::default();
+        let report = ChunkReport {
+            delivered: 3,
+            invalid: vec![(0, "Unregistered".into(), None)],
+            ..ChunkReport::default()
+        };
+        for app in ["shop", "news"] {
+            tallies.count(ChunkTally {
+                app,
+                platform: Platform::Fcm,
+                report: &report,
+                success: 3,
+                error: 1,
+                took_ms: Some(5),
+                job_ms: None,
+            });
+        }
+        let totals = tallies.totals(7);
+        assert_eq!(
+            (
+                totals.at_ms,
+                totals.delivered,
+                totals.invalid,
+                totals.failed
+            ),
+            (7, 6, 2, 0)
+        );
     }
 }

@@ -65,6 +65,27 @@ impl Proc {
         found.unwrap_or_default()
     }
 
+    /// The base URL (`http://addr`) of the ops port (`/metrics`, `/healthz`, `/readyz`) of
+    /// this process's `role` (`controller`, `front`, `agent`; a standalone process has one
+    /// per role), read from its "ops listening" line, waiting for it.
+    pub fn ops_url(&self, role: &str) -> String {
+        let role_field = format!("\"role\":\"{role}\"");
+        let mut found = None;
+        wait_until_blocking(WAIT, &format!("the {role}'s ops port"), || {
+            found = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|line| line.contains(OPS_LISTENING) && line.contains(&role_field))
+                .cloned();
+            found.is_some()
+        })
+        .unwrap();
+        let line = found.unwrap_or_default();
+        format!("http://{}", json_field(&line, "addr"))
+    }
+
     /// How many stderr lines so far.
     pub fn line_count(&self) -> usize {
         self.lines.lock().unwrap().len()
@@ -145,16 +166,26 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
         .and_then(|value| value.trim().parse().ok())
 }
 
-/// The address in a process's "front listening" line.
-fn front_addr(proc: &Proc) -> String {
-    let line = proc.line_with("front listening", 0);
-    let marker = "\"addr\":\"";
-    let start = line.find(marker).expect("the front's line names its addr") + marker.len();
+/// The message of every role's ops port line (`volley_ops::serve`).
+const OPS_LISTENING: &str = "ops listening: /metrics /healthz /readyz";
+
+/// The string value of `field` in a JSON log line.
+fn json_field(line: &str, field: &str) -> String {
+    let marker = format!("\"{field}\":\"");
+    let start = line
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {field} in {line}"))
+        + marker.len();
     line[start..]
         .split('"')
         .next()
         .unwrap_or_default()
         .to_owned()
+}
+
+/// The address in a process's "front listening" line.
+fn front_addr(proc: &Proc) -> String {
+    json_field(&proc.line_with("front listening", 0), "addr")
 }
 
 /// Fakes, a controller, agents and fronts as processes.
@@ -528,6 +559,24 @@ subject = "mailto:ops@shop.example"
     /// The process named `name`.
     pub fn proc(&self, name: &str) -> &Proc {
         &self.procs[name]
+    }
+
+    /// The base URL of the ops port of the process named `name` (`controller…`, `front-…`,
+    /// `agent-…`; a standalone process's: its controller's), waiting for its line.
+    pub fn ops_url(&self, name: &str) -> String {
+        let role = if name.starts_with("front") {
+            "front"
+        } else if name.starts_with("agent") {
+            "agent"
+        } else {
+            "controller"
+        };
+        self.proc(name).ops_url(role)
+    }
+
+    /// A client of the ops port of the process named `name` (see [`ProcCluster::ops_url`]).
+    pub fn ops_client(&self, name: &str) -> FrontClient {
+        FrontClient::new(self.ops_url(name), None)
     }
 
     /// A client of the current front presenting the app's API key.
