@@ -96,11 +96,15 @@ impl Driver {
             child,
             url: format!("http://127.0.0.1:{port}"),
         };
-        wait_until(Duration::from_secs(20), "chromedriver to listen", || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        })
+        wait_until(
+            Duration::from_secs(20),
+            "chromedriver to listen",
+            || async {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            },
+        )
         .await
         .unwrap_or_else(|e| panic!("{e} (its log: {})", log.display()));
         driver
@@ -193,12 +197,7 @@ async fn row(browser: &Client, id: &str) -> Option<Row> {
 }
 
 /// Waits for the job's row to satisfy `check`; returns it.
-async fn wait_for_row(
-    browser: &Client,
-    id: &str,
-    what: &str,
-    check: impl Fn(&Row) -> bool,
-) -> Row {
+async fn wait_for_row(browser: &Client, id: &str, what: &str, check: impl Fn(&Row) -> bool) -> Row {
     let last = std::sync::Mutex::new(None);
     let waited = wait_until(WAIT, what, || async {
         let seen = row(browser, id).await;
@@ -254,7 +253,8 @@ async fn the_dashboard_shows_a_broadcast_live_in_a_browser() {
             ..FakeConfig::fcm()
         },
         tweak: |config| {
-            config.controller.chunk_size = 200;
+            // Small chunks: outcomes reach the controller (and the chart) often.
+            config.controller.chunk_size = 50;
             config.agent.concurrency = 10;
             config.front.operator_key = Some(Secret::new(OPERATOR_KEY));
         },
@@ -274,7 +274,9 @@ async fn the_dashboard_shows_a_broadcast_live_in_a_browser() {
         connection(&browser).await.0 == "live"
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}; the browser's driver logs to target/artifacts/chromedriver.log"));
+    .unwrap_or_else(|e| {
+        panic!("{e}; the browser's driver logs to target/artifacts/chromedriver.log")
+    });
 
     let body = json!({
         "title": "dashboard test",
@@ -314,7 +316,10 @@ async fn the_dashboard_shows_a_broadcast_live_in_a_browser() {
     let png = browser.screenshot().await.expect("a screenshot");
     let path = artifacts().join("dashboard.png");
     std::fs::write(&path, png).expect("the screenshot can be saved");
-    eprintln!("screenshot of the broadcast in progress: {}", path.display());
+    eprintln!(
+        "screenshot of the broadcast in progress: {}",
+        path.display()
+    );
 
     // The API listener: the page, but its data only with the operator key.
     let anonymous = FrontClient::new(cluster.front_url.clone(), None);
@@ -331,7 +336,10 @@ async fn the_dashboard_shows_a_broadcast_live_in_a_browser() {
     .await
     .unwrap();
     browser
-        .goto(&format!("{}/dashboard#key={OPERATOR_KEY}", cluster.front_url))
+        .goto(&format!(
+            "{}/dashboard#key={OPERATOR_KEY}",
+            cluster.front_url
+        ))
         .await
         .unwrap();
     wait_for_row(&browser, &id, "the job's row on the API listener", |_| true).await;
