@@ -1,5 +1,6 @@
 //! `volley demo`: a whole cluster in one process against the fakes, one large broadcast, a
-//! progress bar, and a summary checked against the fakes' own counters.
+//! progress bar, and a summary checked against the fakes' own counters. The front's live
+//! dashboard is printed first and stays up while the demo runs (and after it, with `--hold`).
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -36,6 +37,9 @@ pub struct DemoArgs {
     /// Hide the progress bar (for logs and CI).
     #[arg(long)]
     pub quiet: bool,
+    /// Keep the cluster and its dashboard running after the summary, until Ctrl-C.
+    #[arg(long)]
+    pub hold: bool,
 }
 
 /// What the demo measured.
@@ -133,6 +137,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
         ..ClusterOptions::default()
     })
     .await?;
+    // Before the broadcast, so that a browser can be opened on it while it runs.
+    println!(
+        "dashboard: {}/dashboard (open it now to watch the broadcast)",
+        cluster.front_ops_url
+    );
     let client = cluster.client();
     let subscriptions = webpush_subscriptions(&cluster.fake_webpush, webpush, args.invalid_every);
     let body = broadcast_body(apns, fcm, &subscriptions, args.invalid_every);
@@ -191,6 +200,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
     };
     let total_time = started.elapsed();
     bar.finish_and_clear();
+    if args.hold {
+        eprintln!(
+            "job final; the dashboard stays up at {}/dashboard until Ctrl-C, then the summary",
+            cluster.front_ops_url
+        );
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+    }
     let webpush = cluster.fake_webpush.stats();
     let fakes = tokio::task::spawn_blocking(move || cluster.shutdown()).await??;
     let report = DemoReport {

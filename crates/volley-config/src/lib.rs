@@ -746,11 +746,17 @@ impl Config {
     /// kept as built: their secrets serialise redacted and could not make the round trip.
     pub fn with_env_overrides(self) -> Result<Config, ConfigError> {
         let apps = self.apps.clone();
+        // Secrets serialise redacted: the key given here comes back as `<redacted>` unless
+        // the environment sets another.
+        let operator_key = self.front.operator_key.clone();
         let mut config: Config = Figment::from(Serialized::defaults(self))
             .merge(Env::prefixed("VOLLEY_").split("__").ignore(&["config"]))
             .extract()
             .map_err(|error| ConfigError::Parse(describe(error)))?;
         config.apps = apps;
+        if std::env::var_os("VOLLEY_FRONT__OPERATOR_KEY").is_none() {
+            config.front.operator_key = operator_key;
+        }
         Ok(config)
     }
 
@@ -1499,7 +1505,8 @@ mod tests {
     #[test]
     #[allow(clippy::result_large_err)] // figment's Jail API fixes the error type
     fn environment_overrides_a_config_built_in_code_and_keeps_its_secrets() {
-        let built = Config::from_toml(GOOD).unwrap();
+        let mut built = Config::from_toml(GOOD).unwrap();
+        built.front.operator_key = Some(Secret::new("operator-key-0123456789"));
         figment::Jail::expect_with(|jail| {
             jail.set_env("VOLLEY_CONTROLLER__FSYNC", "false");
             let config = built
@@ -1510,6 +1517,10 @@ mod tests {
             assert_eq!(
                 config.apps[0].api_keys[0].expose(),
                 "0123456789abcdef-secret"
+            );
+            assert_eq!(
+                config.front.operator_key.as_ref().map(Secret::expose),
+                Some("operator-key-0123456789")
             );
             Ok(())
         });

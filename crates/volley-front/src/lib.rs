@@ -25,6 +25,7 @@
 mod auth;
 mod batch;
 pub mod compat;
+mod dashboard;
 mod error;
 mod limit;
 mod link;
@@ -369,6 +370,9 @@ pub fn router(state: FrontState) -> Router {
     // Every route comes with its part of the OpenAPI document (`openapi::routes`).
     let (routes, _) = openapi::routes().split_for_parts();
     routes
+        // The dashboard is for operators, not API clients: not in the OpenAPI document, and
+        // its data only with `front.operator_key` here (`dashboard`).
+        .merge(dashboard::router(dashboard::Access::OperatorKey))
         .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

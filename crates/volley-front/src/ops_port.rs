@@ -1,4 +1,5 @@
-//! The front's ops port: `/metrics`, `/healthz`, `/readyz` without a key, for operators.
+//! The front's ops port: `/metrics`, `/healthz`, `/readyz` and the dashboard (`/dashboard`)
+//! without a key, for operators.
 
 use std::sync::{Arc, Weak};
 
@@ -7,6 +8,7 @@ use prometheus_client::registry::Registry;
 use serde_json::Map;
 use volley_ops::{Ops, ProcessCollector};
 
+use crate::dashboard::{self, Access};
 use crate::metrics::{Metrics, StateGauges};
 use crate::{FrontState, Inner};
 
@@ -38,7 +40,9 @@ pub(crate) fn ops(state: Weak<Inner>, metrics: Arc<Metrics>) -> Ops {
     )
 }
 
-/// The front's ops routes.
+/// The front's ops routes: the probes and metrics, and the dashboard and its data, open to
+/// whoever reaches the port.
 pub(crate) fn router(state: FrontState) -> Router {
-    state.inner.ops.router()
+    let dashboard = dashboard::router(Access::Open).with_state(state.clone());
+    state.inner.ops.router().merge(dashboard)
 }

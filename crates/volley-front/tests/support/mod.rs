@@ -26,6 +26,8 @@ use volley_contracts::{
 pub const SHOP_KEY: &str = "shop-key-0123456789abcdef";
 pub const NEWS_KEY: &str = "news-key-0123456789abcdef";
 pub const IOS_KEY: &str = "ios-key-0123456789abcdef";
+/// An invalid token of the fake controller's dashboard job: never in the dashboard's JSON.
+pub const DASHBOARD_SECRET_TOKEN: &str = "secret-device-token-0123456789";
 
 /// Three apps: `shop` (APNs and FCM, the default app), `news` (FCM only), `ios` (APNs only).
 pub fn config(extra_front: &str) -> Config {
@@ -189,10 +191,46 @@ impl Controller for FakeController {
     }
 
     async fn dashboard(self, context: Context, _jobs: u32) -> Result<DashboardView, WireError> {
+        let now_ms = 1_900_000_000_000;
+        // One job halfway through, with an invalid token the dashboard must not show.
+        let job = JobStatus {
+            id: JobId::new(),
+            app: "shop".into(),
+            state: JobState::Running,
+            accepted: 1_000,
+            delivered: 400,
+            failed: 5,
+            invalid: 10,
+            cancelled: 0,
+            pending: 585,
+            possible_duplicates: 0,
+            invalid_tokens: vec![volley_contracts::InvalidToken {
+                platform: Platform::Fcm,
+                token: DASHBOARD_SECRET_TOKEN.into(),
+                reason: "UNREGISTERED".into(),
+                timestamp_ms: None,
+            }],
+            failures: vec![volley_contracts::FailureCount {
+                platform: Platform::Apns,
+                class: "transient".into(),
+                reason: "ServiceUnavailable".into(),
+                count: 5,
+            }],
+            created_ms: now_ms - 3_000,
+            finished_ms: None,
+            waiting: None,
+            rejected: Default::default(),
+        };
+        let sample = |ago: u64, delivered: u64| volley_contracts::RateSample {
+            at_ms: now_ms - ago,
+            delivered,
+            invalid: 0,
+            failed: 0,
+        };
         Ok(DashboardView {
-            now_ms: 1_900_000_000_000,
-            jobs: Vec::new(),
-            history: Vec::new(),
+            now_ms,
+            jobs: vec![job],
+            history: vec![sample(2_000, 0), sample(1_000, 100), sample(0, 400)],
             stats: self.stats(context).await?,
         })
     }
@@ -302,7 +340,7 @@ pub async fn serve_controller_on(listener: TcpListener, controller: FakeControll
 /// A running front with its fake controller.
 pub struct Front {
     pub addr: SocketAddr,
-    /// The front's ops port.
+    /// The front's ops port (`/metrics`, `/dashboard`).
     pub ops_addr: SocketAddr,
     pub controller: FakeController,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
