@@ -229,7 +229,14 @@
       cursor: { drag: { x: false, y: false } },
       scales: { x: { time: true } },
       axes: [
-        { stroke: "#5f6b7a", grid: { stroke: "#e7ebf0" } },
+        {
+          stroke: "#5f6b7a",
+          grid: { stroke: "#e7ebf0" },
+          // Whole seconds at least: samples are a second apart.
+          space: 70,
+          incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300, 600],
+          values: (u, splits) => splits.map((s) => new Date(s * 1000).toLocaleTimeString()),
+        },
         { stroke: "#5f6b7a", grid: { stroke: "#e7ebf0" }, size: 60 },
       ],
       series: [
