@@ -126,6 +126,16 @@ impl Breaker {
         }
     }
 
+    /// The state as the `volley_agent_breaker_state` gauge shows it at `now`: 0 closed,
+    /// 1 half-open (a probe is out, or the next send is one), 2 open.
+    pub(crate) fn gauge(&self, now: Instant) -> i64 {
+        match self.state {
+            State::Closed => 0,
+            State::Open { until } if now < until => 2,
+            State::Open { .. } | State::HalfOpen { .. } => 1,
+        }
+    }
+
     /// How long the breaker has been open or half-open without a good probe, at `now`.
     pub(crate) fn open_for(&self, now: Instant) -> Option<Duration> {
         self.opened_at
@@ -243,6 +253,7 @@ mod tests {
     fn opens_on_a_failure_ratio_probes_after_the_cool_down_and_closes_on_success() {
         let t0 = Instant::now();
         let mut b = breaker(t0);
+        assert_eq!(b.gauge(t0), 0);
         // Nine failures are below min_requests: still closed.
         for _ in 0..9 {
             assert_eq!(b.admit(t0), GO);
@@ -255,13 +266,16 @@ mod tests {
         );
         // 9 of 10 failed: open for the cool-down.
         assert_eq!(b.open_until(t0), Some(t0 + Duration::from_secs(1)));
+        assert_eq!(b.gauge(t0), 2);
         assert_eq!(b.admit(t0), Admit::WaitUntil(t0 + Duration::from_secs(1)));
         // Late answers of sends made before it opened change nothing.
         b.record(t0, Signal::Healthy, false);
         assert!(b.open_until(t0).is_some());
 
         let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(b.gauge(t1), 1, "the next send probes");
         assert_eq!(b.admit(t1), PROBE);
+        assert_eq!(b.gauge(t1), 1);
         // Only one probe at a time; the others poll.
         assert!(matches!(b.admit(t1), Admit::WaitUntil(t) if t > t1));
         assert_eq!(b.open_until(t1), None, "half-open is not open");
@@ -269,6 +283,7 @@ mod tests {
             b.record(t1, Signal::Healthy, true),
             Some(Transition::Closed)
         );
+        assert_eq!(b.gauge(t1), 0);
         assert_eq!(b.admit(t1), GO);
     }
 

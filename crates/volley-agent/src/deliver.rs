@@ -17,6 +17,7 @@ use volley_provider::{Outcome, Reason};
 
 use crate::breaker::{Admit, Breaker, Signal, Transition};
 use crate::limit::RateLimit;
+use crate::ops::LaneMetrics;
 use crate::retry::{decide, Decision, RetryPolicy, RetryState};
 
 /// One app's provider on this agent: its breaker and rate limit, shared by all its chunks.
@@ -28,6 +29,8 @@ pub(crate) struct Lane {
     pub(crate) limit: Option<RateLimit>,
     /// Longest a notification waits for an open breaker.
     pub(crate) max_wait: Duration,
+    /// Its metrics, resolved once.
+    pub(crate) metrics: LaneMetrics,
 }
 
 /// The time limits of one chunk's notifications.
@@ -319,6 +322,7 @@ where
         progress.in_flight.fetch_add(1, Ordering::Relaxed);
         let outcome = send(token).await;
         let in_flight = progress.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
+        lane.metrics.response(&outcome);
         let untouched = match &outcome {
             Outcome::Transient {
                 maybe_delivered, ..
@@ -337,6 +341,7 @@ where
         };
         match transition {
             Some(Transition::Opened(cool_down)) => {
+                lane.metrics.breaker_opened();
                 tracing::warn!(lane = %lane.name, class = outcome.class(), reason = ?outcome.reason().map(Reason::as_str), ?cool_down, "circuit open: sends paused");
             }
             Some(Transition::Closed) => {
@@ -353,7 +358,10 @@ where
         match decide(&retry, &mut state, &outcome, now, latest, jitter) {
             Decision::Final => return Ok((outcome, state)),
             // Waiting here holds no stream: the request is already answered.
-            Decision::Retry(delay) => tokio::time::sleep(delay).await,
+            Decision::Retry(delay) => {
+                lane.metrics.retried();
+                tokio::time::sleep(delay).await;
+            }
         }
     }
 }
@@ -417,6 +425,7 @@ mod tests {
             breaker: Mutex::new(Breaker::new(config, Duration::from_secs(10), now)),
             limit: rate.map(|rate| RateLimit::new(rate, now)),
             max_wait,
+            metrics: LaneMetrics::detached(),
         }
     }
 
@@ -483,6 +492,8 @@ mod tests {
         assert_eq!(report.possible_duplicates, 1);
         // ok 1 + flaky 2 + dead 1 + down 3
         assert_eq!(calls.load(Ordering::Relaxed), 7);
+        assert_eq!(lane.metrics.responses_so_far(), 7);
+        assert_eq!(lane.metrics.retries_so_far(), 3);
     }
 
     #[tokio::test(start_paused = true)]

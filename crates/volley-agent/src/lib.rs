@@ -35,6 +35,7 @@ use std::time::{Duration, SystemTime};
 
 use deliver::{Lane, Limits};
 use holdings::Holdings;
+use ops::{ChunkResults, LaneMetrics, Metrics, Provider, Registration, TokensInFlight};
 
 use futures::StreamExt;
 use parking_lot::Mutex;
@@ -87,8 +88,13 @@ struct AppClients {
     webpush: Option<(volley_webpush::WebPushClient, Arc<Lane>)>,
 }
 
-/// A breaker and a rate limit for one app's provider.
-fn lane(name: String, agent: &volley_config::AgentConfig, rate_limit: Option<u32>) -> Arc<Lane> {
+/// A breaker, a rate limit and the metrics of one app's provider.
+fn lane(
+    name: String,
+    agent: &volley_config::AgentConfig,
+    rate_limit: Option<u32>,
+    metrics: LaneMetrics,
+) -> Arc<Lane> {
     let now = tokio::time::Instant::now();
     // A probe unanswered after a whole request timeout was lost with its chunk.
     let probe_timeout = agent.request_timeout + Duration::from_secs(1);
@@ -101,14 +107,19 @@ fn lane(name: String, agent: &volley_config::AgentConfig, rate_limit: Option<u32
         )),
         limit: rate_limit.map(|rate| limit::RateLimit::new(rate, now)),
         max_wait: agent.breaker.max_wait,
+        metrics,
     })
 }
 
-/// Builds every app's clients from the configuration; errors name the key at fault.
-fn build_clients(config: &Config) -> Result<HashMap<String, AppClients>, AgentError> {
+/// Builds every app's clients from the configuration, their metrics resolved from
+/// `metrics`; errors name the key at fault.
+fn build_clients(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<HashMap<String, AppClients>, AgentError> {
     let mut apps = HashMap::new();
     for (index, app) in config.apps.iter().enumerate() {
-        apps.insert(app.name.clone(), app_clients(config, index, app)?);
+        apps.insert(app.name.clone(), app_clients(config, index, app, metrics)?);
     }
     if apps.is_empty() {
         return Err(AgentError::NoApps);
@@ -123,7 +134,12 @@ fn read(key: String, path: &std::path::Path) -> Result<String, AgentError> {
     })
 }
 
-fn app_clients(config: &Config, index: usize, app: &AppConfig) -> Result<AppClients, AgentError> {
+fn app_clients(
+    config: &Config,
+    index: usize,
+    app: &AppConfig,
+    metrics: &Metrics,
+) -> Result<AppClients, AgentError> {
     let agent = &config.agent;
     let prefix = format!("apps[{index}]");
     let invalid = |field: &str, message: String| AgentError::Credentials {
@@ -165,10 +181,12 @@ fn app_clients(config: &Config, index: usize, app: &AppConfig) -> Result<AppClie
                     ))
                 }
             };
+            let lane_metrics = metrics.lane(&app.name, Provider::Apns);
             let mut client_config = volley_apns::ApnsConfig::new(endpoint, auth);
             client_config.connections = agent.connections;
             client_config.request_timeout = agent.request_timeout;
             client_config.tls = tls;
+            client_config.stats = lane_metrics.pool().clone();
             Some((
                 volley_apns::ApnsClient::new(client_config)
                     .map_err(|error| invalid("apns", error.to_string()))?,
@@ -176,6 +194,7 @@ fn app_clients(config: &Config, index: usize, app: &AppConfig) -> Result<AppClie
                     format!("{}/APNs", app.name),
                     agent,
                     apns.rate_limit_per_second,
+                    lane_metrics,
                 ),
             ))
         }
@@ -204,6 +223,8 @@ fn app_clients(config: &Config, index: usize, app: &AppConfig) -> Result<AppClie
                 extra_ca_pem: fcm.ca_file.clone(),
                 ..TlsOptions::default()
             };
+            let lane_metrics = metrics.lane(&app.name, Provider::Fcm);
+            client_config.stats = lane_metrics.pool().clone();
             Some((
                 volley_fcm::FcmClient::new(client_config)
                     .map_err(|error| invalid("fcm", error.to_string()))?,
@@ -211,6 +232,7 @@ fn app_clients(config: &Config, index: usize, app: &AppConfig) -> Result<AppClie
                     format!("{}/FCM", app.name),
                     agent,
                     fcm.rate_limit_per_second,
+                    lane_metrics,
                 ),
             ))
         }
@@ -259,6 +281,8 @@ fn app_clients(config: &Config, index: usize, app: &AppConfig) -> Result<AppClie
                 extra_ca_pem: webpush.ca_file.clone(),
                 ..TlsOptions::default()
             };
+            let lane_metrics = metrics.lane(&app.name, Provider::WebPush);
+            client_config.stats = lane_metrics.pool().clone();
             Some((
                 volley_webpush::WebPushClient::new(client_config).map_err(|error| {
                     let key = match error {
@@ -272,6 +296,7 @@ fn app_clients(config: &Config, index: usize, app: &AppConfig) -> Result<AppClie
                     format!("{}/WebPush", app.name),
                     agent,
                     webpush.rate_limit_per_second,
+                    lane_metrics,
                 ),
             ))
         }
@@ -301,6 +326,10 @@ struct AgentServer {
     link_closed: CancellationToken,
     /// Calls refused for the caller's role.
     denied: Arc<AtomicU64>,
+    /// Chunks finished, by result.
+    chunk_results: ChunkResults,
+    /// Tokens of the chunks being sent.
+    tokens_in_flight: TokensInFlight,
 }
 
 impl Agent for AgentServer {
@@ -397,6 +426,7 @@ impl AgentServer {
                 .map(|(slot, (chunk, lease))| async move {
                     let (id, epoch) = (chunk.id, chunk.epoch);
                     let answer = server.deliver_held(chunk, lease, deadline).await;
+                    server.chunk_results.finished(&answer);
                     // Kept until the controller has it on disk, whether or not the call is
                     // still there to answer.
                     server.holdings.finish(id, epoch, &answer);
@@ -417,6 +447,7 @@ impl AgentServer {
         deadline: std::time::Instant,
     ) -> Result<ChunkReport, WireError> {
         let id = chunk.id;
+        let _tokens = self.tokens_in_flight.hold(chunk.tokens.len());
         tokio::select! {
             result = self.deliver_chunk(chunk, deadline) => result,
             // Dropping the delivery stops sending the rest of the chunk: it is another
@@ -614,7 +645,8 @@ pub async fn run(
     links: Links,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
-    let apps = build_clients(&config)?;
+    let metrics = Metrics::new();
+    let apps = build_clients(&config, &metrics)?;
     let agent = &config.agent;
     let local = listener.local_addr()?;
     let advertise = agent.advertise.clone().unwrap_or_else(|| local.to_string());
@@ -638,6 +670,19 @@ pub async fn run(
         .collect();
     served.sort_by(|a, b| a.app.cmp(&b.app));
     let app_names: Vec<String> = served.iter().map(ToString::to_string).collect();
+    let ready_apps: Vec<String> = served.iter().map(|app| app.app.clone()).collect();
+    let mut lanes: Vec<Arc<Lane>> = apps
+        .values()
+        .flat_map(|clients| {
+            [
+                clients.apns.as_ref().map(|(_, lane)| lane.clone()),
+                clients.fcm.as_ref().map(|(_, lane)| lane.clone()),
+                clients.webpush.as_ref().map(|(_, lane)| lane.clone()),
+            ]
+        })
+        .flatten()
+        .collect();
+    lanes.sort_by(|a, b| a.name.cmp(&b.name));
     let server = AgentServer {
         apps: Arc::new(apps),
         per_chunk_concurrency: (agent.concurrency / agent.window as usize).max(1),
@@ -652,6 +697,8 @@ pub async fn run(
         peer: None,
         link_closed: CancellationToken::new(),
         denied: Arc::default(),
+        chunk_results: metrics.chunks.clone(),
+        tokens_in_flight: metrics.tokens_in_flight.clone(),
     };
     let stop = CancellationToken::new();
     tracing::info!(listen = %local, %advertise, %name, apps = ?app_names, "agent listening");
@@ -702,7 +749,17 @@ pub async fn run(
             .map(|addr| addr.to_string())
             .unwrap_or_default(),
     };
-    let ops_port = ops::ops();
+    let registration = Arc::new(Registration::default());
+    let ops_port = metrics.into_ops(
+        ops::Gauges {
+            lanes,
+            holdings: server.holdings.clone(),
+            registration: registration.clone(),
+            links: links.clone(),
+        },
+        ready_apps,
+        server.draining.clone(),
+    );
     let ops_served = tokio::spawn(volley_ops::serve(
         ops,
         "agent",
@@ -715,6 +772,7 @@ pub async fn run(
         links,
         agent.heartbeat_interval,
         server.clone(),
+        registration,
         stop.clone(),
     ));
 
@@ -781,6 +839,7 @@ async fn keep_registered(
     links: Links,
     interval: Duration,
     server: AgentServer,
+    ready: Arc<Registration>,
     stop: CancellationToken,
 ) {
     let addrs = volley_contracts::controller_addresses(&controller);
@@ -875,6 +934,7 @@ async fn keep_registered(
         holdings.unclaim_all();
         let controller = &addrs[index % addrs.len()];
         tracing::info!(agent = %id, %controller, held = holdings.len(), "registered with the controller");
+        ready.registered(id, controller);
         let mut tick = tokio::time::interval(interval);
         loop {
             tokio::select! {
@@ -953,6 +1013,7 @@ async fn keep_registered(
                 }
             }
         }
+        ready.lost();
     }
 }
 

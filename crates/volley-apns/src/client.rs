@@ -137,6 +137,7 @@ impl ApnsClient {
             request_timeout: config.request_timeout,
             tls: config.tls,
             max_resends: MAX_RESENDS,
+            stats: config.stats,
             ..PoolConfig::new(config.endpoint)
         })?;
         Ok(ApnsClient {

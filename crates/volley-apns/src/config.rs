@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use volley_provider::tls::TlsOptions;
-use volley_provider::Endpoint;
+use volley_provider::{Endpoint, PoolStats};
 
 /// One APNs client's configuration: one endpoint, one credential.
 #[derive(Clone)]
@@ -20,6 +20,8 @@ pub struct ApnsConfig {
     pub tls: TlsOptions,
     /// How requests are authorised.
     pub auth: ApnsAuth,
+    /// Where the connections, streams and request latencies are counted (the agent's metrics).
+    pub stats: PoolStats,
 }
 
 impl ApnsConfig {
@@ -34,6 +36,7 @@ impl ApnsConfig {
             request_timeout: Duration::from_secs(10),
             tls: TlsOptions::default(),
             auth,
+            stats: PoolStats::default(),
         }
     }
 }
@@ -46,6 +49,7 @@ impl fmt::Debug for ApnsConfig {
             .field("request_timeout", &self.request_timeout)
             .field("tls", &self.tls)
             .field("auth", &self.auth)
+            .field("stats", &self.stats)
             .finish()
     }
 }

@@ -122,6 +122,7 @@ impl FcmClient {
             tls: config.tls.clone(),
             max_resends: MAX_RESENDS,
             resolver: None,
+            stats: config.stats,
         })?;
         // The token endpoint gets its own single connection: one request an hour.
         let token_pool = Pool::new(PoolConfig {
@@ -132,6 +133,7 @@ impl FcmClient {
             tls: config.tls,
             max_resends: MAX_RESENDS,
             resolver: None,
+            stats: volley_provider::PoolStats::default(),
         })?;
         let source = OAuthSource {
             signer,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 use volley_provider::tls::TlsOptions;
-use volley_provider::Endpoint;
+use volley_provider::{Endpoint, PoolStats};
 
 /// Google's OAuth 2.0 token endpoint, the only `token_uri` trusted without configuration.
 pub const GOOGLE_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
@@ -30,6 +30,9 @@ pub struct FcmConfig {
     pub request_timeout: Duration,
     /// TLS options for FCM and the token endpoint.
     pub tls: TlsOptions,
+    /// Where the connections, streams and request latencies to FCM are counted (the agent's
+    /// metrics); the token endpoint's one request an hour is not.
+    pub stats: PoolStats,
 }
 
 impl FcmConfig {
@@ -43,6 +46,7 @@ impl FcmConfig {
             connections: 4,
             request_timeout: Duration::from_secs(10),
             tls: TlsOptions::default(),
+            stats: PoolStats::default(),
         }
     }
 }
@@ -69,6 +73,7 @@ impl fmt::Debug for FcmConfig {
             .field("connections", &self.connections)
             .field("request_timeout", &self.request_timeout)
             .field("tls", &self.tls)
+            .field("stats", &self.stats)
             .finish()
     }
 }

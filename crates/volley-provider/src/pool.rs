@@ -38,6 +38,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::outcome::{Outcome, Reason};
+use crate::stats::{OpenConnection, PoolStats};
 use crate::tls::{TlsError, TlsOptions};
 
 /// Response bodies beyond this are cut off: provider bodies are small JSON documents.
@@ -212,6 +213,9 @@ pub struct PoolConfig {
     pub max_resends: u32,
     /// Where connections go: `None` resolves the endpoint's host with the system resolver.
     pub resolver: Option<Arc<dyn Resolve>>,
+    /// Where the pool counts its connections, streams and request latencies (a clone of the
+    /// owner's, to read them; a fresh one by default).
+    pub stats: PoolStats,
 }
 
 impl fmt::Debug for PoolConfig {
@@ -224,6 +228,7 @@ impl fmt::Debug for PoolConfig {
             .field("tls", &self.tls)
             .field("max_resends", &self.max_resends)
             .field("resolver", &self.resolver.as_ref().map(|_| "custom"))
+            .field("stats", &self.stats)
             .finish()
     }
 }
@@ -240,6 +245,7 @@ impl PoolConfig {
             tls: TlsOptions::default(),
             max_resends: 3,
             resolver: None,
+            stats: PoolStats::default(),
         }
     }
 }
@@ -327,6 +333,7 @@ struct Inner {
     max_resends: u32,
     scheme: Scheme,
     authority: Authority,
+    stats: PoolStats,
 }
 
 /// Everything needed to open one connection; shared with the connect tasks.
@@ -335,6 +342,7 @@ struct Connector {
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     connect_timeout: Duration,
     resolver: Option<Arc<dyn Resolve>>,
+    stats: PoolStats,
 }
 
 #[derive(Default)]
@@ -405,6 +413,7 @@ impl Pool {
                     tls,
                     connect_timeout: config.connect_timeout,
                     resolver: config.resolver,
+                    stats: config.stats.clone(),
                 }),
                 slots,
                 next: AtomicUsize::new(0),
@@ -412,6 +421,7 @@ impl Pool {
                 max_resends: config.max_resends,
                 scheme,
                 authority,
+                stats: config.stats,
             }),
         })
     }
@@ -432,10 +442,26 @@ impl Pool {
         F: Fn() -> http::Request<()>,
     {
         let limit = self.inner.request_timeout;
-        match tokio::time::timeout(limit, self.inner.send(&make, &body)).await {
+        let stats = &self.inner.stats;
+        // The clock is read only for an owner that wants the latency.
+        let started = stats.observes().then(std::time::Instant::now);
+        let result = match tokio::time::timeout(limit, self.inner.send(&make, &body)).await {
             Ok(result) => result,
             Err(_) => Err(SendError::Timeout(limit)),
+        };
+        // A request that found no connection never reached the provider: its "latency"
+        // would be the pool's fail-fast, not the provider's.
+        if let Some(started) = started {
+            if !matches!(result, Err(SendError::Connect { .. })) {
+                stats.observe_request(started.elapsed());
+            }
         }
+        result
+    }
+
+    /// The counts of this pool (shared with every clone of its configuration's `stats`).
+    pub fn stats(&self) -> &PoolStats {
+        &self.inner.stats
     }
 }
 
@@ -463,7 +489,7 @@ impl Inner {
         loop {
             let lease = self.acquire().await?;
             let (slot, generation) = (lease.slot, lease.generation);
-            match attempt(lease.send, self.complete(make()), body).await {
+            match attempt(lease.send, self.complete(make()), body, &self.stats).await {
                 Ok(response) => return Ok(response),
                 Err(Failure::Stale(e)) => {
                     self.retire(slot, generation);
@@ -623,6 +649,7 @@ impl Inner {
                 pool: pool.clone(),
                 slot,
                 generation,
+                open: None,
             };
             let result =
                 match tokio::time::timeout(connector.connect_timeout, connector.connect(on_close))
@@ -678,6 +705,8 @@ struct CloseHook {
     pool: Weak<Inner>,
     slot: usize,
     generation: u64,
+    /// Counts the connection open from its handshake until its driver ends.
+    open: Option<OpenConnection>,
 }
 
 impl CloseHook {
@@ -690,7 +719,7 @@ impl CloseHook {
 
 impl Connector {
     /// Opens TCP, TLS and HTTP/2; the error is a message for [`SendError::Connect`].
-    async fn connect(&self, on_close: CloseHook) -> Result<SendRequest<Bytes>, String> {
+    async fn connect(&self, mut on_close: CloseHook) -> Result<SendRequest<Bytes>, String> {
         let endpoint = &self.endpoint;
         let tcp = match &self.resolver {
             None => TcpStream::connect((endpoint.host.as_str(), endpoint.port))
@@ -703,6 +732,7 @@ impl Connector {
         };
         // Requests are small and latency-bound; never let Nagle hold a HEADERS frame back.
         let _ = tcp.set_nodelay(true);
+        on_close.open = Some(self.stats.connection());
         match &self.tls {
             None => handshake(tcp, on_close).await,
             Some((connector, name)) => {
@@ -800,6 +830,7 @@ async fn attempt(
     send: SendRequest<Bytes>,
     request: http::Request<()>,
     body: &Bytes,
+    stats: &PoolStats,
 ) -> Result<Response, Failure> {
     let mut send = send.ready().await.map_err(Failure::Stale)?;
     let end_of_stream = body.is_empty();
@@ -811,6 +842,8 @@ async fn attempt(
         }
     })?;
     drop(send);
+    // Until the response is read in full, or the attempt is dropped (its request timed out).
+    let _in_flight = stats.stream();
     if !end_of_stream {
         // A failure here is h2's "inactive stream": the connection task closed the stream
         // meanwhile (refused, above a GOAWAY, reset, connection lost). The response future

@@ -473,3 +473,51 @@ async fn a_resolver_refusal_is_a_connect_error_carrying_its_message() {
     assert_eq!(message, "endpoint host is 127.0.0.1, a loopback address");
     assert_eq!(server.connections(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stats_count_connections_streams_and_one_latency_per_request() {
+    let server = TestServer::start(None, Behaviour::Echo, None).await;
+    let observed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stats = volley_provider::PoolStats::observed({
+        let observed = observed.clone();
+        std::sync::Arc::new(move |_| {
+            observed.fetch_add(1, Ordering::Relaxed);
+        })
+    });
+    let mut config = PoolConfig::new(server.endpoint());
+    config.connections = 2;
+    config.stats = stats.clone();
+    let pool = Pool::new(config).unwrap();
+    let sends = (0..200).map(|i| {
+        let pool = pool.clone();
+        async move { pool.send(post(i), Bytes::from_static(b"x")).await.unwrap() }
+    });
+    join_all(sends).await;
+    assert_eq!(observed.load(Ordering::Relaxed), 200);
+    assert_eq!(stats.streams_in_flight(), 0);
+    assert!((1..=2).contains(&stats.connections()), "{stats:?}");
+    assert_eq!(pool.stats().connections(), stats.connections());
+
+    // Connections are counted closed when they end (the pool dropped its handles); a request
+    // that finds no server has no latency.
+    drop(pool);
+    wait_for(|| stats.connections() == 0).await;
+    let mut config = PoolConfig::new("http://127.0.0.1:1".parse().unwrap());
+    config.stats = stats.clone();
+    let pool = Pool::new(config).unwrap();
+    let refused = pool.send(post(0), Bytes::new()).await;
+    assert!(
+        matches!(refused, Err(SendError::Connect { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(observed.load(Ordering::Relaxed), 200);
+}
+
+/// Polls `done` every 10 ms for at most 5 s.
+async fn wait_for(done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 use volley_provider::tls::{TlsError, TlsOptions};
-use volley_provider::{Endpoint, Outcome, Pool, PoolConfig, Reason, SendError};
+use volley_provider::{Endpoint, Outcome, Pool, PoolConfig, PoolStats, Reason, SendError};
 
 use crate::classify::classify;
 use crate::connect::{connect_tls, ConnectError, GuardResolver};
@@ -88,6 +88,9 @@ pub struct WebPushConfig {
     pub connect_timeout: Duration,
     /// Origins whose connections are kept; beyond it the least recently used is closed.
     pub max_origins: usize,
+    /// Where the HTTP/2 connections and streams of every origin are counted, summed, and the
+    /// latency of every request (HTTP/1.1 ones too) observed (the agent's metrics).
+    pub stats: PoolStats,
 }
 
 impl WebPushConfig {
@@ -105,6 +108,7 @@ impl WebPushConfig {
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             max_origins: 1024,
+            stats: PoolStats::default(),
         }
     }
 }
@@ -268,6 +272,8 @@ struct Inner {
     request_timeout: Duration,
     connect_timeout: Duration,
     max_origins: usize,
+    /// Shared by every origin's HTTP/2 pool; HTTP/1.1 requests are observed through it too.
+    stats: PoolStats,
     /// Keyed by the endpoint's authority as written (`host[:port]`), so that the lookup
     /// borrows from the token.
     origins: RwLock<HashMap<Box<str>, Arc<Origin>>>,
@@ -350,6 +356,7 @@ impl WebPushClient {
                 request_timeout: config.request_timeout,
                 connect_timeout: config.connect_timeout,
                 max_origins: config.max_origins,
+                stats: config.stats,
                 origins: RwLock::new(HashMap::new()),
                 clock: AtomicU64::new(0),
                 last_sweep: AtomicU64::new(now_unix()),
@@ -461,7 +468,20 @@ impl WebPushClient {
                     request
                 };
                 let limit = self.inner.request_timeout;
-                match tokio::time::timeout(limit, pool.send(make)).await {
+                let stats = &self.inner.stats;
+                let started = stats.observes().then(std::time::Instant::now);
+                let result = tokio::time::timeout(limit, pool.send(make)).await;
+                if let Some(started) = started {
+                    if !matches!(
+                        result,
+                        Ok(Err(
+                            H1Error::Refused(_) | H1Error::Send(SendError::Connect { .. })
+                        ))
+                    ) {
+                        stats.observe_request(started.elapsed());
+                    }
+                }
+                match result {
                     Ok(Ok(response)) => {
                         answered(&origin, response.status, &response.headers, &response.body)
                     }
@@ -765,6 +785,7 @@ impl Origin {
                     connect_timeout: client.connect_timeout,
                     tls: client.tls.clone(),
                     resolver: Some(self.resolver.clone()),
+                    stats: client.stats.clone(),
                     ..PoolConfig::new(Endpoint {
                         tls: true,
                         host: self.host.clone(),
