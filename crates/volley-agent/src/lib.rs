@@ -739,15 +739,13 @@ pub async fn run(
             }
         })
     };
+    let ops_addr = ops_address(ops.local_addr().ok(), &advertise);
     let info = AgentInfo {
         name,
         addr: advertise,
         apps: served,
         window: agent.window,
-        ops_addr: ops
-            .local_addr()
-            .map(|addr| addr.to_string())
-            .unwrap_or_default(),
+        ops_addr,
     };
     let registration = Arc::new(Registration::default());
     let ops_port = metrics.into_ops(
@@ -818,6 +816,20 @@ pub async fn run(
     Ok(())
 }
 
+/// The ops port's address as operators should reach it: bound to every interface
+/// (`0.0.0.0:9071`), the host the controller dials (`agent.advertise`) with the ops port.
+fn ops_address(bound: Option<std::net::SocketAddr>, advertise: &str) -> String {
+    let Some(bound) = bound else {
+        return String::new();
+    };
+    if bound.ip().is_unspecified() {
+        if let Some((host, _)) = advertise.rsplit_once(':') {
+            return format!("{host}:{}", bound.port());
+        }
+    }
+    bound.to_string()
+}
+
 /// The most bytes of reports one `report` call carries (a quarter of a node's frame).
 const REPORT_BYTES: usize = NODE_FRAME_BYTES / 4;
 
@@ -858,7 +870,12 @@ async fn keep_registered(
     };
     loop {
         let attempt = async {
-            let (client, index) = match leader_hint.take() {
+            // The client, where the next look starts among `addrs`, and the address dialled.
+            let first = |(client, index): (ControllerClient, usize)| {
+                let dialled = addrs[index % addrs.len()].clone();
+                (client, index, dialled)
+            };
+            let (client, index, dialled) = match leader_hint.take() {
                 Some(leader) => {
                     match volley_contracts::connect_controller(leader.as_str(), &links).await {
                         Ok(client) => (
@@ -867,14 +884,17 @@ async fn keep_registered(
                                 .iter()
                                 .position(|addr| *addr == leader)
                                 .unwrap_or(from),
+                            leader,
                         ),
                         Err(_) => volley_contracts::connect_first_controller(&addrs, from, &links)
                             .await
+                            .map(first)
                             .map_err(|error| (error.to_string(), None))?,
                     }
                 }
                 None => volley_contracts::connect_first_controller(&addrs, from, &links)
                     .await
+                    .map(first)
                     .map_err(|error| (error.to_string(), None))?,
             };
             let registration = client
@@ -886,7 +906,12 @@ async fn keep_registered(
                         (error.code == ErrorCode::NotLeader).then(|| (index, error.leader.clone()));
                     (error.to_string(), standby)
                 })?;
-            Ok::<_, (String, Option<(usize, Option<String>)>)>((client, registration, index))
+            Ok::<_, (String, Option<(usize, Option<String>)>)>((
+                client,
+                registration,
+                index,
+                dialled,
+            ))
         };
         // While no controller renews them, the chunks being sent stop once a lease time has
         // passed since the last renewal, to the moment: a restarted controller sends those it
@@ -898,7 +923,7 @@ async fn keep_registered(
             std::future::pending::<()>().await
         };
         tokio::pin!(lapses);
-        let (client, registration, index) = tokio::select! {
+        let (client, registration, index, dialled) = tokio::select! {
             () = stop.cancelled() => return,
             () = &mut lapses => unreachable!("never ends"),
             result = attempt => match result {
@@ -932,7 +957,7 @@ async fn keep_registered(
         backoff = Duration::from_millis(100);
         // Claims were the previous controller's: this one claims afresh.
         holdings.unclaim_all();
-        let controller = &addrs[index % addrs.len()];
+        let controller = &dialled;
         tracing::info!(agent = %id, %controller, held = holdings.len(), "registered with the controller");
         ready.registered(id, controller);
         let mut tick = tokio::time::interval(interval);
@@ -1054,5 +1079,23 @@ async fn send_reports(
             Ok(Err(error)) => return Err(Lost::Link(error.to_string())),
             Err(error) => return Err(Lost::Link(error.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_ops_port_on_every_interface_is_named_by_the_advertised_host() {
+        let any = "0.0.0.0:9071".parse().ok();
+        assert_eq!(
+            super::ops_address(any, "a1.internal:7071"),
+            "a1.internal:9071"
+        );
+        let local = "127.0.0.1:4000".parse().ok();
+        assert_eq!(
+            super::ops_address(local, "a1.internal:7071"),
+            "127.0.0.1:4000"
+        );
+        assert_eq!(super::ops_address(None, "a1.internal:7071"), "");
     }
 }

@@ -439,45 +439,45 @@ impl Collector for Gauges {
         gauges(
             &mut encoder,
             "volley_agent_breaker_state",
-            "State of an app's provider breaker: 0 closed, 1 half-open, 2 open.",
+            "State of an app's provider breaker: 0 closed, 1 half-open, 2 open",
             lanes().map(|(labels, lane)| (labels, lane.breaker.lock().gauge(now))),
         )?;
         let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         gauges(
             &mut encoder,
             "volley_agent_connections",
-            "HTTP/2 connections open to an app's provider (Web Push: summed over push services).",
+            "HTTP/2 connections open to an app's provider (Web Push: summed over push services)",
             lanes().map(|(labels, lane)| (labels, count(lane.metrics.pool.connections()))),
         )?;
         gauges(
             &mut encoder,
             "volley_agent_streams_in_flight",
-            "HTTP/2 requests sent to an app's provider and not answered yet.",
+            "HTTP/2 requests sent to an app's provider and not answered yet",
             lanes().map(|(labels, lane)| (labels, count(lane.metrics.pool.streams_in_flight()))),
         )?;
         gauge(
             &mut encoder,
             "volley_agent_chunks_in_flight",
-            "Chunks being sent.",
+            "Chunks being sent",
             count(self.holdings.sending()),
         )?;
         gauge(
             &mut encoder,
             "volley_agent_chunks_held",
-            "Chunks held until the controller releases them: being sent, or finished and not yet on the controller's disk.",
+            "Chunks held until the controller releases them: being sent, or finished and not yet on the controller's disk",
             count(self.holdings.len()),
         )?;
         gauge(
             &mut encoder,
             "volley_agent_registered",
-            "1 while the agent is registered with a controller, 0 otherwise.",
+            "1 while the agent is registered with a controller, 0 otherwise",
             i64::from(self.registration.is_registered()),
         )?;
         if let Some(not_after) = self.links.not_after() {
             gauge(
                 &mut encoder,
                 "volley_agent_certificate_expiry_timestamp_seconds",
-                "When the agent's link certificate expires, in seconds since the Unix epoch.",
+                "When the agent's link certificate expires, in seconds since the Unix epoch",
                 not_after,
             )?;
         }

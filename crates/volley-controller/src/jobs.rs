@@ -7,7 +7,7 @@
 //! committed, a repeat with the same fingerprint is answered with its job, and one with
 //! another fingerprint is refused as a reused key (`422`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -48,7 +48,9 @@ pub(crate) struct JobTable {
     jobs: Mutex<HashMap<JobId, Arc<Job>>>,
     /// The jobs not final yet (also in `jobs`): the dashboard lists them without a walk over
     /// the finished jobs kept.
-    unfinished: Mutex<HashMap<JobId, Arc<Job>>>,
+    /// Keyed by id: ids are UUIDv7s, so the map is in creation order and the newest are at its
+    /// end.
+    unfinished: Mutex<BTreeMap<JobId, Arc<Job>>>,
     /// Idempotency keys by app.
     idempotency: Mutex<Keys>,
     /// Finished jobs still kept, oldest first, with when they finished.
@@ -187,17 +189,17 @@ impl JobTable {
         std::array::from_fn(|slot| self.by_state[slot].load(Ordering::Relaxed).max(0) as u64)
     }
 
-    /// The jobs not final yet, newest first, at most `limit`.
+    /// The jobs not final yet, newest first, at most `limit`: read from the newest end of the
+    /// map (ids sort by creation time), so a call looks at `limit` of them at most, whatever
+    /// the number of unfinished jobs.
     pub(crate) fn newest_unfinished(&self, limit: usize) -> Vec<Arc<Job>> {
-        let mut jobs: Vec<Arc<Job>> = self.unfinished.lock().values().cloned().collect();
-        let newest_first =
-            |a: &Arc<Job>, b: &Arc<Job>| (b.created_ms, b.id).cmp(&(a.created_ms, a.id));
-        if jobs.len() > limit && limit > 0 {
-            jobs.select_nth_unstable_by(limit - 1, newest_first);
-        }
-        jobs.truncate(limit);
-        jobs.sort_unstable_by(newest_first);
-        jobs
+        self.unfinished
+            .lock()
+            .values()
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect()
     }
 
     /// The jobs that finished at or after `since_ms`, newest first, at most `limit`: read

@@ -209,11 +209,15 @@ pub async fn run(
     let apps: Option<HashSet<String>> =
         (!config.apps.is_empty()).then(|| config.apps.iter().map(|app| app.name.clone()).collect());
     let ops_port = ops::ops(serving.clone(), links.clone(), apps);
-    tokio::spawn(volley_ops::serve(
+    // Up until the controller has stopped: while it drains, `/readyz` says so.
+    let ops_stop = CancellationToken::new();
+    // An early error stops it too.
+    let _ops_guard = ops_stop.clone().drop_guard();
+    let ops_served = tokio::spawn(volley_ops::serve(
         ops,
         "controller",
         ops_port.router(),
-        stopping.clone().cancelled_owned(),
+        ops_stop.clone().cancelled_owned(),
     ));
     let result = match config.controller.store {
         StoreKind::Redb => {
@@ -257,9 +261,12 @@ pub async fn run(
             result
         }
     };
+    ops_stop.cancel();
+    let _ = ops_served.await;
     tracing::info!("controller stopped");
     result
 }
+
 /// Serves tarpc links on `listener`: each call goes to the leader's parts, or is answered
 /// "not leader".
 async fn serve(
@@ -1143,6 +1150,14 @@ impl Core {
             history: self.history.samples(),
             stats: self.stats(),
         }
+    }
+
+    /// Whether this leader's lease in the database ran out without a renewal (PostgreSQL
+    /// store): another controller may lead by now.
+    fn leadership_lapsed(&self) -> bool {
+        self.leading_until
+            .lock()
+            .is_some_and(|until| std::time::Instant::now() > until)
     }
 
     fn stats(&self) -> ClusterStats {

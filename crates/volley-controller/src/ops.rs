@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde_json::{Map, Value};
-use volley_contracts::{ClusterStats, LatencyStat, Links, LATENCY_BUCKETS_MS};
+use volley_contracts::{ClusterStats, Histogram, LatencyStat, Links, LATENCY_BUCKETS_MS};
 use volley_ops::{reason_label, Ops, ProcessCollector};
 
 use crate::admission::Rejection;
@@ -112,6 +112,10 @@ fn readiness(serving: &Serving) -> Result<Map<String, Value>, String> {
         if core.draining.is_cancelled() {
             return Err("draining: shutting down".into());
         }
+        if core.leadership_lapsed() {
+            // Cut off from the database past its lease: a standby may lead by now.
+            return Err("leadership lapsed: it cannot be renewed in the database".into());
+        }
         detail.insert("state".into(), "leader".into());
         detail.insert("term".into(), core.identity.term.into());
         return Ok(detail);
@@ -202,8 +206,14 @@ fn family<'l, const N: usize>(
     metric_type: MetricType,
     series: impl IntoIterator<Item = ([(&'static str, &'l str); N], u64)>,
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+    // Apps outside the configuration share the label `other`: their series are summed, so
+    // that no label set is written twice.
+    let mut merged: BTreeMap<[(&'static str, &'l str); N], u64> = BTreeMap::new();
     for (labels, value) in series {
+        *merged.entry(labels).or_default() += value;
+    }
+    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, value) in merged {
         let encoder = family.encode_family(&labels)?;
         match metric_type {
             MetricType::Counter => ConstCounter::new(value).encode(encoder)?,
@@ -221,9 +231,21 @@ fn latencies(
     stats: &[LatencyStat],
     labels: impl Fn(&LatencyStat) -> Vec<(&'static str, String)>,
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    // Apps outside the configuration share the label `other`: their histograms are summed.
+    let mut merged: BTreeMap<Vec<(&'static str, String)>, Histogram> = BTreeMap::new();
     for stat in stats {
-        let histogram = &stat.histogram;
+        let into = merged.entry(labels(stat)).or_default();
+        let from = &stat.histogram;
+        into.buckets
+            .resize(from.buckets.len().max(into.buckets.len()), 0);
+        for (sum, n) in into.buckets.iter_mut().zip(&from.buckets) {
+            *sum += n;
+        }
+        into.sum_ms += from.sum_ms;
+        into.count += from.count;
+    }
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, histogram) in &merged {
         // Per bucket, not cumulative: the encoder accumulates.
         let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_MS
             .iter()
@@ -231,8 +253,7 @@ fn latencies(
             .chain([f64::INFINITY])
             .zip(histogram.buckets.iter().copied())
             .collect();
-        let labels = labels(stat);
-        let mut series = family.encode_family(&labels)?;
+        let mut series = family.encode_family(labels)?;
         series.encode_histogram::<NoLabelSet>(
             histogram.sum_ms as f64 / 1000.0,
             histogram.count,
@@ -250,19 +271,19 @@ impl Collector for ClusterCollector {
         gauge(
             e,
             "volley_controller_leader",
-            "1 while this controller leads, 0 while it stands by.",
-            i64::from(core.is_some()),
+            "1 while this controller leads, 0 while it stands by",
+            i64::from(core.as_ref().is_some_and(|core| !core.leadership_lapsed())),
         )?;
         counter(
             e,
             "volley_controller_links_refused",
-            "Links to the controller refused at the TLS handshake (no certificate, another CA, expired, too slow).",
+            "Links to the controller refused at the TLS handshake (no certificate, another CA, expired, too slow)",
             self.serving.links_refused.load(std::sync::atomic::Ordering::Relaxed),
         )?;
         counter(
             e,
             "volley_controller_calls_denied",
-            "Calls to the controller refused because the caller's certificate names another role.",
+            "Calls to the controller refused because the caller's certificate names another role",
             self.serving
                 .calls_denied
                 .load(std::sync::atomic::Ordering::Relaxed),
@@ -270,7 +291,7 @@ impl Collector for ClusterCollector {
         counter(
             e,
             "volley_controller_certificate_reload_failures",
-            "Reloads of the controller's certificate files that failed (it kept its certificate).",
+            "Reloads of the controller's certificate files that failed (it kept its certificate)",
             self.links.reload_failures(),
         )?;
         let Some(core) = core else {
@@ -283,7 +304,7 @@ impl Collector for ClusterCollector {
         family(
             e,
             "volley_controller_jobs",
-            "Jobs not final yet, by state (queued: no chunk out yet; running; cancelling: chunks out finishing).",
+            "Jobs not final yet, by state (queued: no chunk out yet; running; cancelling: chunks out finishing)",
             MetricType::Gauge,
             LIVE_STATES
                 .iter()
@@ -300,7 +321,7 @@ fn expiries<'a>(
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(
         "volley_certificate_expiry_timestamp_seconds",
-        "When the link certificate of the controller and of each registered agent expires, in seconds since the Unix epoch (a front's own: volley_front_certificate_expiry_timestamp_seconds).",
+        "When the link certificate of the controller and of each registered agent expires, in seconds since the Unix epoch (a front's own: volley_front_certificate_expiry_timestamp_seconds)",
         None,
         MetricType::Gauge,
     )?;
@@ -320,27 +341,27 @@ impl ClusterCollector {
         let gauges = [
             (
                 "volley_queue_depth_chunks",
-                "Chunks waiting in the controller's scheduler queues, over every app.",
+                "Chunks waiting in the controller's scheduler queues, over every app",
                 stats.queue_usage,
             ),
             (
                 "volley_pending_notifications",
-                "Notifications accepted and not final yet.",
+                "Notifications accepted and not final yet",
                 stats.pending_notifications,
             ),
             (
                 "volley_max_pending_notifications",
-                "Pending notifications above which submissions are refused with 503.",
+                "Pending notifications above which submissions are refused with 503",
                 stats.max_pending_notifications,
             ),
             (
                 "volley_active_jobs",
-                "Jobs not final yet.",
+                "Jobs not final yet",
                 stats.active_jobs,
             ),
             (
                 "volley_agents",
-                "Registered agents.",
+                "Registered agents",
                 stats.agents.len() as u64,
             ),
         ];
@@ -351,7 +372,7 @@ impl ClusterCollector {
             gauge(
                 e,
                 "volley_controller_leader_term",
-                "The leading controller's term (PostgreSQL store): it grows by one at each takeover.",
+                "The leading controller's term (PostgreSQL store): it grows by one at each takeover",
                 term,
             )?;
         }
@@ -368,22 +389,22 @@ impl ClusterCollector {
         let per_queue: [(&str, &str, QueueGauge); 4] = [
             (
                 "volley_app_queue_chunks",
-                "Chunks waiting in the scheduler's queue of an app and platform.",
+                "Chunks waiting in the scheduler's queue of an app and platform",
                 |q| q.chunks,
             ),
             (
                 "volley_app_queue_notifications",
-                "Notifications in those chunks.",
+                "Notifications in those chunks",
                 |q| q.notifications,
             ),
             (
                 "volley_app_queue_waiting_for_agent",
-                "1 while no registered agent declared the app and platform and its chunks wait.",
+                "1 while no registered agent declared the app and platform and its chunks wait",
                 |q| u64::from(q.waiting_for_agent),
             ),
             (
                 "volley_app_queue_paused_agents",
-                "Agents that paused the app and platform (its provider's circuit is open there).",
+                "Agents that paused the app and platform (its provider's circuit is open there)",
                 |q| u64::from(q.paused_agents),
             ),
         ];
@@ -404,7 +425,7 @@ impl ClusterCollector {
         family(
             e,
             "volley_controller_rejected",
-            "Submissions the controller refused, by reason.",
+            "Submissions the controller refused, by reason",
             MetricType::Counter,
             stats
                 .rejections
@@ -430,7 +451,7 @@ impl ClusterCollector {
         family(
             e,
             "volley_notifications",
-            "Notifications with a final outcome, by app, platform, outcome, class and reason.",
+            "Notifications with a final outcome, by app, platform, outcome, class and reason",
             MetricType::Counter,
             outcomes
                 .into_iter()
@@ -450,14 +471,14 @@ impl ClusterCollector {
         latencies(
             e,
             "volley_job_latency_seconds",
-            "Time from a job's acceptance to its last final outcome.",
+            "Time from a job's acceptance to its last final outcome",
             &stats.job_latency,
             |stat| vec![("app", self.app(&stat.app).to_owned())],
         )?;
         latencies(
             e,
             "volley_chunk_latency_seconds",
-            "Time from handing a chunk to an agent to its report.",
+            "Time from handing a chunk to an agent to its report",
             &stats.chunk_latency,
             |stat| {
                 vec![
@@ -472,7 +493,7 @@ impl ClusterCollector {
         family(
             e,
             "volley_webhook_pending_batches",
-            "Invalid-token batches in the app's webhook outbox, waiting for its webhook to acknowledge them.",
+            "Invalid-token batches in the app's webhook outbox, waiting for its webhook to acknowledge them",
             MetricType::Gauge,
             stats
                 .webhooks
@@ -482,7 +503,7 @@ impl ClusterCollector {
         family(
             e,
             "volley_webhook_delivered_batches",
-            "Invalid-token batches the app's webhook acknowledged.",
+            "Invalid-token batches the app's webhook acknowledged",
             MetricType::Counter,
             stats
                 .webhooks
@@ -492,7 +513,7 @@ impl ClusterCollector {
         family(
             e,
             "volley_webhook_failed_attempts",
-            "Webhook POSTs that failed and were retried.",
+            "Webhook POSTs that failed and were retried",
             MetricType::Counter,
             stats
                 .webhooks

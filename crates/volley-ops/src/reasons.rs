@@ -3,7 +3,7 @@
 /// Every reason a label may carry: APNs' and FCM's documented reasons, the Web Push
 /// classifier's and SSRF guard's codes, and the engine's own transport and scheduling
 /// reasons. Sorted, for [`reason_label`]'s binary search.
-pub const KNOWN_REASONS: [&str; 79] = [
+pub const KNOWN_REASONS: [&str; 82] = [
     "ASSERTION_SIGNING_FAILED",
     "BadCertificate",
     "BadCertificateEnvironment",
@@ -66,6 +66,7 @@ pub const KNOWN_REASONS: [&str; 79] = [
     "PayloadTooLarge",
     "QUOTA_EXCEEDED",
     "RESOURCE_EXHAUSTED",
+    "RateLimited",
     "Redirect",
     "SENDER_ID_MISMATCH",
     "ServiceUnavailable",
@@ -83,6 +84,8 @@ pub const KNOWN_REASONS: [&str; 79] = [
     "UNREGISTERED",
     "Unregistered",
     "UnrelatedKeyIdInToken",
+    "invalid_grant",
+    "unreported",
 ];
 
 /// `reason` as a metric label: itself when it is one of [`KNOWN_REASONS`], `""` when empty
@@ -107,6 +110,59 @@ mod tests {
             KNOWN_REASONS.windows(2).all(|w| w[0] < w[1]),
             "sort KNOWN_REASONS"
         );
+    }
+
+    /// Every reason the engine names in its code (`Reason::known("…")`, `given_up("…")`,
+    /// `reason: "…".into()`) is a label of its own, not `other`.
+    #[test]
+    fn every_reason_the_engine_names_is_known() {
+        let crates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut missing = Vec::new();
+        let mut files = vec![crates];
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                if path.ends_with("target") || path.ends_with("tests") {
+                    continue;
+                }
+                for entry in std::fs::read_dir(&path).unwrap() {
+                    files.push(entry.unwrap().path());
+                }
+                continue;
+            }
+            if path.extension().is_none_or(|ext| ext != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for opening in ["Reason::known(\"", "given_up(\"", "reason: \""] {
+                for (at, _) in text.match_indices(opening) {
+                    let rest = &text[at + opening.len()..];
+                    let Some(end) = rest.find('"') else { continue };
+                    let reason = &rest[..end];
+                    let named = !reason.is_empty()
+                        && reason
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+                    if named && reason_label(reason) == "other" {
+                        missing.push(format!("{reason} ({})", path.display()));
+                    }
+                }
+            }
+        }
+        // Test fixtures that stand for a provider's unknown reasons.
+        missing.retain(|m| {
+            ![
+                "SomethingNew",
+                "BrandNewReason",
+                "NewAuthThing",
+                "SOMETHING_NEW",
+                "SOME_AUTH_THING",
+                "WHATEVER",
+                "DECOY",
+            ]
+            .iter()
+            .any(|f| m.starts_with(f))
+        });
+        assert!(missing.is_empty(), "add to KNOWN_REASONS: {missing:#?}");
     }
 
     #[test]
