@@ -88,7 +88,7 @@ impl FakeServer {
                 })
             })
             .transpose()?;
-        let minted = tls::mint()?;
+        let minted = tls::mint(listener.local_addr()?.ip())?;
         let (ca_path, ca_temp) = tls::write_ca(&minted.ca_pem, config.ca_out.as_deref())?;
         let record = config
             .record_path

@@ -1,6 +1,7 @@
 //! The CA and server certificate minted at start-up, and the rustls server configuration.
 
 use std::io::Write as _;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,6 +18,9 @@ use crate::FakeError;
 pub(crate) struct Minted {
     pub(crate) ca_pem: String,
     pub(crate) server_config: Arc<ServerConfig>,
+    /// The server certificate, then the CA's.
+    #[cfg(test)]
+    pub(crate) chain: Vec<CertificateDer<'static>>,
 }
 
 impl Minted {
@@ -51,9 +55,11 @@ pub(crate) fn write_ca(
     }
 }
 
-/// Mints a CA and a server certificate for `localhost`, 127.0.0.1 and ::1, and a rustls
-/// configuration serving it with ALPN `h2` (clients offering no ALPN are accepted too).
-pub(crate) fn mint() -> Result<Minted, FakeError> {
+/// Mints a CA and a server certificate for `localhost`, 127.0.0.1, ::1 and `listen` (the
+/// address the fake is bound to, when it is neither loopback nor unspecified: a fake on
+/// another host, as the multi-host tests run it), and a rustls configuration serving it with
+/// ALPN `h2` (clients offering no ALPN are accepted too).
+pub(crate) fn mint(listen: IpAddr) -> Result<Minted, FakeError> {
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params
@@ -64,11 +70,15 @@ pub(crate) fn mint() -> Result<Minted, FakeError> {
     let ca_cert = ca_params.self_signed(&ca_key)?;
 
     let server_key = KeyPair::generate()?;
-    let mut server_params = CertificateParams::new(vec![
+    let mut names = vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),
         "::1".to_string(),
-    ])?;
+    ];
+    if !listen.is_loopback() && !listen.is_unspecified() {
+        names.push(listen.to_string());
+    }
+    let mut server_params = CertificateParams::new(names)?;
     server_params
         .distinguished_name
         .push(DnType::CommonName, "localhost");
@@ -85,6 +95,8 @@ pub(crate) fn mint() -> Result<Minted, FakeError> {
     Ok(Minted {
         ca_pem: ca_cert.pem(),
         server_config: Arc::new(config),
+        #[cfg(test)]
+        chain: vec![server_cert.der().clone(), ca_cert.der().clone()],
     })
 }
 
@@ -145,5 +157,48 @@ impl ClientCertVerifier for AnyClientCert {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::ServerName;
+
+    /// Whether a client trusting the fake's CA accepts its certificate for `name`.
+    fn accepted(minted: &Minted, name: &str) -> bool {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(minted.chain[1].clone()).unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        verifier
+            .verify_server_cert(
+                &minted.chain[0],
+                &[],
+                &ServerName::try_from(name.to_owned()).unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+            .is_ok()
+    }
+
+    #[test]
+    fn the_certificate_names_the_address_the_fake_listens_on() {
+        let minted = mint("10.20.30.40".parse().unwrap()).unwrap();
+        for name in ["10.20.30.40", "localhost", "127.0.0.1", "::1"] {
+            assert!(accepted(&minted, name), "{name}");
+        }
+        assert!(!accepted(&minted, "10.20.30.41"));
+
+        let loopback = mint("127.0.0.1".parse().unwrap()).unwrap();
+        assert!(accepted(&loopback, "127.0.0.1"));
+        assert!(!accepted(&loopback, "10.20.30.40"));
+        let unspecified = mint("0.0.0.0".parse().unwrap()).unwrap();
+        assert!(!accepted(&unspecified, "0.0.0.0"));
     }
 }

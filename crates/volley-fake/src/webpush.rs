@@ -224,7 +224,7 @@ impl FakeWebPush {
                 "max_concurrent_streams must be at least 1".into(),
             ));
         }
-        let minted = tls::mint()?;
+        let minted = tls::mint(listener.local_addr()?.ip())?;
         let (ca_path, ca_temp) = tls::write_ca(&minted.ca_pem, config.ca_out.as_deref())?;
         let alpn: &[&[u8]] = if config.http1_only {
             &[b"http/1.1"]
