@@ -5,6 +5,8 @@
 //!   `volley bench` run on it too.
 //! - [`procs`]: the same cluster as real `volley` processes, for tests about processes (kill -9,
 //!   SIGSTOP, restart). The binary's path is a parameter: only the binary's own tests know it.
+//! - [`hosts`]: several hosts on one machine (network namespaces on a bridge) whose links a
+//!   test can cut or partition; [`procs`] places its processes on them.
 //! - [`controller`]: a controller alone, with agents scripted in the test.
 //! - [`jobs`]: submitting jobs through a front and checking the counts they must keep.
 //! - [`http`]: a small JSON client of a front.
@@ -18,6 +20,7 @@
 
 pub mod cluster;
 pub mod controller;
+pub mod hosts;
 pub mod http;
 pub mod jobs;
 pub mod pg;

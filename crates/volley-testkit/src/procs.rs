@@ -3,9 +3,19 @@
 //!
 //! Only the binary's own tests know where the binary is (`env!("CARGO_BIN_EXE_volley")`), so
 //! they pass its path in.
+//!
+//! By default every process runs on this machine's loopback. A [`HostCluster`] places each on
+//! a host of its own instead ([`crate::hosts`]: network namespaces on a bridge): the fakes on
+//! `providers`, the controller on `controller`, front `front-<i>` and agent `agent-<i>` each on
+//! the host of its name. Each binds its host's address (port 0: the processes log the ports
+//! they bound), agents advertise it, the ops ports listen on it too, and the test process
+//! reaches fronts, ops ports and the fakes' stats through the hosts' uplink. The same
+//! [`ProcCluster`] methods (and the fault harness in [`crate::jobs`]) work either way, and
+//! [`ProcCluster::hosts`] cuts and partitions the links.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -14,6 +24,7 @@ use std::time::Duration;
 use serde_json::Value;
 use volley_contracts::tls::{ClusterCa, NodeRole, NODE_VALIDITY};
 
+use crate::hosts::Hosts;
 use crate::http::FrontClient;
 use crate::wait::wait_until_blocking;
 
@@ -118,7 +129,17 @@ pub fn spawn_with(
     filter: &str,
     envs: &[(String, String)],
 ) -> Proc {
-    let mut command = Command::new(bin);
+    spawn_command(Command::new(bin), args, config, filter, envs)
+}
+
+/// Like [`spawn_with`], running `command` (the binary, or `ip netns exec <ns> <binary>`).
+fn spawn_command(
+    mut command: Command,
+    args: &[&str],
+    config: Option<&Path>,
+    filter: &str,
+    envs: &[(String, String)],
+) -> Proc {
     command
         .args(args)
         .stdin(Stdio::null())
@@ -188,6 +209,98 @@ fn front_addr(proc: &Proc) -> String {
     json_field(&proc.line_with("front listening", 0), "addr")
 }
 
+/// Where a cluster's processes run.
+enum Network {
+    /// All on this machine's loopback.
+    Loopback,
+    /// Each on a host of its own; see [`HostCluster`].
+    Hosts(Hosts),
+}
+
+/// The host of the fakes in a [`HostCluster`].
+pub const PROVIDERS: &str = "providers";
+
+/// A cluster of processes each on a host of its own: fake APNs and FCM on the host
+/// `providers`, the controller on `controller`, fronts on `front-0`, `front-1`, … and agents on
+/// `agent-0`, `agent-1`, … — every one a real `volley` process in its host's network namespace,
+/// bound to its host's address. [`HostCluster::start`] gives the [`ProcCluster`] that runs
+/// them; [`ProcCluster::hosts`] then cuts and partitions links.
+#[derive(Debug, Clone)]
+pub struct HostCluster {
+    agents: usize,
+    fronts: usize,
+    spare: Vec<String>,
+    fake_args: Vec<String>,
+    log_filter: String,
+}
+
+impl HostCluster {
+    /// `agents` agent hosts, one front host, a controller host and the providers' host.
+    pub fn new(agents: usize) -> HostCluster {
+        HostCluster {
+            agents,
+            fronts: 1,
+            spare: Vec::new(),
+            fake_args: Vec::new(),
+            log_filter: "info".to_owned(),
+        }
+    }
+
+    /// `fronts` front hosts, each with a front started (the last is the one `client()` uses).
+    pub fn fronts(mut self, fronts: usize) -> HostCluster {
+        self.fronts = fronts;
+        self
+    }
+
+    /// More hosts, nothing started on them: for processes a test starts later
+    /// (`start_agent("agent-5")`, the next `start_front()`'s `front-<i>`).
+    pub fn spare_hosts(mut self, names: &[&str]) -> HostCluster {
+        self.spare
+            .extend(names.iter().map(|name| (*name).to_owned()));
+        self
+    }
+
+    /// Arguments added to both fakes' (`--latency 20ms`).
+    pub fn fake_args(mut self, args: &[&str]) -> HostCluster {
+        self.fake_args = args.iter().map(|arg| (*arg).to_owned()).collect();
+        self
+    }
+
+    /// `RUST_LOG` of every role.
+    pub fn log_filter(mut self, filter: &str) -> HostCluster {
+        self.log_filter = filter.to_owned();
+        self
+    }
+
+    /// The names of the hosts this layout needs.
+    pub fn host_names(&self) -> Vec<String> {
+        let mut names = vec![PROVIDERS.to_owned(), "controller".to_owned()];
+        names.extend((0..self.fronts).map(|i| format!("front-{i}")));
+        names.extend((0..self.agents).map(|i| format!("agent-{i}")));
+        names.extend(self.spare.iter().cloned());
+        names
+    }
+
+    /// Creates the hosts and starts the fakes, the controller, the agents (each registered)
+    /// and the fronts, each process of the `volley` binary at `bin` on its host.
+    pub fn start(self, bin: impl AsRef<Path>) -> anyhow::Result<ProcCluster> {
+        let names = self.host_names();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let hosts = Hosts::create(&names)?;
+        let fake_args: Vec<&str> = self.fake_args.iter().map(String::as_str).collect();
+        let mut cluster = ProcCluster::fakes(bin.as_ref(), &fake_args, Network::Hosts(hosts));
+        cluster.log_filter = self.log_filter;
+        cluster.start_controller();
+        for i in 0..self.agents {
+            cluster.start_agent(&format!("agent-{i}"));
+        }
+        for _ in 0..self.fronts {
+            cluster.start_front();
+        }
+        Ok(cluster)
+    }
+}
+
 /// Fakes, a controller, agents and fronts as processes.
 pub struct ProcCluster {
     /// Key files, CA certificates, the configuration and the controller's store.
@@ -211,6 +324,8 @@ pub struct ProcCluster {
     /// The listen addresses of the controllers started by name (`controller-a`, ...), in the
     /// order they were started: `controller_addr` lists them all.
     controllers: Vec<(String, String)>,
+    /// Where the processes run. Dropped after them (fields drop after `Drop::drop`).
+    network: Network,
 }
 
 impl ProcCluster {
@@ -240,7 +355,7 @@ impl ProcCluster {
         fake_args: &[&str],
         filter: &str,
     ) -> ProcCluster {
-        let mut cluster = ProcCluster::fakes(bin.as_ref(), fake_args);
+        let mut cluster = ProcCluster::fakes(bin.as_ref(), fake_args, Network::Loopback);
         cluster.log_filter = filter.to_owned();
         if let Some(url) = postgres_url {
             cluster.use_postgres(url);
@@ -256,8 +371,8 @@ impl ProcCluster {
     /// Starts the fakes and one `volley standalone` process (controller, agent and front in
     /// one), as a new user's first run would, and waits until its agent has registered.
     pub fn standalone(bin: impl AsRef<Path>, fake_args: &[&str]) -> ProcCluster {
-        let mut cluster = ProcCluster::fakes(bin.as_ref(), fake_args);
-        let proc = cluster.spawn_role(&["standalone"]);
+        let mut cluster = ProcCluster::fakes(bin.as_ref(), fake_args, Network::Loopback);
+        let proc = cluster.spawn_role("standalone", &["standalone"]);
         cluster.controller_addr = proc.wait_for("\"listen\":\"");
         proc.wait_for("registered with the controller");
         // Its front's line: the controller's "agent registered" carries an `addr` too.
@@ -266,23 +381,25 @@ impl ProcCluster {
         cluster
     }
 
-    /// The fakes (with `fake_args` added to both) and the configuration, no role yet.
-    fn fakes(bin: &Path, fake_args: &[&str]) -> ProcCluster {
+    /// The fakes (with `fake_args` added to both) on `network`, and the configuration, no
+    /// role yet.
+    fn fakes(bin: &Path, fake_args: &[&str], network: Network) -> ProcCluster {
         let bin = bin.to_path_buf();
         let dir = tempfile::tempdir().unwrap();
         let mut procs = HashMap::new();
+        let fake_listen = format!("{}:0", network.ip(PROVIDERS));
         let apns_ca = dir.path().join("apns-ca.pem");
         let mut args = vec![
             "fake-apns",
             "--listen",
-            "127.0.0.1:0",
+            &fake_listen,
             "--ca-out",
             apns_ca.to_str().unwrap(),
             "--stats-listen",
-            "127.0.0.1:0",
+            &fake_listen,
         ];
         args.extend_from_slice(fake_args);
-        let apns = spawn(&bin, &args, None);
+        let apns = spawn_command(network.command(PROVIDERS, &bin), &args, None, "info", &[]);
         let apns_endpoint = apns.wait_for("listening on ");
         let apns_stats = apns.wait_for("stats: ");
         procs.insert("fake-apns".to_owned(), apns);
@@ -291,14 +408,14 @@ impl ProcCluster {
         let mut args = vec![
             "fake-fcm",
             "--listen",
-            "127.0.0.1:0",
+            &fake_listen,
             "--ca-out",
             fcm_ca.to_str().unwrap(),
             "--stats-listen",
-            "127.0.0.1:0",
+            &fake_listen,
         ];
         args.extend_from_slice(fake_args);
-        let fcm = spawn(&bin, &args, None);
+        let fcm = spawn_command(network.command(PROVIDERS, &bin), &args, None, "info", &[]);
         let fcm_endpoint = fcm.wait_for("listening on ");
         let fcm_stats = fcm.wait_for("stats: ");
         procs.insert("fake-fcm".to_owned(), fcm);
@@ -395,6 +512,7 @@ subject = "mailto:ops@shop.example"
             log_filter: "info".to_owned(),
             envs: Vec::new(),
             controllers: Vec::new(),
+            network,
         }
     }
 
@@ -408,7 +526,7 @@ subject = "mailto:ops@shop.example"
         agents: usize,
         fake_args: &[&str],
     ) -> ProcCluster {
-        let mut cluster = ProcCluster::fakes(bin.as_ref(), fake_args);
+        let mut cluster = ProcCluster::fakes(bin.as_ref(), fake_args, Network::Loopback);
         cluster.use_postgres(postgres_url);
         // A failover is tried with the defaults a new user has (lease, heartbeat timeout and
         // interval): the kit's short leases (for quick agent faults) are shorter than the
@@ -465,8 +583,10 @@ subject = "mailto:ops@shop.example"
             .iter()
             .find(|(known, _)| known == name)
             .map(|(_, addr)| addr.clone());
-        let listen = known.clone().unwrap_or_else(|| "127.0.0.1:0".to_owned());
-        let proc = self.spawn_role(&["controller", "--listen", &listen]);
+        let listen = known
+            .clone()
+            .unwrap_or_else(|| format!("{}:0", self.network.ip(name)));
+        let proc = self.spawn_role(name, &["controller", "--listen", &listen]);
         let addr = proc.wait_for("\"listen\":\"");
         if known.is_none() {
             self.controllers.push((name.to_owned(), addr));
@@ -484,41 +604,70 @@ subject = "mailto:ops@shop.example"
     /// same address, so agents and fronts find it again.
     pub fn start_controller(&mut self) {
         let listen = if self.controller_addr.is_empty() {
-            "127.0.0.1:0".to_owned()
+            format!("{}:0", self.network.ip("controller"))
         } else {
             self.controller_addr.clone()
         };
-        let proc = self.spawn_role(&["controller", "--listen", &listen]);
+        let proc = self.spawn_role("controller", &["controller", "--listen", &listen]);
         self.controller_addr = proc.wait_for("\"listen\":\"");
         self.procs.insert("controller".to_owned(), proc);
     }
 
-    /// Starts an agent named `name` and waits until it has registered.
+    /// Starts an agent named `name` (on the host `name`, on hosts) and waits until it has
+    /// registered.
     pub fn start_agent(&mut self, name: &str) {
-        let proc = self.spawn_role(&["agent", "--controller", &self.controller_addr]);
+        let listen = format!("{}:0", self.network.ip(name));
+        let proc = self.spawn_role(
+            name,
+            &[
+                "agent",
+                "--controller",
+                &self.controller_addr,
+                "--listen",
+                &listen,
+            ],
+        );
         proc.wait_for("registered with the controller");
         self.procs.insert(name.to_owned(), proc);
     }
 
-    /// Starts a new front and makes it the one `client()` talks to; returns its name.
+    /// Starts a new front (`front-<i>`, on the host of that name on hosts) and makes it the
+    /// one `client()` talks to; returns its name.
     pub fn start_front(&mut self) -> String {
         let name = format!("front-{}", self.next_front);
         self.next_front += 1;
-        let proc = self.spawn_role(&["front", "--controller", &self.controller_addr]);
+        let listen = format!("{}:0", self.network.ip(&name));
+        let proc = self.spawn_role(
+            &name,
+            &[
+                "front",
+                "--controller",
+                &self.controller_addr,
+                "--listen",
+                &listen,
+            ],
+        );
         self.front_url = format!("http://{}", front_addr(&proc));
         self.procs.insert(name.clone(), proc);
         name
     }
 
-    /// A role of the `volley` binary with the cluster's configuration and log filter, and
-    /// the certificate of its role (`VOLLEY_CLUSTER__CERT_FILE`, `..._KEY_FILE`).
-    fn spawn_role(&self, args: &[&str]) -> Proc {
-        self.spawn_node(args, &self.config)
+    /// The process `name`, a role of the `volley` binary with the cluster's configuration and
+    /// log filter, and the certificate of its role (`VOLLEY_CLUSTER__CERT_FILE`,
+    /// `..._KEY_FILE`).
+    fn spawn_role(&self, name: &str, args: &[&str]) -> Proc {
+        self.spawn_node_as(name, args, &self.config)
     }
 
     /// Like a role of the cluster, with another configuration file (which should keep the
-    /// cluster's `[cluster]` section).
+    /// cluster's `[cluster]` section); on hosts, on the host named like the role (`args[0]`).
     pub fn spawn_node(&self, args: &[&str], config: &Path) -> Proc {
+        self.spawn_node_as(args.first().copied().unwrap_or_default(), args, config)
+    }
+
+    /// Like [`ProcCluster::spawn_node`], for the process `name`: on hosts, it runs on the host
+    /// `name` (the fakes on `providers`) and its ops port listens on that host's address.
+    pub fn spawn_node_as(&self, name: &str, args: &[&str], config: &Path) -> Proc {
         let envs = match args.first().and_then(|role| role.parse::<NodeRole>().ok()) {
             Some(role) => {
                 let (cert, key) = self.certificate(role);
@@ -535,8 +684,37 @@ subject = "mailto:ops@shop.example"
             }
             None => Vec::new(),
         };
-        let envs: Vec<(String, String)> = envs.into_iter().chain(self.envs.clone()).collect();
-        spawn_with(&self.bin, args, Some(config), &self.log_filter, &envs)
+        let mut envs: Vec<(String, String)> = envs.into_iter().chain(self.envs.clone()).collect();
+        if let Network::Hosts(_) = self.network {
+            // The ops ports on the host's address, where the test process reaches them.
+            let ops = format!("{}:0", self.network.ip(name));
+            envs.extend(
+                ["FRONT", "CONTROLLER", "AGENT"]
+                    .map(|role| (format!("VOLLEY_{role}__OPS_LISTEN"), ops.clone())),
+            );
+            // Every host has the machine's host name: an agent is named after its process.
+            envs.push(("VOLLEY_AGENT__NAME".to_owned(), name.to_owned()));
+        }
+        spawn_command(
+            self.network.command(name, &self.bin),
+            args,
+            Some(config),
+            &self.log_filter,
+            &envs,
+        )
+    }
+
+    /// The hosts the processes run on; panics for a cluster on loopback.
+    pub fn hosts(&self) -> &Hosts {
+        match &self.network {
+            Network::Hosts(hosts) => hosts,
+            Network::Loopback => panic!("this cluster runs on loopback, not on hosts"),
+        }
+    }
+
+    /// The address the process `name` binds: its host's, or 127.0.0.1.
+    pub fn ip(&self, name: &str) -> IpAddr {
+        self.network.ip(name)
     }
 
     /// The cluster's CA, read back from its key, to issue more certificates (another name, an
@@ -656,6 +834,33 @@ subject = "mailto:ops@shop.example"
         });
         for name in names {
             self.sigterm(&name);
+        }
+    }
+}
+
+impl Network {
+    /// The host a process runs on: the fakes on `providers`, the others on their namesake.
+    fn host_of(process: &str) -> &str {
+        if process.starts_with("fake") {
+            PROVIDERS
+        } else {
+            process
+        }
+    }
+
+    /// The address the process `name` binds.
+    fn ip(&self, name: &str) -> IpAddr {
+        match self {
+            Network::Loopback => Ipv4Addr::LOCALHOST.into(),
+            Network::Hosts(hosts) => hosts.addr(Network::host_of(name)).into(),
+        }
+    }
+
+    /// A command running `bin` for the process `name`, on its host.
+    fn command(&self, name: &str, bin: &Path) -> Command {
+        match self {
+            Network::Loopback => Command::new(bin),
+            Network::Hosts(hosts) => hosts.command(Network::host_of(name), bin),
         }
     }
 }
