@@ -8,10 +8,16 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use volley_testkit::hosts::Hosts;
-use volley_testkit::jobs::{broadcast, check_no_loss, finished, start_broadcast, wait_job};
-use volley_testkit::procs::{metric_value, HostCluster, ProcCluster, WAIT};
+use volley_testkit::jobs::{
+    broadcast, check_no_loss, check_no_loss_of, count, delivered_at_least, finished,
+    start_broadcast, wait_job,
+};
+use volley_testkit::pg::fresh_database;
+use volley_testkit::procs::{metric_value, HostCluster, ProcCluster, PROVIDERS, WAIT};
 use volley_testkit::wait::{wait_until, wait_until_blocking};
 
 const BIN: &str = env!("CARGO_BIN_EXE_volley");
@@ -138,6 +144,311 @@ async fn an_agent_cut_from_the_controller_stops_sending_and_its_chunks_go_elsewh
     eprintln!(
         "agent cut from the controller: {duplicates} duplicates at the fakes (counted possible: \
          {})",
+        status["possible_duplicates"]
+    );
+    cluster.stop();
+    assert_nothing_left();
+}
+
+/// The job's status through the current front (an error's body when it cannot answer).
+async fn job(cluster: &ProcCluster, id: &str) -> Value {
+    wait_job(cluster, id, "the job's status", |_| true).await
+}
+
+/// Waits until the job has delivered more than it had at `from`, and returns how long after
+/// `from` that was: the time the job took to move again after a fault or a heal.
+async fn moving_again(cluster: &ProcCluster, id: &str, from: Instant, delivered: u64) -> Duration {
+    let status = wait_job(
+        cluster,
+        id,
+        "the job to move again",
+        delivered_at_least(delivered + 1),
+    )
+    .await;
+    assert!(count(&status, "delivered") > delivered, "{status}");
+    from.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_front_cut_from_the_controller_answers_503_and_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let cluster = HostCluster::new(2)
+        .fake_args(SLOW_FAKES)
+        .start(BIN)
+        .unwrap();
+    let id = start_broadcast(&cluster, "1c1c1c1c", N, N / 5).await;
+    let front_lines = cluster.proc("front-0").line_count();
+    cluster.hosts().partition("front-0", "controller").unwrap();
+
+    // A new submission cannot be queued: the front says so, and when to try again.
+    let cut = Instant::now();
+    let response = cluster
+        .client()
+        .post("/v1/apps/shop/notifications", broadcast("1d1d1d1d", 1))
+        .await
+        .unwrap();
+    let answered = cut.elapsed();
+    assert_eq!(response.status.as_u16(), 503, "{}", response.body);
+    let retry_after = response
+        .headers
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    assert!(
+        retry_after.is_some_and(|seconds| seconds > 0),
+        "503 without Retry-After: {:?}",
+        response.headers
+    );
+
+    let healed = Instant::now();
+    cluster
+        .hosts()
+        .unpartition("front-0", "controller")
+        .unwrap();
+    // The front reaches the controller again: the job's status comes back.
+    wait_job(
+        &cluster,
+        &id,
+        "the front to reach the controller",
+        |status| status["id"].as_str() == Some(id.as_str()),
+    )
+    .await;
+    let recovered = healed.elapsed();
+    let status = wait_job(&cluster, &id, "the job to finish", finished).await;
+    let duplicates = check_no_loss(&cluster, &status, N).await;
+
+    // And submissions are accepted again.
+    let response = cluster
+        .client()
+        .post("/v1/apps/shop/notifications", broadcast("1e1e1e1e", 1))
+        .await
+        .unwrap();
+    assert_eq!(response.status.as_u16(), 202, "{}", response.body);
+    let second = response.body["id"].as_str().unwrap().to_owned();
+    let second = wait_job(&cluster, &second, "the second job to finish", finished).await;
+    assert_eq!(count(&second, "delivered"), 2, "{second}");
+    let lost = cluster.proc("front-0").line_count() > front_lines;
+    eprintln!(
+        "front cut from the controller: 503 with Retry-After: {retry_after:?} s answered \
+         {answered:?} after the cut; status answered again {recovered:?} after the heal; \
+         {duplicates} duplicates at the fakes (counted possible: {}); front logged: {lost}",
+        status["possible_duplicates"]
+    );
+    cluster.stop();
+    assert_nothing_left();
+}
+
+// Fails today, on an engine limitation this test found: the chunks agent-0 was sending when its
+// link to the providers was cut are partly delivered, so when its breakers open they are not
+// handed back; after `agent.breaker.max_wait` (30 s) their remaining notifications fail as
+// `CircuitOpen` (about 2,000 of 100,000 here), while two other agents reach the providers.
+// They are reported failed, but the fakes never see them. The fix: hand back the undelivered
+// remainder of a partly delivered chunk when the breaker opens.
+#[ignore = "engine limitation: a partly delivered chunk on an agent whose breaker opens fails \
+            as CircuitOpen after max_wait instead of going to another agent"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_providers_cut_from_one_agent_open_its_breakers_and_the_others_carry_the_load() {
+    let _serial = SERIAL.lock().await;
+    let cluster = HostCluster::new(3)
+        .fake_args(&["--latency", "50ms"])
+        .start(BIN)
+        .unwrap();
+    let id = start_broadcast(&cluster, "1f1f1f1f", N, N / 10).await;
+    let before = count(&job(&cluster, &id).await, "delivered");
+    let cut = Instant::now();
+    cluster.hosts().partition("agent-0", PROVIDERS).unwrap();
+
+    // Fair dispatch holds: a second job of the same app, submitted now, takes its turn among
+    // the broadcast's chunks (the scheduler's jobs take turns a chunk at a time) and is not
+    // stuck on agent-0's dead link either: it finishes, delivered whole, while the broadcast
+    // is still running.
+    let response = cluster
+        .client()
+        .post("/v1/apps/shop/notifications", broadcast("2a2a2a2a", 1000))
+        .await
+        .unwrap();
+    assert_eq!(response.status.as_u16(), 202, "{}", response.body);
+    let small = response.body["id"].as_str().unwrap().to_owned();
+    let small = wait_job(&cluster, &small, "the second job to finish", finished).await;
+    assert_eq!(count(&small, "delivered"), 2000, "{small}");
+    let meanwhile = job(&cluster, &id).await;
+    assert!(
+        !finished(&meanwhile),
+        "the broadcast finished before the second job: {meanwhile}"
+    );
+
+    // agent-0's breakers open, for both providers: it stops taking their chunks.
+    let ops = cluster.ops_client("agent-0");
+    wait_until(WAIT, "agent-0's breakers to open", || async {
+        let text = ops.get_text("/metrics").await.unwrap_or_default();
+        ["apns", "fcm"].iter().all(|provider| {
+            metric_value(
+                &text,
+                &format!(r#"volley_agent_breaker_state{{app="shop",provider="{provider}"}}"#),
+            ) == Some(2.0)
+        })
+    })
+    .await
+    .unwrap();
+    let opened = cut.elapsed();
+    let status = wait_job(&cluster, &id, "the job to finish", finished).await;
+    let finished_after = cut.elapsed();
+    eprintln!("the broadcast: {}", status["failures"]);
+    let duplicates = check_no_loss_of(&cluster, &[(&status, N), (&small, 1000)]).await;
+    // The others carried the load: they delivered what agent-0 could not.
+    let (after_cut, _) = agent_sends(&cluster, "agent-0").await;
+    eprintln!(
+        "providers cut from agent-0 of 3: its breakers open {opened:?} after the cut; the job \
+         ({before} delivered at the cut) finished {finished_after:?} after it; agent-0 \
+         answered {after_cut} in all; {duplicates} duplicates at the fakes (counted possible: \
+         {} + {})",
+        status["possible_duplicates"], small["possible_duplicates"]
+    );
+    cluster.stop();
+    assert_nothing_left();
+}
+
+/// How long the controller's host stays cut: past the kit's lease time and heartbeat timeout
+/// (2 s), so the agents stop their chunks and the controller drops them.
+const CONTROLLER_CUT: Duration = Duration::from_secs(4);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_host_cut_and_healed_and_everyone_reconnects() {
+    let _serial = SERIAL.lock().await;
+    let cluster = HostCluster::new(2)
+        .fake_args(SLOW_FAKES)
+        .start(BIN)
+        .unwrap();
+    let id = start_broadcast(&cluster, "2b2b2b2b", N, N / 5).await;
+    let agent_lines: Vec<usize> = ["agent-0", "agent-1"]
+        .iter()
+        .map(|agent| cluster.proc(agent).line_count())
+        .collect();
+    cluster.hosts().cut("controller").unwrap();
+    // Cut off, the agents' leases lapse: they stop sending and try to register again.
+    for agent in ["agent-0", "agent-1"] {
+        cluster.proc(agent).line_with(
+            "no renewal for a lease time",
+            agent_lines[0].min(agent_lines[1]),
+        );
+    }
+    // The fault lasts a fixed time by design: the interval is the fault, not a wait.
+    tokio::time::sleep(CONTROLLER_CUT).await;
+    let before = count(&job(&cluster, &id).await, "delivered");
+    let healed = Instant::now();
+    cluster.hosts().heal("controller").unwrap();
+    for (agent, from) in ["agent-0", "agent-1"].iter().zip(&agent_lines) {
+        cluster
+            .proc(agent)
+            .line_with("registered with the controller", *from);
+    }
+    let registered = healed.elapsed();
+    let moving = moving_again(&cluster, &id, healed, before).await;
+    let ready = cluster.ops_client("front-0").get("/readyz").await.unwrap();
+    assert_eq!(ready.status.as_u16(), 200, "{}", ready.body);
+    let status = wait_job(&cluster, &id, "the job to finish", finished).await;
+    let duplicates = check_no_loss(&cluster, &status, N).await;
+    eprintln!(
+        "controller host cut for {CONTROLLER_CUT:?}: agents registered again {registered:?} \
+         after the heal, the job moved again {moving:?} after it; {duplicates} duplicates at \
+         the fakes (counted possible: {})",
+        status["possible_duplicates"]
+    );
+    cluster.stop();
+    assert_nothing_left();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leading_controller_host_cut_the_standby_takes_over_and_the_old_leader_is_fenced() {
+    let _serial = SERIAL.lock().await;
+    let url = fresh_database("hosts").await;
+    let cluster = HostCluster::new(2)
+        .postgres(&url, 2)
+        .fake_args(SLOW_FAKES)
+        .start(BIN)
+        .unwrap();
+    let id = start_broadcast(&cluster, "2c2c2c2c", N, N / 5).await;
+    let standby_lines = cluster.proc("controller-1").line_count();
+    let old_lines = cluster.proc("controller-0").line_count();
+    let before = count(&job(&cluster, &id).await, "delivered");
+    let cut = Instant::now();
+    cluster.hosts().cut("controller-0").unwrap();
+
+    // Past the failover timeout the standby on the other host takes over; agents and the
+    // front find it, and the job moves again.
+    let line = cluster
+        .proc("controller-1")
+        .line_with("this controller leads now", standby_lines);
+    assert!(line.contains("term"), "{line}");
+    let leads = cut.elapsed();
+    let moving = moving_again(&cluster, &id, cut, before).await;
+
+    // Healed, the old leader finds its term over and steps down.
+    let healed = Instant::now();
+    cluster.hosts().heal("controller-0").unwrap();
+    let line = cluster
+        .proc("controller-0")
+        .line_with("stepping down", old_lines);
+    assert!(line.contains("another controller"), "{line}");
+    let fenced = healed.elapsed();
+    let status = wait_job(&cluster, &id, "the job to finish", finished).await;
+    let duplicates = check_no_loss(&cluster, &status, N).await;
+    eprintln!(
+        "leading controller's host cut (PostgreSQL): the standby leads {leads:?} after the \
+         cut, the job moves again {moving:?} after it; the old leader steps down {fenced:?} \
+         after the heal; {duplicates} duplicates at the fakes (counted possible: {})",
+        status["possible_duplicates"]
+    );
+    cluster.stop();
+    assert_nothing_left();
+}
+
+/// The flapping link: cut for this long, healed for as long, for [`FLAPPING`].
+const FLAP: Duration = Duration::from_secs(3);
+const FLAPPING: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_agent_link_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    // Fakes answering in 500 ms: two agents of 400 streams each take over a minute for the
+    // broadcast, so the flapping covers it.
+    let cluster = HostCluster::new(2)
+        .fake_args(&["--latency", "500ms"])
+        .start(BIN)
+        .unwrap();
+    let id = start_broadcast(&cluster, "2d2d2d2d", N, 1000).await;
+    let agent_lines = cluster.proc("agent-0").line_count();
+    let start = Instant::now();
+    let mut cuts = 0;
+    // The fault's schedule is fixed time by design: each interval is the fault, not a wait.
+    let mut ticks = tokio::time::interval(FLAP);
+    ticks.tick().await;
+    while start.elapsed() < FLAPPING {
+        cluster.hosts().cut("agent-0").unwrap();
+        cuts += 1;
+        ticks.tick().await;
+        cluster.hosts().heal("agent-0").unwrap();
+        ticks.tick().await;
+    }
+    let status = job(&cluster, &id).await;
+    assert!(
+        !finished(&status),
+        "the broadcast finished before the flapping ended: {status}"
+    );
+    let before = count(&status, "delivered");
+    let healed = Instant::now();
+    // Each cut lasted past the kit's lease time: the agent stopped and registered again.
+    cluster
+        .proc("agent-0")
+        .line_with("no renewal for a lease time", agent_lines);
+    let moving = moving_again(&cluster, &id, healed, before).await;
+    let status = wait_job(&cluster, &id, "the job to finish", finished).await;
+    let done = healed.elapsed();
+    let duplicates = check_no_loss(&cluster, &status, N).await;
+    eprintln!(
+        "agent link flapping ({cuts} cuts of {FLAP:?} every {:?} for {FLAPPING:?}): the job \
+         moved {moving:?} after the last heal and finished {done:?} after it; {duplicates} \
+         duplicates at the fakes (counted possible: {})",
+        2 * FLAP,
         status["possible_duplicates"]
     );
     cluster.stop();

@@ -117,31 +117,39 @@ pub fn finished(status: &Value) -> bool {
 /// once (or is reported failed), the counts balance, and the fakes saw no more duplicates
 /// than the job counted. Returns the duplicates the fault caused.
 pub async fn check_no_loss(cluster: &ProcCluster, status: &Value, per_platform: u64) -> u64 {
-    let count = |field: &str| count(status, field);
-    assert_eq!(count("accepted"), 2 * per_platform, "{status}");
-    assert_eq!(
-        count("accepted"),
-        count("delivered") + count("failed") + count("invalid") + count("cancelled"),
-        "counts do not balance: {status}"
-    );
-    assert_eq!(count("pending"), 0, "{status}");
+    check_no_loss_of(cluster, &[(status, per_platform)]).await
+}
+
+/// [`check_no_loss`] for several jobs of distinct tokens (each with its status and tokens per
+/// platform) that together are all the fakes saw: each balances and is accepted whole, the
+/// fakes saw each token, and no more duplicates than the jobs counted together.
+pub async fn check_no_loss_of(cluster: &ProcCluster, jobs: &[(&Value, u64)]) -> u64 {
+    let mut tokens = 0;
+    let mut possible = 0;
+    for (status, per_platform) in jobs {
+        let count = |field: &str| count(status, field);
+        assert_eq!(count("accepted"), 2 * per_platform, "{status}");
+        assert_eq!(
+            count("accepted"),
+            count("delivered") + count("failed") + count("invalid") + count("cancelled"),
+            "counts do not balance: {status}"
+        );
+        assert_eq!(count("pending"), 0, "{status}");
+        tokens += per_platform;
+        possible += count("possible_duplicates");
+    }
     let (apns, fcm) = cluster.fake_stats().await;
     assert_eq!(
         apns["distinct_tokens"].as_u64(),
-        Some(per_platform),
+        Some(tokens),
         "apns: {apns}"
     );
-    assert_eq!(
-        fcm["distinct_tokens"].as_u64(),
-        Some(per_platform),
-        "fcm: {fcm}"
-    );
+    assert_eq!(fcm["distinct_tokens"].as_u64(), Some(tokens), "fcm: {fcm}");
     let duplicates = apns["duplicate_tokens"].as_u64().unwrap_or(0)
         + fcm["duplicate_tokens"].as_u64().unwrap_or(0);
     assert!(
-        duplicates <= count("possible_duplicates"),
-        "{duplicates} duplicates at the fakes, {} counted: {status}",
-        count("possible_duplicates")
+        duplicates <= possible,
+        "{duplicates} duplicates at the fakes, {possible} counted: {jobs:?}"
     );
     duplicates
 }

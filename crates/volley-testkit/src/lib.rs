@@ -8,6 +8,7 @@
 //! - [`hosts`]: several hosts on one machine (network namespaces on a bridge) whose links a
 //!   test can cut or partition; [`procs`] places its processes on them.
 //! - [`controller`]: a controller alone, with agents scripted in the test.
+//! - [`relay`]: a user-space TCP relay, for hosts to reach a server on loopback.
 //! - [`jobs`]: submitting jobs through a front and checking the counts they must keep.
 //! - [`http`]: a small JSON client of a front.
 //! - [`wait`]: bounded polling, the only way a test waits.
@@ -25,6 +26,7 @@ pub mod http;
 pub mod jobs;
 pub mod pg;
 pub mod procs;
+pub mod relay;
 pub mod role;
 pub mod tokens;
 pub mod wait;

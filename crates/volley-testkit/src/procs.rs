@@ -26,6 +26,7 @@ use volley_contracts::tls::{ClusterCa, NodeRole, NODE_VALIDITY};
 
 use crate::hosts::Hosts;
 use crate::http::FrontClient;
+use crate::relay::Relay;
 use crate::wait::wait_until_blocking;
 
 /// How long a process may take to write an awaited line, to stop, or a job to get somewhere.
@@ -232,6 +233,8 @@ pub struct HostCluster {
     spare: Vec<String>,
     fake_args: Vec<String>,
     log_filter: String,
+    /// The PostgreSQL database's URL and how many controllers share it.
+    postgres: Option<(String, usize)>,
 }
 
 impl HostCluster {
@@ -243,7 +246,18 @@ impl HostCluster {
             spare: Vec::new(),
             fake_args: Vec::new(),
             log_filter: "info".to_owned(),
+            postgres: None,
         }
+    }
+
+    /// `controllers` controllers sharing the PostgreSQL database at `url` (on this machine's
+    /// loopback, as `scripts/test` starts it), on the hosts `controller-0`, `controller-1`, …
+    /// (the first leads once it has started), with the failover defaults a new user has (see
+    /// [`ProcCluster::start_postgres`]). The hosts reach the database through a [`Relay`] on
+    /// the root namespace's uplink address: cutting a controller's host cuts its sessions.
+    pub fn postgres(mut self, url: &str, controllers: usize) -> HostCluster {
+        self.postgres = Some((url.to_owned(), controllers));
+        self
     }
 
     /// `fronts` front hosts, each with a front started (the last is the one `client()` uses).
@@ -274,7 +288,13 @@ impl HostCluster {
 
     /// The names of the hosts this layout needs.
     pub fn host_names(&self) -> Vec<String> {
-        let mut names = vec![PROVIDERS.to_owned(), "controller".to_owned()];
+        let mut names = vec![PROVIDERS.to_owned()];
+        match &self.postgres {
+            Some((_, controllers)) => {
+                names.extend((0..*controllers).map(|i| format!("controller-{i}")));
+            }
+            None => names.push("controller".to_owned()),
+        }
         names.extend((0..self.fronts).map(|i| format!("front-{i}")));
         names.extend((0..self.agents).map(|i| format!("agent-{i}")));
         names.extend(self.spare.iter().cloned());
@@ -290,7 +310,22 @@ impl HostCluster {
         let fake_args: Vec<&str> = self.fake_args.iter().map(String::as_str).collect();
         let mut cluster = ProcCluster::fakes(bin.as_ref(), &fake_args, Network::Hosts(hosts));
         cluster.log_filter = self.log_filter;
-        cluster.start_controller();
+        match &self.postgres {
+            Some((url, controllers)) => {
+                let (url, relay) = relayed_postgres(url, cluster.hosts().root_addr())?;
+                cluster.relay = Some(relay);
+                cluster.use_postgres(&url);
+                cluster.envs.extend(failover_defaults());
+                for i in 0..*controllers {
+                    let name = format!("controller-{i}");
+                    cluster.start_named_controller(&name);
+                    if i == 0 {
+                        cluster.proc(&name).wait_for("this controller leads now");
+                    }
+                }
+            }
+            None => cluster.start_controller(),
+        }
         for i in 0..self.agents {
             cluster.start_agent(&format!("agent-{i}"));
         }
@@ -324,6 +359,8 @@ pub struct ProcCluster {
     /// The listen addresses of the controllers started by name (`controller-a`, ...), in the
     /// order they were started: `controller_addr` lists them all.
     controllers: Vec<(String, String)>,
+    /// The relay to the PostgreSQL database of controllers on hosts.
+    relay: Option<Relay>,
     /// Where the processes run. Dropped after them (fields drop after `Drop::drop`).
     network: Network,
 }
@@ -512,6 +549,7 @@ subject = "mailto:ops@shop.example"
             log_filter: "info".to_owned(),
             envs: Vec::new(),
             controllers: Vec::new(),
+            relay: None,
             network,
         }
     }
@@ -531,21 +569,7 @@ subject = "mailto:ops@shop.example"
         // A failover is tried with the defaults a new user has (lease, heartbeat timeout and
         // interval): the kit's short leases (for quick agent faults) are shorter than the
         // failover timeout, and agents would stop their chunks before a standby claimed them.
-        let defaults = volley_config::Config::default();
-        cluster.envs.extend([
-            (
-                "VOLLEY_CONTROLLER__LEASE_TIME".to_owned(),
-                format!("{}ms", defaults.controller.lease_time.as_millis()),
-            ),
-            (
-                "VOLLEY_CONTROLLER__HEARTBEAT_TIMEOUT".to_owned(),
-                format!("{}ms", defaults.controller.heartbeat_timeout.as_millis()),
-            ),
-            (
-                "VOLLEY_AGENT__HEARTBEAT_INTERVAL".to_owned(),
-                format!("{}ms", defaults.agent.heartbeat_interval.as_millis()),
-            ),
-        ]);
+        cluster.envs.extend(failover_defaults());
         for i in 0..controllers {
             cluster.start_named_controller(&format!("controller-{i}"));
             if i == 0 {
@@ -836,6 +860,57 @@ subject = "mailto:ops@shop.example"
             self.sigterm(&name);
         }
     }
+}
+
+/// The lease time, heartbeat timeout and heartbeat interval a new user has, as `VOLLEY_*`
+/// overrides of the kit's short ones.
+fn failover_defaults() -> [(String, String); 3] {
+    let defaults = volley_config::Config::default();
+    [
+        (
+            "VOLLEY_CONTROLLER__LEASE_TIME".to_owned(),
+            format!("{}ms", defaults.controller.lease_time.as_millis()),
+        ),
+        (
+            "VOLLEY_CONTROLLER__HEARTBEAT_TIMEOUT".to_owned(),
+            format!("{}ms", defaults.controller.heartbeat_timeout.as_millis()),
+        ),
+        (
+            "VOLLEY_AGENT__HEARTBEAT_INTERVAL".to_owned(),
+            format!("{}ms", defaults.agent.heartbeat_interval.as_millis()),
+        ),
+    ]
+}
+
+/// Starts a relay on `root_addr` to the database of `url` (on this machine) and returns the URL
+/// the hosts use: through the relay, with the database's host kept as the name its TLS
+/// certificate is checked against (`hostaddr` says where to connect).
+fn relayed_postgres(url: &str, root_addr: Ipv4Addr) -> anyhow::Result<(String, Relay)> {
+    let config: tokio_postgres::Config = url.parse()?;
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        _ => anyhow::bail!("the PostgreSQL URL names no TCP host: {url}"),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let target = tokio_postgres_target(&host, port)?;
+    let relay = Relay::start(std::net::SocketAddr::new(root_addr.into(), 0), target)?;
+    let with_port = url.replacen(
+        &format!("{host}:{port}"),
+        &format!("{host}:{}", relay.addr().port()),
+        1,
+    );
+    anyhow::ensure!(with_port != url, "cannot find {host}:{port} in {url}");
+    let separator = if with_port.contains('?') { '&' } else { '?' };
+    Ok((format!("{with_port}{separator}hostaddr={root_addr}"), relay))
+}
+
+/// The socket address of the database's `host` (an address, or a name resolved here).
+fn tokio_postgres_target(host: &str, port: u16) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs as _;
+    (host, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{host} resolves to no address"))
 }
 
 impl Network {
