@@ -189,6 +189,12 @@ async fn a_front_cut_from_the_controller_answers_503_and_loses_nothing() {
         .unwrap();
     let answered = cut.elapsed();
     assert_eq!(response.status.as_u16(), 503, "{}", response.body);
+    // The link's silence is noticed (keepalive, TCP_USER_TIMEOUT: 10 s), well before the
+    // front's 60 s submit deadline would answer it.
+    assert!(
+        answered < Duration::from_secs(45),
+        "the 503 waited out the submit deadline: {answered:?}"
+    );
     let retry_after = response
         .headers
         .get("retry-after")

@@ -546,6 +546,29 @@ fn call_index(head: &[u8]) -> Option<u32> {
 
 type ClientTransport<Req, Resp> = LinkTransport<Response<Resp>, ClientMessage<Req>>;
 
+/// How long data sent on a link may stay unacknowledged before the link is given up, and how
+/// long an idle link waits before its first keepalive probe.
+pub const LINK_SILENCE: Duration = Duration::from_secs(10);
+
+/// A link's socket: no Nagle delay, and a peer the network cut off is noticed within
+/// [`LINK_SILENCE`] or so, whether the link is busy (`TCP_USER_TIMEOUT`: sent data
+/// unacknowledged that long closes it) or idle (keepalive probes every 2 s after
+/// `LINK_SILENCE`, three unanswered close it). Without them, a call on a link whose peer
+/// vanished without a reset (a partition, a host gone) waits out its whole deadline: a front
+/// held a submission 60 s before answering 503. A peer that is alive but slow acknowledges at
+/// the TCP level and is not affected.
+fn tune(tcp: &TcpStream) -> io::Result<()> {
+    tcp.set_nodelay(true)?;
+    let socket = socket2::SockRef::from(tcp);
+    socket.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(LINK_SILENCE)
+            .with_interval(Duration::from_secs(2))
+            .with_retries(3),
+    )?;
+    socket.set_tcp_user_timeout(Some(LINK_SILENCE))
+}
+
 /// Dials `addr` and, on secured links, checks that a node of role `server` answers.
 async fn dial<Req, Resp>(
     addr: impl ToSocketAddrs,
@@ -557,7 +580,7 @@ where
     Resp: for<'de> serde::Deserialize<'de>,
 {
     let tcp = TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
+    tune(&tcp)?;
     let stream = match links {
         Links::Insecure => LinkStream::new(Io::Plain(tcp)),
         Links::Tls(tls) => {
@@ -680,7 +703,7 @@ where
                 }
                 continue;
             };
-            let _ = tcp.set_nodelay(true);
+            let _ = tune(&tcp);
             let links = links.clone();
             let ready = ready.clone();
             let refused = refused.clone();
