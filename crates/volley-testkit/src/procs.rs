@@ -232,6 +232,7 @@ pub struct HostCluster {
     spare: Vec<String>,
     fake_args: Vec<String>,
     log_filter: String,
+    envs: Vec<(String, String)>,
 }
 
 impl HostCluster {
@@ -243,6 +244,7 @@ impl HostCluster {
             spare: Vec::new(),
             fake_args: Vec::new(),
             log_filter: "info".to_owned(),
+            envs: Vec::new(),
         }
     }
 
@@ -272,6 +274,13 @@ impl HostCluster {
         self
     }
 
+    /// A `VOLLEY_*` override every role gets (`VOLLEY_CONTROLLER__LEASE_TIME`, `15s`): the
+    /// kit's short leases suit fault tests, a benchmark wants the defaults.
+    pub fn env(mut self, key: &str, value: &str) -> HostCluster {
+        self.envs.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     /// The names of the hosts this layout needs.
     pub fn host_names(&self) -> Vec<String> {
         let mut names = vec![PROVIDERS.to_owned(), "controller".to_owned()];
@@ -290,6 +299,7 @@ impl HostCluster {
         let fake_args: Vec<&str> = self.fake_args.iter().map(String::as_str).collect();
         let mut cluster = ProcCluster::fakes(bin.as_ref(), &fake_args, Network::Hosts(hosts));
         cluster.log_filter = self.log_filter;
+        cluster.envs.extend(self.envs);
         cluster.start_controller();
         for i in 0..self.agents {
             cluster.start_agent(&format!("agent-{i}"));
