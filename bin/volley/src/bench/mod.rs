@@ -1,13 +1,14 @@
 //! `volley bench`: measures Volley against the fakes and, in the same run, the raw HTTP/2
 //! ceiling of the machine.
 //!
-//! Each run starts a fresh system (a cluster in this process, or the real binary as
-//! processes), measures the ceiling first (the APNs client straight to a fake APNs), then the
-//! chosen workload, and reports rates, each part's CPU per notification, peak RSS and whether
-//! the counts balance. `--runs N` repeats and reports medians.
+//! Each run starts a fresh system (a cluster in this process, the real binary as processes,
+//! or those processes each on a host of its own), measures the ceiling first (the APNs client
+//! straight to a fake APNs), then the chosen workload, and reports rates, each part's CPU per
+//! notification (on hosts, each host's too), peak RSS and whether the counts balance.
+//! `--runs N` repeats and reports medians.
 //!
 //! - [`procfs`]: CPU and memory from `/proc`.
-//! - [`system`]: starting and observing the system under test in either topology.
+//! - [`system`]: starting and observing the system under test in each topology.
 //! - [`workload`]: broadcast, ingest, ceiling; [`load`]: the ingest load generator's client.
 //! - [`report`]: results, medians, the table and the JSON; [`plot`]: the SVG.
 
