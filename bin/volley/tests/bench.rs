@@ -1,25 +1,34 @@
 //! `volley bench` end to end with tiny workloads: it runs, writes its JSON, and the counts
 //! balance. No figure is asserted: the machine's speed is not what these tests check.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_volley");
 
 fn bench(args: &[&str]) -> Value {
+    bench_process(args).0
+}
+
+/// Runs `volley bench args…`; returns its JSON and the bench process's pid.
+fn bench_process(args: &[&str]) -> (Value, u32) {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
     let plot = dir.path().join("bench.svg");
-    let output = Command::new(BIN)
+    let child = Command::new(BIN)
         .arg("bench")
         .args(args)
         .args(["--quiet", "--json"])
         .arg(&json)
         .arg("--plot")
         .arg(&plot)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let pid = child.id();
+    let output = child.wait_with_output().unwrap();
     assert!(
         output.status.success(),
         "volley bench {args:?} failed: {}\n{}",
@@ -28,7 +37,8 @@ fn bench(args: &[&str]) -> Value {
     );
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(200)]);
-    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+    let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    (report, pid)
 }
 
 fn check_broadcast(report: &Value, tokens: u64) {
@@ -105,6 +115,77 @@ fn a_small_broadcast_to_processes_balances() {
         let row = usage.iter().find(|u| u["name"] == part).unwrap();
         assert!(row["peak_rss_bytes"].as_u64().unwrap() > 0, "{row}");
     }
+}
+
+/// Needs root (network namespaces), as the multi-host tests do: it fails without, never skips.
+#[test]
+fn a_small_broadcast_on_hosts_balances_and_reports_each_host() {
+    let (report, pid) = bench_process(&[
+        "broadcast",
+        "--topology",
+        "hosts",
+        "--agents",
+        "2",
+        "--tokens",
+        "2000",
+        "--apns-share",
+        "0.5",
+        "--invalid-every",
+        "100",
+        "--ceiling-tokens",
+        "1000",
+    ]);
+    check_broadcast(&report, 2000);
+    assert_eq!(report["runs"][0]["broadcast"]["invalid"], 20, "{report}");
+    let run = &report["runs"][0];
+    let usage = run["usage"].as_array().unwrap();
+    for part in [
+        "front-0",
+        "controller",
+        "agent-0",
+        "agent-1",
+        "fake-apns",
+        "fake-fcm",
+    ] {
+        let row = usage.iter().find(|u| u["name"] == part).unwrap();
+        assert!(row["peak_rss_bytes"].as_u64().unwrap() > 0, "{row}");
+    }
+    // Each host's CPU is the sum of its processes': the fakes share the providers' host.
+    let hosts = run["hosts"].as_array().unwrap();
+    let names: Vec<&str> = hosts.iter().map(|h| h["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["agent-0", "agent-1", "controller", "front-0", "providers"],
+        "{run}"
+    );
+    for host in hosts {
+        assert!(host["cpu_s"].as_f64().unwrap() >= 0.0, "{host}");
+        assert!(host["cpu_us_per_notification"].as_f64().is_some(), "{host}");
+        assert!(host["cores"].as_f64().is_some(), "{host}");
+    }
+    let providers = hosts.iter().find(|h| h["name"] == "providers").unwrap();
+    assert_eq!(
+        providers["processes"],
+        serde_json::json!(["fake-apns", "fake-fcm"]),
+        "{providers}"
+    );
+    // The hosts account for every process's CPU, and only theirs (the bench is on none).
+    let of_hosts: f64 = hosts.iter().map(|h| h["cpu_s"].as_f64().unwrap()).sum();
+    let of_processes: f64 = usage
+        .iter()
+        .filter(|u| u["name"] != "bench")
+        .map(|u| u["cpu_s"].as_f64().unwrap())
+        .sum();
+    assert!((of_hosts - of_processes).abs() < 1e-6, "{run}");
+    let summary = &report["summary"]["host_cpu_us_per_notification"];
+    for name in names {
+        assert!(summary[name].as_f64().is_some(), "{summary}");
+    }
+    // The namespaces went with the run.
+    assert_eq!(
+        volley_testkit::hosts::Hosts::leftovers(pid),
+        Vec::<String>::new()
+    );
 }
 
 #[test]

@@ -235,6 +235,8 @@ pub struct HostCluster {
     log_filter: String,
     /// The PostgreSQL database's URL and how many controllers share it.
     postgres: Option<(String, usize)>,
+    /// `VOLLEY_*` overrides every role gets.
+    envs: Vec<(String, String)>,
 }
 
 impl HostCluster {
@@ -247,6 +249,7 @@ impl HostCluster {
             fake_args: Vec::new(),
             log_filter: "info".to_owned(),
             postgres: None,
+            envs: Vec::new(),
         }
     }
 
@@ -286,6 +289,13 @@ impl HostCluster {
         self
     }
 
+    /// A `VOLLEY_*` override every role gets (`VOLLEY_CONTROLLER__LEASE_TIME`, `15s`): the
+    /// kit's short leases suit fault tests, a benchmark wants the defaults.
+    pub fn env(mut self, key: &str, value: &str) -> HostCluster {
+        self.envs.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     /// The names of the hosts this layout needs.
     pub fn host_names(&self) -> Vec<String> {
         let mut names = vec![PROVIDERS.to_owned()];
@@ -310,6 +320,7 @@ impl HostCluster {
         let fake_args: Vec<&str> = self.fake_args.iter().map(String::as_str).collect();
         let mut cluster = ProcCluster::fakes(bin.as_ref(), &fake_args, Network::Hosts(hosts));
         cluster.log_filter = self.log_filter;
+        cluster.envs.extend(self.envs);
         match &self.postgres {
             Some((url, controllers)) => {
                 let (url, relay) = relayed_postgres(url, cluster.hosts().root_addr())?;

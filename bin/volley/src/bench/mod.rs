@@ -1,13 +1,14 @@
 //! `volley bench`: measures Volley against the fakes and, in the same run, the raw HTTP/2
 //! ceiling of the machine.
 //!
-//! Each run starts a fresh system (a cluster in this process, or the real binary as
-//! processes), measures the ceiling first (the APNs client straight to a fake APNs), then the
-//! chosen workload, and reports rates, each part's CPU per notification, peak RSS and whether
-//! the counts balance. `--runs N` repeats and reports medians.
+//! Each run starts a fresh system (a cluster in this process, the real binary as processes,
+//! or those processes each on a host of its own), measures the ceiling first (the APNs client
+//! straight to a fake APNs), then the chosen workload, and reports rates, each part's CPU per
+//! notification (on hosts, each host's too), peak RSS and whether the counts balance.
+//! `--runs N` repeats and reports medians.
 //!
 //! - [`procfs`]: CPU and memory from `/proc`.
-//! - [`system`]: starting and observing the system under test in either topology.
+//! - [`system`]: starting and observing the system under test in each topology.
 //! - [`workload`]: broadcast, ingest, ceiling; [`load`]: the ingest load generator's client.
 //! - [`report`]: results, medians, the table and the JSON; [`plot`]: the SVG.
 
@@ -48,6 +49,10 @@ pub enum Topology {
     Standalone,
     /// Every role (and each fake) a process of the `volley` binary.
     Processes,
+    /// Every role a process of the `volley` binary on a host of its own: Linux network
+    /// namespaces on a bridge (1 controller host, 1 front host, an agent host per agent, the
+    /// fakes on a providers' host). Needs root. No Web Push, no PostgreSQL yet.
+    Hosts,
 }
 
 /// Options of `volley bench`.
@@ -109,7 +114,7 @@ pub struct BenchArgs {
     /// Draw delivered/s over time and each part's CPU here (SVG), from the last run.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
-    /// The `volley` binary for `--topology processes` (default: this executable).
+    /// The `volley` binary for `--topology processes` and `hosts` (default: this executable).
     #[arg(long, value_name = "FILE")]
     pub binary: Option<PathBuf>,
     /// Hide the progress bars.
@@ -144,6 +149,7 @@ impl Topology {
         match self {
             Topology::Standalone => "standalone",
             Topology::Processes => "processes",
+            Topology::Hosts => "hosts",
         }
     }
 }
@@ -177,6 +183,9 @@ async fn run_all(args: BenchArgs) -> anyhow::Result<()> {
         procfs::cpus(),
         procfs::load_average()
     );
+    if args.topology == Topology::Hosts {
+        check_hosts(&args)?;
+    }
     let mut runs = Vec::new();
     for run in 1..=args.runs.max(1) {
         let result = run_once(&args, &binary, run).await?;
@@ -208,6 +217,25 @@ async fn run_all(args: BenchArgs) -> anyhow::Result<()> {
     if !summary.balanced {
         anyhow::bail!("the counts did not balance in every run");
     }
+    Ok(())
+}
+
+/// Fails early, before any ceiling is measured, when `--topology hosts` cannot run: options it
+/// does not support, or no right to make network namespaces (tried with one throwaway host).
+fn check_hosts(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.insecure_links {
+        anyhow::bail!("--insecure-links is not supported with --topology hosts");
+    }
+    if args.postgres_url.is_some() {
+        anyhow::bail!("--postgres-url is not supported with --topology hosts yet");
+    }
+    if args.webpush_share > 0.0 && args.workload == Workload::Broadcast {
+        anyhow::bail!(
+            "--webpush-share is not supported with --topology hosts: the providers' host runs \
+             no fake push service"
+        );
+    }
+    volley_testkit::hosts::Hosts::create(&["probe"]).context(system::HOSTS_NEED)?;
     Ok(())
 }
 
@@ -273,6 +301,7 @@ async fn run_once(
         system_cpu_us_per_notification: None,
         cpu_timeline: Vec::new(),
         other_load_cores: None,
+        hosts: Vec::new(),
     };
     if args.workload == Workload::Ceiling {
         if let Some(ceiling) = &result.ceiling {
@@ -299,12 +328,13 @@ async fn run_once(
             )
             .await?
         }
-        Topology::Processes if args.no_fsync => {
+        Topology::Processes | Topology::Hosts if args.no_fsync => {
             anyhow::bail!("--no-fsync is for --topology standalone")
         }
         Topology::Processes => {
             System::processes(binary, args.agents, args.insecure_links, postgres_url).await?
         }
+        Topology::Hosts => System::hosts(binary, args.agents).await?,
     };
     let measured = async {
         match args.workload {
@@ -319,7 +349,7 @@ async fn run_once(
                         invalid_every: args.invalid_every,
                         poll: match args.topology {
                             Topology::Standalone => Duration::from_millis(20),
-                            Topology::Processes => Duration::from_millis(50),
+                            Topology::Processes | Topology::Hosts => Duration::from_millis(50),
                         },
                         quiet: args.quiet,
                     },
@@ -327,6 +357,12 @@ async fn run_once(
                 .await?;
                 let delta = cpu.delta(&system);
                 result.other_load_cores = Some(cpu.other_load(&delta));
+                result.hosts = workload::host_usage(
+                    &delta,
+                    &system.hosts_of_processes(),
+                    broadcast.fake_delivered,
+                    cpu.elapsed(),
+                );
                 result.notifications = broadcast.fake_delivered;
                 result.engine_rate = Some(broadcast.rate);
                 (result.usage, result.system_cpu_us_per_notification) =
@@ -348,6 +384,12 @@ async fn run_once(
                 .await?;
                 let delta = cpu.delta(&system);
                 result.other_load_cores = Some(cpu.other_load(&delta));
+                result.hosts = workload::host_usage(
+                    &delta,
+                    &system.hosts_of_processes(),
+                    ingest.fake_delivered,
+                    cpu.elapsed(),
+                );
                 result.notifications = ingest.fake_delivered;
                 result.engine_rate = Some(ingest.rate);
                 (result.usage, result.system_cpu_us_per_notification) =

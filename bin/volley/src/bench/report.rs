@@ -18,6 +18,22 @@ pub struct Usage {
     pub peak_rss_bytes: Option<u64>,
 }
 
+/// One host's resource use over a measured phase (`--topology hosts`): the sum of its
+/// processes'.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostUsage {
+    /// The host (`controller`, `front-0`, `agent-3`, `providers`).
+    pub name: String,
+    /// The processes it runs.
+    pub processes: Vec<String>,
+    /// utime + stime of its processes over the phase, in seconds.
+    pub cpu_s: f64,
+    /// `cpu_s` divided by the notifications delivered in the phase, in microseconds.
+    pub cpu_us_per_notification: f64,
+    /// `cpu_s` divided by the phase's wall time: the cores it kept busy on average.
+    pub cores: f64,
+}
+
 /// Cumulative CPU seconds of each part since a phase began, at one moment.
 #[derive(Debug, Clone, Serialize)]
 pub struct CpuSample {
@@ -169,6 +185,8 @@ pub struct RunResult {
     pub cpu_timeline: Vec<CpuSample>,
     /// Cores other processes on the machine kept busy during the engine workload.
     pub other_load_cores: Option<f64>,
+    /// Each host's CPU over the engine workload (`--topology hosts`; empty otherwise).
+    pub hosts: Vec<HostUsage>,
 }
 
 /// Medians over the runs.
@@ -196,6 +214,10 @@ pub struct Summary {
     pub cpu_us_per_notification: BTreeMap<String, f64>,
     /// Largest peak RSS of each part over the runs, in bytes.
     pub peak_rss_bytes: BTreeMap<String, u64>,
+    /// Median CPU per notification of each host (`--topology hosts`).
+    pub host_cpu_us_per_notification: BTreeMap<String, f64>,
+    /// Median cores each host kept busy during the engine workload (`--topology hosts`).
+    pub host_cores: BTreeMap<String, f64>,
     /// Median broadcast latency percentiles, in seconds from sending.
     pub broadcast_latency_s: BTreeMap<String, f64>,
     /// Median ingest latency percentiles, in milliseconds.
@@ -252,6 +274,18 @@ pub fn summarise(runs: &[RunResult]) -> Summary {
             *entry = (*entry).max(rss);
         }
     }
+    let per_host = |field: fn(&HostUsage) -> f64| -> BTreeMap<String, f64> {
+        let maps: Vec<BTreeMap<String, f64>> = runs
+            .iter()
+            .map(|run| {
+                run.hosts
+                    .iter()
+                    .map(|h| (h.name.clone(), field(h)))
+                    .collect()
+            })
+            .collect();
+        median_map(maps.iter())
+    };
     Summary {
         runs: runs.len(),
         engine_rate: of(&|r| r.engine_rate),
@@ -266,6 +300,8 @@ pub fn summarise(runs: &[RunResult]) -> Summary {
         }),
         cpu_us_per_notification: median_map(per_part.iter()),
         peak_rss_bytes,
+        host_cpu_us_per_notification: per_host(|h| h.cpu_us_per_notification),
+        host_cores: per_host(|h| h.cores),
         broadcast_latency_s: median_map(
             runs.iter()
                 .filter_map(|r| r.broadcast.as_ref().map(|b| &b.latency_s)),
@@ -405,6 +441,21 @@ pub fn print_summary(summary: &Summary, workload: &str, topology: &str) {
                 .get(name)
                 .map_or_else(|| "-".to_owned(), |b| mb(*b))
         );
+    }
+    if !summary.host_cpu_us_per_notification.is_empty() {
+        println!();
+        println!(
+            "  {:<16} {:>14} {:>14}",
+            "host", "CPU-µs/notif", "cores busy"
+        );
+        for (name, value) in &summary.host_cpu_us_per_notification {
+            println!(
+                "  {:<16} {:>14.2} {:>14}",
+                name,
+                value,
+                opt(summary.host_cores.get(name).copied(), 2)
+            );
+        }
     }
 }
 

@@ -1,6 +1,8 @@
-//! The system under test: a cluster in this process (each role on its own thread) or the real
-//! binary as separate processes, with the same questions asked of both: where is the front,
-//! what have the fakes received, and how much CPU and memory has each part used.
+//! The system under test: a cluster in this process (each role on its own thread), the real
+//! binary as separate processes, or those processes each on a host of its own (network
+//! namespaces, through the test kit's [`HostCluster`]), with the same questions asked of all:
+//! where is the front, what have the fakes received, and how much CPU and memory has each part
+//! used — and, on hosts, each host.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -15,6 +17,7 @@ use volley_contracts::Links;
 use volley_fake::{Stats, WebPushStats};
 use volley_testkit::cluster::{Cluster, ClusterOptions, APP, PROJECT, TOPIC, VAPID_SUBJECT};
 use volley_testkit::http::FrontClient;
+use volley_testkit::procs::{HostCluster, ProcCluster, API_KEY, PROVIDERS};
 use volley_testkit::wait::wait_until;
 
 use super::procfs;
@@ -91,6 +94,8 @@ pub enum System {
     Standalone(Box<Cluster>),
     /// Every role a process of its own.
     Processes(Box<Processes>),
+    /// Every role a process on a host of its own.
+    Hosts(Box<OnHosts>),
 }
 
 impl System {
@@ -132,6 +137,18 @@ impl System {
         )))
     }
 
+    /// Starts the fakes on a host `providers`, the controller on `controller`, one front on
+    /// `front-0` and `agents` agents on `agent-0`… (the test kit's [`HostCluster`]), each a
+    /// process of `binary`. Needs root (network namespaces).
+    pub async fn hosts(binary: &Path, agents: usize) -> anyhow::Result<System> {
+        let binary = binary.to_path_buf();
+        let on_hosts = tokio::task::spawn_blocking(move || OnHosts::start(&binary, agents))
+            .await
+            .context("starting the cluster on hosts")??;
+        wait_ready(&on_hosts.target.front_url).await?;
+        Ok(System::Hosts(Box::new(on_hosts)))
+    }
+
     /// Where the front and the controller are.
     pub fn target(&self) -> Target {
         match self {
@@ -145,6 +162,7 @@ impl System {
                     .expect("the cluster's front certificate is usable"),
             },
             System::Processes(processes) => processes.target.clone(),
+            System::Hosts(on_hosts) => on_hosts.target.clone(),
         }
     }
 
@@ -161,6 +179,15 @@ impl System {
                 fcm: get_stats(&processes.fcm_stats).await?,
                 webpush: get_stats(&processes.webpush_stats).await?,
             }),
+            System::Hosts(on_hosts) => {
+                let (apns, fcm) = on_hosts.cluster.fake_stats().await;
+                Ok(FakeCounts {
+                    apns: serde_json::from_value(apns).context("reading fake APNs' /stats")?,
+                    fcm: serde_json::from_value(fcm).context("reading fake FCM's /stats")?,
+                    // The providers' host runs no fake push service.
+                    webpush: WebPushStats::default(),
+                })
+            }
         }
     }
 
@@ -178,7 +205,8 @@ impl System {
                 n,
                 invalid_every,
             )),
-            System::Processes(_) if n == 0 => Ok(Vec::new()),
+            System::Processes(_) | System::Hosts(_) if n == 0 => Ok(Vec::new()),
+            System::Hosts(_) => bail!("the providers' host runs no fake push service"),
             System::Processes(processes) => {
                 let base = processes.webpush_stats.trim_end_matches("/stats");
                 let path = format!(
@@ -214,7 +242,35 @@ impl System {
                 groups.insert("bench".to_owned(), procfs::self_cpu());
                 groups
             }
+            System::Hosts(on_hosts) => {
+                let mut groups: BTreeMap<String, f64> = on_hosts
+                    .cluster
+                    .procs
+                    .iter()
+                    .map(|(name, proc)| (name.clone(), procfs::process_cpu(proc.child.id())))
+                    .collect();
+                groups.insert("bench".to_owned(), procfs::self_cpu());
+                groups
+            }
         }
+    }
+
+    /// On hosts, the processes of each host (the bench itself is on none: it runs in the
+    /// root namespace); elsewhere nothing.
+    pub fn hosts_of_processes(&self) -> BTreeMap<String, Vec<String>> {
+        let mut hosts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        if let System::Hosts(on_hosts) = self {
+            for name in on_hosts.cluster.procs.keys() {
+                hosts
+                    .entry(host_of(name).to_owned())
+                    .or_default()
+                    .push(name.clone());
+            }
+            for processes in hosts.values_mut() {
+                processes.sort();
+            }
+        }
+        hosts
     }
 
     /// Peak RSS of each process; in one process, the process's own (under `standalone`).
@@ -229,6 +285,12 @@ impl System {
                 .iter()
                 .filter_map(|(name, child)| Some((name.clone(), procfs::peak_rss(child.id())?)))
                 .collect(),
+            System::Hosts(on_hosts) => on_hosts
+                .cluster
+                .procs
+                .iter()
+                .filter_map(|(name, proc)| Some((name.clone(), procfs::peak_rss(proc.child.id())?)))
+                .collect(),
         }
     }
 
@@ -237,9 +299,69 @@ impl System {
         match self {
             System::Standalone(cluster) => cluster.shutdown().map(drop),
             System::Processes(mut processes) => processes.terminate_all(),
+            // Stops every process with SIGTERM (it panics on an unclean exit: the caller runs
+            // this on a blocking task, where that is an error); the namespaces go with the
+            // cluster.
+            System::Hosts(on_hosts) => {
+                on_hosts.cluster.stop();
+                Ok(())
+            }
         }
     }
 }
+
+/// The host the test kit's [`HostCluster`] runs the process `name` on: the fakes on
+/// `providers`, every role on the host of its name.
+pub fn host_of(name: &str) -> &str {
+    if name.starts_with("fake") {
+        PROVIDERS
+    } else {
+        name
+    }
+}
+
+/// The real binary as processes on hosts: the test kit's cluster and where the bench reaches it.
+pub struct OnHosts {
+    cluster: ProcCluster,
+    target: Target,
+}
+
+impl OnHosts {
+    fn start(binary: &Path, agents: usize) -> anyhow::Result<OnHosts> {
+        let defaults = volley_config::Config::default();
+        // The kit's leases and heartbeat timeout are short, for quick fault tests; a saturated
+        // machine could let one lapse and re-send a chunk. The bench runs with the defaults,
+        // as `--topology processes` does.
+        let cluster = HostCluster::new(agents)
+            .env(
+                "VOLLEY_CONTROLLER__LEASE_TIME",
+                &format!("{}ms", defaults.controller.lease_time.as_millis()),
+            )
+            .env(
+                "VOLLEY_CONTROLLER__HEARTBEAT_TIMEOUT",
+                &format!("{}ms", defaults.controller.heartbeat_timeout.as_millis()),
+            )
+            .start(binary)
+            .context(HOSTS_NEED)?;
+        let certs = cluster.dir.path().join("certs");
+        let (cert, key) = cluster.certificate(NodeRole::Front);
+        let identity =
+            volley_contracts::tls::NodeIdentity::from_files(&certs.join("ca.pem"), &cert, &key)
+                .context("reading the front's certificate")?;
+        let target = Target {
+            front_url: cluster.front_url.clone(),
+            api_key: API_KEY.to_owned(),
+            app: "shop".to_owned(),
+            controller: cluster.controller_addr.clone(),
+            links: Links::tls(identity)?,
+        };
+        Ok(OnHosts { cluster, target })
+    }
+}
+
+/// What `--topology hosts` needs, said when it is missing.
+pub const HOSTS_NEED: &str = "--topology hosts runs every role in a network namespace of its \
+     own: it needs root (or CAP_SYS_ADMIN and CAP_NET_ADMIN) and `ip` (iproute2)";
 
 /// What the fakes have counted.
 #[derive(Debug, Clone)]

@@ -20,7 +20,7 @@ use volley_testkit::http::FrontClient;
 
 use super::load::LoadConnection;
 use super::procfs;
-use super::report::{BroadcastResult, CeilingResult, CpuSample, IngestResult, Usage};
+use super::report::{BroadcastResult, CeilingResult, CpuSample, HostUsage, IngestResult, Usage};
 use super::system::{self, System, Target};
 
 /// How long a job may run before the bench gives up on it.
@@ -84,6 +84,11 @@ impl CpuTracker {
             .collect()
     }
 
+    /// Seconds since tracking started.
+    pub fn elapsed(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
     /// Records a sample.
     pub fn sample(&mut self, system: &System) {
         let cpu_s = self.delta(system);
@@ -128,6 +133,29 @@ pub fn usage(
         .sum();
     let total = (notifications > 0).then(|| per(system));
     (rows, total)
+}
+
+/// Sums the CPU deltas of each host's processes (`hosts`: host → its processes) into
+/// [`HostUsage`] rows, over a phase of `seconds`.
+pub fn host_usage(
+    cpu: &BTreeMap<String, f64>,
+    hosts: &BTreeMap<String, Vec<String>>,
+    notifications: u64,
+    seconds: f64,
+) -> Vec<HostUsage> {
+    hosts
+        .iter()
+        .map(|(name, processes)| {
+            let cpu_s: f64 = processes.iter().filter_map(|p| cpu.get(p)).sum();
+            HostUsage {
+                name: name.clone(),
+                processes: processes.clone(),
+                cpu_s,
+                cpu_us_per_notification: cpu_s * 1e6 / notifications.max(1) as f64,
+                cores: cpu_s / seconds.max(1e-9),
+            }
+        })
+        .collect()
 }
 
 /// The ceiling: `tokens` notifications from one `ApnsClient` to a fake APNs, both on threads of
