@@ -48,6 +48,10 @@ pub const CONTROLLER_LARGE_CALLS: &[u32] = &[0, 1];
 /// How long a peer has to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a node waits for a TCP connection to another: SYN retransmits at 1 and 3 s fit;
+/// a host the network cut off is given up on, and the next address tried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The most links a server keeps open at once; more wait at accept.
 pub const MAX_LINKS: usize = 4096;
 
@@ -579,7 +583,11 @@ where
     Req: serde::Serialize,
     Resp: for<'de> serde::Deserialize<'de>,
 {
-    let tcp = TcpStream::connect(addr).await?;
+    // A host the network cut off answers no SYN: without a bound, the kernel's retries take
+    // two minutes, and a node would wait that long before it tries the next controller.
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "tcp connect timed out"))??;
     tune(&tcp)?;
     let stream = match links {
         Links::Insecure => LinkStream::new(Io::Plain(tcp)),

@@ -241,13 +241,14 @@ impl Ops {
 }
 
 /// Serves `router` (an [`Ops::router`], perhaps with more routes) on `listener` until `stop`
-/// resolves. Unknown paths get a JSON 404.
-pub async fn serve(
+/// resolves. Unknown paths get a JSON 404. The "ops listening" line is logged when this is
+/// called, before the returned future is spawned: it comes before the role's own start line.
+pub fn serve(
     listener: tokio::net::TcpListener,
     role: &'static str,
     router: Router,
     stop: impl Future<Output = ()> + Send + 'static,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, role, "ops listening: /metrics /healthz /readyz");
     }
@@ -257,11 +258,13 @@ pub async fn serve(
             Json(json!({"error": {"code": "not_found", "message": "no such endpoint on the ops port"}})),
         )
     });
-    if let Err(error) = axum::serve(listener, router)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::warn!(%error, role, "the ops listener stopped");
+    async move {
+        if let Err(error) = axum::serve(listener, router)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::warn!(%error, role, "the ops listener stopped");
+        }
     }
 }
 
