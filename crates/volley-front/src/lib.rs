@@ -440,6 +440,10 @@ pub async fn run(
     let grace = config.front.shutdown_grace;
     let state = FrontState::new(config, controller, links)?;
     let app = router(state.clone());
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, apps = state.inner.apps.len(), "front listening");
+    }
+    // After the line above: tools read the front's address from its first `addr`.
     let ops_stop = tokio_util::sync::CancellationToken::new();
     let ops_served = tokio::spawn(volley_ops::serve(
         ops,
@@ -447,9 +451,6 @@ pub async fn run(
         ops_port::router(state.clone()),
         ops_stop.clone().cancelled_owned(),
     ));
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, apps = state.inner.apps.len(), "front listening");
-    }
     let drain_started = Arc::new(tokio::sync::Notify::new());
     let signal = {
         let state = state.clone();
