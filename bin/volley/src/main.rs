@@ -278,12 +278,24 @@ fn init_logging(format: LogFormat, level: &str, flag: Option<&str>) {
     }
 }
 
+/// A role's listener on `addr`, the value of the configuration key `key` (named when the
+/// address cannot be bound), non-blocking.
+fn bind(addr: std::net::SocketAddr, key: &str) -> anyhow::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot listen on {key} = {addr}"))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// [`bind`], for the runtime the role runs on.
+fn listen(addr: std::net::SocketAddr, key: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    Ok(tokio::net::TcpListener::from_std(bind(addr, key)?)?)
+}
+
 async fn run_front(config: Config, links: Links) -> anyhow::Result<()> {
     volley::links::watch(links.clone());
     volley::memory::return_freed_memory();
-    let listener = tokio::net::TcpListener::bind(config.front.listen)
-        .await
-        .with_context(|| format!("cannot listen on front.listen = {}", config.front.listen))?;
+    let listener = listen(config.front.listen, "front.listen")?;
     let addrs = volley_contracts::controller_addresses(&config.front.controller);
     let (controller, _) = volley_contracts::connect_first_controller(&addrs, 0, &links)
         .await
@@ -293,14 +305,7 @@ async fn run_front(config: Config, links: Links) -> anyhow::Result<()> {
                 config.front.controller
             )
         })?;
-    let ops = tokio::net::TcpListener::bind(config.front.ops_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on front.ops_listen = {}",
-                config.front.ops_listen
-            )
-        })?;
+    let ops = listen(config.front.ops_listen, "front.ops_listen")?;
     volley_front::run(config, listener, ops, controller, links, shutdown_signal()).await?;
     Ok(())
 }
@@ -308,22 +313,8 @@ async fn run_front(config: Config, links: Links) -> anyhow::Result<()> {
 async fn run_controller(config: Config, links: Links) -> anyhow::Result<()> {
     volley::links::watch(links.clone());
     volley::memory::return_freed_memory();
-    let listener = tokio::net::TcpListener::bind(config.controller.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on controller.listen = {}",
-                config.controller.listen
-            )
-        })?;
-    let ops = tokio::net::TcpListener::bind(config.controller.ops_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on controller.ops_listen = {}",
-                config.controller.ops_listen
-            )
-        })?;
+    let listener = listen(config.controller.listen, "controller.listen")?;
+    let ops = listen(config.controller.ops_listen, "controller.ops_listen")?;
     volley_controller::run(config, listener, ops, links, shutdown_signal()).await?;
     Ok(())
 }
@@ -331,17 +322,8 @@ async fn run_controller(config: Config, links: Links) -> anyhow::Result<()> {
 async fn run_agent(config: Config, links: Links) -> anyhow::Result<()> {
     volley::links::watch(links.clone());
     volley::memory::return_freed_memory();
-    let listener = tokio::net::TcpListener::bind(config.agent.listen)
-        .await
-        .with_context(|| format!("cannot listen on agent.listen = {}", config.agent.listen))?;
-    let ops = tokio::net::TcpListener::bind(config.agent.ops_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on agent.ops_listen = {}",
-                config.agent.ops_listen
-            )
-        })?;
+    let listener = listen(config.agent.listen, "agent.listen")?;
+    let ops = listen(config.agent.ops_listen, "agent.ops_listen")?;
     volley_agent::run(config, listener, ops, links, shutdown_signal()).await?;
     Ok(())
 }
@@ -351,25 +333,11 @@ async fn run_agent(config: Config, links: Links) -> anyhow::Result<()> {
 fn run_standalone(mut config: Config) -> anyhow::Result<()> {
     use volley_testkit::role::{spawn_controller, spawn_role};
     let certs = volley_contracts::tls::EphemeralCluster::generate()?;
-    let controller_listener =
-        std::net::TcpListener::bind(config.controller.listen).with_context(|| {
-            format!(
-                "cannot listen on controller.listen = {}",
-                config.controller.listen
-            )
-        })?;
-    controller_listener.set_nonblocking(true)?;
+    let controller_listener = bind(config.controller.listen, "controller.listen")?;
     let controller_addr = controller_listener.local_addr()?;
     config.front.controller = controller_addr.to_string();
     config.agent.controller = controller_addr.to_string();
-    let controller_ops =
-        std::net::TcpListener::bind(config.controller.ops_listen).with_context(|| {
-            format!(
-                "cannot listen on controller.ops_listen = {}",
-                config.controller.ops_listen
-            )
-        })?;
-    controller_ops.set_nonblocking(true)?;
+    let controller_ops = bind(config.controller.ops_listen, "controller.ops_listen")?;
     let controller = spawn_controller(
         config.clone(),
         controller_listener,
@@ -380,15 +348,8 @@ fn run_standalone(mut config: Config) -> anyhow::Result<()> {
         let config = config.clone();
         let links = certs.links(NodeRole::Agent)?;
         spawn_role("agent", move |drain| async move {
-            let listener = tokio::net::TcpListener::bind(config.agent.listen).await?;
-            let ops = tokio::net::TcpListener::bind(config.agent.ops_listen)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot listen on agent.ops_listen = {}",
-                        config.agent.ops_listen
-                    )
-                })?;
+            let listener = listen(config.agent.listen, "agent.listen")?;
+            let ops = listen(config.agent.ops_listen, "agent.ops_listen")?;
             volley_agent::run(config, listener, ops, links, drain).await?;
             Ok(())
         })?

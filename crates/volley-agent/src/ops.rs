@@ -16,14 +16,14 @@ use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::{json, Map};
 use volley_contracts::{AgentId, ErrorCode, Links, WireError};
+use volley_ops::encode::{gauge, gauges};
 use volley_ops::{AtomicHistogram, Ops, ProcessCollector, KNOWN_REASONS};
 use volley_provider::{Outcome, PoolStats};
 
@@ -400,32 +400,6 @@ pub(crate) struct Gauges {
     pub(crate) holdings: Arc<Holdings>,
     pub(crate) registration: Arc<Registration>,
     pub(crate) links: Links,
-}
-
-/// Encodes one gauge family: `values` as `(labels, value)`. A collector's help is written
-/// as given: it ends with the period the registry adds to the others.
-fn gauges<S: EncodeLabelSet>(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    values: impl IntoIterator<Item = (S, i64)>,
-) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, value) in values {
-        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-/// One unlabelled gauge.
-fn gauge(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    value: i64,
-) -> Result<(), std::fmt::Error> {
-    let metric = ConstGauge::new(value);
-    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
 impl Collector for Gauges {

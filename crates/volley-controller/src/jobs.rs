@@ -55,8 +55,6 @@ pub(crate) struct JobTable {
     idempotency: Mutex<Keys>,
     /// Finished jobs still kept, oldest first, with when they finished.
     finished: Mutex<VecDeque<(JobId, u64)>>,
-    /// Jobs not final yet.
-    active: AtomicU64,
     /// Jobs not final yet by state (`queued`, `running`, `cancelling`), moved as they move.
     /// Signed: a move may be counted just before the job's arrival in its state is.
     by_state: [AtomicI64; LIVE_STATES.len()],
@@ -90,7 +88,6 @@ impl JobTable {
             unfinished: Mutex::default(),
             idempotency: Mutex::new(keys),
             finished: Mutex::default(),
-            active: AtomicU64::new(0),
             by_state: Default::default(),
             max_finished,
             early_forget_warned: AtomicU64::new(0),
@@ -167,7 +164,6 @@ impl JobTable {
     /// Makes a job known; counts it active unless it is already final.
     pub(crate) fn insert(&self, job: Arc<Job>) {
         if !job.is_finished() {
-            self.active.fetch_add(1, Ordering::Relaxed);
             self.moved(None, Some(job.live_state()));
             self.unfinished.lock().insert(job.id, job.clone());
         }
@@ -229,7 +225,7 @@ impl JobTable {
 
     /// Jobs not final yet.
     pub(crate) fn active(&self) -> u64 {
-        self.active.load(Ordering::Relaxed)
+        self.by_state().iter().sum()
     }
 
     /// Adds finished jobs read back at start-up to those kept.
@@ -241,7 +237,6 @@ impl JobTable {
 
     /// A job became final: it joins the finished jobs kept. Returns what to forget.
     pub(crate) fn finished(&self, id: JobId, at_ms: u64, was: JobState) -> Forgotten {
-        self.active.fetch_sub(1, Ordering::Relaxed);
         self.moved(Some(was), None);
         self.unfinished.lock().remove(&id);
         self.keep_finished(Some((id, at_ms)))

@@ -12,13 +12,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde_json::{Map, Value};
 use volley_contracts::{ClusterStats, Histogram, LatencyStat, Links, LATENCY_BUCKETS_MS};
+use volley_ops::encode::{counter, counters, gauge, gauges};
 use volley_ops::{reason_label, Ops, ProcessCollector};
 
 use crate::admission::Rejection;
@@ -178,26 +178,6 @@ fn class_label(class: &str) -> &'static str {
         .unwrap_or("other")
 }
 
-fn gauge(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    value: i64,
-) -> Result<(), std::fmt::Error> {
-    let gauge = ConstGauge::new(value);
-    gauge.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
-}
-
-fn counter(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    value: u64,
-) -> Result<(), std::fmt::Error> {
-    let counter = ConstCounter::new(value);
-    counter.encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)
-}
-
 /// A family of one-value series: `(labels, value)` each.
 fn family<'l, const N: usize>(
     encoder: &mut DescriptorEncoder<'_>,
@@ -212,15 +192,17 @@ fn family<'l, const N: usize>(
     for (labels, value) in series {
         *merged.entry(labels).or_default() += value;
     }
-    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
-    for (labels, value) in merged {
-        let encoder = family.encode_family(&labels)?;
-        match metric_type {
-            MetricType::Counter => ConstCounter::new(value).encode(encoder)?,
-            _ => ConstGauge::new(value as i64).encode(encoder)?,
-        }
+    match metric_type {
+        MetricType::Counter => counters(encoder, name, help, merged),
+        _ => gauges(
+            encoder,
+            name,
+            help,
+            merged
+                .into_iter()
+                .map(|(labels, value)| (labels, i64::try_from(value).unwrap_or(i64::MAX))),
+        ),
     }
-    Ok(())
 }
 
 /// Latency histograms over [`LATENCY_BUCKETS_MS`], exposed in seconds.
@@ -319,17 +301,12 @@ fn expiries<'a>(
     encoder: &mut DescriptorEncoder<'_>,
     series: impl Iterator<Item = ([&'a str; 2], i64)>,
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(
+    gauges(
+        encoder,
         "volley_certificate_expiry_timestamp_seconds",
         "When the link certificate of the controller and of each registered agent expires, in seconds since the Unix epoch (a front's own: volley_front_certificate_expiry_timestamp_seconds)",
-        None,
-        MetricType::Gauge,
-    )?;
-    for ([role, name], at) in series {
-        let labels = [("role", role), ("name", name)];
-        ConstGauge::new(at).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
+        series.map(|([role, name], at)| ([("role", role), ("name", name)], at)),
+    )
 }
 
 impl ClusterCollector {

@@ -26,6 +26,7 @@ use serde::Serialize;
 use volley_contracts::{DashboardView, JobStatus, RateSample};
 
 use crate::error::{ApiError, Code};
+use crate::ops::{AgentView, ControllerView, QueueView};
 use crate::FrontState;
 
 /// How many jobs the page lists: the unfinished ones first, then the recently finished.
@@ -210,13 +211,6 @@ pub(crate) struct DashboardState {
 }
 
 #[derive(Debug, Serialize)]
-struct ControllerView {
-    store: String,
-    address: String,
-    term: Option<i64>,
-}
-
-#[derive(Debug, Serialize)]
 struct Totals {
     pending_notifications: u64,
     max_pending_notifications: u64,
@@ -272,46 +266,12 @@ struct OutcomeView {
     count: u64,
 }
 
-#[derive(Debug, Serialize)]
-struct AgentView {
-    name: String,
-    addr: String,
-    ops_addr: String,
-    in_flight: u32,
-    chunks_done: u64,
-    /// Queues whose circuit is open on this agent.
-    paused: Vec<PausedView>,
-}
-
-#[derive(Debug, Serialize)]
-struct PausedView {
-    app: String,
-    platform: &'static str,
-    for_ms: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct QueueView {
-    app: String,
-    platform: &'static str,
-    chunks: u64,
-    notifications: u64,
-    in_flight: u64,
-    waiting_for_agent: bool,
-    paused_agents: u32,
-    waiting: Option<String>,
-}
-
 impl From<DashboardView> for DashboardState {
     fn from(view: DashboardView) -> Self {
         let stats = view.stats;
         DashboardState {
             now_ms: view.now_ms,
-            controller: ControllerView {
-                store: stats.controller.store,
-                address: stats.controller.address,
-                term: stats.controller.term,
-            },
+            controller: ControllerView::from(&stats.controller),
             totals: Totals {
                 pending_notifications: stats.pending_notifications,
                 max_pending_notifications: stats.max_pending_notifications,
@@ -334,40 +294,8 @@ impl From<DashboardView> for DashboardState {
                     count: o.count,
                 })
                 .collect(),
-            agents: stats
-                .agents
-                .into_iter()
-                .map(|a| AgentView {
-                    name: a.name,
-                    addr: a.addr,
-                    ops_addr: a.ops_addr,
-                    in_flight: a.in_flight,
-                    chunks_done: a.chunks_done,
-                    paused: a
-                        .paused
-                        .into_iter()
-                        .map(|p| PausedView {
-                            app: p.app,
-                            platform: p.platform.as_str(),
-                            for_ms: p.for_ms,
-                        })
-                        .collect(),
-                })
-                .collect(),
-            queues: stats
-                .queues
-                .into_iter()
-                .map(|q| QueueView {
-                    app: q.app,
-                    platform: q.platform.as_str(),
-                    chunks: q.chunks,
-                    notifications: q.notifications,
-                    in_flight: q.in_flight,
-                    waiting_for_agent: q.waiting_for_agent,
-                    paused_agents: q.paused_agents,
-                    waiting: q.waiting,
-                })
-                .collect(),
+            agents: stats.agents.iter().map(AgentView::from).collect(),
+            queues: stats.queues.iter().map(QueueView::from).collect(),
         }
     }
 }

@@ -86,7 +86,7 @@ pub struct PushCounts {
 }
 
 /// One of the controller's scheduler queues (an app's chunks for one platform).
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct QueueView {
     app: String,
     #[schema(value_type = crate::openapi::PlatformName)]
@@ -126,7 +126,7 @@ pub struct WebhookView {
 }
 
 /// A registered agent.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AgentView {
     /// Its registration id.
     id: u64,
@@ -145,7 +145,7 @@ pub struct AgentView {
 }
 
 /// An app and platform an agent paused (its circuit breaker for them is open).
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct PausedView {
     app: String,
     #[schema(value_type = crate::openapi::PlatformName)]
@@ -230,6 +230,54 @@ pub struct ControllerView {
     term: Option<i64>,
 }
 
+impl From<&volley_contracts::ControllerStat> for ControllerView {
+    fn from(controller: &volley_contracts::ControllerStat) -> Self {
+        ControllerView {
+            store: controller.store.clone(),
+            address: controller.address.clone(),
+            term: controller.term,
+        }
+    }
+}
+
+impl From<&volley_contracts::AgentStat> for AgentView {
+    fn from(a: &volley_contracts::AgentStat) -> Self {
+        AgentView {
+            id: a.id.0,
+            name: a.name.clone(),
+            addr: a.addr.clone(),
+            in_flight: a.in_flight,
+            chunks_done: a.chunks_done,
+            certificate_expires_at: a.certificate_expires_at,
+            ops_addr: a.ops_addr.clone(),
+            paused: a
+                .paused
+                .iter()
+                .map(|p| PausedView {
+                    app: p.app.clone(),
+                    platform: p.platform.as_str(),
+                    for_ms: p.for_ms,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<&volley_contracts::QueueStat> for QueueView {
+    fn from(q: &volley_contracts::QueueStat) -> Self {
+        QueueView {
+            app: q.app.clone(),
+            platform: q.platform.as_str(),
+            chunks: q.chunks,
+            notifications: q.notifications,
+            in_flight: q.in_flight,
+            waiting_for_agent: q.waiting_for_agent,
+            paused_agents: q.paused_agents,
+            waiting: q.waiting.clone(),
+        }
+    }
+}
+
 /// `GET /stat/app` (gaurun): the statistics of gaurun and gorush in one answer, filled from
 /// the controller, plus Volley's queues, agents and rejections.
 #[utoipa::path(
@@ -269,20 +317,7 @@ pub async fn stat_app(State(state): State<FrontState>) -> Result<Json<StatApp>, 
         pusher_max: window * stats.agents.len() as u64,
         pusher_count: in_flight,
         queue_usage: stats.queue_usage,
-        queues: stats
-            .queues
-            .iter()
-            .map(|q| QueueView {
-                app: q.app.clone(),
-                platform: q.platform.as_str(),
-                chunks: q.chunks,
-                notifications: q.notifications,
-                in_flight: q.in_flight,
-                waiting_for_agent: q.waiting_for_agent,
-                paused_agents: q.paused_agents,
-                waiting: q.waiting.clone(),
-            })
-            .collect(),
+        queues: stats.queues.iter().map(QueueView::from).collect(),
         max_pending_notifications: stats.max_pending_notifications,
         rejections: Rejections {
             front: state.inner.metrics.rejections().into_iter().collect(),
@@ -311,33 +346,8 @@ pub async fn stat_app(State(state): State<FrontState>) -> Result<Json<StatApp>, 
         chunks_redispatched: stats.chunks_redispatched,
         workers: stats.agents.len() as u64,
         controller_certificate_expires_at: stats.certificate_expires_at,
-        controller: ControllerView {
-            store: stats.controller.store.clone(),
-            address: stats.controller.address.clone(),
-            term: stats.controller.term,
-        },
-        agents: stats
-            .agents
-            .iter()
-            .map(|a| AgentView {
-                id: a.id.0,
-                name: a.name.clone(),
-                addr: a.addr.clone(),
-                in_flight: a.in_flight,
-                chunks_done: a.chunks_done,
-                certificate_expires_at: a.certificate_expires_at,
-                ops_addr: a.ops_addr.clone(),
-                paused: a
-                    .paused
-                    .iter()
-                    .map(|p| PausedView {
-                        app: p.app.clone(),
-                        platform: p.platform.as_str(),
-                        for_ms: p.for_ms,
-                    })
-                    .collect(),
-            })
-            .collect(),
+        controller: ControllerView::from(&stats.controller),
+        agents: stats.agents.iter().map(AgentView::from).collect(),
         apps: stats
             .apps
             .iter()

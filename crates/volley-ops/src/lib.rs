@@ -29,6 +29,7 @@ use serde_json::{json, Map, Value};
 
 pub use prometheus_client;
 
+pub mod encode;
 mod process;
 mod reasons;
 

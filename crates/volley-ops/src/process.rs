@@ -2,9 +2,9 @@
 //! scrape time (Linux; elsewhere they are left out).
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::encoding::DescriptorEncoder;
+
+use crate::encode::{counter, gauge};
 
 /// `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_open_fds` and
 /// `process_start_time_seconds` of this process.
@@ -69,40 +69,32 @@ fn open_fds() -> Option<i64> {
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let e = &mut encoder;
         if let Some((ticks, _)) = stat_ticks() {
-            let cpu = ConstCounter::new(ticks as f64 / TICKS_PER_SECOND);
-            cpu.encode(encoder.encode_descriptor(
+            let seconds = ticks as f64 / TICKS_PER_SECOND;
+            counter(
+                e,
                 "process_cpu_seconds",
                 "User and system CPU time spent, in seconds.",
-                None,
-                cpu.metric_type(),
-            )?)?;
+                seconds,
+            )?;
         }
         if let Some(bytes) = resident_bytes() {
-            let rss = ConstGauge::new(bytes);
-            rss.encode(encoder.encode_descriptor(
+            gauge(
+                e,
                 "process_resident_memory_bytes",
                 "Resident memory size, in bytes.",
-                None,
-                rss.metric_type(),
-            )?)?;
+                bytes,
+            )?;
         }
         if let Some(fds) = open_fds() {
-            let open = ConstGauge::new(fds);
-            open.encode(encoder.encode_descriptor(
-                "process_open_fds",
-                "Open file descriptors.",
-                None,
-                open.metric_type(),
-            )?)?;
+            gauge(e, "process_open_fds", "Open file descriptors.", fds)?;
         }
-        let start = ConstGauge::new(self.start_time_seconds);
-        start.encode(encoder.encode_descriptor(
+        gauge(
+            e,
             "process_start_time_seconds",
             "When the process started, in seconds since the Unix epoch.",
-            None,
-            start.metric_type(),
-        )?)?;
-        Ok(())
+            self.start_time_seconds,
+        )
     }
 }
