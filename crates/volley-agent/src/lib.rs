@@ -862,10 +862,18 @@ async fn keep_registered(
     let mut backoff = Duration::from_millis(100);
     let mut last_renewal = tokio::time::Instant::now();
     let mut lease = Duration::from_secs(15);
+    // Whether the leases lapsed since the last renewal: said once per lapse, whichever way it
+    // was found (a heartbeat's answer, its failure, or the lease time passing while this
+    // agent looks for a controller).
+    let lapsed = AtomicBool::new(false);
     let lapse = |why: &str| {
         let stopped = holdings.lapse();
-        if stopped > 0 {
-            tracing::warn!(chunks = stopped, why, "stopped sending the chunks held");
+        if !lapsed.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                chunks = stopped,
+                why,
+                "leases lapsed: stopped sending the chunks held"
+            );
         }
     };
     loop {
@@ -992,6 +1000,7 @@ async fn keep_registered(
             {
                 Ok(Ok(renewal)) => {
                     last_renewal = tokio::time::Instant::now();
+                    lapsed.store(false, Ordering::Relaxed);
                     holdings.renewed(&renewal);
                     if !renewal.claimed.is_empty() {
                         tracing::info!(agent = %id, chunks = renewal.claimed.len(), "the controller claimed chunks held since an earlier controller");
