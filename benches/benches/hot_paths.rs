@@ -89,6 +89,7 @@ fn chunk() -> Chunk {
             index: 7,
         },
         epoch: 1,
+        positions: Vec::new(),
         app: "demo".into(),
         render: Render::Apns(ApnsRender {
             payload,

@@ -124,6 +124,7 @@ async fn only_the_clusters_nodes_link_and_each_makes_only_its_own_calls() {
         tokens: [volley_testkit::tokens::apns_token("f8", 1)]
             .iter()
             .collect(),
+        positions: Vec::new(),
         epoch: 1,
         collapse_id: None,
     };

@@ -2,12 +2,13 @@
 //! limit, retried by the retry policy, and one report.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use parking_lot::Mutex;
 use rand::Rng;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use volley_contracts::{
     ApnsRender, ChunkFailure, ChunkReport, ErrorCode, FcmRender, TokenList, WebPushRender,
@@ -43,24 +44,71 @@ pub(crate) struct Limits {
     pub(crate) expiry: Option<Instant>,
     /// How long the chunk already waited for the breaker before it was accepted.
     pub(crate) waited: Duration,
-    /// Whether the chunk may be handed back to the controller (see [`HandedBack`]).
+    /// Whether the chunk's unsent rest may be handed back to the controller when its app's
+    /// circuit opens (see [`Sent::returned`]): not once the circuit has been open for
+    /// `max_wait`, when an outage must end jobs rather than move them around.
     pub(crate) hand_back: bool,
 }
 
-/// The chunk was given back unsent: its app's breaker opened before any of its
-/// notifications was delivered or may have been, and none is in flight. Handing it back
-/// frees the agent's window slot for other apps' chunks instead of parking it there, and
-/// cannot duplicate anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct HandedBack;
+/// What one chunk's sends came to.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Sent {
+    /// The notifications with a final outcome, and the possible duplicates among all of them
+    /// (also those returned after a send that may have reached the provider: another agent
+    /// sends them again).
+    pub(crate) report: ChunkReport,
+    /// The indices given back unsent, ascending: the app's circuit opened while they had no
+    /// final outcome. None of their sends is in flight any more, and none starts after.
+    /// Handing them back lets other agents carry them instead of failing them here as
+    /// `CircuitOpen` after `max_wait`, and frees this agent's window slot for other apps.
+    pub(crate) returned: Vec<u32>,
+}
 
-/// What one chunk's sends have done so far, for deciding whether it can still be handed back.
+impl Sent {
+    /// Whether the whole chunk went back untouched: nothing final, nothing possibly sent.
+    pub(crate) fn untouched(&self) -> bool {
+        self.report == ChunkReport::default()
+    }
+}
+
+/// A notification given back without a final outcome; `possible_duplicates` counts its sends
+/// that may have reached the provider and the retries after them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Returned {
+    possible_duplicates: u32,
+}
+
+/// Whether one chunk is being handed back: set once, by the first of its notifications to
+/// find its app's circuit open; every other one then stops at its next step.
 #[derive(Debug, Default)]
-struct Progress {
-    in_flight: AtomicU32,
-    /// Some notification was delivered, reported or may have reached the provider.
-    touched: AtomicBool,
-    handing_back: AtomicBool,
+struct HandBack {
+    set: AtomicBool,
+    /// Wakes the notifications waiting (for a retry, the circuit or the rate limit).
+    wake: Notify,
+}
+
+impl HandBack {
+    fn is_set(&self) -> bool {
+        self.set.load(Ordering::Relaxed)
+    }
+
+    fn start(&self) {
+        if !self.set.swap(true, Ordering::Relaxed) {
+            self.wake.notify_waiters();
+        }
+    }
+
+    /// Waits for `until`, or less if the hand-back starts meanwhile.
+    async fn sleep_until(&self, until: Instant) {
+        let woken = self.wake.notified();
+        if self.is_set() {
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => {}
+            () = woken => {}
+        }
+    }
 }
 
 impl Limits {
@@ -193,39 +241,50 @@ pub(crate) async fn deliver_all<'a, F, Fut>(
     lane: &Lane,
     limits: Limits,
     send: F,
-) -> Result<ChunkReport, HandedBack>
+) -> Sent
 where
     F: Fn(&'a str) -> Fut,
     Fut: Future<Output = Outcome>,
 {
     let send = &send;
-    let progress = &Progress::default();
-    let mut report = ChunkReport::default();
+    let hand_back = &HandBack::default();
+    let mut sent = Sent::default();
     // A single-notification job's chunk (most of an ingest) needs no stream of sends.
     if tokens.len() == 1 {
         let token = tokens.get(0).unwrap_or_default();
-        let (outcome, state) = deliver_one(token, retry, lane, limits, progress, send).await?;
-        record(&mut report, 0, outcome, state.possible_duplicates);
-        return Ok(report);
+        let ending = deliver_one(token, retry, lane, limits, hand_back, send).await;
+        settle(&mut sent, 0, ending);
+        return sent;
     }
     // Indices, not `(index, &str)` items: a borrowed item type defeats the `Send` proof of
     // the tarpc handler future (higher-ranked lifetime inference).
-    let mut outcomes = futures::stream::iter(0..tokens.len())
+    let mut endings = futures::stream::iter(0..tokens.len())
         .map(|index| {
             let token = tokens.get(index).unwrap_or_default();
             async move {
-                let ending = deliver_one(token, retry, lane, limits, progress, send).await;
-                ending.map(|(outcome, state)| (index as u32, outcome, state.possible_duplicates))
+                let ending = deliver_one(token, retry, lane, limits, hand_back, send).await;
+                (index as u32, ending)
             }
         })
         .buffer_unordered(concurrency);
-    while let Some(ending) = outcomes.next().await {
-        // Dropping the other sends is safe: none is in flight, and none starts once
-        // `handing_back` is set.
-        let (index, outcome, duplicates) = ending?;
-        record(&mut report, index, outcome, duplicates);
+    // Every notification ends, also after a hand-back (those not started end at once): the
+    // answer goes only when none of the chunk's sends is in flight.
+    while let Some((index, ending)) = endings.next().await {
+        settle(&mut sent, index, ending);
     }
-    Ok(report)
+    sent.returned.sort_unstable();
+    sent
+}
+
+/// Adds one notification's ending to its chunk's answer.
+fn settle(sent: &mut Sent, index: u32, ending: Result<(Outcome, RetryState), Returned>) {
+    match ending {
+        Ok((outcome, state)) => record(&mut sent.report, index, outcome, state.possible_duplicates),
+        Err(returned) => {
+            sent.report.possible_duplicates += returned.possible_duplicates;
+            sent.returned.push(index);
+        }
+    }
 }
 
 /// Adds one notification's final outcome to its chunk's report.
@@ -269,42 +328,60 @@ fn given_up(reason: &'static str) -> Outcome {
     }
 }
 
-/// Sends one notification until its outcome is final.
+/// Sends one notification until its outcome is final, or until its chunk is handed back.
 async fn deliver_one<'a, F, Fut>(
     token: &'a str,
     retry: RetryPolicy,
     lane: &Lane,
     limits: Limits,
-    progress: &Progress,
+    hand_back: &HandBack,
     send: &F,
-) -> Result<(Outcome, RetryState), HandedBack>
+) -> Result<(Outcome, RetryState), Returned>
 where
     F: Fn(&'a str) -> Fut,
     Fut: Future<Output = Outcome>,
 {
     let mut state = RetryState::default();
+    // Whether some send of this notification may have reached the provider, and how many
+    // sends followed such a one: if it goes back, another agent's send is one more.
+    let mut maybe_sent = false;
+    let mut resent = 0;
+    let returned = |maybe_sent: bool, resent: u32| Returned {
+        possible_duplicates: resent + u32::from(maybe_sent),
+    };
     let mut waited = limits.waited;
     // The first send is always made (an expired notification never gets here); retries
     // stop at the expiration.
     let mut latest = limits.deadline;
     loop {
+        if hand_back.is_set() {
+            return Err(returned(maybe_sent, resent));
+        }
         let now = Instant::now();
-        let admitted = lane.breaker.lock().admit(now);
+        let (admitted, open) = {
+            let mut breaker = lane.breaker.lock();
+            (breaker.admit(now), breaker.open_until(now).is_some())
+        };
         let probe = match admitted {
             Admit::Send { probe } => probe,
+            Admit::WaitUntil(_) if open && limits.hand_back => {
+                // Opened by another chunk's sends: this one goes back too rather than wait.
+                hand_back.start();
+                return Err(returned(maybe_sent, resent));
+            }
             Admit::WaitUntil(until) => {
                 waited += until - now;
                 if waited > lane.max_wait || until >= latest {
                     return Ok((given_up("CircuitOpen"), state));
                 }
-                tokio::time::sleep_until(until).await;
+                hand_back.sleep_until(until).await;
                 continue;
             }
         };
         if let Some(limit) = &lane.limit {
             match limit.reserve(now, latest) {
                 Some(wait) if wait.is_zero() => {}
-                Some(wait) => tokio::time::sleep(wait).await,
+                Some(wait) => hand_back.sleep_until(now + wait).await,
                 None => {
                     if probe {
                         lane.breaker.lock().abandon_probe(now);
@@ -313,26 +390,22 @@ where
                 }
             }
         }
-        if progress.handing_back.load(Ordering::Relaxed) {
+        if hand_back.is_set() {
             if probe {
                 lane.breaker.lock().abandon_probe(now);
             }
-            return Err(HandedBack);
+            return Err(returned(maybe_sent, resent));
         }
-        progress.in_flight.fetch_add(1, Ordering::Relaxed);
+        resent += u32::from(maybe_sent);
         let outcome = send(token).await;
-        let in_flight = progress.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
         lane.metrics.response(&outcome);
-        let untouched = match &outcome {
+        maybe_sent |= matches!(
+            outcome,
             Outcome::Transient {
-                maybe_delivered, ..
-            } => !maybe_delivered,
-            Outcome::Credential { .. } => true,
-            _ => false,
-        };
-        if !untouched {
-            progress.touched.store(true, Ordering::Relaxed);
-        }
+                maybe_delivered: true,
+                ..
+            }
+        );
         let now = Instant::now();
         let (open, transition) = {
             let mut breaker = lane.breaker.lock();
@@ -349,18 +422,19 @@ where
             }
             None => {}
         }
-        if open && limits.hand_back && in_flight == 0 && !progress.touched.load(Ordering::Relaxed) {
-            progress.handing_back.store(true, Ordering::Relaxed);
-            return Err(HandedBack);
-        }
         latest = limits.retry_deadline();
         let jitter = || rand::thread_rng().gen::<f64>();
         match decide(&retry, &mut state, &outcome, now, latest, jitter) {
             Decision::Final => return Ok((outcome, state)),
+            Decision::Retry(_) if (open && limits.hand_back) || hand_back.is_set() => {
+                // Not retried here: another agent sends it.
+                hand_back.start();
+                return Err(returned(maybe_sent, resent));
+            }
             // Waiting here holds no stream: the request is already answered.
             Decision::Retry(delay) => {
                 lane.metrics.retried();
-                tokio::time::sleep(delay).await;
+                hand_back.sleep_until(Instant::now() + delay).await;
             }
         }
     }
@@ -410,6 +484,14 @@ mod tests {
     }
     use std::sync::atomic::{AtomicU32, Ordering};
     use volley_config::BreakerConfig;
+
+    impl Sent {
+        /// The report of a chunk that was not handed back, in whole or part.
+        fn whole(self) -> ChunkReport {
+            assert!(self.returned.is_empty(), "handed back: {self:?}");
+            self.report
+        }
+    }
 
     fn lane(max_wait: Duration, rate: Option<u32>, min_requests: u32) -> Lane {
         let now = Instant::now();
@@ -480,7 +562,7 @@ mod tests {
             }
         })
         .await
-        .unwrap();
+        .whole();
         assert_eq!(report.delivered, 2);
         assert_eq!(
             report.invalid,
@@ -512,7 +594,7 @@ mod tests {
             async { unavailable(Some(1), false) }
         })
         .await
-        .unwrap();
+        .whole();
         assert_eq!(report.failed.len(), 2);
         assert_eq!(calls.load(Ordering::Relaxed), 4);
     }
@@ -539,7 +621,7 @@ mod tests {
             }
         })
         .await
-        .unwrap();
+        .whole();
         assert_eq!(report.delivered, 20, "{:?}", report.failed);
         // 20 first sends, then probes at 1 s (refused) and 3 s (good), then the 19 others:
         // the open breaker kept them from burning their attempts.
@@ -560,7 +642,7 @@ mod tests {
             async { unavailable(None, false) }
         })
         .await
-        .unwrap();
+        .whole();
         assert_eq!(report.failed.len(), 10);
         assert!(report
             .failed
@@ -579,7 +661,7 @@ mod tests {
             Outcome::Delivered
         })
         .await
-        .unwrap();
+        .whole();
         assert_eq!(report.delivered, 300);
         // A burst of 10, then 290 at 100/s.
         let elapsed = start.elapsed();
@@ -598,7 +680,7 @@ mod tests {
             hand_back: true,
             ..limits(None)
         };
-        let handed_back = deliver_all(&tokens, 10, POLICY, &lane, limits, |_| {
+        let sent = deliver_all(&tokens, 10, POLICY, &lane, limits, |_| {
             calls.fetch_add(1, Ordering::Relaxed);
             async {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -606,32 +688,60 @@ mod tests {
             }
         })
         .await;
-        assert_eq!(handed_back, Err(HandedBack));
+        assert!(sent.untouched(), "{sent:?}");
+        assert_eq!(sent.returned, (0..50).collect::<Vec<u32>>());
         // Only the first wave went out, and all of it was answered before the hand-back.
         assert_eq!(calls.load(Ordering::Relaxed), 10);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_chunk_with_a_delivered_or_maybe_delivered_notification_is_not_handed_back() {
-        let tokens: TokenList = (0..8).map(|i| format!("t{i}")).collect();
-        for first in [Outcome::Delivered, unavailable(None, true)] {
+    async fn the_unsent_rest_of_a_partly_delivered_chunk_is_handed_back() {
+        let tokens: TokenList = (0..40).map(|i| format!("t{i}")).collect();
+        for (first, delivered, duplicates) in [
+            (Outcome::Delivered, 1, 0),
+            // t0 may have been delivered: it goes back, a possible duplicate when resent.
+            (unavailable(None, true), 0, 1),
+        ] {
+            let calls = AtomicU32::new(0);
             let lane = lane(Duration::from_secs(3), None, 4);
             let limits = Limits {
                 hand_back: true,
                 ..limits(None)
             };
-            let report = deliver_all(&tokens, 8, POLICY, &lane, limits, |token| {
+            let sent = deliver_all(&tokens, 8, POLICY, &lane, limits, |token| {
+                calls.fetch_add(1, Ordering::Relaxed);
                 let outcome = if token == "t0" {
                     first.clone()
                 } else {
                     unavailable(None, false)
                 };
-                async move { outcome }
+                async move {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    outcome
+                }
             })
-            .await
-            .expect("not handed back");
-            assert_eq!(report.delivered + report.failed.len() as u32, 8);
+            .await;
+            assert!(!sent.untouched());
+            assert_eq!(sent.report.delivered, delivered);
+            assert!(sent.report.failed.is_empty(), "{sent:?}");
+            assert_eq!(sent.report.possible_duplicates, duplicates);
+            assert_eq!(sent.returned, (delivered..40).collect::<Vec<u32>>());
+            // The first wave only: nothing more went out once the circuit opened.
+            assert_eq!(calls.load(Ordering::Relaxed), 8);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_chunk_taken_after_max_wait_fails_fast_rather_than_going_back() {
+        let tokens: TokenList = (0..8).map(|i| format!("t{i}")).collect();
+        let lane = lane(Duration::from_secs(3), None, 4);
+        // `hand_back` false: the circuit had been open for `max_wait` when the chunk came.
+        let sent = deliver_all(&tokens, 8, POLICY, &lane, limits(None), |_| async {
+            unavailable(None, false)
+        })
+        .await;
+        assert!(sent.returned.is_empty());
+        assert_eq!(sent.report.failed.len(), 8);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use volley_contracts::{ChunkId, ChunkOutcome, ChunkReport, Held, Renewal, WireError};
+use volley_contracts::{ChunkAnswer, ChunkId, ChunkOutcome, Held, Renewal, WireError};
 
 /// Every chunk the agent holds, and a signal for reports that are due.
 #[derive(Debug, Default)]
@@ -44,7 +44,7 @@ struct Holding {
     /// Cancelled when the chunk stops being this agent's: its sends stop.
     lease: CancellationToken,
     /// What became of it; `None` while it is being sent.
-    outcome: Option<Result<ChunkReport, WireError>>,
+    outcome: Option<Result<ChunkAnswer, WireError>>,
     /// Claimed by the controller of the current registration: no call waits for its outcome,
     /// which goes in a `report` call instead.
     claimed: bool,
@@ -73,7 +73,7 @@ impl Holdings {
         &self,
         chunk: ChunkId,
         epoch: u32,
-        outcome: &Result<ChunkReport, WireError>,
+        outcome: &Result<ChunkAnswer, WireError>,
     ) {
         let mut chunks = self.chunks.lock();
         let Some(holding) = chunks.get_mut(&chunk).filter(|h| h.epoch == epoch) else {
@@ -236,11 +236,13 @@ impl Holdings {
 
 /// About how many bytes an outcome takes in bincode: its fixed part, and each listed token's
 /// index and reason.
-fn wire_size(outcome: &Result<ChunkReport, WireError>) -> usize {
+fn wire_size(outcome: &Result<ChunkAnswer, WireError>) -> usize {
     const FIXED: usize = 64;
     match outcome {
-        Ok(report) => {
+        Ok(answer) => {
+            let report = &answer.report;
             FIXED
+                + 4 * (answer.returned.len() + answer.positions.len())
                 + report
                     .invalid
                     .iter()
@@ -268,11 +270,11 @@ mod tests {
         }
     }
 
-    fn delivered(n: u32) -> Result<ChunkReport, WireError> {
-        Ok(ChunkReport {
+    fn delivered(n: u32) -> Result<ChunkAnswer, WireError> {
+        Ok(ChunkAnswer::whole(volley_contracts::ChunkReport {
             delivered: n,
-            ..ChunkReport::default()
-        })
+            ..volley_contracts::ChunkReport::default()
+        }))
     }
 
     #[test]

@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 use volley_config::{AppConfig, Config};
 use volley_contracts::tls::NodeRole;
 use volley_contracts::{
-    Agent, AgentId, AgentInfo, Chunk, ChunkReport, ControllerClient, ErrorCode, Links, Peer,
+    Agent, AgentId, AgentInfo, Chunk, ChunkAnswer, ControllerClient, ErrorCode, Links, Peer,
     Platform, Render, ServedApp, WireError, NODE_FRAME_BYTES,
 };
 use volley_provider::tls::{ClientIdentity, TlsOptions};
@@ -337,7 +337,7 @@ impl Agent for AgentServer {
         self,
         context: Context,
         chunks: Vec<Chunk>,
-    ) -> Vec<Result<ChunkReport, WireError>> {
+    ) -> Vec<Result<ChunkAnswer, WireError>> {
         // Only the controller hands out chunks: a front's or another agent's certificate
         // cannot make this agent send with its credentials.
         if let Some(peer) = self.peer.as_deref().filter(|p| !p.is(NodeRole::Controller)) {
@@ -410,7 +410,7 @@ impl AgentServer {
         self,
         chunks: Vec<Chunk>,
         deadline: std::time::Instant,
-    ) -> Vec<Result<ChunkReport, WireError>> {
+    ) -> Vec<Result<ChunkAnswer, WireError>> {
         // Every chunk of the call is held (its lease renewed by the heartbeats) from now until
         // the controller releases it, also those still waiting for their turn or already done.
         let leases: Vec<CancellationToken> = chunks
@@ -421,7 +421,7 @@ impl AgentServer {
         // broadcast's call is one chunk, a call of single-notification chunks is a stream or
         // a few per chunk.
         let server = &self;
-        let mut answers: Vec<(usize, Result<ChunkReport, WireError>)> =
+        let mut answers: Vec<(usize, Result<ChunkAnswer, WireError>)> =
             futures::stream::iter(chunks.into_iter().zip(leases).enumerate())
                 .map(|(slot, (chunk, lease))| async move {
                     let (id, epoch) = (chunk.id, chunk.epoch);
@@ -445,7 +445,7 @@ impl AgentServer {
         chunk: Chunk,
         lease: CancellationToken,
         deadline: std::time::Instant,
-    ) -> Result<ChunkReport, WireError> {
+    ) -> Result<ChunkAnswer, WireError> {
         let id = chunk.id;
         let _tokens = self.tokens_in_flight.hold(chunk.tokens.len());
         tokio::select! {
@@ -465,7 +465,7 @@ impl AgentServer {
         &self,
         chunk: Chunk,
         deadline: std::time::Instant,
-    ) -> Result<ChunkReport, WireError> {
+    ) -> Result<ChunkAnswer, WireError> {
         let no_credentials = |platform: &str| {
             WireError::new(
                 ErrorCode::NoCredentials,
@@ -497,7 +497,8 @@ impl AgentServer {
                     match deliver::apns_expiry(render.expiration, received, SystemTime::now()) {
                         Ok(expiry) => expiry,
                         Err(deliver::Expired) => {
-                            return Ok(deliver::expired_report(chunk.tokens.len()))
+                            let report = deliver::expired_report(chunk.tokens.len());
+                            return Ok(in_positions(&chunk, ChunkAnswer::whole(report)));
                         }
                     };
                 let (prepared, apns_id) = deliver::prepare_apns(
@@ -552,18 +553,29 @@ impl AgentServer {
                 .await?
             }
         };
-        let Ok(report) = delivered else {
-            tracing::info!(chunk = %chunk.id, app = %chunk.app, provider, "circuit opened before anything was delivered; chunk handed back");
+        let answer = if delivered.returned.is_empty() {
+            tracing::debug!(chunk = %chunk.id, tokens = chunk.tokens.len(), delivered = delivered.report.delivered, "chunk delivered");
+            ChunkAnswer::whole(delivered.report)
+        } else {
             let now = tokio::time::Instant::now();
             let left = lane
                 .breaker
                 .lock()
                 .open_until(now)
                 .map_or(Duration::ZERO, |until| until - now);
-            return Err(paused(&chunk, provider, left));
+            if delivered.untouched() {
+                tracing::info!(chunk = %chunk.id, app = %chunk.app, provider, "circuit opened before anything was delivered; chunk handed back");
+                return Err(paused(&chunk, provider, left));
+            }
+            tracing::info!(chunk = %chunk.id, app = %chunk.app, provider, returned = delivered.returned.len(), tokens = chunk.tokens.len(), "circuit opened part-way; the unsent rest of the chunk handed back");
+            ChunkAnswer {
+                report: delivered.report,
+                returned: delivered.returned,
+                pause: left.max(MIN_PAUSE),
+                positions: Vec::new(),
+            }
         };
-        tracing::debug!(chunk = %chunk.id, tokens = chunk.tokens.len(), delivered = report.delivered, "chunk delivered");
-        Ok(report)
+        Ok(in_positions(&chunk, answer))
     }
 
     /// Admits a chunk past its app's breaker, then sends every token through `send` (the
@@ -576,7 +588,7 @@ impl AgentServer {
         deadline: tokio::time::Instant,
         expiry: Option<tokio::time::Instant>,
         send: F,
-    ) -> Result<Result<ChunkReport, deliver::HandedBack>, WireError>
+    ) -> Result<deliver::Sent, WireError>
     where
         F: Fn(&'a str) -> Fut,
         Fut: std::future::Future<Output = volley_provider::Outcome>,
@@ -598,6 +610,32 @@ impl AgentServer {
         )
         .await)
     }
+}
+
+/// An answer in the chunk's positions (a chunk sent in part numbers its tokens by their place
+/// in the whole chunk, [`Chunk::positions`]), with those positions echoed.
+fn in_positions(chunk: &Chunk, mut answer: ChunkAnswer) -> ChunkAnswer {
+    if chunk.positions.is_empty() {
+        return answer;
+    }
+    let position = |index: u32| {
+        chunk
+            .positions
+            .get(index as usize)
+            .copied()
+            .unwrap_or(index)
+    };
+    for (index, _, _) in &mut answer.report.invalid {
+        *index = position(*index);
+    }
+    for failure in &mut answer.report.failed {
+        failure.index = position(failure.index);
+    }
+    for index in &mut answer.returned {
+        *index = position(*index);
+    }
+    answer.positions = chunk.positions.clone();
+    answer
 }
 
 /// Takes a chunk, or refuses it at once while its app's breaker is open, so that the

@@ -456,6 +456,10 @@ pub struct Chunk {
     pub render: Render,
     /// The tokens.
     pub tokens: TokenList,
+    /// The chunk's positions of `tokens`, in order, when only part of the chunk goes out (the
+    /// rest another agent sent, then handed back: see [`ChunkAnswer::returned`]); empty when
+    /// `tokens` is the whole chunk. Every index an agent answers with is a chunk position.
+    pub positions: Vec<u32>,
     /// A collapse id for providers when the notification sets none (the job id, for
     /// broadcasts): a duplicate caused by a crash then replaces rather than repeats on the
     /// device.
@@ -486,6 +490,35 @@ pub struct ChunkReport {
     pub possible_duplicates: u32,
     /// Notifications not sent because their job was cancelled.
     pub cancelled: u32,
+}
+
+/// An agent's answer for one chunk it took.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkAnswer {
+    /// What became of the tokens it did not give back; its indices are chunk positions.
+    pub report: ChunkReport,
+    /// Positions it gives back unsent, none in flight: its app's provider circuit opened
+    /// part-way through the chunk. The controller sends them through another agent; those
+    /// whose earlier send may have reached the provider are counted in
+    /// `report.possible_duplicates`.
+    pub returned: Vec<u32>,
+    /// When `returned` is not empty: how long the circuit stays open, so the controller keeps
+    /// the app's chunks off this agent meanwhile.
+    pub pause: std::time::Duration,
+    /// The chunk's `positions` it was handed, echoed (empty: the whole chunk). A controller
+    /// that adopted the chunk after a restart lost the report of the other positions, and
+    /// sends them again.
+    pub positions: Vec<u32>,
+}
+
+impl ChunkAnswer {
+    /// The answer for a whole chunk, all of it reported.
+    pub fn whole(report: ChunkReport) -> ChunkAnswer {
+        ChunkAnswer {
+            report,
+            ..ChunkAnswer::default()
+        }
+    }
 }
 
 /// How an agent introduces itself to the controller.
@@ -576,8 +609,8 @@ pub struct ChunkOutcome {
     pub chunk: ChunkId,
     /// The epoch it was handed out with.
     pub epoch: u32,
-    /// Its report, or why it was not sent: what the `deliver` call would have answered.
-    pub outcome: Result<ChunkReport, WireError>,
+    /// Its answer, or why it was not sent: what the `deliver` call would have answered.
+    pub outcome: Result<ChunkAnswer, WireError>,
 }
 
 /// One agent as the controller sees it.
@@ -988,7 +1021,7 @@ pub trait Agent {
     /// chunk in the order given. The chunks of one call are delivered concurrently: a
     /// dispatcher gathers the small chunks waiting in the queue (single-notification jobs)
     /// into one call, so that they share a round trip and their HTTP/2 writes.
-    async fn deliver(chunks: Vec<Chunk>) -> Vec<Result<ChunkReport, WireError>>;
+    async fn deliver(chunks: Vec<Chunk>) -> Vec<Result<ChunkAnswer, WireError>>;
 }
 
 #[cfg(test)]

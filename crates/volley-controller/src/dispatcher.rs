@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use volley_contracts::{
-    AgentClient, AgentId, ChunkFailure, ChunkReport, ErrorCode, JobState, WireError,
+    AgentClient, AgentId, ChunkAnswer, ChunkFailure, ChunkReport, ErrorCode, JobState, WireError,
 };
 
+use crate::job::{ChunkSpec, Part};
+use crate::merged;
 use crate::registry::AgentCounters;
 use crate::scheduler::{Batch, Work};
 use crate::store::Write;
@@ -220,7 +222,7 @@ impl Dispatcher {
         context.deadline = Instant::now() + core.config.chunk_timeout;
         let sent = Instant::now();
         let every = |why: HandBack| works.iter().map(|_| Err(why)).collect::<Vec<_>>();
-        let results: Vec<Result<ChunkReport, HandBack>> = tokio::select! {
+        let results: Vec<Result<ChunkAnswer, HandBack>> = tokio::select! {
             () = self.stop.cancelled() => every(HandBack::AgentDropped),
             // One lease of the batch is gone (they expire together): the whole call is
             // abandoned and every chunk handed out again.
@@ -284,14 +286,13 @@ impl Core {
         agent: AgentId,
         counters: &AgentCounters,
         work: Work,
-        result: Result<ChunkReport, HandBack>,
+        result: Result<ChunkAnswer, HandBack>,
         took_ms: Option<u64>,
     ) -> bool {
         let core = self;
         let why = match result {
-            Ok(report) => {
-                counters.chunks_done.fetch_add(1, Ordering::Relaxed);
-                core.record(&work, &report, took_ms);
+            Ok(answer) => {
+                core.answered(agent, counters, work, answer, took_ms);
                 return true;
             }
             Err(why) => why,
@@ -338,7 +339,7 @@ impl Core {
                 // cancelled, although some of it may have reached devices.
                 if !retry.job.is_cancelled() {
                     tracing::warn!(agent = %agent, job = %retry.job.id, chunk = retry.spec.index, epoch, why = why.as_str(), "handing the chunk to another agent");
-                    let count = retry.spec.len() as u64;
+                    let count = retry.spec.outgoing() as u64;
                     retry.job.note_redispatch(&retry.spec);
                     core.store.write_later(Write::Duplicates {
                         id: retry.job.id,
@@ -357,10 +358,84 @@ impl Core {
     }
 }
 
+impl Core {
+    /// Records an agent's answer for a chunk, or, when it handed back part of it, keeps what
+    /// it reported and puts the rest back at the head of the chunk's queue.
+    fn answered(
+        &self,
+        agent: AgentId,
+        counters: &AgentCounters,
+        work: Work,
+        answer: ChunkAnswer,
+        took_ms: Option<u64>,
+    ) {
+        let ChunkAnswer {
+            report,
+            mut returned,
+            pause,
+            positions,
+        } = answer;
+        let len = work.spec.len();
+        // A part this controller did not hand out: it adopted the chunk after a restart, and
+        // the report of the positions the answer does not cover was lost with its
+        // predecessor. They go out again, counted as possible duplicates.
+        let mut lost = 0;
+        if work.spec.part.is_none() && !positions.is_empty() {
+            let mut covered = vec![false; len];
+            for &position in &positions {
+                if let Some(covered) = covered.get_mut(position as usize) {
+                    *covered = true;
+                }
+            }
+            let before = returned.len();
+            returned.extend((0..len as u32).filter(|&position| !covered[position as usize]));
+            lost = (returned.len() - before) as u64;
+            returned.sort_unstable();
+        }
+        returned.retain(|&position| (position as usize) < len);
+        if returned.is_empty() {
+            counters.chunks_done.fetch_add(1, Ordering::Relaxed);
+            self.record(&work, &report, took_ms);
+            return;
+        }
+        let job = work.job;
+        if lost > 0 && !job.is_cancelled() {
+            tracing::warn!(agent = %agent, job = %job.id, chunk = work.spec.index, lost, "an adopted part's other tokens go out again");
+            job.note_duplicates(lost);
+            self.store.write_later(Write::Duplicates {
+                id: job.id,
+                count: lost,
+            });
+        }
+        tracing::info!(agent = %agent, job = %job.id, chunk = work.spec.index, returned = returned.len(), tokens = len, ?pause, "the agent handed back the unsent rest of a chunk; it goes to another agent");
+        let done = match &work.spec.part {
+            Some(part) => merged(&part.done, &report),
+            None => report,
+        };
+        let retry = Work {
+            job,
+            spec: ChunkSpec {
+                part: Some(Arc::new(Part {
+                    positions: returned,
+                    done,
+                })),
+                ..work.spec
+            },
+            epoch: work.epoch + 1,
+        };
+        let pause = (!pause.is_zero()).then(|| (agent, tokio::time::Instant::now() + pause));
+        self.hand_back(retry, pause);
+    }
+}
+
 /// A report in which every notification of a chunk failed with `class` and `reason`.
-pub(crate) fn failed_report(tokens: usize, class: &str, reason: &str) -> ChunkReport {
+pub(crate) fn failed_report(
+    positions: impl Iterator<Item = u32>,
+    class: &str,
+    reason: &str,
+) -> ChunkReport {
     ChunkReport {
-        failed: (0..tokens as u32)
+        failed: positions
             .map(|index| ChunkFailure {
                 index,
                 class: class.into(),

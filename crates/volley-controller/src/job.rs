@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::clock::now_ms;
 use crate::store::{CancelMark, StoredJob};
@@ -19,11 +20,41 @@ pub(crate) struct ChunkSpec {
     pub(crate) index: u32,
     pub(crate) platform: Platform,
     pub(crate) range: Range<usize>,
+    /// Set when only part of the chunk is still to send: an agent handed back the rest of
+    /// it when its circuit opened part-way (`ChunkAnswer::returned`).
+    pub(crate) part: Option<Arc<Part>>,
+}
+
+/// What is left of a chunk that went out in part.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Part {
+    /// The positions (within the chunk) still to send, ascending.
+    pub(crate) positions: Vec<u32>,
+    /// What became of the others, in chunk positions. Held in memory only: the chunk's
+    /// report goes to the store once, whole. A controller that stops before then sends the
+    /// whole chunk again, its tokens counted as possible duplicates (orphans.rs).
+    pub(crate) done: ChunkReport,
 }
 
 impl ChunkSpec {
+    /// The chunk's tokens.
     pub(crate) fn len(&self) -> usize {
         self.range.len()
+    }
+
+    /// The tokens that go out when the chunk is handed out: all, or what is left of a part.
+    pub(crate) fn outgoing(&self) -> usize {
+        self.part
+            .as_ref()
+            .map_or(self.range.len(), |part| part.positions.len())
+    }
+
+    /// The positions (within the chunk) of the tokens that go out, ascending.
+    pub(crate) fn outgoing_positions(&self) -> Box<dyn Iterator<Item = u32> + '_> {
+        match &self.part {
+            Some(part) => Box::new(part.positions.iter().copied()),
+            None => Box::new(0..self.range.len() as u32),
+        }
     }
 }
 
@@ -134,6 +165,7 @@ impl Job {
                     index: specs.len() as u32,
                     platform,
                     range: start..end,
+                    part: None,
                 });
                 start = end;
             }
@@ -248,12 +280,34 @@ impl Job {
             epoch: 0,
             app: self.app.clone(),
             render,
-            tokens: self.tokens(spec.platform).slice(spec.range.clone()),
+            tokens: self.outgoing_tokens(spec),
+            positions: spec
+                .part
+                .as_ref()
+                .map(|part| part.positions.clone())
+                .unwrap_or_default(),
             collapse_id: (collapse_duplicates
                 && self.accepted > 1
                 && spec.platform == Platform::Apns)
                 .then(|| self.id.to_string()),
         })
+    }
+
+    /// The tokens of the chunk that go out: a slice of the job's buffer, or for a part (rare:
+    /// an agent handed back the rest of a chunk) a copy of what is left.
+    fn outgoing_tokens(&self, spec: &ChunkSpec) -> TokenList {
+        let tokens = self.tokens(spec.platform).slice(spec.range.clone());
+        let Some(part) = &spec.part else {
+            return tokens;
+        };
+        let mut left = volley_contracts::TokenListBuilder::with_capacity(
+            part.positions.len(),
+            tokens.byte_len(),
+        );
+        for &position in &part.positions {
+            left.push(tokens.get(position as usize).unwrap_or_default());
+        }
+        left.finish()
     }
 
     /// Whether the job is cancelled: none of its chunks may go out any more.
@@ -398,8 +452,13 @@ impl Job {
 
     /// Records that a chunk is going out again after its agent was lost mid-chunk.
     pub(crate) fn note_redispatch(&self, spec: &ChunkSpec) {
-        // Every token of the chunk may already have been sent once.
-        self.progress.lock().possible_duplicates += spec.len() as u64;
+        // Every token that went out may already have been sent once.
+        self.note_duplicates(spec.outgoing() as u64);
+    }
+
+    /// Counts notifications that may be sent twice.
+    pub(crate) fn note_duplicates(&self, count: u64) {
+        self.progress.lock().possible_duplicates += count;
     }
 
     fn finish_chunk(&self, progress: &mut Progress) -> bool {

@@ -1042,7 +1042,18 @@ impl Core {
 
     /// Records a chunk's final report: the job's progress, the store, the webhook outbox and
     /// the app's counters (with the chunk's round trip, `took_ms`, when it went out).
+    ///
+    /// `report` covers the tokens that went out (in chunk positions); for a part, the report
+    /// of the rest is added, so that the store gets the chunk's whole report, once.
     pub(crate) fn record(&self, work: &Work, report: &ChunkReport, took_ms: Option<u64>) {
+        let whole;
+        let report = match &work.spec.part {
+            Some(part) => {
+                whole = merged(&part.done, report);
+                &whole
+            }
+            None => report,
+        };
         let report = balanced(report, work.spec.len());
         let Some(totals) = work.job.apply_report(&work.spec, &report) else {
             return;
@@ -1093,7 +1104,7 @@ impl Core {
     /// Finishes a chunk of a cancelled job without sending it.
     pub(crate) fn skip_cancelled(&self, work: &Work) {
         let report = ChunkReport {
-            cancelled: work.spec.len() as u32,
+            cancelled: work.spec.outgoing() as u32,
             ..ChunkReport::default()
         };
         self.record(work, &report, None);
@@ -1101,7 +1112,7 @@ impl Core {
 
     /// Finishes a chunk that cannot be sent: every notification fails with `class`/`reason`.
     pub(crate) fn fail_chunk(&self, work: &Work, class: &str, reason: &str) {
-        let report = dispatcher::failed_report(work.spec.len(), class, reason);
+        let report = dispatcher::failed_report(work.spec.outgoing_positions(), class, reason);
         self.record(work, &report, None);
     }
 
@@ -1236,6 +1247,17 @@ async fn watch_leases(core: Arc<Core>) {
 /// outcomes than tokens (a bug) gets the rest counted as failed (`internal`, `unreported`),
 /// one that reports more has its delivered count cut, so that every job keeps
 /// `accepted = delivered + invalid + failed + cancelled`.
+/// Two reports of one chunk's tokens (a part's and the rest's) as one.
+pub(crate) fn merged(one: &ChunkReport, other: &ChunkReport) -> ChunkReport {
+    let mut both = one.clone();
+    both.delivered += other.delivered;
+    both.invalid.extend(other.invalid.iter().cloned());
+    both.failed.extend(other.failed.iter().cloned());
+    both.possible_duplicates += other.possible_duplicates;
+    both.cancelled += other.cancelled;
+    both
+}
+
 fn balanced(report: &ChunkReport, len: usize) -> std::borrow::Cow<'_, ChunkReport> {
     let len = len as u64;
     let others = report.invalid.len() as u64 + report.failed.len() as u64;

@@ -71,7 +71,7 @@ impl Core {
                 retry.job.note_redispatch(&retry.spec);
                 self.store.write_later(Write::Duplicates {
                     id: retry.job.id,
-                    count: retry.spec.len() as u64,
+                    count: retry.spec.outgoing() as u64,
                 });
                 self.metrics.chunks_redispatched.inc();
             }
@@ -175,7 +175,7 @@ impl Core {
         &self,
         agent: AgentId,
         adopted: crate::leases::Adopted,
-        outcome: Result<volley_contracts::ChunkReport, HandBack>,
+        outcome: Result<volley_contracts::ChunkAnswer, HandBack>,
     ) {
         let crate::leases::Adopted { work, counters } = adopted;
         self.settle(agent, &counters, work, outcome, None);

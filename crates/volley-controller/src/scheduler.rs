@@ -272,7 +272,7 @@ impl Inner {
                         queue.jobs.pop_front();
                         continue;
                     };
-                    let len = spec.len();
+                    let len = spec.outgoing();
                     let fits = batch.works.is_empty() || tokens + len <= quantum;
                     if len > queue.deficit || !fits || batch.works.len() >= MAX_BATCH_CHUNKS {
                         break;
@@ -321,7 +321,7 @@ impl Inner {
         let index = self.queue_index(&work.job.app, work.spec.platform);
         let queue = &mut self.queues[index];
         queue.chunks += 1;
-        queue.tokens += work.spec.len() as u64;
+        queue.tokens += work.spec.outgoing() as u64;
         queue.jobs.push_front(JobChunks {
             job: work.job,
             chunks: VecDeque::from([(work.spec, work.epoch)]),
@@ -371,7 +371,7 @@ impl Scheduler {
                 queue.chunks += chunks.len();
                 queue.tokens += chunks
                     .iter()
-                    .map(|(spec, _)| spec.len() as u64)
+                    .map(|(spec, _)| spec.outgoing() as u64)
                     .sum::<u64>();
                 queue.jobs.push_back(JobChunks {
                     job: job.clone(),
@@ -501,7 +501,7 @@ impl Scheduler {
                     return true;
                 }
                 for (spec, epoch) in entry.chunks.drain(..) {
-                    queue.tokens -= spec.len() as u64;
+                    queue.tokens -= spec.outgoing() as u64;
                     removed.push(Work {
                         job: entry.job.clone(),
                         spec,

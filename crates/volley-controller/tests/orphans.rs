@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use volley_contracts::{
-    AgentId, AgentInfo, ChunkOutcome, ChunkReport, ControllerClient, Held, JobId, JobState,
-    Platform, Renewal, ServedApp,
+    AgentId, AgentInfo, ChunkAnswer, ChunkOutcome, ChunkReport, ControllerClient, Held, JobId,
+    JobState, Platform, Renewal, ServedApp,
 };
 use volley_testkit::controller::{
     job_status, register, serve_agent, start_controller_with, submit, wait_final, Running,
@@ -93,10 +93,10 @@ async fn report(controller: &ControllerClient, agent: AgentId, held: Held, deliv
     let outcome = ChunkOutcome {
         chunk: held.chunk,
         epoch: held.epoch,
-        outcome: Ok(ChunkReport {
+        outcome: Ok(ChunkAnswer::whole(ChunkReport {
             delivered,
             ..ChunkReport::default()
-        }),
+        })),
     };
     controller
         .report(tarpc::context::current(), agent, vec![outcome])
@@ -248,5 +248,49 @@ async fn a_cancel_takes_unclaimed_chunks_and_adopted_ones_finish_as_they_report(
         ),
         (JobState::Cancelled, 2, 2, 0)
     );
+    running.stop().unwrap();
+}
+
+#[tokio::test]
+async fn an_adopted_part_of_a_chunk_settles_it_and_the_rest_goes_out_again_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (job, held) = stopped_with_chunks_out(dir.path(), 1).await;
+    let held = held[0];
+
+    // The agent holding the chunk had been handed only its position 1 (the previous controller
+    // kept the report of position 0 in memory, and lost it).
+    let running = start(dir.path(), Duration::from_secs(30)).await;
+    let client = &running.client;
+    let other = TestAgent::default();
+    let agent = register_as_agent(client, serve_agent(other.clone()).await).await;
+    assert_eq!(
+        heartbeat(client, agent, &[held]).await.claimed,
+        [held.chunk]
+    );
+    let outcome = ChunkOutcome {
+        chunk: held.chunk,
+        epoch: held.epoch,
+        outcome: Ok(ChunkAnswer {
+            report: ChunkReport {
+                delivered: 1,
+                ..ChunkReport::default()
+            },
+            positions: vec![1],
+            ..ChunkAnswer::default()
+        }),
+    };
+    client
+        .report(tarpc::context::current(), agent, vec![outcome])
+        .await
+        .unwrap()
+        .unwrap();
+    // Position 0 goes out again, to the only agent, counted as a possible duplicate.
+    let last = wait_final(client, job).await;
+    assert_eq!(
+        (last.state, last.delivered, last.possible_duplicates),
+        (JobState::Done, 2, 1),
+        "{last:?}"
+    );
+    assert_eq!(other.positions.lock().unwrap().clone(), [vec![0]]);
     running.stop().unwrap();
 }

@@ -113,3 +113,52 @@ async fn a_chunk_no_agent_can_send_fails_instead_of_going_round() {
     assert_eq!(agent.calls.lock().unwrap().len(), 1);
     running.stop().unwrap();
 }
+
+#[tokio::test]
+async fn the_rest_of_a_chunk_an_agent_handed_back_goes_out_alone_and_is_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_controller(dir.path()).await;
+    let controller = &running.client;
+    // Its circuit opens after 3 of the chunk's 10 notifications.
+    let agent = TestAgent::default();
+    agent
+        .hand_backs
+        .lock()
+        .unwrap()
+        .push_back((3, Duration::from_millis(400)));
+    register(controller, serve_agent(agent.clone()).await, 4).await;
+    let mut tokens: Vec<String> = (0..10).map(|i| apns_token("", 100 + i)).collect();
+    tokens[1] = apns_token("dead", 1);
+    tokens[7] = apns_token("dead", 7);
+    let job = submit(controller, &tokens).await;
+    let done = wait_done(controller, job.id).await;
+    assert_eq!(
+        (
+            done.delivered,
+            done.invalid,
+            done.failed,
+            done.possible_duplicates
+        ),
+        (8, 2, 0, 0),
+        "{done:?}"
+    );
+    // Each invalid token is reported as itself: the part's positions map back to the chunk.
+    let invalid: Vec<&str> = done
+        .invalid_tokens
+        .iter()
+        .map(|invalid| invalid.token.as_str())
+        .collect();
+    assert_eq!(invalid, [tokens[1].as_str(), tokens[7].as_str()]);
+    // Only the seven handed back went out again, after the pause the agent asked for.
+    let positions = agent.positions.lock().unwrap().clone();
+    assert_eq!(positions, [vec![], (3..10).collect::<Vec<u32>>()]);
+    let times = agent.call_times.lock().unwrap().clone();
+    assert!(
+        times[1] - times[0] >= Duration::from_millis(400),
+        "offered again after {:?}, before the pause ended",
+        times[1] - times[0]
+    );
+    let received = agent.received.lock().unwrap().clone();
+    assert_eq!(received[1].epoch, received[0].epoch + 1);
+    running.stop().unwrap();
+}

@@ -11,8 +11,8 @@ use tarpc::server::{BaseChannel, Channel};
 use tokio::sync::Semaphore;
 use volley_config::Config;
 use volley_contracts::{
-    Agent, AgentInfo, ApnsRender, Chunk, ChunkReport, ControllerClient, Fingerprint, Held,
-    IdempotencyKey, JobAccepted, JobId, JobStatus, Links, SubmitJob, TokenList, WireError,
+    Agent, AgentInfo, ApnsRender, Chunk, ChunkAnswer, ChunkReport, ControllerClient, Fingerprint,
+    Held, IdempotencyKey, JobAccepted, JobId, JobStatus, Links, SubmitJob, TokenList, WireError,
 };
 
 use crate::role::{spawn_controller, RoleHandle};
@@ -35,10 +35,16 @@ pub struct TestAgent {
     pub refusals: Arc<Mutex<std::collections::VecDeque<WireError>>>,
     /// Every chunk handed to it, with the epoch it came with, in order.
     pub received: Arc<Mutex<Vec<Held>>>,
+    /// The `positions` of every chunk handed to it (empty: a whole chunk), in order.
+    pub positions: Arc<Mutex<Vec<Vec<u32>>>>,
+    /// For the next chunks, after the refusals, one each: deliver the first `n` tokens and
+    /// hand back the rest, asking the controller to pause the app that long (as an agent
+    /// whose circuit opened part-way does).
+    pub hand_backs: Arc<Mutex<std::collections::VecDeque<(usize, Duration)>>>,
 }
 
 impl Agent for TestAgent {
-    async fn deliver(self, _: Context, chunks: Vec<Chunk>) -> Vec<Result<ChunkReport, WireError>> {
+    async fn deliver(self, _: Context, chunks: Vec<Chunk>) -> Vec<Result<ChunkAnswer, WireError>> {
         let first = {
             let mut calls = self.calls.lock().unwrap();
             calls.push(chunks.len());
@@ -55,27 +61,54 @@ impl Agent for TestAgent {
                 chunk: chunk.id,
                 epoch: chunk.epoch,
             }));
+        self.positions
+            .lock()
+            .unwrap()
+            .extend(chunks.iter().map(|chunk| chunk.positions.clone()));
         if let Some(gate) = self.gate.as_ref().filter(|_| first) {
             let _ = gate.acquire().await.unwrap();
         }
         let mut refusals = self.refusals.lock().unwrap();
+        let mut hand_backs = self.hand_backs.lock().unwrap();
         chunks
             .iter()
-            .map(|chunk| match refusals.pop_front() {
-                Some(refusal) => Err(refusal),
-                None => Ok(report(chunk)),
+            .map(|chunk| {
+                if let Some(refusal) = refusals.pop_front() {
+                    return Err(refusal);
+                }
+                let (sent, pause) = hand_backs
+                    .pop_front()
+                    .unwrap_or((chunk.tokens.len(), Duration::ZERO));
+                let sent = sent.min(chunk.tokens.len());
+                let position = |index: usize| match chunk.positions.get(index) {
+                    Some(&position) => position,
+                    None => index as u32,
+                };
+                Ok(ChunkAnswer {
+                    report: report(chunk, 0..sent, position),
+                    returned: (sent..chunk.tokens.len()).map(position).collect(),
+                    pause,
+                    positions: chunk.positions.clone(),
+                })
             })
             .collect()
     }
 }
 
-fn report(chunk: &Chunk) -> ChunkReport {
+/// The report of the tokens `sent` of `chunk`, numbered by `position`.
+fn report(
+    chunk: &Chunk,
+    sent: std::ops::Range<usize>,
+    position: impl Fn(usize) -> u32,
+) -> ChunkReport {
     let mut report = ChunkReport::default();
-    for index in 0..chunk.tokens.len() {
+    for index in sent {
         if chunk.tokens.get(index).unwrap_or("").starts_with("dead") {
-            report
-                .invalid
-                .push((index as u32, "Unregistered".into(), Some(1_700_000_000_000)));
+            report.invalid.push((
+                position(index),
+                "Unregistered".into(),
+                Some(1_700_000_000_000),
+            ));
         } else {
             report.delivered += 1;
         }
