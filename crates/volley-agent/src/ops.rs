@@ -22,7 +22,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::{json, Map};
-use volley_contracts::{AgentId, ErrorCode, Links, WireError};
+use volley_contracts::{AgentId, ChunkAnswer, ErrorCode, Links, WireError};
 use volley_ops::encode::{gauge, gauges};
 use volley_ops::{AtomicHistogram, Ops, ProcessCollector, KNOWN_REASONS};
 use volley_provider::{Outcome, PoolStats};
@@ -181,8 +181,10 @@ pub(crate) struct ChunkResults {
 
 impl ChunkResults {
     /// Counts a chunk's answer.
-    pub(crate) fn finished<T>(&self, answer: &Result<T, WireError>) {
+    pub(crate) fn finished(&self, answer: &Result<ChunkAnswer, WireError>) {
         match answer {
+            // Part of it handed back: counted with the chunks handed back whole.
+            Ok(answer) if !answer.returned.is_empty() => &self.paused,
             Ok(_) => &self.done,
             Err(error) if error.code == ErrorCode::ResourceExhausted => &self.paused,
             Err(error) if error.code == ErrorCode::LeaseLost => &self.lease_lost,
