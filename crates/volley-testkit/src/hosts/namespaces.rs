@@ -4,6 +4,7 @@
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -49,11 +50,12 @@ const GONE: Duration = Duration::from_secs(60);
 ///   harness shows when the test fails, like the test's own. When the child fails, or runs no
 ///   test of that name, this panics.
 /// - When the test process ends, however it ends (SIGKILL included), the child ends: it holds
-///   the write end of the child's stdin, and the child exits when its stdin closes. Its hosts'
-///   watchdog then kills whatever runs in its namespaces ([`crate::hosts`]); once the last of
-///   its processes is gone, so are its namespaces (named ones are bind mounts in the child's
-///   mount namespace, which ends with the last process in it). After the child exits, this
-///   waits until no process is left in its user namespace, and panics if one is.
+///   the write end of the child's stdin, and the child exits when its stdin closes (removing
+///   the directory the test process made for the run, below). Its hosts' watchdog then kills
+///   whatever runs in its namespaces ([`crate::hosts`]); once the last of its processes is
+///   gone, so are its namespaces (named ones are bind mounts in the child's mount namespace,
+///   which ends with the last process in it). After the child exits, this waits until no
+///   process is left in its user namespace, and panics if one is.
 /// - The throwaway PostgreSQL of `scripts/test` listens on the machine's loopback, out of the
 ///   child's reach; a file is not. When `POSTGRES_TEST_URL` is set, this process relays a unix
 ///   socket in a private directory to the server, and the child relays its own loopback, at
@@ -202,6 +204,7 @@ fn run_in_child(test: &str) {
     let exe = std::env::current_exe().expect("the test binary's path");
     let dir = tempfile::Builder::new()
         .prefix("volley-ns.")
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir()
         .expect("a private directory for the test's namespaces");
     let mut command = Command::new("unshare");
@@ -312,7 +315,11 @@ fn set_up() -> anyhow::Result<()> {
         .name("stdin-watch".to_owned())
         .spawn(|| {
             let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-            // Its parent is gone (the pipe may be too: no panic on a failed write).
+            // Its parent is gone, and cannot remove the directory it made for the run.
+            if let Some(dir) = private_dir() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            // The pipe of the output may be gone too: no panic on a failed write.
             let _ = writeln!(
                 std::io::stderr(),
                 "volley-testkit: the test process that ran this one is gone; exiting"
