@@ -117,9 +117,12 @@ fn a_small_broadcast_to_processes_balances() {
     }
 }
 
-/// Needs root (network namespaces), as the multi-host tests do: it fails without, never skips.
+/// Needs network namespaces, as the multi-host tests do: root, or unprivileged user namespaces
+/// of its own (`volley_testkit::needs_namespaces!`, where the bench inherits them); it fails
+/// without, never skips.
 #[test]
 fn a_small_broadcast_on_hosts_balances_and_reports_each_host() {
+    volley_testkit::needs_namespaces!();
     let (report, pid) = bench_process(&[
         "broadcast",
         "--topology",

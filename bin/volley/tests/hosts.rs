@@ -4,14 +4,17 @@
 //! counts balanced, no more duplicates at the fakes than counted) and that no namespace of the
 //! run is left behind — also when the process that made them is killed.
 //!
-//! They need root (as CI runs them) and fail without it.
+//! They need root (as CI runs them) or, for any other user, unprivileged user namespaces: each
+//! test then re-runs itself in user, network and mount namespaces of its own, as `unshare -Urnm`
+//! makes them (`volley_testkit::needs_namespaces!`). Where neither is to be had they fail,
+//! saying so.
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use volley_testkit::hosts::Hosts;
+use volley_testkit::hosts::{self, Hosts};
 use volley_testkit::jobs::{
     broadcast, check_no_loss, check_no_loss_of, count, delivered_at_least, finished,
     start_broadcast, wait_job,
@@ -47,6 +50,7 @@ fn assert_nothing_left() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broadcast_across_five_hosts_loses_nothing() {
     let _serial = SERIAL.lock().await;
+    volley_testkit::needs_namespaces!();
     let cluster = HostCluster::new(2).start(BIN).unwrap();
     // Each agent registered with its own host's address: the controller dials it there.
     let controller = cluster.proc("controller");
@@ -95,6 +99,7 @@ async fn agent_sends(cluster: &ProcCluster, agent: &str) -> (f64, f64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_cut_from_the_controller_stops_sending_and_its_chunks_go_elsewhere() {
     let _serial = SERIAL.lock().await;
+    volley_testkit::needs_namespaces!();
     let cluster = HostCluster::new(2)
         .fake_args(SLOW_FAKES)
         .start(BIN)
@@ -172,6 +177,7 @@ async fn moving_again(cluster: &ProcCluster, id: &str, from: Instant, delivered:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_front_cut_from_the_controller_answers_503_and_loses_nothing() {
     let _serial = SERIAL.lock().await;
+    volley_testkit::needs_namespaces!();
     let cluster = HostCluster::new(2)
         .fake_args(SLOW_FAKES)
         .start(BIN)
@@ -249,6 +255,7 @@ async fn a_front_cut_from_the_controller_answers_503_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_providers_cut_from_one_agent_open_its_breakers_and_the_others_carry_the_load() {
     let _serial = SERIAL.lock().await;
+    volley_testkit::needs_namespaces!();
     let cluster = HostCluster::new(3)
         .fake_args(&["--latency", "50ms"])
         .start(BIN)
@@ -316,6 +323,7 @@ const CONTROLLER_CUT: Duration = Duration::from_secs(4);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_host_cut_and_healed_and_everyone_reconnects() {
     let _serial = SERIAL.lock().await;
+    volley_testkit::needs_namespaces!();
     let cluster = HostCluster::new(2)
         .fake_args(SLOW_FAKES)
         .start(BIN)
@@ -361,6 +369,7 @@ async fn the_controller_host_cut_and_healed_and_everyone_reconnects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leading_controller_host_cut_the_standby_takes_over_and_the_old_leader_is_fenced() {
     let _serial = SERIAL.lock().await;
+    volley_testkit::needs_namespaces!();
     let url = fresh_database("hosts").await;
     let cluster = HostCluster::new(2)
         .postgres(&url, 2)
@@ -410,6 +419,7 @@ const FLAPPING: Duration = Duration::from_secs(60);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flapping_agent_link_loses_nothing() {
     let _serial = SERIAL.lock().await;
+    volley_testkit::needs_namespaces!();
     // Fakes answering in 500 ms: two agents of 400 streams each take over a minute for the
     // broadcast, so the flapping covers it.
     let cluster = HostCluster::new(2)
@@ -451,21 +461,57 @@ async fn a_flapping_agent_link_loses_nothing() {
     assert_nothing_left();
 }
 
-/// Run only as the child of [`a_killed_run_leaves_no_namespace`]: makes hosts, says so, and
-/// waits to be killed.
+/// Run only as the child of [`a_killed_run_leaves_no_namespace`]: makes hosts with a process on
+/// one, says so, and waits to be killed.
 #[test]
 #[ignore = "the child of a_killed_run_leaves_no_namespace"]
 fn hosts_of_a_run_about_to_be_killed() {
     if std::env::var_os(CHILD).is_none() {
         return;
     }
+    volley_testkit::needs_namespaces!();
     let hosts = Hosts::create(&["a", "b", "c"]).unwrap();
-    println!("hosts ready: {}", hosts.subnet());
+    // What runs on a host must go with it.
+    let mut sleeper = hosts
+        .command("a", "sleep")
+        .arg("1000")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = std::process::id();
+    println!(
+        "hosts ready: {} made by {pid}: {} namespaces and links, sleep {} on a",
+        hosts.subnet(),
+        Hosts::leftovers(pid).len(),
+        sleeper.id()
+    );
     // Blocks until the parent kills this process (it never writes to the pipe).
     let _ = std::io::stdin().read_line(&mut String::new());
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
     drop(hosts);
 }
 
+/// The numbers in a line, in order.
+fn numbers(line: &str) -> Vec<u32> {
+    line.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|word| word.parse().ok())
+        .collect()
+}
+
+/// Whether the process `pid` runs (a zombie does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+/// The child that makes hosts is killed: its namespaces and uplink are gone soon after, and the
+/// process on its host too. As root they are in this machine's namespaces; as another user the
+/// child runs its hosts in a grandchild in user namespaces of its own, which must end with it,
+/// and everything in its namespaces.
 #[test]
 fn a_killed_run_leaves_no_namespace() {
     let _serial = SERIAL.blocking_lock();
@@ -482,27 +528,59 @@ fn a_killed_run_leaves_no_namespace() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
+    // Read, and kept open until the child is killed: it may write more meanwhile.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
     let ready = stdout
-        .lines()
+        .by_ref()
         .map_while(Result::ok)
-        .find(|line| line.starts_with("hosts ready"));
-    assert!(ready.is_some(), "the child made no hosts");
-    let pid = child.id();
-    let made = Hosts::leftovers(pid);
+        .find(|line| line.starts_with("hosts ready"))
+        .expect("the child made no hosts");
+    // `hosts ready: 10.a.b.0/24 made by <pid>: <n> namespaces and links, sleep <pid> on a`
+    let [.., maker, made, sleeper] = numbers(&ready)[..] else {
+        panic!("{ready}");
+    };
     // A bridge, three hosts and the uplink.
-    assert_eq!(made.len(), 5, "{made:?}");
+    assert_eq!(made, 5, "{ready}");
+    assert!(running(sleeper), "{ready}");
+    let own = maker != child.id();
+    let user_ns = hosts::user_namespace(maker).unwrap();
+    if own {
+        // In namespaces of its own: none of it in this machine's.
+        assert_ne!(
+            Some(&user_ns),
+            hosts::user_namespace(std::process::id()).as_ref()
+        );
+        assert_eq!(Hosts::leftovers(maker), Vec::<String>::new());
+        assert!(hosts::processes_in(&user_ns).contains(&sleeper));
+    } else {
+        assert_eq!(Hosts::leftovers(maker).len(), 5, "{ready}");
+    }
 
     child.kill().unwrap();
     child.wait().unwrap();
+    drop(stdout);
     let start = std::time::Instant::now();
     wait_until_blocking(WAIT, "the killed run's namespaces to be gone", || {
-        Hosts::leftovers(pid).is_empty()
+        Hosts::leftovers(maker).is_empty()
+            && !running(sleeper)
+            && (!own || hosts::processes_in(&user_ns).is_empty())
     })
-    .unwrap_or_else(|_| panic!("left behind: {:?}", Hosts::leftovers(pid)));
+    .unwrap_or_else(|_| {
+        panic!(
+            "left behind: {:?}; sleep {sleeper} running: {}; in its user namespace: {:?}",
+            Hosts::leftovers(maker),
+            running(sleeper),
+            own.then(|| hosts::processes_in(&user_ns))
+        )
+    });
     eprintln!(
-        "a killed run's namespaces were gone {:?} after the kill",
-        start.elapsed()
+        "a killed run's namespaces were gone {:?} after the kill{}",
+        start.elapsed(),
+        if own {
+            " (in user namespaces of its own: no process of them left)"
+        } else {
+            ""
+        }
     );
     assert_nothing_left();
 }

@@ -56,8 +56,19 @@
 //!
 //! # Privileges
 //!
-//! Making namespaces needs root (as CI runs the tests) or `CAP_SYS_ADMIN` and `CAP_NET_ADMIN`;
-//! without them [`Hosts::create`] fails with a message that says so. Tests never skip.
+//! Making namespaces needs root (as CI runs the tests) or `CAP_SYS_ADMIN` and `CAP_NET_ADMIN`.
+//! Any other user gets them in user namespaces of its own, where the kernel allows
+//! unprivileged ones (as `unshare -Urnm` makes them): a test that makes hosts starts with
+//! [`crate::needs_namespaces!`], which, without the capabilities, re-runs the test in a child
+//! as root of a user namespace of its own, with its own network and mount namespaces, and
+//! passes when the child passes ([`in_namespaces`]). Everything above then happens inside the
+//! child's namespaces: its "root namespace" is the child's network namespace, its `ip netns`
+//! names are in a tmpfs of its own on `/run/netns`, and nothing of it is seen outside. The
+//! cleanup holds as well: the child exits when the test process ends, however it ends, its
+//! watchdog then kills what runs in its hosts, and the namespaces end with the last process in
+//! them. Where neither root nor user namespaces are to be had, the test fails with a message
+//! that says what it needs; tests never skip. ([`Hosts::create`] itself, without the
+//! capabilities, fails with a message that says so.)
 //!
 //! Everything is synchronous (`std::process::Command` running `/usr/sbin/ip`); creating ten
 //! hosts takes a few tens of milliseconds.
@@ -70,6 +81,11 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{bail, Context as _};
+
+mod namespaces;
+
+pub(crate) use namespaces::reach;
+pub use namespaces::{in_namespaces, processes_in, test_name, user_namespace};
 
 /// The `ip` program (iproute2).
 const IP: &str = "/usr/sbin/ip";
@@ -128,7 +144,9 @@ impl Hosts {
         ip(None, &["netns", "add", &hosts.run]).map_err(|error| {
             anyhow::anyhow!(
                 "cannot create network namespaces ({error:#}): the multi-host tests need root \
-                 (as CI runs them) or CAP_SYS_ADMIN and CAP_NET_ADMIN"
+                 (as CI runs them) or CAP_SYS_ADMIN and CAP_NET_ADMIN, which a test without \
+                 them gets in user namespaces of its own by starting with \
+                 volley_testkit::needs_namespaces!()"
             )
         })?;
         ip_batch(
@@ -439,9 +457,12 @@ fn validate_names(names: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A lock on a file every run shares, held while a subnet is chosen and claimed.
+/// A lock on a file every run in this network namespace shares, held while a subnet is chosen
+/// and claimed: in the temporary directory, or, in namespaces of a test's own
+/// ([`in_namespaces`]), in the directory private to them.
 fn lock_file() -> anyhow::Result<File> {
-    let path = std::env::temp_dir().join("volley-hosts.lock");
+    let dir = namespaces::private_dir().unwrap_or_else(std::env::temp_dir);
+    let path = dir.join("volley-hosts.lock");
     let file = File::options()
         .create(true)
         .truncate(false)
@@ -597,6 +618,7 @@ mod tests {
 
     #[test]
     fn hosts_reach_each_other_until_cut_or_partitioned_and_leave_nothing() {
+        crate::needs_namespaces!();
         let hosts = Hosts::create(&["a", "b", "c"]).unwrap();
         let (a, b, c) = (hosts.addr("a"), hosts.addr("b"), hosts.addr("c"));
         assert_ne!(a, b);

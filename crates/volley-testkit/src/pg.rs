@@ -19,6 +19,7 @@
 //! test that uses the server must tolerate a restart (reconnect, retry), as the controller's
 //! store must.
 
+use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,28 @@ pub fn postgres_url() -> String {
              PostgreSQL"
         ),
     }
+}
+
+/// The socket address of the test server (`POSTGRES_TEST_URL`'s first host, resolved here, and
+/// port), when the variable is set and names a TCP host.
+pub fn server_addr() -> Option<SocketAddr> {
+    let url = std::env::var(URL_VAR).ok()?;
+    tcp_addr(&url).ok()
+}
+
+/// The socket address of the server of `url`: its first host (an address, or a name resolved
+/// here) and port (5432 when it names none).
+pub fn tcp_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let config: tokio_postgres::Config = url.parse()?;
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        _ => anyhow::bail!("the PostgreSQL URL names no TCP host: {url}"),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    (host.as_str(), port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{host} resolves to no address"))
 }
 
 /// Connects to `url` without TLS and drives the connection on a task of the current runtime.

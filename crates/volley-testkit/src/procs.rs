@@ -895,7 +895,9 @@ fn failover_defaults() -> [(String, String); 3] {
 
 /// Starts a relay on `root_addr` to the database of `url` (on this machine) and returns the URL
 /// the hosts use: through the relay, with the database's host kept as the name its TLS
-/// certificate is checked against (`hostaddr` says where to connect).
+/// certificate is checked against (`hostaddr` says where to connect). In namespaces of a test's
+/// own ([`crate::hosts::in_namespaces`]), the relay forwards to the test process's unix socket
+/// to the database instead.
 fn relayed_postgres(url: &str, root_addr: Ipv4Addr) -> anyhow::Result<(String, Relay)> {
     let config: tokio_postgres::Config = url.parse()?;
     let host = match config.get_hosts().first() {
@@ -903,8 +905,11 @@ fn relayed_postgres(url: &str, root_addr: Ipv4Addr) -> anyhow::Result<(String, R
         _ => anyhow::bail!("the PostgreSQL URL names no TCP host: {url}"),
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
-    let target = tokio_postgres_target(&host, port)?;
-    let relay = Relay::start(std::net::SocketAddr::new(root_addr.into(), 0), target)?;
+    let target = crate::hosts::reach(crate::pg::tcp_addr(url)?);
+    let relay = Relay::between(
+        std::net::SocketAddr::new(root_addr.into(), 0).into(),
+        target,
+    )?;
     let with_port = url.replacen(
         &format!("{host}:{port}"),
         &format!("{host}:{}", relay.addr().port()),
@@ -913,15 +918,6 @@ fn relayed_postgres(url: &str, root_addr: Ipv4Addr) -> anyhow::Result<(String, R
     anyhow::ensure!(with_port != url, "cannot find {host}:{port} in {url}");
     let separator = if with_port.contains('?') { '&' } else { '?' };
     Ok((format!("{with_port}{separator}hostaddr={root_addr}"), relay))
-}
-
-/// The socket address of the database's `host` (an address, or a name resolved here).
-fn tokio_postgres_target(host: &str, port: u16) -> anyhow::Result<std::net::SocketAddr> {
-    use std::net::ToSocketAddrs as _;
-    (host, port)
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("{host} resolves to no address"))
 }
 
 impl Network {
