@@ -90,6 +90,7 @@ fn chunk() -> Chunk {
         },
         epoch: 1,
         positions: Vec::new(),
+        hand_back: true,
         app: "demo".into(),
         render: Render::Apns(ApnsRender {
             payload,

@@ -125,6 +125,7 @@ async fn only_the_clusters_nodes_link_and_each_makes_only_its_own_calls() {
             .iter()
             .collect(),
         positions: Vec::new(),
+        hand_back: true,
         epoch: 1,
         collapse_id: None,
     };

@@ -45,6 +45,8 @@ struct Holding {
     lease: CancellationToken,
     /// What became of it; `None` while it is being sent.
     outcome: Option<Result<ChunkAnswer, WireError>>,
+    /// The chunk's positions it was handed (`Chunk::positions`; empty: the whole chunk).
+    positions: Vec<u32>,
     /// Claimed by the controller of the current registration: no call waits for its outcome,
     /// which goes in a `report` call instead.
     claimed: bool,
@@ -54,12 +56,18 @@ impl Holdings {
     /// Holds a chunk handed out with `epoch`; returns its lease token, cancelled when the
     /// chunk is no longer this agent's. An earlier hand-out of the same chunk still held is
     /// over: the controller gave up on it before handing the chunk out again.
-    pub(crate) fn hold(&self, chunk: ChunkId, epoch: u32) -> CancellationToken {
+    pub(crate) fn hold(
+        &self,
+        chunk: ChunkId,
+        epoch: u32,
+        positions: Vec<u32>,
+    ) -> CancellationToken {
         let lease = CancellationToken::new();
         let holding = Holding {
             epoch,
             lease: lease.clone(),
             outcome: None,
+            positions,
             claimed: false,
         };
         if let Some(earlier) = self.chunks.lock().insert(chunk, holding) {
@@ -200,6 +208,7 @@ impl Holdings {
                 chunk: *chunk,
                 epoch: holding.epoch,
                 outcome: outcome.clone(),
+                positions: holding.positions.clone(),
             });
         }
         due
@@ -280,8 +289,8 @@ mod tests {
     #[test]
     fn an_outcome_is_held_until_released_and_reported_only_once_claimed() {
         let holdings = Holdings::default();
-        let lease = holdings.hold(chunk(0), 3);
-        holdings.hold(chunk(1), 0);
+        let lease = holdings.hold(chunk(0), 3, Vec::new());
+        holdings.hold(chunk(1), 0, Vec::new());
         holdings.finish(chunk(0), 3, &delivered(5));
         assert_eq!(holdings.len(), 2, "a finished chunk stays held");
         assert_eq!(holdings.sending(), 1);
@@ -307,7 +316,7 @@ mod tests {
     #[test]
     fn a_release_stops_the_sends_and_a_late_outcome_is_dropped() {
         let holdings = Holdings::default();
-        let lease = holdings.hold(chunk(0), 0);
+        let lease = holdings.hold(chunk(0), 0, Vec::new());
         holdings.renewed(&Renewal {
             released: vec![chunk(0)],
             claimed: Vec::new(),
@@ -320,8 +329,8 @@ mod tests {
     #[test]
     fn a_lapse_stops_what_is_being_sent_and_keeps_what_finished() {
         let holdings = Holdings::default();
-        let sending = holdings.hold(chunk(0), 0);
-        let finished = holdings.hold(chunk(1), 0);
+        let sending = holdings.hold(chunk(0), 0, Vec::new());
+        let finished = holdings.hold(chunk(1), 0, Vec::new());
         holdings.finish(chunk(1), 0, &delivered(1));
         assert_eq!(holdings.lapse(), 1);
         assert!(sending.is_cancelled());
@@ -339,10 +348,10 @@ mod tests {
     #[test]
     fn an_abandoned_call_stops_what_it_still_sends() {
         let holdings = Holdings::default();
-        let sending = holdings.hold(chunk(0), 2);
-        let finished = holdings.hold(chunk(1), 2);
+        let sending = holdings.hold(chunk(0), 2, Vec::new());
+        let finished = holdings.hold(chunk(1), 2, Vec::new());
         holdings.finish(chunk(1), 2, &delivered(1));
-        let other = holdings.hold(chunk(2), 5);
+        let other = holdings.hold(chunk(2), 5, Vec::new());
         assert_eq!(
             holdings.abandon(&[(chunk(0), 2), (chunk(1), 2), (chunk(2), 4)]),
             1
@@ -356,8 +365,8 @@ mod tests {
     #[test]
     fn a_new_hand_out_replaces_the_old_one() {
         let holdings = Holdings::default();
-        let old = holdings.hold(chunk(0), 0);
-        let new = holdings.hold(chunk(0), 1);
+        let old = holdings.hold(chunk(0), 0, Vec::new());
+        let new = holdings.hold(chunk(0), 1, Vec::new());
         assert!(old.is_cancelled());
         holdings.finish(chunk(0), 0, &delivered(1));
         assert_eq!(
@@ -372,7 +381,7 @@ mod tests {
     fn reports_are_batched_by_size() {
         let holdings = Holdings::default();
         for index in 0..10 {
-            holdings.hold(chunk(index), 0);
+            holdings.hold(chunk(index), 0, Vec::new());
             holdings.finish(chunk(index), 0, &delivered(1));
         }
         holdings.renewed(&Renewal {

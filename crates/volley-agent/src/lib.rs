@@ -3,7 +3,7 @@
 //! The agent loads its apps' credentials from its own configuration (they never travel over
 //! the RPC link), registers with the controller, and serves `deliver` calls: each chunk's
 //! tokens go into the app's APNs or FCM client as many concurrent HTTP/2 streams, transient
-//! failures are retried with back-off inside the chunk, and one report per chunk goes back.
+//! failures are retried with back-off inside the chunk, and one answer per chunk goes back.
 //!
 //! Each app's provider has its own circuit breaker and rate limit on the agent (a "lane"),
 //! so that one app's trouble pauses that app alone. A chunk for an app whose breaker is open
@@ -11,7 +11,9 @@
 //! chunk whose breaker opens before any of its notifications was delivered (or may have been)
 //! is handed back the same way: the controller puts it back at the head of its own queue and
 //! offers this agent none of that app's chunks until then, so the troubled app holds none of
-//! this agent's window slots while other apps wait. Once the breaker has been open for
+//! this agent's window slots while other apps wait. A chunk whose breaker opens part-way
+//! hands back its unsent rest beside the report of the rest (`ChunkAnswer::returned`), and
+//! the controller sends that part through another agent. Once the breaker has been open for
 //! `agent.breaker.max_wait`, chunks are taken again and their notifications fail at once as
 //! `CircuitOpen` (unless a probe closes the breaker): an outage ends jobs, it does not park
 //! them forever.
@@ -415,7 +417,10 @@ impl AgentServer {
         // the controller releases it, also those still waiting for their turn or already done.
         let leases: Vec<CancellationToken> = chunks
             .iter()
-            .map(|chunk| self.holdings.hold(chunk.id, chunk.epoch))
+            .map(|chunk| {
+                self.holdings
+                    .hold(chunk.id, chunk.epoch, chunk.positions.clone())
+            })
             .collect();
         // The chunks of a call run at once, as many at a time as one chunk runs streams: a
         // broadcast's call is one chunk, a call of single-notification chunks is a stream or
@@ -475,6 +480,16 @@ impl AgentServer {
                 ),
             )
         };
+        if !chunk.positions.is_empty() && chunk.positions.len() != chunk.tokens.len() {
+            return Err(WireError::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "a part of {} tokens with {} positions",
+                    chunk.tokens.len(),
+                    chunk.positions.len()
+                ),
+            ));
+        }
         let app = self
             .apps
             .get(&chunk.app)
@@ -598,7 +613,7 @@ impl AgentServer {
             deadline,
             expiry,
             waited,
-            hand_back: waited < lane.max_wait,
+            hand_back: chunk.hand_back && waited < lane.max_wait,
         };
         Ok(deliver::deliver_all(
             &chunk.tokens,
@@ -618,13 +633,8 @@ fn in_positions(chunk: &Chunk, mut answer: ChunkAnswer) -> ChunkAnswer {
     if chunk.positions.is_empty() {
         return answer;
     }
-    let position = |index: u32| {
-        chunk
-            .positions
-            .get(index as usize)
-            .copied()
-            .unwrap_or(index)
-    };
+    // As many positions as tokens: checked when the chunk came.
+    let position = |index: u32| chunk.positions[index as usize];
     for (index, _, _) in &mut answer.report.invalid {
         *index = position(*index);
     }

@@ -529,7 +529,9 @@ pub struct BreakerConfig {
     #[serde(with = "humantime_serde")]
     #[schema(value_type = String)]
     pub max_cool_down: Duration,
-    /// Longest a notification waits for an open breaker before it fails as `CircuitOpen`.
+    /// Longest the breaker refuses chunks (and hands back the unsent rest of those under way)
+    /// while open; a notification that may not be handed back waits this long at most for it
+    /// before it fails as `CircuitOpen`.
     #[serde(with = "humantime_serde")]
     #[schema(value_type = String)]
     pub max_wait: Duration,

@@ -460,6 +460,11 @@ pub struct Chunk {
     /// rest another agent sent, then handed back: see [`ChunkAnswer::returned`]); empty when
     /// `tokens` is the whole chunk. Every index an agent answers with is a chunk position.
     pub positions: Vec<u32>,
+    /// Whether the agent may hand back the unsent rest when the app's circuit opens part-way
+    /// through. False for a part already handed back a few times: its notifications end
+    /// where they are (retried, or failed as `CircuitOpen` after `agent.breaker.max_wait`)
+    /// rather than go round agents whose circuits open on them in turn.
+    pub hand_back: bool,
     /// A collapse id for providers when the notification sets none (the job id, for
     /// broadcasts): a duplicate caused by a crash then replaces rather than repeats on the
     /// device.
@@ -611,6 +616,9 @@ pub struct ChunkOutcome {
     pub epoch: u32,
     /// Its answer, or why it was not sent: what the `deliver` call would have answered.
     pub outcome: Result<ChunkAnswer, WireError>,
+    /// The chunk's positions the agent was handed (empty: the whole chunk). A controller that
+    /// adopted a part lost the report of the other positions.
+    pub positions: Vec<u32>,
 }
 
 /// One agent as the controller sees it.

@@ -378,7 +378,8 @@ impl Core {
         let len = work.spec.len();
         // A part this controller did not hand out: it adopted the chunk after a restart, and
         // the report of the positions the answer does not cover was lost with its
-        // predecessor. They go out again, counted as possible duplicates.
+        // predecessor (as were the possible duplicates it counted). They go out again, and
+        // every token of the chunk counts as a possible duplicate.
         let mut lost = 0;
         if work.spec.part.is_none() && !positions.is_empty() {
             let mut covered = vec![false; len];
@@ -387,10 +388,9 @@ impl Core {
                     *covered = true;
                 }
             }
-            let before = returned.len();
             returned.extend((0..len as u32).filter(|&position| !covered[position as usize]));
-            lost = (returned.len() - before) as u64;
             returned.sort_unstable();
+            lost = len as u64;
         }
         returned.retain(|&position| (position as usize) < len);
         if returned.is_empty() {
@@ -399,23 +399,20 @@ impl Core {
             return;
         }
         let job = work.job;
-        if lost > 0 && !job.is_cancelled() {
-            tracing::warn!(agent = %agent, job = %job.id, chunk = work.spec.index, lost, "an adopted part's other tokens go out again");
-            job.note_duplicates(lost);
-            self.store.write_later(Write::Duplicates {
-                id: job.id,
-                count: lost,
-            });
+        if lost > 0 {
+            tracing::warn!(agent = %agent, job = %job.id, chunk = work.spec.index, "an adopted part's other tokens go out again");
+            self.count_lost_part(&job, lost);
         }
         tracing::info!(agent = %agent, job = %job.id, chunk = work.spec.index, returned = returned.len(), tokens = len, ?pause, "the agent handed back the unsent rest of a chunk; it goes to another agent");
-        let done = match &work.spec.part {
-            Some(part) => merged(&part.done, &report),
-            None => report,
+        let (done, hand_backs) = match &work.spec.part {
+            Some(part) => (merged(&part.done, &report), part.hand_backs + 1),
+            None => (report, 1),
         };
         let retry = Work {
             job,
             spec: ChunkSpec {
                 part: Some(Arc::new(Part {
+                    hand_backs,
                     positions: returned,
                     done,
                 })),
@@ -423,8 +420,23 @@ impl Core {
             },
             epoch: work.epoch + 1,
         };
-        let pause = (!pause.is_zero()).then(|| (agent, tokio::time::Instant::now() + pause));
+        let pause =
+            (!pause.is_zero()).then(|| (agent, tokio::time::Instant::now() + pause.min(MAX_PAUSE)));
         self.hand_back(retry, pause);
+    }
+
+    /// Counts `tokens` of an adopted part's chunk as possible duplicates: the report of the
+    /// rest of the chunk was lost with the controller that handed the part out, and the
+    /// whole chunk may go out again.
+    pub(crate) fn count_lost_part(&self, job: &crate::job::Job, tokens: u64) {
+        if job.is_cancelled() {
+            return;
+        }
+        job.note_duplicates(tokens);
+        self.store.write_later(Write::Duplicates {
+            id: job.id,
+            count: tokens,
+        });
     }
 }
 

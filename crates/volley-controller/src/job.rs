@@ -25,9 +25,16 @@ pub(crate) struct ChunkSpec {
     pub(crate) part: Option<Arc<Part>>,
 }
 
+/// How many times a chunk's rest may be handed back before its last part must end where it
+/// goes (`Chunk::hand_back` false): a part's notifications do not go round agents whose
+/// circuits open on them in turn, each giving them a fresh retry budget.
+pub(crate) const MAX_HAND_BACKS: u32 = 3;
+
 /// What is left of a chunk that went out in part.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Part {
+    /// How many times agents handed back the rest of this chunk.
+    pub(crate) hand_backs: u32,
     /// The positions (within the chunk) still to send, ascending.
     pub(crate) positions: Vec<u32>,
     /// What became of the others, in chunk positions. Held in memory only: the chunk's
@@ -286,6 +293,10 @@ impl Job {
                 .as_ref()
                 .map(|part| part.positions.clone())
                 .unwrap_or_default(),
+            hand_back: spec
+                .part
+                .as_ref()
+                .is_none_or(|part| part.hand_backs < MAX_HAND_BACKS),
             collapse_id: (collapse_duplicates
                 && self.accepted > 1
                 && spec.platform == Platform::Apns)

@@ -155,7 +155,13 @@ impl Core {
                 tracing::debug!(%agent, chunk = %report.chunk, epoch = report.epoch, "report ignored: the chunk is not adopted by this agent with that epoch");
                 continue;
             };
-            let outcome = report.outcome.map_err(|error| HandBack::of(&error));
+            let outcome = report.outcome.map_err(|error| {
+                // A part refused or handed back whole goes out again as the whole chunk.
+                if !report.positions.is_empty() {
+                    self.count_lost_part(&adopted.work.job, adopted.work.spec.len() as u64);
+                }
+                HandBack::of(&error)
+            });
             self.settle_adopted(agent, adopted, outcome);
             taken += 1;
         }

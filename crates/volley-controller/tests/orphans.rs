@@ -97,6 +97,7 @@ async fn report(controller: &ControllerClient, agent: AgentId, held: Held, deliv
             delivered,
             ..ChunkReport::default()
         })),
+        positions: Vec::new(),
     };
     controller
         .report(tarpc::context::current(), agent, vec![outcome])
@@ -251,17 +252,17 @@ async fn a_cancel_takes_unclaimed_chunks_and_adopted_ones_finish_as_they_report(
     running.stop().unwrap();
 }
 
-#[tokio::test]
-async fn an_adopted_part_of_a_chunk_settles_it_and_the_rest_goes_out_again_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let (job, held) = stopped_with_chunks_out(dir.path(), 1).await;
-    let held = held[0];
-
-    // The agent holding the chunk had been handed only its position 1 (the previous controller
-    // kept the report of position 0 in memory, and lost it).
-    let running = start(dir.path(), Duration::from_secs(30)).await;
+/// Restarts the controller of a stopped one whose chunk `held` was out, adopts it as an agent
+/// served by `other`, and reports `outcome` for it as a part of position 1 alone (the
+/// previous controller kept the report of position 0 in memory, and lost it).
+async fn adopt_a_part_and_report(
+    dir: &std::path::Path,
+    held: Held,
+    other: &TestAgent,
+    outcome: Result<ChunkAnswer, volley_contracts::WireError>,
+) -> (Running, volley_contracts::JobStatus) {
+    let running = start(dir, Duration::from_secs(30)).await;
     let client = &running.client;
-    let other = TestAgent::default();
     let agent = register_as_agent(client, serve_agent(other.clone()).await).await;
     assert_eq!(
         heartbeat(client, agent, &[held]).await.claimed,
@@ -270,27 +271,61 @@ async fn an_adopted_part_of_a_chunk_settles_it_and_the_rest_goes_out_again_count
     let outcome = ChunkOutcome {
         chunk: held.chunk,
         epoch: held.epoch,
-        outcome: Ok(ChunkAnswer {
-            report: ChunkReport {
-                delivered: 1,
-                ..ChunkReport::default()
-            },
-            positions: vec![1],
-            ..ChunkAnswer::default()
-        }),
+        outcome,
+        positions: vec![1],
     };
     client
         .report(tarpc::context::current(), agent, vec![outcome])
         .await
         .unwrap()
         .unwrap();
-    // Position 0 goes out again, to the only agent, counted as a possible duplicate.
-    let last = wait_final(client, job).await;
+    let last = wait_final(client, held.chunk.job).await;
+    (running, last)
+}
+
+#[tokio::test]
+async fn an_adopted_part_of_a_chunk_settles_it_and_the_rest_goes_out_again_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (job, held) = stopped_with_chunks_out(dir.path(), 1).await;
+    let other = TestAgent::default();
+    let answer = ChunkAnswer {
+        report: ChunkReport {
+            delivered: 1,
+            ..ChunkReport::default()
+        },
+        positions: vec![1],
+        ..ChunkAnswer::default()
+    };
+    let (running, last) = adopt_a_part_and_report(dir.path(), held[0], &other, Ok(answer)).await;
+    assert_eq!(last.id, job);
+    // Position 0 goes out again, to the only agent; the whole chunk counts as possible
+    // duplicates (what the lost report counted is lost too).
     assert_eq!(
         (last.state, last.delivered, last.possible_duplicates),
-        (JobState::Done, 2, 1),
+        (JobState::Done, 2, 2),
         "{last:?}"
     );
     assert_eq!(other.positions.lock().unwrap().clone(), [vec![0]]);
+    running.stop().unwrap();
+}
+
+#[tokio::test]
+async fn an_adopted_part_handed_back_whole_sends_the_whole_chunk_again_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, held) = stopped_with_chunks_out(dir.path(), 1).await;
+    let other = TestAgent::default();
+    let paused = volley_contracts::WireError::new(
+        volley_contracts::ErrorCode::ResourceExhausted,
+        "circuit open",
+    )
+    .retry_after(Duration::from_millis(50));
+    let (running, last) = adopt_a_part_and_report(dir.path(), held[0], &other, Err(paused)).await;
+    assert_eq!(
+        (last.state, last.delivered, last.possible_duplicates),
+        (JobState::Done, 2, 2),
+        "{last:?}"
+    );
+    // The whole chunk, since the controller does not know what became of position 0.
+    assert_eq!(other.positions.lock().unwrap().clone(), [Vec::<u32>::new()]);
     running.stop().unwrap();
 }

@@ -162,3 +162,34 @@ async fn the_rest_of_a_chunk_an_agent_handed_back_goes_out_alone_and_is_reported
     assert_eq!(received[1].epoch, received[0].epoch + 1);
     running.stop().unwrap();
 }
+
+#[tokio::test]
+async fn a_chunk_is_handed_back_three_times_at_most() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_controller(dir.path()).await;
+    let controller = &running.client;
+    // Its circuit opens after one notification, every time.
+    let agent = TestAgent::default();
+    for _ in 0..5 {
+        agent
+            .hand_backs
+            .lock()
+            .unwrap()
+            .push_back((1, Duration::from_millis(10)));
+    }
+    register(controller, serve_agent(agent.clone()).await, 4).await;
+    let tokens: Vec<String> = (0..10).map(|i| apns_token("", 200 + i)).collect();
+    let job = submit(controller, &tokens).await;
+    let done = wait_done(controller, job.id).await;
+    assert_eq!((done.delivered, done.failed), (10, 0), "{done:?}");
+    // The whole chunk, then three parts; the last may not be handed back, and ends there.
+    let sizes: Vec<usize> = agent
+        .positions
+        .lock()
+        .unwrap()
+        .iter()
+        .map(Vec::len)
+        .collect();
+    assert_eq!(sizes, [0, 9, 8, 7]);
+    running.stop().unwrap();
+}

@@ -39,7 +39,8 @@ pub struct TestAgent {
     pub positions: Arc<Mutex<Vec<Vec<u32>>>>,
     /// For the next chunks, after the refusals, one each: deliver the first `n` tokens and
     /// hand back the rest, asking the controller to pause the app that long (as an agent
-    /// whose circuit opened part-way does).
+    /// whose circuit opened part-way does); a chunk that may not be handed back
+    /// (`Chunk::hand_back` false) uses up its entry and is delivered whole.
     pub hand_backs: Arc<Mutex<std::collections::VecDeque<(usize, Duration)>>>,
 }
 
@@ -76,8 +77,10 @@ impl Agent for TestAgent {
                 if let Some(refusal) = refusals.pop_front() {
                     return Err(refusal);
                 }
+                // A chunk the controller says not to hand back is delivered whole.
                 let (sent, pause) = hand_backs
                     .pop_front()
+                    .filter(|_| chunk.hand_back)
                     .unwrap_or((chunk.tokens.len(), Duration::ZERO));
                 let sent = sent.min(chunk.tokens.len());
                 let position = |index: usize| match chunk.positions.get(index) {
