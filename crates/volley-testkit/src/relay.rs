@@ -197,8 +197,8 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-    #[tokio::test]
-    async fn forwards_both_ways_and_stops_on_drop() {
+    /// A server that answers the first five bytes of each connection reversed.
+    async fn reversing_server() -> SocketAddr {
         let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let target = server.local_addr().unwrap();
         tokio::spawn(async move {
@@ -211,6 +211,12 @@ mod tests {
                 });
             }
         });
+        target
+    }
+
+    #[tokio::test]
+    async fn forwards_both_ways_and_stops_on_drop() {
+        let target = reversing_server().await;
         let relay = Relay::start("127.0.0.1:0".parse().unwrap(), target).unwrap();
         let mut client = TcpStream::connect(relay.addr()).await.unwrap();
         client.write_all(b"hello").await.unwrap();
@@ -228,18 +234,7 @@ mod tests {
 
     #[tokio::test]
     async fn carries_connections_through_a_unix_socket() {
-        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let target = server.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = server.accept().await {
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 5];
-                    socket.read_exact(&mut buf).await.unwrap();
-                    buf.reverse();
-                    socket.write_all(&buf).await.unwrap();
-                });
-            }
-        });
+        let target = reversing_server().await;
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("relay.sock");
         // TCP in, to a unix socket, and from there to the server: both kinds of each end.
