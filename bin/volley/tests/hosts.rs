@@ -478,6 +478,10 @@ fn hosts_of_a_run_about_to_be_killed() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
+    // And a directory the run's processes would use.
+    let dir = tempfile::tempdir().unwrap();
+    hosts.remove_on_exit(dir.path()).unwrap();
+    println!("run directory: {}", dir.path().display());
     let pid = std::process::id();
     println!(
         "hosts ready: {} made by {pid}: {} namespaces and links, sleep {} on a",
@@ -509,7 +513,7 @@ fn running(pid: u32) -> bool {
 }
 
 /// The child that makes hosts is killed: its namespaces and uplink are gone soon after, and the
-/// process on its host too. As root they are in this machine's namespaces; as another user the
+/// process on its host and the run's directory too. As root they are in this machine's namespaces; as another user the
 /// child runs its hosts in a grandchild in user namespaces of its own, which must end with it,
 /// and everything in its namespaces.
 #[test]
@@ -530,11 +534,19 @@ fn a_killed_run_leaves_no_namespace() {
         .unwrap();
     // Read, and kept open until the child is killed: it may write more meanwhile.
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut dir = None;
     let ready = stdout
         .by_ref()
         .map_while(Result::ok)
-        .find(|line| line.starts_with("hosts ready"))
+        .find(|line| {
+            if let Some(path) = line.strip_prefix("run directory: ") {
+                dir = Some(std::path::PathBuf::from(path));
+            }
+            line.starts_with("hosts ready")
+        })
         .expect("the child made no hosts");
+    let dir = dir.expect("the child named no run directory");
+    assert!(dir.is_dir(), "{dir:?}");
     // `hosts ready: 10.a.b.0/24 made by <pid>: <n> namespaces and links, sleep <pid> on a`
     let [.., maker, made, sleeper] = numbers(&ready)[..] else {
         panic!("{ready}");
@@ -564,13 +576,16 @@ fn a_killed_run_leaves_no_namespace() {
         Hosts::leftovers(maker).is_empty()
             && !running(sleeper)
             && (!own || hosts::processes_in(&user_ns).is_empty())
+            && !dir.exists()
     })
     .unwrap_or_else(|_| {
         panic!(
-            "left behind: {:?}; sleep {sleeper} running: {}; in its user namespace: {:?}",
+            "left behind: {:?}; sleep {sleeper} running: {}; in its user namespace: {:?}; \
+             run directory there: {}",
             Hosts::leftovers(maker),
             running(sleeper),
-            own.then(|| hosts::processes_in(&user_ns))
+            own.then(|| hosts::processes_in(&user_ns)),
+            dir.exists()
         )
     });
     eprintln!(

@@ -34,7 +34,8 @@
 //!   or a signal to the test's process group does not reach it), holds the read end of a pipe
 //!   whose write end only the test process holds. When the test process ends — even by
 //!   SIGKILL — the pipe closes, and the watchdog kills the processes in the run's namespaces
-//!   and deletes them.
+//!   and deletes them, and removes the directories the run named to it
+//!   ([`Hosts::remove_on_exit`]: a cluster's configuration, certificates and data).
 //! - At creation, a sweep deletes the namespaces and uplinks (`vly-<pid>-…`, `vly<pid>r…`) of
 //!   processes that no longer exist, should a watchdog itself have been killed.
 //!
@@ -323,6 +324,22 @@ impl Hosts {
         ip(Some(&self.run), &["link", "set", port, state])
     }
 
+    /// Has the watchdog remove `dir` (a directory the run's processes use: their
+    /// configuration, certificates, data) if this process dies before dropping the hosts; a
+    /// run that ends normally removes its own.
+    pub fn remove_on_exit(&self, dir: &Path) -> anyhow::Result<()> {
+        let path = dir.to_str().context("a directory path that is not UTF-8")?;
+        anyhow::ensure!(
+            !path.contains('\n') && dir.is_absolute(),
+            "the watchdog takes absolute paths of one line: {path:?}"
+        );
+        let (_, stdin) = self.watchdog.as_ref().context("no watchdog")?;
+        // The pipe is written to only here and by the drop, both through `&self`/`&mut self`.
+        let mut stdin: &ChildStdin = stdin;
+        writeln!(stdin, "{path}").context("telling the watchdog")?;
+        Ok(())
+    }
+
     /// Starts the watchdog; see the module documentation.
     fn start_watchdog(&self) -> anyhow::Result<(Child, ChildStdin)> {
         let mut child = Command::new("setsid")
@@ -348,7 +365,7 @@ impl Drop for Hosts {
             .stdin(Stdio::null())
             .status();
         if let Some((mut child, mut stdin)) = self.watchdog.take() {
-            // It finds nothing left, and exits.
+            // It finds nothing left, and exits (the directories are their owners' to remove).
             let _ = stdin.write_all(b"done\n");
             drop(stdin);
             let _ = child.wait();
@@ -357,9 +374,24 @@ impl Drop for Hosts {
 }
 
 /// A shell script that kills the processes in the run's namespaces, then deletes them and the
-/// uplink; the watchdog's first waits for its pipe to close (or for a line: a clean drop).
+/// uplink. The watchdog's first reads its pipe until it closes (the test process died: it then
+/// also removes the directories named on the pipe, a line each) or says `done` (a clean drop).
 fn cleanup_script(run: &str, root_link: &str, wait: bool) -> String {
-    let wait = if wait { "read -r _ || true\n" } else { "" };
+    let wait = if wait {
+        "clean=
+while read -r line; do
+  if [ \"$line\" = done ]; then clean=1; break; fi
+  set -- \"$@\" \"$line\"
+done
+"
+    } else {
+        ""
+    };
+    let remove = if wait.is_empty() {
+        ""
+    } else {
+        "[ -n \"$clean\" ] || [ $# -eq 0 ] || rm -rf -- \"$@\"\n"
+    };
     format!(
         "{wait}for ns in $({IP} netns list | cut -d' ' -f1); do
   case \"$ns\" in
@@ -369,7 +401,7 @@ fn cleanup_script(run: &str, root_link: &str, wait: bool) -> String {
   esac
 done
 {IP} link del {root_link} 2>/dev/null
-true"
+{remove}true"
     )
 }
 

@@ -434,6 +434,10 @@ impl ProcCluster {
     fn fakes(bin: &Path, fake_args: &[&str], network: Network) -> ProcCluster {
         let bin = bin.to_path_buf();
         let dir = tempfile::tempdir().unwrap();
+        if let Network::Hosts(hosts) = &network {
+            // A run killed halfway leaves no directory either.
+            hosts.remove_on_exit(dir.path()).unwrap();
+        }
         let mut procs = HashMap::new();
         let fake_listen = format!("{}:0", network.ip(PROVIDERS));
         let apns_ca = dir.path().join("apns-ca.pem");
