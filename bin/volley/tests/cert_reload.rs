@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use volley_contracts::tls::{certificate_not_after, ClusterCa, NodeIdentity, NodeRole};
-use volley_testkit::jobs::{broadcast, check_no_loss, delivered_at_least, finished, wait_job};
+use volley_testkit::jobs::{check_no_loss, finished, start_broadcast, submit_broadcast, wait_job};
 use volley_testkit::procs::{metric_value, tls_connect, ProcCluster, WAIT};
 use volley_testkit::wait::wait_until;
 
@@ -53,24 +53,7 @@ async fn renewed_certificates_are_used_without_dropping_work_and_bad_ones_are_re
         .as_i64()
         .expect("the front reports its certificate's expiry");
 
-    let response = cluster
-        .client()
-        .post(
-            "/v1/apps/shop/notifications",
-            broadcast("0e0e0e0e", N as usize),
-        )
-        .await
-        .unwrap();
-    assert_eq!(response.status.as_u16(), 202, "{}", response.body);
-    let id = response.body["id"].as_str().unwrap().to_owned();
-    let status = wait_job(
-        &cluster,
-        &id,
-        "the broadcast under way",
-        delivered_at_least(N / 5),
-    )
-    .await;
-    assert!(!finished(&status), "finished before the renewal: {status}");
+    let id = start_broadcast(&cluster, "0e0e0e0e", N, N / 5).await;
 
     let front = renew(&cluster, &ca, NodeRole::Front, 30);
     let controller = renew(&cluster, &ca, NodeRole::Controller, 40);
@@ -174,13 +157,7 @@ async fn renewed_certificates_are_used_without_dropping_work_and_bad_ones_are_re
         get(&cluster, "/stat/runtime").await["certificate_expires_at"].as_i64(),
         Some(front.not_after())
     );
-    let response = cluster
-        .client()
-        .post("/v1/apps/shop/notifications", broadcast("0f0f0f0f", 10))
-        .await
-        .unwrap();
-    assert_eq!(response.status.as_u16(), 202, "{}", response.body);
-    let id = response.body["id"].as_str().unwrap().to_owned();
+    let id = submit_broadcast(&cluster, "0f0f0f0f", 10).await;
     let status = wait_job(&cluster, &id, "a job after the refused reload", finished).await;
     assert_eq!(status["delivered"].as_u64(), Some(20), "{status}");
     cluster.stop();

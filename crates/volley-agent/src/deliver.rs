@@ -51,7 +51,7 @@ pub(crate) struct Limits {
 }
 
 /// What one chunk's sends came to.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub(crate) struct Sent {
     /// The notifications with a final outcome, and the possible duplicates among all of them
     /// (also those returned after a send that may have reached the provider: another agent
@@ -73,7 +73,7 @@ impl Sent {
 
 /// A notification given back without a final outcome; `possible_duplicates` counts its sends
 /// that may have reached the provider and the retries after them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 struct Returned {
     possible_duplicates: u32,
 }

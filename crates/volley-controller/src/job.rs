@@ -31,7 +31,7 @@ pub(crate) struct ChunkSpec {
 pub(crate) const MAX_HAND_BACKS: u32 = 3;
 
 /// What is left of a chunk that went out in part.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) struct Part {
     /// How many times agents handed back the rest of this chunk.
     pub(crate) hand_backs: u32,

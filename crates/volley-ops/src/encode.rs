@@ -38,11 +38,8 @@ pub fn counters<L: EncodeLabelSet, N: EncodeCounterValue>(
     help: &str,
     values: impl IntoIterator<Item = (L, N)>,
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, value) in values {
-        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
+    let values = values.into_iter().map(|(l, v)| (l, ConstCounter::new(v)));
+    family(encoder, name, help, MetricType::Counter, values)
 }
 
 /// A gauge family: one series per `(labels, value)`.
@@ -52,9 +49,21 @@ pub fn gauges<L: EncodeLabelSet, N: EncodeGaugeValue>(
     help: &str,
     values: impl IntoIterator<Item = (L, N)>,
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, value) in values {
-        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    let values = values.into_iter().map(|(l, v)| (l, ConstGauge::new(v)));
+    family(encoder, name, help, MetricType::Gauge, values)
+}
+
+/// A family of `metric_type`: one series per `(labels, metric)`.
+fn family<L: EncodeLabelSet, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    values: impl IntoIterator<Item = (L, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, metric) in values {
+        metric.encode(family.encode_family(&labels)?)?;
     }
     Ok(())
 }

@@ -86,7 +86,7 @@ use anyhow::{bail, Context as _};
 mod namespaces;
 
 pub(crate) use namespaces::reach;
-pub use namespaces::{in_namespaces, processes_in, test_name, user_namespace};
+pub use namespaces::{in_namespaces, processes_in, running, test_name, user_namespace};
 
 /// The `ip` program (iproute2).
 const IP: &str = "/usr/sbin/ip";
@@ -230,11 +230,6 @@ impl Hosts {
     pub fn subnet(&self) -> String {
         let [a, b, c] = self.subnet;
         format!("{a}.{b}.{c}.0/24")
-    }
-
-    /// The names of the hosts, in the order given.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.hosts.iter().map(|host| host.name.as_str())
     }
 
     /// The name of the host's network namespace (`vly-<pid>-<n>-<host>`).
@@ -407,9 +402,8 @@ done
 
 /// Deletes what runs of dead processes left (their watchdog was killed too).
 fn sweep() {
-    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
     for namespace in namespaces() {
-        if let Some(pid) = namespace_pid(&namespace).filter(|pid| !alive(*pid)) {
+        if let Some(pid) = namespace_pid(&namespace).filter(|pid| !running(*pid)) {
             let _ = Command::new("sh")
                 .args([
                     "-c",
@@ -424,7 +418,7 @@ fn sweep() {
         }
     }
     for link in root_links() {
-        if link_pid(&link).is_some_and(|pid| !alive(pid)) {
+        if link_pid(&link).is_some_and(|pid| !running(pid)) {
             let _ = ip(None, &["link", "del", &link]);
         }
     }

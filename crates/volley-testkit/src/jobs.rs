@@ -155,14 +155,8 @@ pub async fn check_no_loss_of(cluster: &ProcCluster, jobs: &[(&Value, u64)]) -> 
 }
 
 /// Submits a broadcast of `per_platform` APNs and as many FCM tokens tagged `tag` through the
-/// cluster's front, waits until `delivered` are delivered, checks the job is still running
-/// (a fault injected now lands mid-broadcast) and returns its id.
-pub async fn start_broadcast(
-    cluster: &ProcCluster,
-    tag: &str,
-    per_platform: u64,
-    delivered: u64,
-) -> String {
+/// cluster's front (app `shop`), asserts it is accepted and returns the job's id.
+pub async fn submit_broadcast(cluster: &ProcCluster, tag: &str, per_platform: u64) -> String {
     let response = cluster
         .client()
         .post(
@@ -172,7 +166,18 @@ pub async fn start_broadcast(
         .await
         .unwrap();
     assert_eq!(response.status.as_u16(), 202, "{}", response.body);
-    let id = response.body["id"].as_str().unwrap().to_owned();
+    response.body["id"].as_str().unwrap().to_owned()
+}
+
+/// [`submit_broadcast`], then waits until `delivered` are delivered, checks the job is still
+/// running (a fault injected now lands mid-broadcast) and returns its id.
+pub async fn start_broadcast(
+    cluster: &ProcCluster,
+    tag: &str,
+    per_platform: u64,
+    delivered: u64,
+) -> String {
+    let id = submit_broadcast(cluster, tag, per_platform).await;
     let status = wait_job(
         cluster,
         &id,

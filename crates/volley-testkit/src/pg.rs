@@ -69,15 +69,19 @@ pub fn server_addr() -> Option<SocketAddr> {
     tcp_addr(&url).ok()
 }
 
-/// The socket address of the server of `url`: its first host (an address, or a name resolved
-/// here) and port (5432 when it names none).
-pub fn tcp_addr(url: &str) -> anyhow::Result<SocketAddr> {
+/// The first host `url` names (an address or a name) and its port (5432 when it names none).
+pub fn tcp_host(url: &str) -> anyhow::Result<(String, u16)> {
     let config: tokio_postgres::Config = url.parse()?;
     let host = match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
         _ => anyhow::bail!("the PostgreSQL URL names no TCP host: {url}"),
     };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
+    Ok((host, config.get_ports().first().copied().unwrap_or(5432)))
+}
+
+/// The socket address of the server of `url`: [`tcp_host`], its name resolved here.
+pub fn tcp_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let (host, port) = tcp_host(url)?;
     (host.as_str(), port)
         .to_socket_addrs()?
         .next()

@@ -235,8 +235,8 @@ pub struct HostCluster {
     log_filter: String,
     /// The PostgreSQL database's URL and how many controllers share it.
     postgres: Option<(String, usize)>,
-    /// `VOLLEY_*` overrides every role gets.
-    envs: Vec<(String, String)>,
+    /// The lease timing a new user has rather than the kit's short one.
+    user_leases: bool,
 }
 
 impl HostCluster {
@@ -249,7 +249,7 @@ impl HostCluster {
             fake_args: Vec::new(),
             log_filter: "info".to_owned(),
             postgres: None,
-            envs: Vec::new(),
+            user_leases: false,
         }
     }
 
@@ -289,10 +289,10 @@ impl HostCluster {
         self
     }
 
-    /// A `VOLLEY_*` override every role gets (`VOLLEY_CONTROLLER__LEASE_TIME`, `15s`): the
-    /// kit's short leases suit fault tests, a benchmark wants the defaults.
-    pub fn env(mut self, key: &str, value: &str) -> HostCluster {
-        self.envs.push((key.to_owned(), value.to_owned()));
+    /// The lease time, heartbeat timeout and heartbeat interval a new user has, instead of the
+    /// kit's short ones (which suit quick fault tests; a benchmark wants the defaults).
+    pub fn user_leases(mut self) -> HostCluster {
+        self.user_leases = true;
         self
     }
 
@@ -320,13 +320,16 @@ impl HostCluster {
         let fake_args: Vec<&str> = self.fake_args.iter().map(String::as_str).collect();
         let mut cluster = ProcCluster::fakes(bin.as_ref(), &fake_args, Network::Hosts(hosts));
         cluster.log_filter = self.log_filter;
-        cluster.envs.extend(self.envs);
+        // A failover is tried with the lease timing a new user has (see
+        // `ProcCluster::start_postgres`).
+        if self.user_leases || self.postgres.is_some() {
+            cluster.envs.extend(user_leases());
+        }
         match &self.postgres {
             Some((url, controllers)) => {
                 let (url, relay) = relayed_postgres(url, cluster.hosts().root_addr())?;
                 cluster.relay = Some(relay);
                 cluster.use_postgres(&url);
-                cluster.envs.extend(failover_defaults());
                 for i in 0..*controllers {
                     let name = format!("controller-{i}");
                     cluster.start_named_controller(&name);
@@ -584,7 +587,7 @@ subject = "mailto:ops@shop.example"
         // A failover is tried with the defaults a new user has (lease, heartbeat timeout and
         // interval): the kit's short leases (for quick agent faults) are shorter than the
         // failover timeout, and agents would stop their chunks before a standby claimed them.
-        cluster.envs.extend(failover_defaults());
+        cluster.envs.extend(user_leases());
         for i in 0..controllers {
             cluster.start_named_controller(&format!("controller-{i}"));
             if i == 0 {
@@ -879,7 +882,7 @@ subject = "mailto:ops@shop.example"
 
 /// The lease time, heartbeat timeout and heartbeat interval a new user has, as `VOLLEY_*`
 /// overrides of the kit's short ones.
-fn failover_defaults() -> [(String, String); 3] {
+fn user_leases() -> [(String, String); 3] {
     let defaults = volley_config::Config::default();
     [
         (
@@ -903,12 +906,7 @@ fn failover_defaults() -> [(String, String); 3] {
 /// own ([`crate::hosts::in_namespaces`]), the relay forwards to the test process's unix socket
 /// to the database instead.
 fn relayed_postgres(url: &str, root_addr: Ipv4Addr) -> anyhow::Result<(String, Relay)> {
-    let config: tokio_postgres::Config = url.parse()?;
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-        _ => anyhow::bail!("the PostgreSQL URL names no TCP host: {url}"),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let (host, port) = crate::pg::tcp_host(url)?;
     let target = crate::hosts::reach(crate::pg::tcp_addr(url)?);
     let relay = Relay::between(
         std::net::SocketAddr::new(root_addr.into(), 0).into(),
@@ -924,21 +922,22 @@ fn relayed_postgres(url: &str, root_addr: Ipv4Addr) -> anyhow::Result<(String, R
     Ok((format!("{with_port}{separator}hostaddr={root_addr}"), relay))
 }
 
-impl Network {
-    /// The host a process runs on: the fakes on `providers`, the others on their namesake.
-    fn host_of(process: &str) -> &str {
-        if process.starts_with("fake") {
-            PROVIDERS
-        } else {
-            process
-        }
+/// The host a [`HostCluster`] runs the process `name` on: the fakes on `providers`, every role
+/// on the host of its name.
+pub fn host_of(name: &str) -> &str {
+    if name.starts_with("fake") {
+        PROVIDERS
+    } else {
+        name
     }
+}
 
+impl Network {
     /// The address the process `name` binds.
     fn ip(&self, name: &str) -> IpAddr {
         match self {
             Network::Loopback => Ipv4Addr::LOCALHOST.into(),
-            Network::Hosts(hosts) => hosts.addr(Network::host_of(name)).into(),
+            Network::Hosts(hosts) => hosts.addr(host_of(name)).into(),
         }
     }
 
@@ -946,7 +945,7 @@ impl Network {
     fn command(&self, name: &str, bin: &Path) -> Command {
         match self {
             Network::Loopback => Command::new(bin),
-            Network::Hosts(hosts) => hosts.command(Network::host_of(name), bin),
+            Network::Hosts(hosts) => hosts.command(host_of(name), bin),
         }
     }
 }

@@ -17,7 +17,7 @@ use volley_contracts::Links;
 use volley_fake::{Stats, WebPushStats};
 use volley_testkit::cluster::{Cluster, ClusterOptions, APP, PROJECT, TOPIC, VAPID_SUBJECT};
 use volley_testkit::http::FrontClient;
-use volley_testkit::procs::{HostCluster, ProcCluster, API_KEY, PROVIDERS};
+use volley_testkit::procs::{host_of, HostCluster, ProcCluster, API_KEY};
 use volley_testkit::wait::wait_until;
 
 use super::procfs;
@@ -310,16 +310,6 @@ impl System {
     }
 }
 
-/// The host the test kit's [`HostCluster`] runs the process `name` on: the fakes on
-/// `providers`, every role on the host of its name.
-pub fn host_of(name: &str) -> &str {
-    if name.starts_with("fake") {
-        PROVIDERS
-    } else {
-        name
-    }
-}
-
 /// The real binary as processes on hosts: the test kit's cluster and where the bench reaches it.
 pub struct OnHosts {
     cluster: ProcCluster,
@@ -328,19 +318,11 @@ pub struct OnHosts {
 
 impl OnHosts {
     fn start(binary: &Path, agents: usize) -> anyhow::Result<OnHosts> {
-        let defaults = volley_config::Config::default();
         // The kit's leases and heartbeat timeout are short, for quick fault tests; a saturated
         // machine could let one lapse and re-send a chunk. The bench runs with the defaults,
         // as `--topology processes` does.
         let cluster = HostCluster::new(agents)
-            .env(
-                "VOLLEY_CONTROLLER__LEASE_TIME",
-                &format!("{}ms", defaults.controller.lease_time.as_millis()),
-            )
-            .env(
-                "VOLLEY_CONTROLLER__HEARTBEAT_TIMEOUT",
-                &format!("{}ms", defaults.controller.heartbeat_timeout.as_millis()),
-            )
+            .user_leases()
             .start(binary)
             .context(HOSTS_NEED)?;
         let certs = cluster.dir.path().join("certs");

@@ -109,12 +109,12 @@ pub fn processes_in(namespace: &str) -> Vec<u32> {
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| user_namespace(*pid).as_deref() == Some(namespace))
-        .filter(|pid| alive(*pid))
+        .filter(|pid| running(*pid))
         .collect()
 }
 
-/// Whether `pid` runs: it exists and is no zombie.
-fn alive(pid: u32) -> bool {
+/// Whether the process `pid` runs: it exists and is no zombie.
+pub fn running(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
@@ -392,6 +392,6 @@ mod tests {
         let user_ns = user_namespace(pid).unwrap();
         assert!(user_ns.starts_with("user:["), "{user_ns}");
         assert!(processes_in(&user_ns).contains(&pid));
-        assert!(!alive(u32::MAX));
+        assert!(!running(u32::MAX));
     }
 }
