@@ -38,6 +38,13 @@ const SLOW_FAKES: &[&str] = &["--latency", "20ms"];
 /// Set in the child process of [`a_killed_run_leaves_no_namespace`].
 const CHILD: &str = "VOLLEY_HOSTS_TEST_CHILD";
 
+/// Stops every process of the cluster (each must exit cleanly), then checks that the run left
+/// nothing: its namespaces and uplink are gone with it.
+fn stop(cluster: ProcCluster) {
+    cluster.stop();
+    assert_nothing_left();
+}
+
 /// Asserts that this process holds no namespace or uplink any more.
 fn assert_nothing_left() {
     let pid = std::process::id();
@@ -63,8 +70,7 @@ async fn a_broadcast_across_five_hosts_loses_nothing() {
     let status = wait_job(&cluster, &id, "the job to finish", finished).await;
     let duplicates = check_no_loss(&cluster, &status, N).await;
     assert_eq!(duplicates, 0, "{status}");
-    cluster.stop();
-    assert_nothing_left();
+    stop(cluster);
 }
 
 /// The sum of every series of `name` in a Prometheus text.
@@ -142,8 +148,7 @@ async fn an_agent_cut_from_the_controller_stops_sending_and_its_chunks_go_elsewh
          {})",
         status["possible_duplicates"]
     );
-    cluster.stop();
-    assert_nothing_left();
+    stop(cluster);
 }
 
 /// The job's status through the current front (an error's body when it cannot answer).
@@ -228,8 +233,7 @@ async fn a_front_cut_from_the_controller_answers_503_and_loses_nothing() {
          {duplicates} duplicates at the fakes (counted possible: {})",
         status["possible_duplicates"]
     );
-    cluster.stop();
-    assert_nothing_left();
+    stop(cluster);
 }
 
 // The chunks agent-0 is sending when its link to the providers is cut are partly delivered:
@@ -289,8 +293,7 @@ async fn the_providers_cut_from_one_agent_open_its_breakers_and_the_others_carry
          {} + {})",
         status["possible_duplicates"], small["possible_duplicates"]
     );
-    cluster.stop();
-    assert_nothing_left();
+    stop(cluster);
 }
 
 /// How long the controller's host stays cut: past the kit's lease time and heartbeat timeout
@@ -337,8 +340,7 @@ async fn the_controller_host_cut_and_healed_and_everyone_reconnects() {
          the fakes (counted possible: {})",
         status["possible_duplicates"]
     );
-    cluster.stop();
-    assert_nothing_left();
+    stop(cluster);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -383,8 +385,7 @@ async fn the_leading_controller_host_cut_the_standby_takes_over_and_the_old_lead
          after the heal; {duplicates} duplicates at the fakes (counted possible: {})",
         status["possible_duplicates"]
     );
-    cluster.stop();
-    assert_nothing_left();
+    stop(cluster);
 }
 
 /// The flapping link: cut for this long, healed for as long, for [`FLAPPING`].
@@ -432,8 +433,7 @@ async fn a_flapping_agent_link_loses_nothing() {
         2 * FLAP,
         status["possible_duplicates"]
     );
-    cluster.stop();
-    assert_nothing_left();
+    stop(cluster);
 }
 
 /// Run only as the child of [`a_killed_run_leaves_no_namespace`]: makes hosts with a process on
